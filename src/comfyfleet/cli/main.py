@@ -29,7 +29,7 @@ def main() -> None:
     try:
         app()
     except BadInput as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(2)
 
 

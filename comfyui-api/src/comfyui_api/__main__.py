@@ -1,0 +1,3 @@
+from comfyui_api.cli import main
+
+main()

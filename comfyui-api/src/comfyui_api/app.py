@@ -1,0 +1,458 @@
+"""The ASGI application: routes, startup/shutdown, and the mapping of failures to HTTP answers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from comfyui_api import __version__, docs
+from comfyui_api.comfy import ComfyClient, ComfyRejected, ComfyUnavailable
+from comfyui_api.jobs import FINAL, Job, JobManager, QueueFull, guess_image_extension, safe_input_name
+from comfyui_api.security import SecurityMiddleware, describe
+from comfyui_api.settings import Settings
+from comfyui_api.store import ExecutionLog
+from comfyui_api.workflows import (
+    Endpoint,
+    WorkflowError,
+    apply_values,
+    build_endpoint,
+    validate_request,
+    workflow_files,
+)
+
+log = logging.getLogger("comfyui_api")
+ENVELOPE_KEYS = {"input", "async", "outputs", "webhook"}
+
+
+class Service:
+    """State shared by the routes: settings, ComfyUI client, jobs, endpoints, log."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.comfy = ComfyClient(settings.comfyui_url, settings.resubmit_after_restart)
+        self.store = ExecutionLog(settings.db_path)
+        self.jobs = JobManager(settings, self.comfy, self.store)
+        self.endpoints: dict[str, Endpoint] = {}
+        self.load_errors: list[str] = []
+        self.started = time.time()
+        self.warmup_state = "disabled" if not settings.warmup else "pending"
+        self._ready_cache: tuple[float, dict[str, Any]] | None = None
+        self.comfy.on_connect.append(self.reload_endpoints)
+
+    async def reload_endpoints(self) -> None:
+        """(Re)build every endpoint from workflows/ with the /object_info just fetched."""
+        endpoints: dict[str, Endpoint] = {}
+        errors: list[str] = []
+        for path in workflow_files(self.settings.workflows_dir):
+            try:
+                ep = build_endpoint(path, self.comfy.object_info)
+            except WorkflowError as exc:
+                errors.append(str(exc))
+                log.error("%s", exc)
+                continue
+            endpoints[ep.name] = ep
+        self.endpoints, self.load_errors = endpoints, errors
+        if self.warmup_state == "pending":
+            asyncio.create_task(self.warmup())
+
+    async def warmup(self) -> None:
+        """Run every workflow once with its defaults so the first user request finds models loaded."""
+        self.warmup_state = "running"
+        ok = True
+        for ep in list(self.endpoints.values()):
+            values, _ = validate_request(ep, {})
+            try:
+                job = await self.jobs.submit(ep.name, values, apply_values(ep, values), "warmup", "url")
+                await job.done.wait()
+                ok = ok and job.status == "completed"
+                if job.status != "completed":
+                    log.error("warmup of %s failed: %s", ep.name, job.error)
+            except Exception as exc:
+                log.error("warmup of %s failed: %s", ep.name, exc)
+                ok = False
+        self.warmup_state = "done" if ok else "failed"
+
+    async def readiness(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < 1.0:
+            return self._ready_cache[1]
+        checks: dict[str, Any] = {"comfyui": {"ok": self.comfy.up, "url": self.settings.comfyui_url}}
+        if not self.comfy.up:
+            checks["comfyui"]["error"] = self.comfy.last_error
+        checks["workflows"] = {"ok": not self.load_errors and bool(self.endpoints),
+                               "served": sorted(self.endpoints), "errors": self.load_errors}
+        missing: list[dict[str, str]] = []
+        if self.comfy.up:
+            classes = {ep.graph[n]["class_type"] for ep in self.endpoints.values() for n, _, _ in ep.model_inputs}
+            info: dict[str, Any] = {}
+            for c in sorted(classes):
+                try:
+                    r = await self.comfy.http.get(f"/object_info/{c}")
+                    info.update(r.json())
+                except (httpx.HTTPError, ValueError):
+                    info[c] = self.comfy.object_info.get(c, {})
+            for ep in self.endpoints.values():
+                for nid, iname, value in ep.model_inputs:
+                    spec = ((info.get(ep.graph[nid]["class_type"]) or {}).get("input") or {})
+                    entry = (spec.get("required") or {}).get(iname) or (spec.get("optional") or {}).get(iname)
+                    options: list[Any] = []
+                    if entry:
+                        options = entry[0] if isinstance(entry[0], list) else (
+                            (entry[1] or {}).get("options", []) if len(entry) > 1 else [])
+                    if value not in options:
+                        missing.append({"workflow": ep.name, "node": nid, "input": iname, "file": value})
+        checks["models"] = {"ok": self.comfy.up and not missing, "missing": missing}
+        checks["warmup"] = {"ok": self.warmup_state in ("done", "disabled"), "state": self.warmup_state}
+        result = {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+        self._ready_cache = (now, result)
+        return result
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        await self.comfy.close()
+        self.store.close()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def _problem(status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    return _json({"detail": detail, **extra}, status, headers)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the ASGI app for these settings (the CLI serves it with uvicorn; Modal mounts it)."""
+    settings.check()
+    svc = Service(settings)
+    retry = {"retry-after": str(settings.retry_after_s)}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await svc.comfy.start()
+        try:
+            yield
+        finally:
+            await svc.close()
+
+    def unavailable(exc: Exception) -> Response:
+        return _problem(503, f"ComfyUI is not reachable at {settings.comfyui_url}: {exc}", retry)
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok", "service": "comfyui-api", "version": __version__,
+                      "build": settings.build_info, "python": platform.python_version(),
+                      "uptime_s": round(time.time() - svc.started, 3),
+                      "comfyui": {"url": settings.comfyui_url, "reachable": svc.comfy.up,
+                                  "version": (svc.comfy.system_stats.get("system") or {}).get("comfyui_version")},
+                      "workflows": sorted(svc.endpoints), "jobs_in_flight": svc.jobs.queue_depth()})
+
+    async def ready(request: Request) -> Response:
+        result = await svc.readiness()
+        return _json(result, 200 if result["ready"] else 503, None if result["ready"] else retry)
+
+    async def openapi(request: Request) -> Response:
+        return _json(docs.openapi(svc.endpoints, __version__))
+
+    async def docs_page(request: Request) -> Response:
+        return HTMLResponse(docs.html(svc.endpoints, __version__))
+
+    async def list_workflows(request: Request) -> Response:
+        return _json({name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
+                      for name, ep in sorted(svc.endpoints.items())})
+
+    async def read_json(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return json.loads(raw) if raw else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _BadRequest(_problem(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}])) from None
+
+    def envelope(body: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if not isinstance(body, dict):
+            return {}, [{"loc": ["body"], "msg": "body must be a JSON object", "type": "type_error"}]
+        errors = [{"loc": ["body", k], "msg": f"unknown field {k!r}; allowed: {', '.join(sorted(ENVELOPE_KEYS))}",
+                   "type": "extra_forbidden"} for k in body if k not in ENVELOPE_KEYS]
+        if not isinstance(body.get("async", False), bool):
+            errors.append({"loc": ["body", "async"], "msg": "async must be true or false", "type": "bool_type"})
+        if body.get("outputs", settings.output_mode) not in ("base64", "url"):
+            errors.append({"loc": ["body", "outputs"], "msg": "outputs must be 'base64' or 'url'", "type": "enum"})
+        hook = body.get("webhook")
+        if hook is not None:
+            if not isinstance(hook, str) or not hook.startswith(("http://", "https://")):
+                errors.append({"loc": ["body", "webhook"], "msg": "webhook must be an http(s) URL", "type": "url"})
+            elif not settings.webhook_secret:
+                errors.append({"loc": ["body", "webhook"], "type": "unsupported",
+                               "msg": "webhooks need a signing secret: start the service with --webhook-secret-file"})
+        return body, errors
+
+    async def run_job(request: Request, workflow: str, params: dict[str, Any], graph: dict[str, Any],
+                      body: dict[str, Any], ep: Endpoint | None) -> Response:
+        try:
+            job = await svc.jobs.submit(workflow, params, graph, describe(request.scope),
+                                        body.get("outputs", settings.output_mode), body.get("webhook"))
+        except QueueFull:
+            return _problem(429, f"more than {settings.queue_limit} jobs in flight; retry later", retry)
+        except ComfyUnavailable as exc:
+            return unavailable(exc)
+        except ComfyRejected as exc:
+            return rejected(exc, ep)
+        if body.get("async"):
+            return _json(job.public(), 202, {"location": f"/jobs/{job.id}"})
+        try:
+            await asyncio.wait_for(job.done.wait(), settings.sync_timeout_s)
+        except asyncio.TimeoutError:
+            return _problem(504, f"job still running after {settings.sync_timeout_s:g}s; poll GET /jobs/{job.id}",
+                            id=job.id)
+        return _json(job.public(), _job_status_code(job))
+
+    def rejected(exc: ComfyRejected, ep: Endpoint | None) -> Response:
+        body = exc.body
+        if ep is None:
+            return _json(body, 400)
+        by_input = {(p.node_id, p.input): p.name for p in ep.params.values()}
+        errors = []
+        for nid, entry in (body.get("node_errors") or {}).items():
+            for e in entry.get("errors", []):
+                name = by_input.get((str(nid), (e.get("extra_info") or {}).get("input_name")))
+                if name is not None:
+                    errors.append({"loc": ["body", "input", name], "type": e.get("type"),
+                                   "msg": f"{e.get('message')}: {e.get('details')}"})
+        if errors:
+            return _problem(422, errors)
+        return _problem(502, "ComfyUI rejected the workflow (is everything it needs installed?)", comfyui=body)
+
+    async def run_workflow(request: Request) -> Response:
+        ep = svc.endpoints.get(request.path_params["name"])
+        if ep is None:
+            if not svc.comfy.up and not svc.endpoints:
+                return unavailable(Exception(svc.comfy.last_error))
+            return _problem(404, f"no workflow named {request.path_params['name']!r}; see GET /workflows")
+        try:
+            body, errors = envelope(await read_json(request))
+        except _BadRequest as bad:
+            return bad.response
+        values, perrors = validate_request(ep, body.get("input"))
+        errors += perrors
+        if errors:
+            return _problem(422, errors)
+        try:
+            submitted = await resolve_images(ep, values)
+        except _BadRequest as bad:
+            return bad.response
+        except ComfyUnavailable as exc:
+            return unavailable(exc)
+        return await run_job(request, ep.name, values, apply_values(ep, submitted), body, ep)
+
+    async def resolve_images(ep: Endpoint, values: dict[str, Any]) -> dict[str, Any]:
+        """Image parameters given as URL or base64 are uploaded to ComfyUI; filenames are checked."""
+        out = dict(values)
+        for name, p in ep.params.items():
+            if p.kind != "image" or not isinstance(values.get(name), str):
+                continue
+            v = values[name]
+            loc = ["body", "input", name]
+            data: bytes | None = None
+            if v.startswith(("http://", "https://")):
+                if not settings.allow_url_inputs:
+                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": "image URLs are disabled on this service; send base64"}]))
+                data = await fetch_image(v, loc)
+            elif v.startswith("data:") or len(v) > 255:
+                b64 = v.split(",", 1)[1] if v.startswith("data:") else v
+                try:
+                    data = base64.b64decode(b64, validate=True)
+                except (binascii.Error, ValueError):
+                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "base64", "msg": f"{name} is not valid base64"}])) from None
+            elif not safe_input_name(v):
+                raise _BadRequest(_problem(422, [{"loc": loc, "type": "path",
+                                                  "msg": f"{name} must be a file name inside ComfyUI's input folder"}]))
+            if data is not None:
+                ext = guess_image_extension(data)
+                if ext is None:
+                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "image", "msg": f"{name} is not a PNG, JPEG, WebP or GIF image"}]))
+                fname = "api-" + hashlib.sha256(data).hexdigest()[:24] + ext
+                info = await svc.comfy.upload_image(fname, data, "image/" + ext[1:])
+                out[name] = (info.get("subfolder") + "/" if info.get("subfolder") else "") + info.get("name", fname)
+        return out
+
+    async def fetch_image(url: str, loc: list[str]) -> bytes:
+        try:
+            async with svc.jobs.webhook_client.stream("GET", url, timeout=30.0) as r:
+                if r.status_code != 200:
+                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": f"fetching the image answered HTTP {r.status_code}"}]))
+                chunks, size = [], 0
+                async for chunk in r.aiter_bytes():
+                    size += len(chunk)
+                    if size > settings.max_input_image_bytes:
+                        raise _BadRequest(_problem(413, f"image at {loc[-1]} is over {settings.max_input_image_bytes} bytes"))
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.HTTPError as exc:
+            raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": f"cannot fetch the image: {exc}"}])) from None
+
+    async def raw_prompt(request: Request) -> Response:
+        try:
+            body = await read_json(request)
+        except _BadRequest as bad:
+            return bad.response
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict) or not body["prompt"]:
+            return _problem(422, [{"loc": ["body", "prompt"], "type": "missing",
+                                   "msg": "prompt must be an API-format graph: {node_id: {class_type, inputs}}"}])
+        graph = body.pop("prompt")
+        body.setdefault("input", None)
+        body, errors = envelope(body)
+        if errors:
+            return _problem(422, errors)
+        return await run_job(request, "_prompt", {"nodes": len(graph)}, graph, body, None)
+
+    async def upload_image(request: Request) -> Response:
+        form = await request.form(max_files=1, max_fields=10)
+        image = form.get("image")
+        if image is None or isinstance(image, str):
+            return _problem(422, [{"loc": ["body", "image"], "type": "missing", "msg": "send the file as multipart field 'image'"}])
+        data = await image.read()
+        ext = guess_image_extension(data)
+        if ext is None:
+            return _problem(422, [{"loc": ["body", "image"], "type": "image", "msg": "not a PNG, JPEG, WebP or GIF image"}])
+        name = str(image.filename or "upload" + ext).rsplit("/", 1)[-1]
+        subfolder = str(form.get("subfolder") or "")
+        if not safe_input_name(name) or (subfolder and not safe_input_name(subfolder)):
+            return _problem(422, [{"loc": ["body", "image"], "type": "path", "msg": "file name and subfolder must stay inside the input folder"}])
+        overwrite = str(form.get("overwrite", "false")).lower() in ("1", "true")
+        try:
+            info = await svc.comfy.upload_image(name, data, "image/" + ext[1:], subfolder, overwrite)
+        except ComfyUnavailable as exc:
+            return unavailable(exc)
+        except httpx.HTTPStatusError as exc:
+            return _problem(502, f"ComfyUI refused the upload: HTTP {exc.response.status_code}")
+        return _json(info)
+
+    def find_job(request: Request) -> Job | None:
+        job = svc.jobs.get(request.path_params["job_id"])
+        if job is not None and job.key_id != describe(request.scope) and describe(request.scope) is not None:
+            return None  # another key's job
+        return job
+
+    async def get_job(request: Request) -> Response:
+        job = find_job(request)
+        if job is None:
+            return _problem(404, "no such job (jobs are kept in memory for the latest ones; see GET /executions)")
+        return _json(job.public(), 200)
+
+    async def delete_job(request: Request) -> Response:
+        job = find_job(request)
+        if job is None:
+            return _problem(404, "no such job")
+        if job.status in FINAL:
+            return _problem(409, f"job already {job.status}", job=job.public(False))
+        try:
+            await svc.jobs.cancel(job)
+        except ComfyUnavailable as exc:
+            return unavailable(exc)
+        return _json(job.public(False), 200)
+
+    async def job_output(request: Request) -> Response:
+        job = find_job(request)
+        try:
+            index = int(request.path_params["index"])
+        except ValueError:
+            index = -1
+        if job is None or not 0 <= index < len(job.files):
+            return _problem(404, "no such output")
+        try:
+            data, ctype = await svc.jobs.read_output(job.files[index])
+        except ComfyUnavailable as exc:
+            return unavailable(exc)
+        except httpx.HTTPStatusError:
+            return _problem(404, "output file is gone from ComfyUI")
+        name = job.files[index]["filename"].replace('"', "")
+        return Response(data, media_type=ctype, headers={"content-disposition": f'inline; filename="{name}"'})
+
+    async def executions(request: Request) -> Response:
+        q = request.query_params
+        errors = []
+
+        def when(key: str) -> float | None:
+            v = q.get(key)
+            if v is None:
+                return None
+            try:
+                return float(v)
+            except ValueError:
+                try:
+                    return datetime.fromisoformat(v).timestamp()
+                except ValueError:
+                    errors.append({"loc": ["query", key], "type": "datetime", "msg": f"{key} must be unix seconds or ISO 8601"})
+                    return None
+
+        since, until = when("since"), when("until")
+        try:
+            limit = min(max(int(q.get("limit", 50)), 1), 500)
+            offset = max(int(q.get("offset", 0)), 0)
+        except ValueError:
+            errors.append({"loc": ["query", "limit"], "type": "int_type", "msg": "limit and offset must be integers"})
+            limit, offset = 50, 0
+        if errors:
+            return _problem(422, errors)
+        own = describe(request.scope)
+        rows = await asyncio.to_thread(svc.store.query, q.get("workflow"), q.get("status"), since, until,
+                                       own if own is not None else q.get("key_id"), limit, offset)
+        return _json({"executions": rows, "limit": limit, "offset": offset})
+
+    routes = [
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/openapi.json", openapi),
+        Route("/docs", docs_page),
+        Route("/workflows", list_workflows),
+        Route("/workflows/{name}", run_workflow, methods=["POST"]),
+        Route("/prompt", raw_prompt, methods=["POST"]),
+        Route("/upload/image", upload_image, methods=["POST"]),
+        Route("/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/jobs/{job_id}", delete_job, methods=["DELETE"]),
+        Route("/jobs/{job_id}/outputs/{index}", job_output),
+        Route("/executions", executions),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = svc
+    app.add_middleware(SecurityMiddleware, keys=settings.api_keys, required=settings.auth_required(),
+                       rate_per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst,
+                       max_body=settings.max_body_bytes)
+    return app
+
+
+def _job_status_code(job: Job) -> int:
+    if job.status == "completed":
+        return 200
+    if job.status == "cancelled":
+        return 409
+    if job.error and job.error.get("type") in ("comfyui_restarted", "comfyui_unreachable"):
+        return 503
+    return 500
+
+
+class _BadRequest(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__("bad request")
+        self.response = response
+
+
+def python_info() -> str:
+    return sys.version

@@ -1,0 +1,100 @@
+"""`python3 comfyui-api.pyz --comfyui-url URL --workflows DIR --host H --port P --db PATH ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pkgutil
+import sys
+from pathlib import Path
+
+from comfyui_api import __version__
+from comfyui_api.settings import ConfigError, Settings, read_api_keys
+
+
+def build_info() -> dict[str, str]:
+    """What scripts/build-binary recorded (version, commit, build time), or a dev marker."""
+    try:
+        raw = pkgutil.get_data("comfyui_api", "_build_info.json")
+    except (OSError, FileNotFoundError):
+        raw = None
+    if raw:
+        return json.loads(raw)
+    return {"version": __version__, "build": "development"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="comfyui-api",
+        description="Serve every workflow in a folder as POST /workflows/<name> in front of ComfyUI.",
+        epilog="example: python3 comfyui-api.pyz --comfyui-url http://127.0.0.1:8188 --workflows ./workflows "
+               "--host 0.0.0.0 --port 3000 --db ./api.sqlite3 --api-key-file ./api-keys",
+    )
+    p.add_argument("--comfyui-url", default="http://127.0.0.1:8188", help="ComfyUI's base URL")
+    p.add_argument("--workflows", type=Path, default=Path("workflows"), help="folder of workflow JSON files")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback needs API keys)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--db", type=Path, default=Path("comfyui-api.sqlite3"), help="SQLite execution log")
+    p.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve beyond loopback without API keys (not recommended)")
+    p.add_argument("--rate-limit", type=int, default=120, help="requests per minute per API key")
+    p.add_argument("--rate-burst", type=int, default=30, help="requests a key may send at once")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 beyond)")
+    p.add_argument("--sync-timeout", type=float, default=600.0, help="seconds a sync request waits (504 beyond)")
+    p.add_argument("--queue-limit", type=int, default=64, help="jobs in flight before 429")
+    p.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds on 503/429")
+    p.add_argument("--outputs", choices=["base64", "url"], default="base64", help="default output mode")
+    p.add_argument("--comfyui-output-dir", type=Path, help="ComfyUI's output folder, read directly when on this host")
+    p.add_argument("--public-url", default="", help="base URL used in output download links")
+    p.add_argument("--webhook-secret-file", type=Path, help="file holding the whsec_... signing secret")
+    p.add_argument("--webhook-attempts", type=int, default=5)
+    p.add_argument("--webhook-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
+    p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
+    p.add_argument("--warmup", action="store_true", help="run every workflow once at start; /ready waits for it")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--version", action="version", version=f"comfyui-api {__version__}")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    keys = read_api_keys(args.api_key_file) if args.api_key_file else []
+    secret = ""
+    if args.webhook_secret_file:
+        try:
+            secret = args.webhook_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{args.webhook_secret_file}: cannot read webhook secret ({exc.strerror or exc})") from None
+    return Settings(
+        comfyui_url=args.comfyui_url, workflows_dir=args.workflows, host=args.host, port=args.port,
+        db_path=args.db, api_keys=keys, require_api_key=False if args.allow_unauthenticated else None,
+        rate_limit_per_minute=args.rate_limit, rate_limit_burst=args.rate_burst,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024), sync_timeout_s=args.sync_timeout,
+        queue_limit=args.queue_limit, retry_after_s=args.retry_after, output_mode=args.outputs,
+        comfyui_output_dir=args.comfyui_output_dir, public_url=args.public_url.rstrip("/"),
+        webhook_secret=secret, webhook_max_attempts=args.webhook_attempts, webhook_backoff_s=args.webhook_backoff,
+        allow_url_inputs=not args.no_url_inputs, warmup=args.warmup, build_info=build_info(),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = settings_from_args(args)
+        from comfyui_api.app import create_app
+
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"comfyui-api: {exc}", file=sys.stderr)
+        sys.exit(2)
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, http="h11", loop="asyncio", ws="none", lifespan="on",
+                access_log=False, log_level=args.log_level.lower(), timeout_keep_alive=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Configuration of one API service, as a plain object (the CLI and Modal both build it)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; the message says which and what to do."""
+
+
+@dataclass
+class Settings:
+    """Everything create_app needs; defaults suit a GPU host with ComfyUI on 127.0.0.1:8188."""
+
+    comfyui_url: str = "http://127.0.0.1:8188"
+    workflows_dir: Path = Path("workflows")
+    host: str = "127.0.0.1"
+    port: int = 3000
+    db_path: Path | None = Path("comfyui-api.sqlite3")
+    api_keys: list[str] = field(default_factory=list)
+    # None: required exactly when listening beyond loopback.
+    require_api_key: bool | None = None
+    rate_limit_per_minute: int = 120
+    rate_limit_burst: int = 30
+    max_body_bytes: int = 32 * 1024 * 1024
+    sync_timeout_s: float = 600.0
+    queue_limit: int = 64
+    retry_after_s: int = 5
+    output_mode: str = "base64"
+    # Where ComfyUI writes outputs; when set (same host), files are read directly, else via /view.
+    comfyui_output_dir: Path | None = None
+    public_url: str = ""
+    webhook_secret: str = ""
+    webhook_max_attempts: int = 5
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 10.0
+    allow_url_inputs: bool = True
+    max_input_image_bytes: int = 32 * 1024 * 1024
+    warmup: bool = False
+    resubmit_after_restart: int = 1
+    job_retention: int = 1000
+    build_info: dict[str, str] = field(default_factory=dict)
+
+    def auth_required(self) -> bool:
+        """Bearer keys are required by default whenever the service is reachable beyond loopback."""
+        if self.require_api_key is not None:
+            return self.require_api_key
+        return not is_loopback(self.host)
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, with the fix in the message."""
+        if self.output_mode not in ("base64", "url"):
+            raise ConfigError(f"output mode {self.output_mode!r}: use 'base64' or 'url'")
+        if self.auth_required() and not self.api_keys:
+            raise ConfigError(
+                f"listening on {self.host} needs API keys: pass --api-key-file FILE (one key per line), "
+                "or --allow-unauthenticated to accept anyone who can reach the port"
+            )
+        if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
+            raise ConfigError("webhook secret must look like 'whsec_<base64>' (Standard Webhooks)")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_keys(path: Path) -> list[str]:
+    """Keys from a file, one per line; blank lines and '#' comments ignored."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read API key file ({exc.strerror or exc})") from None
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"{path}: no API keys in file; put one key per line")
+    if any(len(k) < 16 for k in keys):
+        raise ConfigError(f"{path}: every API key must be at least 16 characters")
+    return keys

@@ -1,0 +1,119 @@
+"""SQLite execution log: every request's workflow, parameters, status, timings and error.
+
+Writes go through one background thread so the request path only enqueues a tuple;
+reads (GET /executions) use their own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    key_id TEXT,
+    params TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    prompt_id TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    duration_ms REAL,
+    outputs TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at);
+CREATE INDEX IF NOT EXISTS executions_workflow ON executions (workflow, created_at);
+"""
+COLUMNS = ("id", "workflow", "key_id", "params", "status", "error", "prompt_id", "created_at", "started_at",
+           "finished_at", "duration_ms", "outputs")
+
+
+class ExecutionLog:
+    """Append/update rows off the hot path; query with filters."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = str(path) if path is not None else ":memory:"
+        self._q: queue.Queue = queue.Queue()
+        self._write = sqlite3.connect(self.path, check_same_thread=False)
+        self._write.executescript("PRAGMA journal_mode=WAL;" if path is not None else "")
+        self._write.executescript(SCHEMA)
+        self._write.commit()
+        self._read = self._write if path is None else sqlite3.connect(self.path, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._writer, name="execution-log", daemon=True)
+        self._thread.start()
+
+    def _writer(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                self._q.task_done()
+                return
+            sql, args = item
+            with self._lock:
+                try:
+                    self._write.execute(sql, args)
+                    if self._q.empty():
+                        self._write.commit()
+                finally:
+                    self._q.task_done()
+
+    def insert(self, row: dict[str, Any]) -> None:
+        values = tuple(_col(row.get(c)) for c in COLUMNS)
+        self._q.put((f"INSERT OR REPLACE INTO executions ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", values))
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        cols = [c for c in fields if c in COLUMNS]
+        self._q.put((f"UPDATE executions SET {', '.join(c + '=?' for c in cols)} WHERE id=?",
+                     (*(_col(fields[c]) for c in cols), job_id)))
+
+    def flush(self) -> None:
+        self._q.join()
+        with self._lock:
+            self._write.commit()
+
+    def query(self, workflow: str | None = None, status: str | None = None, since: float | None = None,
+              until: float | None = None, key_id: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        self.flush()
+        where, args = [], []
+        for col, op, val in (("workflow", "=", workflow), ("status", "=", status), ("created_at", ">=", since),
+                             ("created_at", "<", until), ("key_id", "=", key_id)):
+            if val is not None:
+                where.append(f"{col} {op} ?")
+                args.append(val)
+        sql = f"SELECT {','.join(COLUMNS)} FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ? OFFSET ?"
+        with self._lock:
+            rows = self._read.execute(sql, (*args, limit, offset)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(COLUMNS, r))
+            for k in ("params", "error", "outputs"):
+                if d[k] is not None:
+                    d[k] = json.loads(d[k])
+            out.append(d)
+        return out
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(5)
+        with self._lock:
+            self._write.commit()
+            self._write.close()
+            if self._read is not self._write:
+                self._read.close()
+
+
+def _col(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Benchmark comfyui-api against ComfyUI directly: added latency (p50/p90) and throughput at concurrency 8.
+
+The graph is EmptyImage 64x64 → SaveImage with a different colour per request, so ComfyUI
+cannot answer from its cache. Each request ends with the PNG bytes in the client's hands:
+direct = POST /prompt + websocket frames + GET /view; through the API = one POST
+/workflows/bench (outputs as base64). Targets: ≤ 1 ms added at p50, ≥ 0.9× direct throughput.
+
+    .venv/bin/python scripts/bench_api.py                      # starts the stand-in and the API
+    .venv/bin/python scripts/bench_api.py --pyz dist/comfyui-api.pyz
+    .venv/bin/python scripts/bench_api.py --comfyui-url http://127.0.0.1:8188 --comfyui-output-dir ~/ComfyUI/output
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "standin"))
+
+TARGET_ADDED_P50_MS = 1.0
+TARGET_THROUGHPUT_RATIO = 0.9
+
+
+def graph(color: int) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+    }
+
+
+class Colours:
+    """Distinct colours across the whole run (and across runs, by a random start)."""
+
+    def __init__(self) -> None:
+        self.n = random.randrange(0xFFFFFF)
+
+    def next(self) -> int:
+        self.n = (self.n + 1) % 0x1000000
+        return self.n
+
+
+class Direct:
+    """A well-behaved direct ComfyUI client: one websocket, frames routed by prompt id."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.cid = uuid.uuid4().hex
+        self.http = httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32))
+        self.waiters: dict[str, tuple[asyncio.Future, dict]] = {}
+        self.early: dict[str, list[dict]] = {}
+
+    async def start(self) -> None:
+        self.ws = await websockets.connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.cid}", max_size=None)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if isinstance(msg, bytes):
+                continue
+            f = json.loads(msg)
+            pid = (f.get("data") or {}).get("prompt_id")
+            if pid is None:
+                continue
+            if pid not in self.waiters:
+                self.early.setdefault(pid, []).append(f)
+                continue
+            self._handle(pid, f)
+
+    def _handle(self, pid: str, f: dict) -> None:
+        fut, outs = self.waiters[pid]
+        if f["type"] == "executed" and f["data"].get("output"):
+            outs.update(f["data"]["output"])
+        elif f["type"] in ("execution_success", "execution_error", "execution_interrupted") and not fut.done():
+            fut.set_result(f["type"])
+
+    async def run(self, color: int) -> bytes:
+        pid = str(uuid.uuid4())
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[pid] = (fut, {})
+        r = await self.http.post("/prompt", json={"prompt": graph(color), "client_id": self.cid, "prompt_id": pid})
+        r.raise_for_status()
+        pid2 = r.json()["prompt_id"]
+        if pid2 != pid:
+            self.waiters[pid2] = self.waiters.pop(pid)
+            pid = pid2
+        for f in self.early.pop(pid, []):
+            self._handle(pid, f)
+        status = await fut
+        _, outs = self.waiters.pop(pid)
+        if status != "execution_success":
+            raise RuntimeError(status)
+        img = outs["images"][0]
+        v = await self.http.get("/view", params={"filename": img["filename"], "subfolder": img["subfolder"],
+                                                 "type": img["type"]})
+        v.raise_for_status()
+        return v.content
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.ws.close()
+        await self.http.aclose()
+
+
+class ThroughApi:
+    def __init__(self, url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32))
+
+    async def start(self) -> None:
+        pass
+
+    async def run(self, color: int) -> bytes:
+        r = await self.http.post("/workflows/bench", json={"input": {"color": color}})
+        r.raise_for_status()
+        return base64.b64decode(r.json()["outputs"][0]["base64"])
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def timed(client, colours: Colours) -> float:
+    t = time.perf_counter()
+    data = await client.run(colours.next())
+    dt = time.perf_counter() - t
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return dt
+
+
+async def latency(direct: Direct, api: ThroughApi, colours: Colours, n: int) -> tuple[list[float], list[float]]:
+    d, a = [], []
+    for i in range(n):
+        # Alternate which goes first so drift hits both alike.
+        pair = (direct, api) if i % 2 == 0 else (api, direct)
+        for c in pair:
+            dt = await timed(c, colours)
+            (d if c is direct else a).append(dt)
+    return d, a
+
+
+async def throughput(client, colours: Colours, n: int, concurrency: int) -> float:
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        while count < n:
+            count += 1
+            await timed(client, colours)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - t)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: int) -> tuple[dict, bool]:
+    colours = Colours()
+    direct, api = Direct(comfy_url), ThroughApi(api_url)
+    await direct.start()
+    await api.start()
+    try:
+        await latency(direct, api, colours, 20)  # warm connections and caches
+        d, a = await latency(direct, api, colours, n)
+        td = await throughput(direct, colours, tn, concurrency)
+        ta = await throughput(api, colours, tn, concurrency)
+        td2 = await throughput(direct, colours, tn, concurrency)
+        ta2 = await throughput(api, colours, tn, concurrency)
+    finally:
+        await direct.close()
+        await api.close()
+    res = {
+        "direct_p50_ms": statistics.median(d) * 1000, "api_p50_ms": statistics.median(a) * 1000,
+        "direct_p90_ms": pct(d, 90) * 1000, "api_p90_ms": pct(a, 90) * 1000,
+        "direct_rps": max(td, td2), "api_rps": max(ta, ta2),
+    }
+    res["added_p50_ms"] = res["api_p50_ms"] - res["direct_p50_ms"]
+    res["added_p90_ms"] = res["api_p90_ms"] - res["direct_p90_ms"]
+    res["ratio"] = res["api_rps"] / res["direct_rps"]
+    ok = res["added_p50_ms"] <= TARGET_ADDED_P50_MS and res["ratio"] >= TARGET_THROUGHPUT_RATIO
+    return res, ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfyui-url", default=os.environ.get("COMFYFLEET_TEST_COMFYUI_URL"),
+                    help="a running ComfyUI (default: start the stand-in)")
+    ap.add_argument("--comfyui-output-dir", type=Path, help="that ComfyUI's output folder, if on this machine")
+    ap.add_argument("--pyz", type=Path, help="run the built artifact instead of the source package")
+    ap.add_argument("-n", type=int, default=300, help="sequential requests per side for latency")
+    ap.add_argument("--throughput-requests", type=int, default=400)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+
+    from standin_launch import Standin, free_port
+
+    procs: list[subprocess.Popen] = []
+    standin = None
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        tmpdir = Path(tmp)
+        try:
+            if args.comfyui_url:
+                comfy_url, out_dir = args.comfyui_url.rstrip("/"), args.comfyui_output_dir
+            else:
+                standin = Standin(tmpdir / "comfy").start()
+                comfy_url, out_dir = standin.url, tmpdir / "comfy" / "output"
+            wf = tmpdir / "workflows"
+            wf.mkdir()
+            (wf / "bench.json").write_text(json.dumps(graph(0)))
+            port = free_port()
+            runner = [sys.executable, str(args.pyz)] if args.pyz else [sys.executable, "-m", "comfyui_api"]
+            cmd = [*runner, "--comfyui-url", comfy_url, "--workflows", str(wf), "--host", "127.0.0.1",
+                   "--port", str(port), "--db", str(tmpdir / "api.sqlite3"), "--log-level", "warning",
+                   "--rate-limit", "1000000", "--rate-burst", "100000"]
+            if out_dir:
+                cmd += ["--comfyui-output-dir", str(out_dir)]
+            procs.append(subprocess.Popen(cmd, cwd=ROOT))
+            api_url = f"http://127.0.0.1:{port}"
+            wait_http(api_url + "/health")
+            deadline = time.monotonic() + 30
+            while "bench" not in httpx.get(api_url + "/health").json()["workflows"]:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the API did not load the bench workflow")
+                time.sleep(0.05)
+            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency))
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+            if standin is not None:
+                standin.stop()
+    print(f"ComfyUI: {comfy_url}  ({'stand-in' if standin else 'given'}), API: {'pyz' if args.pyz else 'source'}")
+    print(f"latency (n={args.n} each, sequential, PNG bytes in hand):")
+    print(f"  direct   p50 {res['direct_p50_ms']:.3f} ms   p90 {res['direct_p90_ms']:.3f} ms")
+    print(f"  via API  p50 {res['api_p50_ms']:.3f} ms   p90 {res['api_p90_ms']:.3f} ms")
+    print(f"  added    p50 {res['added_p50_ms']:+.3f} ms   p90 {res['added_p90_ms']:+.3f} ms")
+    print(f"throughput at concurrency {args.concurrency} ({args.throughput_requests} requests):")
+    print(f"  direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   ratio {res['ratio']:.2f}x")
+    p50_ok = res["added_p50_ms"] <= TARGET_ADDED_P50_MS
+    tp_ok = res["ratio"] >= TARGET_THROUGHPUT_RATIO
+    print(f"targets: added p50 <= {TARGET_ADDED_P50_MS} ms {'met' if p50_ok else 'MISSED'} "
+          f"({res['added_p50_ms']:+.3f} ms); throughput >= {TARGET_THROUGHPUT_RATIO}x {'met' if tp_ok else 'MISSED'} "
+          f"({res['ratio']:.2f}x)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

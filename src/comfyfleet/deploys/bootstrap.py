@@ -1,0 +1,39 @@
+"""Provider bootstrap: Docker Engine, NVIDIA container toolkit, block volume, then the ComfyUI runtime.
+
+Providers differ only in data (:data:`comfyfleet.inventory.PROVIDER_DEFAULTS`): Lambda
+logs in as ``ubuntu`` and keeps everything under its home; DataCrunch logs in as
+``root`` and puts the data root on a block volume.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from comfyfleet.deploys.runtime import deploy_runtime
+from comfyfleet.deploys.tasks import task
+from comfyfleet.errors import BadInput
+from comfyfleet.inventory import host_config
+from comfyfleet.operations import block, docker
+
+
+@deploy("Provider bootstrap")
+def provision(provider: str | None = None) -> None:
+    """Bootstrap the current host for ``provider`` and deploy the ComfyUI runtime on it."""
+    given = host.data.get("provider")
+    if provider and given and given != provider:
+        raise BadInput(f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run")
+    cfg = host_config(host, provider)
+    sudo = cfg.sudo
+    docker.engine(name="Docker Engine", user=cfg.ssh_user, apt_url=cfg.docker_apt_url, _sudo=sudo)
+    docker.nvidia_toolkit(
+        name="NVIDIA container toolkit", version=cfg.nvidia_toolkit_version, apt_url=cfg.nvidia_apt_url, _sudo=sudo
+    )
+    block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount, _sudo=sudo)
+    deploy_runtime()
+
+
+@task("bootstrap")
+def bootstrap_task() -> None:
+    """Provider bootstrap for the provider named in the host data (``--data provider=...``)."""
+    provision(host.data.get("provider"))

@@ -1,0 +1,66 @@
+"""Convergence: ``deploy-all`` brings a fresh or drifted host to what the workflows need, in order.
+
+ComfyUI core at its pinned ref (the runtime deploy), the workflows' node packs, their
+model files, the API service (when the ``update-binary`` task is installed), a restart
+when nodes changed, then the proof: every class type in ``/object_info``. Each step is
+idempotent, so a second run changes nothing. ``update`` moves one component.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from comfyfleet.deploys import tasks
+from comfyfleet.deploys.models import download_models
+from comfyfleet.deploys.nodes import install_nodes, load_manifests, restart_and_wait, verify_nodes
+from comfyfleet.deploys.ops import update_core
+from comfyfleet.deploys.runtime import deploy_runtime
+from comfyfleet.deploys.tasks import task
+from comfyfleet.errors import BadInput
+from comfyfleet.inventory import host_config
+
+UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
+
+
+@deploy("Deploy all")
+def deploy_all() -> None:
+    """ComfyUI core, nodes, models, API, restart, verify: one converging pass."""
+    cfg = host_config(host)
+    manifests = load_manifests(None, str(host.data.get("workflows_dir") or "workflows"))
+    deploy_runtime()
+    nodes = install_nodes(manifests, finish=False)
+    download_models(manifests)
+    tasks.load_all()
+    api = tasks.TASKS.get("update-binary")
+    if api is not None:
+        api()
+    restart_and_wait(cfg, nodes)
+    verify_nodes(cfg)
+
+
+@task("deploy-all")
+def deploy_all_task() -> None:
+    """Converge the host: ComfyUI core, custom nodes, models, API, restart, verify."""
+    deploy_all()
+
+
+@task("update")
+def update_task() -> None:
+    """``--data update=comfyui|nodes|manager|api`` moves one component (``component`` works too)."""
+    component = str(host.data.get("update") or host.data.get("component") or "")
+    if component not in UPDATE_COMPONENTS:
+        raise BadInput(f"host {host.name}: update must be one of {', '.join(UPDATE_COMPONENTS)} (got {component!r})")
+    cfg = host_config(host)
+    if component == "comfyui":
+        update_core(cfg.ref or cfg.comfyui_ref)
+    elif component in ("nodes", "manager"):
+        # ComfyUI-Manager is a node pack (or the pip package pinned by ComfyUI itself): the
+        # packs update covers the first, a runtime deploy reinstalls the second.
+        install_nodes(load_manifests(None, str(host.data.get("workflows_dir") or "workflows")), update=True)
+    else:
+        tasks.load_all()
+        api = tasks.TASKS.get("update-binary")
+        if api is None:
+            raise BadInput("update api: the API service tasks are not installed in this version")
+        api()

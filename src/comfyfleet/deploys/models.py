@@ -1,0 +1,349 @@
+"""Tier 3: the model files the workflows need, fetched on the host straight into the data root.
+
+``hostside/fetch_models.py`` does the downloading on the host (Hugging Face through
+huggingface_hub when the host's Python has it, CivitAI through its API, any http(s)
+URL; Range resume, sha256 check, rename into place only when complete).
+``hostside/model_files.py`` organizes, cleans up and measures the models folder.
+
+Model names come from untrusted workflow JSON: every one is checked with
+:func:`comfyfleet.safety.unsafe_model_name_reason` here, on the operator's machine,
+and a workflow with an unsafe name is refused (exit 2) before anything reaches a host.
+
+Tokens (``HF_TOKEN``, ``CIVITAI_API_TOKEN``) are read here (:mod:`comfyfleet.secrets`)
+and uploaded only when something must be downloaded, as a file in a 0700 folder of the
+SSH user, read by the script from standard input and deleted by the same command.
+
+Host data read here:
+
+==================  ===============  ===========================================================
+key                 default          meaning
+==================  ===============  ===========================================================
+workflow            none             ``download-models``: one workflow (else every workflow)
+workflows_dir       ``workflows``    folder of workflows (and of the lock that records hashes)
+hf_endpoint         none             Hugging Face endpoint on the host (a mirror); the host's own
+                                     ``HF_ENDPOINT`` applies otherwise
+civitai_endpoint    none             CivitAI API base (a mirror)
+models_parallel     ``3``            files downloaded at once per host
+yes                 ``false``        ``cleanup-models``: really delete
+lock_file           ``<workflows_dir>/comfyfleet.lock.yaml``: computed hashes are recorded there
+==================  ===============  ===========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Generator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.server import Home
+
+from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, upload_hostside, upload_plan
+from comfyfleet.deploys.tasks import task
+from comfyfleet.errors import BadInput
+from comfyfleet.inventory import HostConfig, host_config
+from comfyfleet.manifest import Manifest, ModelRef
+from comfyfleet.operations.shell import fail, script
+from comfyfleet.runner import report
+from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
+from comfyfleet.secrets import load_tokens
+
+_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_URL = re.compile(r"^(https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+|civitai:\d+)$")
+
+# An empty 0600 file in a 0700 folder of the SSH user, before any byte of a token is written.
+_SECRETS_FILE = r"""
+umask 077
+mkdir -p "$1" && chmod 700 "$1" && : > "$2" && chmod 600 "$2"
+"""
+
+# Reads the tokens file on stdin, deletes it whatever happens; the tokens never reach argv or env.
+_FETCH_WITH_SECRETS = r"""
+f=$1; shift
+"$@" --secrets-stdin < "$f"
+rc=$?
+rm -f "$f"
+exit $rc
+"""
+
+
+def needed_models(manifests: list[Manifest]) -> list[ModelRef]:
+    """Models of the manifests, deduplicated by folder/filename; BadInput for any unsafe or unfetchable one."""
+    out: dict[tuple[str, str], ModelRef] = {}
+    for m in manifests:
+        for un in m.unresolved.models:
+            reason = unsafe_model_name_reason(un.filename)
+            if reason or "unsafe" in un.reason:
+                raise BadInput(
+                    f"{m.source}: node {', '.join(un.node_ids) or '?'}: model name {un.filename!r} "
+                    f"{reason or un.reason}: fix the workflow (nothing was sent to any host)"
+                )
+        for ref in m.models:
+            reason = unsafe_model_name_reason(ref.filename)
+            if reason is None and not _FOLDER.match(ref.folder):
+                reason = f"goes to an invalid models folder {ref.folder!r}"
+            if reason is None and ref.url and not _URL.match(ref.url):
+                reason = f"has a download URL comfyfleet will not use ({ref.url!r})"
+            if reason:
+                raise BadInput(
+                    f"{m.source}: node {', '.join(ref.node_ids) or '?'}: model {ref.filename!r} {reason}: "
+                    "fix the workflow (nothing was sent to any host)"
+                )
+            key = (ref.folder, normalize_model_name(ref.filename))
+            have = out.get(key)
+            if have is None:
+                out[key] = ref.model_copy(update={"filename": key[1]})
+            elif ref.sha256 and have.sha256 and ref.sha256.lower() != have.sha256.lower():
+                raise BadInput(f"{m.source}: {key[0]}/{key[1]} has two different sha256 values across workflows")
+            else:
+                have.url = have.url or ref.url
+                have.sha256 = have.sha256 or ref.sha256
+    return [out[k] for k in sorted(out)]
+
+
+def model_plan(cfg: HostConfig, models: list[ModelRef]) -> dict[str, Any]:
+    lay = cfg.layout
+    data = host.data
+    for key in ("hf_endpoint", "civitai_endpoint"):
+        value = data.get(key)
+        if value and not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", str(value)):
+            raise BadInput(f"host {host.name}: {key} must be an http(s) URL (got {value!r})")
+    try:
+        parallel = max(1, min(16, int(data.get("models_parallel") or 3)))
+    except (TypeError, ValueError):
+        raise BadInput(f"host {host.name}: models_parallel must be a number") from None
+    return {
+        "models_dir": lay.models,
+        "staging_dir": f"{lay.state}/downloads",
+        "state_file": f"{lay.state}/model-hashes.json",
+        "hf_endpoint": data.get("hf_endpoint"),
+        "civitai_endpoint": data.get("civitai_endpoint"),
+        "parallel": parallel,
+        "items": [
+            {"filename": m.filename, "folder": m.folder, "url": m.url, "sha256": (m.sha256 or "").lower() or None,
+             "size": m.size, "record_hash": m.sha256 is None}
+            for m in models
+        ],
+    }
+
+
+def tokens_needed(models: list[ModelRef]) -> set[str]:
+    names = set()
+    for m in models:
+        url = m.url or ""
+        if re.match(r"^https://(www\.)?(huggingface\.co|hf\.co)/", url):
+            names.add("HF_TOKEN")
+        if url.startswith("civitai:") or re.match(r"^https://([a-z]+\.)?civitai\.com/", url):
+            names.add("CIVITAI_API_TOKEN")
+    return names
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+@operation()
+def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) -> Generator[Any, None, None]:
+    """Download what is missing or wrong (no change when every file is in place and verified).
+
+    + script_path: ``fetch_models.py`` on the host
+    + plan_path: its JSON plan
+    + count: how many files the plan names (for the no-op message)
+    + token_names: which tokens the plan's URLs may need (read on the operator's machine)
+    """
+    check = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "--check"))
+    rows = check.get("CHECK")
+    if rows is None:
+        yield fail("; ".join(check.get("error", [])) or "fetch_models.py --check gave no answer (python3 on the host?)")
+        return
+    if all(r["state"] == "ok" for r in rows):
+        host.noop(f"{count} model file(s) in place")
+        return
+    argv = ["python3", script_path, "--plan", plan_path]
+    tokens = load_tokens()
+    payload = {k: v for k, v in tokens.values.items() if k in token_names}
+    if not payload:
+        yield StringCommand(*argv)
+        return
+    # Uploaded as the SSH user (no sudo, so no world-readable temp copy) into its own 0700 folder.
+    home = host.get_fact(Home) or "/root"
+    secrets_dir = f"{home}/.comfyfleet-secrets"
+    secrets_file = f"{secrets_dir}/tokens-{uuid.uuid4().hex}.json"
+    yield StringCommand("sh", "-c", QuoteString(_SECRETS_FILE), "comfyfleet", QuoteString(secrets_dir),
+                        QuoteString(secrets_file), _sudo=False)
+    yield FileUploadCommand(StringIO(json.dumps(payload)), secrets_file, _sudo=False)
+    yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
+
+
+@operation()
+def report_downloads(step: OperationMeta, lock_file: str | None) -> Generator[Any, None, None]:
+    """Show what the download step did, and record computed hashes in the lock."""
+    if step.is_complete() and step.did_change():
+        rows = parse_tagged(step.stdout_lines).get("RESULT", [])
+        report(host).table(
+            "models",
+            ["file", "status", "via", "MB fetched", "MB resumed", "sha256"],
+            [[f"{r['folder']}/{r['filename']}", r["status"], r.get("via", "-"),
+              f"{r.get('bytes_fetched', 0) / 1e6:.1f}", f"{r.get('bytes_reused', 0) / 1e6:.1f}",
+              (r.get("sha256") or "")[:16]] for r in rows],
+        )
+        if lock_file:
+            recorded = record_hashes(Path(lock_file), rows)
+            if recorded:
+                report(host).note(f"recorded {recorded} computed sha256 value(s) in {lock_file}")
+    host.noop("reported models")
+    return
+    yield
+
+
+def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
+    """Fill in sha256 for lock models that had none; returns how many were recorded."""
+    if not lock_file.is_file():
+        return 0
+    data = yaml.safe_load(lock_file.read_text()) or {}
+    computed = {(r["folder"], r["filename"]): r.get("sha256") for r in rows if r.get("sha256")}
+    count = 0
+    for model in data.get("models") or []:
+        key = (model.get("folder"), normalize_model_name(str(model.get("filename", ""))))
+        if not model.get("sha256") and computed.get(key):
+            model["sha256"] = computed[key]
+            count += 1
+    if count:
+        tmp = lock_file.with_suffix(lock_file.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        tmp.replace(lock_file)
+    return count
+
+
+@deploy("Models")
+def download_models(manifests: list[Manifest]) -> OperationMeta:
+    """Fetch every model the manifests name into models/<folder>/ on the host."""
+    cfg = host_config(host)
+    models = needed_models(manifests)
+    missing_url = [m for m in models if not m.url]
+    plan = model_plan(cfg, models)
+    bin_dir = upload_hostside(cfg, "fetch_models.py")
+    plan_path = upload_plan(cfg, "models", plan)
+    step = fetch(name="Model files", script_path=f"{bin_dir}/fetch_models.py", plan_path=plan_path,
+                 count=len(models), token_names=sorted(tokens_needed(models)), _sudo=cfg.sudo)
+    report_downloads(name="Model report", step=step, lock_file=_lock_file())
+    if missing_url:
+        report(host).note("no download URL for: " + ", ".join(f"{m.folder}/{m.filename}" for m in missing_url)
+                          + " (add url: in workflows/overrides.yaml)")
+    return step
+
+
+def _lock_file() -> str:
+    data = host.data
+    return str(data.get("lock_file") or Path(str(data.get("workflows_dir") or "workflows")) / "comfyfleet.lock.yaml")
+
+
+def _manifests(one: bool) -> list[Manifest]:
+    data = host.data
+    workflow = data.get("workflow") if one else None
+    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+
+
+@task("download-models")
+def download_models_task() -> None:
+    """``--data workflow=FILE`` (default: every workflow in workflows/)."""
+    download_models(_manifests(one=True))
+
+
+def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
+    models = needed_models(_manifests(one=False))
+    plan = {"models_dir": cfg.layout.models, "data_root": cfg.layout.root,
+            "referenced": [{"folder": m.folder, "filename": m.filename} for m in models]}
+    bin_dir = upload_hostside(cfg, "model_files.py")
+    plan_path = upload_plan(cfg, "model-files", plan)
+    return f"{bin_dir}/model_files.py", plan_path
+
+
+@operation()
+def organize(script_path: str, plan_path: str) -> Generator[Any, None, None]:
+    """Move referenced files that sit in the wrong folder to the manifest's folder (never overwrites)."""
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "organize", "--check"))
+    result = state.get("ORGANIZE")
+    if result is None:
+        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
+        return
+    rows = [[m["from"], m["to"], "move"] for m in result["moves"]]
+    rows += [[c["file"], "-", c["reason"]] for c in result["conflicts"]]
+    report(host).table("organize models", ["file", "to", "action"], rows)
+    if not result["moves"]:
+        host.noop("every referenced model is in its folder")
+        return
+    yield StringCommand("python3", script_path, "--plan", plan_path, "organize")
+
+
+@task("organize-models")
+def organize_models_task() -> None:
+    """Move model files to the folders the manifests say."""
+    cfg = host_config(host)
+    script_path, plan_path = _admin_plan(cfg)
+    organize(name="Organize models", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)
+
+
+@operation()
+def cleanup(script_path: str, plan_path: str, delete: bool) -> Generator[Any, None, None]:
+    """List model files no workflow references; delete them only when ``delete``."""
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "cleanup"))
+    result = state.get("CLEANUP")
+    if result is None:
+        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
+        return
+    report(host).table("unreferenced models", ["file", "MB"],
+                       [[f["file"], f"{f['size'] / 1e6:.1f}"] for f in result["files"]])
+    if not result["files"]:
+        host.noop("no unreferenced model files")
+        return
+    if not delete:
+        report(host).note(f"{len(result['files'])} file(s), {result['bytes'] / 1e6:.1f} MB: "
+                          "run again with --yes to delete them")
+        host.noop("listed unreferenced models (nothing deleted without --yes)")
+        return
+    yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--delete")
+
+
+@task("cleanup-models")
+def cleanup_models_task() -> None:
+    """``--data yes=true`` deletes; otherwise only lists."""
+    cfg = host_config(host)
+    script_path, plan_path = _admin_plan(cfg)
+    yes = str(host.data.get("yes", "")).lower() in ("1", "true", "yes")
+    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, delete=yes, _sudo=cfg.sudo)
+
+
+@operation()
+def storage(script_path: str, plan_path: str) -> Generator[Any, None, None]:
+    """Per-folder sizes, the largest files, referenced vs unreferenced, free space (a report)."""
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "report"))
+    r = state.get("REPORT")
+    if r is None:
+        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
+        return
+    gb = 1e9
+    report(host).table("models per folder", ["folder", "files", "GB"],
+                       [[f["folder"], f["files"], f"{f['bytes'] / gb:.2f}"] for f in r["folders"]])
+    report(host).table("largest model files", ["file", "GB", "referenced"],
+                       [[f["file"], f"{f['bytes'] / gb:.2f}", "yes" if f["referenced"] else "no"] for f in r["largest"]])
+    report(host).table("storage", ["what", "files", "GB"], [
+        ["referenced", r["referenced"]["files"], f"{r['referenced']['bytes'] / gb:.2f}"],
+        ["unreferenced", r["unreferenced"]["files"], f"{r['unreferenced']['bytes'] / gb:.2f}"],
+        ["free on data root", "-", f"{r['free_bytes'] / gb:.2f} of {r['total_bytes'] / gb:.2f}"],
+    ])
+    host.noop("storage report")
+
+
+@task("storage-report")
+def storage_report_task() -> None:
+    """Sizes per folder, largest files, referenced vs unreferenced, free space on the data root."""
+    cfg = host_config(host)
+    script_path, plan_path = _admin_plan(cfg)
+    storage(name="Storage report", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)

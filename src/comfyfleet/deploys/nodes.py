@@ -1,0 +1,387 @@
+"""Tier 2: custom node packs from the workflows' manifests, pinned, installed, restarted, proven.
+
+The work on the host is done by ``hostside/install_nodes.py`` (uploaded to
+``<data_root>/.comfyfleet/bin``), driven by a JSON plan written next to it. Each pack is
+installed through ComfyUI-Manager's ``cm-cli`` when the runtime has it and the pack is
+pinned to a registry version, by git otherwise (the report says which and why). Its
+requirements go into the persistent venv with the runtime's torch, torchvision,
+torchaudio and numpy pinned by a constraints file (lines naming them are skipped), and
+``install.py`` runs once per commit. ComfyUI is restarted only when something changed;
+then every class type the workflows need must appear in ``/object_info``, and packs that
+failed to import are reported with the error from the ComfyUI log.
+
+Host data read here (besides :mod:`comfyfleet.inventory`'s keys):
+
+==================  =================  ==========================================================
+key                 default            meaning
+==================  =================  ==========================================================
+workflow            none               workflow file (``install-nodes``; else every workflow)
+workflows_dir       ``workflows``      folder of workflows for ``install-missing`` / deploy-all
+git_mirrors         none               ``{"https://github.com/": "http://mirror/"}`` URL prefixes
+                                       rewritten before cloning (also ``a=b,c=d`` text)
+pip_index_url       none               ``--index-url`` for packs' requirements (a local mirror)
+node_install_via    ``auto``           ``auto`` (cm-cli when usable) | ``git``
+==================  =================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Generator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
+
+from comfyfleet.deploys.tasks import task
+from comfyfleet.errors import BadInput
+from comfyfleet.inventory import HostConfig, host_config
+from comfyfleet.manifest import Manifest, NodePack
+from comfyfleet.operations import comfyui, docker
+from comfyfleet.operations.shell import fail, script
+from comfyfleet.runner import report
+
+HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
+PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
+_DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
+
+
+# --- manifests on the operator's machine --------------------------------------------------
+
+_ANALYSIS_CACHE: dict[tuple[str, ...], tuple[list[Manifest], list[str]]] = {}
+
+
+def load_manifests(workflow: str | None, workflows_dir: str = "workflows") -> list[Manifest]:
+    """Manifests of one workflow file, or of every workflow in ``workflows_dir`` (BadInput on bad files)."""
+    from comfyfleet.analysis import analyze_paths
+
+    target = workflow or workflows_dir
+    path = Path(target)
+    if not path.exists():
+        raise BadInput(f"{target}: no such workflow file or folder (give --install-nodes FILE or add workflows/)")
+    key = (str(path.resolve()), *(f"{p}:{p.stat().st_mtime_ns}" for p in sorted(path.parent.glob("*"))))
+    if key not in _ANALYSIS_CACHE:
+        result = analyze_paths([path])
+        _ANALYSIS_CACHE[key] = (result.manifests, result.errors)
+    manifests, errors = _ANALYSIS_CACHE[key]
+    if errors:
+        raise BadInput(errors[0])
+    if not manifests:
+        raise BadInput(f"{target}: no workflow found")
+    return manifests
+
+
+def needed_packs(manifests: list[Manifest]) -> tuple[list[NodePack], list[str]]:
+    """Packs (deduplicated by repo, class lists merged) and the core classes of the manifests."""
+    by_repo: dict[str, NodePack] = {}
+    core: set[str] = set()
+    for m in manifests:
+        core.update(m.core_classes)
+        for pack in m.custom_nodes:
+            have = by_repo.get(pack.repo)
+            if have is None:
+                by_repo[pack.repo] = pack.model_copy(deep=True)
+            else:
+                if pack.version and have.version and pack.version != have.version:
+                    raise BadInput(
+                        f"{m.source}: pack {pack.repo} pinned to {pack.version}, another workflow pins "
+                        f"{have.version}: align the versions in workflows/overrides.yaml"
+                    )
+                have.version = have.version or pack.version
+                have.provides = sorted(set(have.provides) | set(pack.provides))
+    for m in manifests:
+        for un in m.unresolved.nodes:
+            raise BadInput(
+                f"{m.source}: node {', '.join(un.node_ids) or '?'} class {un.class_type}: {un.reason} "
+                "(add it under nodes: in workflows/overrides.yaml)"
+            )
+    return sorted(by_repo.values(), key=lambda p: p.repo), sorted(core)
+
+
+def pack_dir(pack: NodePack) -> str:
+    """Folder name below custom_nodes/: the repo's name, as ComfyUI-Manager names git installs."""
+    name = pack.repo.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    if not _DIR_NAME.match(name) or name in (".", ".."):
+        name = pack.id
+    if not _DIR_NAME.match(name):
+        raise BadInput(f"node pack {pack.id!r} ({pack.repo}): cannot make a safe folder name from it")
+    return name
+
+
+def git_mirrors(value: Any) -> dict[str, str]:
+    """``git_mirrors`` host data as a dict (accepts a dict or ``a=b,c=d`` text)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = [p.split("=", 1) for p in str(value).split(",") if "=" in p]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def clone_url(repo: str, mirrors: dict[str, str]) -> str:
+    """The URL to clone: mirrors applied (longest prefix first), always ending in .git."""
+    url = repo
+    for prefix in sorted(mirrors, key=len, reverse=True):
+        if repo.startswith(prefix):
+            url = mirrors[prefix] + repo[len(prefix):]
+            break
+    if not re.match(r"^(https?|ssh|file)://[A-Za-z0-9._~:/?#@%+=,-]+$|^git@[A-Za-z0-9._~:/%+=,-]+$", url):
+        raise BadInput(f"node pack repo {repo!r} is not a git URL comfyfleet can clone")
+    return url if url.endswith(".git") else url + ".git"
+
+
+def runtime_python(cfg: HostConfig) -> list[str]:
+    """argv prefix running the venv's Python inside the ComfyUI container (paths are identical there)."""
+    lay = cfg.layout
+    return ["docker", "exec", "-i", lay.comfyui_container, f"{lay.venv}/bin/python"]
+
+
+def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[str, Any]:
+    """The JSON plan ``install_nodes.py`` carries out on the host."""
+    lay = cfg.layout
+    data = host.data
+    mirrors = git_mirrors(data.get("git_mirrors"))
+    pip_args: list[str] = []
+    if data.get("pip_index_url"):
+        index = str(data.get("pip_index_url"))
+        if not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", index):
+            raise BadInput(f"host {host.name}: pip_index_url must be an http(s) URL (got {index!r})")
+        pip_args = ["--index-url", index]
+    via = str(data.get("node_install_via") or "auto")
+    if via not in ("auto", "git"):
+        raise BadInput(f"host {host.name}: node_install_via must be auto or git (got {via!r})")
+    return {
+        "custom_nodes_dir": lay.custom_nodes,
+        "state_dir": lay.state,
+        "comfyui_dir": lay.comfyui,
+        "python": runtime_python(cfg),
+        "cm_cli": [
+            "docker", "exec", "-i", "-e", f"COMFYUI_PATH={lay.comfyui}", lay.comfyui_container,
+            f"{lay.venv}/bin/python", "-m", "cm_cli",
+        ],
+        "use_manager": "never" if via == "git" else "auto",
+        "pip_args": pip_args,
+        "protected": list(PROTECTED),
+        "object_info_url": f"{cfg.comfyui_url}/object_info",
+        "log_command": ["docker", "logs", "--tail", "5000", lay.comfyui_container],
+        "core_classes": core,
+        "packs": [
+            {
+                "id": p.id,
+                "repo": clone_url(p.repo, mirrors),
+                "version": p.version,
+                "dir": pack_dir(p),
+                "registry": bool(p.version) and not _COMMIT.match(p.version or ""),
+                "provides": sorted(p.provides),
+            }
+            for p in packs
+        ],
+    }
+
+
+# --- host-side scripts --------------------------------------------------------------------
+
+
+class HostsideJson(FactBase[dict[str, Any]]):
+    """Run a host-side script read-only and parse its ``WORD {json}`` lines into {WORD: value}."""
+
+    @staticmethod
+    def default() -> dict[str, Any]:
+        return {}
+
+    def command(self, argv: tuple[str, ...]) -> StringCommand:
+        # A failing script still answers (its error lines are kept under "error").
+        return script('"$@" 2>&1 || true', *argv)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return parse_tagged(output)
+
+
+def parse_tagged(lines: list[str]) -> dict[str, Any]:
+    """``WORD {json}`` lines → {WORD: parsed}; ``error: ...`` lines → {"error": [...]}."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word.isupper() and rest[:1] in "[{":
+            try:
+                out[word] = json.loads(rest)
+            except ValueError:
+                continue
+        elif line.startswith("error: "):
+            out.setdefault("error", []).append(line[7:])
+    return out
+
+
+def upload_hostside(cfg: HostConfig, *names: str) -> str:
+    """Put the host-side scripts under ``<state>/bin`` (unchanged files cost one check); returns the folder."""
+    bin_dir = f"{cfg.layout.state}/bin"
+    files.directory(name="comfyfleet host scripts folder", path=bin_dir, mode="755", _sudo=cfg.sudo)
+    for name in names:
+        files.put(name=f"Upload {name}", src=str(HOSTSIDE / name), dest=f"{bin_dir}/{name}", mode="644",
+                  _sudo=cfg.sudo)
+    return bin_dir
+
+
+def upload_plan(cfg: HostConfig, name: str, plan: dict[str, Any]) -> str:
+    """Write a JSON plan beside the scripts (same content = no change); returns its path."""
+    path = f"{cfg.layout.state}/plans/{name}.json"
+    files.directory(name="comfyfleet plans folder", path=f"{cfg.layout.state}/plans", mode="755", _sudo=cfg.sudo)
+    files.put(name=f"Plan {name}", src=StringIO(json.dumps(plan, sort_keys=True, indent=1)), dest=path,
+              mode="644", _sudo=cfg.sudo)
+    return path
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+@operation()
+def node_packs(script_path: str, plan_path: str, packs: int, update: bool = False) -> Generator[Any, None, None]:
+    """Bring the plan's node packs to their pinned versions (no change when all already are).
+
+    + script_path: ``install_nodes.py`` on the host
+    + plan_path: the JSON plan on the host
+    + packs: how many packs the plan names (for the no-op message)
+    + update: move unpinned packs to their latest commit
+    """
+    if not update:
+        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "check"))
+        if "CHECK" not in state:
+            yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
+            return
+        todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
+        if not todo:
+            host.noop(f"{packs} node pack(s) at their pinned versions")
+            return
+    yield StringCommand("python3", script_path, "--plan", plan_path, "update" if update else "install")
+
+
+@operation()
+def report_packs(install: OperationMeta) -> Generator[Any, None, None]:
+    """Show how each pack was installed (path used and why), from the install step's output."""
+    if install.is_complete() and install.did_change():
+        result = parse_tagged(install.stdout_lines).get("RESULT", [])
+        report(host).table(
+            "node packs",
+            ["pack", "folder", "via", "why", "commit", "changes", "warnings"],
+            [[r["id"], r["dir"], r.get("method", ""), r.get("why", ""), (r.get("commit") or "")[:12],
+              "; ".join(r.get("changed", [])) or "-", "; ".join(r.get("warnings", []))] for r in result],
+        )
+    host.noop("reported node packs")
+    return
+    yield
+
+
+@operation()
+def verify_classes(script_path: str, plan_path: str) -> Generator[Any, None, None]:
+    """Every needed class type is in /object_info; else fail naming each pack and its import error."""
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
+    result = state.get("VERIFY")
+    if result is None:
+        yield fail("; ".join(state.get("error", [])) or "could not read /object_info")
+        return
+    rows = [[p["id"], p["dir"], "yes" if not p["missing"] else "NO", ", ".join(p["missing"]) or "-",
+             p.get("error", "")] for p in result["packs"]]
+    report(host).table("node classes in /object_info", ["pack", "folder", "loaded", "missing", "import error"], rows)
+    problems = [f"pack {p['id']} failed to import: {p.get('error')}" for p in result["packs"] if p["missing"]]
+    if result["missing_core"]:
+        problems.append(f"core classes missing: {', '.join(result['missing_core'])} (raise comfyui_ref)")
+    if problems:
+        yield fail("; ".join(problems))
+        return
+    host.noop(f"all {sum(len(p.get('missing', [])) == 0 for p in result['packs'])} pack(s) loaded")
+
+
+# --- deploys ------------------------------------------------------------------------------
+
+
+def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
+    """Restart ComfyUI (and wait for health) only when ``when`` changed something."""
+    lay = cfg.layout
+    docker.restart(name="Restart ComfyUI for new nodes", container=lay.comfyui_container,
+                   _if=when.did_change, _sudo=cfg.sudo)
+    comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
+                         timeout=cfg.health_timeout, _sudo=cfg.sudo)
+
+
+def verify_nodes(cfg: HostConfig) -> None:
+    """Check /object_info against the plan uploaded by :func:`install_nodes` (same run)."""
+    verify_classes(name="Verify node classes", script_path=f"{cfg.layout.state}/bin/install_nodes.py",
+                   plan_path=f"{cfg.layout.state}/plans/nodes.json", _sudo=cfg.sudo)
+
+
+@deploy("Custom nodes")
+def install_nodes(manifests: list[Manifest], update: bool = False, finish: bool = True) -> OperationMeta:
+    """Install the manifests' node packs; with ``finish``, restart ComfyUI if needed and prove every class loads."""
+    cfg = host_config(host)
+    packs, core = needed_packs(manifests)
+    plan = node_plan(cfg, packs, core)
+    bin_dir = upload_hostside(cfg, "install_nodes.py")
+    plan_path = upload_plan(cfg, "nodes", plan)
+    inst = node_packs(name="Node packs", script_path=f"{bin_dir}/install_nodes.py", plan_path=plan_path,
+                      packs=len(packs), update=update, _sudo=cfg.sudo)
+    report_packs(name="Node pack report", install=inst)
+    if finish:
+        restart_and_wait(cfg, inst)
+        verify_nodes(cfg)
+    return inst
+
+
+def _manifests_from_data(all_workflows: bool) -> list[Manifest]:
+    data = host.data
+    workflow = None if all_workflows else data.get("workflow")
+    if not all_workflows and not workflow:
+        raise BadInput("install-nodes needs a workflow: --install-nodes FILE (or --data workflow=FILE)")
+    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+
+
+@task("install-nodes")
+def install_nodes_task() -> None:
+    """``--data workflow=FILE``: the node packs of one workflow."""
+    install_nodes(_manifests_from_data(all_workflows=False))
+
+
+@task("install-missing")
+def install_missing_task() -> None:
+    """The node packs of every workflow in ``workflows_dir`` (default ``workflows/``)."""
+    install_nodes(_manifests_from_data(all_workflows=True))
+
+
+@task("update-nodes")
+def update_nodes_task() -> None:
+    """Fetch every pack; pinned ones stay at their pins, unpinned ones move to their latest commit."""
+    install_nodes(_manifests_from_data(all_workflows=True), update=True)
+
+
+@operation()
+def list_packs(script_path: str, plan_path: str) -> Generator[Any, None, None]:
+    """Report every folder in custom_nodes/: repo, commit, locally modified, imported (no change)."""
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "list"))
+    rows = state.get("LIST")
+    if rows is None:
+        yield fail("; ".join(state.get("error", [])) or "could not list custom nodes")
+        return
+    imported = {True: "yes", False: "NO", None: "?"}
+    report(host).table(
+        "installed node packs",
+        ["pack", "repo", "commit", "modified", "imported", "via", "error"],
+        [[r["dir"], r["repo"], r["commit"][:12], "yes" if r["modified"] else "no", imported[r.get("imported")],
+          r["via"], r.get("error", "")] for r in rows],
+    )
+    host.noop(f"{len(rows)} node pack(s) listed")
+
+
+@task("list-installed-nodes")
+def list_installed_nodes_task() -> None:
+    """Every pack in custom_nodes/ with its repo, commit, local changes and import state."""
+    cfg = host_config(host)
+    bin_dir = upload_hostside(cfg, "install_nodes.py")
+    plan = node_plan(cfg, [], [])
+    plan_path = upload_plan(cfg, "nodes-list", plan)
+    list_packs(name="List node packs", script_path=f"{bin_dir}/install_nodes.py", plan_path=plan_path,
+               _sudo=cfg.sudo)

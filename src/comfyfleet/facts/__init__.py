@@ -1,0 +1,1 @@
+"""Custom pyinfra facts: one round trip each, answering everything one operation needs."""

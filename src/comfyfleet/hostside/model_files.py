@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Look after the files in ComfyUI's models folder, on the GPU host (standard library only).
+
+Plan (JSON, --plan): ``{"models_dir": "...", "data_root": "...",
+"referenced": [{"folder": "checkpoints", "filename": "sd/x.safetensors"}, ...]}``.
+
+Modes (each prints one ``WORD {json}`` line):
+
+- ``organize --check`` / ``organize``: a referenced file that is missing from its folder
+  but sits (same name, same relative path or same base name) in another folder is moved
+  there with one rename. Never overwrites: when the target exists, the stray copy is
+  reported and left alone. ``ORGANIZE``
+- ``cleanup`` / ``cleanup --delete``: files below models/ that no workflow references,
+  with sizes; deleted only with --delete. Symlinks are never followed, nothing outside
+  models/ is touched. ``CLEANUP``
+- ``report``: sizes per folder, the largest files, referenced vs unreferenced, free
+  space on the data root. ``REPORT``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+# Not model files: ComfyUI's placeholders, editor and OS droppings, our own staging.
+_IGNORED = {"put_checkpoints_here", "put_loras_here", "put_vae_here", ".DS_Store", "Thumbs.db"}
+
+
+def walk(models_dir: str) -> list[tuple[str, str, int]]:
+    """(folder, relative filename, size) of every regular file below models/<folder>/."""
+    out = []
+    for folder in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
+        top = os.path.join(models_dir, folder)
+        if folder.startswith(".") or os.path.islink(top) or not os.path.isdir(top):
+            continue
+        for root, dirs, names in os.walk(top, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                if name in _IGNORED or name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                rel = os.path.relpath(path, top).replace(os.sep, "/")
+                out.append((folder, rel, os.path.getsize(path)))
+    return out
+
+
+def inside(root: str, path: str) -> bool:
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
+    models_dir = plan["models_dir"]
+    files = walk(models_dir)
+    moves: list[dict[str, str]] = []
+    conflicts: list[dict[str, str]] = []
+    for ref in plan.get("referenced", []):
+        folder, filename = ref["folder"], ref["filename"]
+        target = os.path.join(models_dir, folder, filename)
+        if not inside(models_dir, target):
+            conflicts.append({"file": f"{folder}/{filename}", "reason": "unsafe path"})
+            continue
+        base = filename.rsplit("/", 1)[-1]
+        strays = [(f, r) for f, r, _ in files if f != folder and (r == filename or r.rsplit("/", 1)[-1] == base)]
+        strays += [(f, r) for f, r, _ in files if f == folder and r != filename and r.rsplit("/", 1)[-1] == base]
+        if not strays:
+            continue
+        if os.path.exists(target):
+            for f, r in strays:
+                conflicts.append({"file": f"{f}/{r}", "reason": f"{folder}/{filename} exists already: left in place"})
+            continue
+        src_folder, src_rel = strays[0]
+        src = os.path.join(models_dir, src_folder, src_rel)
+        moves.append({"from": f"{src_folder}/{src_rel}", "to": f"{folder}/{filename}"})
+        if apply:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            # link + unlink instead of rename: never replaces a file that appeared meanwhile.
+            os.link(src, target)
+            os.unlink(src)
+        for f, r in strays[1:]:
+            conflicts.append({"file": f"{f}/{r}", "reason": f"another copy of {base}: left in place"})
+        files = [(f, r, s) for f, r, s in files if (f, r) != (src_folder, src_rel)]
+    return {"moves": moves, "conflicts": conflicts, "applied": apply}
+
+
+def unreferenced(plan: dict[str, Any]) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    wanted = {(r["folder"], r["filename"]) for r in plan.get("referenced", [])}
+    files = walk(plan["models_dir"])
+    return [f for f in files if (f[0], f[1]) in wanted], [f for f in files if (f[0], f[1]) not in wanted]
+
+
+def cleanup(plan: dict[str, Any], delete: bool) -> dict[str, Any]:
+    models_dir = plan["models_dir"]
+    _, extra = unreferenced(plan)
+    deleted = []
+    if delete:
+        for folder, rel, _size in extra:
+            path = os.path.join(models_dir, folder, rel)
+            if inside(models_dir, path) and not os.path.islink(path):
+                os.unlink(path)
+                deleted.append(f"{folder}/{rel}")
+    return {"files": [{"file": f"{f}/{r}", "size": s} for f, r, s in extra], "deleted": deleted,
+            "bytes": sum(s for _, _, s in extra)}
+
+
+def storage(plan: dict[str, Any], top: int = 10) -> dict[str, Any]:
+    used, extra = unreferenced(plan)
+    files = used + extra
+    per_folder: dict[str, list[int]] = {}
+    for folder, _rel, size in files:
+        per_folder.setdefault(folder, [0, 0])
+        per_folder[folder][0] += 1
+        per_folder[folder][1] += size
+    st = os.statvfs(plan.get("data_root") or plan["models_dir"])
+    ref_set = {(f, r) for f, r, _ in used}
+    largest = sorted(files, key=lambda f: -f[2])[:top]
+    return {
+        "folders": [{"folder": k, "files": v[0], "bytes": v[1]} for k, v in sorted(per_folder.items())],
+        "largest": [{"file": f"{f}/{r}", "bytes": s, "referenced": (f, r) in ref_set} for f, r, s in largest],
+        "referenced": {"files": len(used), "bytes": sum(s for _, _, s in used)},
+        "unreferenced": {"files": len(extra), "bytes": sum(s for _, _, s in extra)},
+        "free_bytes": st.f_bavail * st.f_frsize,
+        "total_bytes": st.f_blocks * st.f_frsize,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Organize, clean up and measure ComfyUI's models folder.")
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("mode", choices=["organize", "cleanup", "report"])
+    parser.add_argument("--check", action="store_true", help="organize: only say what would move")
+    parser.add_argument("--delete", action="store_true", help="cleanup: delete the unreferenced files")
+    args = parser.parse_args(argv)
+    with open(args.plan) as f:
+        plan = json.load(f)
+    if args.mode == "organize":
+        print("ORGANIZE " + json.dumps(organize(plan, apply=not args.check)), flush=True)
+    elif args.mode == "cleanup":
+        print("CLEANUP " + json.dumps(cleanup(plan, delete=args.delete)), flush=True)
+    else:
+        print("REPORT " + json.dumps(storage(plan)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Custom pyinfra operations (generators that read facts and yield commands or noops)."""

@@ -1,0 +1,34 @@
+"""Deployments registry: SQLite in the user's state directory, migrated on open."""
+
+from comfyfleet.registry.migrations import SCHEMA_VERSION
+from comfyfleet.registry.paths import default_db_path, state_dir
+from comfyfleet.registry.store import (
+    ACTIONS,
+    STATUSES,
+    Deployment,
+    Endpoint,
+    HistoryEntry,
+    Registry,
+    Schedule,
+    StepRecord,
+    UnknownDeployment,
+    check_name,
+    utcnow,
+)
+
+__all__ = [
+    "ACTIONS",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Deployment",
+    "Endpoint",
+    "HistoryEntry",
+    "Registry",
+    "Schedule",
+    "StepRecord",
+    "UnknownDeployment",
+    "check_name",
+    "default_db_path",
+    "state_dir",
+    "utcnow",
+]

@@ -1,0 +1,375 @@
+"""Run deploy functions and tasks on targets through pyinfra's Python API, with per-host results.
+
+Targets
+    An IP or host name (``203.0.113.7``), a comma list (``a,b``), a pyinfra inventory
+    file (``inventory/lambda.py``, with its ``group_data/``) or a group or host in one
+    (``inventory/lambda.py:gpu``). Every host's data is validated
+    (:func:`comfyfleet.inventory.validate_host_data`) before anything connects.
+
+Strategies
+    ``parallel`` caps how many hosts run at once (default: all), ``serial`` runs host
+    after host, ``rolling=N`` runs batches of N hosts: a batch must end with every host
+    healthy (the task itself waits for health) before the next starts, and the first
+    failing batch stops the run, leaving later hosts untouched (status ``skipped``).
+    ``fail_percent`` stops the run once more than that share of hosts failed. An
+    unreachable host fails alone; the others go on.
+
+Results
+    :func:`run` returns a :class:`RunResult` with one :class:`HostResult` per host:
+    ``changed`` / ``no change`` / ``would change`` (dry run) / ``failed`` /
+    ``unreachable`` / ``skipped``, a one-line ``reason`` for failures, the names of the
+    operations that changed, and the host's :class:`HostReport`.
+
+Reports: how a task shows things to the operator
+    A task that must show output (status tables, logs, installed nodes, storage) fills
+    the host's report from inside an operation, at execution time, and yields no
+    command when it only reads (so it counts as "no change")::
+
+        from pyinfra import host
+        from pyinfra.api import operation
+        from comfyfleet.runner import report
+
+        @operation()
+        def list_nodes(cfg):
+            packs = host.get_fact(MyPacksFact, root=cfg.data_root)  # one round trip
+            report(host).table("custom nodes", ["pack", "commit"], [[p.name, p.commit] for p in packs])
+            report(host).note(f"{len(packs)} packs installed")
+            host.noop("listed custom nodes")
+
+    ``report(host)`` returns the same :class:`HostReport` for the whole run;
+    ``table(title, columns, rows)``, ``text(title, text, highlight=regex)`` and
+    ``note(message)`` add to it (a second call with the same title replaces the
+    section). The CLI prints every section under the results table; under pyinfra's
+    own CLI the same content is logged per host, so ``pyinfra INVENTORY
+    deploy/common.py --data task=status`` shows it too. The report is filled on the
+    operator's machine (operations run their Python there), so a task may also write
+    local files from it (``--logs --export DIR`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operations import run_ops
+from pyinfra.context import ContextObject
+
+from comfyfleet.errors import BadInput
+from comfyfleet.inventory import validate_host_data
+
+logger = logging.getLogger("comfyfleet")
+
+# --- reports ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReportSection:
+    """A table (columns + rows) or a block of text shown for one host."""
+
+    title: str
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    text: str | None = None
+    highlight: str | None = None
+
+
+@dataclass
+class HostReport:
+    """What tasks want the operator to see for one host."""
+
+    sections: dict[str, ReportSection] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    host_name: str = ""
+
+    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.sections[title] = ReportSection(title, list(columns), [[str(c) for c in r] for r in rows])
+        _log(self.host_name, f"{title}: " + "; ".join(" | ".join(str(c) for c in r) for r in rows))
+
+    def text(self, title: str, text: str, highlight: str | None = None) -> None:
+        self.sections[title] = ReportSection(title, text=text, highlight=highlight)
+        _log(self.host_name, f"{title}:\n{text}")
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+        _log(self.host_name, message)
+
+
+def _log(host_name: str, message: str) -> None:
+    logging.getLogger("pyinfra").info("[%s] %s", host_name, message)
+
+
+_REPORTS: WeakKeyDictionary[Host, HostReport] = WeakKeyDictionary()
+
+
+def report(host: Host) -> HostReport:
+    """The report of ``host`` for the current run (created on first use)."""
+    if isinstance(host, ContextObject):  # `from pyinfra import host` is a proxy: key by the real Host
+        host = host._get_module()
+    rep = _REPORTS.get(host)
+    if rep is None:
+        rep = _REPORTS[host] = HostReport(host_name=host.name)
+    return rep
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class HostResult:
+    """The outcome on one host."""
+
+    host: str
+    status: str
+    reason: str = ""
+    changed: list[str] = field(default_factory=list)
+    report: HostReport = field(default_factory=HostReport)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("changed", "no change", "would change")
+
+
+@dataclass
+class RunResult:
+    """Every host's outcome, in inventory order."""
+
+    task: str
+    hosts: list[HostResult]
+    dry_run: bool = False
+    stopped: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to spread a run over the hosts."""
+
+    dry_run: bool = False
+    parallel: int | None = None
+    serial: bool = False
+    rolling: int | None = None
+    fail_percent: int | None = None
+    connect_timeout: int = 10
+
+
+# --- targets ---------------------------------------------------------------------------
+
+HostSpec = tuple[str, dict[str, Any]]
+_HOSTNAME = re.compile(r"^(@[a-z]+(/[A-Za-z0-9._:/-]+)?|[A-Za-z0-9._:\[\]-]+)$")
+
+
+def load_target(target: str) -> list[HostSpec]:
+    """Hosts (name, merged data) of a target: host, comma list, inventory file, or FILE:GROUP."""
+    if Path(target).is_file():
+        return _from_file(target, "")
+    path_part, sep, group = target.rpartition(":")
+    if sep and Path(path_part).is_file():
+        return _from_file(path_part, group)
+    if target.endswith(".py") or path_part.endswith(".py"):
+        raise BadInput(f"inventory file {path_part if sep else target} not found")
+    names = [n.strip() for n in target.split(",") if n.strip()]
+    if not names:
+        raise BadInput("no target given: pass an IP, a host name, an inventory file or FILE:GROUP")
+    for name in names:
+        if not _HOSTNAME.match(name):
+            raise BadInput(f"target {name!r} is not a host name, IP or inventory file")
+    return [(n, {}) for n in names]
+
+
+def _from_file(path: str, group: str) -> list[HostSpec]:
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.exceptions import CliError
+    from pyinfra_cli.inventory import make_inventory_from_files
+
+    try:
+        # pyinfra's own loader (same files, same group_data/ rules as `pyinfra FILE ...`); it
+        # records the file being executed on a state, so give it a throwaway one.
+        with ctx_state.use(State()):
+            inventory = make_inventory_from_files(str(Path(path).resolve()), cwd=None)
+    except (CliError, SyntaxError, NameError, ImportError, TypeError, ValueError) as exc:
+        raise BadInput(f"inventory {path}: {exc}") from None
+    hosts = list(inventory)
+    if group:
+        if group in inventory.groups:
+            hosts = inventory.get_group(group)
+        elif inventory.get_host(group, None) is not None:
+            hosts = [inventory.get_host(group)]
+        else:
+            groups = ", ".join(sorted(inventory.groups)) or "none"
+            raise BadInput(f"inventory {path}: no group or host {group!r} (groups: {groups})")
+    if not hosts:
+        raise BadInput(f"inventory {path}{':' + group if group else ''} has no hosts")
+    return [(h.name, h.data.dict()) for h in hosts]
+
+
+def prepare_hosts(target: str, data: dict[str, Any] | None = None, provider: str | None = None) -> list[HostSpec]:
+    """Load the target, apply ``data`` overrides and validate every host; raise BadInput on the first problem."""
+    specs = []
+    for name, host_data in load_target(target):
+        merged = {**host_data, **(data or {})}
+        if provider and merged.get("provider") not in (None, provider):
+            raise BadInput(
+                f"host {name}: provider is {merged['provider']!r} in the inventory but {provider!r} was asked for"
+            )
+        cfg = validate_host_data(name, merged, provider)
+        merged["provider"] = cfg.provider
+        merged["ssh_user"] = cfg.ssh_user
+        specs.append((name, merged))
+    return specs
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+class _Recorder(BaseStateCallback):
+    def __init__(self) -> None:
+        self.connect_errors: dict[str, str] = {}
+
+    def host_connect_error(self, state: State, host: Host, error: Any) -> None:  # type: ignore[override]
+        self.connect_errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
+
+
+def resolve_task(task: str | Callable[[], None]) -> tuple[str, Callable[[], None]]:
+    """A task name from the registry, or a deploy function, as (name, function)."""
+    if callable(task):
+        return getattr(task, "__name__", "deploy"), task
+    from comfyfleet.deploys import tasks
+
+    tasks.load_all()
+    fn = tasks.TASKS.get(task)
+    if fn is None:
+        known = ", ".join(sorted(tasks.TASKS)) or "none"
+        raise BadInput(f"task {task!r} is not available in this version (available: {known})")
+    return task, fn
+
+
+def run(
+    target: str | list[HostSpec],
+    task: str | Callable[[], None],
+    data: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
+    provider: str | None = None,
+) -> RunResult:
+    """Run a task (registry name) or deploy function on every host of ``target``."""
+    opts = options or RunOptions()
+    name, fn = resolve_task(task)
+    specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target
+    for label, value in (("parallel", opts.parallel), ("rolling", opts.rolling)):
+        if value is not None and value < 1:
+            raise BadInput(f"--{label} must be 1 or more")
+    if opts.fail_percent is not None and not 0 <= opts.fail_percent <= 100:
+        raise BadInput("--fail-percent must be between 0 and 100")
+
+    batch_size = opts.rolling or len(specs)
+    batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
+    results: list[HostResult] = []
+    stopped = ""
+    for index, batch in enumerate(batches):
+        batch_results, batch_stop = _run_batch(batch, fn, opts)
+        results.extend(batch_results)
+        if batch_stop:
+            stopped = batch_stop
+        if opts.rolling and (batch_stop or not all(r.ok for r in batch_results)):
+            rest = [spec for later in batches[index + 1 :] for spec in later]
+            if rest:
+                stopped = stopped or f"batch {index + 1} failed: later hosts left untouched"
+                results.extend(HostResult(n, "skipped", "not started: an earlier batch failed") for n, _ in rest)
+            break
+    return RunResult(task=name, hosts=results, dry_run=opts.dry_run, stopped=stopped)
+
+
+def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) -> tuple[list[HostResult], str]:
+    inventory = Inventory(([(n, dict(d)) for n, d in batch], {}))
+    config = Config(
+        PARALLEL=1 if opts.serial else (opts.parallel or 0),
+        FAIL_PERCENT=opts.fail_percent,
+        CONNECT_TIMEOUT=opts.connect_timeout,
+    )
+    # Without a dry run, operations are not pre-evaluated: facts are read once, at
+    # execution time, in parallel across hosts (pre-evaluation reads them host by host).
+    state = State(inventory, config, check_for_changes=opts.dry_run)
+    recorder = _Recorder()
+    state.add_callback_handler(recorder)
+    stopped = ""
+    try:
+        connect_all(state)
+        add_deploy(state, fn)
+        if not opts.dry_run:
+            run_ops(state, serial=opts.serial)
+    except PyinfraError as exc:
+        if str(exc) != "No hosts remaining!":
+            stopped = str(exc)
+    except Exception as exc:  # a bug in one operation must still leave a result per host
+        logger.exception("run stopped by an unexpected error")
+        stopped = f"unexpected error: {type(exc).__name__}: {exc}"
+    finally:
+        try:
+            disconnect_all(state)
+        except Exception as exc:  # a broken connection must not hide the results
+            logger.debug("disconnect failed: %s", exc)
+    return [_host_result(state, host, recorder, opts.dry_run, stopped) for host in inventory], stopped
+
+
+def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, stopped: str) -> HostResult:
+    rep = report(host)
+    if host not in state.activated_hosts:
+        reason = recorder.connect_errors.get(host.name, "could not connect")
+        return HostResult(host.name, "unreachable", reason, report=rep)
+    changed: list[str] = []
+    failed_op = ""
+    reason = ""
+    for op_hash in state.get_op_order():
+        op_data = state.ops[host].get(op_hash)
+        if op_data is None:
+            continue
+        meta = op_data.operation_meta
+        op_name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+        if dry_run:
+            if meta.will_change:
+                changed.append(op_name)
+            continue
+        if not meta.is_complete():
+            continue
+        if meta.did_error() and not failed_op:
+            if op_data.global_arguments.get("_ignore_errors"):
+                continue
+            failed_op = op_name
+            lines = [ln for ln in (meta.stderr_lines or meta.stdout_lines) if ln.strip()]
+            reason = f"{op_name}: {_reason_line(lines)}"
+        elif meta.did_change():
+            changed.append(op_name)
+    if host in state.failed_hosts or failed_op:
+        return HostResult(host.name, "failed", reason or "a fact or operation failed (see log above)", changed, rep)
+    if stopped and not dry_run and not changed and host in state.active_hosts and not _all_ran(state, host):
+        return HostResult(host.name, "skipped", f"run stopped: {stopped}", changed, rep)
+    status = ("would change" if changed else "no change") if dry_run else ("changed" if changed else "no change")
+    return HostResult(host.name, status, "", changed, rep)
+
+
+def _all_ran(state: State, host: Host) -> bool:
+    return all(op.operation_meta.is_complete() for op in state.ops[host].values())
+
+
+def _reason_line(lines: list[str]) -> str:
+    """The most telling line of a failed command's output (the first explicit error, else the last line)."""
+    for line in lines:
+        if re.search(r"refusing|not found|failed|error|cannot|rolled back", line, re.IGNORECASE):
+            return line.strip()[:300]
+    return (lines[-1].strip() if lines else "command failed")[:300]

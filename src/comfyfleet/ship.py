@@ -1,0 +1,865 @@
+"""`comfyfleet ship`: one command from a workflow file to a verified, recorded endpoint.
+
+A ship is a sequence of named steps (:func:`standard_steps`)::
+
+    analyze   strict analysis here; anything unresolved stops the ship before any host
+    install   tiers 2-3 on the hosts: custom nodes, then models
+    api       tier 1: the API service with the new workflow (restarted only when it changed)
+    health    /health and /ready on every host, retried while the service starts
+    generate  one generation with the workflow's defaults; an output file must arrive
+    record    the deployment in the registry
+
+:func:`run_pipeline` runs any such sequence: each step has a time budget and a
+:class:`Backoff` (attempts with exponential delays, used only for errors another
+attempt can cure: network and startup errors, never bad input), hosts are retried
+one by one, and the first host that fails for good stops the ship, naming the step,
+the host and the cause. Nothing here stops a running service: the tiers recreate a
+container only when its spec changed, and a failed ship leaves the previous
+deployment serving. Every run, failed or not, lands in the registry's history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from comfyfleet.errors import BadInput, HostFailure
+from comfyfleet.registry import Deployment, Endpoint, Registry, StepRecord, utcnow
+
+LOCAL = "local"
+"""Host name of steps that run on this machine (analyze, record)."""
+
+
+class Retryable(Exception):
+    """A failure another attempt may cure: a connection refused, a service still starting."""
+
+
+class StepTimeout(Exception):
+    """A step used up its time budget."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt could help: network and startup errors yes, bad input never."""
+    if isinstance(exc, BadInput):
+        return False
+    if isinstance(exc, Retryable):
+        return True
+    # httpx.TransportError covers refused connections, resets and read timeouts; the
+    # builtin ones come from sockets used directly (and from pyinfra's connectors).
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How often a step is tried and how long to wait in between (exponential)."""
+
+    attempts: int = 1
+    first_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 20.0
+
+    def delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after the n-th failed attempt (1-based)."""
+        return min(self.max_delay, self.first_delay * self.factor ** (failed_attempts - 1))
+
+
+NO_RETRY = Backoff(attempts=1)
+
+
+@dataclass
+class ShipContext:
+    """What the steps of one ship share: the request, and what earlier steps found."""
+
+    workflow_path: Path
+    name: str
+    environment: str
+    target: str
+    hosts: list[str] = field(default_factory=list)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    """host -> base URL of its API service."""
+    manifest: Any = None
+    """The workflow's Manifest once `analyze` ran."""
+    deployment: Deployment | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    """Free-form hand-over between steps (e.g. outputs the generation produced)."""
+    deadline: float = float("inf")
+    """time.monotonic() by which the running step must be done."""
+
+    @property
+    def workflow(self) -> str:
+        """The workflow's name: its file stem, also the endpoint path on the API."""
+        return self.workflow_path.stem
+
+    def remaining(self, cap: float | None = None) -> float:
+        """Seconds left in the running step's budget (at least a little, at most cap)."""
+        left = max(0.1, self.deadline - time.monotonic())
+        return min(left, cap) if cap is not None else left
+
+
+HostOutcomes = Mapping[str, BaseException | None]
+StepFn = Callable[[ShipContext, Sequence[str]], HostOutcomes]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named stage of a ship with its time budget (all attempts) and retry policy."""
+
+    name: str
+    run: StepFn
+    timeout: float
+    backoff: Backoff = NO_RETRY
+    local: bool = False
+    """Runs once on this machine instead of once per host."""
+    inline: bool = False
+    """Runs in the calling thread, bounded by a gevent timeout: pyinfra's gevent hub
+    cannot run subprocesses outside the main thread, so host tasks must not be moved
+    to a worker thread the way HTTP checks are."""
+
+
+def each_host(fn: Callable[[ShipContext, str], None], parallel: int = 8) -> StepFn:
+    """A step function that runs ``fn(ctx, host)`` on every given host in parallel."""
+
+    def run(ctx: ShipContext, hosts: Sequence[str]) -> HostOutcomes:
+        def one(host: str) -> BaseException | None:
+            try:
+                fn(ctx, host)
+            except Exception as exc:  # any failure is that host's outcome, judged by the pipeline
+                return exc
+            return None
+
+        if len(hosts) == 1:
+            return {hosts[0]: one(hosts[0])}
+        with ThreadPoolExecutor(max_workers=min(parallel, len(hosts))) as pool:
+            return dict(zip(hosts, pool.map(one, hosts), strict=True))
+
+    return run
+
+
+def here(fn: Callable[[ShipContext], None]) -> StepFn:
+    """A step function that runs ``fn(ctx)`` once on this machine."""
+
+    def run(ctx: ShipContext, hosts: Sequence[str]) -> HostOutcomes:
+        try:
+            fn(ctx)
+        except Exception as exc:
+            return {LOCAL: exc}
+        return {LOCAL: None}
+
+    return run
+
+
+# -- progress -----------------------------------------------------------------------
+
+
+class Reporter(Protocol):
+    """Receives progress per step and host (the CLI shows it with rich)."""
+
+    def step_started(self, step: str, hosts: Sequence[str]) -> None: ...
+
+    def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None: ...
+
+    def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None: ...
+
+
+class NullReporter:
+    """Shows nothing."""
+
+    def step_started(self, step: str, hosts: Sequence[str]) -> None:
+        """Nothing to show."""
+
+    def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None:
+        """Nothing to show."""
+
+    def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None:
+        """Nothing to show."""
+
+
+# -- the pipeline -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How one step went on one host; ``skipped`` when an earlier step failed."""
+
+    step: str
+    host: str
+    ok: bool
+    attempts: int
+    seconds: float
+    error: str | None = None
+    skipped: bool = False
+
+    def record(self) -> StepRecord:
+        """The registry's form of this result."""
+        return StepRecord(self.step, self.host, self.ok, self.attempts, self.seconds, self.error)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Where a ship stopped: the step, the host and the cause."""
+
+    step: str
+    host: str
+    cause: str
+    bad_input: bool = False
+
+    def __str__(self) -> str:
+        where = "" if self.host == LOCAL else f" on host {self.host}"
+        return f"step {self.step!r} failed{where}: {self.cause}"
+
+
+@dataclass
+class PipelineResult:
+    """Every step's outcome per host, and the failure that stopped the run, if any."""
+
+    results: list[StepResult]
+    failure: Failure | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every step succeeded on every host."""
+        return self.failure is None
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the cause of a failure."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = type(exc).__name__
+    if isinstance(exc, (BadInput, Retryable, StepTimeout, HostFailure)):
+        return text or kind
+    return f"{kind}: {text}" if text else kind
+
+
+def _outcomes(step: Step, hosts: list[str], out: Mapping[str, BaseException | None] | None
+              ) -> dict[str, BaseException | None]:
+    out = out or {}
+    result = {h: out[h] for h in hosts if h in out}
+    for h in hosts:
+        if h not in out:
+            result[h] = RuntimeError(f"step {step.name!r} returned no result for this host")
+    return result
+
+
+def _attempt_inline(step: Step, ctx: ShipContext, hosts: list[str]) -> dict[str, BaseException | None]:
+    """One attempt in this thread, interrupted by gevent when the step's budget runs out."""
+    import gevent
+
+    timeout = gevent.Timeout(max(0.01, ctx.deadline - time.monotonic()))
+    timeout.start()
+    try:
+        return _outcomes(step, hosts, step.run(ctx, hosts))
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        return {h: StepTimeout(f"timed out after {step.timeout:g}s") for h in hosts}
+    except Exception as exc:
+        return dict.fromkeys(hosts, exc)
+    finally:
+        timeout.close()
+
+
+def _attempt(step: Step, ctx: ShipContext, hosts: list[str]) -> dict[str, BaseException | None]:
+    """One attempt of a step on some hosts, abandoned when the step's budget runs out.
+
+    The step runs in a daemon thread: Python cannot kill a thread, so a step that
+    overruns is left to finish in the background (its own timeouts end it) while the
+    ship reports the timeout and moves on to recording.
+    """
+    if step.inline:
+        return _attempt_inline(step, ctx, hosts)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = step.run(ctx, hosts)
+        except BaseException as exc:  # a step function that raised instead of returning outcomes
+            box["exc"] = exc
+
+    worker = threading.Thread(target=target, name=f"ship-{step.name}", daemon=True)
+    worker.start()
+    worker.join(max(0.0, ctx.deadline - time.monotonic()))
+    if worker.is_alive():
+        return {h: StepTimeout(f"timed out after {step.timeout:g}s") for h in hosts}
+    if "exc" in box:
+        return dict.fromkeys(hosts, box["exc"])
+    return _outcomes(step, hosts, box.get("out"))
+
+
+def run_pipeline(
+    steps: Sequence[Step],
+    ctx: ShipContext,
+    reporter: Reporter | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PipelineResult:
+    """Run steps in order on ``ctx.hosts``; stop at the first host that fails for good."""
+    rep = reporter or NullReporter()
+    results: list[StepResult] = []
+    failure: Failure | None = None
+    started = time.monotonic()
+    for step in steps:
+        hosts = [LOCAL] if step.local else list(ctx.hosts)
+        if failure is not None:
+            results.extend(StepResult(step.name, h, False, 0, 0.0, None, skipped=True) for h in hosts)
+            continue
+        rep.step_started(step.name, hosts)
+        step_start = time.monotonic()
+        ctx.deadline = step_start + step.timeout
+        attempts = dict.fromkeys(hosts, 0)
+        pending = list(hosts)
+        done: dict[str, StepResult] = {}
+        while pending:
+            outcomes = _attempt(step, ctx, pending)
+            retry: list[str] = []
+            delays: list[float] = []
+            for host in pending:
+                attempts[host] += 1
+                exc = outcomes[host]
+                elapsed = time.monotonic() - step_start
+                if exc is None:
+                    done[host] = StepResult(step.name, host, True, attempts[host], elapsed)
+                    rep.host_finished(step.name, host, True, elapsed, None)
+                    continue
+                delay = step.backoff.delay(attempts[host])
+                can_retry = (
+                    is_retryable(exc)
+                    and attempts[host] < step.backoff.attempts
+                    and time.monotonic() + delay < ctx.deadline
+                )
+                if can_retry:
+                    rep.attempt_failed(step.name, host, attempts[host], exc, delay)
+                    retry.append(host)
+                    delays.append(delay)
+                    continue
+                cause = describe(exc)
+                if is_retryable(exc) and attempts[host] > 1:
+                    cause += f" (after {attempts[host]} attempts)"
+                done[host] = StepResult(step.name, host, False, attempts[host], elapsed, cause)
+                rep.host_finished(step.name, host, False, elapsed, cause)
+                if failure is None:
+                    failure = Failure(step.name, host, cause, bad_input=isinstance(exc, BadInput))
+            if failure is not None:
+                # Another host failed for good: do not keep retrying the rest of this step.
+                for host in retry:
+                    elapsed = time.monotonic() - step_start
+                    done[host] = StepResult(
+                        step.name, host, False, attempts[host], elapsed, "not retried: another host failed"
+                    )
+                break
+            pending = retry
+            if pending:
+                sleep(max(delays))
+        results.extend(done[h] for h in hosts if h in done)
+    return PipelineResult(results, failure, time.monotonic() - started)
+
+
+def record_run(
+    registry: Registry,
+    ctx: ShipContext,
+    result: PipelineResult,
+    *,
+    kind: str,
+    trigger: str,
+    started_at: str,
+) -> int:
+    """Write one pipeline run (with per-step timings) into the registry's history."""
+    summary = "ok" if result.ok else str(result.failure)
+    return registry.record_history(
+        name=ctx.name,
+        environment=ctx.environment,
+        kind=kind,
+        trigger=trigger,
+        started_at=started_at,
+        ok=result.ok,
+        summary=summary,
+        manifest_hash=ctx.manifest.digest() if ctx.manifest is not None else ctx.data.get("manifest_hash"),
+        steps=[r.record() for r in result.results if not r.skipped],
+    )
+
+
+def record_step(registry: Registry) -> Step:
+    """The last step: the deployment goes into the registry as active, serving this manifest."""
+
+    def record(ctx: ShipContext) -> None:
+        if ctx.manifest is None:
+            raise RuntimeError("nothing to record: the analyze step did not produce a manifest")
+        endpoints = [Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow)) for h in ctx.hosts]
+        ctx.deployment = registry.upsert_deployment(
+            name=ctx.name,
+            environment=ctx.environment,
+            workflow=ctx.workflow,
+            workflow_path=str(ctx.workflow_path),
+            manifest_hash=ctx.manifest.digest(),
+            target=ctx.target,
+            endpoints=endpoints,
+        )
+        runs = int(ctx.data.get("generations", 0))
+        if runs:
+            registry.count_executions(ctx.deployment.id, executions=runs, errors=0)
+
+    return Step("record", here(record), timeout=30, local=True)
+
+
+def workflow_url(base: str, workflow: str) -> str:
+    """The endpoint URL of one workflow on one API service."""
+    return f"{base.rstrip('/')}/workflows/{workflow}"
+
+
+@dataclass
+class ShipOutcome:
+    """What `comfyfleet ship` reports: the pipeline result, the history id, the deployment."""
+
+    result: PipelineResult
+    history_id: int
+    deployment: Deployment | None
+
+
+def run_ship(
+    ctx: ShipContext,
+    steps: Sequence[Step],
+    registry: Registry,
+    reporter: Reporter | None = None,
+    *,
+    kind: str = "ship",
+    trigger: str = "cli",
+    sleep: Callable[[float], None] = time.sleep,
+) -> ShipOutcome:
+    """Run a ship's steps and record the run in the history, whatever its outcome."""
+    started_at = utcnow()
+    result = run_pipeline(steps, ctx, reporter, sleep)
+    history_id = record_run(registry, ctx, result, kind=kind, trigger=trigger, started_at=started_at)
+    return ShipOutcome(result, history_id, ctx.deployment if result.ok else None)
+
+
+# -- checks against a host's API service (also used by schedules) --------------------
+
+
+API_KEY_ENV = "COMFYFLEET_API_KEY"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file a generation produced, as the API reported it."""
+
+    filename: str
+    url: str | None = None
+    data: bytes | None = None
+
+
+class ApiClient:
+    """The calls ship and the schedules make to one host's API service."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, resp: httpx.Response, what: str) -> httpx.Response:
+        if resp.status_code in (401, 403):
+            raise HostFailure(
+                f"{what} answered {resp.status_code}: the API key was refused; set {API_KEY_ENV}"
+            )
+        if resp.status_code in (429, 502, 503, 504):
+            # The service or ComfyUI behind it is starting or busy: worth another try.
+            raise Retryable(f"{what} answered {resp.status_code}{_detail(resp)}")
+        if resp.status_code >= 400:
+            raise HostFailure(f"{what} answered {resp.status_code}{_detail(resp)}")
+        return resp
+
+    def health(self, timeout: float | None = None) -> dict[str, Any]:
+        """GET /health: the service process is up."""
+        resp = self._http.get("/health", timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        return _json(self._check(resp, "GET /health"))
+
+    def ready(self, timeout: float | None = None) -> dict[str, Any]:
+        """GET /ready: ComfyUI reachable and the workflows' models present."""
+        resp = self._http.get("/ready", timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        return _json(self._check(resp, "GET /ready"))
+
+    def generate(self, workflow: str, params: Mapping[str, Any] | None = None,
+                 timeout: float | None = None) -> list[OutputFile]:
+        """POST /workflows/{workflow} with the workflow's defaults; the output files it produced."""
+        resp = self._http.post(
+            f"/workflows/{workflow}", json=dict(params or {}), timeout=timeout or httpx.USE_CLIENT_DEFAULT
+        )
+        body = _json(self._check(resp, f"POST /workflows/{workflow}"))
+        return _outputs(body)
+
+    def set_enabled(self, workflow: str, enabled: bool) -> None:
+        """Serve a workflow's endpoint, or stop serving it (PUT /admin/workflows/{name})."""
+        resp = self._http.put(f"/admin/workflows/{workflow}", json={"enabled": enabled})
+        self._check(resp, f"PUT /admin/workflows/{workflow}")
+
+    def fetch(self, output: OutputFile, timeout: float | None = None) -> bytes:
+        """The bytes of an output file (inline, or downloaded from the URL the API gave)."""
+        if output.data is not None:
+            return output.data
+        if not output.url:
+            raise HostFailure(f"output {output.filename} has neither data nor a download URL")
+        resp = self._http.get(output.url, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        return self._check(resp, f"GET {output.url}").content
+
+
+def _detail(resp: httpx.Response) -> str:
+    text = resp.text.strip().replace("\n", " ")
+    return f": {text[:300]}" if text else ""
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        raise HostFailure(f"{resp.request.method} {resp.request.url.path} answered non-JSON{_detail(resp)}") from None
+    return body if isinstance(body, dict) else {"value": body}
+
+
+def _outputs(body: Mapping[str, Any]) -> list[OutputFile]:
+    """Output files from a generation response.
+
+    Accepts ``outputs`` as a list of files or as ComfyUI's ``{node_id: {images: [...]}}``;
+    each file carries ``url`` or base64 ``data``/``base64``.
+    """
+    import base64
+
+    raw = body.get("outputs", body.get("files", []))
+    files: list[Mapping[str, Any]] = []
+    if isinstance(raw, Mapping):
+        for per_node in raw.values():
+            if isinstance(per_node, Mapping):
+                for items in per_node.values():
+                    if isinstance(items, list):
+                        files.extend(i for i in items if isinstance(i, Mapping))
+            elif isinstance(per_node, list):
+                files.extend(i for i in per_node if isinstance(i, Mapping))
+    elif isinstance(raw, list):
+        files.extend(i for i in raw if isinstance(i, Mapping))
+    out: list[OutputFile] = []
+    for f in files:
+        encoded = f.get("base64") or f.get("data")
+        out.append(
+            OutputFile(
+                filename=str(f.get("filename") or f.get("name") or "output"),
+                url=f.get("url"),
+                data=base64.b64decode(encoded) if isinstance(encoded, str) else None,
+            )
+        )
+    return out
+
+
+# -- the standard steps ---------------------------------------------------------------
+
+_counter_lock = threading.Lock()
+
+
+def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
+    """A client for one host's API service, its timeout bounded by the step's budget."""
+    return ApiClient(ctx.endpoints[host], ctx.data.get("api_key"), timeout=ctx.remaining(cap))
+
+
+def count_generation(ctx: ShipContext) -> None:
+    """Count one finished generation (hosts run in parallel threads)."""
+    with _counter_lock:
+        ctx.data["generations"] = int(ctx.data.get("generations", 0)) + 1
+
+
+def check_health(ctx: ShipContext, host: str) -> None:
+    """GET /health, then /ready, on one host (503 while starting is retried by the step)."""
+    with api_client(ctx, host, 15) as api:
+        api.health(timeout=ctx.remaining(15))
+        api.ready(timeout=ctx.remaining(15))
+
+
+def check_generation(ctx: ShipContext, host: str) -> None:
+    """One generation with the workflow's defaults on one host; an output file must arrive."""
+    with api_client(ctx, host, 600) as api:
+        outputs = api.generate(ctx.workflow, timeout=ctx.remaining())
+        count_generation(ctx)
+        if not outputs:
+            raise HostFailure(f"POST /workflows/{ctx.workflow} finished but returned no output file")
+        sizes = []
+        for output in outputs:
+            data = api.fetch(output, timeout=ctx.remaining(60))
+            if not data:
+                raise HostFailure(f"output file {output.filename} is empty")
+            sizes.append((output.filename, len(data)))
+    with _counter_lock:
+        ctx.data.setdefault("outputs", {})[host] = sizes
+
+
+def health_step(timeout: float = 180, attempts: int = 8) -> Step:
+    """/health and /ready on every host, retried while the service (re)starts."""
+    return Step("health", each_host(check_health), timeout, Backoff(attempts, 1.0, 2.0, 15.0))
+
+
+def generate_step(timeout: float = 600, attempts: int = 3) -> Step:
+    """One real generation per host with the workflow's defaults."""
+    return Step("generate", each_host(check_generation), timeout, Backoff(attempts, 2.0, 2.0, 20.0))
+
+
+AnalyzeFn = Callable[[Path], Any]
+
+
+def unresolved_message(manifest: Any, path: Path) -> str | None:
+    """One line listing what analysis could not resolve, or None when nothing."""
+    problems: list[str] = []
+    for node in manifest.unresolved.nodes:
+        ids = ",".join(node.node_ids) or "?"
+        problems.append(f"node {node.class_type} (#{ids}): {node.reason}")
+    for model in manifest.unresolved.models:
+        ids = ",".join(model.node_ids) or "?"
+        problems.append(f"model {model.filename} (#{ids}): {model.reason}")
+    if not problems:
+        return None
+    return (
+        f"{path}: {len(problems)} unresolved, nothing was deployed: " + "; ".join(problems)
+        + f" (add them to {path.parent / 'overrides.yaml'} and ship again)"
+    )
+
+
+def analyze_workflow(path: Path) -> Any:
+    """The workflow's manifest, with the overrides.yaml of its folder, as the host tiers see it."""
+    from comfyfleet.analysis import analyze_paths
+
+    result = analyze_paths([path])
+    if result.errors:
+        raise BadInput(result.errors[0])
+    if not result.manifests:
+        raise BadInput(f"{path}: not a workflow")
+    return result.manifests[0]
+
+
+def analyze_step(analyze: AnalyzeFn | None = None, timeout: float = 60) -> Step:
+    """Strict analysis here: anything unresolved stops the ship before any host is touched."""
+
+    def run(ctx: ShipContext) -> None:
+        manifest = (analyze or analyze_workflow)(ctx.workflow_path)
+        message = unresolved_message(manifest, ctx.workflow_path)
+        if message:
+            raise BadInput(message)
+        ctx.manifest = manifest
+
+    return Step("analyze", here(run), timeout, local=True)
+
+
+# -- serving switch (stop / start) --------------------------------------------------
+
+ServingResult = tuple[bool, str | None, float]
+"""(ok, cause when not ok, seconds) for one host."""
+
+
+def set_serving(deployment: Deployment, enabled: bool, api_key: str | None = None,
+                timeout: float = 30.0) -> dict[str, ServingResult]:
+    """Turn one workflow's endpoint on or off on every host of a deployment.
+
+    Soft: the API service keeps running and keeps serving its other workflows; a
+    disabled workflow answers 404 until it is enabled again.
+    """
+    import os
+
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+
+    def one(host: str, url: str) -> ServingResult:
+        started = time.monotonic()
+        base = url.rsplit("/workflows/", 1)[0]
+        try:
+            with ApiClient(base, key, timeout=timeout) as api:
+                api.set_enabled(deployment.workflow, enabled)
+        except Exception as exc:
+            return False, describe(exc), time.monotonic() - started
+        return True, None, time.monotonic() - started
+
+    endpoints = list(deployment.endpoints)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(endpoints)))) as pool:
+        results = list(pool.map(lambda e: one(e.host, e.url), endpoints))
+    return {e.host: r for e, r in zip(endpoints, results, strict=True)}
+
+
+# -- planning a ship: the target's hosts and where their API answers ------------------
+
+HostSpecs = list[tuple[str, dict[str, Any]]]
+
+
+def api_base_for(name: str, data: Mapping[str, Any]) -> str:
+    """Where the operator's machine reaches a host's API service.
+
+    ``api_url`` in the host's data wins (a proxy or TLS in front); otherwise the host's
+    SSH address (``ssh_hostname``, else its inventory name) and ``api_port``.
+    """
+    from comfyfleet.inventory import validate_host_data
+
+    explicit = data.get("api_url")
+    if isinstance(explicit, str) and explicit:
+        if not explicit.startswith(("http://", "https://")):
+            raise BadInput(f"host {name}: api_url must start with http:// or https:// (got {explicit!r})")
+        return explicit.rstrip("/")
+    cfg = validate_host_data(name, dict(data))
+    address = str(data.get("ssh_hostname") or name)
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"http://{address}:{cfg.api_port}"
+
+
+def resolve_target(target: str) -> HostSpecs:
+    """The target's hosts with their validated data (BadInput for a bad target or host data)."""
+    from comfyfleet import runner
+
+    return runner.prepare_hosts(target)
+
+
+def prepare_ship(
+    workflow: Path,
+    target: str,
+    environment: str,
+    name: str | None,
+    registry: Registry,
+    *,
+    resolve: Callable[[str], HostSpecs] = resolve_target,
+) -> ShipContext:
+    """Check the request and find the hosts; BadInput before anything runs when it cannot work."""
+    import os
+
+    from comfyfleet.registry import check_name
+
+    path = Path(workflow)
+    if not path.is_file():
+        raise BadInput(f"{path}: workflow file not found: pass the path of a workflow JSON file")
+    deployment_name = check_name(name or path.stem)
+    check_name(environment, "environment")
+    existing = registry.find(deployment_name, environment)
+    if existing is not None and existing.workflow != path.stem:
+        raise BadInput(
+            f"deployment {deployment_name} ({environment}) serves workflow {existing.workflow}, not "
+            f"{path.stem}: pass another --name, or delete it first"
+        )
+    if existing is not None and existing.target != target:
+        raise BadInput(
+            f"deployment {deployment_name} ({environment}) runs on {existing.target}, not {target}: "
+            f"ship with --to {existing.target}, pass another --name, or delete it first"
+        )
+    ctx = ShipContext(workflow_path=path, name=deployment_name, environment=environment, target=target)
+    key = os.environ.get(API_KEY_ENV)
+    if key:
+        ctx.data["api_key"] = key
+    if target == MODAL:
+        ctx.hosts = [MODAL]
+        return ctx
+    specs = resolve(target)
+    ctx.hosts = [n for n, _ in specs]
+    ctx.endpoints = {n: api_base_for(n, d) for n, d in specs}
+    ctx.data["specs"] = specs
+    return ctx
+
+
+MODAL = "modal"
+"""The target (and host name) of a ship to Modal."""
+
+
+# -- host tasks through the runner ----------------------------------------------------
+
+TaskRun = Callable[[HostSpecs, str, dict[str, Any]], Any]
+"""runner.run(specs, task, data) -> RunResult (hosts[].host/status/reason/ok)."""
+
+
+def _runner_run(specs: HostSpecs, task: str, data: dict[str, Any]) -> Any:
+    from comfyfleet import runner
+
+    return runner.run(specs, task, data=data)
+
+
+def task_step(
+    name: str,
+    tasks: Sequence[tuple[str, Callable[[ShipContext], dict[str, Any]]]],
+    timeout: float,
+    backoff: Backoff = Backoff(3, 5.0, 2.0, 30.0),
+    run_task: TaskRun = _runner_run,
+) -> Step:
+    """A step running pyinfra tasks on the pending hosts, in order; per-host outcomes.
+
+    An unreachable host is a network error (retried); a failed operation is not
+    (its reason names the operation and the line that says why).
+    """
+
+    def run(ctx: ShipContext, hosts: Sequence[str]) -> HostOutcomes:
+        specs: HostSpecs = [
+            (n, {**d}) for n, d in ctx.data.get("specs", []) if n in hosts
+        ]
+        outcomes: dict[str, BaseException | None] = dict.fromkeys(hosts)
+        for task, data_for in tasks:
+            live = [(n, {**d, **data_for(ctx)}) for n, d in specs if outcomes[n] is None]
+            if not live:
+                break
+            result = run_task(live, task, {})
+            for hr in result.hosts:
+                if hr.ok or hr.host not in outcomes:
+                    continue
+                reason = f"{task}: {hr.reason or hr.status}"
+                if hr.status == "unreachable":
+                    outcomes[hr.host] = Retryable(f"{task}: host unreachable: {hr.reason or 'no connection'}")
+                else:
+                    outcomes[hr.host] = HostFailure(reason)
+        return outcomes
+
+    return Step(name, run, timeout, backoff, inline=True)
+
+
+# -- the standard ship ----------------------------------------------------------------
+
+HOST_TASKS = {"install": ("install-nodes", "download-models"), "api": ("update-binary",)}
+"""Tier tasks each host step runs, in order (tiers 2-3, then tier 1)."""
+
+
+def _workflow_data(ctx: ShipContext) -> dict[str, Any]:
+    return {"workflow": str(ctx.workflow_path), "workflows_dir": str(ctx.workflow_path.parent)}
+
+
+def check_tasks_available(names: Sequence[str]) -> None:
+    """BadInput before any host is touched when a tier task is not in this version."""
+    from comfyfleet import runner
+
+    for name in names:
+        runner.resolve_task(name)
+
+
+def standard_steps(
+    ctx: ShipContext,
+    registry: Registry,
+    *,
+    analyze: AnalyzeFn | None = None,
+    run_task: TaskRun = _runner_run,
+    check_tasks: Callable[[Sequence[str]], None] = check_tasks_available,
+) -> list[Step]:
+    """analyze → install (tiers 2-3) → api (tier 1) → health → generate → record."""
+    if ctx.target == MODAL:
+        return modal_steps(ctx, registry, analyze=analyze)
+    check_tasks([t for group in HOST_TASKS.values() for t in group])
+    return [
+        analyze_step(analyze),
+        # Model bytes dominate; the budget is for a large checkpoint on a slow link.
+        task_step("install", [(t, _workflow_data) for t in HOST_TASKS["install"]], timeout=3 * 3600),
+        task_step("api", [(t, _workflow_data) for t in HOST_TASKS["api"]], timeout=600),
+        health_step(),
+        generate_step(),
+        record_step(registry),
+    ]
+
+
+def modal_steps(ctx: ShipContext, registry: Registry, *, analyze: AnalyzeFn | None = None) -> list[Step]:
+    """Modal target: not wired yet (see issue 6)."""
+    raise BadInput("shipping to modal is not available yet: use `comfyfleet modal deploy` for now")

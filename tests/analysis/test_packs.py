@@ -1,0 +1,106 @@
+"""Pack resolution: metadata, core, extension map, set cover, preemption, patterns, prefixes, overrides."""
+
+from __future__ import annotations
+
+from analysis.helpers import ui_node, ui_workflow
+from comfyfleet.analysis import Overrides, analyze_data
+from comfyfleet.analysis.index import KnowledgeIndex, default_index
+
+
+def api(*class_types: str) -> dict:
+    return {str(i): {"class_type": c, "inputs": {}} for i, c in enumerate(class_types, 1)}
+
+
+def packs(manifest) -> dict[str, tuple[list[str], str]]:
+    return {p.repo.rsplit("/", 1)[-1]: (p.provides, p.resolved_by) for p in manifest.custom_nodes}
+
+
+def test_unique_class_resolves_through_extension_map(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("OnlyBig", "KSampler"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"big-pack": (["OnlyBig"], "extension_map")}
+    assert manifest.core_classes == ["KSampler"]
+    assert manifest.custom_nodes[0].version is None
+
+
+def test_ambiguous_class_joins_a_pack_the_workflow_already_needs(small_index: KnowledgeIndex) -> None:
+    # "Shared" is listed by big (50 stars), small (900) and a fork; big is needed anyway.
+    manifest = analyze_data(api("OnlyBig", "Shared"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"big-pack": (["OnlyBig", "Shared"], "extension_map")}
+
+
+def test_set_cover_prefers_one_pack_for_several_ambiguous_classes(small_index: KnowledgeIndex) -> None:
+    # Shared and Twin: big, small and the fork each list both -> one pack, the most starred.
+    manifest = analyze_data(api("Shared", "Twin"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"small-pack": (["Shared", "Twin"], "set_cover")}
+
+
+def test_set_cover_minimizes_pack_count_before_popularity(small_index: KnowledgeIndex) -> None:
+    # OnlySmall forces small-pack, which also covers Twin: no second pack.
+    manifest = analyze_data(api("Twin", "OnlySmall", "OnlyBig"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"small-pack": (["OnlySmall", "Twin"], "extension_map"), "big-pack": (["OnlyBig"], "extension_map")}
+
+
+def test_preemption_beats_popularity(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("Claimed"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"claimer": (["Claimed"], "set_cover")}
+
+
+def test_nodename_pattern_resolves_unlisted_names(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("Brand New Thing (zz)"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"suffix-pack": (["Brand New Thing (zz)"], "pattern")}
+
+
+def test_unlisted_class_with_a_popular_packs_prefix(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("FancyGlow"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"FancyNodes": (["FancyGlow"], "name_prefix")}
+
+
+def test_unknown_class_is_unresolved_with_a_reason(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("TotallyUnknownNode", "TotallyUnknownNode"), "wf", "wf", index=small_index)
+    assert manifest.custom_nodes == []
+    [node] = manifest.unresolved.nodes
+    assert node.class_type == "TotallyUnknownNode" and node.node_ids == ["1", "2"]
+    assert "overrides.yaml" in node.reason
+
+
+def test_core_classes_come_from_source_manager_and_templates(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("VAELoader", "KSampler", "CoreOnlyInTemplates"), "wf", "wf", index=small_index)
+    assert manifest.core_classes == ["CoreOnlyInTemplates", "KSampler", "VAELoader"]
+    assert manifest.custom_nodes == [] and not manifest.unresolved
+
+
+def test_node_metadata_wins_over_the_map(small_index: KnowledgeIndex) -> None:
+    workflow = ui_workflow(
+        ui_node(1, "Shared", props={"cnr_id": "big", "ver": "2.0.1"}),
+        ui_node(2, "OnlySmall", props={"aux_id": "bob/small-pack", "ver": "0123abcd"}),
+        ui_node(3, "OnlyBig", props={"cnr_id": "comfy-core"}),
+    )
+    manifest = analyze_data(workflow, "wf", "wf", index=small_index)
+    by_repo = {p.repo: p for p in manifest.custom_nodes}
+    assert by_repo["https://github.com/alice/big-pack"].version == "2.0.1"
+    assert by_repo["https://github.com/alice/big-pack"].resolved_by == "node_metadata"
+    assert by_repo["https://github.com/bob/small-pack"].version == "0123abcd"
+    assert manifest.core_classes == ["OnlyBig"]
+
+
+def test_metadata_for_a_pack_not_in_the_index_uses_aux_id(small_index: KnowledgeIndex) -> None:
+    workflow = ui_workflow(ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"}))
+    [pack] = analyze_data(workflow, "wf", "wf", index=small_index).custom_nodes
+    assert (pack.id, pack.repo, pack.version) == ("brand-new", "https://github.com/zoe/brand-new", "1.0.0")
+
+
+def test_override_beats_everything(small_index: KnowledgeIndex) -> None:
+    overrides = Overrides.model_validate({"nodes": {"Shared": {"repo": "https://github.com/me/mine.git", "version": 3}}})
+    manifest = analyze_data(api("Shared", "TotallyUnknownNode"), "wf", "wf", overrides, index=small_index)
+    assert [(p.repo, p.version, p.resolved_by, p.id) for p in manifest.custom_nodes] == [
+        ("https://github.com/me/mine", "3", "override", "mine")
+    ]
+
+
+def test_real_index_resolves_well_known_ambiguities() -> None:
+    """The shipped index: preemptions and popularity pick the packs people mean."""
+    index = default_index()
+    manifest = analyze_data(api("DWPreprocessor", "Display Any (rgthree)", "KSampler"), "wf", "wf", index=index)
+    repos = {p.repo for p in manifest.custom_nodes}
+    assert repos == {"https://github.com/Fannovel16/comfyui_controlnet_aux", "https://github.com/rgthree/rgthree-comfy"}
+    assert manifest.core_classes == ["KSampler"]

@@ -1,0 +1,132 @@
+"""The standard ship wired end to end here: real analysis of the example workflows, the real
+runner's result types for the host tasks (recorded, not run: the fleet tests run them over
+SSH), a real HTTP API, a real registry."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfyfleet.errors import BadInput
+from comfyfleet.registry import Endpoint, Registry
+from comfyfleet.runner import HostResult, RunResult
+from comfyfleet.ship import (
+    HOST_TASKS,
+    ShipContext,
+    api_base_for,
+    prepare_ship,
+    run_ship,
+    standard_steps,
+)
+
+from .helpers import ApiServer
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "workflows").glob("*.json"))
+
+
+class RecordingRunner:
+    """Stands in for runner.run on the host steps; answers with the runner's own result types."""
+
+    def __init__(self, fail: dict[str, HostResult] | None = None) -> None:
+        self.calls: list[tuple[str, list[str], dict[str, Any]]] = []
+        self.fail = fail or {}
+
+    def __call__(self, specs: list[tuple[str, dict[str, Any]]], task: str, data: dict[str, Any]) -> RunResult:
+        self.calls.append((task, [n for n, _ in specs], specs[0][1]))
+        if task in self.fail:
+            return RunResult(task, [self.fail[task]])
+        return RunResult(task, [HostResult(n, "no change") for n, _ in specs])
+
+
+def ship_ctx(workflow: Path, server: ApiServer, registry: Registry, name: str | None = None) -> ShipContext:
+    return prepare_ship(
+        workflow, "inventory/test.py", "dev", name, registry,
+        resolve=lambda target: [("gpu-1", {"ssh_hostname": "127.0.0.1", "api_port": server.port})],
+    )
+
+
+@pytest.mark.parametrize("workflow", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiServer, registry: Registry) -> None:
+    ctx = ship_ctx(workflow, api_server, registry)
+    runner = RecordingRunner()
+    steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda names: None)
+    assert [s.name for s in steps] == ["analyze", "install", "api", "health", "generate", "record"]
+    outcome = run_ship(ctx, steps, registry)
+    assert outcome.result.ok, outcome.result.failure
+    assert [c[0] for c in runner.calls] == [*HOST_TASKS["install"], *HOST_TASKS["api"]]
+    for _task, hosts, data in runner.calls:
+        assert hosts == ["gpu-1"]
+        assert data["workflow"] == str(workflow) and data["workflows_dir"] == str(workflow.parent)
+    assert api_server.behaviour.calls[f"generate:{workflow.stem}"] == 1
+    dep = registry.get(workflow.stem, "dev")
+    assert dep.endpoint_url == f"http://127.0.0.1:{api_server.port}/workflows/{workflow.stem}"
+    assert dep.manifest_hash == ctx.manifest.digest()
+    hist = registry.history(workflow.stem, "dev")[0]
+    assert [s.step for s in hist.steps] == ["analyze", "install", "api", "health", "generate", "record"]
+
+
+def test_failed_install_names_the_host_and_operation_and_stops(api_server: ApiServer, registry: Registry) -> None:
+    ctx = ship_ctx(EXAMPLES[0], api_server, registry)
+    runner = RecordingRunner(fail={"install-nodes": HostResult(
+        "gpu-1", "failed", "Verify node classes: IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')")})
+    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry)
+    failure = outcome.result.failure
+    assert failure is not None
+    assert str(failure) == ("step 'install' failed on host gpu-1: install-nodes: Verify node classes: "
+                            "IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')")
+    assert [c[0] for c in runner.calls] == ["install-nodes"]  # models and API untouched
+    assert api_server.behaviour.calls == {}
+    assert registry.find(EXAMPLES[0].stem) is None
+
+
+def test_unreachable_host_is_retried_then_reported(api_server: ApiServer, registry: Registry) -> None:
+    ctx = ship_ctx(EXAMPLES[0], api_server, registry)
+    runner = RecordingRunner(fail={"install-nodes": HostResult("gpu-1", "unreachable", "Connection refused")})
+    steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None)
+    steps[1] = type(steps[1])(steps[1].name, steps[1].run, 10, type(steps[1].backoff)(3, 0.01), inline=True)
+    outcome = run_ship(ctx, steps, registry)
+    assert [c[0] for c in runner.calls] == ["install-nodes"] * 3
+    assert outcome.result.failure is not None
+    assert "host unreachable: Connection refused (after 3 attempts)" in outcome.result.failure.cause
+
+
+def test_missing_tier_task_is_bad_input_before_anything_runs(api_server: ApiServer, registry: Registry) -> None:
+    ctx = ship_ctx(EXAMPLES[0], api_server, registry)
+
+    def check(names: list[str]) -> None:
+        raise BadInput("task 'download-models' is not available in this version (available: install-nodes)")
+
+    with pytest.raises(BadInput, match="download-models"):
+        standard_steps(ctx, registry, run_task=RecordingRunner(), check_tasks=check)
+
+
+def test_prepare_refuses_what_cannot_work(tmp_path: Path, api_server: ApiServer, registry: Registry) -> None:
+    with pytest.raises(BadInput, match="workflow file not found"):
+        ship_ctx(tmp_path / "nope.json", api_server, registry)
+    wf = tmp_path / "txt2img.json"
+    shutil.copy(EXAMPLES[0], wf)
+    with pytest.raises(BadInput, match="deployment name 'bad name' is not valid"):
+        ship_ctx(wf, api_server, registry, name="bad name")
+    registry.upsert_deployment(name="portraits", environment="dev", workflow="upscale", workflow_path="u.json",
+                               manifest_hash="h", target="inventory/test.py", endpoints=[Endpoint("h", "u")])
+    with pytest.raises(BadInput, match="serves workflow upscale, not txt2img: pass another --name"):
+        ship_ctx(wf, api_server, registry, name="portraits")
+    registry.upsert_deployment(name="t2i", environment="dev", workflow="txt2img", workflow_path="w.json",
+                               manifest_hash="h", target="10.0.0.9", endpoints=[Endpoint("h", "u")])
+    with pytest.raises(BadInput, match="runs on 10.0.0.9, not inventory/test.py"):
+        ship_ctx(wf, api_server, registry, name="t2i")
+
+
+def test_api_base_for_hosts() -> None:
+    assert api_base_for("gpu-1", {"ssh_hostname": "203.0.113.7"}) == "http://203.0.113.7:3000"
+    assert api_base_for("198.51.100.2", {"api_port": 8080}) == "http://198.51.100.2:8080"
+    assert api_base_for("h", {"api_url": "https://gpu.example.org/"}) == "https://gpu.example.org"
+    assert api_base_for("::1", {}) == "http://[::1]:3000"
+    with pytest.raises(BadInput, match="host h: api_url must start with http"):
+        api_base_for("h", {"api_url": "gpu.example.org"})
+    with pytest.raises(BadInput, match="host h: api_port"):
+        api_base_for("h", {"api_port": 99999})

@@ -1,0 +1,124 @@
+"""Start and stop the ComfyUI stand-in (tests/standin/comfyui) as a real process on loopback.
+
+Tests of any area can use it:
+
+    from standin_launch import Standin
+    with Standin(tmp_path) as comfy:        # tmp_path becomes --base-directory
+        httpx.get(comfy.url + "/system_stats")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+STANDIN_DIR = Path(__file__).resolve().parent / "comfyui"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Standin:
+    """One stand-in ComfyUI process with its own base directory; restartable on the same port."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        python: str | None = None,
+        comfy_dir: Path = STANDIN_DIR,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.port = port or free_port()
+        self.env = env or {}
+        self.extra_args = extra_args or []
+        self.python = python or sys.executable
+        self.comfy_dir = comfy_dir
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.base_dir / "standin.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def models(self, folder: str) -> Path:
+        """The models/<folder> directory of this instance (created)."""
+        p = self.base_dir / "models" / folder
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def add_custom_node(self, name: str, init_py: str) -> Path:
+        """Write custom_nodes/<name>/__init__.py; it loads at the next (re)start."""
+        d = self.base_dir / "custom_nodes" / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "__init__.py").write_text(init_py)
+        return d
+
+    def start(self, timeout: float = 20.0) -> Standin:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        for folder in ("checkpoints", "loras", "vae", "upscale_models"):
+            self.models(folder)
+        # Real ComfyUI ships input/example.png; a fresh base directory gets a copy of ours.
+        example = self.base_dir / "input" / "example.png"
+        if not example.exists():
+            example.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.comfy_dir / "input" / "example.png", example)
+        cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--cpu",
+               "--base-directory", str(self.base_dir), *self.extra_args]
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stand-in exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/system_stats", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"stand-in did not answer on {self.url} within {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Standin:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def copy_checkout(dest: Path) -> Path:
+    """A copy of the stand-in laid out like a ComfyUI checkout (for tests that git-init or modify it)."""
+    shutil.copytree(STANDIN_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest

@@ -1,0 +1,268 @@
+"""The host-side node-pack installer with real git repos, a real venv and a local package index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import INSTALL_NODES, TESTS, write_plan
+
+from upstreams.pypi import PackageIndex
+
+sys.path.insert(0, str(TESTS))
+from fleet.upstreams import node_pack_files  # noqa: E402
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t.invalid", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    import os
+
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV}).stdout.strip()
+
+
+def make_pack(root: Path, name: str, versions: list[str], **kwargs: Any) -> tuple[str, dict[str, str]]:
+    """A bare repo at root/<name>.git with one tagged commit per version; returns (url, {version: commit})."""
+    work = root / "work" / name
+    work.mkdir(parents=True)
+    git("init", "-q", "-b", "master", str(work))
+    commits = {}
+    for v in versions:
+        for rel, text in node_pack_files(name, kwargs.get("classes", [f"{name}Node"]), kwargs.get("requirements"),
+                                         kwargs.get("install_py", False), kwargs.get("broken", False), v).items():
+            (work / rel).write_text(text)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", v, cwd=work)
+        git("tag", f"v{v}", cwd=work)
+        commits[v] = git("rev-parse", "HEAD", cwd=work)
+    bare = root / f"{name}.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    return f"file://{bare}", commits
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
+    idx = PackageIndex(tmp_path_factory.mktemp("wheels")).start()
+    idx.add("torch", "2.5.1")
+    idx.add("torch", "2.9.0")  # newer: what an unconstrained pip would grab
+    idx.add("tinydep", "1.0", requires=["torch"])
+    idx.add("greedy", "1.0", requires=["torch>=2.9"])
+    try:
+        yield idx
+    finally:
+        idx.stop()
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(tmp_path_factory: pytest.TempPathFactory, index: PackageIndex) -> Path:
+    """A venv standing in for the runtime's persistent env, with 'torch' 2.5.1 already in it."""
+    venv = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--index-url", index.url,
+                    "torch==2.5.1"], check=True, timeout=300)
+    return py
+
+
+def installed(py: Path, name: str) -> str | None:
+    proc = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({name!r}))"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def run_plan(tmp_path: Path, plan: dict[str, Any], mode: str) -> tuple[int, dict[str, Any], str]:
+    path = write_plan(tmp_path / f"plan-{mode}.json", plan)
+    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), mode],
+                          capture_output=True, text=True, timeout=600)
+    tagged = {}
+    for line in proc.stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word.isupper():
+            tagged[word] = json.loads(rest)
+    return proc.returncode, tagged, proc.stderr
+
+
+def base_plan(tmp_path: Path, py: Path, index: PackageIndex, packs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"custom_nodes_dir": str(tmp_path / "custom_nodes"), "state_dir": str(tmp_path / "state"),
+            "comfyui_dir": str(tmp_path / "ComfyUI"), "python": [str(py)], "cm_cli": None,
+            "pip_args": ["--index-url", index.url], "protected": ["torch", "torchvision", "torchaudio", "numpy"],
+            "packs": packs}
+
+
+def test_git_install_pins_version_installs_requirements_without_touching_torch_and_runs_install_py(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
+    url, commits = make_pack(tmp_path, "PackReq", ["1.0.0", "1.1.0"], requirements=["torch>=2.6", "tinydep==1.0"],
+                             install_py=True)
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "packreq", "repo": url, "version": "1.0.0", "dir": "PackReq", "registry": True, "provides": ["PackReqNode"]},
+    ])
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 0, err
+    row = out["RESULT"][0]
+    assert row["method"] == "git" and "cm-cli" in row["why"]
+    assert row["commit"] == commits["1.0.0"]
+    assert installed(runtime_venv, "tinydep") == "1.0"
+    assert installed(runtime_venv, "torch") == "2.5.1"
+    assert any("kept the runtime's torch (2.5.1)" in w for w in row["warnings"])
+    assert (tmp_path / "custom_nodes/PackReq/install-ran").exists()
+
+    rc, out, _ = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"] == [{"id": "packreq", "dir": "PackReq", "needs": []}]
+    rc, out, _ = run_plan(tmp_path, plan, "install")
+    assert rc == 0 and out["RESULT"][0]["status"] == "ok" and out["RESULT"][0]["changed"] == []
+
+    # A new pin moves the checkout; requirements are unchanged, install.py runs for the new commit.
+    plan["packs"][0]["version"] = commits["1.1.0"]
+    rc, out, _ = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"][0]["needs"]
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 0, err
+    assert out["RESULT"][0]["commit"] == commits["1.1.0"]
+    assert "ran install.py" in out["RESULT"][0]["changed"]
+
+
+def test_requirement_that_would_swap_torch_fails_the_pack_and_torch_stays(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
+    url, _ = make_pack(tmp_path, "Greedy", ["1.0.0"], requirements=["greedy==1.0"])
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "greedy", "repo": url, "version": None, "dir": "Greedy", "registry": False, "provides": []},
+    ])
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 1
+    row = out["RESULT"][0]
+    assert row["status"] == "failed" and "pip could not install greedy==1.0" in row["error"]
+    assert "error: pack greedy" in err
+    assert installed(runtime_venv, "torch") == "2.5.1"
+    assert installed(runtime_venv, "greedy") is None
+
+
+def test_local_modifications_are_never_overwritten(tmp_path: Path, runtime_venv: Path, index: PackageIndex) -> None:
+    url, commits = make_pack(tmp_path, "Edited", ["1.0.0", "2.0.0"])
+    pack = {"id": "edited", "repo": url, "version": commits["1.0.0"], "dir": "Edited", "registry": False, "provides": []}
+    plan = base_plan(tmp_path, runtime_venv, index, [pack])
+    assert run_plan(tmp_path, plan, "install")[0] == 0
+    init = tmp_path / "custom_nodes/Edited/__init__.py"
+    init.write_text(init.read_text() + "\n# operator's hotfix\n")
+    pack["version"] = commits["2.0.0"]
+    rc, out, _ = run_plan(tmp_path, plan, "install")
+    assert rc == 1 and "local modifications" in out["RESULT"][0]["error"]
+    assert "operator's hotfix" in init.read_text()
+    rc, out, _ = run_plan(tmp_path, plan, "list")
+    assert out["LIST"][0]["modified"] is True and out["LIST"][0]["commit"] == commits["1.0.0"]
+
+
+def test_unknown_commit_fails_with_the_fix(tmp_path: Path, runtime_venv: Path, index: PackageIndex) -> None:
+    url, _ = make_pack(tmp_path, "Pinned", ["1.0.0"])
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "pinned", "repo": url, "version": "deadbeef" * 5, "dir": "Pinned", "registry": False, "provides": []},
+    ])
+    rc, out, _ = run_plan(tmp_path, plan, "install")
+    assert rc == 1 and "is not in" in out["RESULT"][0]["error"]
+
+
+def test_cm_cli_path_command_level(tmp_path: Path, runtime_venv: Path, index: PackageIndex) -> None:
+    """cm-cli needs the Comfy Registry: here a recording stand-in checks the command we run."""
+    record = tmp_path / "cm-cli-argv.json"
+    fake = (
+        "import json, os, sys\n"
+        f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+        "spec = sys.argv[2]; name, ver = spec.split('@')\n"
+        f"d = os.path.join({str(tmp_path / 'custom_nodes')!r}, name); os.makedirs(d, exist_ok=True)\n"
+        "open(os.path.join(d, 'pyproject.toml'), 'w').write(f'[project]\\nversion = \"{ver}\"\\n')\n"
+        "open(os.path.join(d, '.tracking'), 'w').write('')\n"
+    )
+    cm = tmp_path / "cm" / "cm_cli"
+    cm.mkdir(parents=True)
+    (cm / "__init__.py").write_text("")
+    (cm / "__main__.py").write_text(fake)
+    py = [str(runtime_venv)]
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "comfyui-kjnodes", "repo": "file:///nonexistent/ComfyUI-KJNodes.git", "version": "1.1.7",
+         "dir": "comfyui-kjnodes", "registry": True, "provides": []},
+    ])
+    # The runtime's Python, with the cm_cli package importable (PYTHONPATH through env(1)).
+    plan["python"] = ["env", f"PYTHONPATH={cm.parent}", *py]
+    plan["cm_cli"] = ["env", f"PYTHONPATH={cm.parent}", *py, "-m", "cm_cli"]
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 0, err
+    row = out["RESULT"][0]
+    assert row["method"] == "manager" and "registry version 1.1.7 through cm-cli" == row["why"]
+    assert json.loads(record.read_text()) == ["install", "comfyui-kjnodes@1.1.7", "--no-deps", "--exit-on-fail",
+                                              "--mode", "remote"]
+    # Already at that registry version: nothing to do, cm-cli is not called again.
+    record.unlink()
+    rc, out, _ = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"][0]["needs"] == []
+    # A commit pin goes through git even with cm-cli present, and says why.
+    plan["packs"][0]["version"] = "0123456789abcdef0123456789abcdef01234567"
+    plan["packs"][0]["registry"] = False
+    rc, out, _ = run_plan(tmp_path, plan, "install")
+    assert out["RESULT"][0]["method"] == "git" and not record.exists()
+
+
+class _ObjectInfo(BaseHTTPRequestHandler):
+    classes: dict[str, Any] = {}
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.classes).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+COMFY_LOG = """\
+Traceback (most recent call last):
+  File "/data/ComfyUI/nodes.py", line 2131, in load_custom_node
+    module_spec.loader.exec_module(module)
+  File "/data/custom_nodes/BrokenPack/__init__.py", line 3, in <module>
+    import missing_lib
+ModuleNotFoundError: No module named 'missing_lib'
+
+Cannot import /data/custom_nodes/BrokenPack module for custom nodes: No module named 'missing_lib'
+
+Import times for custom nodes:
+   0.0 seconds: /data/custom_nodes/GoodPack
+   0.0 seconds (IMPORT FAILED): /data/custom_nodes/BrokenPack
+"""
+
+
+def test_verify_names_the_failed_pack_with_its_import_error(tmp_path: Path) -> None:
+    _ObjectInfo.classes = {
+        "KSampler": {"python_module": "nodes"},
+        "GoodNode": {"python_module": "custom_nodes.GoodPack"},
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ObjectInfo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        log = tmp_path / "comfyui.log"
+        log.write_text(COMFY_LOG)
+        plan = {"custom_nodes_dir": str(tmp_path), "state_dir": str(tmp_path), "python": [sys.executable],
+                "object_info_url": f"http://127.0.0.1:{server.server_address[1]}/object_info",
+                "log_command": ["cat", str(log)], "core_classes": ["KSampler"],
+                "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]},
+                          {"id": "broken", "dir": "BrokenPack", "provides": ["BrokenNode"]}]}
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rc == 1
+    packs = {p["id"]: p for p in out["VERIFY"]["packs"]}
+    assert packs["good"]["missing"] == []
+    assert packs["broken"]["missing"] == ["BrokenNode"]
+    assert packs["broken"]["error"] == "ModuleNotFoundError: No module named 'missing_lib'"
+    assert "pack broken (BrokenPack) failed to load: ModuleNotFoundError" in err
