@@ -6,7 +6,8 @@ Formats the block volume only when it is blank, mounts it by UUID, puts ComfyUI'
 from pyinfra import inventory
 
 from comfyfleet.deploys.bootstrap import provision
-from comfyfleet.inventory import validate_inventory
+from comfyfleet.inventory import pyinfra_cli_errors, validate_inventory
 
-validate_inventory(inventory, provider="datacrunch")
-provision("datacrunch")
+with pyinfra_cli_errors():
+    validate_inventory(inventory, provider="datacrunch")
+    provision("datacrunch")

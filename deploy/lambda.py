@@ -6,7 +6,8 @@ Keeps Lambda Stack's docker.io and NVIDIA toolkit when present; data under /home
 from pyinfra import inventory
 
 from comfyfleet.deploys.bootstrap import provision
-from comfyfleet.inventory import validate_inventory
+from comfyfleet.inventory import pyinfra_cli_errors, validate_inventory
 
-validate_inventory(inventory, provider="lambda")
-provision("lambda")
+with pyinfra_cli_errors():
+    validate_inventory(inventory, provider="lambda")
+    provision("lambda")

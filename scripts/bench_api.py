@@ -152,8 +152,21 @@ async def latency(direct: Direct, api: ThroughApi, colours: Colours, n: int) -> 
     return d, a
 
 
-async def throughput(client, colours: Colours, n: int, concurrency: int) -> float:
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, list[float]] = {}
+
+
+async def throughput(client, colours: Colours, n: int, concurrency: int, pids: dict[str, int] | None = None,
+                     label: str = "") -> float:
     count = 0
+    pids = pids or {}
+    before = {k: proc_cpu(p) for k, p in pids.items()}
+    client_before = time.process_time()
 
     async def worker() -> None:
         nonlocal count
@@ -163,7 +176,12 @@ async def throughput(client, colours: Colours, n: int, concurrency: int) -> floa
 
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    if label:
+        used = {k: (proc_cpu(p) - before[k]) * 1000 / n for k, p in pids.items()}
+        used["client"] = (time.process_time() - client_before) * 1000 / n
+        CPU.setdefault(label, []).append(used)
+    return rate
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -183,7 +201,8 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
-async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: int) -> tuple[dict, bool]:
+async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: int,
+                  pids: dict[str, int]) -> tuple[dict, bool]:
     colours = Colours()
     direct, api = Direct(comfy_url), ThroughApi(api_url)
     await direct.start()
@@ -191,10 +210,10 @@ async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: in
     try:
         await latency(direct, api, colours, 20)  # warm connections and caches
         d, a = await latency(direct, api, colours, n)
-        td = await throughput(direct, colours, tn, concurrency)
-        ta = await throughput(api, colours, tn, concurrency)
-        td2 = await throughput(direct, colours, tn, concurrency)
-        ta2 = await throughput(api, colours, tn, concurrency)
+        td = await throughput(direct, colours, tn, concurrency, pids, "direct")
+        ta = await throughput(api, colours, tn, concurrency, pids, "via API")
+        td2 = await throughput(direct, colours, tn, concurrency, pids, "direct")
+        ta2 = await throughput(api, colours, tn, concurrency, pids, "via API")
     finally:
         await direct.close()
         await api.close()
@@ -251,7 +270,10 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("the API did not load the bench workflow")
                 time.sleep(0.05)
-            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency))
+            pids = {"api": procs[0].pid}
+            if standin is not None and standin.proc is not None:
+                pids["comfyui"] = standin.proc.pid
+            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids))
         finally:
             for p in procs:
                 p.terminate()
@@ -265,6 +287,12 @@ def main() -> int:
     print(f"  added    p50 {res['added_p50_ms']:+.3f} ms   p90 {res['added_p90_ms']:+.3f} ms")
     print(f"throughput at concurrency {args.concurrency} ({args.throughput_requests} requests):")
     print(f"  direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   ratio {res['ratio']:.2f}x")
+    for label, runs in CPU.items():
+        avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+        print(f"  CPU per request ({label}): " + ", ".join(f"{k} {v:.2f} ms" for k, v in avg.items()
+                                                            if not (label == "direct" and k == "api")))
+    load = os.getloadavg()[0]
+    print(f"  load average during the run: {load:.1f} on {os.cpu_count()} cores (other work skews throughput)")
     p50_ok = res["added_p50_ms"] <= TARGET_ADDED_P50_MS
     tp_ok = res["ratio"] >= TARGET_THROUGHPUT_RATIO
     print(f"targets: added p50 <= {TARGET_ADDED_P50_MS} ms {'met' if p50_ok else 'MISSED'} "

@@ -5,6 +5,7 @@ Examples:
   python scripts/fleet.py up 2                 # two Lambda-style hosts (user ubuntu)
   python scripts/fleet.py up 1 --volume        # one DataCrunch-style host (root) with a loop-device volume
   INV=$(python scripts/fleet.py up 1 --quiet)  # print only the inventory path
+  python scripts/fleet.py build                # only start the engine and build the images (CI warm-up)
   python scripts/fleet.py list
   python scripts/fleet.py down ID              # or: down --all (every fleet, also crashed test sessions)
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fleet import Fleet, FleetUnavailable, cleanup, down_all, list_fleets  # noqa: E402
+from fleet import Fleet, FleetUnavailable, cleanup, down_all, images, list_fleets  # noqa: E402
+from fleet.engine import ensure_engine  # noqa: E402
 from fleet.hosts import describe  # noqa: E402
 
 
@@ -50,6 +52,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         for host in hosts:
             print(f"  {describe(host)}")
         print(f"tear down: python scripts/fleet.py down {fleet.id}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    log: list[str] = []
+    t0 = time.monotonic()
+    try:
+        engine = ensure_engine()
+        host, runtime = images.host_image(log), images.runtime_image(log)
+    except FleetUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in log:
+        print(f"built: {line}")
+    print(f"engine {engine}; host image {host}; runtime image {runtime}; {time.monotonic() - t0:.1f}s")
     return 0
 
 
@@ -87,6 +104,8 @@ def main() -> int:
     out.add_argument("--quiet", action="store_true", help="print only the inventory path")
     out.add_argument("--json", action="store_true", help="print id, inventory and host data as JSON")
     up.set_defaults(func=cmd_up)
+    build = sub.add_parser("build", help="start the engine and build the images, nothing else")
+    build.set_defaults(func=cmd_build)
     ls = sub.add_parser("list", help="fleets on this machine")
     ls.set_defaults(func=cmd_list)
     down = sub.add_parser("down", help="remove a fleet: containers, loop devices, mounts, files")

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from weakref import WeakKeyDictionary
@@ -283,7 +285,7 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
         return HostConfig(**merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "data"
+        key = str(err["loc"][0]) if err["loc"] else "data"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise BadInput(f"host {name}: {key}: {msg}") from None
 
@@ -300,3 +302,14 @@ def host_config(host: Host, provider: str | None = None) -> HostConfig:
 def validate_inventory(inventory: Inventory, provider: str | None = None) -> dict[str, HostConfig]:
     """Validate every host of an inventory before anything connects or runs."""
     return {host.name: host_config(host, provider) for host in inventory}
+
+
+@contextmanager
+def pyinfra_cli_errors() -> Iterator[None]:
+    """In deploy files run by pyinfra's own CLI: show BadInput as a one-line pyinfra error, not a traceback."""
+    from pyinfra.api.exceptions import InventoryError
+
+    try:
+        yield
+    except BadInput as exc:
+        raise InventoryError(str(exc)) from None

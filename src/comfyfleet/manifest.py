@@ -37,7 +37,7 @@ class NodePack(_Model):
     )
     provides: list[str] = Field(default_factory=list, description="class types this workflow uses from it")
     resolved_by: str = Field(
-        description="how the pack was chosen: node_metadata | override | extension_map | pattern | set_cover"
+        description="how the pack was chosen: node_metadata | override | extension_map | pattern | set_cover | name_guess"
     )
     workflows: list[str] = Field(default_factory=list, description="in a lock: workflows needing it")
 
@@ -50,7 +50,7 @@ class ModelRef(_Model):
     url: str | None = None
     sha256: str | None = None
     size: int | None = None
-    source: str = Field(default="", description="where url/folder came from: override | node_properties | index | input_name")
+    source: str = Field(default="", description="where the folder came from: override | node_properties | class_input | input_name | index | heuristic")
     node_ids: list[str] = Field(default_factory=list)
     workflows: list[str] = Field(default_factory=list, description="in a lock: workflows needing it")
 

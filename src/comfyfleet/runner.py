@@ -50,18 +50,21 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import gevent
 from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.api.operations import run_ops
-from pyinfra.context import ContextObject
+from pyinfra.api.operations import run_host_op, run_ops
+from pyinfra.context import ContextObject, ctx_host, ctx_state
 
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import validate_host_data
@@ -193,30 +196,76 @@ def load_target(target: str) -> list[HostSpec]:
     return [(n, {}) for n in names]
 
 
-def _from_file(path: str, group: str) -> list[HostSpec]:
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.exceptions import CliError
-    from pyinfra_cli.inventory import make_inventory_from_files
-
+def _exec_data_file(path: Path) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__file__": str(path), "__name__": path.stem}
     try:
-        # pyinfra's own loader (same files, same group_data/ rules as `pyinfra FILE ...`); it
-        # records the file being executed on a state, so give it a throwaway one.
-        with ctx_state.use(State()):
-            inventory = make_inventory_from_files(str(Path(path).resolve()), cwd=None)
-    except (CliError, SyntaxError, NameError, ImportError, TypeError, ValueError) as exc:
-        raise BadInput(f"inventory {path}: {exc}") from None
-    hosts = list(inventory)
+        exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102 - the operator's own inventory
+    except Exception as exc:  # any error in the file is the operator's to fix
+        raise BadInput(f"inventory {path}: {type(exc).__name__}: {exc}") from None
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, type(sys))}
+
+
+def _host_entry(item: Any, path: Path, group: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
+        return item[0], dict(item[1])
+    raise BadInput(f"inventory {path}: group {group}: {item!r} is not a host name or (name, data) tuple")
+
+
+def _from_file(path: str, group: str) -> list[HostSpec]:
+    """Hosts of a pyinfra inventory file, with data merged the way ``pyinfra FILE ...`` merges it.
+
+    Groups are the file's module-level lists (or ``(hosts, data)`` tuples); every host is
+    also in the group named after the file. Data precedence, highest first: the host's own
+    dict, its groups' data (``group_data/<group>.py`` beside the file, then the group
+    tuple's dict), ``group_data/all.py``. (pyinfra's loader is not used in-process because
+    importing pyinfra_cli monkey-patches the whole interpreter with gevent.)
+    """
+    file = Path(path).resolve()
+    attrs = _exec_data_file(file)
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    group_own: dict[str, dict[str, Any]] = {}
+    for name, value in attrs.items():
+        is_pair = isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list)
+        hosts, extra = (value[0], value[1]) if is_pair and isinstance(value[1], dict) else (value, {})
+        if not isinstance(hosts, list):
+            continue
+        groups[name] = [_host_entry(item, file, name) for item in hosts]
+        group_own[name] = dict(extra)
+    order: list[str] = []
+    own: dict[str, dict[str, Any]] = {}
+    member: dict[str, list[str]] = {}
+    for gname, entries in groups.items():
+        for hname, hdata in entries:
+            if hname not in own:
+                order.append(hname)
+                own[hname] = {}
+            own[hname].update(hdata)
+            member.setdefault(hname, []).append(gname)
+    stem = file.stem
+    gd_dir = file.parent / "group_data"
+    group_files = {p.stem: _exec_data_file(p) for p in sorted(gd_dir.glob("*.py"))} if gd_dir.is_dir() else {}
+    specs: list[HostSpec] = []
+    for hname in order:
+        data: dict[str, Any] = dict(group_files.get("all", {}))
+        for gname in [stem, *member[hname]]:
+            data.update(group_own.get(gname, {}))
+            data.update(group_files.get(gname, {}))
+        data.update(own[hname])
+        specs.append((hname, data))
     if group:
-        if group in inventory.groups:
-            hosts = inventory.get_group(group)
-        elif inventory.get_host(group, None) is not None:
-            hosts = [inventory.get_host(group)]
+        if group in groups:
+            wanted = [h for h, _ in groups[group]]
+        elif group in own:
+            wanted = [group]
         else:
-            groups = ", ".join(sorted(inventory.groups)) or "none"
-            raise BadInput(f"inventory {path}: no group or host {group!r} (groups: {groups})")
-    if not hosts:
+            names = ", ".join(sorted(groups)) or "none"
+            raise BadInput(f"inventory {path}: no group or host {group!r} (groups: {names})")
+        specs = [s for s in specs if s[0] in wanted]
+    if not specs:
         raise BadInput(f"inventory {path}{':' + group if group else ''} has no hosts")
-    return [(h.name, h.data.dict()) for h in hosts]
+    return specs
 
 
 def prepare_hosts(target: str, data: dict[str, Any] | None = None, provider: str | None = None) -> list[HostSpec]:
@@ -246,6 +295,20 @@ class _Recorder(BaseStateCallback):
         self.connect_errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
 
 
+def _cooperative_sockets() -> None:
+    """Make sockets and threads gevent-aware, as pyinfra's CLI does, so hosts really run in parallel.
+
+    Done when a run starts rather than at import, so commands that never reach a host
+    (and tests that only load inventories) keep a plain interpreter.
+    """
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            monkey.patch_all()
+
+
 def resolve_task(task: str | Callable[[], None]) -> tuple[str, Callable[[], None]]:
     """A task name from the registry, or a deploy function, as (name, function)."""
     if callable(task):
@@ -268,6 +331,7 @@ def run(
     provider: str | None = None,
 ) -> RunResult:
     """Run a task (registry name) or deploy function on every host of ``target``."""
+    _cooperative_sockets()
     opts = options or RunOptions()
     name, fn = resolve_task(task)
     specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target
@@ -311,8 +375,12 @@ def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) 
     try:
         connect_all(state)
         add_deploy(state, fn)
-        if not opts.dry_run:
-            run_ops(state, serial=opts.serial)
+        if opts.dry_run:
+            pass
+        elif opts.serial:
+            run_ops(state, serial=True)
+        else:
+            stopped = _run_hosts_independently(state)
     except PyinfraError as exc:
         if str(exc) != "No hosts remaining!":
             stopped = str(exc)
@@ -327,12 +395,46 @@ def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) 
     return [_host_result(state, host, recorder, opts.dry_run, stopped) for host in inventory], stopped
 
 
+def _run_hosts_independently(state: State) -> str:
+    """Each host runs its operations in order without waiting for the other hosts at every step.
+
+    pyinfra's default waits for every host after each operation, so one slow round trip
+    delays all hosts; here a host only stops on its own failure, or when the run as a
+    whole stops (``fail_percent`` exceeded). Returns why the run stopped, or "".
+    """
+    state.is_executing = True
+    stop: list[str] = []
+
+    def one_host(host: Host) -> None:
+        for op_hash in state.get_op_order():
+            if stop or host not in state.active_hosts:
+                return
+            with ctx_host.use(host):
+                ok = run_host_op(state, host, op_hash)
+            if not ok:
+                try:
+                    state.fail_hosts({host})
+                except PyinfraError as exc:
+                    if str(exc) != "No hosts remaining!":
+                        stop.append(str(exc))
+                return
+
+    with ctx_state.use(state):
+        greenlets = [state.pool.spawn(one_host, host) for host in state.inventory.get_active_hosts()]
+        gevent.joinall(greenlets)
+    for greenlet in greenlets:
+        if greenlet.exception is not None:
+            stop.append(f"unexpected error: {type(greenlet.exception).__name__}: {greenlet.exception}")
+    return stop[0] if stop else ""
+
+
 def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, stopped: str) -> HostResult:
     rep = report(host)
     if host not in state.activated_hosts:
         reason = recorder.connect_errors.get(host.name, "could not connect")
         return HostResult(host.name, "unreachable", reason, report=rep)
     changed: list[str] = []
+    maybe: list[str] = []
     failed_op = ""
     reason = ""
     for op_hash in state.get_op_order():
@@ -342,29 +444,37 @@ def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, s
         meta = op_data.operation_meta
         op_name = ", ".join(sorted(state.get_op_meta(op_hash).names))
         if dry_run:
+            # Conditional steps (restart after new code, rollback) depend on what earlier
+            # steps will do; shown as possible, they alone do not make a host "would change".
             if meta.will_change:
-                changed.append(op_name)
+                if op_data.global_arguments.get("_if"):
+                    maybe.append(f"{op_name} (if needed)")
+                else:
+                    changed.append(op_name)
             continue
         if not meta.is_complete():
             continue
         if meta.did_error() and not failed_op:
+            lines = [ln for ln in (meta.stderr_lines or meta.stdout_lines) if ln.strip()]
             if op_data.global_arguments.get("_ignore_errors"):
+                # Handled by a later step (e.g. a rollback): keep what went wrong visible.
+                rep.note(f"{op_name.split(' | ')[-1]} failed: " + "\n".join(lines[-20:]))
                 continue
             failed_op = op_name
-            lines = [ln for ln in (meta.stderr_lines or meta.stdout_lines) if ln.strip()]
             reason = f"{op_name}: {_reason_line(lines)}"
         elif meta.did_change():
             changed.append(op_name)
     if host in state.failed_hosts or failed_op:
         return HostResult(host.name, "failed", reason or "a fact or operation failed (see log above)", changed, rep)
-    if stopped and not dry_run and not changed and host in state.active_hosts and not _all_ran(state, host):
+    if stopped and not dry_run and not _all_ran(state, host):
         return HostResult(host.name, "skipped", f"run stopped: {stopped}", changed, rep)
     status = ("would change" if changed else "no change") if dry_run else ("changed" if changed else "no change")
-    return HostResult(host.name, status, "", changed, rep)
+    return HostResult(host.name, status, "", changed + (maybe if changed else []), rep)
 
 
 def _all_ran(state: State, host: Host) -> bool:
-    return all(op.operation_meta.is_complete() for op in state.ops[host].values())
+    ops = state.ops[host].values()
+    return bool(ops) and all(op.operation_meta.is_complete() for op in ops)
 
 
 def _reason_line(lines: list[str]) -> str:

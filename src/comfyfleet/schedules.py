@@ -16,6 +16,7 @@ Actions:
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -34,15 +35,19 @@ from apscheduler.triggers.interval import IntervalTrigger
 from comfyfleet.errors import BadInput
 from comfyfleet.registry import Deployment, Registry, Schedule
 from comfyfleet.ship import (
+    API_KEY_ENV,
+    MODAL,
     Backoff,
     ShipContext,
     ShipOutcome,
     Step,
     api_client,
+    api_keys_for,
     check_generation,
     count_generation,
     each_host,
     health_step,
+    resolve_target,
     run_ship,
 )
 
@@ -111,7 +116,11 @@ def action_steps(action: str) -> list[Step]:
 
 
 def context_for(deployment: Deployment, api_key: str | None = None) -> ShipContext:
-    """A pipeline context that addresses the hosts a deployment was shipped to."""
+    """A pipeline context that addresses the hosts a deployment was shipped to.
+
+    API keys come from the target's host data (``api_keys_file``) when the target still
+    loads, else from ``api_key`` / $COMFYFLEET_API_KEY; the registry never stores keys.
+    """
     ctx = ShipContext(
         workflow_path=Path(deployment.workflow_path),
         name=deployment.name,
@@ -121,8 +130,14 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
         endpoints={e.host: api_base(e.url) for e in deployment.endpoints},
     )
     ctx.data["manifest_hash"] = deployment.manifest_hash
-    if api_key:
-        ctx.data["api_key"] = api_key
+    key = api_key or os.environ.get(API_KEY_ENV)
+    if key:
+        ctx.data["api_key"] = key
+    if deployment.target != MODAL:
+        try:
+            ctx.data["api_keys"] = api_keys_for(resolve_target(deployment.target))
+        except BadInput:
+            pass  # the inventory moved or is gone: the checks run with the key above, if any
     return ctx
 
 
@@ -141,9 +156,10 @@ def run_scheduled(
     *,
     steps_for: StepsFor = action_steps,
     trigger: str = "schedule",
+    kind: str | None = None,
     api_key: str | None = None,
 ) -> ShipOutcome | None:
-    """Run one action on a deployment, record it, and update the deployment's status.
+    """Run one action on a deployment, record it (as ``kind``, default the action), update its status.
 
     Returns None when the deployment is gone or stopped (nothing is run or recorded).
     """
@@ -151,7 +167,7 @@ def run_scheduled(
     if deployment is None or deployment.status == "inactive":
         return None
     ctx = context_for(deployment, api_key)
-    outcome = run_ship(ctx, steps_for(action), registry, kind=action, trigger=trigger)
+    outcome = run_ship(ctx, steps_for(action), registry, kind=kind or action, trigger=trigger)
     result = outcome.result
     generations = int(ctx.data.get("generations", 0))
     failed_generation = result.failure is not None and result.failure.step in ("warmup", "generate")

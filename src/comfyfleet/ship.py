@@ -474,7 +474,8 @@ class ApiClient:
     def _check(self, resp: httpx.Response, what: str) -> httpx.Response:
         if resp.status_code in (401, 403):
             raise HostFailure(
-                f"{what} answered {resp.status_code}: the API key was refused; set {API_KEY_ENV}"
+                f"{what} answered {resp.status_code}: no valid API key; set api_keys_file in the "
+                f"host's data (the keys update-binary installs) or {API_KEY_ENV}"
             )
         if resp.status_code in (429, 502, 503, 504):
             # The service or ComfyUI behind it is starting or busy: worth another try.
@@ -488,24 +489,39 @@ class ApiClient:
         resp = self._http.get("/health", timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         return _json(self._check(resp, "GET /health"))
 
-    def ready(self, timeout: float | None = None) -> dict[str, Any]:
-        """GET /ready: ComfyUI reachable and the workflows' models present."""
+    def ready(self, workflow: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """GET /ready: ComfyUI reachable, the workflows loaded, their models present.
+
+        /ready speaks for every workflow the service has; with ``workflow`` given, only
+        what concerns that one decides (another workflow's missing pack is not this
+        ship's failure), read from the checks in the 503 body.
+        """
         resp = self._http.get("/ready", timeout=timeout or httpx.USE_CLIENT_DEFAULT)
-        return _json(self._check(resp, "GET /ready"))
+        if resp.status_code != 503 or workflow is None:
+            return _json(self._check(resp, "GET /ready"))
+        try:
+            body = resp.json()
+            checks = body["checks"]
+        except (ValueError, KeyError, TypeError):
+            return _json(self._check(resp, "GET /ready"))
+        return _ready_for(workflow, checks, body)
 
     def generate(self, workflow: str, params: Mapping[str, Any] | None = None,
                  timeout: float | None = None) -> list[OutputFile]:
-        """POST /workflows/{workflow} with the workflow's defaults; the output files it produced."""
-        resp = self._http.post(
-            f"/workflows/{workflow}", json=dict(params or {}), timeout=timeout or httpx.USE_CLIENT_DEFAULT
-        )
-        body = _json(self._check(resp, f"POST /workflows/{workflow}"))
-        return _outputs(body)
+        """POST /workflows/{workflow} (sync) with the workflow's defaults; the output files it produced.
 
-    def set_enabled(self, workflow: str, enabled: bool) -> None:
-        """Serve a workflow's endpoint, or stop serving it (PUT /admin/workflows/{name})."""
-        resp = self._http.put(f"/admin/workflows/{workflow}", json={"enabled": enabled})
-        self._check(resp, f"PUT /admin/workflows/{workflow}")
+        Outputs come back as download URLs (``"outputs": "url"``) so the check also proves
+        the files can be fetched the way callers fetch them.
+        """
+        body: dict[str, Any] = {"outputs": "url"}
+        if params:
+            body["input"] = dict(params)
+        what = f"POST /workflows/{workflow}"
+        resp = self._http.post(f"/workflows/{workflow}", json=body, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        if resp.status_code == 504:
+            # The job is still running on the host: submitting another would only queue more.
+            raise HostFailure(f"{what} answered 504{_detail(resp)}")
+        return _outputs(_json(self._check(resp, what)))
 
     def fetch(self, output: OutputFile, timeout: float | None = None) -> bytes:
         """The bytes of an output file (inline, or downloaded from the URL the API gave)."""
@@ -515,6 +531,29 @@ class ApiClient:
             raise HostFailure(f"output {output.filename} has neither data nor a download URL")
         resp = self._http.get(output.url, timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         return self._check(resp, f"GET {output.url}").content
+
+
+def _ready_for(workflow: str, checks: Mapping[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Judge a 503 from /ready for one workflow: ready, still starting, or broken."""
+    comfy = checks.get("comfyui") or {}
+    if not comfy.get("ok", False):
+        raise Retryable(f"GET /ready: ComfyUI not reachable yet ({comfy.get('error') or 'starting'})")
+    loaded = checks.get("workflows") or {}
+    if workflow not in (loaded.get("served") or []):
+        own = [e for e in loaded.get("errors") or [] if f"/{workflow}.json" in str(e) or str(e).startswith(workflow)]
+        if own:
+            raise HostFailure(f"GET /ready: workflow {workflow} not served: {own[0]}")
+        raise Retryable(f"GET /ready: workflow {workflow} not loaded yet")
+    missing = [m for m in (checks.get("models") or {}).get("missing") or [] if m.get("workflow") == workflow]
+    if missing:
+        files = ", ".join(f"{m.get('file')} (node {m.get('node')})" for m in missing)
+        raise HostFailure(f"GET /ready: models missing for {workflow}: {files}")
+    warm = checks.get("warmup") or {}
+    if not warm.get("ok", True):
+        if warm.get("state") in ("pending", "running"):
+            raise Retryable(f"GET /ready: warmup {warm.get('state')}")
+        raise HostFailure(f"GET /ready: warmup {warm.get('state') or 'failed'}: see the API log (--logs)")
+    return body
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -552,10 +591,12 @@ def _outputs(body: Mapping[str, Any]) -> list[OutputFile]:
         files.extend(i for i in raw if isinstance(i, Mapping))
     out: list[OutputFile] = []
     for f in files:
+        if not (f.get("filename") or f.get("name")):
+            continue  # a plain value a node returned (text, numbers), not a file
         encoded = f.get("base64") or f.get("data")
         out.append(
             OutputFile(
-                filename=str(f.get("filename") or f.get("name") or "output"),
+                filename=str(f.get("filename") or f.get("name")),
                 url=f.get("url"),
                 data=base64.b64decode(encoded) if isinstance(encoded, str) else None,
             )
@@ -570,7 +611,8 @@ _counter_lock = threading.Lock()
 
 def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
     """A client for one host's API service, its timeout bounded by the step's budget."""
-    return ApiClient(ctx.endpoints[host], ctx.data.get("api_key"), timeout=ctx.remaining(cap))
+    key = (ctx.data.get("api_keys") or {}).get(host) or ctx.data.get("api_key")
+    return ApiClient(ctx.endpoints[host], key, timeout=ctx.remaining(cap))
 
 
 def count_generation(ctx: ShipContext) -> None:
@@ -583,7 +625,7 @@ def check_health(ctx: ShipContext, host: str) -> None:
     """GET /health, then /ready, on one host (503 while starting is retried by the step)."""
     with api_client(ctx, host, 15) as api:
         api.health(timeout=ctx.remaining(15))
-        api.ready(timeout=ctx.remaining(15))
+        api.ready(ctx.workflow, timeout=ctx.remaining(15))
 
 
 def check_generation(ctx: ShipContext, host: str) -> None:
@@ -658,39 +700,6 @@ def analyze_step(analyze: AnalyzeFn | None = None, timeout: float = 60) -> Step:
     return Step("analyze", here(run), timeout, local=True)
 
 
-# -- serving switch (stop / start) --------------------------------------------------
-
-ServingResult = tuple[bool, str | None, float]
-"""(ok, cause when not ok, seconds) for one host."""
-
-
-def set_serving(deployment: Deployment, enabled: bool, api_key: str | None = None,
-                timeout: float = 30.0) -> dict[str, ServingResult]:
-    """Turn one workflow's endpoint on or off on every host of a deployment.
-
-    Soft: the API service keeps running and keeps serving its other workflows; a
-    disabled workflow answers 404 until it is enabled again.
-    """
-    import os
-
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-
-    def one(host: str, url: str) -> ServingResult:
-        started = time.monotonic()
-        base = url.rsplit("/workflows/", 1)[0]
-        try:
-            with ApiClient(base, key, timeout=timeout) as api:
-                api.set_enabled(deployment.workflow, enabled)
-        except Exception as exc:
-            return False, describe(exc), time.monotonic() - started
-        return True, None, time.monotonic() - started
-
-    endpoints = list(deployment.endpoints)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(endpoints)))) as pool:
-        results = list(pool.map(lambda e: one(e.host, e.url), endpoints))
-    return {e.host: r for e, r in zip(endpoints, results, strict=True)}
-
-
 # -- planning a ship: the target's hosts and where their API answers ------------------
 
 HostSpecs = list[tuple[str, dict[str, Any]]]
@@ -714,6 +723,29 @@ def api_base_for(name: str, data: Mapping[str, Any]) -> str:
     if ":" in address and not address.startswith("["):
         address = f"[{address}]"
     return f"http://{address}:{cfg.api_port}"
+
+
+def api_keys_for(specs: HostSpecs) -> dict[str, str]:
+    """Each host's API key on this machine: the first key of its ``api_keys_file`` (the file
+    update-binary installs on the host), else $COMFYFLEET_API_KEY. Keys stay in memory only."""
+    import os
+
+    fallback = os.environ.get(API_KEY_ENV, "")
+    keys: dict[str, str] = {}
+    for name, data in specs:
+        path = data.get("api_keys_file")
+        key = fallback
+        if path:
+            try:
+                lines = Path(str(path)).read_text().splitlines()
+            except OSError as exc:
+                raise BadInput(f"host {name}: api_keys_file {path}: {exc.strerror or exc}") from None
+            key = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")), "")
+            if not key:
+                raise BadInput(f"host {name}: api_keys_file {path} holds no key: put one key per line")
+        if key:
+            keys[name] = key
+    return keys
 
 
 def resolve_target(target: str) -> HostSpecs:
@@ -764,6 +796,7 @@ def prepare_ship(
     ctx.hosts = [n for n, _ in specs]
     ctx.endpoints = {n: api_base_for(n, d) for n, d in specs}
     ctx.data["specs"] = specs
+    ctx.data["api_keys"] = api_keys_for(specs)
     return ctx
 
 
@@ -773,11 +806,13 @@ MODAL = "modal"
 
 # -- host tasks through the runner ----------------------------------------------------
 
-TaskRun = Callable[[HostSpecs, str, dict[str, Any]], Any]
+HostTask = str | Callable[[], None]
+"""A registered task name, or a pyinfra deploy function."""
+TaskRun = Callable[[HostSpecs, HostTask, dict[str, Any]], Any]
 """runner.run(specs, task, data) -> RunResult (hosts[].host/status/reason/ok)."""
 
 
-def _runner_run(specs: HostSpecs, task: str, data: dict[str, Any]) -> Any:
+def _runner_run(specs: HostSpecs, task: HostTask, data: dict[str, Any]) -> Any:
     from comfyfleet import runner
 
     return runner.run(specs, task, data=data)
@@ -785,18 +820,22 @@ def _runner_run(specs: HostSpecs, task: str, data: dict[str, Any]) -> Any:
 
 def task_step(
     name: str,
-    tasks: Sequence[tuple[str, Callable[[ShipContext], dict[str, Any]]]],
+    tasks: Sequence[tuple[HostTask, Callable[[ShipContext], dict[str, Any]]]],
     timeout: float,
     backoff: Backoff = Backoff(3, 5.0, 2.0, 30.0),
     run_task: TaskRun = _runner_run,
+    preflight: Callable[[], None] | None = None,
 ) -> Step:
     """A step running pyinfra tasks on the pending hosts, in order; per-host outcomes.
 
     An unreachable host is a network error (retried); a failed operation is not
-    (its reason names the operation and the line that says why).
+    (its reason names the operation and the line that says why). ``preflight`` runs
+    first and may refuse (BadInput) before any host is touched.
     """
 
     def run(ctx: ShipContext, hosts: Sequence[str]) -> HostOutcomes:
+        if preflight is not None:
+            preflight()
         specs: HostSpecs = [
             (n, {**d}) for n, d in ctx.data.get("specs", []) if n in hosts
         ]
@@ -806,12 +845,13 @@ def task_step(
             if not live:
                 break
             result = run_task(live, task, {})
+            label = task if isinstance(task, str) else getattr(task, "__name__", "deploy")
             for hr in result.hosts:
                 if hr.ok or hr.host not in outcomes:
                     continue
-                reason = f"{task}: {hr.reason or hr.status}"
+                reason = f"{label}: {hr.reason or hr.status}"
                 if hr.status == "unreachable":
-                    outcomes[hr.host] = Retryable(f"{task}: host unreachable: {hr.reason or 'no connection'}")
+                    outcomes[hr.host] = Retryable(f"{label}: host unreachable: {hr.reason or 'no connection'}")
                 else:
                     outcomes[hr.host] = HostFailure(reason)
         return outcomes
@@ -837,6 +877,13 @@ def check_tasks_available(names: Sequence[str]) -> None:
         runner.resolve_task(name)
 
 
+def serving_deploy(workflow: str, served: bool) -> Callable[[], None]:
+    """The host-side switch of one workflow's endpoint (see comfyfleet.registry.serving)."""
+    from comfyfleet.registry.serving import serving_deploy as make
+
+    return make(workflow, served)
+
+
 def standard_steps(
     ctx: ShipContext,
     registry: Registry,
@@ -848,18 +895,71 @@ def standard_steps(
     """analyze → install (tiers 2-3) → api (tier 1) → health → generate → record."""
     if ctx.target == MODAL:
         return modal_steps(ctx, registry, analyze=analyze)
-    check_tasks([t for group in HOST_TASKS.values() for t in group])
+    every_task = [t for group in HOST_TASKS.values() for t in group]
     return [
         analyze_step(analyze),
-        # Model bytes dominate; the budget is for a large checkpoint on a slow link.
-        task_step("install", [(t, _workflow_data) for t in HOST_TASKS["install"]], timeout=3 * 3600),
-        task_step("api", [(t, _workflow_data) for t in HOST_TASKS["api"]], timeout=600),
+        # Model bytes dominate; the budget is for a large checkpoint on a slow link. All tier
+        # tasks are checked before the first one runs, so a missing one touches no host.
+        task_step("install", [(t, _workflow_data) for t in HOST_TASKS["install"]], timeout=3 * 3600,
+                  run_task=run_task, preflight=lambda: check_tasks(every_task)),
+        task_step("api", [*((t, _workflow_data) for t in HOST_TASKS["api"]),
+                          # A ship serves the workflow even if it had been stopped before.
+                          (serving_deploy(ctx.workflow, True), _workflow_data)],
+                  timeout=600, run_task=run_task),
         health_step(),
         generate_step(),
         record_step(registry),
     ]
 
 
+def modal_app_name(name: str, environment: str) -> str:
+    """The Modal app of one deployment (2-40 lower-case letters, digits and dashes)."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9-]+", "-", f"cf-{environment}-{name}".lower()).strip("-")
+    return slug[:40].rstrip("-")
+
+
+def modal_app_file(name: str, environment: str) -> Path:
+    """Where ship writes a deployment's Modal app file (in the user's state directory)."""
+    from comfyfleet.registry import state_dir
+
+    return state_dir() / "modal" / f"{environment}-{name}.py"
+
+
 def modal_steps(ctx: ShipContext, registry: Registry, *, analyze: AnalyzeFn | None = None) -> list[Step]:
-    """Modal target: not wired yet (see issue 6)."""
-    raise BadInput("shipping to modal is not available yet: use `comfyfleet modal deploy` for now")
+    """Ship to Modal: the app file and model volume, `modal deploy`, then the same checks as hosts.
+
+    One Modal app per deployment (its own image, volume and endpoint), generated from the
+    same manifest the hosts get; cold starts make the health budget long.
+    """
+
+    def prepare(ctx: ShipContext, host: str) -> None:
+        from comfyfleet.modal_target import deploy as modal_deploy
+        from comfyfleet.modal_target.generate import generate_app
+        from comfyfleet.modal_target.modal_cli import ModalCli
+        from comfyfleet.modal_target.options import ModalOptions
+
+        options = ModalOptions(app_name=modal_app_name(ctx.name, ctx.environment)).checked()
+        app = generate_app([ctx.workflow_path], options, out_path=modal_app_file(ctx.name, ctx.environment))
+        facts = modal_deploy.read_app_facts(app.path)
+        cli = ModalCli()
+        modal_deploy.sync_secrets(facts, cli)
+        modal_deploy.fill_models_volume(facts, cli)
+        ctx.data["modal_facts"] = facts
+
+    def deploy(ctx: ShipContext, host: str) -> None:
+        from comfyfleet.modal_target import deploy as modal_deploy
+        from comfyfleet.modal_target.modal_cli import ModalCli
+
+        deployed = modal_deploy.deploy_app(ctx.data["modal_facts"], ModalCli())
+        ctx.endpoints[host] = deployed.url
+
+    return [
+        analyze_step(analyze),
+        Step("install", each_host(prepare), timeout=6 * 3600),
+        Step("api", each_host(deploy), timeout=3600),
+        health_step(timeout=900, attempts=12),
+        generate_step(timeout=1800),
+        record_step(registry),
+    ]

@@ -29,6 +29,10 @@ GOOD = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}}}
         (b'{"5": {"class_type": 12, "inputs": {}}}', "node 5: class_type must be a non-empty string"),
         (b'{"5": {"class_type": "X", "inputs": [1, 2]}}', "node 5: inputs must be an object"),
         (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (
+            b'{"nodes": [{"id": 4, "type": "0b0c9a3e-3f0e-4c39-9a51-2f0d1b6c7e11"}]}',
+            "node 4 is a subgraph (0b0c9a3e-3f0e-4c39-9a51-2f0d1b6c7e11) missing from definitions.subgraphs",
+        ),
     ],
 )
 def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, content: bytes, expected: str) -> None:
@@ -63,4 +67,6 @@ def test_other_files_are_still_analyzed(tmp_path: Path, write_json) -> None:
 
 def test_empty_directory_is_an_error(tmp_path: Path) -> None:
     result = analyze_paths([tmp_path])
-    assert result.manifests == [] and result.errors == [f"{tmp_path}: no workflow .json files in this directory"]
+    assert result.manifests == [] and result.errors == [
+        f"{tmp_path}: no workflow .json files in this directory"
+    ]

@@ -7,7 +7,10 @@ from comfyfleet.analysis import analyze_data
 from comfyfleet.analysis.index import KnowledgeIndex
 
 API = {
-    "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}},
+    "1": {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"},
+    },
     "2": {"class_type": "OnlyBig", "inputs": {"model": ["1", 0], "strength": 0.5}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
 }
@@ -17,16 +20,20 @@ def test_api_format_lists_core_packs_and_models(small_index: KnowledgeIndex) -> 
     manifest = analyze_data(API, "wf", "wf.json", index=small_index)
     assert manifest.format == "api"
     assert manifest.core_classes == ["SaveImage", "UNETLoader"]
-    assert [(p.repo, p.provides) for p in manifest.custom_nodes] == [("https://github.com/alice/big-pack", ["OnlyBig"])]
-    assert [(m.filename, m.folder) for m in manifest.models] == [("flux1-dev.safetensors", "diffusion_models")]
+    assert [(p.repo, p.provides) for p in manifest.custom_nodes] == [
+        ("https://github.com/alice/big-pack", ["OnlyBig"])
+    ]
+    assert [(m.filename, m.folder) for m in manifest.models] == [
+        ("flux1-dev.safetensors", "diffusion_models")
+    ]
     assert manifest.models[0].node_ids == ["1"]
 
 
 def test_prompt_wrapper_is_unwrapped(small_index: KnowledgeIndex) -> None:
     wrapped = {"prompt": API, "client_id": "abc"}
-    assert analyze_data(wrapped, "wf", "wf.json", index=small_index).model_dump(exclude={"source"}) == analyze_data(
-        API, "wf", "wf.json", index=small_index
-    ).model_dump(exclude={"source"})
+    assert analyze_data(wrapped, "wf", "wf.json", index=small_index).model_dump(
+        exclude={"source"}
+    ) == analyze_data(API, "wf", "wf.json", index=small_index).model_dump(exclude={"source"})
 
 
 def test_ui_format_names_widgets_from_inputs(small_index: KnowledgeIndex) -> None:
@@ -34,17 +41,27 @@ def test_ui_format_names_widgets_from_inputs(small_index: KnowledgeIndex) -> Non
         5,
         "MysteryLoader",
         ["sdxl\\base.safetensors", 1.0],
-        inputs=[{"name": "ckpt_name", "widget": {"name": "ckpt_name"}}, {"name": "strength", "widget": {"name": "strength"}}],
+        inputs=[
+            {"name": "ckpt_name", "widget": {"name": "ckpt_name"}},
+            {"name": "strength", "widget": {"name": "strength"}},
+        ],
     )
     manifest = analyze_data(ui_workflow(loader), "wf", "wf.json", index=small_index)
     assert manifest.format == "ui"
     # Named by the node's inputs: ckpt_name -> checkpoints; Windows separator normalized.
-    assert [(m.filename, m.folder, m.source) for m in manifest.models] == [("sdxl/base.safetensors", "checkpoints", "input_name")]
+    assert [(m.filename, m.folder, m.source) for m in manifest.models] == [
+        ("sdxl/base.safetensors", "checkpoints", "input_name")
+    ]
 
 
 def test_ui_widget_names_are_not_guessed_when_counts_disagree(small_index: KnowledgeIndex) -> None:
     # Old frontends list only converted widgets: one name for three values must not be used.
-    node = ui_node(1, "MysteryLoader", [3, "a_lora_file.safetensors", 0.5], inputs=[{"name": "ckpt_name", "widget": {"name": "ckpt_name"}}])
+    node = ui_node(
+        1,
+        "MysteryLoader",
+        [3, "a_lora_file.safetensors", 0.5],
+        inputs=[{"name": "ckpt_name", "widget": {"name": "ckpt_name"}}],
+    )
     manifest = analyze_data(ui_workflow(node), "wf", "wf.json", index=small_index)
     assert [(m.folder, m.source) for m in manifest.models] == [("loras", "heuristic")]
 
@@ -86,7 +103,10 @@ def _subgraph_workflow(instance_mode: int = 0) -> dict:
         1,
         "UNETLoader",
         ["stale_inner_value.safetensors", "default"],
-        inputs=[{"name": "unet_name", "widget": {"name": "unet_name"}, "link": 7}, {"name": "weight_dtype", "widget": {"name": "weight_dtype"}}],
+        inputs=[
+            {"name": "unet_name", "widget": {"name": "unet_name"}, "link": 7},
+            {"name": "weight_dtype", "widget": {"name": "weight_dtype"}},
+        ],
     )
     inner_pack = ui_node(2, "OnlySmall")
     subgraph = {
@@ -94,7 +114,9 @@ def _subgraph_workflow(instance_mode: int = 0) -> dict:
         "name": "Generate",
         "inputs": [{"name": "unet_name", "linkIds": [7]}],
         "nodes": [inner_loader, inner_pack],
-        "links": [{"id": 7, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "COMBO"}],
+        "links": [
+            {"id": 7, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "COMBO"}
+        ],
     }
     instance = ui_node(
         9,
@@ -140,10 +162,14 @@ def test_group_nodes_expand_to_their_inner_nodes(small_index: KnowledgeIndex) ->
         ]
     }
     instance = ui_node(4, "workflow>My Group", ["group_instance.safetensors", "fp8", 0.7])
-    manifest = analyze_data(ui_workflow(instance, extra={"groupNodes": {"My Group": group}}), "wf", "wf.json", index=small_index)
+    manifest = analyze_data(
+        ui_workflow(instance, extra={"groupNodes": {"My Group": group}}), "wf", "wf.json", index=small_index
+    )
     assert [p.provides for p in manifest.custom_nodes] == [["OnlyBig"]]
     assert manifest.core_classes == ["UNETLoader"]
-    assert [(m.filename, m.folder) for m in manifest.models] == [("group_instance.safetensors", "diffusion_models")]
+    assert [(m.filename, m.folder) for m in manifest.models] == [
+        ("group_instance.safetensors", "diffusion_models")
+    ]
 
 
 def test_nested_lora_rows_and_disabled_rows(small_index: KnowledgeIndex) -> None:
@@ -154,5 +180,7 @@ def test_nested_lora_rows_and_disabled_rows(small_index: KnowledgeIndex) -> None
         {"on": False, "lora": "unused.safetensors", "strength": 1},
         "",
     ]
-    manifest = analyze_data(ui_workflow(ui_node(1, "Power Lora Loader (rgthree)", rows)), "wf", "wf.json", index=small_index)
+    manifest = analyze_data(
+        ui_workflow(ui_node(1, "Power Lora Loader (rgthree)", rows)), "wf", "wf.json", index=small_index
+    )
     assert [(m.filename, m.folder) for m in manifest.models] == [("styles/ink.safetensors", "loras")]

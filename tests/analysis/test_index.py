@@ -21,7 +21,9 @@ def test_shipped_index_records_sources_and_knows_core_and_packs() -> None:
     for core in ("KSampler", "CheckpointLoaderSimple", "SaveImage", "UNETLoader", "LoadImage"):
         assert index.is_core(core)
     assert not index.is_core("VHS_VideoCombine")
-    assert [index.packs[i].repo for i in index.packs_listing("VHS_VideoCombine")] == ["https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite"]
+    assert [index.packs[i].repo for i in index.packs_listing("VHS_VideoCombine")] == [
+        "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite"
+    ]
     assert index.input_folders["CheckpointLoaderSimple"] == {"ckpt_name": "checkpoints"}
 
 
@@ -82,10 +84,16 @@ def refresh(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_refresh_from_wheels_and_source_tree(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    _wheel(wheels / "comfyui_manager-9.1-py3-none-any.whl", {f"comfyui_manager/{k}": v for k, v in MANAGER.items()})
+    _wheel(
+        wheels / "comfyui_manager-9.1-py3-none-any.whl",
+        {f"comfyui_manager/{k}": v for k, v in MANAGER.items()},
+    )
     _wheel(
         wheels / "comfyui_workflow_templates_json-0.0.7-py3-none-any.whl",
-        {"comfyui_workflow_templates_json/templates/t.json": TEMPLATE, "comfyui_workflow_templates_json/templates/index.json": []},
+        {
+            "comfyui_workflow_templates_json/templates/t.json": TEMPLATE,
+            "comfyui_workflow_templates_json/templates/index.json": [],
+        },
     )
     out = tmp_path / "index.json.gz"
     proc = refresh("--wheel-dir", wheels, "--out", out, "--comfyui-src", _fake_comfyui(tmp_path / "ComfyUI"))
@@ -99,7 +107,12 @@ def test_refresh_from_wheels_and_source_tree(tmp_path: Path) -> None:
         assert index.is_core(core), core
     assert index.input_folders["ThingLoader"] == {"thing_name": "loras"}
     assert index.input_folders["NewStyleUpscaleLoader"] == {"model_name": "upscale_models"}
-    manifest = analyze_data({"1": {"class_type": "ThingLoader", "inputs": {"thing_name": "t.safetensors"}}}, "wf", "wf", index=index)
+    manifest = analyze_data(
+        {"1": {"class_type": "ThingLoader", "inputs": {"thing_name": "t.safetensors"}}},
+        "wf",
+        "wf",
+        index=index,
+    )
     assert [(m.folder, m.source) for m in manifest.models] == [("loras", "class_input")]
 
     # Without a source tree, what the last index learned from one is carried over.
@@ -114,5 +127,7 @@ def test_refresh_with_bad_source_is_one_line_exit_2(tmp_path: Path) -> None:
     wheels.mkdir()
     proc = refresh("--wheel-dir", wheels, "--out", tmp_path / "i.json.gz")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: index refresh failed") and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.startswith("error: index refresh failed") and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "i.json.gz").exists()

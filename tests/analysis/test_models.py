@@ -30,7 +30,9 @@ def one_node(ctype: str, **inputs) -> dict:
     ],
 )
 def test_input_names_give_the_folder(small_index: KnowledgeIndex, input_name: str, folder: str) -> None:
-    manifest = analyze_data(one_node("SomeCustomLoader", **{input_name: "file.safetensors"}), "wf", "wf", index=small_index)
+    manifest = analyze_data(
+        one_node("SomeCustomLoader", **{input_name: "file.safetensors"}), "wf", "wf", index=small_index
+    )
     assert [(m.filename, m.folder) for m in manifest.models] == [("file.safetensors", folder)]
 
 
@@ -51,7 +53,9 @@ def test_class_specific_knowledge_beats_generic_names(small_index: KnowledgeInde
 
 
 def test_any_value_with_a_model_extension_counts(small_index: KnowledgeIndex) -> None:
-    wf = one_node("MysteryNode", weights="deep\\sub\\thing.pth", text="a prompt about x.safetensors", image="photo.png")
+    wf = one_node(
+        "MysteryNode", weights="deep\\sub\\thing.pth", text="a prompt about x.safetensors", image="photo.png"
+    )
     manifest = analyze_data(wf, "wf", "wf", index=small_index)
     assert [m.filename for m in manifest.models + manifest.unresolved.models] == ["deep/sub/thing.pth"]
 
@@ -60,50 +64,104 @@ def test_index_gives_folder_and_url_and_fixes_hugging_face_blob_links(small_inde
     wf = one_node("MysteryNode", a="known_ckpt.safetensors", b="RealESRGAN_x2.pth")
     models = {m.filename: m for m in analyze_data(wf, "wf", "wf", index=small_index).models}
     # Manager save_path "checkpoints/SD1.5": ComfyUI searches checkpoints/ recursively.
-    assert (models["known_ckpt.safetensors"].folder, models["known_ckpt.safetensors"].source) == ("checkpoints", "index")
+    assert (models["known_ckpt.safetensors"].folder, models["known_ckpt.safetensors"].source) == (
+        "checkpoints",
+        "index",
+    )
     assert models["RealESRGAN_x2.pth"].folder == "upscale_models"
     assert models["RealESRGAN_x2.pth"].url == "https://huggingface.co/x/y/resolve/main/RealESRGAN_x2.pth"
 
 
 def test_generic_diffusers_names_are_not_looked_up_by_name(small_index: KnowledgeIndex) -> None:
-    manifest = analyze_data(one_node("MysteryNode", a="diffusion_pytorch_model.safetensors"), "wf", "wf", index=small_index)
+    manifest = analyze_data(
+        one_node("MysteryNode", a="diffusion_pytorch_model.safetensors"), "wf", "wf", index=small_index
+    )
     assert manifest.models == []
     assert manifest.unresolved.models[0].folder is None
 
 
 def test_node_properties_beat_the_index_and_overrides_beat_both(small_index: KnowledgeIndex) -> None:
-    declared = {"models": [{"name": "known_ckpt.safetensors", "url": "https://mirror.example/known.safetensors", "directory": "diffusion_models"}]}
+    declared = {
+        "models": [
+            {
+                "name": "known_ckpt.safetensors",
+                "url": "https://mirror.example/known.safetensors",
+                "directory": "diffusion_models",
+            }
+        ]
+    }
     wf = ui_workflow(ui_node(1, "MysteryNode", ["known_ckpt.safetensors"], props=declared))
     [model] = analyze_data(wf, "wf", "wf", index=small_index).models
-    assert (model.folder, model.url, model.source) == ("diffusion_models", "https://mirror.example/known.safetensors", "node_properties")
+    assert (model.folder, model.url, model.source) == (
+        "diffusion_models",
+        "https://mirror.example/known.safetensors",
+        "node_properties",
+    )
 
     sha = "a" * 64
     overrides = Overrides.model_validate(
-        {"models": {"known_ckpt.safetensors": {"folder": "loras", "url": "https://mine.example/k.safetensors", "sha256": sha}}}
+        {
+            "models": {
+                "known_ckpt.safetensors": {
+                    "folder": "loras",
+                    "url": "https://mine.example/k.safetensors",
+                    "sha256": sha,
+                }
+            }
+        }
     )
     [model] = analyze_data(wf, "wf", "wf", overrides, index=small_index).models
-    assert (model.folder, model.url, model.sha256, model.source) == ("loras", "https://mine.example/k.safetensors", sha, "override")
+    assert (model.folder, model.url, model.sha256, model.source) == (
+        "loras",
+        "https://mine.example/k.safetensors",
+        sha,
+        "override",
+    )
 
 
 def test_links_in_notes_supply_urls(small_index: KnowledgeIndex) -> None:
     wf = ui_workflow(
-        ui_node(1, "MarkdownNote", ["Get [it](https://huggingface.co/o/r/resolve/main/split/my_vae.safetensors?download=true)."]),
-        ui_node(2, "VAELoader", ["my_vae.safetensors"], inputs=[{"name": "vae_name", "widget": {"name": "vae_name"}}]),
+        ui_node(
+            1,
+            "MarkdownNote",
+            ["Get [it](https://huggingface.co/o/r/resolve/main/split/my_vae.safetensors?download=true)."],
+        ),
+        ui_node(
+            2,
+            "VAELoader",
+            ["my_vae.safetensors"],
+            inputs=[{"name": "vae_name", "widget": {"name": "vae_name"}}],
+        ),
     )
     [model] = analyze_data(wf, "wf", "wf", index=small_index).models
-    assert (model.folder, model.url) == ("vae", "https://huggingface.co/o/r/resolve/main/split/my_vae.safetensors")
+    assert (model.folder, model.url) == (
+        "vae",
+        "https://huggingface.co/o/r/resolve/main/split/my_vae.safetensors",
+    )
 
 
 def test_model_without_url_is_listed_and_flagged(small_index: KnowledgeIndex) -> None:
-    manifest = analyze_data(one_node("CheckpointLoaderSimple", ckpt_name="private.safetensors"), "wf", "wf", index=small_index)
-    assert [(m.filename, m.folder, m.url) for m in manifest.models] == [("private.safetensors", "checkpoints", None)]
+    manifest = analyze_data(
+        one_node("CheckpointLoaderSimple", ckpt_name="private.safetensors"), "wf", "wf", index=small_index
+    )
+    assert [(m.filename, m.folder, m.url) for m in manifest.models] == [
+        ("private.safetensors", "checkpoints", None)
+    ]
     [flag] = manifest.unresolved.models
     assert flag.folder == "checkpoints" and "no download URL" in flag.reason
 
 
 @pytest.mark.parametrize(
     "name",
-    ["/etc/passwd.safetensors", "../../escape.safetensors", "a/../../b.ckpt", "x;rm -rf ~.safetensors", "$(id).pt", "C:\\models\\x.safetensors", "ok\nname.pt"],
+    [
+        "/etc/passwd.safetensors",
+        "../../escape.safetensors",
+        "a/../../b.ckpt",
+        "x;rm -rf ~.safetensors",
+        "$(id).pt",
+        "C:\\models\\x.safetensors",
+        "ok\nname.pt",
+    ],
 )
 def test_unsafe_names_are_reported_never_installed(small_index: KnowledgeIndex, name: str) -> None:
     manifest = analyze_data(one_node("CheckpointLoaderSimple", ckpt_name=name), "wf", "wf", index=small_index)
@@ -122,3 +180,31 @@ def test_same_file_from_two_nodes_is_one_entry(small_index: KnowledgeIndex) -> N
     }
     [model] = analyze_data(wf, "wf", "wf", index=small_index).models
     assert model.node_ids == ["1", "2"]
+
+
+def test_weights_a_pack_downloads_itself_are_not_install_targets() -> None:
+    """comfyui_controlnet_aux fetches its own annotator weights; they are not models/ files."""
+    from comfyfleet.analysis.index import default_index
+
+    wf = {
+        "1": {
+            "class_type": "DepthAnythingPreprocessor",
+            "inputs": {"ckpt_name": "depth_anything_vitl14.pth"},
+        },
+        "2": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_depth.safetensors"}},
+    }
+    manifest = analyze_data(wf, "wf", "wf", index=default_index())
+    assert [m.filename for m in manifest.models] == ["control_depth.safetensors"]
+    assert [p.repo for p in manifest.custom_nodes] == ["https://github.com/Fannovel16/comfyui_controlnet_aux"]
+
+
+def test_pipeline_loaders_without_names_use_file_names_then_checkpoints(small_index: KnowledgeIndex) -> None:
+    node = ui_node(
+        1,
+        "Efficient Loader",
+        ["dreamy_mix_v3.safetensors", "Baked VAE", -1, "add_detail_lora.safetensors", 1, 1],
+    )
+    folders = {
+        m.filename: m.folder for m in analyze_data(ui_workflow(node), "wf", "wf", index=small_index).models
+    }
+    assert folders == {"dreamy_mix_v3.safetensors": "checkpoints", "add_detail_lora.safetensors": "loras"}

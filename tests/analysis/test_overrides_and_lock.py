@@ -31,9 +31,13 @@ def test_overrides_next_to_workflows_are_loaded_automatically(tmp_path: Path, wr
         "models:\n  mine.safetensors:\n    folder: clip\n    url: https://example.org/mine.safetensors\n"
     )
     [manifest] = analyze_paths([tmp_path]).manifests
-    assert [(p.repo, p.version, p.resolved_by) for p in manifest.custom_nodes] == [("https://github.com/me/my-nodes", "1.2.0", "override")]
+    assert [(p.repo, p.version, p.resolved_by) for p in manifest.custom_nodes] == [
+        ("https://github.com/me/my-nodes", "1.2.0", "override")
+    ]
     # Legacy folder names become today's: clip -> text_encoders.
-    assert [(m.folder, m.url, m.source) for m in manifest.models] == [("text_encoders", "https://example.org/mine.safetensors", "override")]
+    assert [(m.folder, m.url, m.source) for m in manifest.models] == [
+        ("text_encoders", "https://example.org/mine.safetensors", "override")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -63,17 +67,31 @@ def _manifest(name: str, version: str | None, model_url: str | None) -> Manifest
         workflow=name,
         source=f"{name}.json",
         format="api",
-        custom_nodes=[NodePack(id="p", repo="https://github.com/o/p", version=version, provides=[f"{name}Node"], resolved_by="node_metadata")],
-        models=[ModelRef(filename="m.safetensors", folder="loras", url=model_url, source="index", node_ids=["1"])],
+        custom_nodes=[
+            NodePack(
+                id="p",
+                repo="https://github.com/o/p",
+                version=version,
+                provides=[f"{name}Node"],
+                resolved_by="node_metadata",
+            )
+        ],
+        models=[
+            ModelRef(filename="m.safetensors", folder="loras", url=model_url, source="index", node_ids=["1"])
+        ],
     )
 
 
 def test_lock_dedupes_packs_and_models_and_reports_conflicts() -> None:
-    lock = build_lock([_manifest("a", "1.0.0", None), _manifest("b", "2.0.0", "https://x/m"), _manifest("c", "2.0.0", None)])
+    lock = build_lock(
+        [_manifest("a", "1.0.0", None), _manifest("b", "2.0.0", "https://x/m"), _manifest("c", "2.0.0", None)]
+    )
     [pack] = lock.custom_nodes
     assert pack.provides == ["aNode", "bNode", "cNode"] and pack.workflows == ["a", "b", "c"]
     assert pack.version == "2.0.0"  # asked for by most workflows
-    assert [(c.repo, c.versions) for c in lock.conflicts] == [("https://github.com/o/p", {"1.0.0": ["a"], "2.0.0": ["b", "c"]})]
+    assert [(c.repo, c.versions) for c in lock.conflicts] == [
+        ("https://github.com/o/p", {"1.0.0": ["a"], "2.0.0": ["b", "c"]})
+    ]
     [model] = lock.models
     assert (model.url, model.workflows) == ("https://x/m", ["a", "b", "c"])
     assert set(lock.workflows) == {"a", "b", "c"}
@@ -82,3 +100,19 @@ def test_lock_dedupes_packs_and_models_and_reports_conflicts() -> None:
 def test_unpinned_workflow_is_no_conflict() -> None:
     lock = build_lock([_manifest("a", None, None), _manifest("b", "2.0.0", None)])
     assert lock.conflicts == [] and lock.custom_nodes[0].version == "2.0.0"
+
+
+def test_analyze_file_applies_overrides_next_to_it_unless_told_otherwise(tmp_path: Path, write_json) -> None:
+    from comfyfleet.analysis import Overrides, analyze_file
+
+    path = write_json(
+        "wf.json",
+        {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "mine.safetensors"}}},
+    )
+    (tmp_path / "overrides.yaml").write_text(
+        "models:\n  mine.safetensors:\n    url: https://example.org/mine.safetensors\n"
+    )
+    [model] = analyze_file(path).models
+    assert (model.folder, model.url) == ("checkpoints", "https://example.org/mine.safetensors")
+    [model] = analyze_file(path, Overrides()).models
+    assert model.url is None

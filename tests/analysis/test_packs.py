@@ -37,7 +37,10 @@ def test_set_cover_prefers_one_pack_for_several_ambiguous_classes(small_index: K
 def test_set_cover_minimizes_pack_count_before_popularity(small_index: KnowledgeIndex) -> None:
     # OnlySmall forces small-pack, which also covers Twin: no second pack.
     manifest = analyze_data(api("Twin", "OnlySmall", "OnlyBig"), "wf", "wf", index=small_index)
-    assert packs(manifest) == {"small-pack": (["OnlySmall", "Twin"], "extension_map"), "big-pack": (["OnlyBig"], "extension_map")}
+    assert packs(manifest) == {
+        "small-pack": (["OnlySmall", "Twin"], "extension_map"),
+        "big-pack": (["OnlyBig"], "extension_map"),
+    }
 
 
 def test_preemption_beats_popularity(small_index: KnowledgeIndex) -> None:
@@ -52,7 +55,30 @@ def test_nodename_pattern_resolves_unlisted_names(small_index: KnowledgeIndex) -
 
 def test_unlisted_class_with_a_popular_packs_prefix(small_index: KnowledgeIndex) -> None:
     manifest = analyze_data(api("FancyGlow"), "wf", "wf", index=small_index)
-    assert packs(manifest) == {"FancyNodes": (["FancyGlow"], "name_prefix")}
+    assert packs(manifest) == {"FancyNodes": (["FancyGlow"], "name_guess")}
+
+
+def test_unlisted_class_with_a_packs_name_tag(small_index: KnowledgeIndex) -> None:
+    # "...GK" is on two classes of one pack only: its tag.
+    manifest = analyze_data(api("ResizeGK"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {"TaggedPack": (["ResizeGK"], "name_guess")}
+
+
+def test_unlisted_class_named_after_a_pack_repo(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(api("Make Thing (WidgetWorks)", "WidgetWorks"), "wf", "wf", index=small_index)
+    assert packs(manifest) == {
+        "ComfyUI-Widget-Works": (["Make Thing (WidgetWorks)", "WidgetWorks"], "name_guess")
+    }
+
+
+def test_prefix_guesses_need_whole_words_and_real_tags(small_index: KnowledgeIndex) -> None:
+    # "Deno" is not the word "Denoise"; "(Nobody)" is a tag no pack has, whatever "Save Image" matches.
+    manifest = analyze_data(api("DenoAudioThing", "Save Image (Nobody)"), "wf", "wf", index=small_index)
+    assert manifest.custom_nodes == []
+    assert sorted(u.class_type for u in manifest.unresolved.nodes) == [
+        "DenoAudioThing",
+        "Save Image (Nobody)",
+    ]
 
 
 def test_unknown_class_is_unresolved_with_a_reason(small_index: KnowledgeIndex) -> None:
@@ -64,7 +90,9 @@ def test_unknown_class_is_unresolved_with_a_reason(small_index: KnowledgeIndex) 
 
 
 def test_core_classes_come_from_source_manager_and_templates(small_index: KnowledgeIndex) -> None:
-    manifest = analyze_data(api("VAELoader", "KSampler", "CoreOnlyInTemplates"), "wf", "wf", index=small_index)
+    manifest = analyze_data(
+        api("VAELoader", "KSampler", "CoreOnlyInTemplates"), "wf", "wf", index=small_index
+    )
     assert manifest.core_classes == ["CoreOnlyInTemplates", "KSampler", "VAELoader"]
     assert manifest.custom_nodes == [] and not manifest.unresolved
 
@@ -84,13 +112,17 @@ def test_node_metadata_wins_over_the_map(small_index: KnowledgeIndex) -> None:
 
 
 def test_metadata_for_a_pack_not_in_the_index_uses_aux_id(small_index: KnowledgeIndex) -> None:
-    workflow = ui_workflow(ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"}))
+    workflow = ui_workflow(
+        ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"})
+    )
     [pack] = analyze_data(workflow, "wf", "wf", index=small_index).custom_nodes
     assert (pack.id, pack.repo, pack.version) == ("brand-new", "https://github.com/zoe/brand-new", "1.0.0")
 
 
 def test_override_beats_everything(small_index: KnowledgeIndex) -> None:
-    overrides = Overrides.model_validate({"nodes": {"Shared": {"repo": "https://github.com/me/mine.git", "version": 3}}})
+    overrides = Overrides.model_validate(
+        {"nodes": {"Shared": {"repo": "https://github.com/me/mine.git", "version": 3}}}
+    )
     manifest = analyze_data(api("Shared", "TotallyUnknownNode"), "wf", "wf", overrides, index=small_index)
     assert [(p.repo, p.version, p.resolved_by, p.id) for p in manifest.custom_nodes] == [
         ("https://github.com/me/mine", "3", "override", "mine")
@@ -100,7 +132,24 @@ def test_override_beats_everything(small_index: KnowledgeIndex) -> None:
 def test_real_index_resolves_well_known_ambiguities() -> None:
     """The shipped index: preemptions and popularity pick the packs people mean."""
     index = default_index()
-    manifest = analyze_data(api("DWPreprocessor", "Display Any (rgthree)", "KSampler"), "wf", "wf", index=index)
+    manifest = analyze_data(
+        api("DWPreprocessor", "Display Any (rgthree)", "KSampler"), "wf", "wf", index=index
+    )
     repos = {p.repo for p in manifest.custom_nodes}
-    assert repos == {"https://github.com/Fannovel16/comfyui_controlnet_aux", "https://github.com/rgthree/rgthree-comfy"}
+    assert repos == {
+        "https://github.com/Fannovel16/comfyui_controlnet_aux",
+        "https://github.com/rgthree/rgthree-comfy",
+    }
     assert manifest.core_classes == ["KSampler"]
+
+
+def test_unknown_registry_id_falls_back_to_the_map(small_index: KnowledgeIndex) -> None:
+    workflow = ui_workflow(
+        ui_node(1, "OnlyBig", props={"cnr_id": "renamed-on-registry", "ver": "9.9.9"}),
+        ui_node(2, "NeverSeenAnywhere", props={"cnr_id": "mystery-pack", "ver": "1.0.0"}),
+    )
+    manifest = analyze_data(workflow, "wf", "wf", index=small_index)
+    # The version belongs to an id we cannot map, so it is not carried over.
+    assert [(p.repo, p.version) for p in manifest.custom_nodes] == [("https://github.com/alice/big-pack", None)]
+    [node] = manifest.unresolved.nodes
+    assert node.class_type == "NeverSeenAnywhere" and "'mystery-pack'" in node.reason

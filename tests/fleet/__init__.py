@@ -4,6 +4,7 @@ Used by tests/conftest.py (fixtures ``fleet``, ``fleet_hosts``, ``start_host``,
 ``write_inventory``) and by ``scripts/fleet.py`` (a sandbox fleet for people).
 """
 
+from fleet import images
 from fleet.errors import FleetUnavailable
 from fleet.hosts import Host, LoopVolume
 from fleet.session import Fleet, cleanup, down_all, list_fleets
@@ -18,5 +19,6 @@ __all__ = [
     "LoopVolume",
     "cleanup",
     "down_all",
+    "images",
     "list_fleets",
 ]

@@ -40,23 +40,34 @@ def docker(*args: str, check: bool = True, timeout: float | None = 600) -> str:
     return run(["docker", *args], check=check, timeout=timeout).stdout
 
 
-def engine_answers() -> bool:
-    """True when a Docker engine answers on the default socket."""
+def engine_answers(socket: Path = SOCKET) -> bool:
+    """True when a Docker engine answers on ``socket``."""
     if shutil.which("docker") is None:
         return False
+    env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
     try:
-        return run(["docker", "version", "--format", "{{.Server.Version}}"], check=False, timeout=20).returncode == 0
+        proc = run(["docker", "version", "--format", "{{.Server.Version}}"], check=False, timeout=20, env=env)
     except subprocess.TimeoutExpired:
         return False
+    return proc.returncode == 0
 
 
-def ensure_engine(wait_s: float = 60.0) -> str:
+def ensure_engine(
+    wait_s: float = 60.0,
+    socket: Path = SOCKET,
+    dockerd_args: tuple[str, ...] = (),
+    record: Path = RECORD,
+    log_path: Path = LOG,
+    wrapper: tuple[str, ...] = (),
+) -> str:
     """Make sure a Docker engine runs; start ``dockerd`` detached when none does.
 
     Returns how the engine was found ("running" or "started"). The daemon is left
     running after the session: starting it costs seconds and other sessions share it.
+    ``socket``, ``dockerd_args`` and ``wrapper`` (a command prefix such as ``unshare --net``)
+    exist so the selftest can start a second engine isolated from the shared one.
     """
-    if engine_answers():
+    if socket.exists() and engine_answers(socket):
         return "running"
     dockerd = shutil.which("dockerd")
     if dockerd is None or shutil.which("docker") is None:
@@ -65,26 +76,27 @@ def ensure_engine(wait_s: float = 60.0) -> str:
         )
     if os.geteuid() != 0:
         raise FleetUnavailable("no Docker engine runs and starting dockerd needs root")
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    with LOG.open("ab") as log:
+    cmd = [*wrapper, dockerd, *dockerd_args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
         # setsid: the daemon must survive the pytest process (and its process group) ending.
         proc = subprocess.Popen(
-            [dockerd],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
             close_fds=True,
         )
-    RECORD.write_text(
-        json.dumps({"pid": proc.pid, "cmd": [dockerd], "log": str(LOG), "started_at": time.time()}) + "\n"
+    record.write_text(
+        json.dumps({"pid": proc.pid, "cmd": cmd, "log": str(log_path), "started_at": time.time()}) + "\n"
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = LOG.read_text(errors="replace")[-1500:]
-            raise FleetUnavailable(f"dockerd exited with {proc.returncode}; end of {LOG}:\n{tail}")
-        if SOCKET.exists() and engine_answers():
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise FleetUnavailable(f"dockerd exited with {proc.returncode}; end of {log_path}:\n{tail}")
+        if socket.exists() and engine_answers(socket):
             return "started"
         time.sleep(0.3)
-    raise FleetUnavailable(f"dockerd did not answer within {wait_s:.0f} s; see {LOG}")
+    raise FleetUnavailable(f"dockerd did not answer within {wait_s:.0f} s; see {log_path}")

@@ -158,7 +158,7 @@ def start_container(
     docker(*args, image, "/usr/local/sbin/fleet-host-init")
     deadline = time.monotonic() + wait_s
     while True:
-        if _ssh_banner(host.ssh_port):
+        if ssh_banner(host.ssh_port):
             break
         state = docker("inspect", "--format", "{{.State.Status}}", host.container, check=False).strip()
         if state not in ("running", "created") or time.monotonic() > deadline:
@@ -173,7 +173,7 @@ def start_container(
         fh.write(f"[127.0.0.1]:{host.ssh_port} {key_fields[0]} {key_fields[1]}\n")
 
 
-def _ssh_banner(port: int) -> bool:
+def ssh_banner(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.settimeout(2)

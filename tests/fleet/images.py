@@ -101,6 +101,9 @@ if [ -S /var/run/docker.sock ]; then
     groupmod -g "$gid" docker
   fi
 fi
+# Boot-time mounts from /etc/fstab (a block volume after a "reboot"); only hosts given
+# CAP_SYS_ADMIN can mount, the others skip it like a host with nothing to mount.
+mount -a 2>/dev/null || true
 mkdir -p /run/sshd
 exec /usr/sbin/sshd -D -e -p "$port" -o ListenAddress=127.0.0.1
 """
@@ -150,7 +153,9 @@ def local_cas() -> dict[str, bytes]:
 
 def host_recipe() -> dict[str, object]:
     """Everything that decides the host image's content."""
+    salt = os.environ.get("COMFYFLEET_FLEET_RECIPE_SALT")  # scripts/bench_fleet.py --cold: a fresh tag
     return {
+        **({"salt": salt} if salt else {}),
         "local_cas": {name: hashlib.sha256(data).hexdigest() for name, data in local_cas().items()},
         "suite": SUITE,
         "variant": "minbase",
@@ -176,7 +181,24 @@ def host_image(log: list[str] | None = None) -> str:
         docker("import", "--change", f"LABEL comfyfleet.recipe={tag}", str(tarball), tag)
         if log is not None:
             log.append(f"docker import {tag}: {time.monotonic() - t0:.1f}s")
+        prune_images(HOST_REPO, keep=tag)
+        for stale in CACHE.glob(f"{HOST_REPO}-*.tar"):
+            if stale != tarball:
+                stale.unlink(missing_ok=True)
     return tag
+
+
+def prune_images(repo: str, keep: str, base: str | None = None) -> None:
+    """Remove older images of ``repo`` (those in use by a container stay: rmi refuses them)."""
+    fmt = '{{.Repository}}:{{.Tag}} {{index .Config.Labels "comfyfleet.base"}}'
+    for ref in docker("images", repo, "--format", "{{.Repository}}:{{.Tag}}", check=False).split():
+        if ref == keep:
+            continue
+        if base is not None:
+            labels = docker("image", "inspect", "--format", fmt, ref, check=False).split()
+            if len(labels) > 1 and labels[1] == base:
+                continue  # the other flavour (stand-in or real ComfyUI) on the current base
+        docker("rmi", ref, check=False)
 
 
 def _debootstrap_host(tarball: Path, log: list[str] | None) -> None:
@@ -307,9 +329,16 @@ def runtime_image(log: list[str] | None = None) -> str:
         try:
             # Host network: apt and pip reach the package registries exactly as this machine does.
             docker("run", "--name", name, "--network", "host", *extra, base, "/bin/sh", "-c", script, timeout=3600)
-            docker("commit", "--change", f"LABEL comfyfleet.recipe={tag}", "--change", 'CMD ["python3"]', name, tag)
+            docker(
+                "commit",
+                "--change", f"LABEL comfyfleet.recipe={tag}",
+                "--change", f"LABEL comfyfleet.base={base}",
+                "--change", 'CMD ["python3"]',
+                name, tag,
+            )  # fmt: skip
         finally:
             docker("rm", "-f", name, check=False)
         if log is not None:
             log.append(f"runtime image {tag}: {time.monotonic() - t0:.1f}s")
+        prune_images(RUNTIME_REPO, keep=tag, base=base)
     return tag

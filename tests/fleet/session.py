@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet import images
 from fleet.engine import docker, ensure_engine, run
-from fleet.hosts import Host, LoopVolume, free_port, start_container
+from fleet.hosts import Host, LoopVolume, free_port, ssh_banner, start_container
 from fleet.upstreams import ComfyUIUpstream, GitUpstreams
 
 BASE = Path(os.environ.get("COMFYFLEET_FLEET_TMP", "/tmp"))
@@ -103,7 +103,16 @@ class Fleet:
             host.block_mount = str(host.host_dir / "mnt")
             host.data_root = f"{host.block_mount}/comfyfleet"
         self._save()
-        start_container(host, self.host_image, self.authorized_key, {LABEL: self.id, "comfyfleet.host": name})
+        for attempt in range(3):
+            try:
+                start_container(host, self.host_image, self.authorized_key, {LABEL: self.id, "comfyfleet.host": name})
+                break
+            except RuntimeError as exc:
+                # Another session may have taken the port between our pick and sshd's bind.
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                docker("rm", "-f", host.container, check=False)
+                host.ssh_port = free_port(self.ports)
         self.timings[f"host {name}"] = time.monotonic() - t0
         self._save()
         return host
@@ -135,6 +144,21 @@ class Fleet:
             container_prefix=f"{self.prefix}{name}-",
             extra=extra,
         )
+
+    def reboot_host(self, name: str, wait_s: float = 30.0) -> None:
+        """Stop a host, unmount what it had mounted, start it again (fstab mounts come back)."""
+        host = self.hosts[name]
+        assert host.container is not None
+        docker("stop", "-t", "5", host.container)
+        # A real reboot loses every mount; propagated mounts would otherwise outlive the stop.
+        for target in sorted(_mounts_under(host.host_dir), key=len, reverse=True):
+            run(["umount", target], check=False)
+        docker("start", host.container)
+        deadline = time.monotonic() + wait_s
+        while not ssh_banner(host.ssh_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"host {name} did not come back after a reboot")
+            time.sleep(0.1)
 
     def remove_host(self, name: str) -> None:
         """Stop one host and free its loop device and files (its runtime containers go too)."""
@@ -311,7 +335,9 @@ def list_fleets() -> list[dict[str, Any]]:
         state["root"] = str(root)
         state["mtime"] = root.stat().st_mtime
         owner = int(state.get("owner_pid") or 0)
-        state["stale"] = not state.get("persistent") and not (owner and _pid_alive(owner))
+        # A directory without state yet may be a fleet another session is creating right now.
+        young = "owner_pid" not in state and time.time() - state["mtime"] < 120
+        state["stale"] = not young and not state.get("persistent") and not (owner and _pid_alive(owner))
         found.append(state)
     return sorted(found, key=lambda s: s["mtime"], reverse=True)
 

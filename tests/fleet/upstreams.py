@@ -94,7 +94,6 @@ class GitUpstreams:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.repos = root / "repos"
-        self.repos.mkdir(parents=True, exist_ok=True)
         self.port = 0
         self.pid = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -105,6 +104,7 @@ class GitUpstreams:
 
     def start(self, detach: bool = False) -> None:
         """Start the HTTP server; ``detach`` lets it outlive this process (scripts/fleet.py up)."""
+        self.repos.mkdir(parents=True, exist_ok=True)
         port_file = self.root / "git-http.port"
         port_file.unlink(missing_ok=True)
         with (self.root / "git-http.log").open("ab") as log:

@@ -85,6 +85,7 @@ def test_host_drives_the_engine_with_data_paths_identical_inside_and_out(
     assert Path(root, "probe", "from-runtime").read_text() == "ok"
 
 
+@pytest.mark.loopdev
 def test_block_volume_mounted_inside_a_host_is_seen_by_the_engine(fleet: Fleet, start_host: Callable[..., Host]) -> None:
     host = start_host("voltest", provider="datacrunch", volume=True)
     try:
@@ -102,6 +103,11 @@ def test_block_volume_mounted_inside_a_host_is_seen_by_the_engine(fleet: Fleet, 
         # ... so a container the host starts through the engine sees the volume's files.
         out = host.ssh(f"docker run --rm -v {mnt}:{mnt}:ro {fleet.runtime_image} cat {mnt}/marker").stdout
         assert out == "kept\n"
+        # After a reboot the fstab entry (by UUID, nofail) mounts the volume again.
+        host.ssh(f"echo UUID=$(blkid -s UUID -o value {dev}) {mnt} ext4 defaults,nofail 0 2 >> /etc/fstab")
+        fleet.reboot_host("voltest")
+        assert run(["findmnt", "-n", "-o", "SOURCE", mnt]).stdout.strip() == dev
+        assert host.ssh(f"cat {mnt}/marker").stdout == "kept\n"
     finally:
         fleet.remove_host("voltest")
     assert not any(dev in line for line in run(["losetup", "-a"]).stdout.splitlines() if "voltest" in line)
@@ -144,6 +150,7 @@ def test_unreachable_host_fails_alone(
     assert gone.name in out
 
 
+@pytest.mark.loopdev
 def test_teardown_leaves_nothing_and_sessions_run_side_by_side(fleet: Fleet, fleet_hosts: dict[str, Host]) -> None:
     other = Fleet().up()
     try:
@@ -199,7 +206,7 @@ def test_runtime_image_serves_comfyui_from_the_upstream(fleet: Fleet) -> None:
     name = f"{fleet.prefix}selftest-comfyui"
     script = (
         f"git clone -q {fleet.comfyui.url} /opt/ComfyUI && cd /opt/ComfyUI && git checkout -q {fleet.comfyui.new_ref}"
-        f" && exec python3 main.py --listen 127.0.0.1 --port {port} --cpu"
+        f" && mkdir -p custom_nodes && exec python3 main.py --listen 127.0.0.1 --port {port} --cpu"
     )
     docker("run", "-d", "--name", name, "--network", "host", fleet.runtime_image, "sh", "-c", script)
     try:

@@ -53,4 +53,4 @@ def hand_inputs(tmp: Path, packs: list[NodePack] | None = None, models: list[Mod
     wf = workflow_file(tmp, name)
     lock = Lock(workflows={name: "0" * 64}, custom_nodes=packs or [], models=models or [])
     Manifest(workflow=name, source=str(wf), format="api")  # the same validation analysis output passes
-    return AppInputs(lock=lock, workflow_files={f"{name}.json": wf}, sources=[wf.name])
+    return AppInputs(lock=lock, workflow_files={f"{name}.json": wf})

@@ -35,21 +35,56 @@ def test_golden_app_file_matches_generator_output() -> None:
 
 
 def test_generated_app_matches_the_manifest_the_hosts_get() -> None:
-    """Acceptance: same packs at the same versions, same model files, folders, URLs and hashes."""
-    lock = analyze_paths([WORKFLOWS]).lock
+    """Acceptance: same packs at the same versions and folders, same model files, URLs and hashes.
+
+    The expected values come from the host tiers' own functions (deploys.nodes / deploys.models),
+    fed with the same analysis of workflows/.
+    """
+    from comfyfleet.deploys.models import needed_models
+    from comfyfleet.deploys.nodes import clone_url, needed_packs, pack_dir
+
+    manifests = analyze_paths([WORKFLOWS]).manifests
+    host_packs, _core = needed_packs(manifests)
+    host_models = needed_models(manifests)
     consts = module_constants(GOLDEN)
     assert consts["COMFYUI_REF"] == ModalOptions().comfyui_ref
-    assert sorted((p["repo"], p["version"]) for p in consts["NODE_PACKS"]) == sorted(
-        (p.repo, p.version) for p in lock.custom_nodes
+    assert host_packs, "the example workflows need at least one node pack"
+    assert sorted((p["repo"], p["version"], p["dir"]) for p in consts["NODE_PACKS"]) == sorted(
+        (clone_url(p.repo, {}), p.version, pack_dir(p)) for p in host_packs
     )
-    assert lock.custom_nodes, "the example workflows need at least one node pack"
     assert sorted((m["folder"], m["filename"], m["url"], m["sha256"]) for m in consts["MODELS"]) == sorted(
-        (m.folder, m.filename, m.url, m.sha256) for m in lock.models
+        (m.folder, m.filename, m.url, m.sha256) for m in host_models
     )
-    assert sorted(consts["WORKFLOWS"]) == sorted(lock.workflows)
+    assert sorted(consts["WORKFLOWS"]) == sorted(m.workflow for m in manifests)
     # Every shipped file exists where the app file says, relative to itself.
-    for rel in [*consts["WORKFLOW_FILES"].values(), consts["API_SOURCE"], consts["FETCH_MODELS_SOURCE"]]:
+    shipped = [*consts["WORKFLOW_FILES"].values(), consts["API_SOURCE"], consts["FETCH_MODELS_SOURCE"],
+               consts["INSTALL_NODES_SOURCE"]]
+    for rel in shipped:
         assert (GOLDEN.parent / rel).exists(), rel
+
+
+def test_image_build_steps_follow_the_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At modal's own API: the base image, ComfyUI's ref and one build step per pack, as the golden file declares."""
+    steps: list[tuple[str, dict]] = []
+    bases: list[str] = []
+    real_run, real_registry = modal.Image.run_function, modal.Image.from_registry
+
+    def spy_run(self, raw_f, **kwargs):  # type: ignore[no-untyped-def]
+        steps.append((raw_f.__name__, kwargs.get("kwargs", {})))
+        return real_run(self, raw_f, **kwargs)
+
+    def spy_registry(tag, *args, **kwargs):  # type: ignore[no-untyped-def]
+        bases.append(tag)
+        return real_registry(tag, *args, **kwargs)
+
+    monkeypatch.setattr(modal.Image, "run_function", spy_run)
+    monkeypatch.setattr(modal.Image, "from_registry", spy_registry)
+    module = import_app(GOLDEN)
+    options = ModalOptions()
+    assert bases == [options.base_image]
+    assert steps[0] == ("install_comfyui", {"repo": options.comfyui_repo, "ref": options.comfyui_ref})
+    assert [name for name, _ in steps[1:]] == ["install_node_packs"] * len(module.NODE_PACKS)
+    assert [kw["packs"] for _, kw in steps[1:]] == [[p] for p in module.NODE_PACKS]
 
 
 def test_generated_app_imports_offline_and_defines_app_functions_volume() -> None:
@@ -213,3 +248,22 @@ def test_cli_generate_writes_the_app_and_rejects_bad_options(tmp_path: Path) -> 
     missing = subprocess.run([str(exe), "modal", "generate", str(tmp_path / "nope.json"), "--out", str(out)],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.json" in missing.stderr
+
+
+def test_no_build_step_after_runtime_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """modal refuses (at deploy time) a build step after add_local_*(copy=False): check the order offline."""
+    calls: list[tuple[str, bool]] = []
+    for method in ("apt_install", "run_function", "run_commands", "env", "add_local_file", "add_local_dir"):
+        real = getattr(modal.Image, method)
+
+        def spy(self, *args, __real=real, __name=method, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((__name, bool(kwargs.get("copy", False))))
+            return __real(self, *args, **kwargs)
+
+        monkeypatch.setattr(modal.Image, method, spy)
+    import_app(GOLDEN)
+    runtime = [i for i, (name, copy) in enumerate(calls) if name.startswith("add_local") and not copy]
+    builds = [i for i, (name, _) in enumerate(calls) if not name.startswith("add_local")]
+    assert runtime and builds and max(builds) < min(runtime), calls
+    # The installer the build steps run is baked in; workflows and the downloader are mounted at start.
+    assert ("add_local_file", True) in calls and ("add_local_dir", True) in calls

@@ -30,12 +30,13 @@ def cli(state: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> subp
     )
 
 
-def seed(state: Path, url: str, name: str = "portraits", env: str = "dev") -> Deployment:
+def seed(state: Path, url: str, name: str = "portraits", env: str = "dev", target: str = "inventory/test.py",
+         host: str = "gpu-1") -> Deployment:
     reg = Registry(state / "deployments.sqlite3")
     dep = reg.upsert_deployment(
         name=name, environment=env, workflow="txt2img", workflow_path="workflows/txt2img.json",
-        manifest_hash="d" * 64, target="inventory/test.py",
-        endpoints=[Endpoint("gpu-1", f"{url}/workflows/txt2img")],
+        manifest_hash="d" * 64, target=target,
+        endpoints=[Endpoint(host, f"{url}/workflows/txt2img")],
     )
     reg.record_history(name=name, environment=env, kind="ship", trigger="cli",
                        started_at="2026-01-01T00:00:00+00:00", ok=True, manifest_hash="d" * 64,
@@ -79,50 +80,86 @@ def test_show_and_unknown_and_ambiguous_names(state: Path, api_server: ApiServer
         assert "Traceback" not in result.stderr
 
 
-def test_stop_then_start_switch_the_endpoint_and_keep_the_record(state: Path, api_server: ApiServer) -> None:
-    dep = seed(state, api_server.url)
+@pytest.fixture
+def local_host(tmp_path: Path, api_server: ApiServer) -> dict[str, Path]:
+    """This machine as the deployment's host (pyinfra's @local connector): its API folder in
+    tmp_path, /health served by the test API on its api_port, no API container (not restarted)."""
+    root = tmp_path / "host"
+    (root / "api" / "workflows").mkdir(parents=True)
+    (root / "api" / "workflows" / "txt2img.json").write_text("{}")
+    (root / "api" / "workflows" / "upscale.json").write_text("{}")
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        f"hosts = [('@local', {{'data_root': {str(root)!r}, 'api_port': {api_server.port},"
+        f" 'container_prefix': 'cf-shiptest-none-', 'health_timeout': 10}})]\n"
+    )
+    return {"root": root / "api", "inventory": inventory}
+
+
+def test_stop_then_start_switch_the_endpoint_and_keep_the_record(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path]
+) -> None:
+    api_dir = local_host["root"]
+    dep = seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     Registry(state / "deployments.sqlite3").count_executions(dep.id, executions=4, errors=1)
     stopped = cli(state, "deployments", "stop", "portraits")
-    assert stopped.returncode == 0, stopped.stderr
-    assert api_server.behaviour.disabled == {"txt2img"}
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    # The API no longer finds the workflow; the other one stays; nothing was deleted.
+    assert sorted(p.name for p in (api_dir / "workflows").iterdir()) == ["upscale.json"]
+    assert (api_dir / "stopped" / "txt2img.json").read_text() == "{}"
+    assert (api_dir / "disabled" / "txt2img").exists()
     reg = Registry(state / "deployments.sqlite3")
     d = reg.get("portraits")
     assert (d.status, d.execution_count, d.error_count) == ("inactive", 4, 1)
     assert d.stopped_at is not None
+    again = cli(state, "deployments", "stop", "portraits")  # idempotent
+    assert again.returncode == 0 and (api_dir / "stopped" / "txt2img.json").exists()
     started = cli(state, "deployments", "start", "portraits")
     assert started.returncode == 0, started.stderr
-    assert api_server.behaviour.disabled == set()
+    assert sorted(p.name for p in (api_dir / "workflows").iterdir()) == ["txt2img.json", "upscale.json"]
+    assert not (api_dir / "disabled" / "txt2img").exists()
+    assert list((api_dir / "stopped").iterdir()) == []
     assert reg.get("portraits").status == "active"
-    assert [h.kind for h in reg.history("portraits", "dev")][:2] == ["start", "stop"]
+    hist = reg.history("portraits", "dev")
+    assert [h.kind for h in hist][:3] == ["start", "stop", "stop"]
+    assert hist[0].steps[0].host == "@local"
 
 
-def test_stop_on_an_unreachable_host_fails_and_changes_nothing(state: Path) -> None:
-    seed(state, "http://127.0.0.1:9")  # discard port: nothing listens
+def test_stop_on_an_unreachable_host_fails_and_changes_nothing(state: Path, tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("hosts = [('gpu-1', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1})]\n")
+    seed(state, "http://127.0.0.1:9", target=str(inventory))
     result = cli(state, "deployments", "stop", "portraits")
     assert result.returncode == 1
-    assert "stop portraits (dev) failed on host gpu-1: ConnectError" in result.stderr
+    assert "stop portraits (dev) failed on host gpu-1:" in result.stderr
+    assert "status left as active" in result.stderr
     reg = Registry(state / "deployments.sqlite3")
     assert reg.get("portraits").status == "active"
     last = reg.history("portraits", "dev")[0]
     assert (last.kind, last.ok) == ("stop", False)
 
 
-def test_delete_refuses_without_terminal_and_without_yes(state: Path, api_server: ApiServer) -> None:
-    seed(state, api_server.url)
+def test_delete_refuses_without_terminal_and_without_yes(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path]
+) -> None:
+    seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     refused = cli(state, "deployments", "delete", "portraits")
     assert refused.returncode == 2
-    assert "refusing to delete portraits (dev) without confirmation" in refused.stderr
-    assert "pass --yes" in refused.stderr
+    assert refused.stderr.strip() == ("error: refusing to delete portraits (dev) without confirmation: "
+                                      "no terminal to ask on; pass --yes")
     assert Registry(state / "deployments.sqlite3").find("portraits") is not None
-    assert api_server.behaviour.disabled == set()
+    assert (local_host["root"] / "workflows" / "txt2img.json").exists()
 
 
-def test_delete_with_yes_stops_serving_then_removes_everything(state: Path, api_server: ApiServer) -> None:
-    dep = seed(state, api_server.url)
+def test_delete_with_yes_stops_serving_then_removes_everything(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path]
+) -> None:
+    dep = seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     Registry(state / "deployments.sqlite3").add_schedule(dep.id, "health", interval_seconds=60)
     deleted = cli(state, "deployments", "delete", "portraits", "--yes")
     assert deleted.returncode == 0, deleted.stderr
-    assert api_server.behaviour.disabled == {"txt2img"}
+    assert not (local_host["root"] / "workflows" / "txt2img.json").exists()
+    assert (local_host["root"] / "stopped" / "txt2img.json").exists()  # parked, never deleted
     reg = Registry(state / "deployments.sqlite3")
     assert reg.find("portraits") is None and reg.schedules() == [] and reg.history("portraits", "dev") == []
     gone = cli(state, "deployments", "history", "portraits")
@@ -155,8 +192,8 @@ def _run_in_pty(state: Path, answer: bytes, *args: str) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
-def test_delete_asks_on_a_terminal(state: Path, api_server: ApiServer) -> None:
-    seed(state, api_server.url)
+def test_delete_asks_on_a_terminal(state: Path, api_server: ApiServer, local_host: dict[str, Path]) -> None:
+    seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     code, output = _run_in_pty(state, b"n\n", "deployments", "delete", "portraits")
     assert code == 1 and "delete deployment portraits (dev)" in output
     assert Registry(state / "deployments.sqlite3").find("portraits") is not None
@@ -165,8 +202,10 @@ def test_delete_asks_on_a_terminal(state: Path, api_server: ApiServer) -> None:
     assert Registry(state / "deployments.sqlite3").find("portraits") is None
 
 
-def test_history_shows_every_step_newest_first(state: Path, api_server: ApiServer) -> None:
-    seed(state, api_server.url)
+def test_history_shows_every_step_newest_first(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path]
+) -> None:
+    seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     cli(state, "deployments", "stop", "portraits")
     hist = cli(state, "deployments", "history", "portraits")
     assert hist.returncode == 0, hist.stderr
@@ -205,3 +244,18 @@ def test_schedule_add_list_remove(state: Path, api_server: ApiServer) -> None:
     missing = cli(state, "deployments", "schedule", "remove", "1")
     assert missing.returncode == 2 and "no schedule with id 1" in missing.stderr
     assert "every 300s" not in cli(state, "deployments", "schedule", "list", "portraits").stdout
+
+
+def test_verify_runs_checks_now_and_records_them(state: Path, api_server: ApiServer) -> None:
+    seed(state, api_server.url)
+    ok = cli(state, "deployments", "verify", "portraits")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert api_server.behaviour.calls["generate:txt2img"] == 1
+    api_server.behaviour.generate_status = 500
+    bad = cli(state, "deployments", "verify", "portraits")
+    assert bad.returncode == 1
+    assert "verify failed: step 'generate' failed on host gpu-1: POST /workflows/txt2img answered 500" in bad.stderr
+    reg = Registry(state / "deployments.sqlite3")
+    assert reg.get("portraits").status == "error"
+    assert [(h.kind, h.trigger, h.ok) for h in reg.history("portraits", "dev")][:2] == [
+        ("verify", "cli", False), ("verify", "cli", True)]

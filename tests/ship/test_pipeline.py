@@ -62,7 +62,7 @@ def test_full_ship_against_real_http_records_deployment_and_timings(
     assert [(r.step, r.host) for r in outcome.result.results] == [
         ("analyze", LOCAL), ("health", "gpu-1"), ("generate", "gpu-1"), ("record", LOCAL)]
     assert api_server.behaviour.calls["generate:txt2img"] == 1
-    assert api_server.behaviour.bodies == [{}]  # the workflow's defaults
+    assert api_server.behaviour.bodies == [{"outputs": "url"}]  # no input: the workflow's defaults
     assert api_server.behaviour.calls["files"] == 1  # the output file was fetched
     assert ctx.data["outputs"]["gpu-1"][0][1] > 8
     dep = registry.get("portraits", "dev")

@@ -65,7 +65,7 @@ def test_existing_file_with_loose_mode_is_tightened(tmp_path: Path) -> None:
     path = tmp_path / "d.sqlite3"
     path.touch(mode=0o644)
     os.chmod(path, 0o644)
-    Registry(path).list()
+    Registry(path).deployments()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -87,8 +87,8 @@ def test_names_unique_per_environment(tmp_path: Path) -> None:
     dev = _ship(reg, env="dev")
     prod = _ship(reg, env="prod")
     assert dev.id != prod.id
-    assert len(reg.list()) == 2
-    assert [d.environment for d in reg.list(environment="prod")] == ["prod"]
+    assert len(reg.deployments()) == 2
+    assert [d.environment for d in reg.deployments(environment="prod")] == ["prod"]
     with pytest.raises(BadInput, match="exists in dev and prod: pass --env"):
         reg.get("portraits")
     assert reg.get("portraits", "prod").id == prod.id
@@ -125,10 +125,10 @@ def test_status_transitions_and_list_filters(tmp_path: Path) -> None:
     assert stopped.status == "inactive" and stopped.stopped_at is not None
     broken = reg.set_status(b.id, "error", error="health: /ready answered 503")
     assert broken.last_error == "health: /ready answered 503"
-    assert reg.list(active_only=True) == []
+    assert reg.deployments(active_only=True) == []
     back = reg.set_status(a.id, "active")
     assert back.stopped_at is None
-    assert [d.name for d in reg.list(active_only=True)] == ["a"]
+    assert [d.name for d in reg.deployments(active_only=True)] == ["a"]
     with pytest.raises(ValueError):
         reg.set_status(a.id, "paused")
 
@@ -226,7 +226,7 @@ def test_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(BadInput, match="newer than this comfyfleet understands.*upgrade comfyfleet"):
-        Registry(path).list()
+        Registry(path).deployments()
 
 
 def test_failed_migration_leaves_previous_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,8 @@ class RecordingRunner:
         self.calls: list[tuple[str, list[str], dict[str, Any]]] = []
         self.fail = fail or {}
 
-    def __call__(self, specs: list[tuple[str, dict[str, Any]]], task: str, data: dict[str, Any]) -> RunResult:
+    def __call__(self, specs: list[tuple[str, dict[str, Any]]], task: Any, data: dict[str, Any]) -> RunResult:
+        task = task if isinstance(task, str) else task.__name__
         self.calls.append((task, [n for n, _ in specs], specs[0][1]))
         if task in self.fail:
             return RunResult(task, [self.fail[task]])
@@ -57,7 +58,7 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
     assert [s.name for s in steps] == ["analyze", "install", "api", "health", "generate", "record"]
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
-    assert [c[0] for c in runner.calls] == [*HOST_TASKS["install"], *HOST_TASKS["api"]]
+    assert [c[0] for c in runner.calls] == [*HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}"]
     for _task, hosts, data in runner.calls:
         assert hosts == ["gpu-1"]
         assert data["workflow"] == str(workflow) and data["workflows_dir"] == str(workflow.parent)
@@ -94,14 +95,18 @@ def test_unreachable_host_is_retried_then_reported(api_server: ApiServer, regist
     assert "host unreachable: Connection refused (after 3 attempts)" in outcome.result.failure.cause
 
 
-def test_missing_tier_task_is_bad_input_before_anything_runs(api_server: ApiServer, registry: Registry) -> None:
+def test_missing_tier_task_is_bad_input_before_any_host_is_touched(api_server: ApiServer, registry: Registry) -> None:
     ctx = ship_ctx(EXAMPLES[0], api_server, registry)
 
     def check(names: list[str]) -> None:
         raise BadInput("task 'download-models' is not available in this version (available: install-nodes)")
 
-    with pytest.raises(BadInput, match="download-models"):
-        standard_steps(ctx, registry, run_task=RecordingRunner(), check_tasks=check)
+    runner = RecordingRunner()
+    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=check), registry)
+    failure = outcome.result.failure
+    assert failure is not None and failure.bad_input and failure.step == "install"
+    assert "task 'download-models' is not available" in failure.cause
+    assert runner.calls == [] and outcome.result.results[1].attempts == 1
 
 
 def test_prepare_refuses_what_cannot_work(tmp_path: Path, api_server: ApiServer, registry: Registry) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FETCH, run_fetch, write_plan
-
 from upstreams.model_servers import Upstreams
+
+from tiers.helpers import FETCH, run_fetch, write_plan
 
 HUB_MODES = {"huggingface_hub": {}, "plain-http": {"COMFYFLEET_FETCH_NO_HF_HUB": "1"}}
 
@@ -241,3 +241,13 @@ def test_several_files_download_in_parallel(tmp_path: Path, model_upstreams: Ups
     assert rc == 0
     # One at a time takes 3 s; three at once about 1 s.
     assert elapsed < 2.4, elapsed
+
+
+def test_redirect_to_a_local_file_is_refused(tmp_path: Path, model_upstreams: Upstreams) -> None:
+    up = model_upstreams
+    up.redirects["evil.pt"] = "file:///etc/passwd"
+    rc, out, err, rows = run_fetch(plan_for(tmp_path, up, [
+        {"filename": "evil.pt", "folder": "vae", "url": f"{up.files_url}/files/evil.pt"},
+    ]))
+    assert rc == 1 and "non-HTTP location" in rows[0]["error"]
+    assert not (models(tmp_path) / "vae/evil.pt").exists()

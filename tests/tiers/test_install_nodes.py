@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import INSTALL_NODES, TESTS, write_plan
-
+from fleet.upstreams import node_pack_files
 from upstreams.pypi import PackageIndex
 
-sys.path.insert(0, str(TESTS))
-from fleet.upstreams import node_pack_files  # noqa: E402
+from tiers.helpers import INSTALL_NODES, write_plan
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t.invalid", "GIT_CONFIG_NOSYSTEM": "1"}

@@ -27,6 +27,8 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -94,7 +96,9 @@ class Upstreams:
         # key (as in stats) -> bytes per second, or -> replacement bytes
         self.throttle: dict[str, float] = {}
         self.corrupt: set[str] = set()
+        self.redirects: dict[str, str] = {}  # plain file path -> Location to answer with
         self._servers: list[ThreadingHTTPServer] = []
+        self._process: subprocess.Popen[bytes] | None = None
         self.hf_url = self.civitai_url = self.files_url = ""
 
     # -- content -----------------------------------------------------------
@@ -143,11 +147,39 @@ class Upstreams:
             setattr(self, f"{kind}_url", f"http://127.0.0.1:{server.server_address[1]}")
         return self
 
+    def start_process(self, timeout: float = 30) -> Upstreams:
+        """Serve from a child process instead of threads (for test processes where gevent
+        monkey-patches threading, as pyinfra's CLI module does). Content added so far is
+        served; counters and fault injection stay with threaded servers."""
+        config = {"hf_token": self.hf_token, "civitai_token": self.civitai_token, "gated": sorted(self.hf_gated)}
+        (self.root / "upstreams.json").write_text(json.dumps(config))
+        ports = self.root / "ports.json"
+        ports.unlink(missing_ok=True)
+        self._process = subprocess.Popen([sys.executable, __file__, str(self.root), "--ports-file", str(ports)],
+                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not ports.exists():
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                self.stop()
+                raise RuntimeError("model upstreams did not start")
+            time.sleep(0.05)
+        urls = json.loads(ports.read_text())
+        self.hf_url, self.civitai_url, self.files_url = urls["hf"], urls["civitai"], urls["files"]
+        return self
+
     def stop(self) -> None:
         for server in self._servers:
             server.shutdown()
             server.server_close()
         self._servers.clear()
+        if self._process is not None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
 
     def __enter__(self) -> Upstreams:
         return self.start()
@@ -300,6 +332,8 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
 
         def _plain(self, path: str, head: bool) -> None:
             rel = path.removeprefix("/files/")
+            if rel in up.redirects:
+                return self._redirect(302, up.redirects[rel], {})
             stored = up.plain.get(rel)
             if stored is None or not path.startswith("/files/"):
                 return self._error(404, "not found")
@@ -398,8 +432,14 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
 
 
 def serve_directory(root: Path) -> Upstreams:
-    """Serve an existing tree: hf/<org>/<repo>/<rev>/<file>, civitai/<id>/<name>, files/<path>."""
-    up = Upstreams(root)
+    """Serve an existing tree: hf/<org>/<repo>/<rev>/<file>, civitai/<id>/<name>, files/<path>.
+
+    ``upstreams.json`` beside them may name tokens and gated repos:
+    ``{"hf_token": "...", "civitai_token": "...", "gated": ["org/repo"]}``.
+    """
+    config = json.loads((root / "upstreams.json").read_text()) if (root / "upstreams.json").exists() else {}
+    up = Upstreams(root, **{k: config[k] for k in ("hf_token", "civitai_token") if k in config})
+    up.hf_gated = set(config.get("gated", []))
     for path in sorted((root / "hf").rglob("*")) if (root / "hf").exists() else []:
         if path.is_file():
             org, repo, rev, *rest = path.relative_to(root / "hf").parts
@@ -414,16 +454,31 @@ def serve_directory(root: Path) -> Upstreams:
     return up
 
 
-if __name__ == "__main__":
-    directory = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
-    upstreams = serve_directory(directory).start()
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve local Hugging Face / CivitAI / file upstreams.")
+    parser.add_argument("directory", nargs="?", default=".")
+    parser.add_argument("--ports-file", help="write the base URLs here (JSON) once listening")
+    args = parser.parse_args(argv)
+    upstreams = serve_directory(Path(args.directory)).start()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    urls = {"hf": upstreams.hf_url, "civitai": upstreams.civitai_url, "files": upstreams.files_url}
+    if args.ports_file:
+        tmp = Path(args.ports_file + ".tmp")
+        tmp.write_text(json.dumps(urls))
+        tmp.rename(args.ports_file)
     print(f"HF_ENDPOINT={upstreams.hf_url}")
     print(f"CIVITAI_ENDPOINT={upstreams.civitai_url}  (token: {upstreams.civitai_token})")
     print(f"files: {upstreams.files_url}/files/<path>")
-    print(f"gated HF token: {upstreams.hf_token}")
+    print(f"gated HF token: {upstreams.hf_token}", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         upstreams.stop()
         os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

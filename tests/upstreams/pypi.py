@@ -14,6 +14,8 @@ import base64
 import hashlib
 import html
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -86,6 +88,7 @@ class PackageIndex:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server: ThreadingHTTPServer | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def add(self, name: str, version: str, requires: list[str] | None = None, code: str = "") -> Path:
@@ -101,7 +104,36 @@ class PackageIndex:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/simple/"
         return self
 
+    def start_process(self, timeout: float = 30) -> PackageIndex:
+        """Serve from a child process (``python -m http.server``), safe under gevent monkey-patching."""
+        import socket
+
+        write_index(self.directory)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(self.directory), str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("package index did not start") from None
+                time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port}/simple/"
+        return self
+
     def stop(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGTERM)
+            self._process.wait(10)
+            self._process = None
         if self._server:
             self._server.shutdown()
             self._server.server_close()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import Any  # noqa: E402
+
 from comfyui_api.settings import ConfigError, Settings  # noqa: E402
 
 
-def create_app(settings: Settings):  # type: ignore[no-untyped-def]
+def create_app(settings: Settings) -> Any:
     """The ASGI app for these settings (imported lazily so `import comfyui_api` stays light)."""
     from comfyui_api.app import create_app as _create
 

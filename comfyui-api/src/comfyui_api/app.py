@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import platform
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from comfyui_api import __version__, docs
@@ -231,7 +230,7 @@ def create_app(settings: Settings) -> Starlette:
         errors = []
         for nid, entry in (body.get("node_errors") or {}).items():
             for e in entry.get("errors", []):
-                name = by_input.get((str(nid), (e.get("extra_info") or {}).get("input_name")))
+                name = by_input.get((str(nid), str((e.get("extra_info") or {}).get("input_name"))))
                 if name is not None:
                     errors.append({"loc": ["body", "input", name], "type": e.get("type"),
                                    "msg": f"{e.get('message')}: {e.get('details')}"})
@@ -274,7 +273,7 @@ def create_app(settings: Settings) -> Starlette:
                 if not settings.allow_url_inputs:
                     raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": "image URLs are disabled on this service; send base64"}]))
                 data = await fetch_image(v, loc)
-            elif v.startswith("data:") or len(v) > 255:
+            elif v.startswith("data:") or len(v) > 255 or _image_b64(v):
                 b64 = v.split(",", 1)[1] if v.startswith("data:") else v
                 try:
                     data = base64.b64decode(b64, validate=True)
@@ -289,7 +288,8 @@ def create_app(settings: Settings) -> Starlette:
                     raise _BadRequest(_problem(422, [{"loc": loc, "type": "image", "msg": f"{name} is not a PNG, JPEG, WebP or GIF image"}]))
                 fname = "api-" + hashlib.sha256(data).hexdigest()[:24] + ext
                 info = await svc.comfy.upload_image(fname, data, "image/" + ext[1:])
-                out[name] = (info.get("subfolder") + "/" if info.get("subfolder") else "") + info.get("name", fname)
+                sub = str(info.get("subfolder") or "")
+                out[name] = (sub + "/" if sub else "") + str(info.get("name") or fname)
         return out
 
     async def fetch_image(url: str, loc: list[str]) -> bytes:
@@ -438,6 +438,14 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
+def _image_b64(value: str) -> bool:
+    """Short base64 strings are told from file names by decoding to image bytes."""
+    try:
+        return guess_image_extension(base64.b64decode(value, validate=True)) is not None
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _job_status_code(job: Job) -> int:
     if job.status == "completed":
         return 200
@@ -453,6 +461,3 @@ class _BadRequest(Exception):
         super().__init__("bad request")
         self.response = response
 
-
-def python_info() -> str:
-    return sys.version

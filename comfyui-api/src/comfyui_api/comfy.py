@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import websockets
 
+from comfyui_api.fastpost import FastPoster, FastPostError
+
 log = logging.getLogger("comfyui_api.comfy")
 
 
@@ -76,6 +78,8 @@ class ComfyClient:
             timeout=httpx.Timeout(30.0, connect=3.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
+        # POST /prompt is the hot path: a lean keep-alive client when ComfyUI speaks plain http.
+        self.fast = FastPoster(self.base_url) if self.base_url.startswith("http://") else None
         self.trackers: dict[str, Tracker] = {}
         # Frames for prompt ids not (yet) tracked: POST /prompt may answer after execution began.
         self._orphans: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
@@ -85,6 +89,7 @@ class ComfyClient:
         self.object_info: dict[str, Any] = {}
         self.system_stats: dict[str, Any] = {}
         self.connects = 0
+        self.queue_remaining = 0
         self.on_connect: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task | None = None
         self._ws: Any = None
@@ -98,6 +103,8 @@ class ComfyClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self.http.aclose()
+        if self.fast is not None:
+            await self.fast.close()
 
     async def _ws_loop(self) -> None:
         backoff = 0.1
@@ -145,6 +152,11 @@ class ComfyClient:
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         data = frame.get("data") or {}
+        if kind == "status":
+            # Broadcast on every queue change: ComfyUI's depth, other clients' prompts included.
+            info = ((data.get("status") or {}).get("exec_info") or {})
+            self.queue_remaining = int(info.get("queue_remaining") or 0)
+            return
         pid = data.get("prompt_id")
         if pid is None:
             return
@@ -262,15 +274,16 @@ class ComfyClient:
     async def _post_prompt(self, t: Tracker) -> None:
         body = json.dumps({"prompt": t.graph, "client_id": self.client_id, "prompt_id": t.prompt_id}).encode()
         t.submitted_at = time.time()
+        status, raw = await self._post("/prompt", body)
         try:
-            r = await self.http.post("/prompt", content=body, headers={"content-type": "application/json"})
-        except httpx.TransportError as exc:
-            raise ComfyUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        if r.status_code == 400:
-            raise ComfyRejected(r.json())
-        if r.status_code != 200:
-            raise ComfyUnavailable(f"POST /prompt answered {r.status_code}")
-        pid = r.json().get("prompt_id", t.prompt_id)
+            answer = json.loads(raw)
+        except ValueError:
+            answer = {}
+        if status == 400:
+            raise ComfyRejected(answer if isinstance(answer, dict) else {"error": {"message": str(answer)}})
+        if status != 200 or not isinstance(answer, dict):
+            raise ComfyUnavailable(f"POST /prompt answered {status}")
+        pid = answer.get("prompt_id", t.prompt_id)
         if pid != t.prompt_id:
             # Older builds choose their own id: re-key, then replay frames that already arrived.
             self.trackers.pop(t.prompt_id, None)
@@ -278,6 +291,18 @@ class ComfyClient:
             self.trackers[pid] = t
         for frame in self._orphans.pop(pid, []):
             self._apply(t, frame.get("type"), frame.get("data") or {})
+
+    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.fast is not None:
+            try:
+                return await self.fast.post_json(path, body)
+            except FastPostError as exc:
+                raise ComfyUnavailable(str(exc)) from exc
+        try:
+            r = await self.http.post(path, content=body, headers={"content-type": "application/json"})
+        except httpx.TransportError as exc:
+            raise ComfyUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return r.status_code, r.content
 
     async def _get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         try:
@@ -293,17 +318,17 @@ class ComfyClient:
     async def queue(self) -> dict[str, Any]:
         return await self._get_json("/queue")
 
-    async def queue_remaining(self) -> int:
-        return int((await self._get_json("/prompt")).get("exec_info", {}).get("queue_remaining", 0))
-
-    async def cancel(self, prompt_id: str) -> None:
-        """Remove a pending prompt from ComfyUI's queue, or interrupt it when it is running."""
+    async def cancel(self, prompt_id: str) -> str:
+        """Remove a pending prompt from ComfyUI's queue ('deleted'), or interrupt it ('interrupted')."""
         try:
             q = await self.queue()
             if any(item[1] == prompt_id for item in q.get("queue_pending", [])):
                 await self.http.post("/queue", json={"delete": [prompt_id]})
-            else:
-                await self.http.post("/interrupt", json={"prompt_id": prompt_id})
+                q = await self.queue()
+                if not any(item[1] == prompt_id for item in q.get("queue_running", []) + q.get("queue_pending", [])):
+                    return "deleted"
+            await self.http.post("/interrupt", json={"prompt_id": prompt_id})
+            return "interrupted"
         except httpx.TransportError as exc:
             raise ComfyUnavailable(str(exc)) from exc
 

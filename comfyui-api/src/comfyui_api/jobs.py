@@ -52,8 +52,12 @@ class Job:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def public(self, include_outputs: bool = True) -> dict[str, Any]:
-        d: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": self.status,
-                             "created_at": self.created_at, "started_at": self.started_at,
+        status = self.status
+        if status == "queued" and self.tracker is not None and self.tracker.status == "running":
+            status = "running"
+        d: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status,
+                             "created_at": self.created_at,
+                             "started_at": self.started_at or (self.tracker.started_at if self.tracker else None),
                              "finished_at": self.finished_at}
         t = self.tracker
         if t is not None:
@@ -90,6 +94,8 @@ class JobManager:
         self.active = 0
         self.webhook_client = httpx.AsyncClient(follow_redirects=False)
         self._tasks: set[asyncio.Task] = set()
+        out = settings.comfyui_output_dir
+        self._output_root = os.path.realpath(out) if out is not None else None
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -102,7 +108,7 @@ class JobManager:
     async def submit(self, workflow: str, params: dict[str, Any], graph: dict[str, Any], key_id: str | None,
                      output_mode: str, webhook: str | None = None) -> Job:
         """Queue a graph in ComfyUI; QueueFull / ComfyUnavailable / ComfyRejected say why not."""
-        if self.active >= self.settings.queue_limit:
+        if self.queue_depth() >= self.settings.queue_limit:
             raise QueueFull()
         if not self.comfy.up:
             raise ComfyUnavailable(self.comfy.last_error)
@@ -190,14 +196,19 @@ class JobManager:
     async def read_output(self, ref: dict[str, Any]) -> tuple[bytes, str]:
         """Bytes of one output file: from ComfyUI's output folder when local, else through /view."""
         ctype = mimetypes.guess_type(ref["filename"])[0] or "application/octet-stream"
-        base = self.settings.comfyui_output_dir
-        if base is not None and ref["type"] == "output":
-            root = Path(base).resolve()
-            path = (root / ref["subfolder"] / ref["filename"]).resolve()
-            if path.is_relative_to(root) and path.is_file():
-                if path.stat().st_size < 1 << 20:
-                    return path.read_bytes(), ctype
-                return await asyncio.to_thread(path.read_bytes), ctype
+        root = self._output_root
+        if root is not None and ref["type"] == "output":
+            # Names come from ComfyUI's own 'executed' frames; still, never leave the folder.
+            path = os.path.normpath(os.path.join(root, ref["subfolder"], ref["filename"]))
+            if path.startswith(root + os.sep):
+                try:
+                    size = os.path.getsize(path)
+                    if size < 1 << 20:
+                        with open(path, "rb") as fh:
+                            return fh.read(), ctype
+                    return await asyncio.to_thread(Path(path).read_bytes), ctype
+                except OSError:
+                    pass  # not on this disk after all: ask ComfyUI
         return await self.comfy.view(ref["filename"], ref["subfolder"], ref["type"])
 
     async def cancel(self, job: Job) -> None:
@@ -206,18 +217,18 @@ class JobManager:
             return
         job.status = "cancelling"
         t = job.tracker
-        await self.comfy.cancel(t.prompt_id)
-        # A prompt deleted from the pending queue sends no frame; settle it here.
+        if await self.comfy.cancel(t.prompt_id) == "deleted":
+            # A prompt deleted from the pending queue sends no frame; settle it here.
+            t.finish("interrupted", {"type": "cancelled"})
         try:
-            await asyncio.wait_for(asyncio.shield(t.future), timeout=2.0)
+            await asyncio.wait_for(job.done.wait(), timeout=10.0)
         except asyncio.TimeoutError:
-            q = await self.comfy.queue()
-            if not any(item[1] == t.prompt_id for item in q.get("queue_running", []) + q.get("queue_pending", [])):
-                t.finish("interrupted", {"type": "cancelled"})
-        await job.done.wait()
+            t.finish("interrupted", {"type": "cancelled", "message": "ComfyUI did not confirm the interrupt"})
+            await job.done.wait()
 
     def queue_depth(self) -> int:
-        return self.active
+        """Jobs ahead of a new one: ours in flight, or ComfyUI's whole queue when deeper."""
+        return max(self.active, self.comfy.queue_remaining)
 
 
 def guess_image_extension(data: bytes) -> str | None:

@@ -45,10 +45,10 @@ class Settings:
     build_info: dict[str, str] = field(default_factory=dict)
 
     def auth_required(self) -> bool:
-        """Bearer keys are required by default whenever the service is reachable beyond loopback."""
+        """Bearer keys are required when configured, and by default whenever listening beyond loopback."""
         if self.require_api_key is not None:
             return self.require_api_key
-        return not is_loopback(self.host)
+        return bool(self.api_keys) or not is_loopback(self.host)
 
     def check(self) -> None:
         """Refuse settings that cannot work, with the fix in the message."""

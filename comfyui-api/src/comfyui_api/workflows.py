@@ -51,6 +51,16 @@ CLASS_INPUTS = {
 }
 
 
+PATHLIKE_INPUT = re.compile(r"(filename|prefix|path|dir|folder)", re.I)
+
+
+def safe_relative_path(value: str) -> bool:
+    """A relative path that stays inside whatever folder it is joined to."""
+    if not value or "\x00" in value or "\\" in value or value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+        return False
+    return all(part not in ("..",) for part in value.split("/"))
+
+
 class WorkflowError(Exception):
     """A workflow or override file that cannot become an endpoint; the message names file and node."""
 
@@ -205,7 +215,9 @@ def ui_to_api(data: dict[str, Any], object_info: dict[str, Any], where: str) -> 
             inputs.update({k: v for k, v in values.items() if _spec(info, k) is not None})
         elif isinstance(values, list):
             listed = [i["widget"]["name"] for i in node.get("inputs") or [] if isinstance(i.get("widget"), dict)]
-            names = listed if listed and all(_spec(info, n) for n in listed) else _widget_names(info)
+            known = _widget_names(info)
+            # Recent frontends list every widget among the inputs; older ones only converted ones.
+            names = listed if set(listed) == set(known) else known
             i = 0
             for name in names:
                 if i >= len(values):
@@ -414,6 +426,11 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
     if not NAME_RE.match(name):
         raise WorkflowError(f"{path}: file name must be letters, digits, '-' or '_' (it becomes /workflows/<name>)")
     graph = load_graph(path, object_info)
+    for nid in sorted(graph, key=_node_order):
+        ctype = graph[nid].get("class_type")
+        if ctype not in object_info:
+            raise WorkflowError(f"{path}: node {nid} ({ctype}) is not installed in ComfyUI; "
+                                "install its node pack, then restart")
     params = derive_params(graph, object_info)
     override_path = path.with_name(name + ".api.yaml")
     summary, description = "", ""
@@ -426,6 +443,8 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
     else:
         by_name = {p.name: p for p in params}
     outputs = [nid for nid, n in graph.items() if (object_info.get(n.get("class_type", "")) or {}).get("output_node")]
+    if not outputs:
+        raise WorkflowError(f"{path}: no output node (SaveImage, PreviewImage, ...); ComfyUI would refuse it")
     models = []
     for nid, node in graph.items():
         info = object_info.get(node.get("class_type", "")) or {}
@@ -484,6 +503,10 @@ def validate_request(ep: Endpoint, body: Any) -> tuple[dict[str, Any], list[dict
                 continue
         elif not isinstance(v, str):
             errors.append({"loc": loc, "type": "string_type", "msg": f"{name} must be a string"})
+            continue
+        if p.kind == "string" and PATHLIKE_INPUT.search(p.input) and not safe_relative_path(v):
+            errors.append({"loc": loc, "type": "path",
+                           "msg": f"{name} must be a relative path without '..' (it names a file under ComfyUI's folders)"})
             continue
         if p.enum is not None and v not in p.enum:
             shown = ", ".join(map(str, p.enum[:20])) + (" ..." if len(p.enum) > 20 else "")

@@ -24,10 +24,22 @@ class AnalysisResult:
     errors: list[str] = field(default_factory=list)
 
 
-def analyze_data(data: object, name: str, source: str, overrides: Overrides | None = None, index: KnowledgeIndex | None = None) -> Manifest:
+def analyze_data(
+    data: object,
+    name: str,
+    source: str,
+    overrides: Overrides | None = None,
+    index: KnowledgeIndex | None = None,
+) -> Manifest:
     """Manifest of already-parsed workflow JSON (BadInput names `source`)."""
     index = index or default_index()
-    parsed = parse_workflow(data, source, index)
+    try:
+        parsed = parse_workflow(data, source, index)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        # Shapes no real export produces; still one line, never a traceback.
+        raise BadInput(
+            f"{source}: malformed workflow structure ({type(exc).__name__}: {exc}); re-export it from ComfyUI"
+        ) from None
     packs = resolve_packs(parsed.nodes, index, overrides)
     pack_of = {ctype: pack.repo for pack in packs.packs for ctype in pack.provides}
     models = resolve_models(parsed.nodes, parsed.notes, index, overrides, pack_of)
@@ -44,9 +56,15 @@ def analyze_data(data: object, name: str, source: str, overrides: Overrides | No
 
 
 def analyze_file(path: Path, overrides: Overrides | None = None) -> Manifest:
-    """Manifest of one workflow file; BadInput with a one-line message naming the file otherwise."""
+    """Manifest of one workflow file; BadInput with a one-line message naming the file otherwise.
+
+    Without explicit overrides, the ``overrides.yaml`` next to the file applies (pass
+    ``Overrides()`` to ignore it).
+    """
     path = Path(path)
     data = read_workflow_json(path)
+    if overrides is None:
+        overrides = overrides_for(path.parent)
     return analyze_data(data, path.stem, str(path), overrides)
 
 
@@ -56,7 +74,11 @@ def workflow_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
     errors: list[str] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*.json")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
                 errors.append(f"{path}: no workflow .json files in this directory")
             files.extend(found)

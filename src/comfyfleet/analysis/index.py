@@ -45,10 +45,14 @@ class KnowledgeIndex:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         if doc.get("format") != INDEX_FORMAT:
-            raise BadInput(f"analysis index has format {doc.get('format')!r}, expected {INDEX_FORMAT}; run `comfyfleet index refresh`")
+            raise BadInput(
+                f"analysis index has format {doc.get('format')!r}, expected {INDEX_FORMAT}; run `comfyfleet index refresh`"
+            )
         self.sources: dict[str, Any] = doc.get("sources", {})
         self.core_classes: frozenset[str] = frozenset(doc["core_classes"])
-        self.packs: list[PackInfo] = [PackInfo(repo=p[0], id=p[1], stars=int(p[2]), title=p[3]) for p in doc["packs"]]
+        self.packs: list[PackInfo] = [
+            PackInfo(repo=p[0], id=p[1], stars=int(p[2]), title=p[3]) for p in doc["packs"]
+        ]
         self._classes: dict[str, list[int]] = doc["classes"]
         self._patterns: list[tuple[re.Pattern[str], int]] = [(re.compile(p), i) for p, i in doc["patterns"]]
         self._preemptions: dict[str, int] = doc["preemptions"]
@@ -66,6 +70,8 @@ class KnowledgeIndex:
         for name in self._models:
             self._models_by_base.setdefault(name.rsplit("/", 1)[-1].lower(), name)
         self._pack_classes: dict[int, list[str]] | None = None
+        self._tags: dict[str, dict[int, int]] | None = None
+        self._by_plain_name: dict[str, int] | None = None
         self._sorted_classes: list[str] = sorted(set(self._classes) | self.core_classes)
         self.input_folders: dict[str, dict[str, str]] = doc["input_folders"]
         self.widget_order: dict[str, list[str | None]] = doc["widget_order"]
@@ -86,17 +92,18 @@ class KnowledgeIndex:
         """Packs listing the classes that share the longest name prefix with class_type.
 
         For class types newer than the Manager's map: "NunchakuQwenImageDiTLoader" shares
-        "Nunchaku" with the nunchaku pack's classes. The prefix must cover the name's first
-        word (CamelCase, or up to a separator) and be at least 4 characters. Returns
+        "Nunchaku" with the nunchaku pack's classes. The prefix must be at least 4 characters
+        and cover the name's first word (CamelCase, or up to a separator), unless it is one
+        pack's signature (5+ characters on 3+ of its classes, used by no other pack nor core). Returns
         {pack: how many of its classes share the prefix} and how many core classes do.
         """
-        first = _first_word(class_type)
+        first = first_word(class_type)
         pos = bisect.bisect_left(self._sorted_classes, class_type)
         best = 0
         for j in (pos - 1, pos):
             if 0 <= j < len(self._sorted_classes) and self._sorted_classes[j] != class_type:
                 best = max(best, common_prefix(class_type, self._sorted_classes[j]))
-        if best < max(4, len(first)):
+        if best < 4:
             return {}, 0
         prefix = class_type[:best]
         start = bisect.bisect_left(self._sorted_classes, prefix)
@@ -105,10 +112,75 @@ class KnowledgeIndex:
         for name in self._sorted_classes[start:]:
             if not name.startswith(prefix):
                 break
+            if len(first_word(name)) > best:
+                # "Deno" is not the word "Denoise": the shared part must be whole words of both.
+                continue
             core += name in self.core_classes
             for i in set(self._classes.get(name, [])):
                 packs[i] = packs.get(i, 0) + 1
+        # A prefix shorter than the name's first word ("Clown" of "ClownsharK...") only
+        # counts when it is one pack's signature: 5+ characters, on 3+ of its classes,
+        # used by no other pack nor core.
+        if best < len(first) and (best < 5 or len(packs) != 1 or core or max(packs.values()) < 3):
+            return {}, 0
         return packs, core
+
+    def pack_named_like(self, class_type: str) -> int | None:
+        """The pack whose repo name is the class's tag, whole name or long first word.
+
+        "Lora Loader (LoraManager)" -> ComfyUI-Lora-Manager, "FilmGrainLTXV" ->
+        comfyui-filmgrainltxv, "Trellis2ImageToShape" -> ComfyUI-Trellis2.
+        """
+        if self._by_plain_name is None:
+            by_name: dict[str, int] = {}
+            for i, pack in enumerate(self.packs):
+                key = _plain(pack.registry_id)
+                if len(key) >= 4 and (key not in by_name or pack.stars > self.packs[by_name[key]].stars):
+                    by_name[key] = i
+            self._by_plain_name = by_name
+        tag = _tag(class_type)
+        keys = [_plain(tag)] if tag and tag[0] in "(|/" else []
+        keys.append(_plain(class_type))
+        word = first_word(class_type)
+        if len(word) >= 6:
+            keys.append(_plain(word))
+        for key in keys:
+            if len(key) >= 4 and key in self._by_plain_name:
+                return self._by_plain_name[key]
+        return None
+
+    def has_tag(self, class_type: str) -> bool:
+        """True for names ending in an explicit pack tag: "(rgthree)", "|pysssss", "//Inspire"."""
+        tag = _tag(class_type)
+        return tag is not None and tag[0] in "(|/"
+
+    def pack_by_tag(self, class_type: str) -> int | None:
+        """The pack whose classes carry the same name tag: on 2+ of them and 80% of all such names."""
+        tag = _tag(class_type)
+        if tag is None:
+            return None
+        if self._tags is None:
+            tags: dict[str, dict[int, int]] = {}
+            for name, packs in self._classes.items():
+                found = _tag(name)
+                if found is not None:
+                    for i in set(packs):
+                        tags.setdefault(found, {})[i] = tags.setdefault(found, {}).get(i, 0) + 1
+            for name in self.core_classes:
+                found = _tag(name)
+                if found is not None:
+                    tags.setdefault(found, {})[-1] = tags.setdefault(found, {}).get(-1, 0) + 1
+            self._tags = tags
+        owners = self._tags.get(tag, {})
+        if not owners:
+            return None
+        # Forks copy a few tagged classes; the owner of the tag has nearly all of them.
+        pack, count = max(
+            owners.items(), key=lambda item: (item[1], self.packs[item[0]].stars if item[0] >= 0 else 0)
+        )
+        if pack >= 0 and count >= 2 and count >= 0.8 * sum(owners.values()):
+            return pack
+        return None
 
     def classes_of_pack(self, pack: int) -> list[str]:
         """Class types the Manager's map lists for one pack."""
@@ -162,7 +234,7 @@ def _repo_key(repo: str) -> str:
 
 def common_prefix(a: str, b: str) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -172,10 +244,29 @@ def common_prefix(a: str, b: str) -> int:
 _FIRST_WORD = re.compile(r"^[A-Z0-9]+(?=[A-Z][a-z])|^[A-Z]?[a-z0-9]+|^[A-Z0-9]+")
 
 
-def _first_word(name: str) -> str:
+def first_word(name: str) -> str:
     """'LTXV' of 'LTXVGemmaLoader', 'Nunchaku' of 'NunchakuFluxDiTLoader', 'easy' of 'easy seed'."""
     match = _FIRST_WORD.match(name)
     return match.group(0) if match else name
+
+
+# Trailing tags packs put on their class names.
+_TAG = re.compile(r"(\([^()]+\)|\|\s*[\w.-]+|//\s*[\w.-]+|🐍|[a-z0-9](?P<caps>[A-Z]{2,3}))$")
+
+
+def _tag(name: str) -> str | None:
+    match = _TAG.search(name.strip())
+    if match is None:
+        return None
+    return match.group("caps") or match.group(0).strip()
+
+
+def _plain(name: str) -> str:
+    """'comfyui-lora-manager' and '(LoraManager)' both become 'loramanager'."""
+    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    for affix in ("comfyui", "comfy"):
+        key = key.removeprefix(affix).removesuffix(affix)
+    return key
 
 
 def _name_key(name: str) -> str:
@@ -190,7 +281,9 @@ def load_index(path: Path = DEFAULT_INDEX_PATH) -> KnowledgeIndex:
     except FileNotFoundError:
         raise BadInput(f"analysis index {path} is missing; run `comfyfleet index refresh`") from None
     except (OSError, ValueError) as exc:
-        raise BadInput(f"analysis index {path} is unreadable ({exc}); run `comfyfleet index refresh`") from None
+        raise BadInput(
+            f"analysis index {path} is unreadable ({exc}); run `comfyfleet index refresh`"
+        ) from None
     return KnowledgeIndex(doc)
 
 

@@ -32,7 +32,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.analysis.rules import MANAGER_TYPE_FOLDERS, canonical_folder, download_url, install_folder, looks_like_model_file
+from comfyfleet.analysis.rules import (
+    MANAGER_TYPE_FOLDERS,
+    canonical_folder,
+    download_url,
+    install_folder,
+    looks_like_model_file,
+)
 
 INDEX_FORMAT = 1
 DEFAULT_INDEX_PATH = Path(__file__).resolve().parent.parent / "data" / "index.json.gz"
@@ -43,16 +49,31 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _MANAGER_FILES = ("extension-node-map.json", "custom-node-list.json", "github-stats.json", "model-list.json")
 
 
-def download_wheels(dest: Path, manager_version: str | None, templates_version: str | None) -> dict[str, Path]:
+def download_wheels(
+    dest: Path, manager_version: str | None, templates_version: str | None
+) -> dict[str, Path]:
     """pip-download the two source wheels (no dependencies) into dest."""
     wanted = {
         MANAGER_PACKAGE: f"{MANAGER_PACKAGE}=={manager_version}" if manager_version else MANAGER_PACKAGE,
-        TEMPLATES_PACKAGE: f"{TEMPLATES_PACKAGE}=={templates_version}" if templates_version else TEMPLATES_PACKAGE,
+        TEMPLATES_PACKAGE: f"{TEMPLATES_PACKAGE}=={templates_version}"
+        if templates_version
+        else TEMPLATES_PACKAGE,
     }
     found: dict[str, Path] = {}
     for name, spec in wanted.items():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), spec],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(dest),
+                spec,
+            ],
             check=True,
         )
         prefix = name.replace("-", "_") + "-"
@@ -131,14 +152,23 @@ def _class_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
     inputs: dict[str, str] = {}
     for node in ast.walk(cls):
         if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, (ast.Tuple, ast.List)) and value.elts:
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and isinstance(key.value, str)
+                    and isinstance(value, (ast.Tuple, ast.List))
+                    and value.elts
+                ):
                     folder = _filename_list_folder(value.elts[0])
                     if folder:
                         inputs[key.value] = folder
         elif isinstance(node, ast.Call):
             for kw in node.keywords:
-                if kw.arg == "node_id" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                if (
+                    kw.arg == "node_id"
+                    and isinstance(kw.value, ast.Constant)
+                    and isinstance(kw.value.value, str)
+                ):
                     ids.add(kw.value.value)
                 elif kw.arg == "options" and node.args and isinstance(node.args[0], ast.Constant):
                     folder = _filename_list_folder(kw.value)
@@ -150,7 +180,11 @@ def _class_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
 def _source_files(src: Path) -> tuple[dict[str, str], str]:
     files: dict[str, str] = {}
     if (src / "nodes.py").is_file():
-        paths = [src / "nodes.py", *sorted((src / "comfy_extras").rglob("*.py")), *sorted((src / "comfy_api_nodes").rglob("*.py"))]
+        paths = [
+            src / "nodes.py",
+            *sorted((src / "comfy_extras").rglob("*.py")),
+            *sorted((src / "comfy_api_nodes").rglob("*.py")),
+        ]
         for path in paths:
             files[str(path.relative_to(src))] = path.read_text(errors="replace")
         version_file = src / "comfyui_version.py"
@@ -158,11 +192,19 @@ def _source_files(src: Path) -> tuple[dict[str, str], str]:
         described = src.name
     else:
         git = ["git", "--git-dir", str(src)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        listing = subprocess.run([*git, "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True, check=True)
+        commit = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        listing = subprocess.run(
+            [*git, "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True, check=True
+        )
         for name in listing.stdout.split():
-            if name.endswith(".py") and (name == "nodes.py" or name.startswith(("comfy_extras/", "comfy_api_nodes/"))):
-                files[name] = subprocess.run([*git, "show", f"HEAD:{name}"], capture_output=True, text=True, check=True).stdout
+            if name.endswith(".py") and (
+                name == "nodes.py" or name.startswith(("comfy_extras/", "comfy_api_nodes/"))
+            ):
+                files[name] = subprocess.run(
+                    [*git, "show", f"HEAD:{name}"], capture_output=True, text=True, check=True
+                ).stdout
         shown = subprocess.run([*git, "show", "HEAD:comfyui_version.py"], capture_output=True, text=True)
         version_text = shown.stdout if shown.returncode == 0 else ""
         described = f"commit {commit}"
@@ -198,11 +240,13 @@ def core_classes_from_source(src: Path) -> tuple[set[str], dict[str, dict[str, s
                 names.update(
                     kw.value.value
                     for kw in node.keywords
-                    if kw.arg == "node_id" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)
+                    if kw.arg == "node_id"
+                    and isinstance(kw.value, ast.Constant)
+                    and isinstance(kw.value.value, str)
                 )
             elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
                 if any(isinstance(t, ast.Name) and t.id == "NODE_CLASS_MAPPINGS" for t in node.targets):
-                    for key, value in zip(node.value.keys, node.value.values):
+                    for key, value in zip(node.value.keys, node.value.values, strict=True):
                         if isinstance(key, ast.Constant) and isinstance(key.value, str):
                             names.add(key.value)
                             if isinstance(value, ast.Name):
@@ -338,17 +382,21 @@ def build_index(
         name, folder = entry.get("filename"), _manager_folder(entry)
         if isinstance(name, str) and folder and name not in models and looks_like_model_file(name):
             url = entry.get("url")
-            models[name] = [folder, download_url(url) if isinstance(url, str) and url else None, "comfyui-manager"]
+            models[name] = [
+                folder,
+                download_url(url) if isinstance(url, str) and url else None,
+                "comfyui-manager",
+            ]
 
     input_folders: dict[str, dict[str, str]] = defaultdict(dict)
     for ctype, inputs in (source_inputs or {}).items():
         input_folders[ctype].update(inputs)
-    for (ctype, input_name), votes in sorted(input_votes.items()):
-        folder, count = votes.most_common(1)[0]
+    for (ctype, input_name), folder_votes in sorted(input_votes.items()):
+        folder, count = folder_votes.most_common(1)[0]
         # A pair seen loading into two folders teaches nothing reliable.
-        if count == sum(votes.values()):
+        if count == sum(folder_votes.values()):
             input_folders[ctype][input_name] = folder
-    widget_order = {ctype: list(votes.most_common(1)[0][0]) for ctype, votes in sorted(order_votes.items())}
+    widget_order = {ctype: list(orders.most_common(1)[0][0]) for ctype, orders in sorted(order_votes.items())}
 
     core = sorted(source_core | manager_core | template_core)
     return {

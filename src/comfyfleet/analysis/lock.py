@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from comfyfleet.manifest import Lock, Manifest, ModelRef, NodePack, PackConflict, Unresolved, UnresolvedModel, UnresolvedNode
-
-_RANK = {"override": 0, "node_metadata": 1, "extension_map": 2, "pattern": 3, "set_cover": 4}
+from comfyfleet.analysis.packs import RESOLUTION_RANK
+from comfyfleet.manifest import (
+    Lock,
+    Manifest,
+    ModelRef,
+    NodePack,
+    PackConflict,
+    Unresolved,
+    UnresolvedModel,
+    UnresolvedNode,
+)
 
 
 def build_lock(manifests: list[Manifest]) -> Lock:
@@ -24,7 +32,7 @@ def build_lock(manifests: list[Manifest]) -> Lock:
             if merged is None:
                 merged = packs[key] = pack.model_copy(deep=True, update={"workflows": []})
             merged.provides = sorted(set(merged.provides) | set(pack.provides))
-            if _RANK.get(pack.resolved_by, 9) < _RANK.get(merged.resolved_by, 9):
+            if RESOLUTION_RANK.get(pack.resolved_by, 9) < RESOLUTION_RANK.get(merged.resolved_by, 9):
                 merged.resolved_by = pack.resolved_by
             if name not in merged.workflows:
                 merged.workflows.append(name)
@@ -40,7 +48,9 @@ def build_lock(manifests: list[Manifest]) -> Lock:
             if name not in mref.workflows:
                 mref.workflows.append(name)
         for node in manifest.unresolved.nodes:
-            unode = unresolved_nodes.setdefault(node.class_type, node.model_copy(deep=True, update={"node_ids": []}))
+            unode = unresolved_nodes.setdefault(
+                node.class_type, node.model_copy(deep=True, update={"node_ids": []})
+            )
             unode.node_ids.extend(f"{name}:{i}" for i in node.node_ids)
         for model in manifest.unresolved.models:
             ukey = (model.folder, model.filename, model.reason.split(";")[0])
@@ -58,5 +68,7 @@ def build_lock(manifests: list[Manifest]) -> Lock:
         # A workflow that pins nothing accepts any version, so it is no conflict.
     lock.custom_nodes = sorted(packs.values(), key=lambda p: p.repo.lower())
     lock.models = sorted(models.values(), key=lambda m: (m.folder, m.filename))
-    lock.unresolved = Unresolved(nodes=list(unresolved_nodes.values()), models=list(unresolved_models.values()))
+    lock.unresolved = Unresolved(
+        nodes=list(unresolved_nodes.values()), models=list(unresolved_models.values())
+    )
     return lock

@@ -24,10 +24,19 @@ from comfyfleet.manifest import ModelRef, UnresolvedModel
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 
 # Inputs holding prose, where a model-like ending is a coincidence.
-_TEXT_INPUTS = frozenset({"text", "prompt", "string", "positive", "negative", "text_g", "text_l", "value", "wildcard_text"})
+_TEXT_INPUTS = frozenset(
+    {"text", "prompt", "string", "positive", "negative", "text_g", "text_l", "value", "wildcard_text"}
+)
 _URL = re.compile(r"https?://[^\s)\]>\"'`]+")
 # Packs that download their own weights into their own folder: their enum values are not installs.
-PACK_MANAGED_REPOS = frozenset({"https://github.com/Fannovel16/comfyui_controlnet_aux"})
+PACK_MANAGED_REPOS = frozenset(
+    {
+        "https://github.com/Fannovel16/comfyui_controlnet_aux",
+        "https://github.com/Fannovel16/ComfyUI-Frame-Interpolation",
+    }
+)
+# kijai's convention: "DownloadAndLoad..." nodes fetch their weights themselves on first use.
+SELF_DOWNLOADING = re.compile(r"^DownloadAndLoad")
 
 
 @dataclass
@@ -86,7 +95,9 @@ def resolve_models(
     unsafe: dict[str, UnresolvedModel] = {}
     unknown_folder: dict[str, UnresolvedModel] = {}
     for node in nodes:
-        if pack_of and pack_of.get(node.class_type) in PACK_MANAGED_REPOS:
+        if (pack_of and pack_of.get(node.class_type) in PACK_MANAGED_REPOS) or SELF_DOWNLOADING.match(
+            node.class_type
+        ):
             continue
         declared = _declared_models(node)
         for input_name, raw in model_values(node):
@@ -102,7 +113,9 @@ def resolve_models(
                 entry.node_ids.append(node.node_id)
                 continue
             filename = normalize_model_name(raw)
-            folder, url, sha256, source = _locate(node, input_name, filename, declared, links, index, overrides)
+            folder, url, sha256, source = _locate(
+                node, input_name, filename, declared, links, index, overrides
+            )
             if folder is None:
                 entry = unknown_folder.setdefault(
                     filename,
@@ -119,7 +132,9 @@ def resolve_models(
                 continue
             ref = refs.get((folder, filename))
             if ref is None:
-                ref = refs[(folder, filename)] = ModelRef(filename=filename, folder=folder, url=url, sha256=sha256, source=source)
+                ref = refs[(folder, filename)] = ModelRef(
+                    filename=filename, folder=folder, url=url, sha256=sha256, source=source
+                )
             else:
                 ref.url = ref.url or url
                 ref.sha256 = ref.sha256 or sha256
@@ -145,7 +160,8 @@ def resolve_models(
 
 def _declared_models(node: NodeUse) -> dict[str, dict[str, Any]]:
     declared: dict[str, dict[str, Any]] = {}
-    for entry in node.properties.get("models") or []:
+    entries = node.properties.get("models")
+    for entry in entries if isinstance(entries, list) else []:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             name = normalize_model_name(entry["name"])
             declared[name] = entry
@@ -177,6 +193,10 @@ def _locate(
         (rules.folder_for_input(input_name), "input_name"),
         (indexed.folder if indexed else None, "index"),
         (_class_folder(node.class_type, index) if input_name is None else None, "class_input"),
+    ]
+    if rules.MULTI_MODEL_LOADERS.search(node.class_type):
+        candidates += [(rules.folder_for_filename(filename), "heuristic"), ("checkpoints", "heuristic")]
+    candidates += [
         (rules.folder_for_class(node.class_type) if _is_generic(input_name) else None, "heuristic"),
         (rules.folder_for_filename(filename), "heuristic"),
     ]

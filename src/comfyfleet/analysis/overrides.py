@@ -110,7 +110,9 @@ def load_overrides(path: Path) -> Overrides:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise BadInput(f"{path}: {where}: {err['msg']} (see the format at the top of workflows/overrides.yaml)") from None
+        raise BadInput(
+            f"{path}: {where}: {err['msg']} (see the format at the top of workflows/overrides.yaml)"
+        ) from None
 
 
 def overrides_for(directory: Path) -> Overrides | None:

@@ -12,13 +12,20 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from comfyfleet.analysis.index import KnowledgeIndex, common_prefix
+from comfyfleet.analysis.index import KnowledgeIndex, first_word
 from comfyfleet.analysis.overrides import Overrides
 from comfyfleet.analysis.workflow import NodeUse
 from comfyfleet.manifest import NodePack, UnresolvedNode
 
 # Strength of the evidence behind a pack; a pack keeps its strongest.
-_RANK = {"override": 0, "node_metadata": 1, "extension_map": 2, "pattern": 3, "set_cover": 4, "name_prefix": 5}
+RESOLUTION_RANK = {
+    "override": 0,
+    "node_metadata": 1,
+    "extension_map": 2,
+    "pattern": 3,
+    "set_cover": 4,
+    "name_guess": 5,
+}
 # A pack guessed from a shared name prefix alone must be this popular (GitHub stars).
 _PREFIX_MIN_STARS = 100
 
@@ -49,7 +56,9 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
         node_ids[node.class_type].append(node.node_id)
         props = node.properties
         if (props.get("cnr_id") or props.get("aux_id")) and node.class_type not in metadata:
-            metadata[node.class_type] = {k: str(props[k]) for k in ("cnr_id", "aux_id", "ver") if props.get(k)}
+            metadata[node.class_type] = {
+                k: str(props[k]) for k in ("cnr_id", "aux_id", "ver") if props.get(k)
+            }
 
     result = PackResolution()
     chosen: dict[str, _Chosen] = {}
@@ -60,7 +69,7 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
         entry = chosen.get(key)
         if entry is None:
             entry = chosen[key] = _Chosen(id=pack_id, repo=repo, version=version, resolved_by=how)
-        elif _RANK[how] < _RANK[entry.resolved_by]:
+        elif RESOLUTION_RANK[how] < RESOLUTION_RANK[entry.resolved_by]:
             entry.resolved_by = how
         if entry.version is None and version:
             entry.version = version
@@ -77,16 +86,8 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
             choose(_key(override.repo), pack_id, override.repo, override.version, "override", ctype)
         elif meta.get("cnr_id") == "comfy-core":
             result.core_classes.append(ctype)
-        elif meta:
-            repo, pack_id = _repo_from_metadata(meta, ctype, index)
-            if repo is None:
-                unresolved(
-                    ctype,
-                    f"node metadata names pack {meta.get('cnr_id')!r}, which the index does not know; "
-                    "add the class under 'nodes:' in workflows/overrides.yaml with its repo",
-                )
-            else:
-                choose(_key(repo), pack_id, repo, meta.get("ver"), "node_metadata", ctype)
+        elif meta and (found := _repo_from_metadata(meta, ctype, index))[0] is not None:
+            choose(_key(str(found[0])), found[1], str(found[0]), meta.get("ver"), "node_metadata", ctype)
         elif index.is_core(ctype):
             result.core_classes.append(ctype)
         elif listed := index.packs_listing(ctype):
@@ -99,28 +100,46 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
     for ctype, pack_index in _cover(open_classes, index, {c.repo for c in chosen.values()}).items():
         info = index.packs[pack_index]
         candidates, how = open_classes[ctype]
-        choose(_key(info.repo), info.registry_id, info.repo, None, how if len(set(candidates)) == 1 else "set_cover", ctype)
+        choose(
+            _key(info.repo),
+            info.registry_id,
+            info.repo,
+            None,
+            how if len(set(candidates)) == 1 else "set_cover",
+            ctype,
+        )
 
     for ctype in unlisted:
-        guess = _guess_by_prefix(ctype, index, {i for c in chosen.values() if (i := index.pack_by_repo(c.repo)) is not None})
+        guess = _guess_by_name(
+            ctype, index, {i for c in chosen.values() if (i := index.pack_by_repo(c.repo)) is not None}
+        )
         if guess is None:
+            named = (
+                f" (its metadata names pack {metadata[ctype]['cnr_id']!r})"
+                if metadata.get(ctype, {}).get("cnr_id")
+                else ""
+            )
             unresolved(
                 ctype,
-                "class type is neither ComfyUI core nor listed by any pack in ComfyUI-Manager's "
-                "extension-node-map; add it under 'nodes:' in workflows/overrides.yaml",
+                f"class type is neither ComfyUI core nor listed by any pack in ComfyUI-Manager's "
+                f"extension-node-map{named}; add it under 'nodes:' in workflows/overrides.yaml with its repo",
             )
         else:
             info = index.packs[guess]
-            choose(_key(info.repo), info.registry_id, info.repo, None, "name_prefix", ctype)
+            choose(_key(info.repo), info.registry_id, info.repo, None, "name_guess", ctype)
 
     result.packs = [
-        NodePack(id=c.id, repo=c.repo, version=c.version, provides=sorted(c.provides), resolved_by=c.resolved_by)
+        NodePack(
+            id=c.id, repo=c.repo, version=c.version, provides=sorted(c.provides), resolved_by=c.resolved_by
+        )
         for c in sorted(chosen.values(), key=lambda c: c.repo.lower())
     ]
     return result
 
 
-def _cover(open_classes: dict[str, tuple[list[int], str]], index: KnowledgeIndex, already: set[str]) -> dict[str, int]:
+def _cover(
+    open_classes: dict[str, tuple[list[int], str]], index: KnowledgeIndex, already: set[str]
+) -> dict[str, int]:
     """Assign each class one of its candidate packs, using as few packs as possible."""
     assigned: dict[str, int] = {}
     in_use: set[int] = {i for repo in already if (i := index.pack_by_repo(repo)) is not None}
@@ -158,28 +177,40 @@ def _cover(open_classes: dict[str, tuple[list[int], str]], index: KnowledgeIndex
     return assigned
 
 
-def _guess_by_prefix(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int | None:
+def _guess_by_name(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int | None:
     """A pack for a class the map does not list yet, from the names of the classes it does list.
 
-    Packs the workflow already needs win (a new "LTXV..." class in a workflow using
-    ComfyUI-LTXVideo); otherwise only a popular pack sharing the longest prefix, with
-    clearly more classes under that prefix than ComfyUI core has (else it may be a
-    newer core node).
+    First a naming tag only one pack uses ("...KJ", "...|pysssss"), or a pack whose repo
+    is named like the class or its tag ("... (LoraManager)" -> ComfyUI-Lora-Manager).
+    Then the longest shared name prefix: a pack the workflow already needs wins (a new
+    "LTXV..." class in a workflow using ComfyUI-LTXVideo); otherwise only a popular pack
+    with more classes under that prefix than ComfyUI core has (else it may be a newer
+    core node); last, a needed pack with 3+ classes whose first word is the same.
+    Guesses stay rare on purpose: a wrong pack costs as much as a missing one.
     """
+    tagged = index.pack_by_tag(ctype)
+    if tagged is None:
+        tagged = index.pack_named_like(ctype)
+    if tagged is not None:
+        return tagged
+    if index.has_tag(ctype):
+        # "Save Image (Foo)": the shared words are generic, the tag is what counts.
+        return None
     candidates, core_count = index.packs_by_prefix(ctype)
     used = [i for i in candidates if i in in_use]
     if used:
         return max(used, key=lambda i: index.packs[i].stars)
-    best, best_len = None, 2
-    for i in sorted(in_use):
-        length = max((common_prefix(ctype, name) for name in index.classes_of_pack(i)), default=0)
-        if length > best_len:
-            best, best_len = i, length
-    if best is not None:
-        return best
-    popular = [i for i, n in candidates.items() if index.packs[i].stars >= _PREFIX_MIN_STARS and n >= 2 * core_count]
+    popular = [
+        i for i, n in candidates.items() if index.packs[i].stars >= _PREFIX_MIN_STARS and n > core_count
+    ]
     if popular:
         return max(popular, key=lambda i: index.packs[i].stars)
+    # A pack the workflow needs anyway that names 3+ classes with the same first word.
+    word = first_word(ctype)
+    if len(word) >= 3:
+        same_word = [i for i in in_use if sum(first_word(c) == word for c in index.classes_of_pack(i)) >= 3]
+        if same_word:
+            return max(same_word, key=lambda i: index.packs[i].stars)
     return None
 
 

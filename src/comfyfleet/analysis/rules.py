@@ -114,11 +114,18 @@ CLASS_NAME_FOLDERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"vae", "vae"),
         (r"checkpoint|ckpt", "checkpoints"),
         (r"ultralytics|yolo", "ultralytics"),
-        (r"\bsam|sam2|samloader", "sams"),
+        (r"(?-i:SAM)(?![a-z])|sam2|segment_?anything", "sams"),
         (r"insightface", "insightface"),
         (r"clip|textencoder|text_encoder|t5", "text_encoders"),
+        (r"gguf", "diffusion_models"),
         (r"unet|diffusion|dit\b|modelloader|model_loader", "diffusion_models"),
     )
+)
+
+# Loaders of a whole pipeline (checkpoint + vae + lora in one node): when the input name
+# is unknown, the file name decides, and a bare name is most likely the checkpoint.
+MULTI_MODEL_LOADERS = re.compile(
+    r"efficient loader|eff\. loader|^easy \w*loader|pipe ?loader|loader ?pipe", re.IGNORECASE
 )
 
 # Custom node packs' loaders whose input names are too generic for the rules above.
@@ -187,6 +194,11 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     # rgthree Power Lora Loader rows are dicts {on, lora, strength}
     ("Power Lora Loader (rgthree)", "lora"): "loras",
     ("LoadFluxIPAdapter", "clip_vision"): "clip_vision",
+    # numz/ComfyUI-SeedVR2_VideoUpscaler
+    ("SeedVR2LoadDiTModel", "model"): "SEEDVR2",
+    ("SeedVR2LoadVAEModel", "model"): "SEEDVR2",
+    # kijai/ComfyUI-KJNodes GGUF loader
+    ("GGUFLoaderKJ", "model_name"): "diffusion_models",
 }
 
 CLASS_FOLDERS: dict[str, set[str]] = {}
@@ -241,10 +253,32 @@ MANAGER_TYPE_FOLDERS = {
 # them is referenced as "sub/name", so the install target is the top folder.
 RECURSIVE_ROOTS = frozenset(
     {
-        "checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "controlnet", "clip_vision",
-        "style_models", "embeddings", "upscale_models", "latent_upscale_models", "gligen", "hypernetworks",
-        "photomaker", "model_patches", "audio_encoders", "vae_approx", "ipadapter", "animatediff_models",
-        "animatediff_motion_lora", "sams", "ultralytics", "configs", "instantid", "pulid", "facerestore_models",
+        "checkpoints",
+        "loras",
+        "vae",
+        "text_encoders",
+        "diffusion_models",
+        "controlnet",
+        "clip_vision",
+        "style_models",
+        "embeddings",
+        "upscale_models",
+        "latent_upscale_models",
+        "gligen",
+        "hypernetworks",
+        "photomaker",
+        "model_patches",
+        "audio_encoders",
+        "vae_approx",
+        "ipadapter",
+        "animatediff_models",
+        "animatediff_motion_lora",
+        "sams",
+        "ultralytics",
+        "configs",
+        "instantid",
+        "pulid",
+        "facerestore_models",
     }
 )
 

@@ -9,6 +9,7 @@ so the nodes inside them count like any other.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from comfyfleet.errors import BadInput
 from comfyfleet.manifest import SkippedNode
 
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CONTROL_AFTER_GENERATE = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -51,7 +53,9 @@ def read_workflow_json(path: Path) -> Any:
     if size == 0:
         raise BadInput(f"{path}: file is empty; export the workflow again from ComfyUI")
     if size > MAX_WORKFLOW_BYTES:
-        raise BadInput(f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_WORKFLOW_BYTES // 2**20} MiB limit for a workflow")
+        raise BadInput(
+            f"{path}: file is {size / 2**20:.0f} MiB, over the {MAX_WORKFLOW_BYTES // 2**20} MiB limit for a workflow"
+        )
     try:
         return json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError:
@@ -91,13 +95,18 @@ def _parse_api(data: dict[str, Any], where: str) -> ParsedWorkflow:
         inputs = node.get("inputs", {})
         if not isinstance(inputs, dict):
             raise BadInput(f"{where}: node {node_id}: inputs must be an object")
-        values = [(str(k), v) for k, v in inputs.items() if not _is_link(v)]
+        values: list[tuple[str | None, Any]] = [(str(k), v) for k, v in inputs.items() if not _is_link(v)]
         parsed.nodes.append(NodeUse(node_id=str(node_id), class_type=ctype, values=values))
     return parsed
 
 
 def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], int)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and isinstance(value[1], int)
+    )
 
 
 class _UiReader:
@@ -110,7 +119,9 @@ class _UiReader:
         definitions = data.get("definitions") or {}
         subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
         self.subgraphs: dict[str, dict[str, Any]] = {
-            str(s["id"]): s for s in (subgraphs or []) if isinstance(s, dict) and "id" in s and isinstance(s.get("nodes"), list)
+            str(s["id"]): s
+            for s in (subgraphs or [])
+            if isinstance(s, dict) and "id" in s and isinstance(s.get("nodes"), list)
         }
         extra = data.get("extra") or {}
         groups = extra.get("groupNodes") if isinstance(extra, dict) else None
@@ -123,7 +134,9 @@ class _UiReader:
 
     def _walk(self, nodes: list[Any], prefix: str, overrides: dict[str, dict[str, Any]], depth: int) -> None:
         if depth > 32:
-            raise BadInput(f"{self.where}: subgraphs nested more than 32 deep (a subgraph that contains itself?)")
+            raise BadInput(
+                f"{self.where}: subgraphs nested more than 32 deep (a subgraph that contains itself?)"
+            )
         for node in nodes:
             if not isinstance(node, dict):
                 raise BadInput(f"{self.where}: a node entry is a {type(node).__name__}, not an object")
@@ -136,7 +149,9 @@ class _UiReader:
             if ctype in FRONTEND_ONLY:
                 self._skip(node_id, ctype, "frontend-only")
                 if ctype in ("Note", "MarkdownNote"):
-                    self.parsed.notes.extend(v for v in node.get("widgets_values") or [] if isinstance(v, str))
+                    self.parsed.notes.extend(
+                        v for v in _list(node.get("widgets_values")) if isinstance(v, str)
+                    )
                 continue
             if mode == MODE_MUTED:
                 self._skip(node_id, ctype, "muted")
@@ -144,12 +159,17 @@ class _UiReader:
             if mode == MODE_BYPASSED:
                 self._skip(node_id, ctype, "bypassed")
                 continue
-            properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            properties = _properties(node)
             values = self._named_values(node, ctype)
             if ctype in self.subgraphs:
                 inner = self._subgraph_overrides(node, self.subgraphs[ctype], values)
                 self._walk(self.subgraphs[ctype]["nodes"], f"{node_id}:", inner, depth + 1)
                 continue
+            if _UUID.match(ctype):
+                raise BadInput(
+                    f"{self.where}: node {node_id} is a subgraph ({ctype}) missing from "
+                    "definitions.subgraphs; re-export the workflow from ComfyUI"
+                )
             group_name = _group_name(ctype)
             if group_name is not None and group_name in self.group_nodes:
                 self._expand_group(node_id, node, self.group_nodes[group_name])
@@ -159,7 +179,9 @@ class _UiReader:
                 values = [(name, replaced.get(name, value) if name else value) for name, value in values]
                 known = {name for name, _ in values}
                 values += [(name, value) for name, value in replaced.items() if name not in known]
-            self.parsed.nodes.append(NodeUse(node_id=node_id, class_type=ctype, values=values, properties=properties))
+            self.parsed.nodes.append(
+                NodeUse(node_id=node_id, class_type=ctype, values=values, properties=properties)
+            )
 
     def _skip(self, node_id: str, ctype: str, reason: str) -> None:
         self.parsed.skipped.append(SkippedNode(node_id=node_id, class_type=ctype, reason=reason))
@@ -178,10 +200,10 @@ class _UiReader:
             return pairs + [(None, v) for v in widgets if id(v) not in listed and v not in named.values()]
         learned = self.index.widget_order.get(ctype)
         if learned is not None and len(learned) == len(widgets):
-            return list(zip(learned, widgets))
+            return list(zip(learned, widgets, strict=True))
         names = [
             str(i["widget"]["name"])
-            for i in node.get("inputs") or []
+            for i in _list(node.get("inputs"))
             if isinstance(i, dict) and isinstance(i.get("widget"), dict) and "name" in i["widget"]
         ]
         return _align_by_inputs(names, widgets)
@@ -191,29 +213,33 @@ class _UiReader:
     ) -> dict[str, dict[str, Any]]:
         """Values the instance sets on inner nodes: {inner node id: {input name: value}}."""
         out: dict[str, dict[str, Any]] = {}
-        props = instance.get("properties") if isinstance(instance.get("properties"), dict) else {}
+        props = _properties(instance)
         proxies = props.get("proxyWidgets")
         widgets = instance.get("widgets_values")
         if isinstance(proxies, list) and isinstance(widgets, list) and len(proxies) == len(widgets):
-            for proxy, value in zip(proxies, widgets):
+            for proxy, value in zip(proxies, widgets, strict=True):
                 if isinstance(proxy, list) and len(proxy) == 2 and str(proxy[0]) != "-1":
                     out.setdefault(str(proxy[0]), {})[str(proxy[1])] = value
         by_name = {name: value for name, value in values if name}
-        inner_nodes = {str(n.get("id")): n for n in subgraph["nodes"] if isinstance(n, dict)}
+        inner_nodes = {str(n.get("id")): n for n in _list(subgraph.get("nodes")) if isinstance(n, dict)}
         links = {}
-        for link in subgraph.get("links") or []:
-            if isinstance(link, dict):
-                links[link.get("id")] = (str(link.get("target_id")), link.get("target_slot"))
-            elif isinstance(link, list) and len(link) >= 5:
+        for link in _list(subgraph.get("links")):
+            if isinstance(link, dict) and isinstance(link.get("id"), (int, str)):
+                links[link["id"]] = (str(link.get("target_id")), link.get("target_slot"))
+            elif isinstance(link, list) and len(link) >= 5 and isinstance(link[0], (int, str)):
                 links[link[0]] = (str(link[3]), link[4])
-        for sub_input in subgraph.get("inputs") or []:
-            if not isinstance(sub_input, dict) or sub_input.get("name") not in by_name:
+        for sub_input in _list(subgraph.get("inputs")):
+            if (
+                not isinstance(sub_input, dict)
+                or not isinstance(sub_input.get("name"), str)
+                or sub_input["name"] not in by_name
+            ):
                 continue
-            for link_id in sub_input.get("linkIds") or []:
-                target = links.get(link_id)
+            for link_id in _list(sub_input.get("linkIds")):
+                target = links.get(link_id) if isinstance(link_id, (int, str)) else None
                 if target is None or target[0] not in inner_nodes:
                     continue
-                inputs = inner_nodes[target[0]].get("inputs") or []
+                inputs = _list(inner_nodes[target[0]].get("inputs"))
                 slot = target[1]
                 if isinstance(slot, int) and 0 <= slot < len(inputs) and isinstance(inputs[slot], dict):
                     out.setdefault(target[0], {})[str(inputs[slot].get("name"))] = by_name[sub_input["name"]]
@@ -221,10 +247,14 @@ class _UiReader:
 
     def _expand_group(self, node_id: str, node: dict[str, Any], group: dict[str, Any]) -> None:
         """Legacy group node: its definition's nodes, fed the instance's widget values in order."""
-        inner_nodes = [n for n in group.get("nodes") or [] if isinstance(n, dict)]
+        inner_nodes = [n for n in _list(group.get("nodes")) if isinstance(n, dict)]
         widgets = node.get("widgets_values")
         remaining = list(widgets) if isinstance(widgets, list) else []
-        total = sum(len(n.get("widgets_values") or []) for n in inner_nodes if isinstance(n.get("widgets_values"), list))
+        total = sum(
+            len(n.get("widgets_values") or [])
+            for n in inner_nodes
+            if isinstance(n.get("widgets_values"), list)
+        )
         use_instance = len(remaining) == total
         rebuilt = []
         for position, inner in enumerate(inner_nodes):
@@ -235,6 +265,16 @@ class _UiReader:
                 inner["widgets_values"], remaining = remaining[: len(own)], remaining[len(own) :]
             rebuilt.append(inner)
         self._walk(rebuilt, f"{node_id}:", {}, 1)
+
+
+def _list(value: Any) -> list[Any]:
+    """The value if it is a list, else empty: malformed optional fields are ignored."""
+    return value if isinstance(value, list) else []
+
+
+def _properties(node: dict[str, Any]) -> dict[str, Any]:
+    props = node.get("properties")
+    return props if isinstance(props, dict) else {}
 
 
 def _group_name(ctype: str) -> str | None:

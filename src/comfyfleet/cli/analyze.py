@@ -6,7 +6,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -38,14 +38,27 @@ def register(app: typer.Typer) -> None:
 
 
 def analyze(
-    paths: list[Path] = typer.Argument(..., help="Workflow JSON files or directories (searched recursively)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table (for people), yaml or json."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the manifest/lock to this file (json if --format json, else yaml)."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any node or model is unresolved."),
+    paths: Annotated[
+        list[Path], typer.Argument(help="Workflow JSON files or directories (searched recursively).")
+    ],
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table (for people), yaml or json.")
+    ] = OutputFormat.table,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Also write the manifest/lock to this file (json if --format json, else yaml).",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any node or model is unresolved.")
+    ] = False,
 ) -> None:
     """Work out the custom node packs and model files workflows need.
 
-    Example: comfyfleet analyze workflows/ --format json --out workflows/lock.json
+    Example: comfyfleet analyze workflows/ --format yaml --out workflows/comfyfleet.lock.yaml
 
     Exit codes: 0 ok, 1 unresolved dependencies with --strict, 2 a file could not be analyzed.
     """
@@ -63,7 +76,9 @@ def analyze(
         sys.stdout.write(_render(document, fmt))
     if out is not None and document is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_render(document, OutputFormat.json if fmt is OutputFormat.json else OutputFormat.yaml))
+        out.write_text(
+            _render(document, OutputFormat.json if fmt is OutputFormat.json else OutputFormat.yaml)
+        )
     for line in result.errors:
         err_console.print(f"error: {line}", markup=False, soft_wrap=True)
     if result.errors:
@@ -93,20 +108,35 @@ def _render(document: dict[str, Any], fmt: OutputFormat) -> str:
 
 def _table(manifest: Manifest) -> Table:
     """One workflow: packs, models, unresolved items with reasons, skipped nodes."""
-    table = Table(title=f"{manifest.workflow} ({manifest.format} format, {manifest.source})", title_justify="left", expand=False)
+    table = Table(
+        title=f"{manifest.workflow} ({manifest.format} format, {manifest.source})",
+        title_justify="left",
+        expand=False,
+    )
     table.add_column("kind", style="bold")
     table.add_column("name", overflow="fold")
     table.add_column("where / why", overflow="fold")
     table.add_column("resolved by")
     for pack in manifest.custom_nodes:
         version = pack.version or "latest"
-        table.add_row("pack", pack.id, f"{pack.repo} @ {version}\nprovides: {', '.join(pack.provides)}", pack.resolved_by)
+        table.add_row(
+            "pack",
+            pack.id,
+            f"{pack.repo} @ {version}\nprovides: {', '.join(pack.provides)}",
+            pack.resolved_by,
+        )
     for model in manifest.models:
-        table.add_row("model", model.filename, f"models/{model.folder}/\n{model.url or '(no url)'}", model.source)
+        table.add_row(
+            "model", model.filename, f"models/{model.folder}/\n{model.url or '(no url)'}", model.source
+        )
     for node in manifest.unresolved.nodes:
-        table.add_row("[red]unresolved node[/]", node.class_type, f"nodes {', '.join(node.node_ids)}: {node.reason}", "")
+        table.add_row(
+            "[red]unresolved node[/]", node.class_type, f"nodes {', '.join(node.node_ids)}: {node.reason}", ""
+        )
     for item in manifest.unresolved.models:
-        table.add_row("[red]unresolved model[/]", item.filename, f"nodes {', '.join(item.node_ids)}: {item.reason}", "")
+        table.add_row(
+            "[red]unresolved model[/]", item.filename, f"nodes {', '.join(item.node_ids)}: {item.reason}", ""
+        )
     for skipped in manifest.skipped_nodes:
         table.add_row("[dim]skipped[/]", skipped.class_type, f"node {skipped.node_id}: {skipped.reason}", "")
     if manifest.core_classes:
@@ -115,11 +145,19 @@ def _table(manifest: Manifest) -> Table:
 
 
 def index_refresh(
-    manager_version: str | None = typer.Option(None, help="comfyui-manager version to read (default: newest on PyPI)."),
-    templates_version: str | None = typer.Option(None, help="comfyui-workflow-templates-json version (default: newest)."),
-    comfyui_src: Path | None = typer.Option(None, help="ComfyUI checkout or bare git dir to read core class names from."),
-    wheel_dir: Path | None = typer.Option(None, help="Use wheels already downloaded here instead of PyPI."),
-    out: Path = typer.Option(DEFAULT_INDEX_PATH, help="Where to write the index."),
+    manager_version: Annotated[
+        str | None, typer.Option(help="comfyui-manager version (default: newest on PyPI).")
+    ] = None,
+    templates_version: Annotated[
+        str | None, typer.Option(help="comfyui-workflow-templates-json version (default: newest).")
+    ] = None,
+    comfyui_src: Annotated[
+        Path | None, typer.Option(help="ComfyUI checkout or bare git dir to read core class names from.")
+    ] = None,
+    wheel_dir: Annotated[
+        Path | None, typer.Option(help="Use wheels already downloaded here instead of PyPI.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the index.")] = DEFAULT_INDEX_PATH,
 ) -> None:
     """Rebuild the offline index from the comfyui-manager and templates wheels on PyPI.
 

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from comfyfleet.errors import BadInput
 from comfyfleet.registry import Deployment, HistoryEntry, Registry
-from comfyfleet.ship import set_serving
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -65,8 +64,11 @@ def list_(
     active: bool = typer.Option(False, "--active", help="only active deployments"),
     env: str | None = EnvOption,
 ) -> None:
-    """List deployments (name, environment, workflow, status, endpoint, counters)."""
-    deployments = _registry().list(active_only=active, environment=env)
+    """List deployments (name, environment, workflow, status, endpoint, counters).
+
+    Example: comfyfleet deployments list --active --env prod
+    """
+    deployments = _registry().deployments(active_only=active, environment=env)
     if not deployments:
         out.print("no deployments" + (" matching the filters" if active or env else "") +
                   ": ship one with `comfyfleet ship WORKFLOW --to TARGET`")
@@ -83,7 +85,10 @@ def list_(
 
 @app.command()
 def show(name: str, env: str | None = EnvOption) -> None:
-    """Show one deployment: where it runs, what it serves, its schedules and last runs."""
+    """Show one deployment: where it runs, what it serves, its schedules and last runs.
+
+    Example: comfyfleet deployments show portraits --env prod
+    """
     reg = _registry()
     d = reg.get(name, env)
     table = Table(show_header=False, title=f"deployment {d.name} ({d.environment})")
@@ -117,6 +122,8 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     d = reg.get(name, env)
     started = utcnow()
     kind = "start" if enabled else "stop"
+    from comfyfleet.registry.serving import set_serving
+
     results = set_serving(d, enabled)
     failed = {host: cause for host, (ok, cause, _s) in results.items() if not ok}
     steps = [StepRecord(kind, host, ok, 1, seconds, cause) for host, (ok, cause, seconds) in results.items()]
@@ -134,7 +141,10 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
 
 @app.command()
 def stop(name: str, env: str | None = EnvOption) -> None:
-    """Stop serving a deployment's workflow (soft: the record and its statistics stay)."""
+    """Stop serving a deployment's workflow (soft: the record and its statistics stay).
+
+    Example: comfyfleet deployments stop portraits
+    """
     d = _switch(name, env, enabled=False)
     out.print(f"stopped {d.name} ({d.environment}): {d.workflow} no longer served on "
               f"{len(d.endpoints)} host(s); `comfyfleet deployments start {d.name}` serves it again")
@@ -142,9 +152,34 @@ def stop(name: str, env: str | None = EnvOption) -> None:
 
 @app.command()
 def start(name: str, env: str | None = EnvOption) -> None:
-    """Serve a stopped deployment's workflow again."""
+    """Serve a stopped deployment's workflow again.
+
+    Example: comfyfleet deployments start portraits
+    """
     d = _switch(name, env, enabled=True)
     out.print(f"started {d.name} ({d.environment}): {d.endpoint_url}")
+
+
+@app.command()
+def verify(name: str, env: str | None = EnvOption) -> None:
+    """Check a deployment now: /health and /ready on every host, one generation, output fetched.
+
+    Example: comfyfleet deployments verify portraits --env prod
+    """
+    from comfyfleet.cli.ship import result_table
+    from comfyfleet.schedules import run_scheduled
+
+    reg = _registry()
+    d = reg.get(name, env)
+    if d.status == "inactive":
+        raise BadInput(f"{d.name} ({d.environment}) is stopped: `comfyfleet deployments start {d.name}` first")
+    outcome = run_scheduled(reg, d.id, "run", trigger="cli", kind="verify")
+    if outcome is None:
+        raise BadInput(f"{d.name} ({d.environment}) was stopped or deleted meanwhile")
+    out.print(result_table(outcome.result, f"verify {d.name} ({d.environment})"))
+    if outcome.result.failure is not None:
+        err.print(f"verify failed: {outcome.result.failure}; {d.name} is now in status error", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -153,7 +188,10 @@ def delete(
     env: str | None = EnvOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
 ) -> None:
-    """Delete a deployment's record, history and schedules (hard; stops serving it first)."""
+    """Delete a deployment's record, history and schedules (hard; stops serving it first).
+
+    Example: comfyfleet deployments delete portraits --env dev --yes
+    """
     reg = _registry()
     d = reg.get(name, env)
     if not yes:
@@ -192,7 +230,10 @@ def _history_table(entries: list[HistoryEntry], title: str, steps: bool = True) 
 @app.command()
 def history(name: str, env: str | None = EnvOption,
             limit: int = typer.Option(50, "--limit", "-n", min=1, help="most recent runs to show")) -> None:
-    """Ship runs, verifications, scheduled runs, stops and starts, newest first, with every step."""
+    """Ship runs, verifications, scheduled runs, stops and starts, newest first, with every step.
+
+    Example: comfyfleet deployments history portraits -n 10
+    """
     reg = _registry()
     found = reg.find(name, env)
     if found is not None:
@@ -217,7 +258,10 @@ def schedule_add(
     cron: str | None = typer.Option(None, "--cron", help="crontab line in UTC, e.g. '*/5 * * * *'"),
     env: str | None = EnvOption,
 ) -> None:
-    """Add a recurring action to a deployment (exactly one of --every or --cron)."""
+    """Add a recurring action to a deployment (exactly one of --every or --cron).
+
+    Example: comfyfleet deployments schedule add portraits --action warmup --cron '0 8 * * 1-5'
+    """
     from comfyfleet.schedules import add_schedule
 
     reg = _registry()
@@ -229,7 +273,10 @@ def schedule_add(
 
 @schedule_app.command("list")
 def schedule_list(name: str | None = typer.Argument(None), env: str | None = EnvOption) -> None:
-    """List schedules, of all deployments or of one."""
+    """List schedules, of all deployments or of one.
+
+    Example: comfyfleet deployments schedule list portraits
+    """
     reg = _registry()
     schedules = reg.schedules(reg.get(name, env).id if name else None)
     if env and not name:
@@ -247,6 +294,9 @@ def schedule_list(name: str | None = typer.Argument(None), env: str | None = Env
 
 @schedule_app.command("remove")
 def schedule_remove(schedule_id: int = typer.Argument(..., metavar="ID")) -> None:
-    """Remove a schedule by its id (see `schedule list`)."""
+    """Remove a schedule by its id (see `schedule list`).
+
+    Example: comfyfleet deployments schedule remove 3
+    """
     _registry().remove_schedule(schedule_id)
     out.print(f"removed schedule #{schedule_id}")

@@ -29,8 +29,7 @@ STATUS_STYLE = {
     "skipped": "yellow",
 }
 COMPONENTS = ("comfyui", "api", "all")
-UPDATE_TARGETS = {"comfyui": "update-comfyui-core", "nodes": "update-nodes", "manager": "update-nodes",
-                  "api": "update-binary"}
+UPDATE_TARGETS = ("comfyui", "nodes", "manager", "api")
 
 TargetArg = typer.Argument(..., help="IP or host name, a,b list, inventory file, or FILE:GROUP")
 DryRun = typer.Option(False, "--dry-run", help="show what would change, change nothing")
@@ -49,7 +48,9 @@ def register(app: typer.Typer) -> None:
 
 def bootstrap(
     target: str = TargetArg,
-    provider: str = typer.Option(..., "--provider", help="lambda | datacrunch"),
+    provider: str | None = typer.Option(
+        None, "--provider", help="lambda | datacrunch (default: each host's `provider` data)"
+    ),
     dry_run: bool = DryRun,
     parallel: int | None = Parallel,
     serial: bool = Serial,
@@ -61,7 +62,7 @@ def bootstrap(
 
     Example: comfyfleet bootstrap 203.0.113.7 --provider lambda
     """
-    if provider not in ("lambda", "datacrunch", "generic"):
+    if provider is not None and provider not in ("lambda", "datacrunch", "generic"):
         raise BadInput(f"--provider {provider!r}: use lambda or datacrunch")
     data = parse_data(inventory_data)
     opts = RunOptions(dry_run=dry_run, parallel=parallel, serial=serial, rolling=rolling, fail_percent=fail_percent)
@@ -121,7 +122,7 @@ def common(
     pick("--update-comfyui-core", update_comfyui_core, "update-comfyui-core", **({"ref": ref} if ref else {}))
     if update is not None and update not in UPDATE_TARGETS:
         raise BadInput(f"--update {update!r}: use comfyui, nodes, manager or api")
-    pick("--update", update, UPDATE_TARGETS.get(update or "", ""), component=update)
+    pick("--update", update, "update", update=update)
     pick("--update-binary", update_binary, "update-binary")
     pick("--verify-endpoints", verify_endpoints, "verify-endpoints")
     pick("--install-nodes", install_nodes, "install-nodes", workflow=install_nodes)
@@ -151,13 +152,19 @@ def common(
 
 
 def parse_data(items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` strings to a dict (values stay strings; host data validation converts them)."""
+    """``key=value`` strings to a dict; whole numbers become ints and true/false bools (pyinfra's
+    ``ssh_port`` must be an int), everything else stays a string for host data validation."""
     data: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not re.match(r"^[a-z_][a-z0-9_]*$", key):
             raise BadInput(f"--inventory-data {item!r}: use key=value with a lower-case key")
-        data[key] = value
+        if re.fullmatch(r"[0-9]+", value):
+            data[key] = int(value)
+        elif value.lower() in ("true", "false"):
+            data[key] = value.lower() == "true"
+        else:
+            data[key] = value
     return data
 
 

@@ -34,9 +34,12 @@ class RichReporter:
     """Progress per step and host: a spinner while it runs, a mark and seconds when done."""
 
     def __init__(self, console: Console) -> None:
+        # No refresh thread: loading an inventory file makes pyinfra's CLI module monkey-patch
+        # threading with gevent, and a thread started across that patch fails at exit. The
+        # display is redrawn on every event instead.
         self.progress = Progress(
             SpinnerColumn(finished_text=""), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=console, transient=False,
+            console=console, transient=False, auto_refresh=False,
         )
         self._tasks: dict[tuple[str, str], TaskID] = {}
 
@@ -55,6 +58,7 @@ class RichReporter:
         """A spinner per host of the step."""
         for host in hosts:
             self._tasks[(step, host)] = self.progress.add_task(self._label(step, host), total=None)
+        self.progress.refresh()
 
     def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None:
         """Say why an attempt failed and when the next one starts."""
@@ -71,6 +75,7 @@ class RichReporter:
         mark = "[green]✓[/]" if ok else "[red]✗[/]"
         tail = "" if ok else f" [red]{error}[/]"
         self.progress.update(task, description=f"{mark} {self._label(step, host)}{tail}", total=1, completed=1)
+        self.progress.refresh()
 
 
 def result_table(result: PipelineResult, title: str) -> Table:

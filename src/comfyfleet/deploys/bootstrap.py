@@ -36,4 +36,7 @@ def provision(provider: str | None = None) -> None:
 @task("bootstrap")
 def bootstrap_task() -> None:
     """Provider bootstrap for the provider named in the host data (``--data provider=...``)."""
-    provision(host.data.get("provider"))
+    provider = host.data.get("provider")
+    if not provider:
+        raise BadInput(f"host {host.name}: no provider: pass --provider lambda|datacrunch or set provider in its data")
+    provision(provider)

@@ -1,12 +1,14 @@
 """Convergence: ``deploy-all`` brings a fresh or drifted host to what the workflows need, in order.
 
 ComfyUI core at its pinned ref (the runtime deploy), the workflows' node packs, their
-model files, the API service (when the ``update-binary`` task is installed), a restart
+model files, the API service (host data ``deploy_api``: auto | true | false), a restart
 when nodes changed, then the proof: every class type in ``/object_info``. Each step is
 idempotent, so a second run changes nothing. ``update`` moves one component.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -19,6 +21,7 @@ from comfyfleet.deploys.runtime import deploy_runtime
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import host_config
+from comfyfleet.runner import report
 
 UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
 
@@ -31,12 +34,33 @@ def deploy_all() -> None:
     deploy_runtime()
     nodes = install_nodes(manifests, finish=False)
     download_models(manifests)
-    tasks.load_all()
-    api = tasks.TASKS.get("update-binary")
+    api = api_step()
     if api is not None:
         api()
     restart_and_wait(cfg, nodes)
     verify_nodes(cfg)
+
+
+def api_step() -> Callable[[], None] | None:
+    """The API deploy when ``deploy_api`` (auto | true | false) asks for it and it can run.
+
+    ``auto`` deploys the API when its artifact exists (``scripts/build-binary``) and says
+    so in the host's report when it does not; ``true`` makes a missing artifact an error.
+    """
+    tasks.load_all()
+    api = tasks.TASKS.get("update-binary")
+    mode = str(host.data.get("deploy_api", "auto")).lower()
+    if mode in ("false", "no", "0") or api is None:
+        return None
+    if mode == "auto":
+        from comfyfleet.deploys.api import local_artifact
+
+        try:
+            local_artifact(host.data)
+        except BadInput as exc:
+            report(host).note(f"API service skipped: {exc}")
+            return None
+    return api
 
 
 @task("deploy-all")

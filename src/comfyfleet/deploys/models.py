@@ -172,7 +172,7 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
         yield StringCommand(*argv)
         return
     # Uploaded as the SSH user (no sudo, so no world-readable temp copy) into its own 0700 folder.
-    home = host.get_fact(Home) or "/root"
+    home = host.get_fact(Home, _sudo=False) or "/root"
     secrets_dir = f"{home}/.comfyfleet-secrets"
     secrets_file = f"{secrets_dir}/tokens-{uuid.uuid4().hex}.json"
     yield StringCommand("sh", "-c", QuoteString(_SECRETS_FILE), "comfyfleet", QuoteString(secrets_dir),
@@ -257,9 +257,13 @@ def download_models_task() -> None:
 
 
 def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
-    models = needed_models(_manifests(one=False))
+    manifests = _manifests(one=False)
+    models = needed_models(manifests)
+    # Names a workflow uses whose folder analysis could not tell: never "unreferenced".
+    anywhere = sorted({normalize_model_name(u.filename) for m in manifests for u in m.unresolved.models})
     plan = {"models_dir": cfg.layout.models, "data_root": cfg.layout.root,
-            "referenced": [{"folder": m.folder, "filename": m.filename} for m in models]}
+            "referenced": [{"folder": m.folder, "filename": m.filename, "sha256": m.sha256} for m in models],
+            "referenced_anywhere": anywhere}
     bin_dir = upload_hostside(cfg, "model_files.py")
     plan_path = upload_plan(cfg, "model-files", plan)
     return f"{bin_dir}/model_files.py", plan_path

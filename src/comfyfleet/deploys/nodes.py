@@ -65,7 +65,9 @@ def load_manifests(workflow: str | None, workflows_dir: str = "workflows") -> li
     path = Path(target)
     if not path.exists():
         raise BadInput(f"{target}: no such workflow file or folder (give --install-nodes FILE or add workflows/)")
-    key = (str(path.resolve()), *(f"{p}:{p.stat().st_mtime_ns}" for p in sorted(path.parent.glob("*"))))
+    # Every host of a run asks for the same analysis: keyed by the files' names and mtimes.
+    watched = sorted(path.rglob("*")) if path.is_dir() else [path, *sorted(path.parent.glob("*.yaml"))]
+    key = (str(path.resolve()), *(f"{p}:{p.stat().st_mtime_ns}" for p in watched if p.is_file()))
     if key not in _ANALYSIS_CACHE:
         result = analyze_paths([path])
         _ANALYSIS_CACHE[key] = (result.manifests, result.errors)

@@ -34,15 +34,17 @@ def restart(component: str) -> None:
         comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
                              timeout=cfg.health_timeout, _sudo=cfg.sudo)
     if component in ("api", "all"):
-        docker.restart(name="Restart comfyui-api", container=lay.api_container, _sudo=cfg.sudo)
+        # A host without the API service yet reports that and carries on (restart is a noop).
+        api = docker.restart(name="Restart comfyui-api", container=lay.api_container, _sudo=cfg.sudo)
         docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                         container=lay.api_container, timeout=cfg.health_timeout, _sudo=cfg.sudo)
+                         container=lay.api_container, timeout=cfg.health_timeout, _if=api.did_change,
+                         _sudo=cfg.sudo)
 
 
 @task("restart")
 def restart_task() -> None:
     """``--data component=comfyui|api|all``."""
-    restart(host_config(host).component)
+    restart(component=host_config(host).component)
 
 
 @deploy("Update ComfyUI core")
@@ -73,4 +75,4 @@ def update_core(ref: str) -> None:
 def update_core_task() -> None:
     """``--data ref=REF`` (default: the inventory's comfyui_ref)."""
     cfg = host_config(host)
-    update_core(cfg.ref or cfg.comfyui_ref)
+    update_core(ref=cfg.ref or cfg.comfyui_ref)

@@ -34,6 +34,7 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import re
 import shutil
 import sys
@@ -322,12 +323,17 @@ _opener = urllib.request.build_opener(_NoRedirect)
 def open_following(url: str, headers: dict[str, str], name: str, gated_hint: str | None) -> Any:
     """GET url, following redirects by hand so credentials never go to another host."""
     for _ in range(10):
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise FetchError(f"{name}: only http(s) downloads are allowed, not {redact(url)}")
         req = urllib.request.Request(url, headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         try:
             return _opener.open(req, timeout=60)
         except urllib.error.HTTPError as exc:
             if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
                 new = urllib.parse.urljoin(url, exc.headers["Location"])
+                if urllib.parse.urlsplit(new).scheme not in ("http", "https"):
+                    exc.close()
+                    raise FetchError(f"{name}: {redact(url)} redirects to a non-HTTP location; refused") from None
                 if urllib.parse.urlsplit(new).netloc != urllib.parse.urlsplit(url).netloc:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 exc.close()
@@ -382,6 +388,56 @@ class Progress:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _copy_hashing(src: Any, out: Any, h: Any, on_bytes: Any) -> int:
+    """Copy src to out while h hashes the same bytes in a second thread.
+
+    hashlib releases the GIL on large buffers, so hashing runs beside the socket reads
+    and file writes instead of after them: throughput is that of the slower of the two,
+    not their sum. Buffers circulate through a small pool, so nothing is copied.
+    """
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(4):
+        free.put(bytearray(CHUNK))
+    full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+
+    def hasher() -> None:
+        while True:
+            entry = full.get()
+            if entry is None:
+                return
+            buf, n = entry
+            h.update(memoryview(buf)[:n])
+            free.put(buf)
+
+    worker = threading.Thread(target=hasher, daemon=True)
+    worker.start()
+    got = 0
+    try:
+        while True:
+            buf = free.get()
+            view = memoryview(buf)
+            n = 0
+            # Fill the whole buffer: fewer, larger hash updates and writes.
+            while n < CHUNK:
+                r = src.readinto(view[n:])
+                if not r:
+                    break
+                n += r
+            if not n:
+                free.put(buf)
+                break
+            out.write(view[:n])
+            full.put((buf, n))
+            got += n
+            on_bytes(n)
+            if n < CHUNK:
+                break
+    finally:
+        full.put(None)
+        worker.join()
+    return got
 
 
 class Fetcher:
@@ -502,20 +558,10 @@ class Fetcher:
             key = f"{item['folder']}/{item['filename']}"
             self.progress.start(key, total, have)
             result["bytes_reused"] = have
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
-            got = 0
             with open(part, mode) as out:
                 out.seek(have)
                 out.truncate()
-                while True:
-                    n = resp.readinto(view)
-                    if not n:
-                        break
-                    out.write(view[:n])
-                    h.update(view[:n])
-                    got += n
-                    self.progress.add(key, n)
+                got = _copy_hashing(resp, out, h, lambda n: self.progress.add(key, n))
                 out.flush()
                 os.fsync(out.fileno())
             self.progress.finish(key)

@@ -20,6 +20,7 @@ Modes (each prints one ``WORD {json}`` line):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -72,6 +73,16 @@ def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
             for f, r in strays:
                 conflicts.append({"file": f"{f}/{r}", "reason": f"{folder}/{filename} exists already: left in place"})
             continue
+        want = (ref.get("sha256") or "").lower()
+        if want:
+            # Same name is not same model: with a known hash, only the right content moves.
+            matching = [(f, r) for f, r in strays if file_sha256(os.path.join(models_dir, f, r)) == want]
+            for f, r in strays:
+                if (f, r) not in matching:
+                    conflicts.append({"file": f"{f}/{r}", "reason": f"same name as {folder}/{filename}, other content"})
+            strays = matching
+            if not strays:
+                continue
         src_folder, src_rel = strays[0]
         src = os.path.join(models_dir, src_folder, src_rel)
         moves.append({"from": f"{src_folder}/{src_rel}", "to": f"{folder}/{filename}"})
@@ -87,9 +98,24 @@ def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
 
 
 def unreferenced(plan: dict[str, Any]) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """(referenced, unreferenced) files. A name a workflow uses without a known folder
+    (``referenced_anywhere``) protects that file in every folder."""
     wanted = {(r["folder"], r["filename"]) for r in plan.get("referenced", [])}
+    anywhere = set(plan.get("referenced_anywhere", []))
     files = walk(plan["models_dir"])
-    return [f for f in files if (f[0], f[1]) in wanted], [f for f in files if (f[0], f[1]) not in wanted]
+
+    def used(f: tuple[str, str, int]) -> bool:
+        return (f[0], f[1]) in wanted or f[1] in anywhere or f[1].rsplit("/", 1)[-1] in anywhere
+
+    return [f for f in files if used(f)], [f for f in files if not used(f)]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def cleanup(plan: dict[str, Any], delete: bool) -> dict[str, Any]:

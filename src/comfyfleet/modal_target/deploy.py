@@ -1,14 +1,15 @@
 """Deploy a generated app to Modal and prove it works: secrets, deploy, models, /health, generations.
 
 One function per step so the CLI, `comfyfleet ship` and tests can run them alone:
-:func:`read_app_facts` → :func:`sync_secrets` → :func:`deploy_app` (``modal deploy`` +
-endpoint URL) → :func:`fill_models_volume` → :func:`verify_endpoint`. :func:`deploy`
-runs them in order.
+:func:`read_app_facts` → :func:`sync_secrets` → :func:`fill_models_volume` →
+:func:`deploy_app` (``modal deploy`` + endpoint URL) → :func:`verify_endpoint`.
+:func:`deploy` runs them in order.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import time
 from collections.abc import Callable
@@ -162,41 +163,71 @@ def verify_endpoint(
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Check]:
-    """GET /health until it answers (cold start), then one generation per workflow with its defaults."""
+    """/health until the container is up (cold start), /ready, then one generation per workflow with its defaults."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     checks: list[Check] = []
     # Modal answers a request running past 150 s with a redirect to its result: follow it.
     with httpx.Client(base_url=url, headers=headers, follow_redirects=True, transport=transport,
                       timeout=httpx.Timeout(60.0, read=300.0)) as client:
-        started = time.monotonic()
-        last = "no answer"
-        while True:
-            try:
-                resp = client.get("/health")
-                if resp.status_code == 200:
-                    checks.append(Check("health", True, "200", time.monotonic() - started))
-                    break
-                last = f"{resp.status_code} {resp.text[:200].strip()}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() - started > health_timeout:
-                checks.append(Check("health", False, last, time.monotonic() - started))
+        deadline = time.monotonic() + health_timeout
+        for path in ("/health", "/ready"):
+            check = _wait_for(client, path, deadline, sleep)
+            checks.append(check)
+            if not check.ok:
                 return checks
-            sleep(5)
         for workflow in workflows:
-            checks.append(_generate(client, workflow, api_key, generation_timeout))
+            checks.append(_generate(client, workflow, api_key, generation_timeout, sleep))
     return checks
 
 
-def _generate(client: httpx.Client, workflow: str, api_key: str | None, timeout: float) -> Check:
+def _wait_for(client: httpx.Client, path: str, deadline: float, sleep: Callable[[float], None]) -> Check:
+    """GET path until it answers 200 (503 means starting: ComfyUI, models, warmup) or the deadline passes."""
+    started = time.monotonic()
+    last = "no answer"
+    pause = 1.0
+    while True:
+        try:
+            resp = client.get(path)
+            if resp.status_code == 200:
+                return Check(path.strip("/"), True, "200", time.monotonic() - started)
+            last = f"{resp.status_code} {_not_ready(resp)}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            return Check(path.strip("/"), False, last, time.monotonic() - started)
+        sleep(pause)
+        pause = min(pause * 2, 10.0)
+
+
+def _not_ready(resp: httpx.Response) -> str:
+    """What a 503 from /ready says is missing (failing checks), else the start of the body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200].strip()
+    checks = body.get("checks") if isinstance(body, dict) else None
+    if isinstance(checks, dict):
+        failing = {k: v for k, v in checks.items() if isinstance(v, dict) and not v.get("ok", True)}
+        if failing:
+            return json.dumps(failing)[:300]
+    return json.dumps(body)[:300]
+
+
+def _generate(client: httpx.Client, workflow: str, api_key: str | None, timeout: float,
+              sleep: Callable[[float], None]) -> Check:
     name = f"generate {workflow}"
     if not api_key:
         return Check(name, False, f"skipped: set {API_KEY_ENV} to the key the app's API secret holds", 0.0)
     started = time.monotonic()
-    try:
-        resp = client.post(f"/workflows/{workflow}", json={}, timeout=httpx.Timeout(60.0, read=timeout))
-    except httpx.HTTPError as exc:
-        return Check(name, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+    for _attempt in range(5):
+        try:
+            resp = client.post(f"/workflows/{workflow}", json={}, timeout=httpx.Timeout(60.0, read=timeout))
+        except httpx.HTTPError as exc:
+            return Check(name, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        if resp.status_code not in (429, 503):
+            break
+        # Busy or (re)connecting to ComfyUI: the API says when to come back.
+        sleep(min(float(resp.headers.get("retry-after") or 5), 30.0))
     seconds = time.monotonic() - started
     if resp.status_code in (401, 403):
         return Check(name, False, f"{resp.status_code}: the API refused the key in {API_KEY_ENV}", seconds)
@@ -252,16 +283,18 @@ def deploy(
     environ: dict[str, str] | None = None,
     health_timeout: float = 900,
 ) -> DeployReport:
-    """The whole path: secrets, `modal deploy`, the model volume, then /health and one generation per workflow."""
+    """The whole path: secrets, the model volume, `modal deploy`, then /health, /ready and one generation per workflow."""
     facts = read_app_facts(app_file)
     cli = cli or ModalCli()
     env = dict(os.environ if environ is None else environ)
     report = DeployReport(facts=facts)
     report.secrets_written = sync_secrets(facts, cli, env, echo)
+    if models:
+        # Models first: the endpoint never goes live with an empty volume, and a missing token
+        # stops the deploy before anything changed.
+        fill_models_volume(facts, cli, echo)
     deployed = deploy_app(facts, cli, echo)
     report.url, report.dashboard_url = deployed.url, deployed.dashboard_url
-    if models:
-        fill_models_volume(facts, cli, echo)
     if verify:
         report.checks = verify_endpoint(deployed.url, facts.workflows, env.get(API_KEY_ENV), health_timeout)
     return report

@@ -8,6 +8,7 @@ without any of it becoming code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,7 @@ DEFAULT_OUT = Path("deploy/modal_app.py")
 
 _WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PACK_REPO = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$")
-_PACK_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MODEL_URL = re.compile(r"^(https?://[^\s\x00-\x1f\x7f]+|civitai:[0-9]+)$")
@@ -40,7 +41,6 @@ class AppInputs:
 
     lock: Lock
     workflow_files: dict[str, Path] = field(default_factory=dict)  # name in the container -> local file
-    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,22 +95,23 @@ def py_literal(value: Any, indent: int = 0) -> str:
 # checking what the manifest says
 
 
-def pack_directory(repo: str) -> str:
-    """The custom_nodes/ folder a pack lives in: its repository's name, as git clone names it."""
-    name = repo.rstrip("/").rsplit("/", 1)[-1]
-    return name[:-4] if name.endswith(".git") else name
-
-
 def _pack_entry(pack: NodePack) -> dict[str, Any]:
+    """The pack as the host installer's plan names it (same folder, clone URL and version)."""
+    from comfyfleet.deploys.nodes import clone_url, pack_dir
+
     where = f"node pack {pack.id!r}"
     if not _PACK_REPO.match(pack.repo) or "/../" in pack.repo + "/" or "/./" in pack.repo + "/":
         raise BadInput(f"{where}: repo {pack.repo!r} is not an https git URL; fix it in workflows/overrides.yaml")
-    directory = pack_directory(pack.repo)
-    if not _PACK_DIR.match(directory):
-        raise BadInput(f"{where}: repo {pack.repo!r} does not end in a usable folder name")
     if pack.version is not None and not _VERSION.match(pack.version):
         raise BadInput(f"{where}: version {pack.version!r} is not a registry version, tag or commit")
-    return {"id": pack.id, "repo": pack.repo, "version": pack.version, "directory": directory}
+    return {
+        "id": pack.id,
+        "repo": clone_url(pack.repo, {}),
+        "version": pack.version,
+        "dir": pack_dir(pack),
+        "registry": bool(pack.version) and not _COMMIT.match(pack.version or ""),
+        "provides": sorted(pack.provides),
+    }
 
 
 def _model_entry(model: ModelRef) -> dict[str, Any]:
@@ -152,9 +153,9 @@ def check_lock(lock: Lock, allow_unresolved: bool = False) -> tuple[list[dict[st
     packs = [_pack_entry(p) for p in sorted(lock.custom_nodes, key=lambda p: p.repo)]
     seen: dict[str, str] = {}
     for pack in packs:
-        other = seen.setdefault(pack["directory"].lower(), pack["repo"])
+        other = seen.setdefault(pack["dir"].lower(), pack["repo"])
         if other != pack["repo"]:
-            raise BadInput(f"node packs {other} and {pack['repo']} would share custom_nodes/{pack['directory']}")
+            raise BadInput(f"node packs {other} and {pack['repo']} would share custom_nodes/{pack['dir']}")
     models = [_model_entry(m) for m in sorted(lock.models, key=lambda m: (m.folder, m.filename))]
     return packs, models
 
@@ -179,9 +180,9 @@ def workflow_files_of(manifests: Iterable[Manifest]) -> dict[str, Path]:
 # where the shipped sources are
 
 
-def fetch_models_source() -> Path:
-    """The host-side downloader, shipped into the image so Modal fetches and verifies like the hosts."""
-    return Path(comfyfleet.__file__).resolve().parent / "hostside" / "fetch_models.py"
+def hostside_source(name: str) -> Path:
+    """A host-side script (fetch_models.py, install_nodes.py), shipped so Modal does what the hosts do."""
+    return Path(comfyfleet.__file__).resolve().parent / "hostside" / name
 
 
 def default_api_source() -> Path:
@@ -229,24 +230,28 @@ def render_app(
         if not path.is_file():
             raise BadInput(f"{path}: workflow file not found (for {name})")
     here = out_path.parent
+    root = _display_root(inputs, out_path)
     # A secret that does not exist fails the deploy, so only the ones these models need are named.
     model_secrets: dict[str, str] = {}
     if any(_host(m["url"]).endswith("civitai.com") for m in models):
         model_secrets[options.civitai_secret] = "CIVITAI_API_TOKEN"
     if options.hf_secret:
         model_secrets[options.hf_secret] = "HF_TOKEN"
-    return _environment().get_template(TEMPLATE).render(
+    template = _environment().get_template(TEMPLATE)
+    return template.render(
         app_name=options.app_name,
         options=options,
-        sources=", ".join(inputs.sources) or "no workflow",
-        out_name=out_path.name,
+        sources=", ".join(_shown(p, root) for n, p in sorted(inputs.workflow_files.items()) if n.endswith(".json")),
+        recipe=hashlib.sha256(Path(str(template.filename)).read_bytes()).hexdigest()[:16],
+        out_name=_shown(out_path, root),
         node_packs=packs,
         models=models,
         workflow_files={name: _relative(p, here) for name, p in sorted(inputs.workflow_files.items())},
         workflows=sorted(n[: -len(".json")] for n in inputs.workflow_files if n.endswith(".json")),
         model_secrets=model_secrets,
         api_source=_relative(api_dir, here),
-        fetch_models_source=_relative(fetch_models_source(), here),
+        fetch_models_source=_relative(hostside_source("fetch_models.py"), here),
+        install_nodes_source=_relative(hostside_source("install_nodes.py"), here),
     )
 
 
@@ -271,15 +276,18 @@ def inputs_from_paths(paths: Sequence[Path]) -> AppInputs:
     return AppInputs(
         lock=result.lock,
         workflow_files=workflow_files_of(manifests),
-        sources=sorted({_display(Path(m.source)) for m in manifests}),
     )
 
 
-def _display(path: Path) -> str:
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+def _display_root(inputs: AppInputs, out_path: Path) -> Path | None:
+    """The folder the app file and the workflows share: names shown in the file start there."""
+    files = [p.resolve() for p in inputs.workflow_files.values()]
+    root = Path(os.path.commonpath([out_path.resolve().parent, *files]))
+    return None if root == Path(root.anchor) else root
+
+
+def _shown(path: Path, root: Path | None) -> str:
+    return path.resolve().relative_to(root).as_posix() if root else path.resolve().as_posix()
 
 
 def generate_app(

@@ -75,8 +75,9 @@ class ModalCli:
     def __init__(self, executable: str | None = None, env: dict[str, str] | None = None) -> None:
         self.executable = executable or find_modal()
         base = dict(os.environ if env is None else env)
-        # A wide, plain console keeps Rich from folding URLs and adding colour codes.
-        base.setdefault("COLUMNS", "250")
+        # A wide, plain console keeps Rich from folding URLs and adding colour codes
+        # (the parser copes with folded output too, see deploy_output).
+        base["COLUMNS"] = "250"
         base.setdefault("NO_COLOR", "1")
         base.setdefault("PYTHONIOENCODING", "utf-8")
         self.env = base

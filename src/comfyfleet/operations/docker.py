@@ -14,6 +14,7 @@ from pyinfra.api import QuoteString, StringCommand, operation
 from comfyfleet.facts.comfyui import HttpStatus
 from comfyfleet.facts.docker import SPEC_LABEL, ContainerHost, DockerContainer
 from comfyfleet.operations.shell import fail, script
+from comfyfleet.runner import report
 
 DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
@@ -180,6 +181,7 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     mounts: tuple[str, ...] = ()
     network: str = "host"
+    init: bool = True
     gpus: bool = False
     restart: str = "unless-stopped"
     workdir: str | None = None
@@ -195,6 +197,10 @@ class ContainerSpec:
         parts: list[Any] = ["docker", "run", "-d", "--name", QuoteString(self.name)]
         parts += ["--network", QuoteString(self.network), "--restart", QuoteString(self.restart)]
         parts += ["--label", QuoteString(f"{SPEC_LABEL}={self.spec_hash()}")]
+        if self.init:
+            # An init as PID 1 forwards SIGTERM: python as PID 1 ignores it and every
+            # graceful restart would wait for the kill timeout.
+            parts.append("--init")
         for key, value in self.labels:
             parts += ["--label", QuoteString(f"{key}={value}")]
         if self.gpus:
@@ -249,6 +255,7 @@ def restart(container: str, timeout: int = 30) -> Generator[Any, None, None]:
     """
     current = host.get_fact(DockerContainer, container=container)
     if current is None:
+        report(host).note(f"container {container} does not exist: not restarted")
         host.noop(f"container {container} does not exist: nothing to restart")
         return
     yield StringCommand("docker", "restart", "-t", str(int(timeout)), QuoteString(container))
@@ -260,8 +267,9 @@ state=unknown
 while [ "$i" -lt "$3" ]; do
   code=$(curl -s -o /dev/null -m 3 -w '%{http_code}' "$1" || true)
   [ "$code" = 200 ] && { echo "$1 answers after ${i}s"; exit 0; }
-  state=$(docker inspect -f '{{.State.Status}}' "$2" 2>/dev/null || echo missing)
-  case "$state" in exited|dead|missing) [ "$i" -ge 3 ] && break;; esac
+  state=$(docker inspect -f '{{.State.Status}}' "$2" 2>/dev/null) || state=missing
+  # A crashing container cycles through "restarting": no point waiting for it.
+  case "$state" in exited|dead|missing|restarting) [ "$i" -ge 3 ] && break;; esac
   sleep 1; i=$((i + 1))
 done
 echo "$1 did not answer within ${i}s (container $2: $state). Last log lines:" >&2

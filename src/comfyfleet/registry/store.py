@@ -260,13 +260,13 @@ class Registry:
         return found
 
     def _names_hint(self, environment: str | None) -> str:
-        names = sorted({f"{d.name} ({d.environment})" for d in self.list(environment=environment)})
+        names = sorted({f"{d.name} ({d.environment})" for d in self.deployments(environment=environment)})
         if not names:
             return " (there are none yet)"
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         return f" (known: {shown})"
 
-    def list(self, *, active_only: bool = False, environment: str | None = None) -> list[Deployment]:
+    def deployments(self, *, active_only: bool = False, environment: str | None = None) -> list[Deployment]:
         """Deployments, optionally only active ones or one environment's."""
         sql = "SELECT * FROM deployments WHERE 1 = 1"
         args: list[object] = []

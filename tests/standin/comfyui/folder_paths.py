@@ -35,6 +35,7 @@ _FOLDERS: list[tuple[str, list[str], set[str]]] = [
     ("controlnet", ["controlnet", "t2i_adapter"], supported_pt_extensions),
     ("gligen", ["gligen"], supported_pt_extensions),
     ("upscale_models", ["upscale_models"], supported_pt_extensions),
+    ("latent_upscale_models", ["latent_upscale_models"], supported_pt_extensions),
     ("hypernetworks", ["hypernetworks"], supported_pt_extensions),
     ("photomaker", ["photomaker"], supported_pt_extensions),
     ("classifiers", ["classifiers"], {""}),

@@ -208,7 +208,7 @@ class PromptServer:
             total, free = _ram()
             return web.json_response({
                 "system": {
-                    "os": os.name, "ram_total": total, "ram_free": free,
+                    "os": sys.platform, "ram_total": total, "ram_free": free,
                     "comfyui_version": __version__, "required_frontend_version": "1.34.9",
                     "installed_templates_version": None,
                     "python_version": sys.version, "pytorch_version": "none (stand-in)",

@@ -1,0 +1,154 @@
+"""Fixtures: a ComfyUI (the stand-in, or a real one from COMFYFLEET_TEST_COMFYUI_URL) and API processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "standin"))
+
+from standin_launch import Standin, free_port  # noqa: E402
+
+REAL_COMFYUI = os.environ.get("COMFYFLEET_TEST_COMFYUI_URL", "").rstrip("/")
+needs_standin = pytest.mark.skipif(bool(REAL_COMFYUI), reason="controls the ComfyUI process (stand-in only)")
+
+TINY = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x336699},
+          "_meta": {"title": "canvas"}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
+}
+INVERT = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
+}
+
+
+class Comfy:
+    """Where the tests' ComfyUI answers, and (stand-in only) the process to restart."""
+
+    def __init__(self, url: str, standin: Standin | None) -> None:
+        self.url = url
+        self.standin = standin
+
+    @property
+    def output_dir(self) -> Path | None:
+        return self.standin.base_dir / "output" if self.standin else None
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    if REAL_COMFYUI:
+        yield Comfy(REAL_COMFYUI, None)
+        return
+    s = Standin(tmp_path_factory.mktemp("comfy"))
+    (s.models("checkpoints") / "v1-5-pruned-emaonly-fp16.safetensors").write_bytes(b"weights")
+    with s:
+        yield Comfy(s.url, s)
+
+
+@pytest.fixture()
+def slow_comfy(tmp_path: Path) -> Iterator[Comfy]:
+    """A stand-in whose every node takes 0.4 s, so jobs stay queued/running while a test acts."""
+    if REAL_COMFYUI:
+        pytest.skip("needs the stand-in's per-node delay")
+    s = Standin(tmp_path / "slow-comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "0.4"})
+    with s:
+        yield Comfy(s.url, s)
+
+
+def write_workflows(directory: Path, files: dict[str, object]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        text = content if isinstance(content, str) else json.dumps(content)
+        (directory / name).write_text(text)
+    return directory
+
+
+class Api:
+    """One comfyui-api process (python -m comfyui_api, or a .pyz) on a free loopback port."""
+
+    def __init__(self, comfy_url: str, workflows: Path, db: Path, extra: list[str] | None = None,
+                 python: str | None = None, pyz: Path | None = None, host: str = "127.0.0.1") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        runner = [python or sys.executable] + ([str(pyz)] if pyz else ["-m", "comfyui_api"])
+        self.cmd = [*runner, "--comfyui-url", comfy_url, "--workflows", str(workflows), "--host", host,
+                    "--port", str(self.port), "--db", str(db), "--webhook-backoff", "0.1", *(extra or [])]
+        self.log_path = db.with_suffix(".log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_workflows: bool = True) -> Api:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited {self.proc.returncode}: {self.log()}")
+            try:
+                h = httpx.get(self.url + "/health", timeout=1).json()
+                if not wait_workflows or h["workflows"] or h["comfyui"]["reachable"]:
+                    return self
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"API did not start: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Api:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="session")
+def workflows_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("workflows")
+    repo = ROOT / "workflows"
+    files: dict[str, object] = {"tiny.json": TINY, "invert.json": INVERT}
+    for name in ("txt2img.json", "lora_txt2img.json"):
+        if (repo / name).exists():
+            files[name] = (repo / name).read_text()
+    return write_workflows(d, files)
+
+
+@pytest.fixture(scope="session")
+def api(comfy: Comfy, workflows_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The shared API: loopback, no keys, outputs read through ComfyUI's /view."""
+    db = tmp_path_factory.mktemp("api") / "api.sqlite3"
+    with Api(comfy.url, workflows_dir, db, ["--rate-limit", "100000", "--rate-burst", "10000"]) as a:
+        yield a
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

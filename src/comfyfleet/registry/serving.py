@@ -1,0 +1,172 @@
+"""Whether a deployment's hosts serve its workflow: the host side of `deployments stop/start`.
+
+The API service builds its endpoints from the ``*.json`` files in ``<data_root>/api/workflows``
+when it starts. A soft stop therefore parks the workflow's files in
+``<data_root>/api/stopped/`` and restarts only the API container: the endpoint answers
+404, every other workflow keeps being served, ComfyUI and the models stay as they are,
+and nothing is deleted. ``start`` moves the files back. A marker
+``<data_root>/api/disabled/<workflow>`` records the intent on the host, so the API (and
+``update-binary``, which re-uploads the local workflows folder) can honour it; until they
+do, a later ``update-binary`` or ``deploy-all`` serves a stopped workflow again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Generator
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FactBase, QuoteString, StringCommand, deploy, operation
+
+from comfyfleet.errors import BadInput
+from comfyfleet.registry.store import Deployment
+
+_WORKFLOW = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SUFFIXES = (".json", ".api.yaml")
+
+ServingResult = tuple[bool, str | None, float]
+"""(ok, cause when not ok, seconds) for one host."""
+
+
+class ServingFiles(FactBase):
+    """Which of a workflow's files are live, parked, and whether its stop marker exists."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, api_dir: str, workflow: str) -> StringCommand:
+        paths = [f"{d}/{workflow}{s}" for d in ("workflows", "stopped") for s in SUFFIXES]
+        paths.append(f"disabled/{workflow}")
+        return StringCommand(
+            "sh", "-c", QuoteString('cd "$1" 2>/dev/null || exit 0; shift; for p; do [ -e "$p" ] && echo "$p"; done; true'),
+            "comfyfleet", QuoteString(api_dir), *(QuoteString(p) for p in paths),
+        )
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
+def _mv(src: str, dest: str) -> StringCommand:
+    return StringCommand("mv", "-f", QuoteString(src), QuoteString(dest))
+
+
+@operation()
+def parked(api_dir: str, workflow: str, served: bool) -> Generator[Any, None, None]:
+    """Move a workflow's files into the API's workflows folder (served) or out of it (stopped).
+
+    + api_dir: ``<data_root>/api`` on the host
+    + workflow: workflow name (the endpoint's path segment)
+    + served: True to serve it, False to park it in ``stopped/``
+    """
+    present = set(host.get_fact(ServingFiles, api_dir=api_dir, workflow=workflow))
+    moves: list[StringCommand] = []
+    for suffix in SUFFIXES:
+        live, away = f"workflows/{workflow}{suffix}", f"stopped/{workflow}{suffix}"
+        if served and away in present and live not in present:
+            moves.append(_mv(f"{api_dir}/{away}", f"{api_dir}/{live}"))
+        elif not served and live in present:
+            moves.append(_mv(f"{api_dir}/{live}", f"{api_dir}/{away}"))
+    if not moves:
+        host.noop(f"workflow {workflow} already {'served' if served else 'stopped'}")
+        return
+    if not served:
+        yield StringCommand("mkdir", "-p", QuoteString(f"{api_dir}/stopped"))
+    yield from moves
+
+
+@operation()
+def marker(api_dir: str, workflow: str, stopped: bool) -> Generator[Any, None, None]:
+    """The host-side record that a workflow is stopped (for the API and update-binary to honour).
+
+    + api_dir: ``<data_root>/api`` on the host
+    + workflow: workflow name
+    + stopped: True to set the marker, False to remove it (and parked copies a ship replaced)
+    """
+    path = f"{api_dir}/disabled/{workflow}"
+    present = set(host.get_fact(ServingFiles, api_dir=api_dir, workflow=workflow))
+    commands: list[StringCommand] = []
+    if stopped and f"disabled/{workflow}" not in present:
+        commands += [StringCommand("mkdir", "-p", QuoteString(f"{api_dir}/disabled")),
+                     StringCommand("touch", QuoteString(path))]
+    if not stopped:
+        if f"disabled/{workflow}" in present:
+            commands.append(StringCommand("rm", "-f", QuoteString(path)))
+        # A ship re-uploaded the workflow while it was stopped: the live file is the newer one.
+        commands += [StringCommand("rm", "-f", QuoteString(f"{api_dir}/stopped/{workflow}{s}"))
+                     for s in SUFFIXES if f"workflows/{workflow}{s}" in present and f"stopped/{workflow}{s}" in present]
+    if not commands:
+        host.noop(f"stop marker of {workflow} {'present' if stopped else 'absent'}")
+        return
+    yield from commands
+
+
+def serving_deploy(workflow: str, served: bool) -> Any:
+    """A pyinfra deploy that serves or stops one workflow on the current host."""
+    if not _WORKFLOW.match(workflow):
+        raise BadInput(f"workflow name {workflow!r} is not valid for the API service")
+
+    @deploy(f"{'Serve' if served else 'Stop serving'} {workflow}")
+    def switch() -> None:
+        from comfyfleet.inventory import host_config
+        from comfyfleet.operations import docker
+
+        cfg = host_config(host)
+        api_dir = f"{cfg.layout.root}/api"
+        moved = parked(name=f"{'Serve' if served else 'Park'} workflow {workflow}", api_dir=api_dir,
+                       workflow=workflow, served=served, _sudo=cfg.sudo)
+        marker(name=f"Stop marker of {workflow}", api_dir=api_dir, workflow=workflow, stopped=not served,
+               _sudo=cfg.sudo)
+        # Endpoints are built at start: only the API restarts, and only when files moved.
+        docker.restart(name="Restart comfyui-api", container=cfg.layout.api_container, _if=moved.did_change,
+                       _sudo=cfg.sudo)
+        docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
+                         container=cfg.layout.api_container, timeout=cfg.health_timeout, _if=moved.did_change,
+                         _sudo=cfg.sudo)
+
+    switch.__name__ = f"{'serve' if served else 'stop'}-{workflow}"  # type: ignore[attr-defined]
+    return switch
+
+
+def set_serving(deployment: Deployment, served: bool) -> dict[str, ServingResult]:
+    """Serve or stop a deployment's workflow on each of its hosts; per-host outcome."""
+    from comfyfleet import runner
+    from comfyfleet.ship import MODAL
+
+    if deployment.target == MODAL:
+        return {MODAL: _modal_serving(deployment, served)}
+
+    wanted = {e.host for e in deployment.endpoints}
+    specs = [(n, d) for n, d in runner.prepare_hosts(deployment.target) if n in wanted]
+    missing = wanted - {n for n, _ in specs}
+    started = time.monotonic()
+    results: dict[str, ServingResult] = {
+        n: (False, f"no longer in target {deployment.target}", 0.0) for n in sorted(missing)
+    }
+    if specs:
+        run = runner.run(specs, serving_deploy(deployment.workflow, served))
+        seconds = time.monotonic() - started
+        for h in run.hosts:
+            results[h.host] = (h.ok, None if h.ok else (h.reason or h.status), seconds)
+    return results
+
+
+def _modal_serving(deployment: Deployment, served: bool) -> ServingResult:
+    """A Modal deployment is its own app: stop it (`modal app stop`), or deploy its app file again."""
+    from comfyfleet.errors import HostFailure
+    from comfyfleet.modal_target import deploy as modal_deploy
+    from comfyfleet.modal_target.modal_cli import ModalCli
+    from comfyfleet.ship import modal_app_file, modal_app_name
+
+    started = time.monotonic()
+    try:
+        if served:
+            modal_deploy.deploy_app(modal_deploy.read_app_facts(modal_app_file(deployment.name,
+                                                                               deployment.environment)), ModalCli())
+        else:
+            modal_deploy.stop_app(modal_app_name(deployment.name, deployment.environment), ModalCli())
+    except (BadInput, HostFailure) as exc:
+        return False, str(exc), time.monotonic() - started
+    return True, None, time.monotonic() - started

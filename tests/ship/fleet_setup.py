@@ -1,0 +1,116 @@
+"""What a ship on the test fleet needs: upstreams for the example workflows and a bootstrapped host.
+
+Used by the fleet tests of ship and by scripts/bench_ship.py. The example workflows in
+workflows/ name models on huggingface.co and the ComfyUI-KJNodes pack on github.com; here
+the host gets them from local stand-ins (an HF-compatible server through ``hf_endpoint``,
+a bare git repo through ``git_mirrors``), exactly the way it would reach the real ones.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from fleet import Fleet, Host  # noqa: E402
+from upstreams.model_servers import Upstreams  # noqa: E402
+
+MODEL_BYTES = 256 * 1024  # small: the ship's own time is measured, not the transfer
+KJNODES_BODY = '''
+CATEGORY = "KJNodes/image"
+RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
+RETURN_NAMES = ("image", "width", "height", "count")
+FUNCTION = "run"
+
+@classmethod
+def INPUT_TYPES(cls):
+    return {"required": {"image": ("IMAGE",)}}
+
+def run(self, image):
+    return (image, 64, 64, 1)
+'''
+# A node class whose import ends the ComfyUI process: it then cannot start at all.
+CRASHING_BODY = '''
+raise SystemExit("ComfyUI-Crashing: exits the process on import, on purpose")
+'''
+
+
+class ShipFleet:
+    """Upstreams for the example workflows plus helpers to make hosts ready for a ship."""
+
+    def __init__(self, fleet: Fleet, root: Path) -> None:
+        self.fleet = fleet
+        self.root = root
+        self.workflows = root / "workflows"
+        self.up = Upstreams(root / "upstream")
+
+    def start(self) -> ShipFleet:
+        self.artifact = self.root / "dist" / "comfyui-api.pyz"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(self.artifact)],
+                       check=True, capture_output=True, timeout=600)
+        # The operator's API key: installed on the hosts by update-binary, read by ship.
+        self.api_keys = self.root / "api-keys"
+        self.api_keys.write_text(secrets.token_urlsafe(32) + "\n")
+        self.api_keys.chmod(0o600)
+        self.workflows.mkdir(parents=True, exist_ok=True)
+        for f in (ROOT / "workflows").iterdir():
+            if f.suffix in (".json", ".yaml"):
+                shutil.copy(f, self.workflows / f.name)
+        for repo, filename in (
+            ("Comfy-Org/stable-diffusion-v1-5-archive", "v1-5-pruned-emaonly-fp16.safetensors"),
+            ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors"),
+            ("Comfy-Org/Real-ESRGAN_repackaged", "RealESRGAN_x4plus.safetensors"),
+        ):
+            self.up.add_hf(repo, filename, MODEL_BYTES)
+        # A child process, not threads: loading an inventory file imports pyinfra's CLI
+        # module, which monkey-patches threading with gevent in this process.
+        self.up.start_process()
+        self.fleet.make_node_pack_repo("ComfyUI-KJNodes", classes={"GetImageSizeAndCount": KJNODES_BODY},
+                                       owner="kijai", versions=("1.1.7",))
+        return self
+
+    def stop(self) -> None:
+        self.up.stop()
+
+    def host_data(self) -> dict[str, Any]:
+        """Group data every host of a ship test gets (where its upstreams are)."""
+        return {
+            "workflows_dir": str(self.workflows),
+            "hf_endpoint": self.up.hf_url,
+            "git_mirrors": {"https://github.com/": f"{self.fleet.upstreams.base_url}/"},
+            "api_binary": str(self.artifact),
+            "api_keys_file": str(self.api_keys),
+        }
+
+    def inventory(self, hosts: list[Host], path: Path, **extra: Any) -> Path:
+        """An inventory of the hosts with the ship data (group ``fleet``)."""
+        return self.fleet.write_inventory(hosts, path, **{**self.host_data(), **extra})
+
+    def bootstrap(self, inventory: Path) -> float:
+        """Provision hosts as an operator would before their first ship; returns seconds."""
+        from comfyfleet.runner import run
+
+        started = time.monotonic()
+        result = run(str(inventory), "bootstrap")
+        bad = [f"{h.host}: {h.status} {h.reason}" for h in result.hosts if not h.ok]
+        if bad:
+            raise RuntimeError("bootstrap failed: " + "; ".join(bad))
+        return time.monotonic() - started
+
+    def add_workflow(self, name: str, graph: str, overrides: str | None = None) -> Path:
+        """A workflow file in the ship's workflows folder (and extra overrides lines)."""
+        path = self.workflows / f"{name}.json"
+        path.write_text(graph)
+        if overrides:
+            with (self.workflows / "overrides.yaml").open("a") as f:
+                f.write("\n" + overrides)
+        return path

@@ -1,0 +1,205 @@
+"""`comfyfleet ship` and `deployments` on the SSH test fleet: real pyinfra, docker, git, HTTP.
+
+Acceptance of issue 7: ship → list → stop → start → delete works for each example
+workflow, history shows every step; a ship whose model cannot be resolved stops before
+touching a host; a ship to a host whose ComfyUI fails to start reports the step and the
+host and leaves the previous deployment in place; a schedule fires and records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fleet import Fleet, Host
+
+from comfyfleet.registry import Registry
+from comfyfleet.schedules import Watcher
+
+from .fleet_setup import CRASHING_BODY, ROOT, ShipFleet
+
+pytestmark = pytest.mark.fleet
+
+EXAMPLES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def shipping(
+    fleet: Fleet, start_host: Callable[..., Host], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A fresh, bootstrapped host, the example workflows' upstreams and a private state dir."""
+    root = tmp_path_factory.mktemp("ship")
+    env = ShipFleet(fleet, root).start()
+    host = start_host(name="shiphost")
+    try:
+        inventory = env.inventory([host], root / "inventory.py")
+        env.bootstrap(inventory)
+        yield {"env": env, "host": host, "inventory": inventory, "state": root / "state"}
+    finally:
+        fleet.remove_host("shiphost")
+        env.stop()
+
+
+def cli(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", *args], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200)
+
+
+def registry(ctx: dict[str, Any]) -> Registry:
+    return Registry(ctx["state"] / "deployments.sqlite3")
+
+
+def api(host: Host) -> str:
+    return f"http://127.0.0.1:{host.api_port}"
+
+
+def generate(ctx: dict[str, Any], workflow: str) -> httpx.Response:
+    key = ctx["env"].api_keys.read_text().strip()
+    return httpx.post(f"{api(ctx['host'])}/workflows/{workflow}", json={"outputs": "url"},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=300)
+
+
+# The runtime mounts <data_root>/input over ComfyUI's input/ folder, so the checkout's
+# example.png (the default image of upscale.json's LoadImage) is not on the host; the first
+# generation with the workflow's defaults then fails with 422. Reported to the runtime tier.
+NEEDS_EXAMPLE_INPUT = pytest.mark.xfail(
+    reason="runtime tier does not seed <data_root>/input with the checkout's example.png", strict=True)
+SHIPPED: list[str] = []
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=NEEDS_EXAMPLE_INPUT) if n == "upscale" else n for n in EXAMPLES])
+def test_ship_each_example_first_time(shipping: dict[str, Any], name: str) -> None:
+    host: Host = shipping["host"]
+    workflows: Path = shipping["env"].workflows
+    shipped = cli(shipping, "ship", str(workflows / f"{name}.json"), "--to", str(shipping["inventory"]),
+                  "--env", "prod")
+    assert shipped.returncode == 0, f"{name}: {shipped.stdout}\n{shipped.stderr}"
+    assert f"serving http://127.0.0.1:{host.api_port}/workflows/{name}" in shipped.stdout
+    assert "Traceback" not in shipped.stderr and "Exception ignored" not in shipped.stderr
+    hist = registry(shipping).history(name, "prod")[0]
+    assert hist.ok and all(s.attempts == 1 for s in hist.steps), hist  # first attempt, every step
+    assert [s.step for s in hist.steps] == ["analyze", "install", "api", "health", "generate", "record"]
+    SHIPPED.append(name)
+
+
+def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -> None:
+    if not SHIPPED:
+        pytest.skip("no example shipped in this session")
+    host: Host = shipping["host"]
+    listing = cli(shipping, "deployments", "list", "--active", "--env", "prod")
+    assert all(name in listing.stdout for name in SHIPPED), listing.stdout
+    for name in SHIPPED:
+        assert generate(shipping, name).status_code == 200
+        stopped = cli(shipping, "deployments", "stop", name)
+        assert stopped.returncode == 0, stopped.stderr
+        assert generate(shipping, name).status_code == 404
+        others = [n for n in SHIPPED if n != name]
+        for other in others:  # a soft stop leaves the other endpoints serving
+            assert generate(shipping, other).status_code == 200, other
+        assert registry(shipping).get(name).status == "inactive"
+        started = cli(shipping, "deployments", "start", name)
+        assert started.returncode == 0, started.stderr
+        assert generate(shipping, name).status_code == 200
+        history = cli(shipping, "deployments", "history", name)
+        for step in ("analyze", "install", "api", "health", "generate", "record", "stop", "start"):
+            assert step in history.stdout, (name, step)
+
+    name = SHIPPED[0]
+    deleted = cli(shipping, "deployments", "delete", name, "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert registry(shipping).find(name) is None
+    assert generate(shipping, name).status_code == 404
+    # A fresh ship brings it back (and clears the host's stop marker).
+    again = cli(shipping, "ship", str(shipping["env"].workflows / f"{name}.json"), "--to",
+                str(shipping["inventory"]), "--env", "prod")
+    assert again.returncode == 0, again.stderr
+    assert generate(shipping, name).status_code == 200
+    assert host.exec(f"test -e {host.data_root}/api/disabled/{name}", check=False).returncode != 0
+
+
+def test_unresolvable_model_stops_before_touching_the_host(shipping: dict[str, Any], tmp_path: Path) -> None:
+    host: Host = shipping["host"]
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["4"]["inputs"]["ckpt_name"] = "nowhere-to-be-found.safetensors"
+    wf = tmp_path / "unknown_model.json"
+    wf.write_text(json.dumps(graph))
+    snapshot = f"find {host.data_root} -printf '%p %T@ %s\\n' | sort"
+    before = host.exec(snapshot).stdout
+    result = cli(shipping, "ship", str(wf), "--to", str(shipping["inventory"]))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "step 'analyze' failed" in result.stderr and "nowhere-to-be-found.safetensors" in result.stderr
+    after = host.exec(snapshot).stdout
+    assert before == after  # not a file on the host changed
+
+
+def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_previous(
+    shipping: dict[str, Any],
+) -> None:
+    host: Host = shipping["host"]
+    env: ShipFleet = shipping["env"]
+    workflows = env.workflows
+    previous = cli(shipping, "ship", str(workflows / "txt2img.json"), "--to", str(shipping["inventory"]),
+                   "--name", "keeper", "--env", "dev")
+    assert previous.returncode == 0, previous.stderr
+    before = registry(shipping).get("keeper", "dev")
+    api_container = host.exec(f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip()
+
+    env.fleet.make_node_pack_repo("ComfyUI-Crashing", classes={"CrashOnImport": CRASHING_BODY}, owner="testorg")
+    graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
+    graph["20"] = {"class_type": "CrashOnImport", "inputs": {"text": "x"}}
+    crashy = env.add_workflow("crashy", json.dumps(graph),
+                              "nodes:\n  CrashOnImport:\n    repo: https://github.com/testorg/ComfyUI-Crashing\n")
+    try:
+        result = cli(shipping, "ship", str(crashy), "--to", str(shipping["inventory"]), "--env", "dev")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"ship failed: step 'install' failed on host {host.name}:" in result.stderr
+        # The API tier never ran: the same API container, the previous deployment untouched.
+        assert registry(shipping).get("keeper", "dev") == before
+        assert registry(shipping).find("crashy", "dev") is None
+        assert host.exec(
+            f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip() == api_container
+        assert httpx.get(f"{api(host)}/health", timeout=10).status_code == 200
+    finally:
+        crashy.unlink()
+        overrides = workflows / "overrides.yaml"
+        overrides.write_text(overrides.read_text().split("\nnodes:\n  CrashOnImport:")[0])
+        host.exec(f"rm -rf {host.data_root}/custom_nodes/ComfyUI-Crashing")
+        host.exec(f"docker restart {host.container_prefix}comfyui", check=False)
+
+
+def test_a_schedule_fires_on_the_fleet_and_records(shipping: dict[str, Any]) -> None:
+    reg = registry(shipping)
+    name = SHIPPED[-1] if SHIPPED else "txt2img"
+    dep = reg.find(name, "prod")
+    if dep is None:
+        shipped = cli(shipping, "ship", str(shipping["env"].workflows / f"{name}.json"), "--to",
+                      str(shipping["inventory"]), "--env", "prod")
+        assert shipped.returncode == 0, shipped.stderr
+        dep = reg.get(name, "prod")
+    schedule = reg.add_schedule(dep.id, "run", interval_seconds=1)
+    stop = threading.Event()
+    watcher = Watcher(reg, refresh_seconds=0.5)
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(h.trigger == "schedule" for h in reg.history(name, "prod")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(120)
+        reg.remove_schedule(schedule.id)
+    runs = [h for h in reg.history(name, "prod") if h.trigger == "schedule"]
+    assert runs and runs[0].ok and runs[0].kind == "run", runs
+    assert [s.step for s in runs[0].steps] == ["health", "generate"]

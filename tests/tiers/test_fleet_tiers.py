@@ -1,0 +1,219 @@
+"""Tiers 2 and 3 and deploy-all on the SSH test fleet: real pyinfra, real git, pip, HTTP, docker.
+
+Acceptance of the tiers issue: one workflow needing two node packs (one with requirements)
+and three models (Hugging Face, gated Hugging Face with a token, CivitAI) is converged on
+two hosts by one deploy-all; /object_info lists every class; ComfyUI runs the workflow; a
+second run changes nothing; rolling 1 over three hosts stops at a broken one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fleet import Fleet, Host
+from upstreams.model_servers import Upstreams
+from upstreams.pypi import PackageIndex
+
+from comfyfleet.runner import RunOptions, RunResult, run
+
+pytestmark = pytest.mark.fleet
+
+PACK_A, PACK_B, BROKEN = "TierPackA", "TierPackB", "TierPackBroken"
+
+
+def workflow(text_nodes: dict[str, str]) -> dict[str, Any]:
+    """API-format txt2img whose prompt text goes through the packs' nodes (class -> node id)."""
+    wf: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+        "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0],
+                                                      "clip": ["4", 1], "strength_model": 0.8, "strength_clip": 0.8}},
+        "11": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["10", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 1, "cfg": 7.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["10", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["11", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "tiers"}},
+    }
+    previous: Any = "a lighthouse at dusk"
+    for cls, node_id in text_nodes.items():
+        wf[node_id] = {"class_type": cls, "inputs": {"text": previous}}
+        previous = [node_id, 0]
+    wf["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": previous, "clip": ["10", 1]}}
+    return wf
+
+
+@pytest.fixture(scope="module")
+def tiers(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Upstreams (models, wheels, node packs) and a workflows/ folder using them."""
+    root = tmp_path_factory.mktemp("tiers")
+    # Child processes: pyinfra's CLI module monkey-patches threading with gevent in this process.
+    up = Upstreams(root / "models")
+    index = PackageIndex(root / "wheels")
+    up.add_hf("org/sd15", "sd15.safetensors", 3_000_000)
+    up.add_hf("org/gated", "ae.safetensors", 500_000, gated=True)
+    up.add_civitai(4242, "detail.safetensors", 700_000)
+    index.add("tierdep", "1.0")
+    up.start_process()
+    index.start_process()
+    try:
+        base = fleet.upstreams.base_url
+        fleet.make_node_pack_repo(PACK_A, classes=["TierNodeA"], requirements=["tierdep==1.0", "torch>=99"],
+                                  install_py=True)
+        fleet.make_node_pack_repo(PACK_B, classes=["TierNodeB"])
+        fleet.make_node_pack_repo(BROKEN, classes=["TierNodeBroken"], broken=True)
+        wf = root / "workflows"
+        wf.mkdir()
+        (wf / "tiered.json").write_text(json.dumps(workflow({"TierNodeA": "20", "TierNodeB": "21"})))
+        (wf / "overrides.yaml").write_text(yaml.safe_dump({
+            "nodes": {
+                "TierNodeA": {"repo": f"https://github.com/testorg/{PACK_A}", "version": "1.0.0"},
+                "TierNodeB": {"repo": f"https://github.com/testorg/{PACK_B}"},
+                "TierNodeBroken": {"repo": f"https://github.com/testorg/{BROKEN}"},
+            },
+            "models": {
+                "sd15.safetensors": {"folder": "checkpoints", "url": up.hf_resolve_url("org/sd15", "sd15.safetensors")},
+                "ae.safetensors": {"folder": "vae", "url": up.hf_resolve_url("org/gated", "ae.safetensors")},
+                "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/models/9?modelVersionId=4242"},
+            },
+        }))
+        broken_wf = root / "broken-workflows"
+        broken_wf.mkdir()
+        (broken_wf / "broken.json").write_text(json.dumps(workflow({"TierNodeBroken": "20"})))
+        (broken_wf / "overrides.yaml").write_text((wf / "overrides.yaml").read_text())
+        data = {
+            "workflows_dir": str(wf),
+            "hf_endpoint": up.hf_url,
+            "civitai_endpoint": up.civitai_url,
+            "git_mirrors": {"https://github.com/": f"{base}/"},
+            "pip_index_url": index.url,
+            # The API service has its own fleet tests; here deploy-all stops at ComfyUI.
+            "deploy_api": False,
+        }
+        yield {"up": up, "index": index, "data": data, "wf": wf, "broken_wf": broken_wf, "root": root}
+    finally:
+        up.stop()
+        index.stop()
+
+
+@pytest.fixture
+def tokens(tiers: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", tiers["up"].hf_token)
+    monkeypatch.setenv("CIVITAI_API_TOKEN", tiers["up"].civitai_token)
+
+
+def by_host(result: RunResult) -> dict[str, Any]:
+    return {h.host: h for h in result.hosts}
+
+
+def object_info(host: Host) -> dict[str, Any]:
+    return dict(httpx.get(f"http://127.0.0.1:{host.comfyui_port}/object_info", timeout=30).json())
+
+
+def run_prompt(host: Host, graph: dict[str, Any]) -> dict[str, Any]:
+    base = f"http://127.0.0.1:{host.comfyui_port}"
+    resp = httpx.post(f"{base}/prompt", json={"prompt": graph}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    prompt_id = resp.json()["prompt_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        hist = httpx.get(f"{base}/history/{prompt_id}", timeout=30).json()
+        if prompt_id in hist and hist[prompt_id]["status"].get("completed") is not None:
+            return dict(hist[prompt_id])
+        time.sleep(0.5)
+    raise AssertionError("prompt did not finish")
+
+
+def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_change(
+    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
+    tokens: None, tmp_path: Path,
+) -> None:
+    inv = write_inventory(list(fleet_hosts.values()), tmp_path / "inventory.py")
+    result = run(str(inv), "deploy-all", tiers["data"])
+    hosts = by_host(result)
+    for name, h in hosts.items():
+        assert h.status == "changed", f"{name}: {h.reason}"
+        packs = {r[1]: r for r in h.report.sections["node packs"].rows}
+        assert packs["TierPackA"][2] == "git" and "cm-cli" in packs["TierPackA"][3]
+        assert "kept the runtime's torch" in packs["TierPackA"][6]
+        models = {r[0]: r[1] for r in h.report.sections["models"].rows}
+        assert models == {"checkpoints/sd15.safetensors": "downloaded", "loras/detail.safetensors": "downloaded",
+                          "vae/ae.safetensors": "downloaded"}
+    for host in fleet_hosts.values():
+        info = object_info(host)
+        assert {"TierNodeA", "TierNodeB", "CheckpointLoaderSimple", "SaveImage"} <= set(info)
+        assert info["TierNodeA"]["python_module"] == f"custom_nodes.{PACK_A}"
+        assert "sd15.safetensors" in json.dumps(info["CheckpointLoaderSimple"]["input"])
+        # The requirement landed in the persistent venv, install.py ran, the tokens file is gone.
+        lay_root = host.data_root
+        assert host.exec(f"ls {lay_root}/venv/lib/python3*/site-packages | grep -c '^tierdep'").stdout.strip() == "2"
+        assert host.exec(f"test -f {lay_root}/custom_nodes/{PACK_A}/install-ran", check=False).returncode == 0
+        assert host.exec("ls -A ~/.comfyfleet-secrets", check=False).stdout.strip() == ""
+        out = run_prompt(host, workflow({"TierNodeA": "20", "TierNodeB": "21"}))
+        assert out["status"]["status_str"] == "success", out["status"]
+        assert out["outputs"]["9"]["images"]
+    # Tokens never reached a command line on the hosts, nor the run's reports.
+    dump = json.dumps([[s.rows for s in h.report.sections.values()] for h in result.hosts])
+    assert tiers["up"].hf_token not in dump and tiers["up"].civitai_token not in dump
+
+    again = run(str(inv), "deploy-all", tiers["data"])
+    for name, h in by_host(again).items():
+        assert h.status == "no change", f"{name}: {h.changed} {h.reason}"
+
+    listed = by_host(run(str(inv), "list-installed-nodes", tiers["data"]))
+    rows = {r[0]: r for r in listed["lambda1"].report.sections["installed node packs"].rows}
+    assert rows[PACK_A][3] == "no" and rows[PACK_A][4] == "yes"
+    assert rows[PACK_A][1].endswith(f"testorg/{PACK_A}.git")
+
+
+def test_pack_that_fails_to_import_is_named_with_its_error(
+    fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tmp_path: Path
+) -> None:
+    host = fleet_hosts["dc1"]
+    inv = write_inventory([host], tmp_path / "inventory.py")
+    data = {**tiers["data"], "workflows_dir": str(tiers["broken_wf"])}
+    result = run(str(inv), "install-missing", data)
+    h = by_host(result)["dc1"]
+    assert h.status == "failed" and result.exit_code == 1
+    assert f"pack {BROKEN.lower()}" in h.reason.lower() and "broken on purpose" in h.reason
+    rows = h.report.sections["node classes in /object_info"].rows
+    assert rows[0][2] == "NO" and "RuntimeError: node pack TierPackBroken is broken on purpose" in rows[0][4]
+
+
+def test_rolling_one_stops_at_a_broken_host_and_leaves_the_next_untouched(
+    fleet: Fleet, fleet_hosts: dict[str, Host], start_host: Callable[..., Host],
+    write_inventory: Callable[..., Path], tiers: dict[str, Any], tokens: None, tmp_path: Path,
+) -> None:
+    assert fleet.comfyui is not None
+    broken = start_host(name="tierbroken")
+    third = start_host(name="tierthird")
+    # pyinfra memoizes known_hosts per process: let it see the keys of the hosts just started.
+    from pyinfra.connectors.sshuserclient.client import get_host_keys
+
+    get_host_keys.cache.clear()  # type: ignore[attr-defined]
+    try:
+        inv = write_inventory(
+            [fleet_hosts["lambda1"], broken, third], tmp_path / "inventory.py",
+            host_data={"tierbroken": {"comfyui_ref": fleet.comfyui.broken_ref}},
+        )
+        result = run(str(inv), "deploy-all", tiers["data"], RunOptions(rolling=1))
+        hosts = by_host(result)
+        assert hosts["lambda1"].status in ("no change", "changed"), hosts["lambda1"].reason
+        assert hosts["tierbroken"].status == "failed"
+        assert hosts["tierthird"].status == "skipped"
+        assert result.exit_code == 1
+        # Untouched: nothing of comfyfleet's on the third host.
+        assert third.exec(f"test -e {third.data_root}/ComfyUI || test -e {third.data_root}/.comfyfleet",
+                          check=False).returncode != 0
+    finally:
+        fleet.remove_host("tierbroken")
+        fleet.remove_host("tierthird")
