@@ -27,6 +27,9 @@ def one_node(ctype: str, **inputs) -> dict:
         ("upscale_model", "upscale_models"),
         ("ipadapter_file", "ipadapter"),
         ("lora_02", "loras"),
+        ("lora_1_name", "loras"),
+        ("hires_ckpt_name", "checkpoints"),
+        ("controlnet_2", "controlnet"),
     ],
 )
 def test_input_names_give_the_folder(small_index: KnowledgeIndex, input_name: str, folder: str) -> None:
@@ -42,6 +45,12 @@ def test_class_specific_knowledge_beats_generic_names(small_index: KnowledgeInde
         "2": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "wan_vae.safetensors"}},
         "3": {"class_type": "UNETLoader", "inputs": {"unet_name": "u.gguf"}},
         "4": {"class_type": "ADE_AnimateDiffLoaderGen1", "inputs": {"model_name": "mm_sd_v15_v2.ckpt"}},
+        "5": {"class_type": "SUPIR_model_loader_v2", "inputs": {"supir_model": "SUPIR-v0Q.ckpt"}},
+        "6": {"class_type": "easy samLoaderPipe", "inputs": {"model_name": "sam_vit_b_01ec64.pth"}},
+        "7": {
+            "class_type": "NunchakuZImageDiTLoader",
+            "inputs": {"model_name": "svdq-int4-zimage.safetensors"},
+        },
     }
     folders = {m.filename: m.folder for m in analyze_data(wf, "wf", "wf", index=small_index).models}
     assert folders == {
@@ -49,12 +58,19 @@ def test_class_specific_knowledge_beats_generic_names(small_index: KnowledgeInde
         "wan_vae.safetensors": "vae",
         "u.gguf": "diffusion_models",
         "mm_sd_v15_v2.ckpt": "animatediff_models",
+        "SUPIR-v0Q.ckpt": "checkpoints",
+        "sam_vit_b_01ec64.pth": "sams",
+        "svdq-int4-zimage.safetensors": "diffusion_models",
     }
 
 
 def test_any_value_with_a_model_extension_counts(small_index: KnowledgeIndex) -> None:
     wf = one_node(
-        "MysteryNode", weights="deep\\sub\\thing.pth", text="a prompt about x.safetensors", image="photo.png"
+        "MysteryNode",
+        weights="deep\\sub\\thing.pth",
+        text="a prompt about x.safetensors",
+        negative_hint="embedding:EasyNegative.safetensors",
+        image="photo.png",
     )
     manifest = analyze_data(wf, "wf", "wf", index=small_index)
     assert [m.filename for m in manifest.models + manifest.unresolved.models] == ["deep/sub/thing.pth"]

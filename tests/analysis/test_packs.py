@@ -150,6 +150,8 @@ def test_unknown_registry_id_falls_back_to_the_map(small_index: KnowledgeIndex) 
     )
     manifest = analyze_data(workflow, "wf", "wf", index=small_index)
     # The version belongs to an id we cannot map, so it is not carried over.
-    assert [(p.repo, p.version) for p in manifest.custom_nodes] == [("https://github.com/alice/big-pack", None)]
+    assert [(p.repo, p.version) for p in manifest.custom_nodes] == [
+        ("https://github.com/alice/big-pack", None)
+    ]
     [node] = manifest.unresolved.nodes
     assert node.class_type == "NeverSeenAnywhere" and "'mystery-pack'" in node.reason

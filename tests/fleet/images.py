@@ -190,6 +190,8 @@ def host_image(log: list[str] | None = None) -> str:
 
 def prune_images(repo: str, keep: str, base: str | None = None) -> None:
     """Remove older images of ``repo`` (those in use by a container stay: rmi refuses them)."""
+    if os.environ.get("COMFYFLEET_FLEET_RECIPE_SALT"):
+        return  # a throwaway benchmark build: the real images stay
     fmt = '{{.Repository}}:{{.Tag}} {{index .Config.Labels "comfyfleet.base"}}'
     for ref in docker("images", repo, "--format", "{{.Repository}}:{{.Tag}}", check=False).split():
         if ref == keep:

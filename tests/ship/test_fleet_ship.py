@@ -174,8 +174,8 @@ def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_pre
         crashy.unlink()
         overrides = workflows / "overrides.yaml"
         overrides.write_text(overrides.read_text().split("\nnodes:\n  CrashOnImport:")[0])
-        host.exec(f"rm -rf {host.data_root}/custom_nodes/ComfyUI-Crashing")
-        host.exec(f"docker restart {host.container_prefix}comfyui", check=False)
+        host.exec(f"rm -rf {host.data_root}/custom_nodes/ComfyUI-Crashing", user="root")
+        host.exec(f"docker restart {host.container_prefix}comfyui", user="root", check=False)
 
 
 def test_a_schedule_fires_on_the_fleet_and_records(shipping: dict[str, Any]) -> None:

@@ -458,7 +458,10 @@ def refresh(
             source_core, source_inputs, described = core_classes_from_source(comfyui_src)
             core_source: dict[str, Any] = {"from": described, "classes": len(source_core)}
         else:
-            source_core, source_inputs, core_source = _previous_source(out)
+            # Carry over what the index being replaced (or the packaged one) learned from source.
+            source_core, source_inputs, core_source = _previous_source(
+                out if out.is_file() else DEFAULT_INDEX_PATH
+            )
         sources = {
             MANAGER_PACKAGE: wheel_version(wheels[MANAGER_PACKAGE]),
             TEMPLATES_PACKAGE: wheel_version(wheels[TEMPLATES_PACKAGE]),

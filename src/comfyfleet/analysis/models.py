@@ -69,7 +69,10 @@ def _scan(name: str | None, value: Any, depth: int) -> Iterator[tuple[str | None
     if depth > 4:
         return
     if isinstance(value, str):
-        if name not in _TEXT_INPUTS and "\n" not in value and rules.looks_like_model_file(value.strip()):
+        # Prompts may end in "embedding:name.pt"; that is prompt syntax, not a loader input.
+        if name in _TEXT_INPUTS or "\n" in value or "embedding:" in value:
+            return
+        if rules.looks_like_model_file(value.strip()):
             yield name, value.strip()
     elif isinstance(value, dict):
         # Disabled rows of stacked loaders ({"on": false, "lora": ...}) load nothing.

@@ -114,11 +114,11 @@ CLASS_NAME_FOLDERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"vae", "vae"),
         (r"checkpoint|ckpt", "checkpoints"),
         (r"ultralytics|yolo", "ultralytics"),
-        (r"(?-i:SAM)(?![a-z])|sam2|segment_?anything", "sams"),
+        (r"(?-i:SAM)(?![a-z])|sam2|samloader|segment_?anything", "sams"),
         (r"insightface", "insightface"),
         (r"clip|textencoder|text_encoder|t5", "text_encoders"),
         (r"gguf", "diffusion_models"),
-        (r"unet|diffusion|dit\b|modelloader|model_loader", "diffusion_models"),
+        (r"unet|diffusion|dit\b|ditloader|modelloader|model_loader", "diffusion_models"),
     )
 )
 
@@ -199,6 +199,13 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     ("SeedVR2LoadVAEModel", "model"): "SEEDVR2",
     # kijai/ComfyUI-KJNodes GGUF loader
     ("GGUFLoaderKJ", "model_name"): "diffusion_models",
+    # kijai/ComfyUI-SUPIR keeps SUPIR weights with the checkpoints
+    ("SUPIR_model_loader", "supir_model"): "checkpoints",
+    ("SUPIR_model_loader_v2", "supir_model"): "checkpoints",
+    ("SUPIR_model_loader_v2_clip", "supir_model"): "checkpoints",
+    # Lightricks/ComfyUI-LTXVideo
+    ("LTXVGemmaCLIPModelLoader", "gemma_path"): "text_encoders",
+    ("LTXVGemmaCLIPModelLoader", "ltxv_path"): "checkpoints",
 }
 
 CLASS_FOLDERS: dict[str, set[str]] = {}
@@ -305,8 +312,25 @@ def canonical_folder(folder: str) -> str:
     return f"{head}/{rest}" if rest else head
 
 
+# Words inside longer input names ("lora_1_name", "hires_ckpt_name", "controlnet_2").
+INPUT_WORD_FOLDERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), folder)
+    for p, folder in (
+        (r"lora", "loras"),
+        (r"ckpt|checkpoint", "checkpoints"),
+        (r"control_?net", "controlnet"),
+        (r"upscale_model", "upscale_models"),
+        (r"clip_?vision", "clip_vision"),
+        (r"clip_name|text_encoder|t5", "text_encoders"),
+        (r"vae", "vae"),
+        (r"unet|diffusion_model", "diffusion_models"),
+        (r"ipadapter", "ipadapter"),
+    )
+)
+
+
 def folder_for_input(input_name: str | None) -> str | None:
-    """Folder named by an input alone (ckpt_name, lora_name, clip_name2, ...), or None."""
+    """Folder named by an input alone (ckpt_name, lora_name, clip_name2, lora_1_name ...), or None."""
     if not input_name:
         return None
     folder = INPUT_NAME_FOLDERS.get(input_name)
@@ -314,7 +338,12 @@ def folder_for_input(input_name: str | None) -> str | None:
         return folder
     # Stacked loaders name inputs lora_1, lora_name_2, clip_name5 ...
     base = re.sub(r"[_ ]?\d+$", "", input_name)
-    return INPUT_NAME_FOLDERS.get(base)
+    if base in INPUT_NAME_FOLDERS:
+        return INPUT_NAME_FOLDERS[base]
+    for pattern, folder in INPUT_WORD_FOLDERS:
+        if pattern.search(input_name):
+            return folder
+    return None
 
 
 def folder_for_class(class_type: str) -> str | None:

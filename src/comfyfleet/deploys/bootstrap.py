@@ -10,9 +10,12 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from comfyfleet.deploys.runtime import deploy_runtime
+from comfyfleet.deploys.runtime import deploy_runtime, runtime_facts
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.facts import prefetch
+from comfyfleet.facts.block import BlockVolume
+from comfyfleet.facts.docker import ContainerHost
 from comfyfleet.inventory import host_config
 from comfyfleet.operations import block, docker
 
@@ -25,12 +28,17 @@ def provision(provider: str | None = None) -> None:
         raise BadInput(f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run")
     cfg = host_config(host, provider)
     sudo = cfg.sudo
+    requests = [(ContainerHost, {"user": cfg.ssh_user}), *runtime_facts(cfg, cfg.comfyui_ref)]
+    if cfg.block_device:
+        requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
+    prefetch.prefetch(name="Read host state", requests=requests, _sudo=sudo)
     docker.engine(name="Docker Engine", user=cfg.ssh_user, apt_url=cfg.docker_apt_url, _sudo=sudo)
     docker.nvidia_toolkit(
-        name="NVIDIA container toolkit", version=cfg.nvidia_toolkit_version, apt_url=cfg.nvidia_apt_url, _sudo=sudo
+        name="NVIDIA container toolkit", version=cfg.nvidia_toolkit_version, apt_url=cfg.nvidia_apt_url,
+        user=cfg.ssh_user, _sudo=sudo,
     )
     block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount, _sudo=sudo)
-    deploy_runtime()
+    deploy_runtime(prefetched=True)
 
 
 @task("bootstrap")

@@ -6,23 +6,45 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from comfyfleet.deploys.tasks import task
-from comfyfleet.inventory import host_config
+from comfyfleet.facts import prefetch
+from comfyfleet.facts.comfyui import GitCheckout, HttpStatus, MissingDirectories, PythonEnv
+from comfyfleet.facts.docker import ContainerHost, DockerContainer
+from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import comfyui, docker
 
 
+def runtime_facts(cfg: HostConfig, ref: str) -> list[prefetch.FactRequest]:
+    """The facts :func:`deploy_runtime`'s operations ask for, with the same arguments."""
+    lay = cfg.layout
+    requests: list[prefetch.FactRequest] = [
+        (MissingDirectories, {"paths": tuple(lay.directories)}),
+        (GitCheckout, {"path": lay.comfyui, "ref": ref}),
+        (PythonEnv, {"venv": lay.venv, "requirements": f"{lay.comfyui}/requirements.txt", "image": cfg.runtime_image}),
+        (DockerContainer, {"container": lay.comfyui_container}),
+        (HttpStatus, {"url": f"{cfg.comfyui_url}/system_stats"}),
+    ]
+    if not isinstance(cfg.gpu, bool):
+        requests.append((ContainerHost, {"user": cfg.ssh_user}))
+    return requests
+
+
 @deploy("ComfyUI runtime")
-def deploy_runtime(ref: str | None = None) -> None:
+def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     """Converge ComfyUI core and its container on the current host, then wait until it answers.
 
     The container is recreated only when its spec changed, and restarted when the
-    checkout or its Python env changed under a running container.
+    checkout or its Python env changed under a running container. ``prefetched``:
+    the caller already read :func:`runtime_facts` (one round trip for a whole bootstrap).
     """
     cfg = host_config(host)
     lay = cfg.layout
     sudo = cfg.sudo
+    ref = ref or cfg.comfyui_ref
+    if not prefetched:
+        prefetch.prefetch(name="Read host state", requests=runtime_facts(cfg, ref), _sudo=sudo)
     comfyui.directories(name="Data folders", paths=lay.directories, _sudo=sudo)
     core = comfyui.checkout(
-        name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref or cfg.comfyui_ref, _sudo=sudo
+        name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref, _sudo=sudo
     )
     env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
                              image=cfg.runtime_image, _sudo=sudo)

@@ -13,6 +13,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import operation
 
+from comfyfleet.facts import prefetch
 from comfyfleet.facts.block import BlockVolume
 from comfyfleet.operations.shell import fail, script
 
@@ -89,7 +90,7 @@ def volume(device: str | None, mount_point: str, label: str = "comfyfleet") -> G
     if not device:
         host.noop("no block volume configured")
         return
-    facts = host.get_fact(BlockVolume, device=device, mount_point=mount_point)
+    facts = prefetch.fact(BlockVolume, device=device, mount_point=mount_point)
     if facts is None:
         yield fail(f"could not read block devices for {mount_point}")
         return

@@ -7,9 +7,10 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
-from pyinfra.facts.server import Which
 
+from comfyfleet.facts import prefetch
 from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, PythonEnv
+from comfyfleet.facts.docker import ContainerHost
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations import docker
 from comfyfleet.operations.shell import script
@@ -76,7 +77,7 @@ def directories(paths: list[str]) -> Generator[Any, None, None]:
 
     + paths: absolute folders to create
     """
-    missing = host.get_fact(MissingDirectories, paths=tuple(paths))
+    missing = prefetch.fact(MissingDirectories, paths=tuple(paths))
     if missing:
         yield StringCommand("mkdir", "-p", *(QuoteString(p) for p in missing))
     else:
@@ -99,7 +100,7 @@ def checkout(path: str, repo: str, ref: str, record_to: str | None = None) -> Ge
         comfyui.checkout(path="/opt/comfyfleet/ComfyUI", repo="https://github.com/comfyanonymous/ComfyUI.git",
                          ref="v0.3.75")
     """
-    facts = host.get_fact(GitCheckout, path=path, ref=ref)
+    facts = prefetch.fact(GitCheckout, path=path, ref=ref)
     exists = facts.get("exists") == "yes"
     same_origin = facts.get("origin") == repo
     branch = facts.get("branch") == "yes"
@@ -121,7 +122,7 @@ def python_env(venv: str, comfyui: str, image: str) -> Generator[Any, None, None
     Node packs install their requirements into the same venv later, so they survive the
     container being recreated; torch stays the image's.
     """
-    facts = host.get_fact(PythonEnv, venv=venv, requirements=f"{comfyui}/requirements.txt", image=image)
+    facts = prefetch.fact(PythonEnv, venv=venv, requirements=f"{comfyui}/requirements.txt", image=image)
     if facts.get("python") != "yes":
         yield script(_VENV_SCRIPT, venv, comfyui, image)
     if facts.get("python") != "yes" or facts.get("marker") != facts.get("requirements"):
@@ -163,7 +164,10 @@ def runtime_container(cfg: HostConfig) -> Generator[Any, None, None]:
 
     + cfg: the host's validated :class:`~comfyfleet.inventory.HostConfig`
     """
-    gpu = cfg.gpu if isinstance(cfg.gpu, bool) else bool(host.get_fact(Which, command="nvidia-smi"))
+    if isinstance(cfg.gpu, bool):
+        gpu = cfg.gpu
+    else:
+        gpu = bool(prefetch.fact(ContainerHost, user=cfg.ssh_user).get("nvidia_smi"))
     yield from docker.container._inner(runtime_spec(cfg, gpu))
 
 

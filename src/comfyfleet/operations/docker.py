@@ -11,6 +11,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
+from comfyfleet.facts import prefetch
 from comfyfleet.facts.comfyui import HttpStatus
 from comfyfleet.facts.docker import SPEC_LABEL, ContainerHost, DockerContainer
 from comfyfleet.operations.shell import fail, script
@@ -89,7 +90,7 @@ def engine(user: str, apt_url: str = "https://download.docker.com/linux") -> Gen
 
         docker.engine(user="ubuntu", _sudo=True)
     """
-    facts = host.get_fact(ContainerHost, user=user)
+    facts = prefetch.fact(ContainerHost, user=user)
     have_docker = bool(facts.get("docker_cli") or facts.get("docker_io") or facts.get("docker_ce"))
     if have_docker:
         kind = "docker.io" if facts.get("docker_io") else "docker-ce" if facts.get("docker_ce") else "docker CLI"
@@ -124,11 +125,13 @@ def engine(user: str, apt_url: str = "https://download.docker.com/linux") -> Gen
 def nvidia_toolkit(
     version: str,
     apt_url: str = "https://nvidia.github.io/libnvidia-container/stable/deb",
+    user: str = "root",
 ) -> Generator[Any, None, None]:
     """Install the NVIDIA container toolkit at a pinned version and configure docker's runtime.
 
     + version: Debian version of the toolkit packages, e.g. ``1.17.8-1``
     + apt_url: NVIDIA's libnvidia-container repository (or a mirror)
+    + user: the login user (only so the engine's fact is shared with ``engine``)
 
     Skipped, with a message, on hosts without an NVIDIA driver (no ``nvidia-smi``). A
     toolkit that came with the machine (Lambda Stack) is kept when our repository is not
@@ -142,7 +145,7 @@ def nvidia_toolkit(
 
         docker.nvidia_toolkit(version="1.17.8-1", _sudo=True)
     """
-    facts = host.get_fact(ContainerHost, user="root")
+    facts = prefetch.fact(ContainerHost, user=user)
     if not facts.get("nvidia_smi"):
         host.noop("no NVIDIA driver (nvidia-smi not found): nvidia-container-toolkit skipped")
         return
@@ -233,7 +236,7 @@ def container(spec: ContainerSpec) -> Generator[Any, None, None]:
 
         docker.container(ContainerSpec(name="comfyui", image="img", command=("python3", "main.py")))
     """
-    current = host.get_fact(DockerContainer, container=spec.name)
+    current = prefetch.fact(DockerContainer, container=spec.name)
     wanted = spec.spec_hash()
     if current is None:
         yield spec.run_command()
@@ -253,7 +256,7 @@ def restart(container: str, timeout: int = 30) -> Generator[Any, None, None]:
     + container: container name; a missing container is reported, not an error
     + timeout: seconds docker waits before killing it
     """
-    current = host.get_fact(DockerContainer, container=container)
+    current = prefetch.fact(DockerContainer, container=container)
     if current is None:
         report(host).note(f"container {container} does not exist: not restarted")
         host.noop(f"container {container} does not exist: nothing to restart")
@@ -286,7 +289,7 @@ def wait_http(url: str, container: str, timeout: int = 300) -> Generator[Any, No
     + container: the container serving it (its state ends the wait early, its logs explain a failure)
     + timeout: seconds to wait
     """
-    if host.get_fact(HttpStatus, url=url) == 200:
+    if prefetch.fact(HttpStatus, url=url) == 200:
         host.noop(f"{url} answers")
         return
     yield script(_WAIT_SCRIPT, url, container, int(timeout))

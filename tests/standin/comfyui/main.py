@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--front-end-version", type=str, default="comfyanonymous/ComfyUI@latest")
     p.add_argument("--front-end-root", type=str, default=None)
     p.add_argument("--database-url", type=str, default=None)
+    for flag in ("--normalvram", "--novram", "--gpu-only", "--disable-smart-memory", "--force-fp16", "--force-fp32",
+                 "--fp16-vae", "--bf16-vae", "--fp32-vae", "--cpu-vae", "--use-sage-attention",
+                 "--use-pytorch-cross-attention", "--use-split-cross-attention", "--use-quad-cross-attention",
+                 "--use-flash-attention", "--disable-xformers", "--windows-standalone-build", "--disable-metadata",
+                 "--enable-compress-response-body", "--cuda-malloc", "--disable-cuda-malloc", "--deterministic",
+                 "--cache-ram", "--async-offload", "--disable-async-offload", "--disable-pinned-memory",
+                 "--disable-mmap", "--mmap-torch-files"):
+        p.add_argument(flag, action="store_true", help="accepted for compatibility; no effect in the stand-in")
+    p.add_argument("--reserve-vram", type=float, default=None)
+    p.add_argument("--preview-size", type=int, default=512)
+    p.add_argument("--cache-lru", type=int, default=0)
+    p.add_argument("--default-device", type=int, default=None)
+    p.add_argument("--fast", nargs="*", default=None)
     p.add_argument("--enable-manager", action="store_true")
     p.add_argument("--disable-manager-ui", action="store_true")
     p.add_argument("--enable-manager-legacy-ui", action="store_true")

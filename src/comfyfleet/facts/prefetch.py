@@ -1,0 +1,113 @@
+"""Many facts in one round trip, reused by later operations while nothing on the host has changed.
+
+pyinfra has no fact cache: every ``host.get_fact`` is a round trip, and a no-op
+re-run of bootstrap + runtime would pay seven of them per host. A deploy instead
+starts with :func:`prefetch` naming the facts its operations will ask for; they are
+read in one shell script, and :func:`fact` hands them out until some operation on
+that host has changed something (any completed operation that ran commands, ours or
+another tier's), after which every lookup is a fresh ``host.get_fact`` again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from pyinfra import host as ctx_host_proxy
+from pyinfra.api import FactBase, Host, StringCommand, operation
+from pyinfra.context import ContextObject
+
+FactRequest = tuple[type[FactBase[Any]], dict[str, Any]]
+
+
+@dataclass
+class _Snapshot:
+    changes: int
+    values: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = field(default_factory=dict)
+
+
+_SNAPSHOTS: WeakKeyDictionary[Host, _Snapshot] = WeakKeyDictionary()
+
+
+def _real(host: Any) -> Host:
+    return host._get_module() if isinstance(host, ContextObject) else host
+
+
+def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    return cls.__name__, tuple(sorted(kwargs.items()))
+
+
+def _changes(host: Host) -> int:
+    """How many completed operations changed something on this host so far in this run."""
+    state = host.state
+    if state is None or host not in state.ops:
+        return 0
+    count = 0
+    for op_data in state.ops[host].values():
+        meta = op_data.operation_meta
+        if meta.is_complete() and meta.did_change():
+            count += 1
+    return count
+
+
+class FactBundle(FactBase[dict[int, tuple[int, list[str]]]]):
+    """Several facts' commands run in one script; output per fact with its exit status."""
+
+    @staticmethod
+    def default() -> dict[int, tuple[int, list[str]]]:
+        return {}
+
+    def command(self, commands: tuple[StringCommand, ...]) -> StringCommand:
+        bits: list[Any] = []
+        for index, cmd in enumerate(commands):
+            bits += [f"echo '@@cf-{index}@@';", "(", cmd, ");", f'echo "@@cf-rc-{index}:$?@@";']
+        return StringCommand(*bits)
+
+    def process(self, output: list[str]) -> dict[int, tuple[int, list[str]]]:
+        result: dict[int, tuple[int, list[str]]] = {}
+        current: list[str] | None = None
+        index = -1
+        for line in output:
+            if line.startswith("@@cf-rc-") and line.endswith("@@"):
+                rc = int(line[len("@@cf-rc-") : -2].split(":")[1])
+                result[index] = (rc, current or [])
+                current = None
+            elif line.startswith("@@cf-") and line.endswith("@@"):
+                index = int(line[len("@@cf-") : -2])
+                current = []
+            elif current is not None:
+                current.append(line)
+        return result
+
+
+@operation()
+def prefetch(requests: list[FactRequest]) -> Generator[Any, None, None]:
+    """Read the facts later operations need in one round trip (read-only; changes nothing).
+
+    + requests: ``(FactClass, kwargs)`` pairs, the same kwargs the operations will pass
+    """
+    host = _real(ctx_host_proxy)
+    facts = [cls() for cls, _ in requests]
+    commands = tuple(f.command(**kwargs) for f, (_, kwargs) in zip(facts, requests, strict=True))
+    bundle = ctx_host_proxy.get_fact(FactBundle, commands=commands)
+    snap = _Snapshot(changes=_changes(host))
+    for index, (fact_obj, (cls, kwargs)) in enumerate(zip(facts, requests, strict=True)):
+        rc, lines = bundle.get(index, (1, []))
+        if rc != 0:
+            continue  # asked again for real by the operation, which then reports the error
+        snap.values[_key(cls, kwargs)] = fact_obj.process(lines) if lines else fact_obj.default()
+    _SNAPSHOTS[host] = snap
+    ctx_host_proxy.noop(f"read {len(snap.values)} facts in one round trip")
+    yield from ()
+
+
+def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
+    """A fact of the current host: from the prefetched snapshot while it is still true, else read now."""
+    host = _real(ctx_host_proxy)
+    snap = _SNAPSHOTS.get(host)
+    key = _key(cls, kwargs)
+    if snap is not None and key in snap.values and snap.changes == _changes(host):
+        return snap.values[key]
+    return ctx_host_proxy.get_fact(cls, **kwargs)
