@@ -202,7 +202,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 
 async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: int,
-                  pids: dict[str, int]) -> tuple[dict, bool]:
+                  pids: dict[str, int], rounds: int) -> tuple[dict, bool]:
     colours = Colours()
     direct, api = Direct(comfy_url), ThroughApi(api_url)
     await direct.start()
@@ -210,21 +210,27 @@ async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: in
     try:
         await latency(direct, api, colours, 20)  # warm connections and caches
         d, a = await latency(direct, api, colours, n)
-        td = await throughput(direct, colours, tn, concurrency, pids, "direct")
-        ta = await throughput(api, colours, tn, concurrency, pids, "via API")
-        td2 = await throughput(direct, colours, tn, concurrency, pids, "direct")
-        ta2 = await throughput(api, colours, tn, concurrency, pids, "via API")
+        # Paired rounds, order alternating, compared pair by pair: load from other processes
+        # on the machine drifts, and each pair sees nearly the same load.
+        pairs = []
+        for i in range(rounds):
+            order = (direct, api) if i % 2 == 0 else (api, direct)
+            got = {}
+            for c in order:
+                label = "direct" if c is direct else "via API"
+                got[label] = await throughput(c, colours, tn, concurrency, pids, label)
+            pairs.append((got["direct"], got["via API"]))
     finally:
         await direct.close()
         await api.close()
     res = {
         "direct_p50_ms": statistics.median(d) * 1000, "api_p50_ms": statistics.median(a) * 1000,
         "direct_p90_ms": pct(d, 90) * 1000, "api_p90_ms": pct(a, 90) * 1000,
-        "direct_rps": max(td, td2), "api_rps": max(ta, ta2),
+        "direct_rps": statistics.median(p[0] for p in pairs), "api_rps": statistics.median(p[1] for p in pairs),
+        "ratio": statistics.median(p[1] / p[0] for p in pairs), "pairs": pairs,
     }
     res["added_p50_ms"] = res["api_p50_ms"] - res["direct_p50_ms"]
     res["added_p90_ms"] = res["api_p90_ms"] - res["direct_p90_ms"]
-    res["ratio"] = res["api_rps"] / res["direct_rps"]
     ok = res["added_p50_ms"] <= TARGET_ADDED_P50_MS and res["ratio"] >= TARGET_THROUGHPUT_RATIO
     return res, ok
 
@@ -236,7 +242,8 @@ def main() -> int:
     ap.add_argument("--comfyui-output-dir", type=Path, help="that ComfyUI's output folder, if on this machine")
     ap.add_argument("--pyz", type=Path, help="run the built artifact instead of the source package")
     ap.add_argument("-n", type=int, default=300, help="sequential requests per side for latency")
-    ap.add_argument("--throughput-requests", type=int, default=400)
+    ap.add_argument("--throughput-requests", type=int, default=300, help="requests per throughput run")
+    ap.add_argument("--rounds", type=int, default=5, help="paired throughput runs (direct, via API)")
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
@@ -273,7 +280,8 @@ def main() -> int:
             pids = {"api": procs[0].pid}
             if standin is not None and standin.proc is not None:
                 pids["comfyui"] = standin.proc.pid
-            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids))
+            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids,
+                                          args.rounds))
         finally:
             for p in procs:
                 p.terminate()
@@ -285,8 +293,11 @@ def main() -> int:
     print(f"  direct   p50 {res['direct_p50_ms']:.3f} ms   p90 {res['direct_p90_ms']:.3f} ms")
     print(f"  via API  p50 {res['api_p50_ms']:.3f} ms   p90 {res['api_p90_ms']:.3f} ms")
     print(f"  added    p50 {res['added_p50_ms']:+.3f} ms   p90 {res['added_p90_ms']:+.3f} ms")
-    print(f"throughput at concurrency {args.concurrency} ({args.throughput_requests} requests):")
-    print(f"  direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   ratio {res['ratio']:.2f}x")
+    print(f"throughput at concurrency {args.concurrency} ({args.rounds} paired runs of {args.throughput_requests}):")
+    for d, a in res["pairs"]:
+        print(f"  run: direct {d:.1f} req/s, via API {a:.1f} req/s ({a / d:.2f}x)")
+    print(f"  median: direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   "
+          f"ratio {res['ratio']:.2f}x (median of pairs)")
     for label, runs in CPU.items():
         avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
         print(f"  CPU per request ({label}): " + ", ".join(f"{k} {v:.2f} ms" for k, v in avg.items()

@@ -26,11 +26,28 @@ TINY = {
           "_meta": {"title": "canvas"}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
 }
+EXAMPLES = ("txt2img.json", "lora_txt2img.json", "upscale.json")
 INVERT = {
     "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
     "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
 }
+
+
+KJNODES = """
+class GetImageSizeAndCount:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",)}}
+    RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
+    RETURN_NAMES = ("image", "width", "height", "count")
+    FUNCTION = "getsize"
+    CATEGORY = "KJNodes/image"
+    def getsize(self, image):
+        return (image, image[0].width, image[0].height, len(image))
+
+NODE_CLASS_MAPPINGS = {"GetImageSizeAndCount": GetImageSizeAndCount}
+"""
 
 
 class Comfy:
@@ -51,7 +68,11 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
         yield Comfy(REAL_COMFYUI, None)
         return
     s = Standin(tmp_path_factory.mktemp("comfy"))
+    # What the example workflows in workflows/ need: their models and KJNodes' GetImageSizeAndCount.
     (s.models("checkpoints") / "v1-5-pruned-emaonly-fp16.safetensors").write_bytes(b"weights")
+    (s.models("loras") / "Hyper-SD15-8steps-CFG-lora.safetensors").write_bytes(b"weights")
+    (s.models("upscale_models") / "RealESRGAN_x4plus.safetensors").write_bytes(b"weights")
+    s.add_custom_node("ComfyUI-KJNodes", KJNODES)
     with s:
         yield Comfy(s.url, s)
 
@@ -130,7 +151,7 @@ def workflows_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("workflows")
     repo = ROOT / "workflows"
     files: dict[str, object] = {"tiny.json": TINY, "invert.json": INVERT}
-    for name in ("txt2img.json", "lora_txt2img.json"):
+    for name in EXAMPLES:
         if (repo / name).exists():
             files[name] = (repo / name).read_text()
     return write_workflows(d, files)

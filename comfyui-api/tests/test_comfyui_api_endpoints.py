@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import INVERT, TINY, Api, Comfy, write_workflows
+from conftest import EXAMPLES, INVERT, REAL_COMFYUI, ROOT, TINY, Api, Comfy, write_workflows
 
 
 def png_info(data: bytes) -> tuple[int, int, tuple[int, int, int]]:
@@ -305,3 +305,21 @@ def test_non_image_outputs_are_returned_too(comfy: Comfy, tmp_path: Path) -> Non
         assert got.status_code == 200
         (n,) = struct.unpack("<Q", got.content[:8])
         assert json.loads(got.content[8:8 + n])
+
+
+@pytest.mark.skipif(bool(REAL_COMFYUI), reason="the examples need their models and node packs installed")
+def test_every_example_workflow_is_served_and_generates_with_its_defaults(api: Api) -> None:
+    names = [n[:-5] for n in EXAMPLES if (ROOT / "workflows" / n).exists()]
+    assert names, "no example workflows in workflows/"
+    served = httpx.get(api.url + "/workflows").json()
+    for name in names:
+        assert name in served, (name, httpx.get(api.url + "/ready").json())
+        r = run(api, name, {"input": {}})
+        assert r.status_code == 200, (name, r.text)
+        data = base64.b64decode(r.json()["outputs"][0]["base64"])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+    if "upscale" in names:  # example.png (64x64) upscaled 2x by the model, then halved
+        r = run(api, "upscale", {"input": {"scale_by": 1.0}})
+        assert png_info(base64.b64decode(r.json()["outputs"][0]["base64"]))[:2] == (128, 128)
+    ready = httpx.get(api.url + "/ready").json()
+    assert ready["checks"]["models"]["ok"] is True, ready

@@ -295,11 +295,13 @@ class _Recorder(BaseStateCallback):
         self.connect_errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
 
 
-def _cooperative_sockets() -> None:
+def parallel_ssh() -> None:
     """Make sockets and threads gevent-aware, as pyinfra's CLI does, so hosts really run in parallel.
 
-    Done when a run starts rather than at import, so commands that never reach a host
-    (and tests that only load inventories) keep a plain interpreter.
+    pyinfra runs hosts as greenlets; without this, paramiko's blocking reads run them
+    one after another. It changes the whole interpreter (threads become greenlets), so
+    it is the caller's choice: the `comfyfleet` CLI calls it before a run, library
+    callers and test processes that host other servers may leave it off.
     """
     from gevent import monkey
 
@@ -330,8 +332,10 @@ def run(
     options: RunOptions | None = None,
     provider: str | None = None,
 ) -> RunResult:
-    """Run a task (registry name) or deploy function on every host of ``target``."""
-    _cooperative_sockets()
+    """Run a task (registry name) or deploy function on every host of ``target``.
+
+    Hosts only really overlap once :func:`parallel_ssh` has been called in this process.
+    """
     opts = options or RunOptions()
     name, fn = resolve_task(task)
     specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target

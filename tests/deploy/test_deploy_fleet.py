@@ -175,8 +175,6 @@ def test_fleet_restart_comfyui_waits_until_healthy(
     system_stats(host.comfyui_port)  # answered when the command returned
     assert subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", name],
                           capture_output=True, text=True).stdout != started
-    res = cli("common", f"{inventory}:lambda1", "--restart-api-only")
-    assert res.returncode in (0, 2)  # the API tier may not be installed in this tree yet
 
 
 def test_fleet_update_core_then_bad_ref_rolls_back(

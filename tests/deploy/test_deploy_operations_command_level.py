@@ -84,3 +84,47 @@ def test_command_level_container_spec_hash_tracks_every_field() -> None:
     hashes = {base.spec_hash(), *(v.spec_hash() for v in variants)}
     assert len(hashes) == 6
     assert base.spec_hash() == ContainerSpec(**base.__dict__).spec_hash()
+
+
+class _Meta:
+    def __init__(self, changed: bool) -> None:
+        self.changed = changed
+
+    def is_complete(self) -> bool:
+        return True
+
+    def did_change(self) -> bool:
+        return self.changed
+
+
+class _OpData:
+    def __init__(self, changed: bool) -> None:
+        self.operation_meta = _Meta(changed)
+
+
+def test_command_level_prefetch_one_round_trip_then_fresh_after_a_change() -> None:
+    """Facts are read in one bundle; a later lookup uses it until an operation changed something."""
+    from deploy_harness import FakeHost
+    from pyinfra.context import ctx_host
+
+    from comfyfleet.facts import prefetch
+    from comfyfleet.facts.comfyui import HttpStatus, MissingDirectories
+
+    requests = [(MissingDirectories, {"paths": ("/d/a", "/d/b")}), (HttpStatus, {"url": "http://127.0.0.1:1/x"})]
+    bundle_cmd = prefetch.FactBundle().command(
+        commands=tuple(cls().command(**kw) for cls, kw in requests)).get_raw_value()
+    assert bundle_cmd.count("@@cf-rc-") == 2 and "/d/a /d/b" in bundle_cmd and "http://127.0.0.1:1/x" in bundle_cmd
+    output = ["@@cf-0@@", "/d/b", "@@cf-rc-0:0@@", "@@cf-1@@", "200", "@@cf-rc-1:0@@"]
+    parsed = prefetch.FactBundle().process(output)
+    assert parsed == {0: (0, ["/d/b"]), 1: (0, ["200"])}
+
+    fake = FakeHost({"FactBundle": parsed, "MissingDirectories": ["fresh"], "HttpStatus": 0})
+    fake.state = type("S", (), {"ops": {fake: {}}})()  # type: ignore[attr-defined]
+    with ctx_host.use(fake):
+        list(prefetch.prefetch._inner(requests=requests))
+        assert prefetch.fact(MissingDirectories, paths=("/d/a", "/d/b")) == ["/d/b"]
+        assert prefetch.fact(HttpStatus, url="http://127.0.0.1:1/x") == 200
+        assert fake.asked == ["FactBundle"]  # one round trip so far
+        fake.state.ops[fake]["op1"] = _OpData(changed=True)  # an operation ran commands
+        assert prefetch.fact(MissingDirectories, paths=("/d/a", "/d/b")) == ["fresh"]
+        assert fake.asked[-1] == "MissingDirectories"

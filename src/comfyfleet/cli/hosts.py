@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comfyfleet.errors import BadInput
-from comfyfleet.runner import HostResult, RunOptions, RunResult, run
+from comfyfleet.runner import HostResult, RunOptions, RunResult, parallel_ssh, run
 
 out = Console(highlight=False)
 
@@ -66,6 +66,7 @@ def bootstrap(
         raise BadInput(f"--provider {provider!r}: use lambda or datacrunch")
     data = parse_data(inventory_data)
     opts = RunOptions(dry_run=dry_run, parallel=parallel, serial=serial, rolling=rolling, fail_percent=fail_percent)
+    parallel_ssh()
     result = run(target, "bootstrap", data, opts, provider=provider)
     show(result)
     raise typer.Exit(result.exit_code)
@@ -146,6 +147,7 @@ def common(
         raise BadInput("--yes only goes with --cleanup-models")
     data = {**parse_data(inventory_data), **task_data, "task": task}
     opts = RunOptions(dry_run=dry_run, parallel=parallel, serial=serial, rolling=rolling, fail_percent=fail_percent)
+    parallel_ssh()
     result = run(target, task, data, opts)
     show(result)
     raise typer.Exit(result.exit_code)

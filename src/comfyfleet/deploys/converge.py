@@ -38,7 +38,7 @@ def deploy_all() -> None:
     if api is not None:
         api()
     restart_and_wait(cfg, nodes)
-    verify_nodes(cfg)
+    verify_nodes(cfg, nodes)
 
 
 def api_step() -> Callable[[], None] | None:

@@ -45,7 +45,7 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, o
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
-from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, upload_hostside, upload_plan
+from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, stage
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
@@ -228,9 +228,8 @@ def download_models(manifests: list[Manifest]) -> OperationMeta:
     models = needed_models(manifests)
     missing_url = [m for m in models if not m.url]
     plan = model_plan(cfg, models)
-    bin_dir = upload_hostside(cfg, "fetch_models.py")
-    plan_path = upload_plan(cfg, "models", plan)
-    step = fetch(name="Model files", script_path=f"{bin_dir}/fetch_models.py", plan_path=plan_path,
+    paths = stage(cfg, ["fetch_models.py"], {"models": plan}, "Model scripts and plan")
+    step = fetch(name="Model files", script_path=paths["fetch_models.py"], plan_path=paths["models"],
                  count=len(models), token_names=sorted(tokens_needed(models)), _sudo=cfg.sudo)
     report_downloads(name="Model report", step=step, lock_file=_lock_file())
     if missing_url:
@@ -264,9 +263,8 @@ def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
     plan = {"models_dir": cfg.layout.models, "data_root": cfg.layout.root,
             "referenced": [{"folder": m.folder, "filename": m.filename, "sha256": m.sha256} for m in models],
             "referenced_anywhere": anywhere}
-    bin_dir = upload_hostside(cfg, "model_files.py")
-    plan_path = upload_plan(cfg, "model-files", plan)
-    return f"{bin_dir}/model_files.py", plan_path
+    paths = stage(cfg, ["model_files.py"], {"model-files": plan}, "Model folder scripts and plan")
+    return paths["model_files.py"], paths["model-files"]
 
 
 @operation()

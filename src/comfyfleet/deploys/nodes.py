@@ -26,17 +26,19 @@ node_install_via    ``auto``           ``auto`` (cm-cli when usable) | ``git``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import posixpath
 import re
 from collections.abc import Generator
-from io import StringIO
+from io import BytesIO
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api import FactBase, FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
 
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
@@ -220,26 +222,59 @@ def parse_tagged(lines: list[str]) -> dict[str, Any]:
     return out
 
 
-def upload_hostside(cfg: HostConfig, *names: str) -> str:
-    """Put the host-side scripts under ``<state>/bin`` (unchanged files cost one check); returns the folder."""
-    bin_dir = f"{cfg.layout.state}/bin"
-    files.directory(name="comfyfleet host scripts folder", path=bin_dir, mode="755", _sudo=cfg.sudo)
-    for name in names:
-        files.put(name=f"Upload {name}", src=str(HOSTSIDE / name), dest=f"{bin_dir}/{name}", mode="644",
-                  _sudo=cfg.sudo)
-    return bin_dir
+class FileHashes(FactBase[dict[str, str]]):
+    """sha256 of the given files that exist (one round trip for all of them)."""
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def command(self, paths: tuple[str, ...]) -> StringCommand:
+        return script('for f in "$@"; do [ -f "$f" ] && sha256sum "$f"; done; true', *paths)
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        return {line.split(None, 1)[1].strip(): line.split(None, 1)[0] for line in output if " " in line}
 
 
-def upload_plan(cfg: HostConfig, name: str, plan: dict[str, Any]) -> str:
-    """Write a JSON plan beside the scripts (same content = no change); returns its path."""
-    path = f"{cfg.layout.state}/plans/{name}.json"
-    files.directory(name="comfyfleet plans folder", path=f"{cfg.layout.state}/plans", mode="755", _sudo=cfg.sudo)
-    files.put(name=f"Plan {name}", src=StringIO(json.dumps(plan, sort_keys=True, indent=1)), dest=path,
-              mode="644", _sudo=cfg.sudo)
-    return path
+@operation()
+def sync_files(files: dict[str, bytes]) -> Generator[Any, None, None]:
+    """Make each remote path hold these bytes (mode 644); no change when all already do.
+
+    + files: remote path -> content (host-side scripts and JSON plans, nothing secret)
+    """
+    remote = host.get_fact(FileHashes, paths=tuple(sorted(files)))
+    stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
+    if not stale:
+        host.noop(f"{len(files)} file(s) up to date")
+        return
+    yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
+    for path, data in sorted(stale.items()):
+        yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
+    yield StringCommand("chmod", "644", *(QuoteString(p) for p in sorted(stale)))
+
+
+def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
+    """Upload host-side scripts (``<state>/bin``) and JSON plans (``<state>/plans``) in one operation.
+
+    Returns remote paths by script name and plan name.
+    """
+    state = cfg.layout.state
+    paths: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for script_name in scripts:
+        paths[script_name] = f"{state}/bin/{script_name}"
+        files[paths[script_name]] = (HOSTSIDE / script_name).read_bytes()
+    for plan_name, plan in plans.items():
+        paths[plan_name] = f"{state}/plans/{plan_name}.json"
+        files[paths[plan_name]] = json.dumps(plan, sort_keys=True, indent=1).encode()
+    sync_files(name=name, files=files, _sudo=cfg.sudo)
+    return paths
 
 
 # --- operations ---------------------------------------------------------------------------
+
+# Verification results a no-op install check produced, for the verify step of the same run.
+_VERIFIED: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
 
 
 @operation()
@@ -252,7 +287,9 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     + update: move unpinned packs to their latest commit
     """
     if not update:
-        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "check"))
+        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "check", "--verify"))
+        if "VERIFY" in state:
+            _VERIFIED[host] = state
         if "CHECK" not in state:
             yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
             return
@@ -280,9 +317,17 @@ def report_packs(install: OperationMeta) -> Generator[Any, None, None]:
 
 
 @operation()
-def verify_classes(script_path: str, plan_path: str) -> Generator[Any, None, None]:
-    """Every needed class type is in /object_info; else fail naming each pack and its import error."""
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
+def verify_classes(
+    script_path: str, plan_path: str, reuse_check: OperationMeta | None = None
+) -> Generator[Any, None, None]:
+    """Every needed class type is in /object_info; else fail naming each pack and its import error.
+
+    + reuse_check: the install step; when it changed nothing, the verification its check ran is used
+    """
+    # When the install step found nothing to do, its check already verified (same run, no restart since).
+    state = _VERIFIED.pop(host, None) if reuse_check and not reuse_check.did_change() else None
+    if state is None:
+        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
     result = state.get("VERIFY")
     if result is None:
         yield fail("; ".join(state.get("error", [])) or "could not read /object_info")
@@ -311,10 +356,10 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
                          timeout=cfg.health_timeout, _sudo=cfg.sudo)
 
 
-def verify_nodes(cfg: HostConfig) -> None:
+def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
     """Check /object_info against the plan uploaded by :func:`install_nodes` (same run)."""
     verify_classes(name="Verify node classes", script_path=f"{cfg.layout.state}/bin/install_nodes.py",
-                   plan_path=f"{cfg.layout.state}/plans/nodes.json", _sudo=cfg.sudo)
+                   plan_path=f"{cfg.layout.state}/plans/nodes.json", reuse_check=install, _sudo=cfg.sudo)
 
 
 @deploy("Custom nodes")
@@ -323,14 +368,13 @@ def install_nodes(manifests: list[Manifest], update: bool = False, finish: bool 
     cfg = host_config(host)
     packs, core = needed_packs(manifests)
     plan = node_plan(cfg, packs, core)
-    bin_dir = upload_hostside(cfg, "install_nodes.py")
-    plan_path = upload_plan(cfg, "nodes", plan)
-    inst = node_packs(name="Node packs", script_path=f"{bin_dir}/install_nodes.py", plan_path=plan_path,
+    paths = stage(cfg, ["install_nodes.py"], {"nodes": plan}, "Node pack scripts and plan")
+    inst = node_packs(name="Node packs", script_path=paths["install_nodes.py"], plan_path=paths["nodes"],
                       packs=len(packs), update=update, _sudo=cfg.sudo)
     report_packs(name="Node pack report", install=inst)
     if finish:
         restart_and_wait(cfg, inst)
-        verify_nodes(cfg)
+        verify_nodes(cfg, inst)
     return inst
 
 
@@ -382,8 +426,6 @@ def list_packs(script_path: str, plan_path: str) -> Generator[Any, None, None]:
 def list_installed_nodes_task() -> None:
     """Every pack in custom_nodes/ with its repo, commit, local changes and import state."""
     cfg = host_config(host)
-    bin_dir = upload_hostside(cfg, "install_nodes.py")
-    plan = node_plan(cfg, [], [])
-    plan_path = upload_plan(cfg, "nodes-list", plan)
-    list_packs(name="List node packs", script_path=f"{bin_dir}/install_nodes.py", plan_path=plan_path,
+    paths = stage(cfg, ["install_nodes.py"], {"nodes-list": node_plan(cfg, [], [])}, "Node pack scripts")
+    list_packs(name="List node packs", script_path=paths["install_nodes.py"], plan_path=paths["nodes-list"],
                _sudo=cfg.sudo)

@@ -41,7 +41,7 @@ def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> tuple[str, tuple[t
 
 def _changes(host: Host) -> int:
     """How many completed operations changed something on this host so far in this run."""
-    state = host.state
+    state = getattr(host, "state", None)
     if state is None or host not in state.ops:
         return 0
     count = 0

@@ -447,8 +447,17 @@ class Fetcher:
         self.models_dir = plan["models_dir"]
         self.staging_dir = plan["staging_dir"]
         self.cache = HashCache(plan.get("state_file"))
-        self.resolver = Resolver(plan, secrets)
+        self._plan = plan
+        self._secrets = secrets
+        self._resolver: Resolver | None = None
         self.progress = Progress(float(plan.get("progress_interval", 2.0)))
+
+    @property
+    def resolver(self) -> Resolver:
+        # Built on first download only: --check runs on every deploy and needs no network code.
+        if self._resolver is None:
+            self._resolver = Resolver(self._plan, self._secrets)
+        return self._resolver
 
     def dest_of(self, item: dict[str, Any]) -> str:
         folder = safe_relpath(item["folder"])

@@ -71,16 +71,32 @@ def is_commit(version: str | None) -> bool:
 # state of one pack folder
 
 
-def pack_state(path: str) -> dict[str, Any]:
-    """What a pack folder holds: git checkout facts, or a registry (cm-cli) install."""
+def read_head(path: str) -> str:
+    """HEAD's commit, read from .git/HEAD without starting git when it is detached (the usual case)."""
+    try:
+        with open(os.path.join(path, ".git", "HEAD")) as f:
+            head = f.read().strip()
+        if _COMMIT.match(head) and len(head) == 40:
+            return head
+    except OSError:
+        pass
+    return git(path, "rev-parse", "HEAD", check=False)
+
+
+def pack_state(path: str, full: bool = True) -> dict[str, Any]:
+    """What a pack folder holds: git checkout facts, or a registry (cm-cli) install.
+
+    ``full=False`` (no-op checks, run on every deploy) reads only HEAD, cheaply.
+    """
     out: dict[str, Any] = {"exists": os.path.isdir(path)}
     if not out["exists"]:
         return out
     if os.path.isdir(os.path.join(path, ".git")):
         out["git"] = True
-        out["head"] = git(path, "rev-parse", "HEAD", check=False)
-        out["origin"] = git(path, "config", "--get", "remote.origin.url", check=False)
-        out["dirty"] = bool(git(path, "status", "--porcelain", "--untracked-files=no", check=False))
+        out["head"] = read_head(path)
+        if full:
+            out["origin"] = git(path, "config", "--get", "remote.origin.url", check=False)
+            out["dirty"] = bool(git(path, "status", "--porcelain", "--untracked-files=no", check=False))
     else:
         out["git"] = False
         out["registry_version"] = registry_version(path)
@@ -184,7 +200,7 @@ class Installer:
     def check(self, pack: dict[str, Any]) -> list[str]:
         """Reasons install would change something (empty: nothing to do). Needs no network."""
         path = os.path.join(self.nodes_dir, pack["dir"])
-        st = pack_state(path)
+        st = pack_state(path, full=False)
         version = pack.get("version")
         if not st["exists"]:
             return ["not installed"]
@@ -424,12 +440,14 @@ def import_errors(log: str) -> dict[str, str]:
 
 def verify(plan: dict[str, Any]) -> dict[str, Any]:
     info = fetch_json(plan["object_info_url"])
+    modules = {str(v.get("python_module", "")) for v in info.values() if isinstance(v, dict)}
+    # The log is read only when it can explain something (a missing class, or a listing).
+    wanted = [c for p in plan.get("packs", []) for c in p.get("provides", [])]
     log = ""
-    if plan.get("log_command"):
+    if plan.get("log_command") and (not wanted or any(c not in info for c in wanted)):
         proc = run(plan["log_command"], timeout=120)
         log = proc.stdout + proc.stderr
     failures = import_errors(log)
-    modules = {str(v.get("python_module", "")) for v in info.values() if isinstance(v, dict)}
     packs = []
     for pack in plan.get("packs", []):
         missing = sorted(c for c in pack.get("provides", []) if c not in info)
@@ -446,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install and verify ComfyUI custom node packs.")
     parser.add_argument("--plan", required=True)
     parser.add_argument("mode", choices=["install", "update", "check", "list", "verify"])
+    parser.add_argument("--verify", action="store_true", help="check: also verify when nothing is to do")
     args = parser.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
@@ -453,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "check":
         rows = [{"id": p["id"], "dir": p["dir"], "needs": installer.check(p)} for p in plan.get("packs", [])]
         print("CHECK " + json.dumps(rows), flush=True)
+        if args.verify and not any(r["needs"] for r in rows):
+            # Nothing to install: the proof can come from this same run (one process less per deploy).
+            try:
+                print("VERIFY " + json.dumps(verify(plan)), flush=True)
+            except PackError as exc:
+                print(f"error: {exc}", file=sys.stderr)
         return 0
     if args.mode == "list":
         rows = list_packs(plan["custom_nodes_dir"], installer)

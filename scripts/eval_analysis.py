@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""Evaluate pack and model resolution on real-world workflows whose nodes carry metadata.
+
+How we measure (data is never committed: point the script at fetched repositories):
+
+- Sources: every git directory (bare, as ``fetch`` leaves them in /work/.mirror/*/repo) or
+  plain folder under ``--mirror`` (or ``$COMFYFLEET_EVAL_MIRROR``). Workflows are UI-format
+  ``*.json`` files and PNGs with an embedded ``workflow`` text chunk, deduplicated by
+  content.
+- Truth: each executed node's ``properties.cnr_id`` / ``aux_id`` (``comfy-core`` means core),
+  compared as lowercased ``github.com/owner/repo`` (a registry id is mapped to its repo
+  through ComfyUI-Manager's custom-node-list, as the index holds it). Nodes without metadata
+  and frontend-only nodes have no truth and are not scored (they still take part in the
+  analysis). Model truth: ``properties.models`` ``{name, directory}``, and, where those are
+  absent, the folder the class's own source code lists for that input
+  (``folder_paths.get_filename_list("X")`` in INPUT_TYPES of ComfyUI or a mirrored pack).
+- Input to the analyzer: the workflow with ``cnr_id``, ``aux_id``, ``ver`` and ``models``
+  removed from every node (UI format), and the same workflow converted to API format
+  (executed nodes only, subgraphs flattened, widget values named from the node's inputs;
+  API exports carry no metadata at all).
+- Scores: per workflow, truth packs T (of scored classes) vs predicted packs P (the packs
+  the analysis gives those same classes, core counted as no pack); recall = |T∩P|/|T|,
+  precision = |T∩P|/|P|, summed over workflows. Models: share of truth references that come
+  back with the same filename in the same top-level models folder. Baseline: ComfyUI-Manager's
+  first-match (the first pack in extension-node-map listing the class, core when core).
+- Split: workflows are assigned to half A (tune) or B (held out) by a hash of their
+  repository and directory, so near-copies of one folder stay in one half.
+
+Usage: .venv/bin/python scripts/eval_analysis.py [--mirror DIR] [--misses N] [--half A|B|all]
+Prints numbers and exits 0 (it is a measurement, not a gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfyfleet.analysis import analyze_data
+from comfyfleet.analysis.index import KnowledgeIndex, default_index
+from comfyfleet.analysis.rules import FRONTEND_ONLY, canonical_folder, install_folder
+from comfyfleet.errors import BadInput
+
+CORE = "core"
+STRIPPED = ("cnr_id", "aux_id", "ver", "models")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_CONTROL = {"fixed", "increment", "decrement", "randomize"}
+
+
+# ---------------------------------------------------------------- gathering
+
+
+@dataclass
+class Sample:
+    """One real-world UI workflow and where it came from."""
+
+    repo: str
+    path: str
+    data: dict[str, Any]
+
+    @property
+    def group(self) -> str:
+        return f"{self.repo}/{self.path.rsplit('/', 1)[0] if '/' in self.path else ''}"
+
+
+def _png_texts(blob: bytes) -> dict[str, str]:
+    """tEXt / zTXt / iTXt chunks of a PNG, keyword -> text."""
+    out: dict[str, str] = {}
+    if not blob.startswith(b"\x89PNG\r\n\x1a\n"):
+        return out
+    pos = 8
+    while pos + 8 <= len(blob):
+        (length,) = struct.unpack(">I", blob[pos : pos + 4])
+        kind = blob[pos + 4 : pos + 8]
+        body = blob[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        try:
+            if kind == b"tEXt":
+                key, _, text = body.partition(b"\0")
+                out[key.decode("latin-1")] = text.decode("utf-8", "replace")
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("utf-8", "replace")
+            elif kind == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                compressed = rest[0]
+                rest = rest[2:]
+                _, _, rest = rest.partition(b"\0")  # language
+                _, _, text = rest.partition(b"\0")  # translated keyword
+                out[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode(
+                    "utf-8", "replace"
+                )
+            elif kind == b"IEND":
+                break
+        except (zlib.error, IndexError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _as_ui(blob: bytes, path: str) -> dict[str, Any] | None:
+    if path.lower().endswith(".png"):
+        text = _png_texts(blob).get("workflow")
+        if not text:
+            return None
+        blob = text.encode()
+    try:
+        data = json.loads(blob.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list) and data["nodes"]:
+        return data
+    return None
+
+
+def _git_files(git_dir: Path) -> Iterator[tuple[str, bytes]]:
+    listing = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "HEAD"], capture_output=True, text=True
+    )
+    wanted = []
+    for line in listing.stdout.splitlines():
+        meta, _, name = line.partition("\t")
+        parts = meta.split()
+        if len(parts) == 3 and parts[1] == "blob" and name.lower().endswith((".json", ".png")):
+            wanted.append((parts[2], name))
+    if not wanted:
+        return
+    proc = subprocess.Popen(
+        ["git", "--git-dir", str(git_dir), "cat-file", "--batch"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin and proc.stdout
+    for sha, name in wanted:
+        proc.stdin.write(f"{sha}\n".encode())
+        proc.stdin.flush()
+        header = proc.stdout.readline().split()
+        size = int(header[2]) if len(header) == 3 else 0
+        blob = proc.stdout.read(size)
+        proc.stdout.read(1)
+        if size < 32 * 2**20:
+            yield name, blob
+    proc.stdin.close()
+    proc.wait()
+
+
+def gather(root: Path) -> list[Sample]:
+    """UI workflows from every git dir / folder under root, deduplicated by content."""
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        git_dir = entry / "repo" if (entry / "repo" / "HEAD").is_file() else entry
+        if (git_dir / "HEAD").is_file() and (git_dir / "objects").is_dir():
+            files: Iterator[tuple[str, bytes]] = _git_files(git_dir)
+        else:
+            files = (
+                (str(p.relative_to(entry)), p.read_bytes())
+                for p in sorted(entry.rglob("*"))
+                if p.suffix.lower() in (".json", ".png") and p.is_file()
+            )
+        for name, blob in files:
+            data = _as_ui(blob, name)
+            if data is None:
+                continue
+            digest = hashlib.sha256(json.dumps(data.get("nodes"), sort_keys=True).encode()).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            samples.append(Sample(repo=entry.name.replace("+", "/"), path=name, data=data))
+    return samples
+
+
+def half_of(sample: Sample) -> str:
+    """A or B, stable, by repository and directory."""
+    return "A" if hashlib.sha256(sample.group.encode()).digest()[0] % 2 == 0 else "B"
+
+
+# ---------------------------------------------------------------- truth
+
+
+def repo_key(repo: str) -> str:
+    key = repo.strip().lower().rstrip("/").removesuffix(".git")
+    for prefix in ("https://github.com/", "http://github.com/", "github.com/"):
+        key = key.removeprefix(prefix)
+    return key
+
+
+class Truth:
+    """Maps node metadata to a repo key ('owner/name', lowercased) the way a person would."""
+
+    def __init__(self, index: KnowledgeIndex) -> None:
+        self.by_id: dict[str, str] = {}
+        self.by_name: dict[str, list[str]] = defaultdict(list)
+        for pack in index.packs:
+            key = repo_key(pack.repo)
+            self.by_id.setdefault(pack.id.lower(), key)
+            self.by_name[key.rsplit("/", 1)[-1].replace("_", "-")].append(key)
+        self.stars = {repo_key(p.repo): p.stars for p in index.packs}
+
+    def pack(self, props: dict[str, Any]) -> str | None:
+        cnr, aux = props.get("cnr_id"), props.get("aux_id")
+        if cnr == "comfy-core":
+            return CORE
+        if isinstance(aux, str) and "/" in aux:
+            return repo_key(aux)
+        if isinstance(cnr, str) and cnr:
+            low = cnr.lower()
+            if low in self.by_id:
+                return self.by_id[low]
+            named = self.by_name.get(low.replace("_", "-"))
+            if named:
+                return max(named, key=lambda k: self.stars.get(k, 0))
+            return f"cnr:{low}"
+        return None
+
+
+def _executed(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(node id path, node, enclosing subgraph definition) for nodes that run."""
+    subs = {
+        str(s.get("id")): s
+        for s in ((data.get("definitions") or {}).get("subgraphs") or [])
+        if isinstance(s, dict)
+    }
+
+    def walk(nodes: list[Any], prefix: str, sub: dict[str, Any] | None, depth: int) -> Iterator[Any]:
+        for node in nodes:
+            if not isinstance(node, dict) or not isinstance(node.get("type"), str) or depth > 16:
+                continue
+            if node.get("mode") in (2, 4) or node["type"] in FRONTEND_ONLY:
+                continue
+            if node["type"] in subs:
+                inner = subs[node["type"]]
+                yield from walk(inner.get("nodes") or [], f"{prefix}{node.get('id')}:", inner, depth + 1)
+                continue
+            yield f"{prefix}{node.get('id')}", node, sub
+
+    yield from walk(data["nodes"], "", None, 0)
+
+
+def widget_names(node: dict[str, Any]) -> list[tuple[str | None, Any]] | None:
+    """widgets_values paired with names from the node's inputs, or None when they do not align."""
+    values = node.get("widgets_values")
+    if isinstance(values, dict):
+        return [(str(k), v) for k, v in values.items()]
+    if not isinstance(values, list):
+        return []
+    names = [
+        str(i["widget"]["name"])
+        for i in node.get("inputs") or []
+        if isinstance(i, dict) and isinstance(i.get("widget"), dict) and i["widget"].get("name")
+    ]
+    out: list[tuple[str | None, Any]] = []
+    k = 0
+    for value in values:
+        prev = out[-1][0] if out else None
+        if prev in ("seed", "noise_seed") and value in _CONTROL:
+            out.append(("control_after_generate", value))
+        elif k < len(names):
+            out.append((names[k], value))
+            k += 1
+        else:
+            out.append((None, value))
+    unnamed = sum(1 for n, _ in out if n is None)
+    if k != len(names) or unnamed > 1 or (unnamed == 1 and out[-1][0] is not None):
+        return None
+    return out
+
+
+class SourceFolders:
+    """(class type, input) -> models folder, read from ComfyUI's and mirrored packs' source."""
+
+    def __init__(self, root: Path) -> None:
+        self.inputs: dict[str, dict[str, str]] = defaultdict(dict)
+        for entry in sorted(root.iterdir()):
+            git_dir = entry / "repo"
+            if (git_dir / "HEAD").is_file():
+                self._read(git_dir)
+
+    def _read(self, git_dir: Path) -> None:
+        listing = subprocess.run(
+            ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "HEAD"], capture_output=True, text=True
+        )
+        shas = [
+            line.split()[2]
+            for line in listing.stdout.splitlines()
+            if line.endswith(".py") and " blob " in line and "/tests/" not in line
+        ]
+        if not shas:
+            return
+        proc = subprocess.run(
+            ["git", "--git-dir", str(git_dir), "cat-file", "--batch"],
+            input="\n".join(shas).encode() + b"\n",
+            capture_output=True,
+        )
+        blob, pos = proc.stdout, 0
+        texts = []
+        while pos < len(blob):
+            end = blob.index(b"\n", pos)
+            header = blob[pos:end].split()
+            size = int(header[2]) if len(header) == 3 else 0
+            texts.append(blob[end + 1 : end + 1 + size].decode("utf-8", "replace"))
+            pos = end + 1 + size + 1
+        class_inputs: dict[str, dict[str, str]] = {}
+        mappings: dict[str, str] = {}
+        for text in texts:
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef):
+                    found = _class_folder_inputs(node)
+                    if found:
+                        class_inputs.setdefault(node.name, {}).update(found)
+                elif isinstance(node, ast.Dict):
+                    for key, value in zip(node.keys, node.values, strict=True):
+                        if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Name):
+                            mappings.setdefault(key.value, value.id)
+        for ctype, cls in mappings.items():
+            if cls in class_inputs:
+                self.inputs[ctype].update(class_inputs[cls])
+        for cls, inputs in class_inputs.items():
+            self.inputs.setdefault(cls, dict(inputs))
+
+    def folder(self, ctype: str, input_name: str | None) -> str | None:
+        inputs = self.inputs.get(ctype)
+        if not inputs:
+            return None
+        if input_name is not None:
+            return inputs.get(input_name)
+        folders = set(inputs.values())
+        return folders.pop() if len(folders) == 1 else None
+
+
+def _folder_call(node: ast.AST) -> str | None:
+    if isinstance(node, ast.BinOp):
+        return _folder_call(node.left) or _folder_call(node.right)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("get_filename_list", "get_filename_list_")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return node.args[0].value
+    return None
+
+
+def _class_folder_inputs(cls: ast.ClassDef) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, (ast.Tuple, ast.List)) and value.elts:
+                    folder = _folder_call(value.elts[0])
+                    if folder:
+                        out[key.value] = canonical_folder(folder)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            for kw in node.keywords:
+                if kw.arg == "options" and isinstance(node.args[0].value, str):
+                    folder = _folder_call(kw.value)
+                    if folder:
+                        out[node.args[0].value] = canonical_folder(folder)
+    return out
+
+
+def _model_like(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().endswith(
+        (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+    )
+
+
+@dataclass
+class Labelled:
+    """What a workflow's metadata says: pack of each class, folder of each model file."""
+
+    packs: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    model_nodes: dict[str, bool] = field(default_factory=dict)  # filename -> names known for API
+
+
+def label(sample: Sample, truth: Truth, sources: SourceFolders) -> Labelled:
+    out = Labelled()
+    for _, node, _ in _executed(sample.data):
+        props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        pack = truth.pack(props)
+        if pack is not None:
+            out.packs.setdefault(node["type"], pack)
+        named = widget_names(node)
+        for model in props.get("models") or []:
+            if isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("directory"), str):
+                values = node.get("widgets_values")
+                flat = json.dumps(values)
+                if json.dumps(model["name"])[1:-1] in flat:
+                    name = model["name"].replace("\\", "/")
+                    out.models[name] = install_folder(model["directory"])
+                    out.model_nodes[name] = named is not None
+        for input_name, value in named or [(None, v) for v in _list(node.get("widgets_values"))]:
+            if not _model_like(value):
+                continue
+            name = value.replace("\\", "/")
+            if name in out.models:
+                continue
+            folder = sources.folder(node["type"], input_name)
+            if folder:
+                out.models[name] = install_folder(folder)
+                out.model_nodes[name] = named is not None
+    return out
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# ---------------------------------------------------------------- analyzer inputs
+
+
+def stripped_ui(data: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    nodes = list(data.get("nodes") or [])
+    for sub in (data.get("definitions") or {}).get("subgraphs") or []:
+        if isinstance(sub, dict):
+            nodes += sub.get("nodes") or []
+    for node in nodes:
+        if isinstance(node, dict) and isinstance(node.get("properties"), dict):
+            for key in STRIPPED:
+                node["properties"].pop(key, None)
+    return data
+
+
+def to_api(data: dict[str, Any]) -> dict[str, Any]:
+    """API-format prompt of the executed nodes: class_type and named widget values only."""
+    prompt: dict[str, Any] = {}
+    for node_id, node, _ in _executed(data):
+        if _UUID.match(node["type"]) or node["type"].startswith("workflow>"):
+            continue
+        named = widget_names(node) or []
+        inputs = {name: value for name, value in named if name and name != "control_after_generate"}
+        prompt[node_id] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class Score:
+    tp: int = 0
+    truth: int = 0
+    predicted: int = 0
+    models: int = 0
+    models_ok: int = 0
+    workflows: int = 0
+    misses: Counter[str] = field(default_factory=Counter)
+    model_misses: Counter[str] = field(default_factory=Counter)
+
+    def line(self, name: str) -> str:
+        r = self.tp / self.truth if self.truth else 0.0
+        p = self.tp / self.predicted if self.predicted else 0.0
+        m = self.models_ok / self.models if self.models else 0.0
+        return (
+            f"{name:<28} workflows {self.workflows:4d}  pack recall {r:.3f} ({self.tp}/{self.truth})  "
+            f"precision {p:.3f} ({self.tp}/{self.predicted})  model folder {m:.3f} ({self.models_ok}/{self.models})"
+        )
+
+
+def score_packs(score: Score, labelled: Labelled, predicted: dict[str, str | None], where: str) -> None:
+    truth_set = {p for p in labelled.packs.values() if p != CORE}
+    pred_set = {predicted.get(c) for c in labelled.packs} - {None, CORE}
+    score.tp += len(truth_set & pred_set)
+    score.truth += len(truth_set)
+    score.predicted += len(pred_set)
+    for ctype, pack in sorted(labelled.packs.items()):
+        got = predicted.get(ctype)
+        if got != pack:
+            score.misses[f"{ctype}: truth {pack} got {got}"] += 1
+
+
+def first_match(labelled: Labelled, all_classes: set[str], index: KnowledgeIndex) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for ctype in all_classes:
+        if index.is_core(ctype):
+            out[ctype] = CORE
+        elif listed := index.packs_listing(ctype):
+            out[ctype] = repo_key(index.packs[listed[0]].repo)
+        elif matched := index.packs_by_pattern(ctype):
+            out[ctype] = repo_key(index.packs[matched[0]].repo)
+        else:
+            out[ctype] = None
+    return out
+
+
+def predicted_packs(manifest: Any) -> dict[str, str | None]:
+    out: dict[str, str | None] = {c: CORE for c in manifest.core_classes}
+    for pack in manifest.custom_nodes:
+        for ctype in pack.provides:
+            out[ctype] = repo_key(pack.repo)
+    return out
+
+
+def score_models(score: Score, labelled: Labelled, manifest: Any, api: bool) -> None:
+    got = {m.filename: install_folder(m.folder) for m in manifest.models}
+    for name, folder in labelled.models.items():
+        if api and not labelled.model_nodes.get(name):
+            continue
+        score.models += 1
+        if got.get(name) == folder:
+            score.models_ok += 1
+        else:
+            score.model_misses[f"{name}: truth {folder} got {got.get(name)}"] += 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("COMFYFLEET_EVAL_MIRROR", "/work/.mirror")))
+    parser.add_argument("--half", choices=("A", "B", "all"), default="all", help="which half's misses to list")
+    parser.add_argument("--misses", type=int, default=0, help="list this many most common misses")
+    args = parser.parse_args(argv)
+    if not args.mirror.is_dir():
+        print(f"no mirror directory {args.mirror}; fetch repositories there or pass --mirror")
+        return 0
+    index = default_index()
+    truth = Truth(index)
+    sources = SourceFolders(args.mirror)
+    samples = gather(args.mirror)
+    scores = {(h, kind): Score() for h in ("A", "B") for kind in ("ui", "api", "first-match")}
+    per_repo: dict[str, Score] = defaultdict(Score)
+    used = 0
+    for sample in samples:
+        labelled = label(sample, truth, sources)
+        if not any(p != CORE for p in labelled.packs.values()) and not labelled.models:
+            continue
+        used += 1
+        half = half_of(sample)
+        where = f"{sample.repo}:{sample.path}"
+        try:
+            ui = analyze_data(stripped_ui(sample.data), Path(sample.path).stem, where, index=index)
+            api_prompt = to_api(sample.data)
+            api = analyze_data(api_prompt, Path(sample.path).stem, where, index=index) if api_prompt else None
+        except BadInput as exc:
+            print(f"skipped {where}: {exc}")
+            continue
+        ui_pred = predicted_packs(ui)
+        for kind, manifest in (("ui", ui), ("api", api)):
+            if manifest is None:
+                continue
+            s = scores[(half, kind)]
+            s.workflows += 1
+            score_packs(s, labelled, predicted_packs(manifest), where)
+            score_models(s, labelled, manifest, api=kind == "api")
+        repo_score = per_repo[sample.repo]
+        repo_score.workflows += 1
+        score_packs(repo_score, labelled, ui_pred, where)
+        score_models(repo_score, labelled, ui, api=False)
+        fm = scores[(half, "first-match")]
+        fm.workflows += 1
+        all_classes = {n["type"] for _, n, _ in _executed(sample.data)}
+        score_packs(fm, labelled, first_match(labelled, all_classes, index), where)
+    print(f"mirror {args.mirror}: {len(samples)} distinct UI workflows, {used} with metadata to score")
+    print(f"index sources: {index.sources.get('comfyui-manager')=} {index.sources.get('comfyui-workflow-templates-json')=}")
+    for h in ("A", "B"):
+        for kind in ("ui", "api", "first-match"):
+            print(scores[(h, kind)].line(f"half {h} {kind}"))
+    total = {kind: Score() for kind in ("ui", "api", "first-match")}
+    for (_, kind), s in scores.items():
+        t = total[kind]
+        t.tp += s.tp
+        t.truth += s.truth
+        t.predicted += s.predicted
+        t.models += s.models
+        t.models_ok += s.models_ok
+        t.workflows += s.workflows
+    for kind, s in total.items():
+        print(s.line(f"all {kind}"))
+    if args.misses:
+        print("\nper repository (UI):")
+        for repo, s in sorted(per_repo.items()):
+            print("  " + s.line(repo[:28]))
+        halves = ("A", "B") if args.half == "all" else (args.half,)
+        for kind in ("ui", "api"):
+            misses: Counter[str] = Counter()
+            model_misses: Counter[str] = Counter()
+            for h in halves:
+                misses.update(scores[(h, kind)].misses)
+                model_misses.update(scores[(h, kind)].model_misses)
+            print(f"\npack misses ({kind}, half {args.half}):")
+            for text, n in misses.most_common(args.misses):
+                print(f"  {n:3d} {text}")
+            print(f"model misses ({kind}, half {args.half}):")
+            for text, n in model_misses.most_common(args.misses):
+                print(f"  {n:3d} {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
