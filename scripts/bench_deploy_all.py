@@ -34,7 +34,7 @@ from upstreams.pypi import PackageIndex  # noqa: E402
 from comfyfleet.runner import run  # noqa: E402
 
 BIN = Path(sys.executable).parent
-REPEATS = 3
+REPEATS = 5
 WRAPPER_MAX = 2.0
 FOUR_MAX = 1.2
 

@@ -147,7 +147,9 @@ def _git_files(git_dir: Path) -> Iterator[tuple[str, bytes]]:
         proc.stdin.write(f"{sha}\n".encode())
         proc.stdin.flush()
         header = proc.stdout.readline().split()
-        size = int(header[2]) if len(header) == 3 else 0
+        if len(header) != 3:
+            continue  # "<sha> missing": large files may be absent from a snapshot
+        size = int(header[2])
         blob = proc.stdout.read(size)
         proc.stdout.read(1)
         if size < 32 * 2**20:
@@ -205,27 +207,38 @@ class Truth:
     def __init__(self, index: KnowledgeIndex) -> None:
         self.by_id: dict[str, str] = {}
         self.by_name: dict[str, list[str]] = defaultdict(list)
+        self.by_plain: dict[str, list[str]] = defaultdict(list)
         for pack in index.packs:
             key = repo_key(pack.repo)
             self.by_id.setdefault(pack.id.lower(), key)
             self.by_name[key.rsplit("/", 1)[-1].replace("_", "-")].append(key)
+            self.by_plain[_plain(key.rsplit("/", 1)[-1])].append(key)
         self.stars = {repo_key(p.repo): p.stars for p in index.packs}
 
     def pack(self, props: dict[str, Any]) -> str | None:
+        """Registry id first (it names the pack, whoever's git remote aux_id shows), then aux_id."""
         cnr, aux = props.get("cnr_id"), props.get("aux_id")
         if cnr == "comfy-core":
             return CORE
-        if isinstance(aux, str) and "/" in aux:
-            return repo_key(aux)
         if isinstance(cnr, str) and cnr:
             low = cnr.lower()
             if low in self.by_id:
                 return self.by_id[low]
-            named = self.by_name.get(low.replace("_", "-"))
+            named = self.by_name.get(low.replace("_", "-")) or self.by_plain.get(_plain(low))
             if named:
                 return max(named, key=lambda k: self.stars.get(k, 0))
-            return f"cnr:{low}"
+        if isinstance(aux, str) and "/" in aux:
+            return repo_key(aux)
+        if isinstance(cnr, str) and cnr:
+            return f"cnr:{cnr.lower()}"
         return None
+
+
+def _plain(name: str) -> str:
+    key = re.sub(r"[^a-z0-9]", "", name.lower())
+    for affix in ("comfyui", "comfy"):
+        key = key.removeprefix(affix).removesuffix(affix)
+    return key
 
 
 def _executed(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -285,20 +298,33 @@ class SourceFolders:
 
     def __init__(self, root: Path) -> None:
         self.inputs: dict[str, dict[str, str]] = defaultdict(dict)
+        # class type -> repo keys whose source registers it (core for ComfyUI itself)
+        self.defined_by: dict[str, set[str]] = defaultdict(set)
+        self.key_paths: dict[str, str] = {}
         for entry in sorted(root.iterdir()):
             git_dir = entry / "repo"
             if (git_dir / "HEAD").is_file():
-                self._read(git_dir)
+                self._read(git_dir, entry.name.replace("+", "/").lower())
 
-    def _read(self, git_dir: Path) -> None:
+    def _read(self, git_dir: Path, repo: str) -> None:
         listing = subprocess.run(
             ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "HEAD"], capture_output=True, text=True
         )
+        names = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if "\t" in line]
+        is_core = "nodes.py" in names and "comfy/model_management.py" in names
         shas = [
             line.split()[2]
             for line in listing.stdout.splitlines()
-            if line.endswith(".py") and " blob " in line and "/tests/" not in line
+            if line.endswith(".py")
+            and " blob " in line
+            and "/tests/" not in line
+            and (
+                not is_core
+                or line.split("\t", 1)[1] == "nodes.py"
+                or line.split("\t", 1)[1].startswith(("comfy_extras/", "comfy_api_nodes/"))
+            )
         ]
+        owner = CORE if is_core else repo
         if not shas:
             return
         proc = subprocess.run(
@@ -311,12 +337,17 @@ class SourceFolders:
         while pos < len(blob):
             end = blob.index(b"\n", pos)
             header = blob[pos:end].split()
-            size = int(header[2]) if len(header) == 3 else 0
+            if len(header) != 3:
+                pos = end + 1  # missing object: header line only
+                continue
+            size = int(header[2])
             texts.append(blob[end + 1 : end + 1 + size].decode("utf-8", "replace"))
             pos = end + 1 + size + 1
         class_inputs: dict[str, dict[str, str]] = {}
         mappings: dict[str, str] = {}
         for text in texts:
+            if "folder_names_and_paths" in text or "add_model_folder_path" in text:
+                self._folder_paths(text)
             try:
                 tree = ast.parse(text)
             except (SyntaxError, ValueError):
@@ -330,13 +361,42 @@ class SourceFolders:
                     for key, value in zip(node.keys, node.values, strict=True):
                         if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Name):
                             mappings.setdefault(key.value, value.id)
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                    targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+                    if any("NODE_CLASS_MAPPINGS" in t for t in targets):
+                        for key in node.value.keys:
+                            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                                self.defined_by[key.value].add(owner)
+                elif isinstance(node, ast.keyword) and node.arg == "node_id":
+                    if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                        self.defined_by[node.value.value].add(owner)
         for ctype, cls in mappings.items():
             if cls in class_inputs:
                 self.inputs[ctype].update(class_inputs[cls])
         for cls, inputs in class_inputs.items():
             self.inputs.setdefault(cls, dict(inputs))
 
+    def _folder_paths(self, text: str) -> None:
+        """Folder keys a pack registers under another path ("xlabs_controlnets" -> xlabs/controlnets)."""
+        paths: dict[str, str] = {"folder_paths.models_dir": "", "models_dir": ""}
+        for var, base, parts in re.findall(r"(\w+)\s*=\s*os\.path\.join\(\s*([\w.]+)\s*,([^)]*)\)", text):
+            if base in paths:
+                parts = "/".join(re.findall(r"[\"']([^\"']+)[\"']", parts))
+                paths[var] = f"{paths[base]}/{parts}".strip("/")
+        for key, var in re.findall(r"folder_names_and_paths\[[\"'](\w+)[\"']\]\s*=\s*\(\s*\[\s*(\w+)\s*\]", text):
+            if paths.get(var):
+                self.key_paths[key] = paths[var]
+        for key, base, parts in re.findall(
+            r"add_model_folder_path\(\s*[\"'](\w+)[\"']\s*,\s*os\.path\.join\(\s*([\w.]+)\s*,([^)]*)\)", text
+        ):
+            if base in paths:
+                self.key_paths[key] = "/".join(re.findall(r"[\"']([^\"']+)[\"']", parts))
+
     def folder(self, ctype: str, input_name: str | None) -> str | None:
+        found = self._folder(ctype, input_name)
+        return self.key_paths.get(found, found) if found else None
+
+    def _folder(self, ctype: str, input_name: str | None) -> str | None:
         inputs = self.inputs.get(ctype)
         if not inputs:
             return None
@@ -392,24 +452,31 @@ class Labelled:
     packs: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     model_nodes: dict[str, bool] = field(default_factory=dict)  # filename -> names known for API
+    model_where: dict[str, str] = field(default_factory=dict)  # filename -> "Class.input" (for reports)
 
 
-def label(sample: Sample, truth: Truth, sources: SourceFolders) -> Labelled:
+def label(sample: Sample, truth: Truth, sources: SourceFolders, use_source: bool = True) -> Labelled:
     out = Labelled()
     for _, node, _ in _executed(sample.data):
         props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
         pack = truth.pack(props)
+        if pack is None and use_source:
+            # No metadata (older exports): the one fetched source tree that registers the class.
+            owners = sources.defined_by.get(node["type"], set())
+            pack = next(iter(owners)) if len(owners) == 1 else None
         if pack is not None:
             out.packs.setdefault(node["type"], pack)
         named = widget_names(node)
+        names_of = {v: n for n, v in named or [] if isinstance(v, str) and n}
         for model in props.get("models") or []:
             if isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("directory"), str):
-                values = node.get("widgets_values")
-                flat = json.dumps(values)
-                if json.dumps(model["name"])[1:-1] in flat:
-                    name = model["name"].replace("\\", "/")
+                # The value the node loads may carry a subfolder the declared name lacks.
+                value = next((v for v in _strings(node.get("widgets_values")) if _same_file(v, model["name"])), None)
+                if value is not None:
+                    name = value.replace("\\", "/")
                     out.models[name] = install_folder(model["directory"])
-                    out.model_nodes[name] = named is not None
+                    out.model_nodes[name] = value in names_of
+                    out.model_where[name] = f"{node['type']}.{names_of.get(value)}"
         for input_name, value in named or [(None, v) for v in _list(node.get("widgets_values"))]:
             if not _model_like(value):
                 continue
@@ -419,8 +486,25 @@ def label(sample: Sample, truth: Truth, sources: SourceFolders) -> Labelled:
             folder = sources.folder(node["type"], input_name)
             if folder:
                 out.models[name] = install_folder(folder)
-                out.model_nodes[name] = named is not None
+                out.model_nodes[name] = input_name is not None
+                out.model_where[name] = f"{node['type']}.{input_name}"
     return out
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _strings(inner)
+    elif isinstance(value, dict):
+        for inner in value.values():
+            yield from _strings(inner)
+
+
+def _same_file(value: str, name: str) -> bool:
+    value, name = value.replace("\\", "/"), name.replace("\\", "/")
+    return value == name or value.endswith("/" + name)
 
 
 def _list(value: Any) -> list[Any]:
@@ -467,6 +551,7 @@ class Score:
     models_ok: int = 0
     workflows: int = 0
     misses: Counter[str] = field(default_factory=Counter)
+    categories: Counter[str] = field(default_factory=Counter)
     model_misses: Counter[str] = field(default_factory=Counter)
 
     def line(self, name: str) -> str:
@@ -479,16 +564,43 @@ class Score:
         )
 
 
-def score_packs(score: Score, labelled: Labelled, predicted: dict[str, str | None], where: str) -> None:
+def score_packs(
+    score: Score, labelled: Labelled, predicted: dict[str, str | None], index: KnowledgeIndex
+) -> None:
     truth_set = {p for p in labelled.packs.values() if p != CORE}
     pred_set = {predicted.get(c) for c in labelled.packs} - {None, CORE}
     score.tp += len(truth_set & pred_set)
     score.truth += len(truth_set)
     score.predicted += len(pred_set)
-    for ctype, pack in sorted(labelled.packs.items()):
-        got = predicted.get(ctype)
-        if got != pack:
-            score.misses[f"{ctype}: truth {pack} got {got}"] += 1
+    for pack in sorted(truth_set - pred_set):
+        classes = sorted(c for c, p in labelled.packs.items() if p == pack)
+        got = sorted({str(predicted.get(c)) for c in classes})
+        score.misses[f"missed {pack} ({', '.join(classes[:4])}) got {', '.join(got)}"] += 1
+        score.categories[f"missed: {miss_category(pack, classes, index)}"] += 1
+    for pack in sorted(pred_set - truth_set):
+        classes = sorted(c for c in labelled.packs if predicted.get(c) == pack)
+        truth = sorted({labelled.packs[c] for c in classes})
+        score.misses[f"extra {pack} ({', '.join(classes[:4])}) truth {', '.join(truth)}"] += 1
+        if truth == [CORE]:
+            kind = "core class given a pack"
+        elif all(miss_category(t, classes, index) == "pack not in Manager data" for t in truth):
+            kind = "pack guessed for a pack the Manager data lacks"
+        else:
+            kind = "other pack chosen"
+        score.categories[f"extra: {kind}"] += 1
+
+
+def miss_category(pack: str, classes: list[str], index: KnowledgeIndex) -> str:
+    """Why a truth pack was missed, in the terms of the brief's miss categories."""
+    found = index.pack_by_repo(pack) if not pack.startswith("cnr:") else None
+    if found is None:
+        name = pack.rsplit("/", 1)[-1]
+        if any(repo_key(p.repo).rsplit("/", 1)[-1] == name for p in index.packs):
+            return "fork / renamed repo of a known pack"
+        return "pack not in Manager data"
+    if not any(found in index.packs_listing(c) or found in index.packs_by_pattern(c) for c in classes):
+        return "class not listed for its pack (newer than the map)"
+    return "ambiguous class, other pack chosen"
 
 
 def first_match(labelled: Labelled, all_classes: set[str], index: KnowledgeIndex) -> dict[str, str | None]:
@@ -522,13 +634,20 @@ def score_models(score: Score, labelled: Labelled, manifest: Any, api: bool) -> 
         if got.get(name) == folder:
             score.models_ok += 1
         else:
-            score.model_misses[f"{name}: truth {folder} got {got.get(name)}"] += 1
+            where = labelled.model_where.get(name)
+            score.model_misses[f"{name} ({where}): truth {folder} got {got.get(name)}"] += 1
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("COMFYFLEET_EVAL_MIRROR", "/work/.mirror")))
     parser.add_argument("--half", choices=("A", "B", "all"), default="all", help="which half's misses to list")
+    parser.add_argument(
+        "--truth",
+        choices=("metadata", "all"),
+        default="all",
+        help="metadata: only nodes' cnr_id/aux_id; all: also classes registered by one fetched source tree",
+    )
     parser.add_argument("--misses", type=int, default=0, help="list this many most common misses")
     args = parser.parse_args(argv)
     if not args.mirror.is_dir():
@@ -542,7 +661,7 @@ def main(argv: list[str]) -> int:
     per_repo: dict[str, Score] = defaultdict(Score)
     used = 0
     for sample in samples:
-        labelled = label(sample, truth, sources)
+        labelled = label(sample, truth, sources, use_source=args.truth == "all")
         if not any(p != CORE for p in labelled.packs.values()) and not labelled.models:
             continue
         used += 1
@@ -561,16 +680,16 @@ def main(argv: list[str]) -> int:
                 continue
             s = scores[(half, kind)]
             s.workflows += 1
-            score_packs(s, labelled, predicted_packs(manifest), where)
+            score_packs(s, labelled, predicted_packs(manifest), index)
             score_models(s, labelled, manifest, api=kind == "api")
         repo_score = per_repo[sample.repo]
         repo_score.workflows += 1
-        score_packs(repo_score, labelled, ui_pred, where)
+        score_packs(repo_score, labelled, ui_pred, index)
         score_models(repo_score, labelled, ui, api=False)
         fm = scores[(half, "first-match")]
         fm.workflows += 1
         all_classes = {n["type"] for _, n, _ in _executed(sample.data)}
-        score_packs(fm, labelled, first_match(labelled, all_classes, index), where)
+        score_packs(fm, labelled, first_match(labelled, all_classes, index), index)
     print(f"mirror {args.mirror}: {len(samples)} distinct UI workflows, {used} with metadata to score")
     print(f"index sources: {index.sources.get('comfyui-manager')=} {index.sources.get('comfyui-workflow-templates-json')=}")
     for h in ("A", "B"):
@@ -587,6 +706,10 @@ def main(argv: list[str]) -> int:
         t.workflows += s.workflows
     for kind, s in total.items():
         print(s.line(f"all {kind}"))
+    print("\nmiss categories (UI; half A / half B):")
+    cats = sorted(set(scores[("A", "ui")].categories) | set(scores[("B", "ui")].categories))
+    for cat in cats:
+        print(f"  {scores[('A', 'ui')].categories[cat]:3d} / {scores[('B', 'ui')].categories[cat]:3d}  {cat}")
     if args.misses:
         print("\nper repository (UI):")
         for repo, s in sorted(per_repo.items()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from analysis.helpers import ui_node, ui_workflow
 from comfyfleet.analysis import analyze_data
 from comfyfleet.analysis.index import KnowledgeIndex
@@ -184,3 +186,73 @@ def test_nested_lora_rows_and_disabled_rows(small_index: KnowledgeIndex) -> None
         ui_workflow(ui_node(1, "Power Lora Loader (rgthree)", rows)), "wf", "wf.json", index=small_index
     )
     assert [(m.filename, m.folder) for m in manifest.models] == [("styles/ink.safetensors", "loras")]
+
+
+NESTED_ID = "22222222-3333-4444-8555-666666666666"
+
+
+def _nested_subgraph_workflow(use_proxies: bool) -> dict:
+    """Outer instance 9 -> outer subgraph holding nested instance 4 -> inner UNETLoader 1."""
+    inner_loader = ui_node(
+        1,
+        "UNETLoader",
+        ["stale_inner_value.safetensors", "default"],
+        inputs=[
+            {"name": "unet_name", "widget": {"name": "unet_name"}, "link": 7},
+            {"name": "weight_dtype", "widget": {"name": "weight_dtype"}},
+        ],
+    )
+    nested_def = {
+        "id": NESTED_ID,
+        "inputs": [{"name": "unet_name", "linkIds": [7]}],
+        "nodes": [inner_loader],
+        "links": [{"id": 7, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0}],
+    }
+    if use_proxies:
+        nested_instance = ui_node(
+            4, NESTED_ID, ["stale_middle_value.safetensors"], props={"proxyWidgets": [["1", "unet_name"]]}
+        )
+        nested_def["inputs"] = []
+        outer_def = {"id": SUBGRAPH_ID, "inputs": [], "nodes": [nested_instance], "links": []}
+        instance = ui_node(
+            9, SUBGRAPH_ID, ["chosen_outside.safetensors"], props={"proxyWidgets": [["4", "unet_name"]]}
+        )
+    else:
+        nested_instance = ui_node(
+            4,
+            NESTED_ID,
+            ["stale_middle_value.safetensors"],
+            inputs=[{"name": "unet_name", "widget": {"name": "unet_name"}, "link": 8}],
+        )
+        outer_def = {
+            "id": SUBGRAPH_ID,
+            "inputs": [{"name": "unet_name", "linkIds": [8]}],
+            "nodes": [nested_instance],
+            "links": [{"id": 8, "origin_id": -10, "origin_slot": 0, "target_id": 4, "target_slot": 0}],
+        }
+        instance = ui_node(
+            9,
+            SUBGRAPH_ID,
+            ["chosen_outside.safetensors"],
+            inputs=[{"name": "unet_name", "widget": {"name": "unet_name"}}],
+        )
+    return ui_workflow(instance, definitions={"subgraphs": [outer_def, nested_def]})
+
+
+@pytest.mark.parametrize("use_proxies", [False, True], ids=["linked-inputs", "proxy-widgets"])
+def test_nested_subgraph_gets_value_from_outermost_instance(
+    small_index: KnowledgeIndex, use_proxies: bool
+) -> None:
+    workflow = _nested_subgraph_workflow(use_proxies)
+    manifest = analyze_data(workflow, "wf", "wf.json", index=small_index)
+    assert [(m.filename, m.folder, m.node_ids) for m in manifest.models] == [
+        ("chosen_outside.safetensors", "diffusion_models", ["9:4:1"])
+    ]
+
+
+def test_nested_subgraph_keeps_middle_value_when_outer_sets_nothing(small_index: KnowledgeIndex) -> None:
+    workflow = _nested_subgraph_workflow(use_proxies=False)
+    workflow["nodes"][0]["widgets_values"] = []
+    workflow["nodes"][0]["inputs"] = []
+    manifest = analyze_data(workflow, "wf", "wf.json", index=small_index)
+    assert [m.filename for m in manifest.models] == ["stale_middle_value.safetensors"]

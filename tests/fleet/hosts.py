@@ -169,8 +169,8 @@ def start_container(
             )
         time.sleep(0.1)
     key_fields = docker("exec", host.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").split()
-    with host.known_hosts.open("a") as fh:
-        fh.write(f"[127.0.0.1]:{host.ssh_port} {key_fields[0]} {key_fields[1]}\n")
+    host.known_hosts.write_text(f"[127.0.0.1]:{host.ssh_port} {key_fields[0]} {key_fields[1]}\n")
+    host.known_hosts.chmod(0o600)
 
 
 def ssh_banner(port: int) -> bool:

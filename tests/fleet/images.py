@@ -192,14 +192,14 @@ def prune_images(repo: str, keep: str, base: str | None = None) -> None:
     """Remove older images of ``repo`` (those in use by a container stay: rmi refuses them)."""
     if os.environ.get("COMFYFLEET_FLEET_RECIPE_SALT"):
         return  # a throwaway benchmark build: the real images stay
-    fmt = '{{.Repository}}:{{.Tag}} {{index .Config.Labels "comfyfleet.base"}}'
+    fmt = '{{index .Config.Labels "comfyfleet.base"}}'
     for ref in docker("images", repo, "--format", "{{.Repository}}:{{.Tag}}", check=False).split():
         if ref == keep:
             continue
         if base is not None:
-            labels = docker("image", "inspect", "--format", fmt, ref, check=False).split()
-            if len(labels) > 1 and labels[1] == base:
-                continue  # the other flavour (stand-in or real ComfyUI) on the current base
+            label = run(["docker", "image", "inspect", "--format", fmt, ref], check=False)
+            if label.returncode != 0 or label.stdout.strip() in (base, "<no value>", ""):
+                continue  # the other flavour (stand-in or real ComfyUI) on the current base, or unknown
         docker("rmi", ref, check=False)
 
 
@@ -314,8 +314,8 @@ def runtime_image(log: list[str] | None = None) -> str:
             f"apt-get install -y -qq --no-install-recommends {pkgs} >/dev/null; "
         )
         extra: list[str] = []
+        req = CACHE / f"requirements-{recipe_hash(recipe)}.txt"
         if "requirements" in recipe:
-            req = CACHE / f"requirements-{recipe_hash(recipe)}.txt"
             req.write_text(str(recipe["requirements"]) + "\nrequests\n")
             extra, _ = _pip_mounts()
             extra += ["-v", f"{req}:/tmp/comfyui-requirements.txt:ro"]
@@ -340,6 +340,7 @@ def runtime_image(log: list[str] | None = None) -> str:
             )  # fmt: skip
         finally:
             docker("rm", "-f", name, check=False)
+            req.unlink(missing_ok=True)
         if log is not None:
             log.append(f"runtime image {tag}: {time.monotonic() - t0:.1f}s")
         prune_images(RUNTIME_REPO, keep=tag, base=base)

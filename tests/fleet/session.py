@@ -48,7 +48,6 @@ class Fleet:
         self.upstreams = GitUpstreams(self.root)  # replaced in up(); root made there
         self.comfyui: ComfyUIUpstream | None = None
         self.ssh_key = self.root / "ssh" / "id_ed25519"
-        self.known_hosts = self.root / "ssh" / "known_hosts"
         self._down = False
 
     # -- start ---------------------------------------------------------------------------
@@ -72,7 +71,6 @@ class Fleet:
         run(["mount", "--make-rshared", str(self.root)])
         (self.root / "ssh").mkdir(mode=0o700)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"comfyfleet-fleet-{self.id}", "-f", str(self.ssh_key)])
-        self.known_hosts.touch(mode=0o600)
         self.upstreams = GitUpstreams(self.root)
         self.upstreams.start(detach=self.persistent)
         self.comfyui = self.upstreams.make_comfyui_repo(images.comfyui_checkout())
@@ -113,6 +111,7 @@ class Fleet:
                     raise
                 docker("rm", "-f", host.container, check=False)
                 host.ssh_port = free_port(self.ports)
+                host.known_hosts = self._known_hosts(name, host.ssh_port)
         self.timings[f"host {name}"] = time.monotonic() - t0
         self._save()
         return host
@@ -120,6 +119,7 @@ class Fleet:
     def add_unreachable_host(self, name: str, provider: str = "lambda", **extra: Any) -> Host:
         """A host in the inventory whose SSH port has nothing listening (no container)."""
         host = self._new_host(name, provider, None, extra)
+        host.known_hosts.touch(mode=0o600)
         self.hosts[name] = host
         self._save()
         return host
@@ -130,13 +130,14 @@ class Fleet:
         if self.comfyui is None:
             raise RuntimeError("call Fleet.up() before adding hosts")
         host_dir = self.root / name
+        port = free_port(self.ports)
         return Host(
             name=name,
             provider=provider,
             ssh_user=ssh_user or PROVIDER_USERS[provider],
-            ssh_port=free_port(self.ports),
+            ssh_port=port,
             ssh_key=self.ssh_key,
-            known_hosts=self.known_hosts,
+            known_hosts=self._known_hosts(name, port),
             host_dir=host_dir,
             data_root=str(host_dir / "data"),
             comfyui_port=free_port(self.ports),
@@ -181,6 +182,11 @@ class Fleet:
             host.volume.image.unlink(missing_ok=True)
         run(["rm", "-rf", "--one-file-system", str(host.host_dir)], check=False)
         self._save()
+
+    def _known_hosts(self, name: str, port: int) -> Path:
+        # One file per host and port: pyinfra memoizes a known_hosts file's content per
+        # process, so a host added later to a shared file would be "unknown" to it.
+        return self.root / "ssh" / f"known_hosts-{name}-{port}"
 
     @property
     def authorized_key(self) -> str:

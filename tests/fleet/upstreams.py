@@ -7,6 +7,7 @@ the containers the hosts start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -225,6 +226,11 @@ class GitUpstreams:
         bare = self.repos / "comfyanonymous/ComfyUI.git"
         bare.parent.mkdir(parents=True, exist_ok=True)
         _git("clone", "-q", "--bare", "--no-hardlinks", str(checkout), str(bare))
+        if _absent_blobs(bare, "HEAD"):
+            # A partial mirror (large blobs absent) cannot be served: rebuild its HEAD and
+            # previous release as commits of everything that is present.
+            shutil.rmtree(bare)
+            _export_partial(checkout, bare)
         gd = ["--git-dir", str(bare)]
         # The checkout's HEAD is the release under test; tag it by its own version when no
         # tag points there (forks often carry no recent tags).
@@ -243,6 +249,77 @@ class GitUpstreams:
             _git("push", "-q", str(bare), f"refs/tags/{broken}", cwd=work)
         versions = {ref: _version_at(bare, ref) for ref in (old, new, broken)}
         return ComfyUIUpstream(self.url("comfyanonymous/ComfyUI.git"), new, old, new, broken, True, versions)
+
+
+def _absent_blobs(git_dir: Path, rev: str) -> int:
+    """How many files of ``rev`` have no object in the repository (a partial mirror)."""
+    listing = run(["git", "--git-dir", str(git_dir), "ls-tree", "-r", "--object-only", rev]).stdout
+    check = run(["git", "--git-dir", str(git_dir), "cat-file", "--batch-check"], input=listing).stdout
+    return sum(1 for line in check.splitlines() if line.endswith(" missing"))
+
+
+def _export_partial(checkout: Path, bare: Path) -> None:
+    """Make ``bare`` from a repository with missing objects: its previous tag and HEAD, blobs present only."""
+    src = _git("-C", str(checkout), "rev-parse", "--absolute-git-dir").strip()
+    revs: list[tuple[str, str | None]] = []
+    with contextlib.suppress(RuntimeError):
+        revs.append((_git("--git-dir", src, "describe", "--tags", "--abbrev=0", "HEAD^").strip(), None))
+    head_tags = _git("--git-dir", src, "tag", "--points-at", "HEAD").split()
+    revs.append(("HEAD", head_tags[0] if head_tags else None))
+    with tempfile.TemporaryDirectory(prefix="comfyui-export-") as tmp:
+        work = Path(tmp) / "ComfyUI"
+        _git("init", "-q", "-b", "master", str(work))
+        for rev, tag in revs:
+            _git("rm", "-rqf", "--ignore-unmatch", ".", cwd=work)
+            absent = _export_tree(src, rev, work)
+            _git("add", "-A", "-f", cwd=work)
+            _git("commit", "-q", "--allow-empty", "-m", f"ComfyUI {rev} (exported; {absent} absent files)", cwd=work)
+            _git("tag", tag or (rev if rev != "HEAD" else f"v{_version_in(work)}"), cwd=work)
+        _git("init", "-q", "--bare", "-b", "master", str(bare))
+        _git("push", "-q", str(bare), "--all", cwd=work)
+        _git("push", "-q", str(bare), "--tags", cwd=work)
+
+
+def _export_tree(git_dir: str, rev: str, dest: Path) -> int:
+    """Write the files of ``rev`` into ``dest``, skipping absent blobs; returns how many were absent."""
+    listing = run(["git", "--git-dir", git_dir, "ls-tree", "-r", "-z", rev]).stdout
+    entries = []
+    for entry in listing.split("\0"):
+        if entry:
+            meta, path = entry.split("\t", 1)
+            mode, kind, sha = meta.split()
+            if kind == "blob":
+                entries.append((mode, sha, path))
+    batch = subprocess.run(
+        ["git", "--git-dir", git_dir, "cat-file", "--batch"],
+        input="".join(f"{sha}\n" for _, sha, _ in entries).encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    absent, pos = 0, 0
+    for mode, _sha, path in entries:
+        end = batch.index(b"\n", pos)
+        header = batch[pos:end].split()
+        pos = end + 1
+        if header[-1] == b"missing":
+            absent += 1
+            continue
+        size = int(header[2])
+        data, pos = batch[pos : pos + size], pos + size + 1
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "120000":
+            target.symlink_to(data.decode())
+        else:
+            target.write_bytes(data)
+            if mode == "100755":
+                target.chmod(0o755)
+    return absent
+
+
+def _version_in(work: Path) -> str:
+    m = re.search(r"__version__\s*=\s*[\"']([^\"']+)", (work / "comfyui_version.py").read_text())
+    return m.group(1) if m else "0.0.0"
 
 
 def _version_at(bare: Path, ref: str) -> str:

@@ -223,3 +223,41 @@ def test_runtime_image_serves_comfyui_from_the_upstream(fleet: Fleet) -> None:
         assert stats["system"]["comfyui_version"] == fleet.comfyui.versions[fleet.comfyui.new_ref]
     finally:
         docker("rm", "-f", name, check=False)
+
+
+CONNECT_TWICE = """
+import runpy
+import sys
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+
+for line in sys.stdin:
+    inventory = Inventory((runpy.run_path(line.strip())["fleet"], {}))
+    state = State(inventory, Config())
+    connect_all(state)
+    print("connected", sorted(h.name for h in state.activated_hosts), flush=True)
+    disconnect_all(state)
+"""
+
+
+def test_one_pyinfra_process_reaches_a_host_started_after_its_first_connection(
+    fleet: Fleet, fleet_hosts: dict[str, Host], start_host: Callable[..., Host], write_inventory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    # pyinfra memoizes known_hosts files per process (the comfyfleet CLI and tests run it
+    # in-process): a host added later must not depend on a file read before it existed.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONNECT_TWICE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write(f"{write_inventory([fleet_hosts['lambda1']], tmp_path / 'one.py')}\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "connected ['lambda1']"
+        late = start_host()
+        proc.stdin.write(f"{write_inventory([fleet_hosts['lambda1'], late], tmp_path / 'two.py')}\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == f"connected {sorted(['lambda1', late.name])}"
+    finally:
+        proc.stdin.close()
+        proc.wait(30)

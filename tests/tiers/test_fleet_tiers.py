@@ -9,6 +9,9 @@ second run changes nothing; rolling 1 over three hosts stops at a broken one.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from upstreams.pypi import PackageIndex
 from comfyfleet.runner import RunOptions, RunResult, run
 
 pytestmark = pytest.mark.fleet
+ROOT = Path(__file__).resolve().parents[2]
 
 PACK_A, PACK_B, BROKEN = "TierPackA", "TierPackB", "TierPackBroken"
 
@@ -175,6 +179,55 @@ def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_chang
     assert rows[PACK_A][1].endswith(f"testorg/{PACK_A}.git")
 
 
+def test_both_doors_report_nodes_and_storage_without_leaking_tokens(
+    fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tmp_path: Path,
+) -> None:
+    """`comfyfleet common` and `pyinfra ... deploy/common.py` on the hosts the acceptance test converged."""
+    inv = write_inventory(list(fleet_hosts.values()), tmp_path / "inventory.py", **tiers["data"])
+    env = {**os.environ, "HF_TOKEN": tiers["up"].hf_token, "CIVITAI_API_TOKEN": tiers["up"].civitai_token}
+    bin_dir = Path(sys.executable).parent
+    cli = subprocess.run([str(bin_dir / "comfyfleet"), "common", str(inv), "--list-installed-nodes"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert PACK_A in cli.stdout and PACK_B in cli.stdout
+    cli = subprocess.run([str(bin_dir / "comfyfleet"), "common", str(inv), "--storage-report"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert cli.returncode == 0 and "free on data root" in cli.stdout, cli.stdout + cli.stderr
+    raw = subprocess.run([str(bin_dir / "pyinfra"), "-y", str(inv), "deploy/common.py", "-v", "--data", "task=download-models"],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert raw.returncode == 0, raw.stdout + raw.stderr
+    assert "3 model file(s) in place" in raw.stdout + raw.stderr, raw.stdout + raw.stderr
+    for out in (cli.stdout + cli.stderr, raw.stdout + raw.stderr):
+        assert tiers["up"].hf_token not in out and tiers["up"].civitai_token not in out
+
+
+def test_update_nodes_is_a_no_op_until_upstream_moves(
+    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
+    tokens: None, tmp_path: Path,
+) -> None:
+    host = fleet_hosts["lambda1"]
+    inv = write_inventory([host], tmp_path / "inventory.py")
+    data = {**tiers["data"], "update": "nodes"}
+    first = by_host(run(str(inv), "update", data))["lambda1"]
+    assert first.status == "no change", (first.changed, first.reason)
+    # A new commit on the unpinned pack's default branch.
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(fleet.upstreams.repos / f"testorg/{PACK_B}.git"), str(work)], check=True)
+    (work / "NEWS.md").write_text("newer\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", "newer"], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "HEAD"], check=True)
+    newest = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    moved = by_host(run(str(inv), "update", data))["lambda1"]
+    assert moved.status == "changed", moved.reason
+    rows = {r[1]: r for r in moved.report.sections["node packs"].rows}
+    assert rows[PACK_B][4] == newest[:12]
+    assert "TierNodeB" in object_info(host)
+    assert by_host(run(str(inv), "update", data))["lambda1"].status == "no change"
+
+
 def test_pack_that_fails_to_import_is_named_with_its_error(
     fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -217,3 +270,16 @@ def test_rolling_one_stops_at_a_broken_host_and_leaves_the_next_untouched(
     finally:
         fleet.remove_host("tierbroken")
         fleet.remove_host("tierthird")
+
+
+def test_dry_run_of_deploy_all_changes_nothing(
+    fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tokens: None,
+    tmp_path: Path,
+) -> None:
+    host = fleet_hosts["lambda1"]
+    inv = write_inventory([host], tmp_path / "inventory.py")
+    before = host.exec(f"ls -R {host.data_root}/custom_nodes {host.data_root}/models").stdout
+    result = run(str(inv), "deploy-all", tiers["data"], RunOptions(dry_run=True))
+    h = by_host(result)["lambda1"]
+    assert h.status in ("no change", "would change"), h.reason
+    assert host.exec(f"ls -R {host.data_root}/custom_nodes {host.data_root}/models").stdout == before

@@ -264,3 +264,32 @@ def test_verify_names_the_failed_pack_with_its_import_error(tmp_path: Path) -> N
     assert packs["broken"]["missing"] == ["BrokenNode"]
     assert packs["broken"]["error"] == "ModuleNotFoundError: No module named 'missing_lib'"
     assert "pack broken (BrokenPack) failed to load: ModuleNotFoundError" in err
+
+
+def test_update_moves_unpinned_packs_to_the_newest_commit_and_then_changes_nothing(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
+    url, commits = make_pack(tmp_path, "Moving", ["1.0.0"])
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "moving", "repo": url, "version": None, "dir": "Moving", "registry": False, "provides": []},
+    ])
+    assert run_plan(tmp_path, plan, "install")[0] == 0
+    work = tmp_path / "work" / "Moving"
+    (work / "NEWS.md").write_text("2.0\n")
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "2.0", cwd=work)
+    git("push", "-q", str(tmp_path / "Moving.git"), "master", cwd=work)
+    newest = git("rev-parse", "HEAD", cwd=work)
+    # install keeps an unpinned pack where it is; the update check sees the new commit.
+    _, out, _ = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"][0]["needs"] == []
+    path = write_plan(tmp_path / "plan-fetch.json", plan)
+    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == [f"at {commits['1.0.0'][:12]}, wants {newest[:12]}"]
+    rc, out, err = run_plan(tmp_path, plan, "update")
+    assert rc == 0, err
+    assert out["RESULT"][0]["commit"] == newest
+    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == []

@@ -161,8 +161,15 @@ class _UiReader:
                 continue
             properties = _properties(node)
             values = self._named_values(node, ctype)
+            # Values an enclosing subgraph instance passes down win over the node's own,
+            # also when this node is itself a (nested) subgraph instance.
+            replaced = overrides.get(str(raw_id)) or {}
+            if replaced:
+                values = [(name, replaced.get(name, value) if name else value) for name, value in values]
+                known = {name for name, _ in values}
+                values += [(name, value) for name, value in replaced.items() if name not in known]
             if ctype in self.subgraphs:
-                inner = self._subgraph_overrides(node, self.subgraphs[ctype], values)
+                inner = self._subgraph_overrides(node, self.subgraphs[ctype], values, replaced)
                 self._walk(self.subgraphs[ctype]["nodes"], f"{node_id}:", inner, depth + 1)
                 continue
             if _UUID.match(ctype):
@@ -174,11 +181,6 @@ class _UiReader:
             if group_name is not None and group_name in self.group_nodes:
                 self._expand_group(node_id, node, self.group_nodes[group_name])
                 continue
-            replaced = overrides.get(str(raw_id))
-            if replaced:
-                values = [(name, replaced.get(name, value) if name else value) for name, value in values]
-                known = {name for name, _ in values}
-                values += [(name, value) for name, value in replaced.items() if name not in known]
             self.parsed.nodes.append(
                 NodeUse(node_id=node_id, class_type=ctype, values=values, properties=properties)
             )
@@ -209,17 +211,32 @@ class _UiReader:
         return _align_by_inputs(names, widgets)
 
     def _subgraph_overrides(
-        self, instance: dict[str, Any], subgraph: dict[str, Any], values: list[tuple[str | None, Any]]
+        self,
+        instance: dict[str, Any],
+        subgraph: dict[str, Any],
+        values: list[tuple[str | None, Any]],
+        passed_down: dict[str, Any] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Values the instance sets on inner nodes: {inner node id: {input name: value}}."""
+        """Values the instance sets on inner nodes: {inner node id: {input name: value}}.
+
+        ``passed_down`` holds what an enclosing instance set on this (nested) instance, by
+        widget name; it wins over the instance's own promoted (proxy) widget values.
+        """
         out: dict[str, dict[str, Any]] = {}
+        passed_down = passed_down or {}
         props = _properties(instance)
         proxies = props.get("proxyWidgets")
         widgets = instance.get("widgets_values")
-        if isinstance(proxies, list) and isinstance(widgets, list) and len(proxies) == len(widgets):
-            for proxy, value in zip(proxies, widgets, strict=True):
-                if isinstance(proxy, list) and len(proxy) == 2 and str(proxy[0]) != "-1":
-                    out.setdefault(str(proxy[0]), {})[str(proxy[1])] = value
+        if isinstance(proxies, list):
+            own = widgets if isinstance(widgets, list) and len(proxies) == len(widgets) else None
+            for position, proxy in enumerate(proxies):
+                if not (isinstance(proxy, list) and len(proxy) == 2 and str(proxy[0]) != "-1"):
+                    continue
+                name = str(proxy[1])
+                if name in passed_down:
+                    out.setdefault(str(proxy[0]), {})[name] = passed_down[name]
+                elif own is not None:
+                    out.setdefault(str(proxy[0]), {})[name] = own[position]
         by_name = {name: value for name, value in values if name}
         inner_nodes = {str(n.get("id")): n for n in _list(subgraph.get("nodes")) if isinstance(n, dict)}
         links = {}

@@ -11,11 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyinfra import host
-from pyinfra.api import deploy
 
 from comfyfleet.deploys import tasks
-from comfyfleet.deploys.models import download_models
-from comfyfleet.deploys.nodes import install_nodes, load_manifests, restart_and_wait, verify_nodes
+from comfyfleet.deploys.models import download_models, model_plan, needed_models
+from comfyfleet.deploys.nodes import (
+    install_nodes,
+    load_manifests,
+    needed_packs,
+    node_plan,
+    restart_and_wait,
+    stage,
+    tier_deploy,
+    verify_nodes,
+)
 from comfyfleet.deploys.ops import update_core
 from comfyfleet.deploys.runtime import deploy_runtime
 from comfyfleet.deploys.tasks import task
@@ -26,14 +34,20 @@ from comfyfleet.runner import report
 UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
 
 
-@deploy("Deploy all")
+@tier_deploy("Deploy all")
 def deploy_all() -> None:
     """ComfyUI core, nodes, models, API, restart, verify: one converging pass."""
     cfg = host_config(host)
     manifests = load_manifests(None, str(host.data.get("workflows_dir") or "workflows"))
+    # Refuse bad input (unsafe model names, unresolved classes) before anything runs.
+    packs, core = needed_packs(manifests)
+    models = needed_models(manifests)
     deploy_runtime()
-    nodes = install_nodes(manifests, finish=False)
-    download_models(manifests)
+    staged = stage(cfg, ["install_nodes.py", "fetch_models.py"],
+                   {"nodes": node_plan(cfg, packs, core), "models": model_plan(cfg, models)},
+                   "Host scripts and plans")
+    nodes = install_nodes(manifests, finish=False, staged=staged)
+    download_models(manifests, staged=staged)
     api = api_step()
     if api is not None:
         api()
@@ -77,7 +91,7 @@ def update_task() -> None:
         raise BadInput(f"host {host.name}: update must be one of {', '.join(UPDATE_COMPONENTS)} (got {component!r})")
     cfg = host_config(host)
     if component == "comfyui":
-        update_core(cfg.ref or cfg.comfyui_ref)
+        update_core(cfg.ref or cfg.comfyui_ref)  # type: ignore[call-arg, arg-type]  # pyinfra's @deploy typing
     elif component in ("nodes", "manager"):
         # ComfyUI-Manager is a node pack (or the pip package pinned by ComfyUI itself): the
         # packs update covers the first, a runtime deploy reinstalls the second.

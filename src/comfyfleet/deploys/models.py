@@ -41,11 +41,11 @@ from typing import Any
 
 import yaml
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
-from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, stage
+from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, stage, tier_deploy
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
@@ -221,14 +221,17 @@ def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
     return count
 
 
-@deploy("Models")
-def download_models(manifests: list[Manifest]) -> OperationMeta:
-    """Fetch every model the manifests name into models/<folder>/ on the host."""
+@tier_deploy("Models")
+def download_models(manifests: list[Manifest], staged: dict[str, str] | None = None) -> OperationMeta:
+    """Fetch every model the manifests name into models/<folder>/ on the host.
+
+    ``staged``: paths from a :func:`~comfyfleet.deploys.nodes.stage` call that already
+    uploaded ``fetch_models.py`` and the ``models`` plan.
+    """
     cfg = host_config(host)
     models = needed_models(manifests)
     missing_url = [m for m in models if not m.url]
-    plan = model_plan(cfg, models)
-    paths = stage(cfg, ["fetch_models.py"], {"models": plan}, "Model scripts and plan")
+    paths = staged or stage(cfg, ["fetch_models.py"], {"models": model_plan(cfg, models)}, "Model scripts and plan")
     step = fetch(name="Model files", script_path=paths["fetch_models.py"], plan_path=paths["models"],
                  count=len(models), token_names=sorted(tokens_needed(models)), _sudo=cfg.sudo)
     report_downloads(name="Model report", step=step, lock_file=_lock_file())

@@ -30,10 +30,10 @@ import hashlib
 import json
 import posixpath
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
@@ -52,6 +52,18 @@ HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
 _DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tier_deploy(name: str) -> Callable[[F], F]:
+    """pyinfra's ``@deploy`` keeping the function's own signature for type checkers."""
+
+    def wrap(fn: F) -> F:
+        return cast(F, deploy(name)(fn))
+
+    return wrap
 
 
 # --- manifests on the operator's machine --------------------------------------------------
@@ -286,17 +298,18 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     + packs: how many packs the plan names (for the no-op message)
     + update: move unpinned packs to their latest commit
     """
-    if not update:
-        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "check", "--verify"))
-        if "VERIFY" in state:
-            _VERIFIED[host] = state
-        if "CHECK" not in state:
-            yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
-            return
-        todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
-        if not todo:
-            host.noop(f"{packs} node pack(s) at their pinned versions")
-            return
+    # update: fetch first (in the check), so a pack already at its newest commit is no change.
+    mode = ("check", "--verify", "--fetch") if update else ("check", "--verify")
+    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, *mode))
+    if "VERIFY" in state:
+        _VERIFIED[host] = state
+    if "CHECK" not in state:
+        yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
+        return
+    todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
+    if not todo:
+        host.noop(f"{packs} node pack(s) {'up to date' if update else 'at their pinned versions'}")
+        return
     yield StringCommand("python3", script_path, "--plan", plan_path, "update" if update else "install")
 
 
@@ -325,7 +338,8 @@ def verify_classes(
     + reuse_check: the install step; when it changed nothing, the verification its check ran is used
     """
     # When the install step found nothing to do, its check already verified (same run, no restart since).
-    state = _VERIFIED.pop(host, None) if reuse_check and not reuse_check.did_change() else None
+    reusable = reuse_check is not None and reuse_check.is_complete() and not reuse_check.did_change()
+    state = _VERIFIED.pop(host, None) if reusable else None
     if state is None:
         state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
     result = state.get("VERIFY")
@@ -352,8 +366,8 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
     lay = cfg.layout
     docker.restart(name="Restart ComfyUI for new nodes", container=lay.comfyui_container,
                    _if=when.did_change, _sudo=cfg.sudo)
-    comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                         timeout=cfg.health_timeout, _sudo=cfg.sudo)
+    comfyui.wait_healthy(name="ComfyUI health after restart", url=cfg.comfyui_url, container=lay.comfyui_container,
+                         timeout=cfg.health_timeout, _if=when.did_change, _sudo=cfg.sudo)
 
 
 def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
@@ -362,13 +376,19 @@ def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
                    plan_path=f"{cfg.layout.state}/plans/nodes.json", reuse_check=install, _sudo=cfg.sudo)
 
 
-@deploy("Custom nodes")
-def install_nodes(manifests: list[Manifest], update: bool = False, finish: bool = True) -> OperationMeta:
-    """Install the manifests' node packs; with ``finish``, restart ComfyUI if needed and prove every class loads."""
+@tier_deploy("Custom nodes")
+def install_nodes(
+    manifests: list[Manifest], update: bool = False, finish: bool = True, staged: dict[str, str] | None = None
+) -> OperationMeta:
+    """Install the manifests' node packs; with ``finish``, restart ComfyUI if needed and prove every class loads.
+
+    ``staged``: paths from a :func:`stage` call that already uploaded the script and the
+    ``nodes`` plan (deploy-all stages every tier's files in one operation).
+    """
     cfg = host_config(host)
     packs, core = needed_packs(manifests)
-    plan = node_plan(cfg, packs, core)
-    paths = stage(cfg, ["install_nodes.py"], {"nodes": plan}, "Node pack scripts and plan")
+    paths = staged or stage(cfg, ["install_nodes.py"], {"nodes": node_plan(cfg, packs, core)},
+                            "Node pack scripts and plan")
     inst = node_packs(name="Node packs", script_path=paths["install_nodes.py"], plan_path=paths["nodes"],
                       packs=len(packs), update=update, _sudo=cfg.sudo)
     report_packs(name="Node pack report", install=inst)

@@ -45,7 +45,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
 USER_AGENT = "comfyfleet-fetch/1"
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 CIVITAI_DEFAULT_ENDPOINT = "https://civitai.com"
@@ -313,7 +313,7 @@ class Resolver:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
         return None
 
 
@@ -398,7 +398,7 @@ def _copy_hashing(src: Any, out: Any, h: Any, on_bytes: Any) -> int:
     not their sum. Buffers circulate through a small pool, so nothing is copied.
     """
     free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(4):
+    for _ in range(8):
         free.put(bytearray(CHUNK))
     full: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
 

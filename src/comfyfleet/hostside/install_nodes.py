@@ -181,7 +181,7 @@ class Installer:
 
     def method(self, pack: dict[str, Any]) -> tuple[str, str]:
         """('manager' | 'git', why)."""
-        version = pack.get("version")
+        version = str(pack.get("version") or "")
         if not pack.get("registry"):
             return "git", "not a Comfy Registry pack"
         if is_commit(version):
@@ -197,8 +197,12 @@ class Installer:
         data = json.dumps([lines, sorted(self.protected), self.plan.get("pip_args", [])])
         return hashlib.sha256(data.encode()).hexdigest()
 
-    def check(self, pack: dict[str, Any]) -> list[str]:
-        """Reasons install would change something (empty: nothing to do). Needs no network."""
+    def check(self, pack: dict[str, Any], fetch: bool = False) -> list[str]:
+        """Reasons install (or, with ``fetch``, update) would change something; empty: nothing to do.
+
+        Without ``fetch`` no network is used; with it, each git pack not pinned to a commit
+        is fetched first so a newer upstream commit or tag shows up.
+        """
         path = os.path.join(self.nodes_dir, pack["dir"])
         st = pack_state(path, full=False)
         version = pack.get("version")
@@ -207,6 +211,8 @@ class Installer:
         needs: list[str] = []
         if st["git"]:
             want = self.local_target(path, version, st["head"])
+            if fetch and not is_commit(version):
+                want = self.fetched_target(path, version, st["head"])
             if want is None:
                 needs.append(f"version {version} not present locally")
             elif want != st["head"]:
@@ -220,6 +226,13 @@ class Installer:
         if os.path.isfile(os.path.join(path, "install.py")) and mark.get("install_py") != head:
             needs.append("install.py not run")
         return needs
+
+    def fetched_target(self, path: str, version: str | None, head: str) -> str | None:
+        """What update moves to: the pinned tag, or origin's default branch for unpinned packs."""
+        git(path, "fetch", "--quiet", "--tags", "--force", "origin")
+        if version:
+            return self.local_target(path, version, head)
+        return git(path, "rev-parse", "refs/remotes/origin/HEAD", check=False) or git(path, "rev-parse", "FETCH_HEAD")
 
     def local_target(self, path: str, version: str | None, head: str) -> str | None:
         """The commit version names, resolved without the network (None: not known locally)."""
@@ -295,21 +308,18 @@ class Installer:
         elif st["origin"] and st["origin"] != pack["repo"]:
             out.setdefault("warnings", []).append(f"origin is {st['origin']}, the manifest says {pack['repo']}")
         want = self.local_target(path, version, st["head"])
-        fetch_needed = want is None or (update and not is_commit(version))
-        if fetch_needed:
+        if update and not is_commit(version):
+            want = self.fetched_target(path, version, st["head"])
+        elif want is None:
             git(path, "fetch", "--quiet", "--tags", "--force", "origin")
             want = self.local_target(path, version, st["head"])
-            if want is None:
-                raise PackError(f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides")
-            if update and not version:
-                want = git(path, "rev-parse", "refs/remotes/origin/HEAD", check=False) or git(
-                    path, "rev-parse", "FETCH_HEAD"
-                )
+        if want is None:
+            raise PackError(f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides")
         if version and not is_commit(version) and want == st["head"] and not self._tagged(path, version):
             out.setdefault("warnings", []).append(
                 f"no git tag for registry version {version}: kept {st['head'][:12]} (pin a commit to be exact)"
             )
-        if want != st["head"]:
+        if want is not None and want != st["head"]:
             if st["dirty"]:
                 raise PackError(
                     f"{path} has local modifications: commit or discard them, then run again "
@@ -465,12 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True)
     parser.add_argument("mode", choices=["install", "update", "check", "list", "verify"])
     parser.add_argument("--verify", action="store_true", help="check: also verify when nothing is to do")
+    parser.add_argument("--fetch", action="store_true", help="check: fetch unpinned packs (what update would do)")
     args = parser.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
     installer = Installer(plan)
     if args.mode == "check":
-        rows = [{"id": p["id"], "dir": p["dir"], "needs": installer.check(p)} for p in plan.get("packs", [])]
+        rows = []
+        for p in plan.get("packs", []):
+            try:
+                rows.append({"id": p["id"], "dir": p["dir"], "needs": installer.check(p, fetch=args.fetch)})
+            except PackError as exc:
+                rows.append({"id": p["id"], "dir": p["dir"], "needs": [str(exc)]})
         print("CHECK " + json.dumps(rows), flush=True)
         if args.verify and not any(r["needs"] for r in rows):
             # Nothing to install: the proof can come from this same run (one process less per deploy).
