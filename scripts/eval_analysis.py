@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.analysis import analyze_data
+from comfyfleet.analysis import analyze_data, rules
 from comfyfleet.analysis.index import KnowledgeIndex, default_index
 from comfyfleet.analysis.rules import FRONTEND_ONLY, canonical_folder, install_folder
 from comfyfleet.errors import BadInput
@@ -214,6 +214,18 @@ class Truth:
             self.by_name[key.rsplit("/", 1)[-1].replace("_", "-")].append(key)
             self.by_plain[_plain(key.rsplit("/", 1)[-1])].append(key)
         self.stars = {repo_key(p.repo): p.stars for p in index.packs}
+        self.index = index
+
+    def moved(self, pack: str, ctype: str) -> str:
+        """The Manager's home for a fetched repo it does not list but lists a same-named repo
+        for this class (WASasquatch/was-node-suite-comfyui, archived -> ltdrdata's copy)."""
+        if self.index.pack_by_repo(pack) is not None:
+            return pack
+        name = pack.rsplit("/", 1)[-1]
+        for i in self.index.packs_listing(ctype):
+            if repo_key(self.index.packs[i].repo).rsplit("/", 1)[-1] == name:
+                return repo_key(self.index.packs[i].repo)
+        return pack
 
     def pack(self, props: dict[str, Any]) -> str | None:
         """Registry id first (it names the pack, whoever's git remote aux_id shows), then aux_id."""
@@ -359,7 +371,11 @@ class SourceFolders:
                         class_inputs.setdefault(node.name, {}).update(found)
                 elif isinstance(node, ast.Dict):
                     for key, value in zip(node.keys, node.values, strict=True):
-                        if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Name):
+                        if (
+                            isinstance(key, ast.Constant)
+                            and isinstance(key.value, str)
+                            and isinstance(value, ast.Name)
+                        ):
                             mappings.setdefault(key.value, value.id)
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
                     targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
@@ -383,7 +399,9 @@ class SourceFolders:
             if base in paths:
                 parts = "/".join(re.findall(r"[\"']([^\"']+)[\"']", parts))
                 paths[var] = f"{paths[base]}/{parts}".strip("/")
-        for key, var in re.findall(r"folder_names_and_paths\[[\"'](\w+)[\"']\]\s*=\s*\(\s*\[\s*(\w+)\s*\]", text):
+        for key, var in re.findall(
+            r"folder_names_and_paths\[[\"'](\w+)[\"']\]\s*=\s*\(\s*\[\s*(\w+)\s*\]", text
+        ):
             if paths.get(var):
                 self.key_paths[key] = paths[var]
         for key, base, parts in re.findall(
@@ -426,7 +444,12 @@ def _class_folder_inputs(cls: ast.ClassDef) -> dict[str, str]:
     for node in ast.walk(cls):
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
-                if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, (ast.Tuple, ast.List)) and value.elts:
+                if (
+                    isinstance(key, ast.Constant)
+                    and isinstance(key.value, str)
+                    and isinstance(value, (ast.Tuple, ast.List))
+                    and value.elts
+                ):
                     folder = _folder_call(value.elts[0])
                     if folder:
                         out[key.value] = canonical_folder(folder)
@@ -458,27 +481,38 @@ class Labelled:
 def label(sample: Sample, truth: Truth, sources: SourceFolders, use_source: bool = True) -> Labelled:
     out = Labelled()
     for _, node, _ in _executed(sample.data):
-        props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        props: dict[str, Any] = node["properties"] if isinstance(node.get("properties"), dict) else {}
         pack = truth.pack(props)
         if pack is None and use_source:
             # No metadata (older exports): the one fetched source tree that registers the class.
             owners = sources.defined_by.get(node["type"], set())
             pack = next(iter(owners)) if len(owners) == 1 else None
+            if pack is not None and pack != CORE:
+                pack = truth.moved(pack, node["type"])
         if pack is not None:
             out.packs.setdefault(node["type"], pack)
         named = widget_names(node)
         names_of = {v: n for n, v in named or [] if isinstance(v, str) and n}
         for model in props.get("models") or []:
-            if isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("directory"), str):
+            if (
+                isinstance(model, dict)
+                and isinstance(model.get("name"), str)
+                and isinstance(model.get("directory"), str)
+            ):
                 # The value the node loads may carry a subfolder the declared name lacks.
-                value = next((v for v in _strings(node.get("widgets_values")) if _same_file(v, model["name"])), None)
+                value = next(
+                    (v for v in _strings(node.get("widgets_values")) if _same_file(v, model["name"])), None
+                )
                 if value is not None:
                     name = value.replace("\\", "/")
                     out.models[name] = install_folder(model["directory"])
                     out.model_nodes[name] = value in names_of
                     out.model_where[name] = f"{node['type']}.{names_of.get(value)}"
-        for input_name, value in named or [(None, v) for v in _list(node.get("widgets_values"))]:
-            if not _model_like(value):
+        pairs = named or [(None, v) for v in _list(node.get("widgets_values"))]
+        several = sum(1 for _, v in pairs if _model_like(v)) > 1
+        for input_name, value in pairs:
+            if not _model_like(value) or (input_name is None and several):
+                # Unnamed values of a node loading several files cannot be told apart.
                 continue
             name = value.replace("\\", "/")
             if name in out.models:
@@ -535,7 +569,8 @@ def to_api(data: dict[str, Any]) -> dict[str, Any]:
             continue
         named = widget_names(node) or []
         inputs = {name: value for name, value in named if name and name != "control_after_generate"}
-        prompt[node_id] = {"class_type": node["type"], "inputs": inputs}
+        title = node.get("title") if isinstance(node.get("title"), str) else node["type"]
+        prompt[node_id] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
     return prompt
 
 
@@ -577,10 +612,10 @@ def score_packs(
         got = sorted({str(predicted.get(c)) for c in classes})
         score.misses[f"missed {pack} ({', '.join(classes[:4])}) got {', '.join(got)}"] += 1
         score.categories[f"missed: {miss_category(pack, classes, index)}"] += 1
-    for pack in sorted(pred_set - truth_set):
-        classes = sorted(c for c in labelled.packs if predicted.get(c) == pack)
+    for extra in sorted(p for p in pred_set - truth_set if p is not None):
+        classes = sorted(c for c in labelled.packs if predicted.get(c) == extra)
         truth = sorted({labelled.packs[c] for c in classes})
-        score.misses[f"extra {pack} ({', '.join(classes[:4])}) truth {', '.join(truth)}"] += 1
+        score.misses[f"extra {extra} ({', '.join(classes[:4])}) truth {', '.join(truth)}"] += 1
         if truth == [CORE]:
             kind = "core class given a pack"
         elif all(miss_category(t, classes, index) == "pack not in Manager data" for t in truth):
@@ -604,13 +639,16 @@ def miss_category(pack: str, classes: list[str], index: KnowledgeIndex) -> str:
 
 
 def first_match(labelled: Labelled, all_classes: set[str], index: KnowledgeIndex) -> dict[str, str | None]:
+    """ComfyUI-Manager's own resolution: first pack of its data listing (or matching) the class."""
+    curated = {repo_key(r) for r in getattr(rules, "REGISTRY_ONLY_PACKS", {})}
     out: dict[str, str | None] = {}
     for ctype in all_classes:
+        matched = [i for i in index.packs_by_pattern(ctype) if repo_key(index.packs[i].repo) not in curated]
         if index.is_core(ctype):
             out[ctype] = CORE
         elif listed := index.packs_listing(ctype):
             out[ctype] = repo_key(index.packs[listed[0]].repo)
-        elif matched := index.packs_by_pattern(ctype):
+        elif matched:
             out[ctype] = repo_key(index.packs[matched[0]].repo)
         else:
             out[ctype] = None
@@ -640,8 +678,12 @@ def score_models(score: Score, labelled: Labelled, manifest: Any, api: bool) -> 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", type=Path, default=Path(os.environ.get("COMFYFLEET_EVAL_MIRROR", "/work/.mirror")))
-    parser.add_argument("--half", choices=("A", "B", "all"), default="all", help="which half's misses to list")
+    parser.add_argument(
+        "--mirror", type=Path, default=Path(os.environ.get("COMFYFLEET_EVAL_MIRROR", "/work/.mirror"))
+    )
+    parser.add_argument(
+        "--half", choices=("A", "B", "all"), default="all", help="which half's misses to list"
+    )
     parser.add_argument(
         "--truth",
         choices=("metadata", "all"),
@@ -691,7 +733,9 @@ def main(argv: list[str]) -> int:
         all_classes = {n["type"] for _, n, _ in _executed(sample.data)}
         score_packs(fm, labelled, first_match(labelled, all_classes, index), index)
     print(f"mirror {args.mirror}: {len(samples)} distinct UI workflows, {used} with metadata to score")
-    print(f"index sources: {index.sources.get('comfyui-manager')=} {index.sources.get('comfyui-workflow-templates-json')=}")
+    print(
+        f"index sources: {index.sources.get('comfyui-manager')=} {index.sources.get('comfyui-workflow-templates-json')=}"
+    )
     for h in ("A", "B"):
         for kind in ("ui", "api", "first-match"):
             print(scores[(h, kind)].line(f"half {h} {kind}"))

@@ -36,18 +36,15 @@ from comfyfleet.errors import BadInput
 from comfyfleet.registry import Deployment, Registry, Schedule
 from comfyfleet.ship import (
     API_KEY_ENV,
-    MODAL,
     Backoff,
     ShipContext,
     ShipOutcome,
     Step,
     api_client,
-    api_keys_for,
     check_generation,
     count_generation,
     each_host,
     health_step,
-    resolve_target,
     run_ship,
 )
 
@@ -118,8 +115,10 @@ def action_steps(action: str) -> list[Step]:
 def context_for(deployment: Deployment, api_key: str | None = None) -> ShipContext:
     """A pipeline context that addresses the hosts a deployment was shipped to.
 
-    API keys come from the target's host data (``api_keys_file``) when the target still
-    loads, else from ``api_key`` / $COMFYFLEET_API_KEY; the registry never stores keys.
+    API keys are read from the key files the ship recorded per host (``api_keys_file`` in
+    the host's data), else ``api_key`` / $COMFYFLEET_API_KEY; the registry never stores keys.
+    The inventory is not loaded here: that would import pyinfra's CLI module, which
+    monkey-patches threading under the running scheduler.
     """
     ctx = ShipContext(
         workflow_path=Path(deployment.workflow_path),
@@ -133,11 +132,7 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
     key = api_key or os.environ.get(API_KEY_ENV)
     if key:
         ctx.data["api_key"] = key
-    if deployment.target != MODAL:
-        try:
-            ctx.data["api_keys"] = api_keys_for(resolve_target(deployment.target))
-        except BadInput:
-            pass  # the inventory moved or is gone: the checks run with the key above, if any
+    ctx.data["api_key_files"] = {e.host: e.api_key_file for e in deployment.endpoints if e.api_key_file}
     return ctx
 
 

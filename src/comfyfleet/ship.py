@@ -24,11 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
+from pyinfra.api import FactBase
 
 from comfyfleet.errors import BadInput, HostFailure
 from comfyfleet.registry import Deployment, Endpoint, Registry, StepRecord, utcnow
@@ -121,6 +122,9 @@ class Step:
     """Runs in the calling thread, bounded by a gevent timeout: pyinfra's gevent hub
     cannot run subprocesses outside the main thread, so host tasks must not be moved
     to a worker thread the way HTTP checks are."""
+    on_failure: Callable[[ShipContext, list[str]], Mapping[str, str]] | None = None
+    """Compensation for the hosts this step failed on (bad input excepted): puts back what
+    the step changed; returns a note per host for the failure report. Runs in this thread."""
 
 
 def each_host(fn: Callable[[ShipContext, str], None], parallel: int = 8) -> StepFn:
@@ -167,6 +171,8 @@ class Reporter(Protocol):
 
     def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None: ...
 
+    def note(self, step: str, host: str, message: str) -> None: ...
+
 
 class NullReporter:
     """Shows nothing."""
@@ -178,6 +184,9 @@ class NullReporter:
         """Nothing to show."""
 
     def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None:
+        """Nothing to show."""
+
+    def note(self, step: str, host: str, message: str) -> None:
         """Nothing to show."""
 
 
@@ -356,8 +365,28 @@ def run_pipeline(
             pending = retry
             if pending:
                 sleep(max(delays))
+        if failure is not None and failure.step == step.name and step.on_failure and not failure.bad_input:
+            failure = _compensate(step, ctx, done, failure, rep)
         results.extend(done[h] for h in hosts if h in done)
     return PipelineResult(results, failure, time.monotonic() - started)
+
+
+def _compensate(step: Step, ctx: ShipContext, done: dict[str, StepResult], failure: Failure,
+                rep: Reporter) -> Failure:
+    """Run a failed step's compensation and add what it did to the failure report."""
+    assert step.on_failure is not None
+    failed = [h for h, r in done.items() if not r.ok]
+    try:
+        notes = dict(step.on_failure(ctx, failed))
+    except Exception as exc:  # the report must still name the original cause
+        notes = dict.fromkeys(failed, f"putting back failed: {describe(exc)}")
+    for host, note in notes.items():
+        rep.note(step.name, host, note)
+        if host in done:
+            r = done[host]
+            done[host] = StepResult(r.step, r.host, r.ok, r.attempts, r.seconds, f"{r.error}; {note}")
+    own = notes.get(failure.host)
+    return Failure(failure.step, failure.host, f"{failure.cause}; {own}", failure.bad_input) if own else failure
 
 
 def record_run(
@@ -390,7 +419,8 @@ def record_step(registry: Registry) -> Step:
     def record(ctx: ShipContext) -> None:
         if ctx.manifest is None:
             raise RuntimeError("nothing to record: the analyze step did not produce a manifest")
-        endpoints = [Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow)) for h in ctx.hosts]
+        key_files = ctx.data.get("api_key_files") or {}
+        endpoints = [Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow), key_files.get(h)) for h in ctx.hosts]
         ctx.deployment = registry.upsert_deployment(
             name=ctx.name,
             environment=ctx.environment,
@@ -610,8 +640,13 @@ _counter_lock = threading.Lock()
 
 
 def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
-    """A client for one host's API service, its timeout bounded by the step's budget."""
-    key = (ctx.data.get("api_keys") or {}).get(host) or ctx.data.get("api_key")
+    """A client for one host's API service, its timeout bounded by the step's budget.
+
+    The key: the host's key file (read now, so a scheduled check sees a rotated key), else
+    $COMFYFLEET_API_KEY; none on a loopback-only service.
+    """
+    key_file = (ctx.data.get("api_key_files") or {}).get(host)
+    key = read_api_key(key_file, host) if key_file else ctx.data.get("api_key")
     return ApiClient(ctx.endpoints[host], key, timeout=ctx.remaining(cap))
 
 
@@ -725,27 +760,22 @@ def api_base_for(name: str, data: Mapping[str, Any]) -> str:
     return f"http://{address}:{cfg.api_port}"
 
 
-def api_keys_for(specs: HostSpecs) -> dict[str, str]:
-    """Each host's API key on this machine: the first key of its ``api_keys_file`` (the file
-    update-binary installs on the host), else $COMFYFLEET_API_KEY. Keys stay in memory only."""
-    import os
+def read_api_key(path: str | Path, host: str) -> str:
+    """The first key of an API key file (one key per line, '#' comments), for one host."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise BadInput(f"host {host}: api_keys_file {path}: {exc.strerror or exc}") from None
+    key = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")), "")
+    if not key:
+        raise BadInput(f"host {host}: api_keys_file {path} holds no key: put one key per line")
+    return key
 
-    fallback = os.environ.get(API_KEY_ENV, "")
-    keys: dict[str, str] = {}
-    for name, data in specs:
-        path = data.get("api_keys_file")
-        key = fallback
-        if path:
-            try:
-                lines = Path(str(path)).read_text().splitlines()
-            except OSError as exc:
-                raise BadInput(f"host {name}: api_keys_file {path}: {exc.strerror or exc}") from None
-            key = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")), "")
-            if not key:
-                raise BadInput(f"host {name}: api_keys_file {path} holds no key: put one key per line")
-        if key:
-            keys[name] = key
-    return keys
+
+def api_key_files(specs: HostSpecs) -> dict[str, str]:
+    """Each host's ``api_keys_file`` (the keys update-binary installs there), as absolute paths."""
+    return {name: str(Path(str(data["api_keys_file"])).resolve()) for name, data in specs
+            if data.get("api_keys_file")}
 
 
 def resolve_target(target: str) -> HostSpecs:
@@ -796,7 +826,9 @@ def prepare_ship(
     ctx.hosts = [n for n, _ in specs]
     ctx.endpoints = {n: api_base_for(n, d) for n, d in specs}
     ctx.data["specs"] = specs
-    ctx.data["api_keys"] = api_keys_for(specs)
+    ctx.data["api_key_files"] = api_key_files(specs)
+    for host, path in ctx.data["api_key_files"].items():
+        read_api_key(path, host)  # a missing or empty key file stops the ship before any host is touched
     return ctx
 
 
@@ -859,6 +891,118 @@ def task_step(
     return Step(name, run, timeout, backoff, inline=True)
 
 
+# -- putting back node packs a failed install added -----------------------------------
+
+
+class NodeFolders(FactBase):
+    """Names of the folders directly in a custom_nodes/ folder (empty when it is missing)."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, path: str) -> Any:
+        from comfyfleet.operations.shell import script
+
+        return script('find "$1" -mindepth 1 -maxdepth 1 -type d -printf "%f\\n" 2>/dev/null || true', path)
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip())
+
+
+def nodes_snapshot(store: dict[str, list[str]]) -> Callable[[], None]:
+    """A deploy recording each host's custom_nodes folders (before the install step)."""
+    from pyinfra import host as current
+    from pyinfra.api import deploy, operation
+
+    from comfyfleet.inventory import host_config
+
+    @operation(is_idempotent=False)
+    def record(path: str) -> Any:
+        store[current.name] = list(current.get_fact(NodeFolders, path=path))
+        current.noop(f"{len(store[current.name])} node pack folder(s) before the ship")
+        yield from ()
+
+    @deploy("Node packs before the ship")
+    def snapshot() -> None:
+        cfg = host_config(current)
+        record(name="List custom_nodes", path=cfg.layout.custom_nodes, _sudo=cfg.sudo)
+
+    snapshot.__name__ = "nodes-snapshot"  # type: ignore[attr-defined]
+    return cast(Callable[[], None], snapshot)
+
+
+def park_new_nodes(before: Mapping[str, list[str]], stamp: str) -> Callable[[], None]:
+    """A deploy moving node pack folders that were not there before the ship out of custom_nodes/
+    (into ``<data_root>/.comfyfleet/parked-nodes/<stamp>/``, never deleted), then restarting
+    ComfyUI if it does not answer, and waiting until it does."""
+    from pyinfra import host as current
+    from pyinfra.api import QuoteString, StringCommand, deploy, operation
+
+    from comfyfleet.facts.comfyui import HttpStatus
+    from comfyfleet.inventory import host_config
+    from comfyfleet.operations import comfyui
+
+    @operation(is_idempotent=False)
+    def park(path: str, parked: str) -> Any:
+        keep = set(before.get(current.name, []))
+        new = [name for name in current.get_fact(NodeFolders, path=path) if name not in keep]
+        if not new:
+            current.noop("no node pack folder was added")
+            return
+        yield StringCommand("mkdir", "-p", QuoteString(parked))
+        for name in new:
+            yield StringCommand("mv", QuoteString(f"{path}/{name}"), QuoteString(f"{parked}/{name}"))
+
+    @operation(is_idempotent=False)
+    def restart_if_down(url: str, container: str) -> Any:
+        if current.get_fact(HttpStatus, url=f"{url}/system_stats") == 200:
+            current.noop("ComfyUI answers: not restarted")
+            return
+        yield StringCommand("docker", "restart", "-t", "30", QuoteString(container))
+
+    @deploy("Put back the node packs")
+    def put_back() -> None:
+        cfg = host_config(current)
+        lay = cfg.layout
+        if current.name not in before:
+            current.noop("no snapshot of custom_nodes: nothing to put back")
+            return
+        park(name="Park node packs the ship added", path=lay.custom_nodes,
+             parked=f"{lay.state}/parked-nodes/{stamp}", _sudo=cfg.sudo)
+        restart_if_down(name="Restart ComfyUI if it is down", url=cfg.comfyui_url, container=lay.comfyui_container,
+                        _sudo=cfg.sudo)
+        comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
+                             timeout=cfg.health_timeout, _sudo=cfg.sudo)
+
+    put_back.__name__ = "put-back-nodes"  # type: ignore[attr-defined]
+    return cast(Callable[[], None], put_back)
+
+
+def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict[str, str]]:
+    """The install step's compensation: park the packs it added, ComfyUI healthy again."""
+
+    def compensate(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+        before = ctx.data.get("nodes_before") or {}
+        specs = [(n, d) for n, d in ctx.data.get("specs", []) if n in hosts and n in before]
+        if not specs:
+            return {}
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        result = run_task(specs, park_new_nodes(before, stamp), {})
+        notes: dict[str, str] = {}
+        for hr in result.hosts:
+            if hr.ok:
+                moved = [c for c in hr.changed if "Park" in c]
+                notes[hr.host] = ("put back: node packs the ship added were moved to "
+                                  f".comfyfleet/parked-nodes/{stamp}/, ComfyUI answers again") if moved else \
+                    "nothing to put back: no node pack was added, ComfyUI answers"
+            else:
+                notes[hr.host] = f"putting back failed: {hr.reason or hr.status}"
+        return notes
+
+    return compensate
+
+
 # -- the standard ship ----------------------------------------------------------------
 
 HOST_TASKS = {"install": ("install-nodes", "download-models"), "api": ("update-binary",)}
@@ -896,12 +1040,18 @@ def standard_steps(
     if ctx.target == MODAL:
         return modal_steps(ctx, registry, analyze=analyze)
     every_task = [t for group in HOST_TASKS.values() for t in group]
-    return [
-        analyze_step(analyze),
+    before: dict[str, list[str]] = ctx.data.setdefault("nodes_before", {})
+    install = task_step(
+        "install",
+        [(nodes_snapshot(before), _workflow_data), *((t, _workflow_data) for t in HOST_TASKS["install"])],
         # Model bytes dominate; the budget is for a large checkpoint on a slow link. All tier
         # tasks are checked before the first one runs, so a missing one touches no host.
-        task_step("install", [(t, _workflow_data) for t in HOST_TASKS["install"]], timeout=3 * 3600,
-                  run_task=run_task, preflight=lambda: check_tasks(every_task)),
+        timeout=3 * 3600, run_task=run_task, preflight=lambda: check_tasks(every_task),
+    )
+    return [
+        analyze_step(analyze),
+        # A pack that keeps ComfyUI from starting must not take the running workflows down with it.
+        replace(install, on_failure=put_back_nodes(run_task)),
         task_step("api", [*((t, _workflow_data) for t in HOST_TASKS["api"]),
                           # A ship serves the workflow even if it had been stopped before.
                           (serving_deploy(ctx.workflow, True), _workflow_data)],

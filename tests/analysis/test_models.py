@@ -224,3 +224,24 @@ def test_pipeline_loaders_without_names_use_file_names_then_checkpoints(small_in
         m.filename: m.folder for m in analyze_data(ui_workflow(node), "wf", "wf", index=small_index).models
     }
     assert folders == {"dreamy_mix_v3.safetensors": "checkpoints", "add_detail_lora.safetensors": "loras"}
+
+
+@pytest.mark.parametrize(
+    ("ctype", "input_name", "filename", "folder"),
+    [
+        # Folders these packs register themselves (add_model_folder_path in their nodes.py).
+        ("CogVideoLoraSelect", "lora", "orbit_left_lora.safetensors", "CogVideo/loras"),
+        ("MMAudioModelLoader", "mmaudio_model", "mmaudio_large_44k.safetensors", "mmaudio"),
+        ("MMAudioFeatureUtilsLoader", "vae_model", "mmaudio_vae_44k_fp16.safetensors", "mmaudio"),
+        ("OnnxDetectionModelLoader", "vitpose_model", "vitpose-l-wholebody.onnx", "detection"),
+        # WanVideoWrapper loads its CLIP text encoder from text_encoders.
+        ("LoadWanVideoClipTextEncoder", "model_name", "open-clip-xlm-roberta.safetensors", "text_encoders"),
+    ],
+)
+def test_pack_specific_folders_with_or_without_input_names(
+    small_index: KnowledgeIndex, ctype: str, input_name: str, filename: str, folder: str
+) -> None:
+    named = analyze_data(one_node(ctype, **{input_name: filename}), "wf", "wf", index=small_index)
+    unnamed = analyze_data(ui_workflow(ui_node(1, ctype, [filename])), "wf", "wf", index=small_index)
+    assert [(m.filename, m.folder) for m in named.models] == [(filename, folder)]
+    assert [(m.filename, m.folder) for m in unnamed.models] == [(filename, folder)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from analysis.helpers import ui_node, ui_workflow
+import copy
+
+from analysis.helpers import MANAGER, TEMPLATE, ui_node, ui_workflow
 from comfyfleet.analysis import Overrides, analyze_data
 from comfyfleet.analysis.index import KnowledgeIndex, default_index
+from comfyfleet.analysis.index_build import build_index
 
 
 def api(*class_types: str) -> dict:
@@ -155,3 +158,65 @@ def test_unknown_registry_id_falls_back_to_the_map(small_index: KnowledgeIndex) 
     ]
     [node] = manifest.unresolved.nodes
     assert node.class_type == "NeverSeenAnywhere" and "'mystery-pack'" in node.reason
+
+
+def _index_with(extra_packs: dict[str, list[str]], stars: dict[str, int]) -> KnowledgeIndex:
+    """The small test index plus some packs, built by the real builder."""
+    manager = copy.deepcopy(MANAGER)
+    for repo, names in extra_packs.items():
+        manager["extension-node-map.json"][repo] = [names, {}]
+    manager["github-stats.json"].update({repo: {"stars": n} for repo, n in stars.items()})
+    return KnowledgeIndex(build_index(manager, [TEMPLATE], {}, {"VAELoader"}, {}))
+
+
+def test_prefix_many_packs_share_is_no_evidence_for_an_unneeded_pack() -> None:
+    # "Fancy..." is FancyNodes' own prefix until another pack has more classes under it.
+    shared = _index_with(
+        {"https://github.com/zed/GlowPack": ["FancyGlowA", "FancyGlowB", "FancyGlowC", "FancyGlowD"]},
+        {"https://github.com/zed/GlowPack": 10},
+    )
+    manifest = analyze_data(api("FancyZoom"), "wf", "wf", index=shared)
+    assert manifest.custom_nodes == []
+    assert [u.class_type for u in manifest.unresolved.nodes] == ["FancyZoom"]
+    # A pack the workflow needs anyway still takes its prefix's new classes.
+    manifest = analyze_data(api("FancyZoom", "FancyBlur"), "wf", "wf", index=shared)
+    assert packs(manifest) == {"FancyNodes": (["FancyBlur", "FancyZoom"], "extension_map")}
+
+
+def test_registry_id_matches_repo_name_without_comfyui_affix_or_punctuation(
+    small_index: KnowledgeIndex,
+) -> None:
+    # Registry ids are often the repo name minus "ComfyUI-" ("listhelper" for ComfyUI-ListHelper).
+    workflow = ui_workflow(ui_node(1, "NotInTheMap", props={"cnr_id": "widgetworks", "ver": "1.3.1"}))
+    manifest = analyze_data(workflow, "wf", "wf", index=small_index)
+    assert [(p.repo, p.version, p.resolved_by) for p in manifest.custom_nodes] == [
+        ("https://github.com/ivan/ComfyUI-Widget-Works", "1.3.1", "node_metadata")
+    ]
+
+
+def test_registry_only_packs_resolve_by_their_curated_pattern(small_index: KnowledgeIndex) -> None:
+    # kijai publishes these on the Comfy Registry only; the Manager's git lists lack them.
+    manifest = analyze_data(api("MMAudioSampler", "Hy3DVAELoader", "KSampler"), "wf", "wf", index=small_index)
+    assert {p.repo: (p.provides, p.resolved_by) for p in manifest.custom_nodes} == {
+        "https://github.com/kijai/ComfyUI-Hunyuan3DWrapper": (["Hy3DVAELoader"], "pattern"),
+        "https://github.com/kijai/ComfyUI-MMAudio": (["MMAudioSampler"], "pattern"),
+    }
+
+
+def test_manager_class_list_replaces_the_curated_pattern_once_it_knows_the_pack() -> None:
+    repo = "https://github.com/kijai/ComfyUI-MMAudio"
+    index = _index_with({repo: ["MMAudioSampler"]}, {repo: 300})
+    assert sum(p.repo == repo for p in index.packs) == 1
+    assert index.packs_by_pattern("MMAudioSomethingNew") == []
+    manifest = analyze_data(api("MMAudioSampler"), "wf", "wf", index=index)
+    assert [(p.repo, p.resolved_by) for p in manifest.custom_nodes] == [(repo, "extension_map")]
+
+
+def test_listed_prefix_beats_a_repo_named_like_the_first_word() -> None:
+    # "Denoise" is DenoiseTools' prefix (3 listed classes) and also some repo's name.
+    index = _index_with({"https://github.com/zed/ComfyUI_Denoise": ["Unrelated"]}, {})
+    manifest = analyze_data(api("DenoiseHarder"), "wf", "wf", index=index)
+    assert packs(manifest) == {"DenoiseTools": (["DenoiseHarder"], "name_guess")}
+    # Without prefix evidence the repo name still serves.
+    manifest = analyze_data(api("WidgetworksBlur"), "wf", "wf", index=index)
+    assert packs(manifest) == {"ComfyUI-Widget-Works": (["WidgetworksBlur"], "name_guess")}

@@ -31,6 +31,8 @@ class ApiBehaviour:
     generate_outputs: list[dict] | None = None
     generate_delay: float = 0.0
     disabled: set[str] = field(default_factory=set)
+    required_key: str | None = None
+    auth: list[str | None] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     bodies: list[dict] = field(default_factory=list)
 
@@ -60,7 +62,17 @@ class ApiServer:
                 behaviour.calls[key] = behaviour.calls.get(key, 0) + 1
                 return behaviour.calls[key]
 
+            def _refused(self) -> bool:
+                header = self.headers.get("Authorization")
+                behaviour.auth.append(header)
+                if behaviour.required_key and header != f"Bearer {behaviour.required_key}":
+                    self._send(401, {"detail": "missing or unknown API key"})
+                    return True
+                return False
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self._refused():
+                    return
                 if self.path == "/health":
                     self._count("health")
                     self._send(behaviour.health_status, {"status": "ok", "version": "test"})
@@ -91,6 +103,8 @@ class ApiServer:
                 self._send(200, {"workflow": workflow, "enabled": bool(body.get("enabled"))})
 
             def do_POST(self) -> None:  # noqa: N802
+                if self._refused():
+                    return
                 if not self.path.startswith("/workflows/") or self.path.rsplit("/", 1)[1] in behaviour.disabled:
                     self._send(404, {"detail": "not found"})
                     return

@@ -259,3 +259,20 @@ def test_verify_runs_checks_now_and_records_them(state: Path, api_server: ApiSer
     assert reg.get("portraits").status == "error"
     assert [(h.kind, h.trigger, h.ok) for h in reg.history("portraits", "dev")][:2] == [
         ("verify", "cli", False), ("verify", "cli", True)]
+
+
+def test_a_stopped_workflow_stays_stopped_when_a_reupload_brings_it_back(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path]
+) -> None:
+    api_dir = local_host["root"]
+    seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
+    reg = Registry(state / "deployments.sqlite3")
+    reg.upsert_deployment(name="scaler", environment="dev", workflow="upscale", workflow_path="workflows/upscale.json",
+                          manifest_hash="f" * 64, target=str(local_host["inventory"]),
+                          endpoints=[Endpoint("@local", f"{api_server.url}/workflows/upscale")])
+    assert cli(state, "deployments", "stop", "portraits").returncode == 0
+    (api_dir / "workflows" / "txt2img.json").write_text('{"re": "uploaded"}')  # what update-binary does
+    assert cli(state, "deployments", "start", "scaler").returncode == 0
+    assert sorted(p.name for p in (api_dir / "workflows").iterdir()) == ["upscale.json"]
+    assert (api_dir / "stopped" / "txt2img.json").read_text() == '{"re": "uploaded"}'
+    assert (api_dir / "disabled" / "txt2img").exists()

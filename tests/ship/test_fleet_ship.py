@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +23,6 @@ import pytest
 from fleet import Fleet, Host
 
 from comfyfleet.registry import Registry
-from comfyfleet.schedules import Watcher
 
 from .fleet_setup import CRASHING_BODY, ROOT, ShipFleet
 
@@ -107,6 +106,11 @@ def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -
         others = [n for n in SHIPPED if n != name]
         for other in others:  # a soft stop leaves the other endpoints serving
             assert generate(shipping, other).status_code == 200, other
+        if others:  # shipping another workflow re-uploads the folder: the stopped one stays stopped
+            reship = cli(shipping, "ship", str(shipping["env"].workflows / f"{others[0]}.json"), "--to",
+                         str(shipping["inventory"]), "--env", "prod")
+            assert reship.returncode == 0, reship.stderr
+            assert generate(shipping, name).status_code == 404
         assert registry(shipping).get(name).status == "inactive"
         started = cli(shipping, "deployments", "start", name)
         assert started.returncode == 0, started.stderr
@@ -164,42 +168,54 @@ def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_pre
         result = cli(shipping, "ship", str(crashy), "--to", str(shipping["inventory"]), "--env", "dev")
         assert result.returncode == 1, result.stdout + result.stderr
         assert f"ship failed: step 'install' failed on host {host.name}:" in result.stderr
-        # The API tier never ran: the same API container, the previous deployment untouched.
+        assert "put back: node packs the ship added were moved to .comfyfleet/parked-nodes/" in result.stderr
+        # The API tier never ran: the same API container, the previous deployment untouched
+        # and serving: ComfyUI runs again without the pack that kept it from starting.
         assert registry(shipping).get("keeper", "dev") == before
         assert registry(shipping).find("crashy", "dev") is None
         assert host.exec(
             f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip() == api_container
-        assert httpx.get(f"{api(host)}/health", timeout=10).status_code == 200
+        assert generate(shipping, "txt2img").status_code == 200
+        parked = host.exec(f"ls {host.data_root}/.comfyfleet/parked-nodes/*/", user="root").stdout.split()
+        assert parked == ["ComfyUI-Crashing"]
+        assert "failed" in registry(shipping).history("crashy", "dev")[0].summary
     finally:
         crashy.unlink()
         overrides = workflows / "overrides.yaml"
         overrides.write_text(overrides.read_text().split("\nnodes:\n  CrashOnImport:")[0])
-        host.exec(f"rm -rf {host.data_root}/custom_nodes/ComfyUI-Crashing", user="root")
-        host.exec(f"docker restart {host.container_prefix}comfyui", user="root", check=False)
+        # Should the put-back have failed, leave a working host for the tests after this one.
+        pack = f"{host.data_root}/custom_nodes/ComfyUI-Crashing"
+        host.exec(f"test ! -e {pack} || {{ rm -rf {pack}; docker restart {host.container_prefix}comfyui; }}",
+                  user="root", check=False)
+
 
 
 def test_a_schedule_fires_on_the_fleet_and_records(shipping: dict[str, Any]) -> None:
     reg = registry(shipping)
     name = SHIPPED[-1] if SHIPPED else "txt2img"
-    dep = reg.find(name, "prod")
-    if dep is None:
+    if reg.find(name, "prod") is None:
         shipped = cli(shipping, "ship", str(shipping["env"].workflows / f"{name}.json"), "--to",
                       str(shipping["inventory"]), "--env", "prod")
         assert shipped.returncode == 0, shipped.stderr
-        dep = reg.get(name, "prod")
-    schedule = reg.add_schedule(dep.id, "run", interval_seconds=1)
-    stop = threading.Event()
-    watcher = Watcher(reg, refresh_seconds=0.5)
-    thread = threading.Thread(target=watcher.run, args=(stop,))
-    thread.start()
+    added = cli(shipping, "deployments", "schedule", "add", name, "--env", "prod", "--action", "run", "--every", "1s")
+    assert added.returncode == 0, added.stderr
+    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(shipping["state"]), "PYTHONUNBUFFERED": "1"}
+    watch = subprocess.Popen([sys.executable, "-m", "comfyfleet.cli.main", "watch", "--refresh", "0.5"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not any(h.trigger == "schedule" for h in reg.history(name, "prod")) and time.monotonic() < deadline:
             time.sleep(0.5)
+        watch.send_signal(signal.SIGTERM)
+        stdout, stderr = watch.communicate(timeout=120)
     finally:
-        stop.set()
-        thread.join(120)
-        reg.remove_schedule(schedule.id)
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        for s in reg.schedules():
+            reg.remove_schedule(s.id)
+    assert watch.returncode == 0, stderr
+    assert f"run {name} (prod): ok" in stdout and stdout.rstrip().endswith("stopped")
     runs = [h for h in reg.history(name, "prod") if h.trigger == "schedule"]
-    assert runs and runs[0].ok and runs[0].kind == "run", runs
-    assert [s.step for s in runs[0].steps] == ["health", "generate"]
+    assert runs and runs[-1].ok and runs[-1].kind == "run", runs
+    assert [s.step for s in runs[-1].steps] == ["health", "generate"]

@@ -281,3 +281,48 @@ def test_retry_never_sleeps_past_the_step_budget(attempts: int) -> None:
                           ctx_for({"a": "u"}), sleep=sleeps)
     assert result.failure is not None
     assert len(calls) == 1 and sleeps.delays == []  # a 5 s wait would overrun the 0.5 s budget
+
+
+def test_compensation_runs_for_failed_hosts_and_joins_the_report() -> None:
+    seen: list[list[str]] = []
+
+    def run(ctx: ShipContext, host: str) -> None:
+        if host == "b":
+            raise HostFailure("ComfyUI did not come back after the node install")
+
+    def put_back(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+        seen.append(hosts)
+        return {h: "put back: new packs parked, ComfyUI answers again" for h in hosts}
+
+    result = run_pipeline([Step("install", each_host(run), 10, on_failure=put_back)], ctx_for({"a": "u", "b": "u"}))
+    assert seen == [["b"]]
+    assert result.failure is not None
+    assert str(result.failure) == ("step 'install' failed on host b: ComfyUI did not come back after the node "
+                                   "install; put back: new packs parked, ComfyUI answers again")
+    assert {r.host: r.error for r in result.results} == {
+        "a": None, "b": "ComfyUI did not come back after the node install; put back: new packs parked, "
+                        "ComfyUI answers again"}
+
+
+def test_no_compensation_for_bad_input_and_a_crashing_one_keeps_the_cause() -> None:
+    calls: list[str] = []
+
+    def bad(ctx: ShipContext, host: str) -> None:
+        raise BadInput("workflows/x.json: unsafe model name")
+
+    def never(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+        calls.append("called")
+        return {}
+
+    result = run_pipeline([Step("install", each_host(bad), 10, on_failure=never)], ctx_for({"a": "u"}))
+    assert calls == [] and result.failure is not None and result.failure.bad_input
+
+    def broken(ctx: ShipContext, host: str) -> None:
+        raise HostFailure("pip failed")
+
+    def crash(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+        raise RuntimeError("ssh connection lost")
+
+    result = run_pipeline([Step("install", each_host(broken), 10, on_failure=crash)], ctx_for({"a": "u"}))
+    assert result.failure is not None
+    assert result.failure.cause == "pip failed; putting back failed: RuntimeError: ssh connection lost"

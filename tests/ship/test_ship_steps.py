@@ -40,7 +40,9 @@ class RecordingRunner:
         self.calls.append((task, [n for n, _ in specs], specs[0][1]))
         if task in self.fail:
             return RunResult(task, [self.fail[task]])
-        return RunResult(task, [HostResult(n, "no change") for n, _ in specs])
+        changed = ["Park node packs the ship added"] if task == "put-back-nodes" else []
+        return RunResult(task, [HostResult(n, "changed" if changed else "no change", changed=changed)
+                                for n, _ in specs])
 
 
 def ship_ctx(workflow: Path, server: ApiServer, registry: Registry, name: str | None = None) -> ShipContext:
@@ -58,7 +60,8 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
     assert [s.name for s in steps] == ["analyze", "install", "api", "health", "generate", "record"]
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
-    assert [c[0] for c in runner.calls] == [*HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}"]
+    assert [c[0] for c in runner.calls] == [
+        "nodes-snapshot", *HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}"]
     for _task, hosts, data in runner.calls:
         assert hosts == ["gpu-1"]
         assert data["workflow"] == str(workflow) and data["workflows_dir"] == str(workflow.parent)
@@ -72,14 +75,18 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
 
 def test_failed_install_names_the_host_and_operation_and_stops(api_server: ApiServer, registry: Registry) -> None:
     ctx = ship_ctx(EXAMPLES[0], api_server, registry)
+    ctx.data["nodes_before"] = {"gpu-1": ["ComfyUI-Manager"]}  # what the snapshot deploy records
     runner = RecordingRunner(fail={"install-nodes": HostResult(
         "gpu-1", "failed", "Verify node classes: IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')")})
     outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry)
     failure = outcome.result.failure
     assert failure is not None
-    assert str(failure) == ("step 'install' failed on host gpu-1: install-nodes: Verify node classes: "
-                            "IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')")
-    assert [c[0] for c in runner.calls] == ["install-nodes"]  # models and API untouched
+    assert str(failure).startswith("step 'install' failed on host gpu-1: install-nodes: Verify node classes: "
+                                   "IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia'); put back: node packs "
+                                   "the ship added were moved to .comfyfleet/parked-nodes/")
+    assert str(failure).endswith(", ComfyUI answers again")
+    # Models and API untouched; the packs the ship added are put back.
+    assert [c[0] for c in runner.calls] == ["nodes-snapshot", "install-nodes", "put-back-nodes"]
     assert api_server.behaviour.calls == {}
     assert registry.find(EXAMPLES[0].stem) is None
 
@@ -90,7 +97,7 @@ def test_unreachable_host_is_retried_then_reported(api_server: ApiServer, regist
     steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None)
     steps[1] = type(steps[1])(steps[1].name, steps[1].run, 10, type(steps[1].backoff)(3, 0.01), inline=True)
     outcome = run_ship(ctx, steps, registry)
-    assert [c[0] for c in runner.calls] == ["install-nodes"] * 3
+    assert [c[0] for c in runner.calls] == ["nodes-snapshot", "install-nodes"] * 3
     assert outcome.result.failure is not None
     assert "host unreachable: Connection refused (after 3 attempts)" in outcome.result.failure.cause
 
@@ -135,3 +142,43 @@ def test_api_base_for_hosts() -> None:
         api_base_for("h", {"api_url": "gpu.example.org"})
     with pytest.raises(BadInput, match="host h: api_port"):
         api_base_for("h", {"api_port": 99999})
+
+
+def test_api_key_from_the_hosts_key_file_reaches_the_api_and_never_the_registry(
+    tmp_path: Path, api_server: ApiServer, registry: Registry
+) -> None:
+    key = "k-" + "7" * 30
+    key_file = tmp_path / "api-keys"
+    key_file.write_text(f"# operator keys\n{key}\n")
+    api_server.behaviour.required_key = key
+    ctx = prepare_ship(
+        EXAMPLES[0], "inventory/test.py", "dev", None, registry,
+        resolve=lambda t: [("gpu-1", {"ssh_hostname": "127.0.0.1", "api_port": api_server.port,
+                                      "api_keys_file": str(key_file)})],
+    )
+    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=RecordingRunner(), check_tasks=lambda n: None),
+                       registry)
+    assert outcome.result.ok, outcome.result.failure
+    assert set(api_server.behaviour.auth) == {f"Bearer {key}"}
+    dep = registry.get(EXAMPLES[0].stem)
+    assert dep.endpoints[0].api_key_file == str(key_file.resolve())
+    raw = b"".join(p.read_bytes() for p in registry.path.parent.glob("deployments.sqlite3*"))
+    assert key.encode() not in raw
+
+    # A scheduled check reads the file again: a rotated key is used, a wrong one named.
+    from comfyfleet.schedules import run_scheduled
+
+    key_file.write_text("wrong-key-0000000000000000\n")
+    failed = run_scheduled(registry, dep.id, "health")
+    assert failed is not None and failed.result.failure is not None
+    assert "answered 401: no valid API key; set api_keys_file" in failed.result.failure.cause
+    key_file.unlink()
+    missing = run_scheduled(registry, dep.id, "health")
+    assert missing is not None and missing.result.failure is not None
+    assert missing.result.failure.cause.startswith("host gpu-1: api_keys_file")
+
+
+def test_missing_key_file_stops_the_ship_before_any_host(tmp_path: Path, registry: Registry) -> None:
+    with pytest.raises(BadInput, match="host gpu-1: api_keys_file .*nope"):
+        prepare_ship(EXAMPLES[0], "inventory/test.py", "dev", None, registry,
+                     resolve=lambda t: [("gpu-1", {"api_keys_file": str(tmp_path / "nope")})])

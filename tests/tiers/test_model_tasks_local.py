@@ -61,7 +61,9 @@ def test_download_models_task_converges_records_hashes_and_keeps_tokens_out(
 ) -> None:
     up, data, root = setup["up"], setup["data"], setup["root"]
     lock = setup["wf"] / "comfyfleet.lock.yaml"
-    lock.write_text(yaml.safe_dump({"models": [{"filename": "sd15.safetensors", "folder": "checkpoints", "sha256": None}]}))
+    # The shape `comfyfleet analyze workflows/ --out workflows/comfyfleet.lock.yaml` writes.
+    entry = {"filename": "sd15.safetensors", "folder": "checkpoints", "sha256": None}
+    lock.write_text(yaml.safe_dump({"lock": {"models": [entry]}, "manifests": {"txt2img": {"models": [entry]}}}))
     caplog.set_level(logging.DEBUG)
     result = run("@local", "download-models", data)
     host = result.hosts[0]
@@ -72,8 +74,10 @@ def test_download_models_task_converges_records_hashes_and_keeps_tokens_out(
     for rel in rows:
         assert (root / "models" / rel).is_file()
     # The computed hash went into the lock, where the manifest had none.
-    sha = yaml.safe_load(lock.read_text())["models"][0]["sha256"]
-    assert sha == up.hf_files[("org/sd15", "main", "sd15.safetensors")].sha256
+    recorded = yaml.safe_load(lock.read_text())
+    sha = up.hf_files[("org/sd15", "main", "sd15.safetensors")].sha256
+    assert recorded["lock"]["models"][0]["sha256"] == sha
+    assert recorded["manifests"]["txt2img"]["models"][0]["sha256"] == sha
     # Tokens: not in any log line, and the uploaded token file is gone.
     text = caplog.text + json.dumps([s.rows for s in host.report.sections.values()])
     assert up.hf_token not in text and up.civitai_token not in text

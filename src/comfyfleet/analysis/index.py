@@ -125,12 +125,13 @@ class KnowledgeIndex:
             return {}, 0
         return packs, core
 
-    def pack_named_like(self, class_type: str) -> int | None:
-        """The pack whose repo name is the class's tag, whole name or long first word.
+    def pack_by_plain_name(self, name: str) -> int | None:
+        """The most starred pack whose repo name equals name once case, punctuation and a
+        "comfyui" affix are ignored: registry id "listhelper" -> dseditor/ComfyUI-ListHelper."""
+        key = _plain(name)
+        return self._plain_names().get(key) if len(key) >= 4 else None
 
-        "Lora Loader (LoraManager)" -> ComfyUI-Lora-Manager, "FilmGrainLTXV" ->
-        comfyui-filmgrainltxv, "Trellis2ImageToShape" -> ComfyUI-Trellis2.
-        """
+    def _plain_names(self) -> dict[str, int]:
         if self._by_plain_name is None:
             by_name: dict[str, int] = {}
             for i, pack in enumerate(self.packs):
@@ -138,15 +139,29 @@ class KnowledgeIndex:
                 if len(key) >= 4 and (key not in by_name or pack.stars > self.packs[by_name[key]].stars):
                     by_name[key] = i
             self._by_plain_name = by_name
-        tag = _tag(class_type)
-        keys = [_plain(tag)] if tag and tag[0] in "(|/" else []
-        keys.append(_plain(class_type))
-        word = first_word(class_type)
-        if len(word) >= 6:
-            keys.append(_plain(word))
+        return self._by_plain_name
+
+    def pack_named_like(self, class_type: str, by_first_word: bool = False) -> int | None:
+        """The pack whose repo name is the class's tag or whole name, or (by_first_word) its
+        long first word.
+
+        "Lora Loader (LoraManager)" -> ComfyUI-Lora-Manager, "FilmGrainLTXV" ->
+        comfyui-filmgrainltxv; by first word "Trellis2ImageToShape" -> ComfyUI-Trellis2.
+        A first word is weaker evidence ("INPAINT_..." is not every pack named Inpaint).
+        """
+        by_plain_name = self._plain_names()
+        keys: list[str] = []
+        if by_first_word:
+            word = first_word(class_type)
+            if len(word) >= 6:
+                keys.append(_plain(word))
+        else:
+            tag = _tag(class_type)
+            keys = [_plain(tag)] if tag and tag[0] in "(|/" else []
+            keys.append(_plain(class_type))
         for key in keys:
-            if len(key) >= 4 and key in self._by_plain_name:
-                return self._by_plain_name[key]
+            if len(key) >= 4 and key in by_plain_name:
+                return by_plain_name[key]
         return None
 
     def has_tag(self, class_type: str) -> bool:

@@ -9,6 +9,8 @@ Sources (all public, downloaded as wheels from PyPI so no GitHub access is neede
   ``properties.models`` ({name, url, directory}) and ``cnr_id``: they teach model URLs,
   which (class type, input) loads into which folder, the order of each class's widgets,
   and which class types are ComfyUI core.
+- ``rules.REGISTRY_ONLY_PACKS``: a short curated list of registry-only packs (with a
+  nodename_pattern) that the Manager's git-based lists lack; dropped once the Manager knows them.
 - A ComfyUI source tree (optional): NODE_CLASS_MAPPINGS keys and ``node_id=`` of
   nodes.py, comfy_extras/ and comfy_api_nodes/, read with ``ast`` (names only, no code).
   Without one, the core list recorded in the previous index is carried over.
@@ -34,6 +36,7 @@ from typing import Any
 
 from comfyfleet.analysis.rules import (
     MANAGER_TYPE_FOLDERS,
+    REGISTRY_ONLY_PACKS,
     canonical_folder,
     download_url,
     install_folder,
@@ -333,6 +336,14 @@ def build_index(
             except re.error:
                 continue
             patterns.append([meta["nodename_pattern"], pack_index[repo]])
+    known = {r.lower() for r in pack_index}
+    for repo, pattern in REGISTRY_ONLY_PACKS.items():
+        if repo.lower() in known:
+            continue  # the Manager data has caught up: its class list is better than a pattern
+        stars = int((stats.get(repo) or {}).get("stars") or 0)
+        pack_index[repo] = len(packs)
+        packs.append([repo, repo.rsplit("/", 1)[-1], stars, repo.rsplit("/", 1)[-1]])
+        patterns.append([pattern, pack_index[repo]])
     preemptions: dict[str, int] = {}
     for entry in node_list:
         repo = str(entry.get("reference", "")).rstrip("/")

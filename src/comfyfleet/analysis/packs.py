@@ -28,6 +28,8 @@ RESOLUTION_RANK = {
 }
 # A pack guessed from a shared name prefix alone must be this popular (GitHub stars).
 _PREFIX_MIN_STARS = 100
+# ... and own at least this share of the classes under that prefix (see _guess_by_name).
+_PREFIX_OWN_SHARE = 0.5
 
 
 @dataclass
@@ -181,11 +183,13 @@ def _guess_by_name(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int |
     """A pack for a class the map does not list yet, from the names of the classes it does list.
 
     First a naming tag only one pack uses ("...KJ", "...|pysssss"), or a pack whose repo
-    is named like the class or its tag ("... (LoraManager)" -> ComfyUI-Lora-Manager).
+    is named like the class or its tag ("... (LoraManager)" -> ComfyUI-Lora-Manager); a
+    repo named like the class's first word only counts after the prefix evidence below.
     Then the longest shared name prefix: a pack the workflow already needs wins (a new
     "LTXV..." class in a workflow using ComfyUI-LTXVideo); otherwise only a popular pack
     with more classes under that prefix than ComfyUI core has (else it may be a newer
-    core node); last, a needed pack with 3+ classes whose first word is the same.
+    core node) and at least half of all packs' classes under it; last, a needed pack with
+    3+ classes whose first word is the same.
     Guesses stay rare on purpose: a wrong pack costs as much as a missing one.
     """
     tagged = index.pack_by_tag(ctype)
@@ -200,11 +204,20 @@ def _guess_by_name(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int |
     used = [i for i in candidates if i in in_use]
     if used:
         return max(used, key=lambda i: index.packs[i].stars)
+    # A pack the workflow does not need otherwise is only guessed when the prefix is mostly
+    # its own: a prefix many packs share ("Qwen3...", "FilmGrain...") names a model family
+    # or an effect, not a pack, and a wrong pack costs as much as a missing one.
+    shared = sum(candidates.values())
     popular = [
-        i for i, n in candidates.items() if index.packs[i].stars >= _PREFIX_MIN_STARS and n > core_count
+        i
+        for i, n in candidates.items()
+        if index.packs[i].stars >= _PREFIX_MIN_STARS and n > core_count and n >= _PREFIX_OWN_SHARE * shared
     ]
     if popular:
         return max(popular, key=lambda i: index.packs[i].stars)
+    named = index.pack_named_like(ctype, by_first_word=True)
+    if named is not None:
+        return named
     # A pack the workflow needs anyway that names 3+ classes with the same first word.
     word = first_word(ctype)
     if len(word) >= 3:
@@ -233,6 +246,9 @@ def _repo_from_metadata(meta: dict[str, str], ctype: str, index: KnowledgeIndex)
             found = index.pack_by_name(cnr_id)
         if found is None:
             found = index.pack_by_id(cnr_id)
+        if found is None:
+            # Registry ids drop or add the "comfyui-" affix and punctuation of the repo name.
+            found = index.pack_by_plain_name(cnr_id)
         if found is not None:
             return index.packs[found].repo, cnr_id
         if aux_id and "/" in aux_id:

@@ -136,7 +136,7 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     ("WanVideoVAELoader", "model_name"): "vae",
     ("WanVideoTinyVAELoader", "model_name"): "vae_approx",
     ("LoadWanVideoT5TextEncoder", "model_name"): "text_encoders",
-    ("LoadWanVideoClipTextEncoder", "model_name"): "clip_vision",
+    ("LoadWanVideoClipTextEncoder", "model_name"): "text_encoders",
     ("WanVideoLoraSelect", "lora"): "loras",
     ("WanVideoLoraSelectMulti", "lora_0"): "loras",
     ("WanVideoVACEModelSelect", "vace_model"): "diffusion_models",
@@ -151,6 +151,17 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     ("CheckpointLoaderKJ", "ckpt_name"): "checkpoints",
     ("VAELoaderKJ", "vae_name"): "vae",
     ("CLIPLoaderKJ", "clip_name"): "text_encoders",
+    # kijai/ComfyUI-CogVideoXWrapper and ComfyUI-MMAudio register folders of their own
+    # (add_model_folder_path: models/CogVideo/loras, models/mmaudio).
+    ("CogVideoLoraSelect", "lora"): "CogVideo/loras",
+    ("MMAudioModelLoader", "mmaudio_model"): "mmaudio",
+    ("MMAudioFeatureUtilsLoader", "vae_model"): "mmaudio",
+    ("MMAudioFeatureUtilsLoader", "synchformer_model"): "mmaudio",
+    ("MMAudioFeatureUtilsLoader", "clip_model"): "mmaudio",
+    ("MMAudioVoCoderLoader", "vocoder_model"): "mmaudio",
+    # kijai/ComfyUI-WanAnimatePreprocess: ONNX pose/detection models in models/detection
+    ("OnnxDetectionModelLoader", "vitpose_model"): "detection",
+    ("OnnxDetectionModelLoader", "yolo_model"): "detection",
     # cubiq
     ("IPAdapterModelLoader", "ipadapter_file"): "ipadapter",
     ("InstantIDModelLoader", "instantid_file"): "instantid",
@@ -206,6 +217,27 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     # Lightricks/ComfyUI-LTXVideo
     ("LTXVGemmaCLIPModelLoader", "gemma_path"): "text_encoders",
     ("LTXVGemmaCLIPModelLoader", "ltxv_path"): "checkpoints",
+}
+
+# Packs published only on the Comfy Registry, which ComfyUI-Manager's git-based lists
+# (custom-node-list / extension-node-map in its PyPI wheel) do not carry, so no class of
+# theirs can be resolved from that data. Kept to widely used packs of the big authors;
+# repo -> a nodename_pattern over their class names (read from each repo's
+# NODE_CLASS_MAPPINGS). The index builder adds them unless the Manager data knows the repo.
+REGISTRY_ONLY_PACKS: dict[str, str] = {
+    "https://github.com/kijai/ComfyUI-Hunyuan3DWrapper": (
+        r"^(Hy3D|DownloadAndLoadHy3D)|^(CV2InpaintTexture|MESHToTrimesh|TrimeshToMESH)$"
+    ),
+    "https://github.com/kijai/ComfyUI-MMAudio": r"^MMAudio",
+    "https://github.com/kijai/ComfyUI-MochiWrapper": r"^(Mochi|DownloadAndLoadMochiModel$)",
+    "https://github.com/kijai/ComfyUI-FramePackWrapper": (
+        r"^(FramePack(Sampler|SingleFrameSampler|FindNearestBucket|LoraSelect|TorchCompileSettings)"
+        r"|LoadFramePackModel|DownloadAndLoadFramePackModel)$"
+    ),
+    "https://github.com/kijai/ComfyUI-WanAnimatePreprocess": (
+        r"^(DrawViTPose|OnnxDetectionModelLoader|PoseAndFaceDetection|PoseDetectionOneToAllAnimation"
+        r"|PoseRetargetPromptHelper)$"
+    ),
 }
 
 CLASS_FOLDERS: dict[str, set[str]] = {}

@@ -67,6 +67,10 @@ class RichReporter:
             f"retrying in {retry_in:.1f}s[/]", markup=True, highlight=False,
         )
 
+    def note(self, step: str, host: str, message: str) -> None:
+        """What a failed step's compensation did on a host."""
+        self.progress.console.print(f"  [yellow]{step} {host}: {message}[/]", markup=True, highlight=False)
+
     def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None:
         """Replace the spinner with the outcome."""
         task = self._tasks.get((step, host))

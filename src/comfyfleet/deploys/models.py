@@ -45,7 +45,15 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
-from comfyfleet.deploys.nodes import HostsideJson, load_manifests, parse_tagged, stage, tier_deploy
+from comfyfleet.deploys.nodes import (
+    MODELS_CHECK,
+    HostsideJson,
+    load_manifests,
+    parse_tagged,
+    probed_or_fact,
+    stage,
+    tier_deploy,
+)
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
@@ -61,7 +69,10 @@ _URL = re.compile(r"^(https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+|civitai:\d+
 # An empty 0600 file in a 0700 folder of the SSH user, before any byte of a token is written.
 _SECRETS_FILE = r"""
 umask 077
-mkdir -p "$1" && chmod 700 "$1" && : > "$2" && chmod 600 "$2"
+mkdir -p "$1" && chmod 700 "$1" || exit 1
+# Left over only if a connection died between upload and use: never keep them around.
+find "$1" -maxdepth 1 -name 'tokens-*.json' -mmin +10 -delete 2>/dev/null
+: > "$2" && chmod 600 "$2"
 """
 
 # Reads the tokens file on stdin, deletes it whatever happens; the tokens never reach argv or env.
@@ -157,7 +168,7 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
     + count: how many files the plan names (for the no-op message)
     + token_names: which tokens the plan's URLs may need (read on the operator's machine)
     """
-    check = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "--check"))
+    check = probed_or_fact(("python3", script_path, "--plan", plan_path, *MODELS_CHECK))
     rows = check.get("CHECK")
     if rows is None:
         yield fail("; ".join(check.get("error", [])) or "fetch_models.py --check gave no answer (python3 on the host?)")
@@ -208,8 +219,11 @@ def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
         return 0
     data = yaml.safe_load(lock_file.read_text()) or {}
     computed = {(r["folder"], r["filename"]): r.get("sha256") for r in rows if r.get("sha256")}
+    # A bare lock, or what `comfyfleet analyze DIR --out` writes: {lock: {...}, manifests: {name: {...}}}.
+    model_lists = [data.get("models") or [], (data.get("lock") or {}).get("models") or []]
+    model_lists += [(m or {}).get("models") or [] for m in (data.get("manifests") or {}).values()]
     count = 0
-    for model in data.get("models") or []:
+    for model in (m for models in model_lists for m in models):
         key = (model.get("folder"), normalize_model_name(str(model.get("filename", ""))))
         if not model.get("sha256") and computed.get(key):
             model["sha256"] = computed[key]

@@ -30,6 +30,7 @@ import hashlib
 import json
 import posixpath
 import re
+import shlex
 from collections.abc import Callable, Generator
 from io import BytesIO
 from pathlib import Path
@@ -234,35 +235,75 @@ def parse_tagged(lines: list[str]) -> dict[str, Any]:
     return out
 
 
-class FileHashes(FactBase[dict[str, str]]):
-    """sha256 of the given files that exist (one round trip for all of them)."""
+class StagedFiles(FactBase[dict[str, Any]]):
+    """sha256 of the given files that exist, then the output of read-only probe commands.
+
+    One round trip answers both "are the scripts and plans current?" and, when they
+    are, what the tier checks would say (a no-op deploy then needs no further trip).
+    Result: ``{"hashes": {path: sha256}, "probes": {argv: [lines]}}``.
+    """
 
     @staticmethod
-    def default() -> dict[str, str]:
-        return {}
+    def default() -> dict[str, Any]:
+        return {"hashes": {}, "probes": {}}
 
-    def command(self, paths: tuple[str, ...]) -> StringCommand:
-        return script('for f in "$@"; do [ -f "$f" ] && sha256sum "$f"; done; true', *paths)
+    def command(self, paths: tuple[str, ...], probes: tuple[tuple[str, ...], ...] = ()) -> StringCommand:
+        body = 'for f in "$@"; do [ -f "$f" ] && sha256sum "$f"; done\n'
+        for i, argv in enumerate(probes):
+            body += f"echo '@@probe {i}@@'; {shlex.join(argv)} 2>&1 || true\n"
+        return script(body + "true\n", *paths)
 
-    def process(self, output: list[str]) -> dict[str, str]:
-        return {line.split(None, 1)[1].strip(): line.split(None, 1)[0] for line in output if " " in line}
+    def process(self, output: list[str]) -> dict[str, Any]:
+        hashes: dict[str, str] = {}
+        probes: dict[str, list[str]] = {}
+        current: list[str] | None = None
+        for line in output:
+            if line.startswith("@@probe ") and line.endswith("@@"):
+                current = probes.setdefault(line[8:-2], [])
+            elif current is not None:
+                current.append(line)
+            elif re.match(r"^[0-9a-f]{64}\s", line):
+                digest, path = line.split(None, 1)
+                hashes[path.strip()] = digest
+        return {"hashes": hashes, "probes": probes}
+
+
+# Probe answers of this run, per host, valid while the staged files did not change.
+_PROBES: WeakKeyDictionary[Any, dict[tuple[str, ...], dict[str, Any]]] = WeakKeyDictionary()
+
+
+def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
+    """What ``argv`` answered in this run's staging probe, else run it now (one round trip)."""
+    answer = _PROBES.get(host, {}).pop(argv, None)
+    if answer is not None:
+        return answer
+    return host.get_fact(HostsideJson, argv=argv)
 
 
 @operation()
-def sync_files(files: dict[str, bytes]) -> Generator[Any, None, None]:
+def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = None) -> Generator[Any, None, None]:
     """Make each remote path hold these bytes (mode 644); no change when all already do.
 
     + files: remote path -> content (host-side scripts and JSON plans, nothing secret)
+    + probes: read-only commands answered in the same round trip when nothing is stale
     """
-    remote = host.get_fact(FileHashes, paths=tuple(sorted(files)))
+    probe_list = tuple(tuple(p) for p in probes or [])
+    state = host.get_fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
+    remote = state["hashes"]
     stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
     if not stale:
+        _PROBES[host] = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
         host.noop(f"{len(files)} file(s) up to date")
         return
+    _PROBES.pop(host, None)
     yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
     for path, data in sorted(stale.items()):
         yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
     yield StringCommand("chmod", "644", *(QuoteString(p) for p in sorted(stale)))
+
+
+NODES_CHECK = ("check", "--verify")
+MODELS_CHECK = ("--check",)
 
 
 def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
@@ -279,7 +320,12 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
     for plan_name, plan in plans.items():
         paths[plan_name] = f"{state}/plans/{plan_name}.json"
         files[paths[plan_name]] = json.dumps(plan, sort_keys=True, indent=1).encode()
-    sync_files(name=name, files=files, _sudo=cfg.sudo)
+    probes: list[tuple[str, ...]] = []
+    if "install_nodes.py" in paths and "nodes" in paths:
+        probes.append(("python3", paths["install_nodes.py"], "--plan", paths["nodes"], *NODES_CHECK))
+    if "fetch_models.py" in paths and "models" in paths:
+        probes.append(("python3", paths["fetch_models.py"], "--plan", paths["models"], *MODELS_CHECK))
+    sync_files(name=name, files=files, probes=probes, _sudo=cfg.sudo)
     return paths
 
 
@@ -299,8 +345,8 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     + update: move unpinned packs to their latest commit
     """
     # update: fetch first (in the check), so a pack already at its newest commit is no change.
-    mode = ("check", "--verify", "--fetch") if update else ("check", "--verify")
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, *mode))
+    mode = (*NODES_CHECK, "--fetch") if update else NODES_CHECK
+    state = probed_or_fact(("python3", script_path, "--plan", plan_path, *mode))
     if "VERIFY" in state:
         _VERIFIED[host] = state
     if "CHECK" not in state:

@@ -6,8 +6,10 @@ when it starts. A soft stop therefore parks the workflow's files in
 404, every other workflow keeps being served, ComfyUI and the models stay as they are,
 and nothing is deleted. ``start`` moves the files back. A marker
 ``<data_root>/api/disabled/<workflow>`` records the intent on the host, so the API (and
-``update-binary``, which re-uploads the local workflows folder) can honour it; until they
-do, a later ``update-binary`` or ``deploy-all`` serves a stopped workflow again.
+``update-binary``, which re-uploads the local workflows folder) can honour it. A ship
+parks such re-uploaded stopped workflows again right after its ``update-binary``; a
+``deploy-all`` or ``--update-binary`` run by hand serves them again until the next
+ship, stop or start on that host.
 """
 
 from __future__ import annotations
@@ -47,6 +49,39 @@ class ServingFiles(FactBase):
 
     def process(self, output: list[str]) -> list[str]:
         return [line.strip() for line in output if line.strip()]
+
+
+class LiveStoppedFiles(FactBase):
+    """Files in the API's workflows/ folder that belong to workflows marked stopped."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, api_dir: str) -> StringCommand:
+        body = ('cd "$1/disabled" 2>/dev/null || exit 0; for n in *; do [ -f "$n" ] || continue; '
+                'for s in .json .api.yaml; do [ -e "../workflows/$n$s" ] && echo "$n$s"; done; done; true')
+        return StringCommand("sh", "-c", QuoteString(body), "comfyfleet", QuoteString(api_dir))
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip())
+
+
+@operation()
+def repark(api_dir: str, keep: str) -> Generator[Any, None, None]:
+    """Park again the files of stopped workflows that a re-upload (update-binary) brought back.
+
+    + api_dir: ``<data_root>/api`` on the host
+    + keep: the workflow being served now (its marker is being removed)
+    """
+    back = [f for f in host.get_fact(LiveStoppedFiles, api_dir=api_dir)
+            if f not in (f"{keep}{s}" for s in SUFFIXES)]
+    if not back:
+        host.noop("no stopped workflow is back in workflows/")
+        return
+    yield StringCommand("mkdir", "-p", QuoteString(f"{api_dir}/stopped"))
+    for name in back:
+        yield _mv(f"{api_dir}/workflows/{name}", f"{api_dir}/stopped/{name}")
 
 
 def _mv(src: str, dest: str) -> StringCommand:
@@ -119,11 +154,18 @@ def serving_deploy(workflow: str, served: bool) -> Any:
                        workflow=workflow, served=served, _sudo=cfg.sudo)
         marker(name=f"Stop marker of {workflow}", api_dir=api_dir, workflow=workflow, stopped=not served,
                _sudo=cfg.sudo)
+        # update-binary uploads the whole local workflows folder, stopped workflows included:
+        # they go back where they were (until update-binary honours the markers itself).
+        others = repark(name="Keep stopped workflows stopped", api_dir=api_dir, keep=workflow, _sudo=cfg.sudo)
+
+        def changed() -> bool:
+            return moved.did_change() or others.did_change()
+
         # Endpoints are built at start: only the API restarts, and only when files moved.
-        docker.restart(name="Restart comfyui-api", container=cfg.layout.api_container, _if=moved.did_change,
+        docker.restart(name="Restart comfyui-api", container=cfg.layout.api_container, _if=changed,
                        _sudo=cfg.sudo)
         docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                         container=cfg.layout.api_container, timeout=cfg.health_timeout, _if=moved.did_change,
+                         container=cfg.layout.api_container, timeout=cfg.health_timeout, _if=changed,
                          _sudo=cfg.sudo)
 
     switch.__name__ = f"{'serve' if served else 'stop'}-{workflow}"  # type: ignore[attr-defined]

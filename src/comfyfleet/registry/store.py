@@ -48,10 +48,15 @@ class UnknownDeployment(BadInput):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one host serves a deployment's workflow."""
+    """Where one host serves a deployment's workflow.
+
+    ``api_key_file`` is the path of the operator's key file for that host (from its
+    inventory data), so scheduled checks can authenticate; the key itself is never stored.
+    """
 
     host: str
     url: str
+    api_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,8 @@ class Registry:
         if not endpoints:
             raise ValueError("a deployment needs at least one endpoint")
         now = utcnow()
-        encoded = json.dumps([{"host": e.host, "url": e.url} for e in endpoints])
+        encoded = json.dumps([{"host": e.host, "url": e.url, **({"api_key_file": e.api_key_file}
+                                                                 if e.api_key_file else {})} for e in endpoints])
         with self._tx() as conn:
             conn.execute(
                 """
@@ -487,7 +493,8 @@ class Registry:
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:
-    endpoints = tuple(Endpoint(e["host"], e["url"]) for e in json.loads(row["endpoints"] or "[]"))
+    endpoints = tuple(Endpoint(e["host"], e["url"], e.get("api_key_file"))
+                      for e in json.loads(row["endpoints"] or "[]"))
     return Deployment(
         id=row["id"], name=row["name"], environment=row["environment"], workflow=row["workflow"],
         workflow_path=row["workflow_path"], manifest_hash=row["manifest_hash"], target=row["target"],
