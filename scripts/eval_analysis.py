@@ -1,32 +1,44 @@
 #!/usr/bin/env python3
-"""Evaluate pack and model resolution on real-world workflows whose nodes carry metadata.
+"""Evaluate pack and model resolution on real-world workflows whose truth is known.
 
 How we measure (data is never committed: point the script at fetched repositories):
 
-- Sources: every git directory (bare, as ``fetch`` leaves them in /work/.mirror/*/repo) or
-  plain folder under ``--mirror`` (or ``$COMFYFLEET_EVAL_MIRROR``). Workflows are UI-format
-  ``*.json`` files and PNGs with an embedded ``workflow`` text chunk, deduplicated by
-  content.
-- Truth: each executed node's ``properties.cnr_id`` / ``aux_id`` (``comfy-core`` means core),
-  compared as lowercased ``github.com/owner/repo`` (a registry id is mapped to its repo
-  through ComfyUI-Manager's custom-node-list, as the index holds it). Nodes without metadata
-  and frontend-only nodes have no truth and are not scored (they still take part in the
-  analysis). Model truth: ``properties.models`` ``{name, directory}``, and, where those are
-  absent, the folder the class's own source code lists for that input
-  (``folder_paths.get_filename_list("X")`` in INPUT_TYPES of ComfyUI or a mirrored pack).
-- Input to the analyzer: the workflow with ``cnr_id``, ``aux_id``, ``ver`` and ``models``
-  removed from every node (UI format), and the same workflow converted to API format
-  (executed nodes only, subgraphs flattened, widget values named from the node's inputs;
-  API exports carry no metadata at all).
+- Sources: every git directory (bare, as the search tool's ``fetch`` leaves them in
+  /work/.mirror/*/repo) or plain folder under ``--mirror`` (or ``$COMFYFLEET_EVAL_MIRROR``).
+  Workflows are UI-format ``*.json`` files and PNGs with an embedded ``workflow`` chunk;
+  real API exports are API-format ``*.json`` files and PNG ``prompt`` chunks. All are
+  deduplicated by content.
+- Pack truth, compared as lowercased ``owner/repo``: each executed node's
+  ``properties.cnr_id`` (``comfy-core`` = core; a registry id is mapped to its repo through
+  ComfyUI-Manager's data by id, repo name, or repo name without "comfyui"/punctuation),
+  else its ``aux_id``. With ``--truth all`` (default), a node without metadata is labelled
+  by the one fetched source tree whose NODE_CLASS_MAPPINGS / ``node_id=`` registers its
+  class (ComfyUI's own tree means core; a repo the Manager knows only under another owner
+  with the same name, e.g. an archived original, maps to that one). Frontend-only nodes and
+  nodes without truth are not scored, but take part in the analysis.
+- Model truth: ``properties.models`` ``{name, directory}`` of the node loading the file,
+  else the folder the class's source lists for that input
+  (``folder_paths.get_filename_list("X")``, with the pack's own ``add_model_folder_path`` /
+  ``folder_names_and_paths`` registrations resolved to their paths). Unnamed values of a node
+  loading several files are not scored.
+- Analyzer input: ``ui`` = the workflow with ``cnr_id``, ``aux_id``, ``ver`` and ``models``
+  removed from every node; ``api`` = the same converted to API format (executed nodes,
+  subgraphs flattened, widget values named from the node's inputs; models are scored only
+  where names were known); ``real-api`` = API exports as found, scored against their UI
+  twin's truth (PNG) or the source trees.
 - Scores: per workflow, truth packs T (of scored classes) vs predicted packs P (the packs
-  the analysis gives those same classes, core counted as no pack); recall = |T∩P|/|T|,
-  precision = |T∩P|/|P|, summed over workflows. Models: share of truth references that come
-  back with the same filename in the same top-level models folder. Baseline: ComfyUI-Manager's
-  first-match (the first pack in extension-node-map listing the class, core when core).
-- Split: workflows are assigned to half A (tune) or B (held out) by a hash of their
-  repository and directory, so near-copies of one folder stay in one half.
+  the analysis gives those same classes, core counted as no pack); recall = sum |T∩P| /
+  sum |T|, precision = sum |T∩P| / sum |P|. Models: share of truth references that come
+  back with the same filename in the same top-level models folder. Baseline
+  ``first-match``: ComfyUI-Manager's resolution (the first pack of its data listing or
+  pattern-matching the class, core when core; the curated registry-only packs excluded).
+- Split: workflows go to half A (tune) or B (held out) by a hash of repository and
+  directory, so near-copies in one folder stay in one half. Misses are listed by category
+  (pack absent from the Manager data, fork/renamed repo, class newer than the map,
+  ambiguous class, core class given a pack, guess for an unknown pack).
 
-Usage: .venv/bin/python scripts/eval_analysis.py [--mirror DIR] [--misses N] [--half A|B|all]
+Usage: .venv/bin/python scripts/eval_analysis.py [--mirror DIR] [--truth all|metadata]
+       [--misses N] [--half A|B|all]
 Prints numbers and exits 0 (it is a measurement, not a gate).
 """
 
@@ -69,7 +81,8 @@ class Sample:
 
     repo: str
     path: str
-    data: dict[str, Any]
+    data: dict[str, Any] | None
+    api: dict[str, Any] | None = None  # a real API-format export (PNG "prompt" chunk or JSON)
 
     @property
     def group(self) -> str:
@@ -125,6 +138,27 @@ def _as_ui(blob: bytes, path: str) -> dict[str, Any] | None:
     return None
 
 
+def _as_api(blob: bytes, path: str) -> dict[str, Any] | None:
+    if path.lower().endswith(".png"):
+        text = _png_texts(blob).get("prompt")
+        if not text:
+            return None
+        blob = text.encode()
+    try:
+        data = json.loads(blob.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        data = data["prompt"]
+    if (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(v, dict) and isinstance(v.get("class_type"), str) for v in data.values())
+    ):
+        return data
+    return None
+
+
 def _git_files(git_dir: Path) -> Iterator[tuple[str, bytes]]:
     listing = subprocess.run(
         ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "HEAD"], capture_output=True, text=True
@@ -176,13 +210,17 @@ def gather(root: Path) -> list[Sample]:
             )
         for name, blob in files:
             data = _as_ui(blob, name)
-            if data is None:
-                continue
-            digest = hashlib.sha256(json.dumps(data.get("nodes"), sort_keys=True).encode()).hexdigest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            samples.append(Sample(repo=entry.name.replace("+", "/"), path=name, data=data))
+            api = _as_api(blob, name)
+            if data is not None:
+                digest = hashlib.sha256(json.dumps(data.get("nodes"), sort_keys=True).encode()).hexdigest()
+                data = None if digest in seen else data
+                seen.add(digest)
+            if api is not None:
+                digest = "api:" + hashlib.sha256(json.dumps(api, sort_keys=True).encode()).hexdigest()
+                api = None if digest in seen else api
+                seen.add(digest)
+            if data is not None or api is not None:
+                samples.append(Sample(repo=entry.name.replace("+", "/"), path=name, data=data, api=api))
     return samples
 
 
@@ -324,6 +362,8 @@ class SourceFolders:
         )
         names = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if "\t" in line]
         is_core = "nodes.py" in names and "comfy/model_management.py" in names
+        if not is_core and "__init__.py" not in names:
+            return  # not a node pack (a workflow collection, an app): its Python registers nothing
         shas = [
             line.split()[2]
             for line in listing.stdout.splitlines()
@@ -479,8 +519,9 @@ class Labelled:
 
 
 def label(sample: Sample, truth: Truth, sources: SourceFolders, use_source: bool = True) -> Labelled:
+    """Truth for a UI workflow: node metadata first, then (use_source) the fetched source trees."""
     out = Labelled()
-    for _, node, _ in _executed(sample.data):
+    for _, node, _ in _executed(sample.data or {"nodes": []}):
         props: dict[str, Any] = node["properties"] if isinstance(node.get("properties"), dict) else {}
         pack = truth.pack(props)
         if pack is None and use_source:
@@ -522,6 +563,32 @@ def label(sample: Sample, truth: Truth, sources: SourceFolders, use_source: bool
                 out.models[name] = install_folder(folder)
                 out.model_nodes[name] = input_name is not None
                 out.model_where[name] = f"{node['type']}.{input_name}"
+    return out
+
+
+def label_api(prompt: dict[str, Any], ui: Labelled | None, truth: Truth, sources: SourceFolders) -> Labelled:
+    """Truth for a real API export: its UI twin's labels where it has one, else the source trees."""
+    out = Labelled()
+    for node in prompt.values():
+        ctype = node["class_type"]
+        if ui is not None:
+            if ctype in ui.packs:
+                out.packs[ctype] = ui.packs[ctype]
+        else:
+            owners = sources.defined_by.get(ctype, set())
+            if len(owners) == 1:
+                owner = next(iter(owners))
+                out.packs[ctype] = owner if owner == CORE else truth.moved(owner, ctype)
+        inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+        for input_name, value in inputs.items():
+            if not _model_like(value):
+                continue
+            name = value.replace("\\", "/")
+            folder = (ui.models.get(name) if ui is not None else None) or sources.folder(ctype, input_name)
+            if folder:
+                out.models[name] = install_folder(folder)
+                out.model_nodes[name] = True
+                out.model_where[name] = f"{ctype}.{input_name}"
     return out
 
 
@@ -690,6 +757,9 @@ def main(argv: list[str]) -> int:
         default="all",
         help="metadata: only nodes' cnr_id/aux_id; all: also classes registered by one fetched source tree",
     )
+    parser.add_argument(
+        "--repos", help="comma-separated owner+name folders whose workflows are scored (default: all)"
+    )
     parser.add_argument("--misses", type=int, default=0, help="list this many most common misses")
     args = parser.parse_args(argv)
     if not args.mirror.is_dir():
@@ -699,20 +769,41 @@ def main(argv: list[str]) -> int:
     truth = Truth(index)
     sources = SourceFolders(args.mirror)
     samples = gather(args.mirror)
-    scores = {(h, kind): Score() for h in ("A", "B") for kind in ("ui", "api", "first-match")}
+    if args.repos:
+        wanted = {r.strip().replace("+", "/").lower() for r in args.repos.split(",")}
+        samples = [x for x in samples if x.repo.lower() in wanted]
     per_repo: dict[str, Score] = defaultdict(Score)
-    used = 0
+    kinds = ("ui", "api", "real-api", "first-match")
+    scores = {(h, kind): Score() for h in ("A", "B") for kind in kinds}
+    used = real_api = 0
     for sample in samples:
-        labelled = label(sample, truth, sources, use_source=args.truth == "all")
+        half = half_of(sample)
+        where = f"{sample.repo}:{sample.path}"
+        stem = Path(sample.path).stem
+        labelled = label(sample, truth, sources, use_source=args.truth == "all") if sample.data else None
+        if sample.api is not None and (args.truth == "all" or labelled is not None):
+            # A real API export (PNG "prompt" chunk or API JSON): no metadata at all.
+            api_truth = label_api(sample.api, labelled, truth, sources)
+            if any(p != CORE for p in api_truth.packs.values()) or api_truth.models:
+                try:
+                    real = analyze_data(sample.api, stem, where, index=index)
+                except BadInput as exc:
+                    print(f"skipped {where} (API): {exc}")
+                else:
+                    real_api += 1
+                    s = scores[(half, "real-api")]
+                    s.workflows += 1
+                    score_packs(s, api_truth, predicted_packs(real), index)
+                    score_models(s, api_truth, real, api=True)
+        if sample.data is None or labelled is None:
+            continue
         if not any(p != CORE for p in labelled.packs.values()) and not labelled.models:
             continue
         used += 1
-        half = half_of(sample)
-        where = f"{sample.repo}:{sample.path}"
         try:
-            ui = analyze_data(stripped_ui(sample.data), Path(sample.path).stem, where, index=index)
+            ui = analyze_data(stripped_ui(sample.data), stem, where, index=index)
             api_prompt = to_api(sample.data)
-            api = analyze_data(api_prompt, Path(sample.path).stem, where, index=index) if api_prompt else None
+            api = analyze_data(api_prompt, stem, where, index=index) if api_prompt else None
         except BadInput as exc:
             print(f"skipped {where}: {exc}")
             continue
@@ -732,14 +823,22 @@ def main(argv: list[str]) -> int:
         fm.workflows += 1
         all_classes = {n["type"] for _, n, _ in _executed(sample.data)}
         score_packs(fm, labelled, first_match(labelled, all_classes, index), index)
-    print(f"mirror {args.mirror}: {len(samples)} distinct UI workflows, {used} with metadata to score")
+    ui_count = sum(1 for x in samples if x.data is not None)
+    api_count = sum(1 for x in samples if x.api is not None)
+    print(
+        f"mirror {args.mirror}: {ui_count} distinct UI workflows, {used} with metadata to score; "
+        f"{api_count} real API exports, {real_api} scored"
+    )
     print(
         f"index sources: {index.sources.get('comfyui-manager')=} {index.sources.get('comfyui-workflow-templates-json')=}"
     )
+    print(
+        "ui = UI with metadata stripped; api = the same converted to API format; real-api = API exports as found"
+    )
     for h in ("A", "B"):
-        for kind in ("ui", "api", "first-match"):
+        for kind in kinds:
             print(scores[(h, kind)].line(f"half {h} {kind}"))
-    total = {kind: Score() for kind in ("ui", "api", "first-match")}
+    total = {kind: Score() for kind in kinds}
     for (_, kind), s in scores.items():
         t = total[kind]
         t.tp += s.tp
@@ -759,7 +858,7 @@ def main(argv: list[str]) -> int:
         for repo, s in sorted(per_repo.items()):
             print("  " + s.line(repo[:28]))
         halves = ("A", "B") if args.half == "all" else (args.half,)
-        for kind in ("ui", "api"):
+        for kind in ("ui", "api", "real-api"):
             misses: Counter[str] = Counter()
             model_misses: Counter[str] = Counter()
             for h in halves:

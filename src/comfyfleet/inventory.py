@@ -263,6 +263,34 @@ class Layout:
         return [self.root, self.models, self.custom_nodes, self.input, self.output, self.user, self.state]
 
 
+def address_problem(address: str) -> str | None:
+    """Why ``address`` cannot be an SSH host (an IP, a host name or an ssh_config alias), or None.
+
+    pyinfra connectors (``@local``, ``@docker/...``) pass. A dotted number that is not
+    an IPv4 address (``999.1.1.1``) is refused here rather than sent to DNS.
+    """
+    if address.startswith("@"):
+        return None
+    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            return "is not a valid IPv6 address"
+        return None
+    if re.fullmatch(r"[0-9.]+", bare):
+        try:
+            ipaddress.IPv4Address(bare)
+        except ValueError:
+            return "is not a valid IPv4 address (four numbers 0-255, such as 203.0.113.7)"
+        return None
+    labels = bare.removesuffix(".").split(".")
+    if len(bare) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "is not a valid host name (letters, digits, - _ and dots, such as gpu1.example.com)"
+    return None
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
 _OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_")
@@ -278,6 +306,7 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
     for key in data:
         if key.startswith(_OUR_PREFIXES) and key not in _KNOWN:
             raise BadInput(f"host {name}: unknown key {key!r}: see comfyfleet.inventory for the keys")
+    _check_connection_data(name, data)
     merged: dict[str, Any] = dict(PROVIDER_DEFAULTS[prov])
     merged.update({k: v for k, v in data.items() if k in _KNOWN and v is not None})
     merged["provider"] = prov
@@ -288,6 +317,20 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
         key = str(err["loc"][0]) if err["loc"] else "data"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise BadInput(f"host {name}: {key}: {msg}") from None
+
+
+def _check_connection_data(name: str, data: dict[str, Any]) -> None:
+    """pyinfra's own SSH keys, checked so a typo gives one line instead of a connector traceback."""
+    address = data.get("ssh_hostname")
+    if address is not None and not isinstance(address, str):
+        raise BadInput(f"host {name}: ssh_hostname must be a string such as 203.0.113.7 (got {address!r})")
+    problem = address_problem(address or name)
+    if problem:
+        what = f"ssh_hostname {address!r}" if address else f"address {name!r}"
+        raise BadInput(f"host {name}: {what} {problem}")
+    port = data.get("ssh_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        raise BadInput(f"host {name}: ssh_port must be a whole number from 1 to 65535 (got {port!r})")
 
 
 def host_config(host: Host, provider: str | None = None) -> HostConfig:

@@ -18,7 +18,18 @@ Results
     :func:`run` returns a :class:`RunResult` with one :class:`HostResult` per host:
     ``changed`` / ``no change`` / ``would change`` (dry run) / ``failed`` /
     ``unreachable`` / ``skipped``, a one-line ``reason`` for failures, the names of the
-    operations that changed, and the host's :class:`HostReport`.
+    operations that changed, and the host's :class:`HostReport`. ``RunResult.ok`` is
+    false when any host is not ok or the run stopped early.
+
+    A :class:`~comfyfleet.errors.BadInput` raised by a task (an unsafe model name in a
+    workflow, bad host data) is not a host failure: :func:`run` raises it, so the CLI
+    prints its one line and exits 2. Tasks raise it while their operations are added,
+    before any command reaches a host; one raised by an operation while it executes
+    stops every host the same way.
+
+Known hosts
+    pyinfra memoizes known_hosts files per process; each :func:`run` clears that memo so
+    a long-lived process sees hosts (and new host keys) added since its last run.
 
 Reports: how a task shows things to the operator
     A task that must show output (status tables, logs, installed nodes, storage) fills
@@ -64,10 +75,11 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_host_op, run_ops
+from pyinfra.connectors.sshuserclient.client import get_host_keys
 from pyinfra.context import ContextObject, ctx_host, ctx_state
 
 from comfyfleet.errors import BadInput
-from comfyfleet.inventory import validate_host_data
+from comfyfleet.inventory import address_problem, validate_host_data
 
 logger = logging.getLogger("comfyfleet")
 
@@ -153,7 +165,8 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(h.ok for h in self.hosts)
+        """Every host ended well and the run went to its end (a stopped run is never ok)."""
+        return all(h.ok for h in self.hosts) and not self.stopped
 
     @property
     def exit_code(self) -> int:
@@ -193,6 +206,9 @@ def load_target(target: str) -> list[HostSpec]:
     for name in names:
         if not _HOSTNAME.match(name):
             raise BadInput(f"target {name!r} is not a host name, IP or inventory file")
+        problem = address_problem(name)
+        if problem:
+            raise BadInput(f"target {name!r} {problem}")
     return [(n, {}) for n in names]
 
 
@@ -325,6 +341,17 @@ def resolve_task(task: str | Callable[[], None]) -> tuple[str, Callable[[], None
     return task, fn
 
 
+def check_options(opts: RunOptions) -> None:
+    """Refuse contradictory or out-of-range strategy options (BadInput, before anything loads)."""
+    for label, value in (("parallel", opts.parallel), ("rolling", opts.rolling)):
+        if value is not None and value < 1:
+            raise BadInput(f"--{label} must be 1 or more (got {value})")
+    if opts.fail_percent is not None and not 0 <= opts.fail_percent <= 100:
+        raise BadInput(f"--fail-percent must be between 0 and 100 (got {opts.fail_percent})")
+    if opts.serial and opts.parallel is not None:
+        raise BadInput("--serial and --parallel contradict each other: give one of them")
+
+
 def run(
     target: str | list[HostSpec],
     task: str | Callable[[], None],
@@ -338,12 +365,9 @@ def run(
     """
     opts = options or RunOptions()
     name, fn = resolve_task(task)
+    _forget_known_hosts()
+    check_options(opts)
     specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target
-    for label, value in (("parallel", opts.parallel), ("rolling", opts.rolling)):
-        if value is not None and value < 1:
-            raise BadInput(f"--{label} must be 1 or more")
-    if opts.fail_percent is not None and not 0 <= opts.fail_percent <= 100:
-        raise BadInput("--fail-percent must be between 0 and 100")
 
     batch_size = opts.rolling or len(specs)
     batches = [specs[i : i + batch_size] for i in range(0, len(specs), batch_size)]
@@ -361,6 +385,19 @@ def run(
                 results.extend(HostResult(n, "skipped", "not started: an earlier batch failed") for n, _ in rest)
             break
     return RunResult(task=name, hosts=results, dry_run=opts.dry_run, stopped=stopped)
+
+
+def _forget_known_hosts() -> None:
+    """Make pyinfra read known_hosts files afresh in this run.
+
+    pyinfra memoizes each known_hosts file's content for the life of the process, so in
+    a long-lived process (the scheduler, a test session) a host whose key was added to
+    ``~/.ssh/known_hosts`` after an earlier run, or a rebuilt host with a new key, would
+    fail strict host key checking. Reading the files again costs a few milliseconds.
+    """
+    cache = getattr(get_host_keys, "cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) -> tuple[list[HostResult], str]:
@@ -385,6 +422,11 @@ def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) 
             run_ops(state, serial=True)
         else:
             stopped = _run_hosts_independently(state)
+    except BadInput:
+        # The operator's input (a workflow, host data) is wrong: the CLI prints the line
+        # and exits 2. Tasks raise it while their operations are being added, before any
+        # command was sent.
+        raise
     except PyinfraError as exc:
         if str(exc) != "No hosts remaining!":
             stopped = str(exc)
@@ -408,13 +450,20 @@ def _run_hosts_independently(state: State) -> str:
     """
     state.is_executing = True
     stop: list[str] = []
+    bad_input: list[BadInput] = []
 
     def one_host(host: Host) -> None:
         for op_hash in state.get_op_order():
             if stop or host not in state.active_hosts:
                 return
-            with ctx_host.use(host):
-                ok = run_host_op(state, host, op_hash)
+            try:
+                with ctx_host.use(host):
+                    ok = run_host_op(state, host, op_hash)
+            except BadInput as exc:
+                # Input an operation could only judge on the host: stop every host, report it once.
+                bad_input.append(exc)
+                stop.append(str(exc))
+                return
             if not ok:
                 try:
                     state.fail_hosts({host})
@@ -426,6 +475,8 @@ def _run_hosts_independently(state: State) -> str:
     with ctx_state.use(state):
         greenlets = [state.pool.spawn(one_host, host) for host in state.inventory.get_active_hosts()]
         gevent.joinall(greenlets)
+    if bad_input:
+        raise bad_input[0]
     for greenlet in greenlets:
         if greenlet.exception is not None:
             stop.append(f"unexpected error: {type(greenlet.exception).__name__}: {greenlet.exception}")

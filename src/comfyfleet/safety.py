@@ -11,7 +11,7 @@ import re
 
 # Letters, digits and the punctuation real model files use. No shell metacharacters
 # ($ ` ; | & < > ( ) { } * ? ! ' " \ and whitespace other than plain space).
-_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+@,=~%#\[\]-]*$")
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 ._+@,=~%#\[\]-]*$")
 
 
 def normalize_model_name(name: str) -> str:

@@ -100,6 +100,34 @@ def test_fleet_rerun_reports_no_change(bootstrapped: subprocess.CompletedProcess
     assert res.returncode == 0 and "no change" in row(res.stdout, "dc1")
 
 
+def load_image_choices(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info/LoadImage", timeout=5) as resp:
+        return list(json.loads(resp.read())["LoadImage"]["input"]["required"]["image"][0])
+
+
+def test_fleet_runtime_seeds_comfyui_inputs_without_overwriting(
+    bootstrapped: subprocess.CompletedProcess[str], inventory: Path, fleet_hosts: dict[str, Any]
+) -> None:
+    """The data root's input/ (mounted over the checkout's) gets the files ComfyUI ships there."""
+    for host in (fleet_hosts["lambda1"], fleet_hosts["dc1"]):
+        shipped, seeded = f"{host.data_root}/ComfyUI/input/example.png", f"{host.data_root}/input/example.png"
+        assert host.exec(f"cmp {shipped} {seeded}", user="root", check=False).returncode == 0
+        assert "example.png" in load_image_choices(host.comfyui_port)  # LoadImage's default exists
+    host = fleet_hosts["lambda1"]
+    seeded = f"{host.data_root}/input/example.png"
+    # The operator's own file under that name stays through a re-run, which changes nothing.
+    host.exec(f"printf 'my own picture' > {seeded}", user="root")
+    res = cli("bootstrap", f"{inventory}:lambda1")
+    assert res.returncode == 0 and "no change" in row(res.stdout, "lambda1")
+    assert host.exec(f"cat {seeded}", user="root").stdout == "my own picture"
+    # A missing one is seeded again, and only that changes.
+    host.exec(f"rm {seeded}", user="root")
+    res = cli("bootstrap", f"{inventory}:lambda1")
+    assert res.returncode == 0
+    assert "changed" in row(res.stdout, "lambda1") and "ComfyUI example inputs" in row(res.stdout, "lambda1")
+    assert host.exec(f"cmp {host.data_root}/ComfyUI/input/example.png {seeded}", user="root").returncode == 0
+
+
 def test_fleet_volume_with_files_survives_second_bootstrap(
     bootstrapped: subprocess.CompletedProcess[str], inventory: Path, fleet_hosts: dict[str, Any]
 ) -> None:

@@ -67,7 +67,7 @@ def test_command_level_cases_cover_every_operation() -> None:
     """Every custom operation that yields commands has at least one case."""
     covered = {c["op"] for _, c in CASES}
     wanted = {"docker.engine", "docker.nvidia_toolkit", "docker.container", "docker.restart", "docker.wait_http",
-              "block.volume", "comfyui.checkout", "comfyui.python_env"}
+              "block.volume", "comfyui.checkout", "comfyui.python_env", "comfyui.seed_inputs"}
     assert wanted <= covered, wanted - covered
 
 

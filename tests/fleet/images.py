@@ -153,7 +153,7 @@ def local_cas() -> dict[str, bytes]:
 
 def host_recipe() -> dict[str, object]:
     """Everything that decides the host image's content."""
-    salt = os.environ.get("COMFYFLEET_FLEET_RECIPE_SALT")  # scripts/bench_fleet.py --cold: a fresh tag
+    salt = os.environ.get("COMFYFLEET_FLEET_RECIPE_SALT")  # scripts/bench_testfleet.py --cold: a fresh tag
     return {
         **({"salt": salt} if salt else {}),
         "local_cas": {name: hashlib.sha256(data).hexdigest() for name, data in local_cas().items()},

@@ -68,16 +68,10 @@ def generate(ctx: dict[str, Any], workflow: str) -> httpx.Response:
                       headers={"Authorization": f"Bearer {key}"}, timeout=300)
 
 
-# The runtime mounts <data_root>/input over ComfyUI's input/ folder, so the checkout's
-# example.png (the default image of upscale.json's LoadImage) is not on the host; the first
-# generation with the workflow's defaults then fails with 422. Reported to the runtime tier.
-NEEDS_EXAMPLE_INPUT = pytest.mark.xfail(
-    reason="runtime tier does not seed <data_root>/input with the checkout's example.png", strict=True)
 SHIPPED: list[str] = []
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=NEEDS_EXAMPLE_INPUT) if n == "upscale" else n for n in EXAMPLES])
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_ship_each_example_first_time(shipping: dict[str, Any], name: str) -> None:
     host: Host = shipping["host"]
     workflows: Path = shipping["env"].workflows

@@ -249,10 +249,6 @@ def test_rolling_one_stops_at_a_broken_host_and_leaves_the_next_untouched(
     assert fleet.comfyui is not None
     broken = start_host(name="tierbroken")
     third = start_host(name="tierthird")
-    # pyinfra memoizes known_hosts per process: let it see the keys of the hosts just started.
-    from pyinfra.connectors.sshuserclient.client import get_host_keys
-
-    get_host_keys.cache.clear()  # type: ignore[attr-defined]
     try:
         inv = write_inventory(
             [fleet_hosts["lambda1"], broken, third], tmp_path / "inventory.py",

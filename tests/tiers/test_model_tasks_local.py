@@ -113,14 +113,10 @@ def test_unsafe_model_name_is_refused_before_anything_reaches_the_host(setup: di
 
 
 def refusal(data: dict[str, Any], workflow: Path) -> str:
-    """The one-line refusal of a run (BadInput from the task, or the run's stop reason)."""
-    try:
-        result = run("@local", "download-models", {**data, "workflow": str(workflow)})
-    except BadInput as exc:
-        return str(exc)
-    # The runner turns it into the run's stop reason (no host ran anything).
-    assert result.stopped
-    return result.stopped
+    """The one-line refusal of a run: the task's BadInput reaches the caller (the CLI exits 2)."""
+    with pytest.raises(BadInput) as exc:
+        run("@local", "download-models", {**data, "workflow": str(workflow)})
+    return str(exc.value)
 
 
 def test_organize_cleanup_and_storage_report(setup: dict[str, Any]) -> None:

@@ -209,16 +209,26 @@ def delete(
     out.print(f"deleted {d.name} ({d.environment}); model files and workflows on the hosts were kept")
 
 
+def _seconds_between(start: str, end: str) -> float | None:
+    """Wall-clock seconds of a run (hosts run in parallel: not the sum of its steps)."""
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return None
+
+
 def _history_table(entries: list[HistoryEntry], title: str, steps: bool = True) -> Table:
     table = Table(title=title)
     for col in ("started (UTC)", "kind", "by", "result", "step", "host", "tries", "seconds", "detail"):
         table.add_column(col, justify="right" if col in ("tries", "seconds") else "left")
     for h in entries:
         result = "[green]ok[/]" if h.ok else "[red]failed[/]"
-        total = sum(s.seconds for s in h.steps)
+        total = _seconds_between(h.started_at, h.finished_at)
         detail = "" if h.ok else h.summary
         table.add_row(_when(h.started_at), h.kind, h.trigger, result, "total" if h.steps else "-", "",
-                      "", f"{total:.2f}" if h.steps else "", detail, end_section=not steps or not h.steps)
+                      "", f"{total:.2f}" if total is not None else "", detail, end_section=not steps or not h.steps)
         if steps:
             for i, s in enumerate(h.steps):
                 mark = "" if s.ok else "[red]✗[/] "

@@ -6,6 +6,7 @@ is done by :func:`comfyfleet.runner.run` through pyinfra's Python API.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from typing import Any
@@ -16,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comfyfleet.errors import BadInput
-from comfyfleet.runner import HostResult, RunOptions, RunResult, parallel_ssh, run
+from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
 
 out = Console(highlight=False)
 
@@ -33,10 +34,11 @@ UPDATE_TARGETS = ("comfyui", "nodes", "manager", "api")
 
 TargetArg = typer.Argument(..., help="IP or host name, a,b list, inventory file, or FILE:GROUP")
 DryRun = typer.Option(False, "--dry-run", help="show what would change, change nothing")
-Parallel = typer.Option(None, "--parallel", help="at most N hosts at once")
+# Numbers are parsed here rather than by typer so a bad value gives our one-line error.
+Parallel = typer.Option(None, "--parallel", metavar="N", help="at most N hosts at once")
 Serial = typer.Option(False, "--serial", help="one host after another")
-Rolling = typer.Option(None, "--rolling", help="N hosts at a time; each batch healthy before the next")
-FailPercent = typer.Option(None, "--fail-percent", help="stop when more than P%% of hosts failed")
+Rolling = typer.Option(None, "--rolling", metavar="N", help="N hosts at a time; each batch healthy before the next")
+FailPercent = typer.Option(None, "--fail-percent", metavar="P", help="stop when more than P percent of hosts failed")
 InventoryData = typer.Option(None, "--inventory-data", help="host data override key=value (repeatable)")
 
 
@@ -52,21 +54,24 @@ def bootstrap(
         None, "--provider", help="lambda | datacrunch (default: each host's `provider` data)"
     ),
     dry_run: bool = DryRun,
-    parallel: int | None = Parallel,
+    parallel: str | None = Parallel,
     serial: bool = Serial,
-    rolling: int | None = Rolling,
-    fail_percent: int | None = FailPercent,
+    rolling: str | None = Rolling,
+    fail_percent: str | None = FailPercent,
     inventory_data: list[str] | None = InventoryData,
 ) -> None:
     """Turn fresh GPU machines into ComfyUI hosts: docker, NVIDIA toolkit, volume, ComfyUI.
 
     Example: comfyfleet bootstrap 203.0.113.7 --provider lambda
+
+    Example: comfyfleet bootstrap inventory/datacrunch.py:gpu --dry-run
     """
     if provider is not None and provider not in ("lambda", "datacrunch", "generic"):
         raise BadInput(f"--provider {provider!r}: use lambda or datacrunch")
     data = parse_data(inventory_data)
-    opts = RunOptions(dry_run=dry_run, parallel=parallel, serial=serial, rolling=rolling, fail_percent=fail_percent)
+    opts = run_options(dry_run, parallel, serial, rolling, fail_percent)
     parallel_ssh()
+    quiet_ssh_library()
     result = run(target, "bootstrap", data, opts, provider=provider)
     show(result)
     raise typer.Exit(result.exit_code)
@@ -97,15 +102,17 @@ def common(
     storage_report: bool = typer.Option(False, "--storage-report", help="sizes per folder, largest files, free"),
     deploy_all: bool = typer.Option(False, "--deploy-all", help="ComfyUI, nodes, models, API, restart, verify"),
     dry_run: bool = DryRun,
-    parallel: int | None = Parallel,
+    parallel: str | None = Parallel,
     serial: bool = Serial,
-    rolling: int | None = Rolling,
-    fail_percent: int | None = FailPercent,
+    rolling: str | None = Rolling,
+    fail_percent: str | None = FailPercent,
     inventory_data: list[str] | None = InventoryData,
 ) -> None:
     """Maintenance on running hosts (the operators' runbook flags); one action per run.
 
     Example: comfyfleet common inventory/lambda.py --status
+
+    Example: comfyfleet common inventory/lambda.py:gpu --deploy-all --rolling 1
     """
     chosen: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -146,11 +153,44 @@ def common(
     if yes and flag != "--cleanup-models":
         raise BadInput("--yes only goes with --cleanup-models")
     data = {**parse_data(inventory_data), **task_data, "task": task}
-    opts = RunOptions(dry_run=dry_run, parallel=parallel, serial=serial, rolling=rolling, fail_percent=fail_percent)
+    opts = run_options(dry_run, parallel, serial, rolling, fail_percent)
     parallel_ssh()
+    quiet_ssh_library()
     result = run(target, task, data, opts)
     show(result)
     raise typer.Exit(result.exit_code)
+
+
+def quiet_ssh_library() -> None:
+    """Keep paramiko's tracebacks (a port that does not speak SSH) off the screen.
+
+    The results table already names the host and the error in one line.
+    """
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def run_options(
+    dry_run: bool, parallel: str | None, serial: bool, rolling: str | None, fail_percent: str | None
+) -> RunOptions:
+    """The strategy flags as checked :class:`RunOptions` (BadInput names the flag and the fix)."""
+    opts = RunOptions(
+        dry_run=dry_run,
+        parallel=whole_number("--parallel", parallel),
+        serial=serial,
+        rolling=whole_number("--rolling", rolling),
+        fail_percent=whole_number("--fail-percent", fail_percent),
+    )
+    check_options(opts)
+    return opts
+
+
+def whole_number(flag: str, value: str | None) -> int | None:
+    """``value`` of ``flag`` as an int, or None when the flag was not given."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*-?[0-9]+\s*", value):
+        raise BadInput(f"{flag} {value!r}: give a whole number, such as {flag} 2")
+    return int(value)
 
 
 def parse_data(items: list[str] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 
 from comfyfleet.deploys.tasks import task
 from comfyfleet.facts import prefetch
-from comfyfleet.facts.comfyui import GitCheckout, HttpStatus, MissingDirectories, PythonEnv
+from comfyfleet.facts.comfyui import GitCheckout, HttpStatus, MissingDirectories, MissingInputFiles, PythonEnv
 from comfyfleet.facts.docker import ContainerHost, DockerContainer
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import comfyui, docker
@@ -19,6 +19,7 @@ def runtime_facts(cfg: HostConfig, ref: str) -> list[prefetch.FactRequest]:
     requests: list[prefetch.FactRequest] = [
         (MissingDirectories, {"paths": tuple(lay.directories)}),
         (GitCheckout, {"path": lay.comfyui, "ref": ref}),
+        (MissingInputFiles, {"source": f"{lay.comfyui}/input", "target": lay.input}),
         (PythonEnv, {"venv": lay.venv, "requirements": f"{lay.comfyui}/requirements.txt", "image": cfg.runtime_image}),
         (DockerContainer, {"container": lay.comfyui_container}),
         (HttpStatus, {"url": f"{cfg.comfyui_url}/system_stats"}),
@@ -46,6 +47,8 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     core = comfyui.checkout(
         name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref, _sudo=sudo
     )
+    comfyui.seed_inputs(name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input,
+                        _sudo=sudo)
     env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
                              image=cfg.runtime_image, _sudo=sudo)
     ctr = comfyui.runtime_container(name="ComfyUI container", cfg=cfg, _sudo=sudo)

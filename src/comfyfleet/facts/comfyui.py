@@ -79,6 +79,30 @@ class PythonEnv(FactBase[dict[str, str]]):
         return dict(line.partition("=")[::2] for line in output if "=" in line)
 
 
+_MISSING_INPUTS_SCRIPT = r"""
+[ -d "$1" ] || exit 0
+cd "$1" || exit 1
+find . -type f ! -name '.*' -print | while IFS= read -r f; do
+  f=${f#./}
+  [ -e "$2/$f" ] || [ -L "$2/$f" ] || printf '%s\n' "$f"
+done
+"""
+
+
+class MissingInputFiles(FactBase[list[str]]):
+    """Files under ``source`` (ComfyUI's shipped ``input/``) that ``target`` does not have, relative paths."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, source: str, target: str) -> StringCommand:
+        return script(_MISSING_INPUTS_SCRIPT, source, target)
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line for line in output if line)
+
+
 class HttpStatus(FactBase[int]):
     """HTTP status of a GET on the host itself (0 when nothing answers)."""
 

@@ -51,7 +51,7 @@ HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 CIVITAI_DEFAULT_ENDPOINT = "https://civitai.com"
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Same rule as comfyfleet.safety, repeated because this file runs on hosts alone.
-_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+@,=~%#\[\]-]*$")
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 ._+@,=~%#\[\]-]*$")
 
 
 class FetchError(Exception):

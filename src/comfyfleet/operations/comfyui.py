@@ -9,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
 from comfyfleet.facts import prefetch
-from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, PythonEnv
+from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, MissingInputFiles, PythonEnv
 from comfyfleet.facts.docker import ContainerHost
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations import docker
@@ -50,6 +50,19 @@ if [ -f "$2/requirements.txt" ]; then
     "$1/bin/python" -m pip install -q --disable-pip-version-check -r "$2/requirements.txt"
 fi
 printf '%s\n' "$want" > "$1/.comfyfleet-requirements"
+"""
+
+# Copies only what the target lacks: a file the user put there under the same name stays.
+_SEED_INPUTS_SCRIPT = r"""
+set -e
+src=$1; dst=$2; shift 2
+for f in "$@"; do
+  [ -f "$src/$f" ] || continue
+  [ -e "$dst/$f" ] || [ -L "$dst/$f" ] && continue
+  mkdir -p "$(dirname "$dst/$f")"
+  cp -p "$src/$f" "$dst/$f"
+  printf 'seeded input/%s\n' "$f"
+done
 """
 
 _ROLLBACK_SCRIPT = r"""
@@ -129,6 +142,29 @@ def python_env(venv: str, comfyui: str, image: str) -> Generator[Any, None, None
         yield script(_REQUIREMENTS_SCRIPT, venv, comfyui, image)
     else:
         host.noop("Python env up to date")
+
+
+@operation()
+def seed_inputs(source: str, target: str) -> Generator[Any, None, None]:
+    """Copy the files ComfyUI ships in its checkout's ``input/`` into the data root's, never overwriting.
+
+    The runtime mounts ``<data_root>/input`` over the checkout's folder, so without this
+    the defaults of ComfyUI's own nodes (``example.png`` in ``LoadImage``) are missing.
+
+    + source: the checkout's ``input`` folder
+    + target: the data root's ``input`` folder
+
+    **Example:**
+
+    .. code:: python
+
+        comfyui.seed_inputs(source="/opt/comfyfleet/ComfyUI/input", target="/opt/comfyfleet/input")
+    """
+    missing = prefetch.fact(MissingInputFiles, source=source, target=target)
+    if missing:
+        yield script(_SEED_INPUTS_SCRIPT, source, target, *missing)
+    else:
+        host.noop("input files present")
 
 
 def runtime_spec(cfg: HostConfig, gpu: bool) -> docker.ContainerSpec:
