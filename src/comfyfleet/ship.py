@@ -14,8 +14,14 @@ A ship is a sequence of named steps (:func:`standard_steps`)::
 attempt can cure: network and startup errors, never bad input), hosts are retried
 one by one, and the first host that fails for good stops the ship, naming the step,
 the host and the cause. Nothing here stops a running service: the tiers recreate a
-container only when its spec changed, and a failed ship leaves the previous
-deployment serving. Every run, failed or not, lands in the registry's history.
+container only when its spec changed, a failed install puts back the node packs it
+added (a pack that keeps ComfyUI from starting must not take the running workflows
+down), and the API tier only runs once the install succeeded, so a failed ship leaves
+the previous deployment serving. Every run, failed or not, lands in the history.
+
+Steps are plain values (:class:`Step`) around injectable callables, so the pipeline's
+logic is tested with any step functions; :func:`standard_steps` and :func:`modal_steps`
+build the real ones for hosts (through :mod:`comfyfleet.runner`) and for Modal.
 """
 
 from __future__ import annotations
@@ -358,9 +364,9 @@ def run_pipeline(
                 # Another host failed for good: do not keep retrying the rest of this step.
                 for host in retry:
                     elapsed = time.monotonic() - step_start
-                    done[host] = StepResult(
-                        step.name, host, False, attempts[host], elapsed, "not retried: another host failed"
-                    )
+                    note = "not retried: another host failed"
+                    done[host] = StepResult(step.name, host, False, attempts[host], elapsed, note)
+                    rep.host_finished(step.name, host, False, elapsed, note)
                 break
             pending = retry
             if pending:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
@@ -147,7 +148,7 @@ def watch(
 
     def on_event(event: RunEvent) -> None:
         s = event.schedule
-        label = f"{s.action} {s.deployment} ({s.environment})"
+        label = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {s.action} {s.deployment} ({s.environment})"
         if event.error is not None:
             err.print(f"{label}: crashed: {event.error}", markup=False)
         elif event.outcome is None:

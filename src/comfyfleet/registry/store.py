@@ -61,7 +61,12 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Deployment:
-    """One workflow deployed to one target in one environment."""
+    """One workflow deployed to one target in one environment.
+
+    ``execution_count`` counts the generations comfyfleet ran on it (the ship's own, ``verify``,
+    scheduled warmups and runs) and ``error_count`` those that failed; callers' requests are
+    in each host's API execution log (``GET /executions``), which answers per API key.
+    """
 
     id: int
     name: str
