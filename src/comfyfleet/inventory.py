@@ -335,6 +335,13 @@ def _check_connection_data(name: str, data: dict[str, Any]) -> None:
 
 def host_config(host: Host, provider: str | None = None) -> HostConfig:
     """The validated config of a pyinfra host (cached per host object)."""
+    from pyinfra.context import ContextObject
+
+    if isinstance(host, ContextObject):
+        # `from pyinfra import host` is one immortal proxy hashing as the current host: as a
+        # weak key it would never expire, and a later Host at a reused address would get
+        # this host's config. Key by the real Host.
+        host = host._get_module()
     cfg = _CACHE.get(host)
     if cfg is None or (provider and cfg.provider != provider and not host.data.get("provider")):
         cfg = validate_host_data(host.name, host.data.dict(), provider)

@@ -195,6 +195,9 @@ def load_target(target: str) -> list[HostSpec]:
     """Hosts (name, merged data) of a target: host, comma list, inventory file, or FILE:GROUP."""
     if Path(target).is_file():
         return _from_file(target, "")
+    if Path(target).is_dir():
+        found = ", ".join(str(p) for p in sorted(Path(target).glob("*.py"))[:5]) or "none"
+        raise BadInput(f"target {target} is a folder: give the inventory file in it (found: {found})")
     path_part, sep, group = target.rpartition(":")
     if sep and Path(path_part).is_file():
         return _from_file(path_part, group)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -784,6 +785,23 @@ def api_key_files(specs: HostSpecs) -> dict[str, str]:
             if data.get("api_keys_file")}
 
 
+def served_folder(host: str, data: Mapping[str, Any], workflow: Path) -> str:
+    """The local workflows folder a host's API serves; the shipped workflow must be in it.
+
+    update-binary mirrors that folder to the host (removing workflows not in it), so a
+    ship from another folder would take the host's other endpoints away.
+    """
+    folder = data.get("workflows_dir")
+    if not folder:
+        return str(workflow.parent)
+    if Path(str(folder)).resolve() != workflow.resolve().parent:
+        raise BadInput(
+            f"host {host} serves the workflows in {folder} (workflows_dir), and {workflow} is not there: "
+            f"copy it into {folder} and ship that file (the API gets the whole folder)"
+        )
+    return str(folder)
+
+
 def resolve_target(target: str) -> HostSpecs:
     """The target's hosts with their validated data (BadInput for a bad target or host data)."""
     from comfyfleet import runner
@@ -828,7 +846,7 @@ def prepare_ship(
     if target == MODAL:
         ctx.hosts = [MODAL]
         return ctx
-    specs = resolve(target)
+    specs = [(n, {**d, "workflows_dir": served_folder(n, d, path)}) for n, d in resolve(target)]
     ctx.hosts = [n for n, _ in specs]
     ctx.endpoints = {n: api_base_for(n, d) for n, d in specs}
     ctx.data["specs"] = specs
@@ -840,6 +858,48 @@ def prepare_ship(
 
 MODAL = "modal"
 """The target (and host name) of a ship to Modal."""
+
+
+# -- one change at a time per host ----------------------------------------------------
+
+
+class HostsBusy(Exception):
+    """Another comfyfleet process is changing one of the hosts right now."""
+
+
+@contextmanager
+def hold_hosts(hosts: Sequence[str], what: str) -> Iterator[None]:
+    """Hold an exclusive lock per host (in the state directory) while changing the hosts.
+
+    Two ships, or a ship and a stop, on the same host at once would interleave their
+    pyinfra operations and restarts. Locks die with the process, so a crash leaves none.
+    """
+    import fcntl
+    import hashlib
+    import os
+
+    from comfyfleet.registry import state_dir
+
+    folder = state_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    held: list[int] = []
+    try:
+        for host in sorted(set(hosts)):
+            path = folder / f"{hashlib.sha256(host.encode()).hexdigest()[:16]}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another comfyfleet process"
+                os.close(fd)
+                raise HostsBusy(f"host {host} is busy: {holder}; try again when it has finished") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+            held.append(fd)
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 # -- host tasks through the runner ----------------------------------------------------
@@ -1016,7 +1076,7 @@ HOST_TASKS = {"install": ("install-nodes", "download-models"), "api": ("update-b
 
 
 def _workflow_data(ctx: ShipContext) -> dict[str, Any]:
-    return {"workflow": str(ctx.workflow_path), "workflows_dir": str(ctx.workflow_path.parent)}
+    return {"workflow": str(ctx.workflow_path)}
 
 
 def check_tasks_available(names: Sequence[str]) -> None:

@@ -80,6 +80,14 @@ CASES = {
     "restart-what": (["common", "inv.py", "--restart", "gpu"], "--restart 'gpu': use comfyui, api or all"),
     "update-what": (["common", "inv.py", "--update", "torch"], "--update 'torch': use comfyui, nodes, manager or api"),
     "export-without-logs": (["common", "inv.py", "--status", "--export", "out"], "--export only goes with --logs"),
+    "target-is-a-folder": (["bootstrap", "workflows"], "target workflows is a folder: give the inventory file"),
+    "install-nodes-missing-workflow": (["common", "inv.py", "--install-nodes", "nope.json"],
+                                       "--install-nodes nope.json: workflow file not found"),
+    "download-models-missing-workflow": (["common", "inv.py", "--download-models", "w/nope.json"],
+                                         "--download-models w/nope.json: workflow file not found"),
+    "export-not-a-folder": (["common", "inv.py", "--logs", "--export", "inv.py"], "--export inv.py: File exists"),
+    "export-impossible": (["common", "inv.py", "--logs", "--export", "/proc/comfyfleet-logs"],
+                          "--export /proc/comfyfleet-logs: No such file or directory"),
 }
 
 

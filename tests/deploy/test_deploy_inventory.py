@@ -136,3 +136,27 @@ def test_cli_unreachable_host_is_exit_1_with_reason() -> None:
 def test_cli_bootstrap_provider_must_be_known() -> None:
     res = _cli("bootstrap", "127.0.0.1", "--provider", "aws")
     assert res.returncode == 2 and "use lambda or datacrunch" in res.stderr
+
+
+def test_host_config_cache_is_keyed_by_the_real_host_not_pyinfra_s_proxy() -> None:
+    """Tasks call ``host_config(host)`` with pyinfra's context proxy, which hashes as the current host.
+
+    Kept as a weak key, the immortal proxy never expired, so a Host created later at a
+    reused address was handed another host's config (seen as one test's ``@local`` run
+    using a fleet host's data root and sudo).
+    """
+    import gc
+
+    from pyinfra import host as host_proxy
+    from pyinfra.api import Inventory
+    from pyinfra.context import ctx_host
+
+    inventory = Inventory(([("@local", {"data_root": "/tmp/cf-a"})], {}))
+    (real,) = list(inventory)
+    with ctx_host.use(real):
+        assert inv.host_config(host_proxy).data_root == "/tmp/cf-a"
+    assert not any(key is host_proxy for key in inv._CACHE.keys())
+    del real, inventory
+    gc.collect()
+    assert not any(getattr(key, "name", None) == "@local" and key.data.get("data_root") == "/tmp/cf-a"
+                   for key in inv._CACHE.keys())

@@ -276,3 +276,21 @@ def test_a_stopped_workflow_stays_stopped_when_a_reupload_brings_it_back(
     assert sorted(p.name for p in (api_dir / "workflows").iterdir()) == ["upscale.json"]
     assert (api_dir / "stopped" / "txt2img.json").read_text() == '{"re": "uploaded"}'
     assert (api_dir / "disabled" / "txt2img").exists()
+
+
+def test_a_host_another_process_is_changing_is_not_touched(
+    state: Path, api_server: ApiServer, local_host: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comfyfleet.ship import hold_hosts
+
+    seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
+    monkeypatch.setenv("COMFYFLEET_STATE_DIR", str(state))
+    with hold_hosts(["@local"], "shipping other (dev)"):
+        busy = cli(state, "deployments", "stop", "portraits")
+    assert busy.returncode == 1
+    assert busy.stderr.strip() == "stop not started: host @local is busy: shipping other (dev) (pid " \
+        f"{os.getpid()}); try again when it has finished"
+    assert (local_host["root"] / "workflows" / "txt2img.json").exists()
+    assert Registry(state / "deployments.sqlite3").get("portraits").status == "active"
+    free = cli(state, "deployments", "stop", "portraits")  # the lock went with its holder
+    assert free.returncode == 0, free.stderr

@@ -126,15 +126,18 @@ def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -
     assert host.exec(f"test -e {host.data_root}/api/disabled/{name}", check=False).returncode != 0
 
 
-def test_unresolvable_model_stops_before_touching_the_host(shipping: dict[str, Any], tmp_path: Path) -> None:
+def test_unresolvable_model_stops_before_touching_the_host(shipping: dict[str, Any]) -> None:
     host: Host = shipping["host"]
     graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
     graph["4"]["inputs"]["ckpt_name"] = "nowhere-to-be-found.safetensors"
-    wf = tmp_path / "unknown_model.json"
+    wf = shipping["env"].workflows / "unknown_model.json"  # in the folder the host serves
     wf.write_text(json.dumps(graph))
     snapshot = f"find {host.data_root} -printf '%p %T@ %s\\n' | sort"
     before = host.exec(snapshot).stdout
-    result = cli(shipping, "ship", str(wf), "--to", str(shipping["inventory"]))
+    try:
+        result = cli(shipping, "ship", str(wf), "--to", str(shipping["inventory"]))
+    finally:
+        wf.unlink()
     assert result.returncode == 2, result.stdout + result.stderr
     assert "step 'analyze' failed" in result.stderr and "nowhere-to-be-found.safetensors" in result.stderr
     after = host.exec(snapshot).stdout

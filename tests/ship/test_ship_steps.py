@@ -182,3 +182,19 @@ def test_missing_key_file_stops_the_ship_before_any_host(tmp_path: Path, registr
     with pytest.raises(BadInput, match="host gpu-1: api_keys_file .*nope"):
         prepare_ship(EXAMPLES[0], "inventory/test.py", "dev", None, registry,
                      resolve=lambda t: [("gpu-1", {"api_keys_file": str(tmp_path / "nope")})])
+
+
+def test_a_workflow_outside_the_hosts_served_folder_is_refused(tmp_path: Path, registry: Registry) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    elsewhere = tmp_path / "elsewhere.json"
+    shutil.copy(EXAMPLES[0], elsewhere)
+    with pytest.raises(BadInput, match=r"host gpu-1 serves the workflows in .*served \(workflows_dir\), and "
+                                       r".*elsewhere.json is not there: copy it into"):
+        prepare_ship(elsewhere, "inventory/test.py", "dev", None, registry,
+                     resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})])
+    inside = served / "inside.json"
+    shutil.copy(EXAMPLES[0], inside)
+    ctx = prepare_ship(inside, "inventory/test.py", "dev", None, registry,
+                       resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})])
+    assert ctx.data["specs"][0][1]["workflows_dir"] == str(served)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from upstreams.model_servers import Upstreams
 from upstreams.pypi import PackageIndex
 
 from comfyfleet.runner import RunOptions, RunResult, run
+from tiers.helpers import compact_upscaler_safetensors
 
 pytestmark = pytest.mark.fleet
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,28 +34,76 @@ ROOT = Path(__file__).resolve().parents[2]
 PACK_A, PACK_B, BROKEN = "TierPackA", "TierPackB", "TierPackBroken"
 
 
+UPSCALERS = ("x2-hf.safetensors", "x2-gated.safetensors", "x2-civitai.safetensors")
+
+
 def workflow(text_nodes: dict[str, str]) -> dict[str, Any]:
-    """API-format txt2img whose prompt text goes through the packs' nodes (class -> node id)."""
+    """API-format graph: three real upscale models in a row, the packs' nodes naming the output.
+
+    The models are real RealESRGAN-Compact files (see ``compact_upscaler_safetensors``), so
+    real ComfyUI loads each through spandrel and runs it on CPU; the stand-in only lists them.
+    The packs' STRING nodes build SaveImage's ``filename_prefix``: their code must run.
+    """
     wf: dict[str, Any] = {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
-        "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0],
-                                                      "clip": ["4", 1], "strength_model": 0.8, "strength_clip": 0.8}},
-        "11": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["10", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 1, "cfg": 7.0, "sampler_name": "euler",
-                                                   "scheduler": "normal", "denoise": 1.0, "model": ["10", 0],
-                                                   "positive": ["6", 0], "negative": ["7", 0],
-                                                   "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["11", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "tiers"}},
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0x336699}},
     }
-    previous: Any = "a lighthouse at dusk"
+    image: list[Any] = ["1", 0]
+    for i, name in enumerate(UPSCALERS):
+        loader, upscale = str(30 + 2 * i), str(31 + 2 * i)
+        wf[loader] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": name}}
+        wf[upscale] = {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": [loader, 0], "image": image}}
+        image = [upscale, 0]
+    previous: Any = "tiers"
     for cls, node_id in text_nodes.items():
         wf[node_id] = {"class_type": cls, "inputs": {"text": previous}}
         previous = [node_id, 0]
-    wf["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": previous, "clip": ["10", 1]}}
+    wf["9"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": previous}}
     return wf
+
+
+def real_world_pack(root: Path, version: str = "1.0.0") -> Path:
+    """A node pack laid out like published ones: nodes in a module, a requirement it imports.
+
+    ``__init__`` imports ``.nodes``, which imports ``tierdep`` at import time: when the
+    requirement did not reach the runtime's Python, the pack fails to import and its class is
+    absent from /object_info. ``torch>=99`` in requirements.txt must not replace the runtime's
+    torch; install.py leaves a marker as real packs' install scripts leave downloads.
+    """
+    work = root / PACK_A
+    (work / "web").mkdir(parents=True)
+    (work / "__init__.py").write_text(
+        "from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS\n\n"
+        'WEB_DIRECTORY = "./web"\n__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]\n'
+    )
+    (work / "nodes.py").write_text(
+        "import tierdep\n\n\n"
+        "class TierNodeA:\n"
+        '    CATEGORY = "text"\n    RETURN_TYPES = ("STRING",)\n    FUNCTION = "run"\n\n'
+        "    @classmethod\n    def INPUT_TYPES(cls):\n"
+        '        return {"required": {"text": ("STRING", {"default": "", "multiline": True})}}\n\n'
+        "    def run(self, text):\n        return (tierdep.tag(text),)\n\n\n"
+        'NODE_CLASS_MAPPINGS = {"TierNodeA": TierNodeA}\n'
+        'NODE_DISPLAY_NAME_MAPPINGS = {"TierNodeA": "Tier Node A"}\n'
+    )
+    (work / "web" / "tier.js").write_text('import { app } from "../../scripts/app.js";\n')
+    (work / "requirements.txt").write_text("tierdep==1.0\ntorch>=99\n")
+    (work / "install.py").write_text(
+        "import os\n\nopen(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'install-ran'), 'w').write('ok')\n"
+    )
+    (work / "pyproject.toml").write_text(
+        f'[project]\nname = "{PACK_A.lower()}"\nversion = "{version}"\ndependencies = ["tierdep==1.0"]\n\n'
+        f'[tool.comfy]\nPublisherId = "testorg"\nDisplayName = "{PACK_A}"\n'
+    )
+    env = {**os.environ, **GIT_ENV}
+    subprocess.run(["git", "init", "-q", "-b", "master", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", f"{PACK_A} {version}"], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "tag", f"v{version}"], check=True)
+    return work
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +113,15 @@ def tiers(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     # Child processes: pyinfra's CLI module monkey-patches threading with gevent in this process.
     up = Upstreams(root / "models")
     index = PackageIndex(root / "wheels")
-    up.add_hf("org/sd15", "sd15.safetensors", 3_000_000)
-    up.add_hf("org/gated", "ae.safetensors", 500_000, gated=True)
-    up.add_civitai(4242, "detail.safetensors", 700_000)
-    index.add("tierdep", "1.0")
+    up.add_hf("org/upscale", UPSCALERS[0], compact_upscaler_safetensors(1))
+    up.add_hf("org/gated", UPSCALERS[1], compact_upscaler_safetensors(2), gated=True)
+    up.add_civitai(4242, UPSCALERS[2], compact_upscaler_safetensors(3))
+    index.add("tierdep", "1.0", code="def tag(text):\n    return text + '-tierdep'\n")
     up.start_process()
     index.start_process()
     try:
         base = fleet.upstreams.base_url
-        fleet.make_node_pack_repo(PACK_A, classes=["TierNodeA"], requirements=["tierdep==1.0", "torch>=99"],
-                                  install_py=True)
+        fleet.upstreams.publish(f"testorg/{PACK_A}.git", real_world_pack(root / "packs"))
         fleet.make_node_pack_repo(PACK_B, classes=["TierNodeB"])
         fleet.make_node_pack_repo(BROKEN, classes=["TierNodeBroken"], broken=True)
         wf = root / "workflows"
@@ -85,9 +134,9 @@ def tiers(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
                 "TierNodeBroken": {"repo": f"https://github.com/testorg/{BROKEN}"},
             },
             "models": {
-                "sd15.safetensors": {"folder": "checkpoints", "url": up.hf_resolve_url("org/sd15", "sd15.safetensors")},
-                "ae.safetensors": {"folder": "vae", "url": up.hf_resolve_url("org/gated", "ae.safetensors")},
-                "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/models/9?modelVersionId=4242"},
+                UPSCALERS[0]: {"folder": "upscale_models", "url": up.hf_resolve_url("org/upscale", UPSCALERS[0])},
+                UPSCALERS[1]: {"folder": "upscale_models", "url": up.hf_resolve_url("org/gated", UPSCALERS[1])},
+                UPSCALERS[2]: {"folder": "upscale_models", "url": "https://civitai.com/models/9?modelVersionId=4242"},
             },
         }))
         broken_wf = root / "broken-workflows"
@@ -150,13 +199,12 @@ def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_chang
         assert packs["TierPackA"][2] == "git" and "cm-cli" in packs["TierPackA"][3]
         assert "kept the runtime's torch" in packs["TierPackA"][6]
         models = {r[0]: r[1] for r in h.report.sections["models"].rows}
-        assert models == {"checkpoints/sd15.safetensors": "downloaded", "loras/detail.safetensors": "downloaded",
-                          "vae/ae.safetensors": "downloaded"}
+        assert models == {f"upscale_models/{m}": "downloaded" for m in UPSCALERS}
     for host in fleet_hosts.values():
         info = object_info(host)
-        assert {"TierNodeA", "TierNodeB", "CheckpointLoaderSimple", "SaveImage"} <= set(info)
+        assert {"TierNodeA", "TierNodeB", "UpscaleModelLoader", "SaveImage"} <= set(info)
         assert info["TierNodeA"]["python_module"] == f"custom_nodes.{PACK_A}"
-        assert "sd15.safetensors" in json.dumps(info["CheckpointLoaderSimple"]["input"])
+        assert all(m in json.dumps(info["UpscaleModelLoader"]["input"]) for m in UPSCALERS)
         # The requirement landed in the persistent venv, install.py ran, the tokens file is gone.
         lay_root = host.data_root
         assert host.exec(f"ls {lay_root}/venv/lib/python3*/site-packages | grep -c '^tierdep'").stdout.strip() == "2"
@@ -164,7 +212,11 @@ def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_chang
         assert host.exec("ls -A ~/.comfyfleet-secrets", check=False).stdout.strip() == ""
         out = run_prompt(host, workflow({"TierNodeA": "20", "TierNodeB": "21"}))
         assert out["status"]["status_str"] == "success", out["status"]
-        assert out["outputs"]["9"]["images"]
+        # Three x2 models ran on the 16 px image; the packs' code (and tierdep's) named the file.
+        image = out["outputs"]["9"]["images"][0]
+        assert image["filename"].startswith("tiers-tierdep via TierNodeB 1.0.0_"), image
+        png = httpx.get(f"http://127.0.0.1:{host.comfyui_port}/view", params=image, timeout=30).content
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (128, 128)
     # Tokens never reached a command line on the hosts, nor the run's reports.
     dump = json.dumps([[s.rows for s in h.report.sections.values()] for h in result.hosts])
     assert tiers["up"].hf_token not in dump and tiers["up"].civitai_token not in dump
@@ -214,8 +266,7 @@ def test_update_nodes_is_a_no_op_until_upstream_moves(
     work = tmp_path / "work"
     subprocess.run(["git", "clone", "-q", str(fleet.upstreams.repos / f"testorg/{PACK_B}.git"), str(work)], check=True)
     (work / "NEWS.md").write_text("newer\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+    env = {**os.environ, **GIT_ENV}
     subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", "newer"], check=True, env=env)
     subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "HEAD"], check=True)
@@ -279,3 +330,57 @@ def test_dry_run_of_deploy_all_changes_nothing(
     h = by_host(result)["lambda1"]
     assert h.status in ("no change", "would change"), h.reason
     assert host.exec(f"ls -R {host.data_root}/custom_nodes {host.data_root}/models").stdout == before
+
+
+PUBLIC_PACK_MIRROR = Path("/work/.mirror/pythongosssss+ComfyUI-Custom-Scripts/repo")
+
+
+def test_a_public_node_pack_from_the_local_mirror_installs_imports_and_runs(
+    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """pythongosssss/ComfyUI-Custom-Scripts as published, served from the local git upstream."""
+    assert fleet.comfyui is not None
+    if not fleet.comfyui.real:
+        pytest.skip("needs real ComfyUI (COMFYFLEET_TEST_COMFYUI): the pack imports tqdm, which ComfyUI's own"
+                    " requirements provide and the stand-in's runtime image does not have")
+    if not (PUBLIC_PACK_MIRROR / "HEAD").exists():
+        pytest.skip(f"needs a fetched mirror of pythongosssss/ComfyUI-Custom-Scripts at {PUBLIC_PACK_MIRROR}"
+                    " (the search tool's fetch); GitHub is unreachable from here")
+    work = tmp_path / "ComfyUI-Custom-Scripts"
+    work.mkdir()
+    archive = subprocess.run(["git", "-C", str(PUBLIC_PACK_MIRROR), "archive", "HEAD"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"the mirror at {PUBLIC_PACK_MIRROR} lacks files of its HEAD: {archive.stderr.decode()[-200:]}")
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
+    # master: the upstream's bare repositories point HEAD there.
+    subprocess.run(["git", "init", "-q", "-b", "master", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", "ComfyUI-Custom-Scripts at the mirror's HEAD"],
+                   check=True, env={**os.environ, **GIT_ENV})
+    repo_path = "pythongosssss/ComfyUI-Custom-Scripts.git"
+    if not (fleet.upstreams.repos / repo_path).exists():
+        fleet.upstreams.publish(repo_path, work)
+    wf = tmp_path / "workflows"
+    wf.mkdir()
+    graph = {"1": {"class_type": "StringFunction|pysssss",
+                   "inputs": {"action": "append", "tidy_tags": "yes", "text_a": "a lighthouse", "text_b": "at dusk"}}}
+    (wf / "public.json").write_text(json.dumps(graph))
+    (wf / "overrides.yaml").write_text(yaml.safe_dump({
+        "nodes": {"StringFunction|pysssss": {"repo": "https://github.com/pythongosssss/ComfyUI-Custom-Scripts"}},
+    }))
+    host = fleet_hosts["lambda1"]
+    inv = write_inventory([host], tmp_path / "inventory.py")
+    data = {**tiers["data"], "workflows_dir": str(wf)}
+    assert run(str(inv), "runtime", data).ok  # a no-op after the acceptance test; needed when run alone
+    result = run(str(inv), "install-missing", data)
+    h = by_host(result)["lambda1"]
+    assert h.ok, h.reason
+    rows = {r[1]: r for r in h.report.sections["node packs"].rows}
+    assert "ComfyUI-Custom-Scripts" in rows, rows
+    info = object_info(host)
+    assert info["StringFunction|pysssss"]["python_module"] == "custom_nodes.ComfyUI-Custom-Scripts"
+    assert "ShowText|pysssss" in info  # the rest of the pack imported too
+    out = run_prompt(host, graph)
+    assert out["status"]["status_str"] == "success", out["status"]
+    assert out["outputs"]["1"]["text"] == ["a lighthouse, at dusk"]

@@ -123,8 +123,14 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     started = utcnow()
     kind = "start" if enabled else "stop"
     from comfyfleet.registry.serving import set_serving
+    from comfyfleet.ship import HostsBusy, hold_hosts
 
-    results = set_serving(d, enabled)
+    try:
+        with hold_hosts([e.host for e in d.endpoints], f"{kind} of {d.name} ({d.environment})"):
+            results = set_serving(d, enabled)
+    except HostsBusy as exc:
+        err.print(f"{kind} not started: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     failed = {host: cause for host, (ok, cause, _s) in results.items() if not ok}
     steps = [StepRecord(kind, host, ok, 1, seconds, cause) for host, (ok, cause, seconds) in results.items()]
     summary = "ok" if not failed else "; ".join(f"{h}: {c}" for h, c in failed.items())

@@ -7,8 +7,10 @@ is done by :func:`comfyfleet.runner.run` through pyinfra's Python API.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -121,7 +123,7 @@ def common(
             chosen.append((flag, task, data))
 
     pick("--status", status, "status")
-    pick("--logs", logs, "logs", **({"export_dir": str(export)} if export else {}))
+    pick("--logs", logs, "logs", **({"export_dir": export_folder(export)} if export and logs else {}))
     if restart is not None and restart not in COMPONENTS:
         raise BadInput(f"--restart {restart!r}: use comfyui, api or all")
     pick("--restart", restart, "restart", component=restart)
@@ -146,6 +148,10 @@ def common(
         named = ", ".join(flag for flag, _, _ in chosen) or "none"
         raise BadInput(f"give exactly one action flag (got {named}): see `comfyfleet common --help`")
     flag, task, task_data = chosen[0]
+    workflow = task_data.get("workflow")
+    if workflow and not Path(workflow).exists():
+        # Checked here too: the task itself only looks once a host is connected.
+        raise BadInput(f"{flag} {workflow}: workflow file not found: give a workflow JSON file or folder")
     if ref and flag != "--update-comfyui-core":
         raise BadInput(f"unexpected argument {ref!r}: only --update-comfyui-core takes a REF")
     if export and flag != "--logs":
@@ -159,6 +165,18 @@ def common(
     result = run(target, task, data, opts)
     show(result)
     raise typer.Exit(result.exit_code)
+
+
+def export_folder(path: str) -> str:
+    """The ``--export`` folder, created now so a bad path is one line before any host is asked."""
+    folder = Path(path).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"--export {path}: {exc.strerror or exc}: give a folder you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"--export {path}: not writable: give a folder you can write to")
+    return str(folder)
 
 
 def quiet_ssh_library() -> None:

@@ -112,15 +112,19 @@ def ship(
 
     Example: comfyfleet ship workflows/txt2img.json --to inventory/lambda.py --env prod
     """
-    from comfyfleet.ship import prepare_ship, run_ship, standard_steps
+    from comfyfleet.ship import HostsBusy, hold_hosts, prepare_ship, run_ship, standard_steps
 
     registry = Registry()
     ctx = prepare_ship(workflow, to, env.value, name, registry)
     steps = standard_steps(ctx, registry)
     out.print(f"shipping {ctx.workflow_path} as {ctx.name} ({ctx.environment}) to {ctx.target}: "
               f"{', '.join(ctx.hosts) or 'modal'}")
-    with RichReporter(out) as reporter:
-        outcome = run_ship(ctx, steps, registry, reporter)
+    try:
+        with hold_hosts(ctx.hosts, f"shipping {ctx.name} ({ctx.environment})"), RichReporter(out) as reporter:
+            outcome = run_ship(ctx, steps, registry, reporter)
+    except HostsBusy as exc:
+        err.print(f"ship not started: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     out.print(result_table(outcome.result, f"ship {ctx.name} ({ctx.environment})"))
     failure = outcome.result.failure
     if failure is not None:
