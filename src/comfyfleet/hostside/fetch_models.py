@@ -20,7 +20,9 @@ Guarantees: bytes go to ``<staging_dir>/<folder>/<filename>.part`` (outside mode
 a killed download resumes there with an HTTP Range request, the sha256 is checked
 (the manifest's, else the one the server publishes), and only a complete, verified
 file is renamed into ``models/<folder>/<filename>``. A file already there with the
-right hash is left alone. Output: ``progress:`` lines on stderr and one line
+right hash is left alone. Bytes are written with O_DIRECT where the filesystem takes
+it (COMFYFLEET_FETCH_NO_DIRECT=1 forces the page cache); the .part is fsynced before
+the rename either way. Output: ``progress:`` lines on stderr and one line
 ``RESULT {json}`` (or ``CHECK {json}`` with --check) on stdout. Exit 1 when an item
 failed.
 """
