@@ -293,3 +293,24 @@ def test_update_moves_unpinned_packs_to_the_newest_commit_and_then_changes_nothi
     proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
                           capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == []
+
+
+def test_clone_whose_default_branch_is_missing_fails_at_install_with_the_fix(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
+    """A bare repo whose HEAD names a branch it lacks: git clone exits 0 with an empty folder."""
+    url, _ = make_pack(tmp_path, "NoHead", ["1.0.0"])
+    git("symbolic-ref", "HEAD", "refs/heads/gone", cwd=tmp_path / "NoHead.git")
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "nohead", "repo": url, "version": None, "dir": "NoHead", "registry": False, "provides": ["NoHeadNode"]},
+    ])
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 1, err
+    row = out["RESULT"][0]
+    assert row["status"] != "ok" and "default branch (HEAD) does not exist" in json.dumps(row), row
+    assert not (tmp_path / "custom_nodes" / "NoHead").exists()
+    # Pinned to its tag, the same repository installs.
+    plan["packs"][0]["version"] = "1.0.0"
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 0 and out["RESULT"][0]["status"] == "changed", (out, err)
+    assert (tmp_path / "custom_nodes" / "NoHead" / "__init__.py").exists()

@@ -80,7 +80,8 @@ def read_head(path: str) -> str:
             return head
     except OSError:
         pass
-    return git(path, "rev-parse", "HEAD", check=False)
+    # --verify: plain rev-parse echoes "HEAD" when HEAD names a branch with no commit.
+    return git(path, "rev-parse", "-q", "--verify", "HEAD", check=False)
 
 
 def pack_state(path: str, full: bool = True) -> dict[str, Any]:
@@ -305,6 +306,14 @@ class Installer:
             self.clone(pack["repo"], path)
             out["changed"].append("cloned")
             st = pack_state(path)
+            if not st["head"] and not version:
+                # git exits 0 when the remote's HEAD names a branch it lacks: the folder is
+                # empty and ComfyUI would fail to import it with a puzzling FileNotFoundError.
+                shutil.rmtree(path, ignore_errors=True)  # the clone just made it: nothing else in it
+                raise PackError(
+                    f"git clone {pack['repo']} checked out nothing: the repository's default branch (HEAD) "
+                    "does not exist; pin a version (tag or commit) in the manifest or overrides"
+                )
         elif st["origin"] and st["origin"] != pack["repo"]:
             out.setdefault("warnings", []).append(f"origin is {st['origin']}, the manifest says {pack['repo']}")
         want = self.local_target(path, version, st["head"])
