@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,20 @@ def started_at(host: Host, container: str) -> str:
     return host.exec(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}", user="root").stdout.strip()
 
 
+def connected_health(host: Host, timeout: float = 60) -> dict[str, Any]:
+    """/health once the API has connected to ComfyUI (or the last answer at the deadline).
+
+    update-binary waits for /health (the process is up); the websocket to ComfyUI and the
+    /object_info fetch follow, which takes seconds on real ComfyUI's 600-odd classes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        health = dict(httpx.get(f"http://127.0.0.1:{host.api_port}/health", timeout=10).json())
+        if health["comfyui"]["reachable"] or time.monotonic() > deadline:
+            return health
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "comfyui-api.pyz"
@@ -72,8 +87,8 @@ def test_update_binary_restart_and_verify_on_two_hosts(
     for name, h in by_host(first).items():
         assert h.status in ("changed", "no change"), f"{name}: {h.reason}"
     for host in hosts:
-        health = httpx.get(f"http://127.0.0.1:{host.api_port}/health", timeout=10).json()
-        assert health["comfyui"]["reachable"] is True
+        health = connected_health(host)
+        assert health["comfyui"]["reachable"] is True, health
         assert sorted(health["workflows"]) == ["scaled", "tiny"]
         # Listening beyond loopback: a key is required, and was generated root-only on the host.
         assert httpx.post(f"http://127.0.0.1:{host.api_port}/workflows/tiny", json={}).status_code == 401

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from collections.abc import AsyncIterator
@@ -53,7 +54,38 @@ class Service:
         self.started = time.time()
         self.warmup_state = "disabled" if not settings.warmup else "pending"
         self._ready_cache: tuple[float, dict[str, Any]] | None = None
+        self._stopped_cache: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self.comfy.on_connect.append(self.reload_endpoints)
+
+    def stopped(self) -> frozenset[str]:
+        """Workflow names with a stop marker in disabled_dir, re-read at most once a second.
+
+        Reading the markers per request (one small directory listing, cached for a second)
+        lets an operator stop and start a workflow without restarting the service, and keeps
+        a stopped workflow stopped however its file got back into workflows/.
+        """
+        folder = self.settings.disabled_dir
+        if folder is None:
+            return frozenset()
+        now = time.monotonic()
+        at, names = self._stopped_cache
+        if now - at < 1.0:
+            return names
+        try:
+            with os.scandir(folder) as entries:
+                names = frozenset(e.name for e in entries if not e.name.startswith("."))
+        except FileNotFoundError:
+            names = frozenset()
+        except OSError as exc:
+            # Unreadable: keep what was known rather than serving everything stopped so far.
+            log.error("cannot read stop markers in %s: %s", folder, exc)
+        self._stopped_cache = (now, names)
+        return names
+
+    def live(self) -> dict[str, Endpoint]:
+        """The endpoints being served: loaded and not stopped."""
+        stopped = self.stopped()
+        return {n: ep for n, ep in self.endpoints.items() if n not in stopped}
 
     async def reload_endpoints(self) -> None:
         """(Re)build every endpoint from workflows/ with the /object_info just fetched."""
@@ -75,7 +107,7 @@ class Service:
         """Run every workflow once with its defaults so the first user request finds models loaded."""
         self.warmup_state = "running"
         ok = True
-        for ep in list(self.endpoints.values()):
+        for ep in list(self.live().values()):
             values, _ = validate_request(ep, {})
             try:
                 job = await self.jobs.submit(ep.name, values, apply_values(ep, values), "warmup", "url")
@@ -95,11 +127,14 @@ class Service:
         checks: dict[str, Any] = {"comfyui": {"ok": self.comfy.up, "url": self.settings.comfyui_url}}
         if not self.comfy.up:
             checks["comfyui"]["error"] = self.comfy.last_error
+        live = self.live()
+        # Stopped workflows still count as loaded (the service works); their models are not required.
         checks["workflows"] = {"ok": not self.load_errors and bool(self.endpoints),
-                               "served": sorted(self.endpoints), "errors": self.load_errors}
+                               "served": sorted(live), "stopped": sorted(set(self.endpoints) - set(live)),
+                               "errors": self.load_errors}
         missing: list[dict[str, str]] = []
         if self.comfy.up:
-            classes = {ep.graph[n]["class_type"] for ep in self.endpoints.values() for n, _, _ in ep.model_inputs}
+            classes = {ep.graph[n]["class_type"] for ep in live.values() for n, _, _ in ep.model_inputs}
             info: dict[str, Any] = {}
             for c in sorted(classes):
                 try:
@@ -107,7 +142,7 @@ class Service:
                     info.update(r.json())
                 except (httpx.HTTPError, ValueError):
                     info[c] = self.comfy.object_info.get(c, {})
-            for ep in self.endpoints.values():
+            for ep in live.values():
                 for nid, iname, value in ep.model_inputs:
                     spec = ((info.get(ep.graph[nid]["class_type"]) or {}).get("input") or {})
                     entry = (spec.get("required") or {}).get(iname) or (spec.get("optional") or {}).get(iname)
@@ -161,21 +196,22 @@ def create_app(settings: Settings) -> Starlette:
                       "uptime_s": round(time.time() - svc.started, 3),
                       "comfyui": {"url": settings.comfyui_url, "reachable": svc.comfy.up,
                                   "version": (svc.comfy.system_stats.get("system") or {}).get("comfyui_version")},
-                      "workflows": sorted(svc.endpoints), "jobs_in_flight": svc.jobs.queue_depth()})
+                      "workflows": sorted(svc.live()), "stopped": sorted(svc.stopped()),
+                      "jobs_in_flight": svc.jobs.queue_depth()})
 
     async def ready(request: Request) -> Response:
         result = await svc.readiness()
         return _json(result, 200 if result["ready"] else 503, None if result["ready"] else retry)
 
     async def openapi(request: Request) -> Response:
-        return _json(docs.openapi(svc.endpoints, __version__))
+        return _json(docs.openapi(svc.live(), __version__))
 
     async def docs_page(request: Request) -> Response:
-        return HTMLResponse(docs.html(svc.endpoints, __version__))
+        return HTMLResponse(docs.html(svc.live(), __version__))
 
     async def list_workflows(request: Request) -> Response:
         return _json({name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
-                      for name, ep in sorted(svc.endpoints.items())})
+                      for name, ep in sorted(svc.live().items())})
 
     async def read_json(request: Request) -> Any:
         raw = await request.body()
@@ -239,6 +275,9 @@ def create_app(settings: Settings) -> Starlette:
         return _problem(502, "ComfyUI rejected the workflow (is everything it needs installed?)", comfyui=body)
 
     async def run_workflow(request: Request) -> Response:
+        if request.path_params["name"] in svc.stopped():
+            return _problem(404, f"workflow {request.path_params['name']!r} is stopped on this host (its deployment "
+                                 "was stopped; `comfyfleet deployments start` serves it again)", status="stopped")
         ep = svc.endpoints.get(request.path_params["name"])
         if ep is None:
             if not svc.comfy.up and not svc.endpoints:

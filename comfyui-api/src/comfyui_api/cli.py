@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--comfyui-url", default="http://127.0.0.1:8188", help="ComfyUI's base URL")
     p.add_argument("--workflows", type=Path, default=Path("workflows"), help="folder of workflow JSON files")
+    p.add_argument("--disabled-dir", type=Path,
+                   help="folder of stop markers: a file named <workflow> here makes that endpoint answer 404 "
+                        "(checked each second, no restart needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback needs API keys)")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--db", type=Path, default=Path("comfyui-api.sqlite3"), help="SQLite execution log")
@@ -67,7 +70,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         except OSError as exc:
             raise ConfigError(f"{args.webhook_secret_file}: cannot read webhook secret ({exc.strerror or exc})") from None
     return Settings(
-        comfyui_url=args.comfyui_url, workflows_dir=args.workflows, host=args.host, port=args.port,
+        comfyui_url=args.comfyui_url, workflows_dir=args.workflows, disabled_dir=args.disabled_dir,
+        host=args.host, port=args.port,
         db_path=args.db, api_keys=keys, require_api_key=False if args.allow_unauthenticated else None,
         rate_limit_per_minute=args.rate_limit, rate_limit_burst=args.rate_burst,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), sync_timeout_s=args.sync_timeout,

@@ -17,6 +17,8 @@ class Settings:
 
     comfyui_url: str = "http://127.0.0.1:8188"
     workflows_dir: Path = Path("workflows")
+    # A file named <workflow> in this folder stops serving that workflow (re-read each second, no restart).
+    disabled_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 3000
     db_path: Path | None = Path("comfyui-api.sqlite3")

@@ -48,7 +48,6 @@ DEFAULT_INDEX_PATH = Path(__file__).resolve().parent.parent / "data" / "index.js
 MANAGER_PACKAGE = "comfyui-manager"
 TEMPLATES_PACKAGE = "comfyui-workflow-templates-json"
 CORE_REPO = "https://github.com/comfyanonymous/ComfyUI"
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MANAGER_FILES = ("extension-node-map.json", "custom-node-list.json", "github-stats.json", "model-list.json")
 
 
@@ -133,10 +132,10 @@ def _all_nodes(workflow: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from (n for n in sub.get("nodes", []) if isinstance(n, dict))
 
 
-def _filename_list_folder(node: ast.AST) -> str | None:
+def filename_list_folder(node: ast.AST) -> str | None:
     """'loras' for folder_paths.get_filename_list("loras") (also inside a list concatenation)."""
     if isinstance(node, ast.BinOp):
-        return _filename_list_folder(node.left) or _filename_list_folder(node.right)
+        return filename_list_folder(node.left) or filename_list_folder(node.right)
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -149,7 +148,7 @@ def _filename_list_folder(node: ast.AST) -> str | None:
     return None
 
 
-def _class_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
+def class_model_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
     """node_id= values and {input name: models folder} found inside one class body."""
     ids: set[str] = set()
     inputs: dict[str, str] = {}
@@ -162,7 +161,7 @@ def _class_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
                     and isinstance(value, (ast.Tuple, ast.List))
                     and value.elts
                 ):
-                    folder = _filename_list_folder(value.elts[0])
+                    folder = filename_list_folder(value.elts[0])
                     if folder:
                         inputs[key.value] = folder
         elif isinstance(node, ast.Call):
@@ -174,7 +173,7 @@ def _class_inputs(cls: ast.ClassDef) -> tuple[set[str], dict[str, str]]:
                 ):
                     ids.add(kw.value.value)
                 elif kw.arg == "options" and node.args and isinstance(node.args[0], ast.Constant):
-                    folder = _filename_list_folder(kw.value)
+                    folder = filename_list_folder(kw.value)
                     if folder and isinstance(node.args[0].value, str):
                         inputs[node.args[0].value] = folder
     return ids, inputs
@@ -362,7 +361,7 @@ def build_index(
     for workflow in templates:
         for node in _all_nodes(workflow):
             ctype = node.get("type")
-            if not isinstance(ctype, str) or _UUID.match(ctype):
+            if not isinstance(ctype, str) or SUBGRAPH_ID.match(ctype):
                 continue
             props = node.get("properties") or {}
             if props.get("cnr_id") == "comfy-core":

@@ -50,6 +50,9 @@ FRONTEND_ONLY = frozenset(
     }
 )
 
+# A subgraph instance's type is the UUID of its definition in definitions.subgraphs.
+SUBGRAPH_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
 MODE_MUTED = 2
 MODE_BYPASSED = 4
 

@@ -9,18 +9,16 @@ so the nodes inside them count like any other.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfyfleet.analysis.index import KnowledgeIndex
-from comfyfleet.analysis.rules import FRONTEND_ONLY, MODE_BYPASSED, MODE_MUTED
+from comfyfleet.analysis.rules import FRONTEND_ONLY, MODE_BYPASSED, MODE_MUTED, SUBGRAPH_ID
 from comfyfleet.errors import BadInput
 from comfyfleet.manifest import SkippedNode
 
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CONTROL_AFTER_GENERATE = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -172,7 +170,7 @@ class _UiReader:
                 inner = self._subgraph_overrides(node, self.subgraphs[ctype], values, replaced)
                 self._walk(self.subgraphs[ctype]["nodes"], f"{node_id}:", inner, depth + 1)
                 continue
-            if _UUID.match(ctype):
+            if SUBGRAPH_ID.match(ctype):
                 raise BadInput(
                     f"{self.where}: node {node_id} is a subgraph ({ctype}) missing from "
                     "definitions.subgraphs; re-export the workflow from ComfyUI"
@@ -208,7 +206,7 @@ class _UiReader:
             for i in _list(node.get("inputs"))
             if isinstance(i, dict) and isinstance(i.get("widget"), dict) and "name" in i["widget"]
         ]
-        return _align_by_inputs(names, widgets)
+        return align_widget_names(names, widgets) or [(None, v) for v in widgets]
 
     def _subgraph_overrides(
         self,
@@ -301,11 +299,12 @@ def _group_name(ctype: str) -> str | None:
     return None
 
 
-def _align_by_inputs(names: list[str], widgets: list[Any]) -> list[tuple[str | None, Any]]:
-    """Pair widget names from node inputs with values, skipping control_after_generate slots.
+def align_widget_names(names: list[str], widgets: list[Any]) -> list[tuple[str | None, Any]] | None:
+    """Pair widget names from node inputs with values, or None when the counts disagree.
 
-    Recent frontends list every widget in ``inputs``; older ones list only widgets turned
-    into inputs. Names are used only when the counts agree, otherwise they would be guesses.
+    control_after_generate slots after a seed are named as such. Recent frontends list every
+    widget in ``inputs``; older ones list only widgets turned into inputs. Names are used
+    only when the counts agree, otherwise they would be guesses.
     """
     out: list[tuple[str | None, Any]] = []
     k = 0
@@ -321,5 +320,5 @@ def _align_by_inputs(names: list[str], widgets: list[Any]) -> list[tuple[str | N
     unnamed = sum(1 for name, _ in out if name is None)
     # One unnamed trailing slot is normal (LoadImage's upload button); more means misalignment.
     if k != len(names) or unnamed > 1 or (unnamed == 1 and out[-1][0] is not None):
-        return [(None, v) for v in widgets]
+        return None
     return out
