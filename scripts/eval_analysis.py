@@ -62,14 +62,14 @@ from pathlib import Path
 from typing import Any
 
 from comfyfleet.analysis import analyze_data, rules
-from comfyfleet.analysis.index import KnowledgeIndex, default_index
-from comfyfleet.analysis.rules import FRONTEND_ONLY, canonical_folder, install_folder
+from comfyfleet.analysis.index import KnowledgeIndex, default_index, plain_name
+from comfyfleet.analysis.index_build import class_model_inputs
+from comfyfleet.analysis.rules import FRONTEND_ONLY, SUBGRAPH_ID, canonical_folder, install_folder
+from comfyfleet.analysis.workflow import align_widget_names
 from comfyfleet.errors import BadInput
 
 CORE = "core"
 STRIPPED = ("cnr_id", "aux_id", "ver", "models")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_CONTROL = {"fixed", "increment", "decrement", "randomize"}
 
 
 # ---------------------------------------------------------------- gathering
@@ -123,31 +123,28 @@ def _png_texts(blob: bytes) -> dict[str, str]:
     return out
 
 
-def _as_ui(blob: bytes, path: str) -> dict[str, Any] | None:
+def _json_of(blob: bytes, path: str, png_chunk: str) -> Any:
+    """Parsed JSON of a file, or of a PNG's text chunk; None when there is none."""
     if path.lower().endswith(".png"):
-        text = _png_texts(blob).get("workflow")
+        text = _png_texts(blob).get(png_chunk)
         if not text:
             return None
         blob = text.encode()
     try:
-        data = json.loads(blob.decode("utf-8-sig"))
+        return json.loads(blob.decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def _as_ui(blob: bytes, path: str) -> dict[str, Any] | None:
+    data = _json_of(blob, path, "workflow")
     if isinstance(data, dict) and isinstance(data.get("nodes"), list) and data["nodes"]:
         return data
     return None
 
 
 def _as_api(blob: bytes, path: str) -> dict[str, Any] | None:
-    if path.lower().endswith(".png"):
-        text = _png_texts(blob).get("prompt")
-        if not text:
-            return None
-        blob = text.encode()
-    try:
-        data = json.loads(blob.decode("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    data = _json_of(blob, path, "prompt")
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
         data = data["prompt"]
     if (
@@ -250,7 +247,7 @@ class Truth:
             key = repo_key(pack.repo)
             self.by_id.setdefault(pack.id.lower(), key)
             self.by_name[key.rsplit("/", 1)[-1].replace("_", "-")].append(key)
-            self.by_plain[_plain(key.rsplit("/", 1)[-1])].append(key)
+            self.by_plain[plain_name(key.rsplit("/", 1)[-1])].append(key)
         self.stars = {repo_key(p.repo): p.stars for p in index.packs}
         self.index = index
 
@@ -274,7 +271,7 @@ class Truth:
             low = cnr.lower()
             if low in self.by_id:
                 return self.by_id[low]
-            named = self.by_name.get(low.replace("_", "-")) or self.by_plain.get(_plain(low))
+            named = self.by_name.get(low.replace("_", "-")) or self.by_plain.get(plain_name(low))
             if named:
                 return max(named, key=lambda k: self.stars.get(k, 0))
         if isinstance(aux, str) and "/" in aux:
@@ -282,13 +279,6 @@ class Truth:
         if isinstance(cnr, str) and cnr:
             return f"cnr:{cnr.lower()}"
         return None
-
-
-def _plain(name: str) -> str:
-    key = re.sub(r"[^a-z0-9]", "", name.lower())
-    for affix in ("comfyui", "comfy"):
-        key = key.removeprefix(affix).removesuffix(affix)
-    return key
 
 
 def _executed(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -326,21 +316,7 @@ def widget_names(node: dict[str, Any]) -> list[tuple[str | None, Any]] | None:
         for i in node.get("inputs") or []
         if isinstance(i, dict) and isinstance(i.get("widget"), dict) and i["widget"].get("name")
     ]
-    out: list[tuple[str | None, Any]] = []
-    k = 0
-    for value in values:
-        prev = out[-1][0] if out else None
-        if prev in ("seed", "noise_seed") and value in _CONTROL:
-            out.append(("control_after_generate", value))
-        elif k < len(names):
-            out.append((names[k], value))
-            k += 1
-        else:
-            out.append((None, value))
-    unnamed = sum(1 for n, _ in out if n is None)
-    if k != len(names) or unnamed > 1 or (unnamed == 1 and out[-1][0] is not None):
-        return None
-    return out
+    return align_widget_names(names, values)
 
 
 class SourceFolders:
@@ -406,7 +382,7 @@ class SourceFolders:
                 continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef):
-                    found = _class_folder_inputs(node)
+                    found = {k: canonical_folder(v) for k, v in class_model_inputs(node)[1].items()}
                     if found:
                         class_inputs.setdefault(node.name, {}).update(found)
                 elif isinstance(node, ast.Dict):
@@ -462,44 +438,6 @@ class SourceFolders:
             return inputs.get(input_name)
         folders = set(inputs.values())
         return folders.pop() if len(folders) == 1 else None
-
-
-def _folder_call(node: ast.AST) -> str | None:
-    if isinstance(node, ast.BinOp):
-        return _folder_call(node.left) or _folder_call(node.right)
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("get_filename_list", "get_filename_list_")
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
-    ):
-        return node.args[0].value
-    return None
-
-
-def _class_folder_inputs(cls: ast.ClassDef) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for node in ast.walk(cls):
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if (
-                    isinstance(key, ast.Constant)
-                    and isinstance(key.value, str)
-                    and isinstance(value, (ast.Tuple, ast.List))
-                    and value.elts
-                ):
-                    folder = _folder_call(value.elts[0])
-                    if folder:
-                        out[key.value] = canonical_folder(folder)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            for kw in node.keywords:
-                if kw.arg == "options" and isinstance(node.args[0].value, str):
-                    folder = _folder_call(kw.value)
-                    if folder:
-                        out[node.args[0].value] = canonical_folder(folder)
-    return out
 
 
 def _model_like(value: Any) -> bool:
@@ -632,7 +570,7 @@ def to_api(data: dict[str, Any]) -> dict[str, Any]:
     """API-format prompt of the executed nodes: class_type and named widget values only."""
     prompt: dict[str, Any] = {}
     for node_id, node, _ in _executed(data):
-        if _UUID.match(node["type"]) or node["type"].startswith("workflow>"):
+        if SUBGRAPH_ID.match(node["type"]) or node["type"].startswith("workflow>"):
             continue
         named = widget_names(node) or []
         inputs = {name: value for name, value in named if name and name != "control_after_generate"}

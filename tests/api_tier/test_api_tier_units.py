@@ -38,3 +38,67 @@ def test_only_workflow_files_are_synced(tmp_path: Path) -> None:
 def test_missing_artifact_says_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="scripts/build-binary"):
         local_artifact({"api_binary": str(tmp_path / "nope.pyz")})
+
+
+def test_spec_points_the_api_at_the_stop_markers() -> None:
+    cfg = validate_host_data("h1", {"provider": "lambda"})
+    paths = ApiPaths.for_config(cfg)
+    cmd = list(api_spec(cfg, paths, "a" * 64, "0.0.0.0").command)
+    # The folder serving.py writes markers into; it lies inside the mounted API folder.
+    assert cmd[cmd.index("--disabled-dir") + 1] == "/home/ubuntu/comfyfleet/api/disabled" == paths.disabled
+    assert paths.disabled.startswith(paths.dir + "/")
+
+
+def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Path) -> None:
+    """The in-container verify script, run here against a real API process and the ComfyUI stand-in."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from comfyfleet.deploys.api import _VERIFY
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "standin"))
+    from standin_launch import Standin, free_port
+
+    tiny = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+    wf, disabled = tmp_path / "wf", tmp_path / "disabled"
+    wf.mkdir()
+    disabled.mkdir()
+    for name in ("served", "stopped"):
+        (wf / f"{name}.json").write_text(json.dumps(tiny))
+    (disabled / "stopped").touch()
+    (disabled / "parked").touch()  # stopped with its files moved away: still reported as stopped
+    root = Path(__file__).resolve().parents[2]
+    with Standin(tmp_path / "comfy") as comfy:
+        port = free_port()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "comfyui_api", "--comfyui-url", comfy.url, "--workflows", str(wf),
+             "--disabled-dir", str(disabled), "--port", str(port), "--db", str(tmp_path / "db.sqlite3")],
+            env={**os.environ, "PYTHONPATH": str(root / "comfyui-api" / "src")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["workflows"]:
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                time.sleep(0.05)
+            out = subprocess.run([sys.executable, "-c", _VERIFY, str(port), str(tmp_path / "no-keys"), str(wf),
+                                  "30", str(disabled)], capture_output=True, text=True, timeout=60).stdout
+        finally:
+            api.terminate()
+            api.wait(10)
+    rows = {w["name"]: w for w in json.loads(out.split("VERIFY ", 1)[1])["workflows"]}
+    assert set(rows) == {"served", "stopped", "parked"}
+    assert rows["served"]["status"] == 200 and rows["served"]["bytes"] > 0 and not rows["served"]["stopped"]
+    for name in ("stopped", "parked"):
+        assert rows[name]["stopped"] and not rows[name]["schema"] and rows[name]["status"] == 404
+        assert rows[name]["outputs"] == 0
+    assert rows["stopped"]["error"] == ""  # the API itself answered "stopped"

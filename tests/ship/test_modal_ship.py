@@ -25,14 +25,8 @@ API_KEY = "ship-to-modal-key-0123456789"
 
 
 def deploy_output(url: str) -> str:
-    return (
-        "✓ Created objects.\n"
-        "├── ✓ Created function download_models.\n"
-        "└── ✓ Created function ComfyUIService.*.\n"
-        f"    └── api -> {url} (unauthenticated)\n"
-        "✓ App deployed in 73.120s! 🎉\n\n"
-        "View Deployment: https://modal.com/apps/acme/main/deployed/cf-prod-txt2img\n"
-    )
+    """What `modal deploy` (1.6.4) prints for app cf-prod-txt2img serving at url."""
+    return (ROOT / "tests" / "modal" / "fake" / "deploy_output.txt").read_text().format(url=url, app="cf-prod-txt2img")
 
 
 def fake_modal(tmp: Path, scenario: dict[str, Any]) -> tuple[dict[str, str], Path]:

@@ -54,32 +54,39 @@ class Service:
         self.started = time.time()
         self.warmup_state = "disabled" if not settings.warmup else "pending"
         self._ready_cache: tuple[float, dict[str, Any]] | None = None
-        self._stopped_cache: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._stopped_cache: tuple[int | None, frozenset[str]] = (None, frozenset())  # (dir mtime, markers)
         self.comfy.on_connect.append(self.reload_endpoints)
 
     def stopped(self) -> frozenset[str]:
-        """Workflow names with a stop marker in disabled_dir, re-read at most once a second.
+        """Workflow names with a stop marker in disabled_dir, as of this request.
 
-        Reading the markers per request (one small directory listing, cached for a second)
-        lets an operator stop and start a workflow without restarting the service, and keeps
-        a stopped workflow stopped however its file got back into workflows/.
+        One stat of the folder per call; it is listed again only when its mtime changed
+        (adding or removing a marker changes it) or is too recent to trust on a file
+        system with coarse timestamps. So stop and start take effect on the next request
+        without restarting the service, however a workflow's file got back into workflows/.
         """
         folder = self.settings.disabled_dir
         if folder is None:
             return frozenset()
-        now = time.monotonic()
-        at, names = self._stopped_cache
-        if now - at < 1.0:
+        key, names = self._stopped_cache
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except FileNotFoundError:
+            self._stopped_cache = (None, frozenset())
+            return frozenset()
+        except OSError as exc:
+            # Unreadable: keep what was known rather than serving everything stopped so far.
+            log.error("cannot read stop markers in %s: %s", folder, exc)
+            return names
+        if mtime == key and time.time_ns() - mtime > 2_000_000_000:
             return names
         try:
             with os.scandir(folder) as entries:
                 names = frozenset(e.name for e in entries if not e.name.startswith("."))
-        except FileNotFoundError:
-            names = frozenset()
         except OSError as exc:
-            # Unreadable: keep what was known rather than serving everything stopped so far.
             log.error("cannot read stop markers in %s: %s", folder, exc)
-        self._stopped_cache = (now, names)
+            return names
+        self._stopped_cache = (mtime, names)
         return names
 
     def live(self) -> dict[str, Endpoint]:
@@ -276,8 +283,9 @@ def create_app(settings: Settings) -> Starlette:
 
     async def run_workflow(request: Request) -> Response:
         if request.path_params["name"] in svc.stopped():
-            return _problem(404, f"workflow {request.path_params['name']!r} is stopped on this host (its deployment "
-                                 "was stopped; `comfyfleet deployments start` serves it again)", status="stopped")
+            return _json({"detail": f"workflow {request.path_params['name']!r} is stopped on this host (its "
+                                    "deployment was stopped; `comfyfleet deployments start` serves it again)",
+                          "status": "stopped"}, 404)
         ep = svc.endpoints.get(request.path_params["name"])
         if ep is None:
             if not svc.comfy.up and not svc.endpoints:

@@ -128,14 +128,14 @@ class KnowledgeIndex:
     def pack_by_plain_name(self, name: str) -> int | None:
         """The most starred pack whose repo name equals name once case, punctuation and a
         "comfyui" affix are ignored: registry id "listhelper" -> dseditor/ComfyUI-ListHelper."""
-        key = _plain(name)
+        key = plain_name(name)
         return self._plain_names().get(key) if len(key) >= 4 else None
 
     def _plain_names(self) -> dict[str, int]:
         if self._by_plain_name is None:
             by_name: dict[str, int] = {}
             for i, pack in enumerate(self.packs):
-                key = _plain(pack.registry_id)
+                key = plain_name(pack.registry_id)
                 if len(key) >= 4 and (key not in by_name or pack.stars > self.packs[by_name[key]].stars):
                     by_name[key] = i
             self._by_plain_name = by_name
@@ -154,11 +154,11 @@ class KnowledgeIndex:
         if by_first_word:
             word = first_word(class_type)
             if len(word) >= 6:
-                keys.append(_plain(word))
+                keys.append(plain_name(word))
         else:
             tag = _tag(class_type)
-            keys = [_plain(tag)] if tag and tag[0] in "(|/" else []
-            keys.append(_plain(class_type))
+            keys = [plain_name(tag)] if tag and tag[0] in "(|/" else []
+            keys.append(plain_name(class_type))
         for key in keys:
             if len(key) >= 4 and key in by_plain_name:
                 return by_plain_name[key]
@@ -276,7 +276,7 @@ def _tag(name: str) -> str | None:
     return match.group("caps") or match.group(0).strip()
 
 
-def _plain(name: str) -> str:
+def plain_name(name: str) -> str:
     """'comfyui-lora-manager' and '(LoraManager)' both become 'loramanager'."""
     key = re.sub(r"[^a-z0-9]", "", name.lower())
     for affix in ("comfyui", "comfy"):

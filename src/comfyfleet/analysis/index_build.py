@@ -37,6 +37,7 @@ from typing import Any
 from comfyfleet.analysis.rules import (
     MANAGER_TYPE_FOLDERS,
     REGISTRY_ONLY_PACKS,
+    SUBGRAPH_ID,
     canonical_folder,
     download_url,
     install_folder,
@@ -234,7 +235,7 @@ def core_classes_from_source(src: Path) -> tuple[set[str], dict[str, dict[str, s
         class_inputs: dict[str, dict[str, str]] = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
-                ids, inputs = _class_inputs(node)
+                ids, inputs = class_model_inputs(node)
                 class_ids[node.name].update(ids)
                 names.update(ids)
                 class_inputs[node.name] = inputs

@@ -7,14 +7,11 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from comfyfleet.cli.output import err, fail, out
 from comfyfleet.errors import BadInput
 from comfyfleet.registry import Deployment, HistoryEntry, Registry
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 app = typer.Typer(
     name="deployments",
@@ -129,8 +126,7 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
         with hold_hosts([e.host for e in d.endpoints], f"{kind} of {d.name} ({d.environment})"):
             results = set_serving(d, enabled)
     except HostsBusy as exc:
-        err.print(f"{kind} not started: {exc}", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(f"{kind} not started: {exc}", soft_wrap=True)
     failed = {host: cause for host, (ok, cause, _s) in results.items() if not ok}
     steps = [StepRecord(kind, host, ok, 1, seconds, cause) for host, (ok, cause, seconds) in results.items()]
     summary = "ok" if not failed else "; ".join(f"{h}: {c}" for h, c in failed.items())
@@ -184,8 +180,7 @@ def verify(name: str, env: str | None = EnvOption) -> None:
         raise BadInput(f"{d.name} ({d.environment}) was stopped or deleted meanwhile")
     out.print(result_table(outcome.result, f"verify {d.name} ({d.environment})"))
     if outcome.result.failure is not None:
-        err.print(f"verify failed: {outcome.result.failure}; {d.name} is now in status error", markup=False)
-        raise typer.Exit(1)
+        fail(f"verify failed: {outcome.result.failure}; {d.name} is now in status error")
 
 
 @app.command()

@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from comfyfleet.cli.output import out
 from comfyfleet.errors import BadInput
 from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
-
-out = Console(highlight=False)
 
 STATUS_STYLE = {
     "changed": "green",

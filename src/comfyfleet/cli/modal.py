@@ -6,16 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from comfyfleet.cli.output import err, fail, out
 from comfyfleet.errors import HostFailure
 from comfyfleet.modal_target import deploy as modal_deploy
 from comfyfleet.modal_target.generate import DEFAULT_OUT, generate_app
 from comfyfleet.modal_target.options import DEFAULT_APP_NAME, DEFAULT_GPU, ModalOptions
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 modal_app = typer.Typer(
     name="modal",
@@ -80,8 +77,7 @@ def deploy(
             health_timeout=health_timeout,
         )
     except HostFailure as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        fail(f"error: {exc}")
     table = Table(title=f"Modal app {report.facts.app_name}")
     table.add_column("step")
     table.add_column("result")
@@ -112,8 +108,7 @@ def stop(
     try:
         out.print(modal_deploy.stop_app(_app_name(app_file, app)))
     except HostFailure as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        fail(f"error: {exc}")
 
 
 @modal_app.command("status")
@@ -129,8 +124,7 @@ def status(
     try:
         rows = modal_deploy.app_status(name)
     except HostFailure as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from None
+        fail(f"error: {exc}")
     if not rows:
         out.print(f"no Modal app named {name} (deploy it with: comfyfleet modal deploy)")
         raise typer.Exit(1)

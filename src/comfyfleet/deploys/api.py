@@ -17,7 +17,9 @@ verify_timeout      ``600``                         seconds ``verify-endpoints``
 ==================  ==============================  ==============================================
 
 Everything lives in ``<data_root>/api``: ``comfyui-api.pyz``, ``workflows/``,
-``executions.sqlite3`` and ``api-keys``. The container runs the stock ``python3`` of the
+``executions.sqlite3``, ``api-keys`` and ``disabled/`` (stop markers: the API does not serve a
+workflow with a file of its name there, re-reading the folder every second, so a re-upload of
+the workflows folder never serves a stopped workflow again and stop/start need no restart). The container runs the stock ``python3`` of the
 runtime image on the .pyz; its spec carries the artifact's sha256, so a new artifact
 recreates only the API container and an unchanged one uploads nothing.
 """
@@ -58,12 +60,13 @@ class ApiPaths:
     workflows: str
     db: str
     keys: str
+    disabled: str
 
     @classmethod
     def for_config(cls, cfg: HostConfig) -> ApiPaths:
         d = f"{cfg.layout.root}/api"
         return cls(dir=d, pyz=f"{d}/comfyui-api.pyz", workflows=f"{d}/workflows", db=f"{d}/executions.sqlite3",
-                   keys=f"{d}/api-keys")
+                   keys=f"{d}/api-keys", disabled=f"{d}/disabled")
 
 
 def local_artifact(data: Any) -> Path:
@@ -103,6 +106,7 @@ def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str
         "python3", paths.pyz,
         "--comfyui-url", cfg.comfyui_url,
         "--workflows", paths.workflows,
+        "--disabled-dir", paths.disabled,
         "--host", listen,
         "--port", str(cfg.api_port),
         "--db", paths.db,
@@ -185,7 +189,7 @@ def deploy_api() -> None:
 
 _VERIFY = r'''
 import base64, glob, json, os, sys, time, urllib.error, urllib.request
-port, keyfile, wfdir, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+port, keyfile, wfdir, timeout, disdir = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
 base = "http://127.0.0.1:" + port
 key = ""
 if os.path.exists(keyfile):
@@ -216,12 +220,17 @@ while True:
     time.sleep(2)
 status, spec = call("GET", "/openapi.json")
 paths = spec.get("paths", {}) if status == 200 and isinstance(spec, dict) else {}
-names = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(wfdir, "*.json"))
-               if not p.endswith((".lock.json", ".manifest.json")))
-for name in names:
+names = set(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(wfdir, "*.json"))
+            if not p.endswith((".lock.json", ".manifest.json")))
+stopped = set(n for n in (os.listdir(disdir) if os.path.isdir(disdir) else []) if not n.startswith("."))
+for name in sorted(names | stopped):
     row = {"name": name, "schema": "/workflows/" + name in paths, "status": None, "outputs": 0, "bytes": 0,
-           "seconds": None, "error": ""}
-    if row["schema"]:
+           "seconds": None, "error": "", "stopped": name in stopped}
+    if row["stopped"]:
+        # Not generated with; checked to answer 404 "stopped" (an API that ignores markers would serve it).
+        row["status"], body = call("POST", "/workflows/" + name, {"input": {"no_such_input": 0}})
+        row["error"] = "" if isinstance(body, dict) and body.get("status") == "stopped" else json.dumps(body)[:300]
+    elif row["schema"]:
         t0 = time.time()
         row["status"], job = call("POST", "/workflows/" + name, {"input": {}}, timeout)
         row["seconds"] = round(time.time() - t0, 2)
@@ -243,9 +252,10 @@ class ApiVerification(FactBase[dict[str, Any]]):
     def default() -> dict[str, Any]:
         return {}
 
-    def command(self, container: str, port: int, keys: str, workflows: str, timeout: int) -> StringCommand:
-        return script('docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" 2>&1 || true',
-                      container, _VERIFY, port, keys, workflows, timeout)
+    def command(self, container: str, port: int, keys: str, workflows: str, timeout: int,
+                disabled: str) -> StringCommand:
+        return script('docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" "$7" 2>&1 || true',
+                      container, _VERIFY, port, keys, workflows, timeout, disabled)
 
     def process(self, output: list[str]) -> dict[str, Any]:
         for line in output:
@@ -263,7 +273,7 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Any:
     """
     paths = ApiPaths.for_config(cfg)
     result = host.get_fact(ApiVerification, container=cfg.layout.api_container, port=cfg.api_port,
-                           keys=paths.keys, workflows=paths.workflows, timeout=timeout)
+                           keys=paths.keys, workflows=paths.workflows, timeout=timeout, disabled=paths.disabled)
     rep = report(host)
     if "error" in result:
         yield fail(f"verify-endpoints: could not run the checks in {cfg.layout.api_container}: {result['error']}")
@@ -282,6 +292,15 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Any:
         problems.append(f"/ready answered {rstatus}: {_ready_detail(ready)}")
     wf_rows = []
     for w in result["workflows"]:
+        if w.get("stopped"):
+            # A stopped deployment is not a failure; one that is still served is.
+            held = not w["schema"] and w["status"] == 404
+            wf_rows.append([w["name"], "NO" if not w["schema"] else "yes (stopped)", w["status"] or "-", 0, 0, "-",
+                            "stopped" if held else f"stopped but still served: {w['error']}".strip()])
+            if not held:
+                problems.append(f"workflow {w['name']} is marked stopped but the API still serves it "
+                                "(update the API with update-binary)")
+            continue
         ok = w["schema"] and w["status"] == 200 and w["bytes"] > 0
         wf_rows.append([w["name"], "yes" if w["schema"] else "NO", w["status"] or "-", w["outputs"], w["bytes"],
                         w["seconds"] if w["seconds"] is not None else "-", "ok" if ok else (w["error"] or "no output")])
@@ -294,7 +313,9 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Any:
     if problems:
         yield fail("verify-endpoints: " + "; ".join(problems))
     else:
-        host.noop(f"{len(wf_rows)} workflow endpoint(s) served and generating")
+        stopped = sum(1 for w in result["workflows"] if w.get("stopped"))
+        host.noop(f"{len(wf_rows) - stopped} workflow endpoint(s) served and generating"
+                  + (f", {stopped} stopped" if stopped else ""))
 
 
 def _ready_detail(ready: Any) -> str:

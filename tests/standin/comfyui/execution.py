@@ -320,6 +320,18 @@ class PromptExecutor:
         if self.server.client_id is not None or broadcast:
             self.server.send_sync(event, data, self.server.client_id)
 
+    def _keep_ui(self, node_id: str, ui: dict) -> None:
+        """Record a node's UI output in the prompt's history entry, as ComfyUI does."""
+        self.history_result["outputs"][node_id] = ui
+        self.history_result["meta"][node_id] = {"node_id": node_id, "display_node": node_id,
+                                               "parent_node": None, "real_node_id": node_id}
+
+    def _send_executed(self, node_id: str, ui: dict | None, prompt_id: str) -> None:
+        """The `executed` websocket message to the prompt's client, if it has one."""
+        if self.server.client_id is not None:
+            self.server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
+                                               "prompt_id": prompt_id}, self.server.client_id)
+
     def _signature(self, prompt: dict, node_id: str, memo: dict) -> str:
         if node_id in memo:
             return memo[node_id]
@@ -386,12 +398,8 @@ class PromptExecutor:
                     value, ui = self.cache[sigs[node_id]]
                     results[node_id] = value
                     if ui is not None:
-                        self.history_result["outputs"][node_id] = ui
-                        self.history_result["meta"][node_id] = {"node_id": node_id, "display_node": node_id,
-                                                               "parent_node": None, "real_node_id": node_id}
-                    if self.server.client_id is not None:
-                        self.server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                                           "prompt_id": prompt_id}, self.server.client_id)
+                        self._keep_ui(node_id, ui)
+                    self._send_executed(node_id, ui, prompt_id)
                     continue
                 self.server.last_node_id = node_id
                 if self.server.client_id is not None:
@@ -417,12 +425,8 @@ class PromptExecutor:
                 self.cache[sigs[node_id]] = (value, ui)
                 executed.append(node_id)
                 if ui is not None:
-                    self.history_result["outputs"][node_id] = ui
-                    self.history_result["meta"][node_id] = {"node_id": node_id, "display_node": node_id,
-                                                           "parent_node": None, "real_node_id": node_id}
-                    if self.server.client_id is not None:
-                        self.server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                                           "prompt_id": prompt_id}, self.server.client_id)
+                    self._keep_ui(node_id, ui)
+                    self._send_executed(node_id, ui, prompt_id)
         except model_management.InterruptProcessingException:
             logging.info("Processing interrupted")
             self.success = False
