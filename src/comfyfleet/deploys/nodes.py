@@ -272,9 +272,17 @@ class StagedFiles(FactBase[dict[str, Any]]):
 _PROBES: WeakKeyDictionary[Any, dict[tuple[str, ...], dict[str, Any]]] = WeakKeyDictionary()
 
 
+def _this_host() -> Any:
+    """The real Host behind pyinfra's ``host`` proxy: the proxy is immortal and hashes as
+    whichever host is current, so as a weak key it would never expire (see inventory.host_config)."""
+    from pyinfra.context import ContextObject
+
+    return host._get_module() if isinstance(host, ContextObject) else host
+
+
 def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
     """What ``argv`` answered in this run's staging probe, else run it now (one round trip)."""
-    answer = _PROBES.get(host, {}).pop(argv, None)
+    answer = _PROBES.get(_this_host(), {}).pop(argv, None)
     if answer is not None:
         return answer
     return host.get_fact(HostsideJson, argv=argv)
@@ -292,10 +300,10 @@ def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = N
     remote = state["hashes"]
     stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
     if not stale:
-        _PROBES[host] = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
+        _PROBES[_this_host()] = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
         host.noop(f"{len(files)} file(s) up to date")
         return
-    _PROBES.pop(host, None)
+    _PROBES.pop(_this_host(), None)
     yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
     for path, data in sorted(stale.items()):
         yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
@@ -348,7 +356,7 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     mode = (*NODES_CHECK, "--fetch") if update else NODES_CHECK
     state = probed_or_fact(("python3", script_path, "--plan", plan_path, *mode))
     if "VERIFY" in state:
-        _VERIFIED[host] = state
+        _VERIFIED[_this_host()] = state
     if "CHECK" not in state:
         yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
         return
@@ -385,7 +393,7 @@ def verify_classes(
     """
     # When the install step found nothing to do, its check already verified (same run, no restart since).
     reusable = reuse_check is not None and reuse_check.is_complete() and not reuse_check.did_change()
-    state = _VERIFIED.pop(host, None) if reusable else None
+    state = _VERIFIED.pop(_this_host(), None) if reusable else None
     if state is None:
         state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
     result = state.get("VERIFY")

@@ -1,15 +1,14 @@
 """Whether a deployment's hosts serve its workflow: the host side of `deployments stop/start`.
 
-The API service builds its endpoints from the ``*.json`` files in ``<data_root>/api/workflows``
-when it starts. A soft stop therefore parks the workflow's files in
-``<data_root>/api/stopped/`` and restarts only the API container: the endpoint answers
-404, every other workflow keeps being served, ComfyUI and the models stay as they are,
-and nothing is deleted. ``start`` moves the files back. A marker
-``<data_root>/api/disabled/<workflow>`` records the intent on the host, so the API (and
-``update-binary``, which re-uploads the local workflows folder) can honour it. A ship
-parks such re-uploaded stopped workflows again right after its ``update-binary``; a
-``deploy-all`` or ``--update-binary`` run by hand serves them again until the next
-ship, stop or start on that host.
+The marker ``<data_root>/api/disabled/<workflow>`` is what stops a workflow: the API
+service (started with ``--disabled-dir``) checks that folder on every request, answers
+404 "stopped" for a marked workflow and leaves it out of /openapi.json, and
+``verify-endpoints`` reports it as stopped, so a ``deploy-all`` or ``--update-binary``
+run by hand does not serve it again. A soft stop also parks the workflow's files in
+``<data_root>/api/stopped/`` and restarts only the API container (needed for hosts whose
+API predates the markers); every other workflow keeps being served, ComfyUI and the
+models stay as they are, and nothing is deleted. ``start`` removes the marker and moves
+the files back.
 """
 
 from __future__ import annotations
@@ -154,8 +153,8 @@ def serving_deploy(workflow: str, served: bool) -> Any:
                        workflow=workflow, served=served, _sudo=cfg.sudo)
         marker(name=f"Stop marker of {workflow}", api_dir=api_dir, workflow=workflow, stopped=not served,
                _sudo=cfg.sudo)
-        # update-binary uploads the whole local workflows folder, stopped workflows included:
-        # they go back where they were (until update-binary honours the markers itself).
+        # update-binary uploads the whole local workflows folder, stopped workflows included; the
+        # API ignores them by marker, and parking them again keeps hosts with an older API right.
         others = repark(name="Keep stopped workflows stopped", api_dir=api_dir, keep=workflow, _sudo=cfg.sudo)
 
         def changed() -> bool:
