@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "standin"))
 
-from standin_launch import Standin, free_port  # noqa: E402
+from standin_launch import Standin, free_port, stop_process  # noqa: E402
 
 REAL_COMFYUI = os.environ.get("COMFYFLEET_TEST_COMFYUI_URL", "").rstrip("/")
 needs_standin = pytest.mark.skipif(bool(REAL_COMFYUI), reason="controls the ComfyUI process (stand-in only)")
@@ -128,13 +128,7 @@ class Api:
         raise RuntimeError(f"API did not start: {self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -14,7 +14,7 @@ TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "standin") not in sys.path:
     sys.path.insert(0, str(TESTS / "standin"))
 
-from standin_launch import Standin, free_port  # noqa: E402
+from standin_launch import Standin, free_port, stop_process  # noqa: E402
 
 ROOT = TESTS.parent
 EXAMPLE_MODELS = {
@@ -87,11 +87,5 @@ class RealApi:
         raise RuntimeError(f"comfyui-api did not start: {(self.root / 'api.log').read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.comfy.stop()

@@ -28,6 +28,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10) -> None:
+    """Terminate a server child process, killing it when it ignores SIGTERM for grace_s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class Standin:
     """One stand-in ComfyUI process with its own base directory; restartable on the same port."""
 
@@ -95,13 +106,7 @@ class Standin:
         raise RuntimeError(f"stand-in did not answer on {self.url} within {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace_s=5)
         self.proc = None
 
     def restart(self) -> None:
