@@ -119,7 +119,7 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     d = reg.get(name, env)
     started = utcnow()
     kind = "start" if enabled else "stop"
-    from comfyfleet.registry.serving import set_serving
+    from comfyfleet.ship.serving import set_serving
     from comfyfleet.ship import HostsBusy, hold_hosts
 
     try:

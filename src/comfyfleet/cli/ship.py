@@ -35,8 +35,8 @@ class RichReporter:
     """Progress per step and host: a spinner while it runs, a mark and seconds when done."""
 
     def __init__(self, console: Console) -> None:
-        # No refresh thread: loading an inventory file makes pyinfra's CLI module monkey-patch
-        # threading with gevent, and a thread started across that patch fails at exit. The
+        # No refresh thread: the CLI makes threads gevent-aware before a host run
+        # (runner.parallel_ssh), and a thread started across that patch fails at exit. The
         # display is redrawn on every event instead.
         self.progress = Progress(
             SpinnerColumn(finished_text=""), TextColumn("{task.description}"), TimeElapsedColumn(),

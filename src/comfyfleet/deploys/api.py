@@ -44,8 +44,8 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import docker
-from comfyfleet.operations.shell import fail, script
 from comfyfleet.runner import report
+from comfyfleet.shell import fail, script
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 WORKFLOW_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\.json|\.api\.yaml)$")

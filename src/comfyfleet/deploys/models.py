@@ -58,10 +58,10 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
-from comfyfleet.operations.shell import fail, script
 from comfyfleet.runner import report
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 from comfyfleet.secrets import load_tokens
+from comfyfleet.shell import fail, script
 
 _FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _URL = re.compile(r"^(https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+|civitai:\d+)$")

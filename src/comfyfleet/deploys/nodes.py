@@ -46,8 +46,8 @@ from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
-from comfyfleet.operations.shell import fail, script
 from comfyfleet.runner import report
+from comfyfleet.shell import fail, script
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pyinfra.api import FactBase, StringCommand
 
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 # blkid exits 2 when the device holds no filesystem/partition table: that is an answer,
 # not an error. Anything else (device missing, no permission) is an error.

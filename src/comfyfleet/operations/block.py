@@ -15,7 +15,7 @@ from pyinfra.api import operation
 
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.block import BlockVolume
-from comfyfleet.operations.shell import fail, script
+from comfyfleet.shell import fail, script
 
 _MKFS_SCRIPT = r"""
 blkid -p "$1" >/dev/null 2>&1; rc=$?

@@ -13,7 +13,7 @@ from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, MissingInp
 from comfyfleet.facts.docker import ContainerHost
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations import docker
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 PREVIOUS_REF_FILE = "comfyui-previous-ref"
 
