@@ -49,10 +49,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from comfyfleet.context import host_run
 from comfyfleet.errors import BadInput
 
 if TYPE_CHECKING:
@@ -295,9 +295,6 @@ _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
 _OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_")
 
-_CACHE: WeakKeyDictionary[Any, HostConfig] = WeakKeyDictionary()
-
-
 def validate_host_data(name: str, data: dict[str, Any], provider: str | None = None) -> HostConfig:
     """Validate one host's data dict; raise BadInput naming the host and the key."""
     prov = provider or data.get("provider") or "generic"
@@ -334,18 +331,11 @@ def _check_connection_data(name: str, data: dict[str, Any]) -> None:
 
 
 def host_config(host: Host, provider: str | None = None) -> HostConfig:
-    """The validated config of a pyinfra host (cached per host object)."""
-    from pyinfra.context import ContextObject
-
-    if isinstance(host, ContextObject):
-        # `from pyinfra import host` is one immortal proxy hashing as the current host: as a
-        # weak key it would never expire, and a later Host at a reused address would get
-        # this host's config. Key by the real Host.
-        host = host._get_module()
-    cfg = _CACHE.get(host)
+    """The validated config of a pyinfra host (kept in the run's context, see :mod:`comfyfleet.context`)."""
+    run = host_run(host)
+    cfg = run.config
     if cfg is None or (provider and cfg.provider != provider and not host.data.get("provider")):
-        cfg = validate_host_data(host.name, host.data.dict(), provider)
-        _CACHE[host] = cfg
+        cfg = run.config = validate_host_data(host.name, host.data.dict(), provider)
     return cfg
 
 

@@ -59,7 +59,7 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
 
     import httpx
 
-    from comfyfleet.deploys.api import _VERIFY
+    from comfyfleet.operations.api import VERIFY_SCRIPT as _VERIFY
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "standin"))
     from standin_launch import Standin, free_port

@@ -119,8 +119,8 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     d = reg.get(name, env)
     started = utcnow()
     kind = "start" if enabled else "stop"
-    from comfyfleet.ship.serving import set_serving
     from comfyfleet.ship import HostsBusy, hold_hosts
+    from comfyfleet.ship.serving import set_serving
 
     try:
         with hold_hosts([e.host for e in d.endpoints], f"{kind} of {d.name} ({d.environment})"):

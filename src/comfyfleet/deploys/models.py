@@ -45,6 +45,7 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
+from comfyfleet.context import report
 from comfyfleet.deploys.nodes import (
     MODELS_CHECK,
     HostsideJson,
@@ -58,7 +59,6 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
-from comfyfleet.runner import report
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 from comfyfleet.secrets import load_tokens
 from comfyfleet.shell import fail, script

@@ -1,0 +1,156 @@
+"""The comfyui-api service on a host: its files' layout, key file, workflow files, endpoint verification.
+
+``verify_endpoints`` runs the checks of ``hostside/verify_endpoints.py`` inside the API
+container when the operation executes (never while operations are planned, so a dry run
+generates nothing) and reads their output back to judge it and fill the host's report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import FunctionCommand, Host, QuoteString, State, StringCommand, operation
+from pyinfra.facts.files import File, FindFiles
+
+from comfyfleet.context import report
+from comfyfleet.inventory import HostConfig
+from comfyfleet.pyinfra_compat import put_file_commands
+from comfyfleet.shell import fail, script
+
+VERIFY_SCRIPT = (Path(__file__).resolve().parents[1] / "hostside" / "verify_endpoints.py").read_text()
+
+
+@dataclass(frozen=True)
+class ApiPaths:
+    """Where the API's files live on a host (same paths inside its container)."""
+
+    dir: str
+    pyz: str
+    workflows: str
+    db: str
+    keys: str
+    disabled: str
+
+    @classmethod
+    def for_config(cls, cfg: HostConfig) -> ApiPaths:
+        d = f"{cfg.layout.root}/api"
+        return cls(dir=d, pyz=f"{d}/comfyui-api.pyz", workflows=f"{d}/workflows", db=f"{d}/executions.sqlite3",
+                   keys=f"{d}/api-keys", disabled=f"{d}/disabled")
+
+
+@operation()
+def api_keys(path: str, local_file: str | None = None) -> Any:
+    """Install the operator's key file, or generate one random key on the host when none exists.
+
+    + path: root-only key file on the host
+    + local_file: operator's key file to upload instead (mode 600)
+
+    Keys never pass through a command line: generated ones come from /dev/urandom on the host.
+    """
+    if local_file:
+        yield from put_file_commands(local_file, path, "600")
+        return
+    if host.get_fact(File, path=path):
+        host.noop("API key file present")
+        return
+    yield script('umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n" > "$1"; echo >> "$1"', path)
+
+
+@operation()
+def stale_workflows(directory: str, keep: list[str]) -> Any:
+    """Remove workflow files on the host that are no longer in the local workflows folder."""
+    present = host.get_fact(FindFiles, path=directory, maxdepth=1, quote_path=True) or []
+    stale = sorted(p for p in present if p.rsplit("/", 1)[-1] not in set(keep))
+    if not stale:
+        host.noop("no stale workflow files")
+        return
+    yield StringCommand("rm", "-f", *(QuoteString(p) for p in stale))
+
+
+@operation(is_idempotent=False)
+def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None]:
+    """/health, /ready, every workflow's schema, one real generation per workflow with its defaults.
+
+    + cfg: the host's config
+    + timeout: seconds to wait for /ready and for each generation
+    """
+    paths = ApiPaths.for_config(cfg)
+    command = script('docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" "$7" 2>&1',
+                     cfg.layout.api_container, VERIFY_SCRIPT, cfg.api_port, paths.keys, paths.workflows,
+                     timeout, paths.disabled)
+    answer: dict[str, Any] = {}
+
+    def run_checks(state: State, current: Host) -> bool:
+        _, output = current.run_shell_command(command, _sudo=cfg.sudo)
+        answer.update(verify_result(output.stdout_lines))
+        return True
+
+    # The checks run when the operation executes, once: a dry run (which plans operations by
+    # running their bodies) shows them as to be done and generates nothing.
+    yield FunctionCommand(run_checks, (), {})
+    if not answer:
+        return
+    result = answer
+    rep = report(host)
+    if "error" in result:
+        yield fail(f"verify-endpoints: could not run the checks in {cfg.layout.api_container}: {result['error']}")
+        return
+    problems = []
+    hstatus, health = result["health"]
+    rstatus, ready = result["ready"]
+    rows = [["/health", "ok" if hstatus == 200 else f"HTTP {hstatus}",
+             f"version {health.get('version')} commit {str((health.get('build') or {}).get('commit', '?'))[:12]}"
+             if isinstance(health, dict) else str(health)[:120]],
+            ["/ready", "ok" if rstatus == 200 else f"HTTP {rstatus}", _ready_detail(ready)]]
+    rep.table("comfyui-api", ["check", "result", "detail"], rows)
+    if hstatus != 200:
+        problems.append(f"/health answered {hstatus}")
+    if rstatus != 200:
+        problems.append(f"/ready answered {rstatus}: {_ready_detail(ready)}")
+    wf_rows = []
+    for w in result["workflows"]:
+        if w.get("stopped"):
+            # A stopped deployment is not a failure; one that is still served is.
+            held = not w["schema"] and w["status"] == 404
+            wf_rows.append([w["name"], "NO" if not w["schema"] else "yes (stopped)", w["status"] or "-", 0, 0, "-",
+                            "stopped" if held else f"stopped but still served: {w['error']}".strip()])
+            if not held:
+                problems.append(f"workflow {w['name']} is marked stopped but the API still serves it "
+                                "(update the API with update-binary)")
+            continue
+        ok = w["schema"] and w["status"] == 200 and w["bytes"] > 0
+        wf_rows.append([w["name"], "yes" if w["schema"] else "NO", w["status"] or "-", w["outputs"], w["bytes"],
+                        w["seconds"] if w["seconds"] is not None else "-", "ok" if ok else (w["error"] or "no output")])
+        if not ok:
+            problems.append(f"workflow {w['name']}: " + ("no endpoint in /openapi.json" if not w["schema"]
+                                                         else f"HTTP {w['status']} {w['error']}".strip()))
+    if not result["workflows"]:
+        problems.append("no workflows deployed to the API")
+    rep.table("workflow endpoints", ["workflow", "schema", "HTTP", "outputs", "bytes", "seconds", "result"], wf_rows)
+    if problems:
+        yield fail("verify-endpoints: " + "; ".join(problems))
+    else:
+        stopped = sum(1 for w in result["workflows"] if w.get("stopped"))
+        host.noop(f"{len(wf_rows) - stopped} workflow endpoint(s) served and generating"
+                  + (f", {stopped} stopped" if stopped else ""))
+
+
+def _ready_detail(ready: Any) -> str:
+    if not isinstance(ready, dict):
+        return str(ready)[:200]
+    failed = [f"{k}: {json.dumps({x: y for x, y in v.items() if x != 'ok'})[:200]}"
+              for k, v in (ready.get("checks") or {}).items() if not v.get("ok")]
+    return "; ".join(failed) or "ready"
+
+
+def verify_result(lines: list[str]) -> dict[str, Any]:
+    """The checks' ``VERIFY {json}`` line, else an error with the end of what they printed."""
+    for line in lines:
+        if line.startswith("VERIFY "):
+            return dict(json.loads(line[7:]))
+    return {"error": "\n".join(lines[-20:]) or "no output from the verification"}
