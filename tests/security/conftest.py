@@ -60,7 +60,20 @@ class Boom:
     def run(self, image):
         raise RuntimeError("boom")
 
-NODE_CLASS_MAPPINGS = {"SlowImage": SlowImage, "Boom": Boom}
+class TestSampler:
+    """Shaped like KSampler's widgets (seed, steps 1..10000) without needing a model."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
+                             "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                             "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0})}}
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "test"
+    def run(self, image, seed, steps, cfg):
+        return (image,)
+
+NODE_CLASS_MAPPINGS = {"SlowImage": SlowImage, "Boom": Boom, "TestSampler": TestSampler}
 '''
 CANVAS = {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x336699}}
 WORKFLOWS: dict[str, Any] = {
@@ -70,6 +83,9 @@ WORKFLOWS: dict[str, Any] = {
                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}},
     "slow": {"1": CANVAS, "2": {"class_type": "SlowImage", "inputs": {"image": ["1", 0], "seconds": 1.5}},
              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}},
+    "sampler": {"1": CANVAS, "2": {"class_type": "TestSampler", "inputs": {"image": ["1", 0], "seed": 1, "steps": 20,
+                                                                         "cfg": 7.0}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "s"}}},
     "boom": {"1": CANVAS, "2": {"class_type": "Boom", "inputs": {"image": ["1", 0]}},
              "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "boom"}}},
 }
@@ -230,8 +246,7 @@ def api(comfy: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ap
     """The keyed service every category attacks: alice and bob are callers, admin is admin."""
     a = Api(comfy, tmp_path_factory.mktemp("security-api"),
             ["--allow-outbound", f"{PUBLIC}/32", "--fetch-deadline", "3", "--max-fetches-per-key", "2",
-             "--rate-limit", "100000", "--rate-burst", "10000", "--auth-failures-per-minute", "10",
-             "--max-jobs-per-key", "3"],
+             "--rate-limit", "100000", "--rate-burst", "10000", "--auth-failures-per-minute", "10"],
             hosts=f"127.0.0.1 localhost\n{PUBLIC} public.test\n127.0.0.1 multi.test\n{PUBLIC} multi.test\n"
                   f"{PUBLIC} rebind.test\n")
     yield a
