@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from standin.standin_launch import Standin, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
