@@ -13,9 +13,9 @@ the files back.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from comfyui_api.names import is_workflow_name
 from pyinfra import host
 from pyinfra.api import deploy
 
@@ -24,12 +24,10 @@ from comfyfleet.inventory import host_config
 from comfyfleet.operations import docker
 from comfyfleet.operations.serving import marker, parked, repark
 
-_WORKFLOW = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
 
 def serving_deploy(workflow: str, served: bool) -> Any:
     """A pyinfra deploy that serves or stops one workflow on the current host."""
-    if not _WORKFLOW.match(workflow):
+    if not is_workflow_name(workflow):
         raise BadInput(f"workflow name {workflow!r} is not valid for the API service")
 
     @deploy(f"{'Serve' if served else 'Stop serving'} {workflow}")

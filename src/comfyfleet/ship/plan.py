@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from comfyui_api.names import BadWorkflowName, workflow_name
+
 from comfyfleet import runner
 from comfyfleet.analysis import analyze_paths
 from comfyfleet.errors import BadInput
@@ -110,6 +112,10 @@ def prepare_ship(
     path = Path(workflow)
     if not path.is_file():
         raise BadInput(f"{path}: workflow file not found: pass the path of a workflow JSON file")
+    try:
+        workflow_name(path)
+    except BadWorkflowName as exc:
+        raise BadInput(str(exc)) from None
     deployment_name = check_name(name or path.stem)
     check_name(environment, "environment")
     existing = registry.find(deployment_name, environment)
