@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fleet import Fleet, Host
 
+from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.runner import RunResult, run
 
 pytestmark = pytest.mark.fleet

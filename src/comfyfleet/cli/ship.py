@@ -14,7 +14,17 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from comfyfleet.registry import Registry
-from comfyfleet.ship import PipelineResult, describe
+from comfyfleet.schedules import RunEvent, Watcher
+from comfyfleet.schedules import watch as run_watch
+from comfyfleet.ship import (
+    HostsBusy,
+    PipelineResult,
+    describe,
+    hold_hosts,
+    prepare_ship,
+    run_ship,
+    standard_steps,
+)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -112,8 +122,6 @@ def ship(
 
     Example: comfyfleet ship workflows/txt2img.json --to inventory/lambda.py --env prod
     """
-    from comfyfleet.ship import HostsBusy, hold_hosts, prepare_ship, run_ship, standard_steps
-
     registry = Registry()
     ctx = prepare_ship(workflow, to, env.value, name, registry)
     steps = standard_steps(ctx, registry)
@@ -145,9 +153,6 @@ def watch(
 
     Example: comfyfleet deployments schedule add portraits --every 5m && comfyfleet watch
     """
-    from comfyfleet.schedules import RunEvent, Watcher
-    from comfyfleet.schedules import watch as run_watch
-
     registry = Registry()
 
     def on_event(event: RunEvent) -> None:

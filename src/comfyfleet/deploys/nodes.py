@@ -40,6 +40,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
+from comfyfleet.analysis import analyze_paths
 from comfyfleet.context import host_run, report
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
@@ -73,8 +74,6 @@ _ANALYSIS_CACHE: dict[tuple[str, ...], tuple[list[Manifest], list[str]]] = {}
 
 def load_manifests(workflow: str | None, workflows_dir: str = "workflows") -> list[Manifest]:
     """Manifests of one workflow file, or of every workflow in ``workflows_dir`` (BadInput on bad files)."""
-    from comfyfleet.analysis import analyze_paths
-
     target = workflow or workflows_dir
     path = Path(target)
     if not path.exists():

@@ -16,7 +16,7 @@ They speak the parts of the real protocols that downloaders rely on:
 All file answers support ``Range`` and HEAD. Counters record what was sent, and
 ``throttle`` / ``corrupt`` inject slow transfers and wrong bytes for fault tests.
 
-Standalone: ``python tests/upstreams/model_servers.py DIR`` serves every file below DIR
+Standalone: ``python src/comfyfleet/devkit/upstreams/model_servers.py DIR`` serves every file below DIR
 as plain files, HF repos (``DIR/hf/<org>/<repo>/...``) and CivitAI versions
 (``DIR/civitai/<id>/<name>``), and prints the base URLs.
 """
