@@ -43,6 +43,7 @@ export_dir             none                                        ``logs``: loc
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def _abs_path(value: str, what: str) -> str:
 class HostConfig(BaseModel):
     """Validated comfyfleet data of one host (see the module docstring for every key)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     provider: Provider = "generic"
     ssh_user: str = "root"
@@ -116,6 +117,27 @@ class HostConfig(BaseModel):
     ref: str | None = None
     log_lines: int = Field(default=200, ge=1, le=100000)
     export_dir: str | None = None
+    # Tier 1, the API service, and how the operator's machine reaches it (comfyfleet.deploys.api).
+    api_binary: str | None = None
+    workflows_dir: str | None = None
+    api_listen: str = "0.0.0.0"
+    api_keys_file: str | None = None
+    api_url: str | None = None
+    verify_timeout: int = Field(default=600, ge=1, le=86400)
+    deploy_api: str | bool = "auto"
+    # Tiers 2-3: node packs and models (comfyfleet.deploys.nodes, comfyfleet.deploys.models).
+    git_mirrors: dict[str, str] | str | None = None
+    pip_index_url: str | None = None
+    node_install_via: str | None = None
+    hf_endpoint: str | None = None
+    civitai_endpoint: str | None = None
+    models_parallel: int | None = None
+    lock_file: str | None = None
+    # What one run was asked to do (set by `comfyfleet common`, ship, or --data on pyinfra's CLI).
+    task: str | None = None
+    workflow: str | None = None
+    update: str | None = None
+    yes: bool | str | None = None
 
     @field_validator("ssh_user")
     @classmethod
@@ -159,7 +181,7 @@ class HostConfig(BaseModel):
             raise ValueError(f"must be a git tag, branch or commit (got {v!r})")
         return v
 
-    @field_validator("comfyui_listen")
+    @field_validator("comfyui_listen", "api_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         try:
@@ -293,7 +315,10 @@ def address_problem(address: str) -> str | None:
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
-_OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_")
+_OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_",
+                 "api_", "models_", "verify_", "workflows_")
+# pyinfra's own host data: connector settings and global operation arguments (``_sudo``...).
+_PYINFRA_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "vagrant_", "terraform_", "local_")
 
 def validate_host_data(name: str, data: dict[str, Any], provider: str | None = None) -> HostConfig:
     """Validate one host's data dict; raise BadInput naming the host and the key."""
@@ -301,8 +326,11 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
     if prov not in PROVIDER_DEFAULTS:
         raise BadInput(f"host {name}: provider {prov!r} is unknown: use lambda, datacrunch or generic")
     for key in data:
-        if key.startswith(_OUR_PREFIXES) and key not in _KNOWN:
-            raise BadInput(f"host {name}: unknown key {key!r}: see comfyfleet.inventory for the keys")
+        if key in _KNOWN or (key.startswith(_PYINFRA_PREFIXES) and not key.startswith(_OUR_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(key, sorted(_KNOWN), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "see comfyfleet.inventory for the keys"
+        raise BadInput(f"host {name}: unknown key {key!r}: {hint}")
     _check_connection_data(name, data)
     merged: dict[str, Any] = dict(PROVIDER_DEFAULTS[prov])
     merged.update({k: v for k, v in data.items() if k in _KNOWN and v is not None})
@@ -340,8 +368,22 @@ def host_config(host: Host, provider: str | None = None) -> HostConfig:
 
 
 def validate_inventory(inventory: Inventory, provider: str | None = None) -> dict[str, HostConfig]:
-    """Validate every host of an inventory before anything connects or runs."""
-    return {host.name: host_config(host, provider) for host in inventory}
+    """Validate every host of an inventory before anything connects or runs.
+
+    Each host's ``_sudo`` is set here, once, from its config (pyinfra takes host data as the
+    default of every operation's global arguments), so no operation call passes it.
+    """
+    configs = {host.name: host_config(host, provider) for host in inventory}
+    for host in inventory:
+        if host.data.get("_sudo") is None:
+            host.data._sudo = configs[host.name].sudo
+    return configs
+
+
+def run_data(name: str, data: dict[str, Any], provider: str | None = None) -> dict[str, Any]:
+    """One host's data as a run gives it to pyinfra: validated, with ``_sudo`` set from its config."""
+    cfg = validate_host_data(name, data, provider)
+    return {**data, "_sudo": data["_sudo"] if data.get("_sudo") is not None else cfg.sudo}
 
 
 @contextmanager

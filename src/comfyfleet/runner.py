@@ -53,7 +53,7 @@ from pyinfra.api.exceptions import PyinfraError
 from comfyfleet.context import HostReport, ReportSection, report
 from comfyfleet.deploys import tasks
 from comfyfleet.errors import BadInput
-from comfyfleet.inventory import address_problem, validate_host_data
+from comfyfleet.inventory import address_problem, run_data, validate_host_data
 from comfyfleet.pyinfra_compat import (
     add_deploy,
     all_ops_complete,
@@ -325,7 +325,8 @@ def run(
 
 
 def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) -> tuple[list[HostResult], str]:
-    inventory = Inventory(([(n, dict(d)) for n, d in batch], {}))
+    # Host data as pyinfra takes it: validated, `_sudo` set once per host for every operation.
+    inventory = Inventory(([(n, run_data(n, dict(d))) for n, d in batch], {}))
     config = Config(
         PARALLEL=1 if opts.serial else (opts.parallel or 0),
         FAIL_PERCENT=opts.fail_percent,

@@ -27,7 +27,6 @@ recreates only the API container and an unchanged one uploads nothing.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -70,15 +69,6 @@ def local_workflow_files(data: Any) -> dict[str, Path]:
     return out
 
 
-def api_listen(data: Any) -> str:
-    value = str(data.get("api_listen") or "0.0.0.0")
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise BadInput(f"host {host.name}: api_listen must be an IP address such as 0.0.0.0 (got {value!r})") from None
-    return value
-
-
 def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str) -> docker.ContainerSpec:
     """The comfyui-api container: the runtime image's python3 running the uploaded .pyz."""
     lay = cfg.layout
@@ -109,35 +99,28 @@ def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str
 def deploy_api() -> None:
     """Upload the artifact (only when changed), sync workflows, keys, run the container, wait for /health."""
     cfg = host_config(host)
-    sudo = cfg.sudo
-    data = host.data
-    artifact = local_artifact(data)
+    artifact = local_artifact(host.data)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    workflows = local_workflow_files(data)
-    listen = api_listen(data)
+    workflows = local_workflow_files(host.data)
     paths = ApiPaths.for_config(cfg)
-    files.directory(name="API folder", path=paths.dir, mode="755", _sudo=sudo)
-    files.directory(name="API workflows folder", path=paths.workflows, mode="755", _sudo=sudo)
-    files.put(name="comfyui-api artifact", src=str(artifact), dest=paths.pyz, mode="644", _sudo=sudo)
+    files.directory(name="API folder", path=paths.dir, mode="755")
+    files.directory(name="API workflows folder", path=paths.workflows, mode="755")
+    files.put(name="comfyui-api artifact", src=str(artifact), dest=paths.pyz, mode="644")
     changed = []
     for name, local in workflows.items():
         changed.append(files.put(name=f"workflow {name}", src=str(local), dest=f"{paths.workflows}/{name}",
-                                 mode="644", _sudo=sudo))
-    changed.append(stale_workflows(name="Stale workflow files", directory=paths.workflows, keep=list(workflows),
-                                   _sudo=sudo))
-    keys_file = data.get("api_keys_file")
+                                 mode="644"))
+    changed.append(stale_workflows(name="Stale workflow files", directory=paths.workflows, keep=list(workflows)))
+    keys_file = cfg.api_keys_file
     if keys_file and not Path(str(keys_file)).is_file():
         raise BadInput(f"host {host.name}: api_keys_file {keys_file} not found")
-    changed.append(api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None,
-                            _sudo=sudo))
-    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, listen), _sudo=sudo)
+    changed.append(api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None))
+    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, cfg.api_listen))
     # Endpoints are built at start: new workflows or keys need a restart (unless recreated anyway).
     docker.restart(name="Restart comfyui-api for new workflows", container=cfg.layout.api_container,
-                   _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change(), _sudo=sudo)
+                   _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change())
     docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                     container=cfg.layout.api_container, timeout=cfg.health_timeout, _sudo=sudo)
-
-
+                     container=cfg.layout.api_container, timeout=cfg.health_timeout)
 
 
 @task("update-binary")
@@ -156,8 +139,4 @@ def restart_api_task() -> None:
 def verify_endpoints_task() -> None:
     """Health, readiness, every workflow's schema and one real generation per workflow."""
     cfg = host_config(host)
-    try:
-        timeout = int(host.data.get("verify_timeout") or 600)
-    except (TypeError, ValueError):
-        raise BadInput(f"host {host.name}: verify_timeout must be a number of seconds") from None
-    verify_endpoints(name="Verify comfyui-api endpoints", cfg=cfg, timeout=timeout, _sudo=cfg.sudo)
+    verify_endpoints(name="Verify comfyui-api endpoints", cfg=cfg, timeout=cfg.verify_timeout)

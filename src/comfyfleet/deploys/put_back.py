@@ -19,7 +19,7 @@ def nodes_snapshot(store: dict[str, list[str]]) -> Callable[[], None]:
     @deploy("Node packs before the ship")
     def snapshot() -> None:
         cfg = host_config(host)
-        record_node_folders(name="List custom_nodes", path=cfg.layout.custom_nodes, store=store, _sudo=cfg.sudo)
+        record_node_folders(name="List custom_nodes", path=cfg.layout.custom_nodes, store=store)
 
     snapshot.__name__ = "nodes-snapshot"  # type: ignore[attr-defined]
     return cast(Callable[[], None], snapshot)
@@ -38,11 +38,10 @@ def park_new_nodes(before: Mapping[str, list[str]], stamp: str) -> Callable[[], 
             host.noop("no snapshot of custom_nodes: nothing to put back")
             return
         park_new_node_folders(name="Park node packs the ship added", path=lay.custom_nodes,
-                              parked=f"{lay.state}/parked-nodes/{stamp}", before=before, _sudo=cfg.sudo)
-        restart_if_down(name="Restart ComfyUI if it is down", url=cfg.comfyui_url, container=lay.comfyui_container,
-                        _sudo=cfg.sudo)
+                              parked=f"{lay.state}/parked-nodes/{stamp}", before=before)
+        restart_if_down(name="Restart ComfyUI if it is down", url=cfg.comfyui_url, container=lay.comfyui_container)
         comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                             timeout=cfg.health_timeout, _sudo=cfg.sudo)
+                             timeout=cfg.health_timeout)
 
     put_back.__name__ = "put-back-nodes"  # type: ignore[attr-defined]
     return cast(Callable[[], None], put_back)
