@@ -144,6 +144,8 @@ def ship(
     if dep is not None:
         for e in dep.endpoints:
             out.print(f"[green]serving[/] {e.url}  ({e.host})")
+            if e.api_key_file:
+                out.print(f"  API key: {e.api_key_file}  (send it as: Authorization: Bearer <key>)", markup=False)
 
 
 def watch(

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -40,9 +41,9 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import docker
-from comfyfleet.operations.api import ApiPaths, api_keys, stale_workflows, verify_endpoints
+from comfyfleet.operations.api import ApiPaths, api_keys, fetch_api_key, stale_workflows, verify_endpoints
 
-__all__ = ["ApiPaths", "api_spec", "deploy_api", "local_artifact", "local_workflow_files"]
+__all__ = ["ApiPaths", "api_spec", "deploy_api", "fetch_key_deploy", "local_artifact", "local_workflow_files"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 WORKFLOW_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\.json|\.api\.yaml)$")
@@ -121,6 +122,25 @@ def deploy_api() -> None:
                    _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change())
     docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
                      container=cfg.layout.api_container, timeout=cfg.health_timeout)
+
+
+def fetch_key_deploy(local_files: Mapping[str, str]) -> Callable[[], None]:
+    """A deploy copying each host's generated API key to the local file named for it.
+
+    Hosts with ``api_keys_file`` in their data already share the operator's keys: nothing to fetch.
+    """
+
+    @deploy("API key for the operator's machine")
+    def fetch_key() -> None:
+        cfg = host_config(host)
+        local = local_files.get(host.name)
+        if cfg.api_keys_file or local is None:
+            host.noop("the API keys come from api_keys_file: nothing to fetch")
+            return
+        fetch_api_key(name="Fetch the generated API key", remote_path=ApiPaths.for_config(cfg).keys, local_path=local)
+
+    fetch_key.__name__ = "fetch-api-key"  # type: ignore[attr-defined]
+    return cast(Callable[[], None], fetch_key)
 
 
 @task("update-binary")

@@ -8,6 +8,7 @@ generates nothing) and reads their output back to judge it and fill the host's r
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,9 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
                      timeout, paths.disabled)
     answer: dict[str, Any] = {}
 
-    def run_checks(state: State, current: Host) -> bool:
-        _, output = current.run_shell_command(command, _sudo=cfg.sudo)
+    # pyinfra hands `state` and `host` to a callback by these parameter names.
+    def run_checks(state: State, host: Host) -> bool:
+        _, output = host.run_shell_command(command, _sudo=cfg.sudo)
         answer.update(verify_result(output.stdout_lines))
         return True
 
@@ -154,3 +156,37 @@ def verify_result(lines: list[str]) -> dict[str, Any]:
         if line.startswith("VERIFY "):
             return dict(json.loads(line[7:]))
     return {"error": "\n".join(lines[-20:]) or "no output from the verification"}
+
+
+@operation(is_idempotent=False)
+def fetch_api_key(remote_path: str, local_path: str) -> Generator[Any, None, None]:
+    """Copy the host's first API key into a local, owner-only file (over the SSH pyinfra already has).
+
+    + remote_path: the root-only key file on the host (``<data_root>/api/api-keys``)
+    + local_path: where the operator's machine keeps it (created 0600, folder 0700)
+
+    The key passes through the command's output only: never an argument, never printed.
+    """
+    command = StringCommand("cat", QuoteString(remote_path))
+
+    def fetch(state: State, host: Host) -> bool:  # pyinfra passes these by name
+        ok, output = host.run_shell_command(command, _sudo=bool(host.data.get("_sudo")))
+        key = next((ln.strip() for ln in output.stdout_lines if ln.strip() and not ln.startswith("#")), "")
+        if not ok or not key:
+            report(host).note(f"no API key could be read from {remote_path}")
+            return False
+        write_private(Path(local_path), key + "\n")
+        report(host).note(f"API key saved to {local_path} (read from {remote_path} over SSH)")
+        return True
+
+    yield FunctionCommand(fetch, (), {})
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (its folder too), replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

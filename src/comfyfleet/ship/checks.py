@@ -62,10 +62,16 @@ def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
     The key: the host's key file (read now, so a scheduled check sees a rotated key), else
     $COMFYFLEET_API_KEY; none on a loopback-only service.
     """
-    key_file = (ctx.data.get("api_key_files") or {}).get(host)
+    key_file = usable_key_files(ctx).get(host)
     key = read_api_key(key_file, host) if key_file else ctx.data.get("api_key")
     # TODO(issue 11): reach hosts through an SSH tunnel so the key never crosses plain HTTP.
     return ApiClient(ctx.endpoints[host], key, timeout=ctx.remaining(cap), allow_plain_http=True)
+
+
+def usable_key_files(ctx: ShipContext) -> dict[str, str]:
+    """Each host's key file: its ``api_keys_file``, or the key ship fetched from it once that arrived."""
+    fetched = ctx.data.get("fetched_key_files") or {}
+    return {h: p for h, p in (ctx.data.get("api_key_files") or {}).items() if h not in fetched or Path(p).is_file()}
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from comfyfleet import runner
+from comfyfleet.deploys.api import fetch_key_deploy
 from comfyfleet.deploys.put_back import nodes_snapshot, park_new_nodes
 from comfyfleet.deploys.serving import serving_deploy
 from comfyfleet.errors import HostFailure
@@ -156,7 +157,9 @@ def standard_steps(
         replace(install, on_failure=put_back_nodes(run_task)),
         task_step("api", [*((t, _workflow_data) for t in HOST_TASKS["api"]),
                           # A ship serves the workflow even if it had been stopped before.
-                          (serving_deploy(ctx.workflow, True), _workflow_data)],
+                          (serving_deploy(ctx.workflow, True), _workflow_data),
+                          # A key the host generated comes to this machine for the checks and for the user.
+                          (fetch_key_deploy(ctx.data.get("fetched_key_files") or {}), _workflow_data)],
                   timeout=600, run_task=run_task),
         health_step(),
         generate_step(),

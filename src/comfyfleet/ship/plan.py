@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,7 +144,18 @@ def prepare_ship(
     ctx.data["api_key_files"] = api_key_files(specs)
     for host, path in ctx.data["api_key_files"].items():
         read_api_key(path, host)  # a missing or empty key file stops the ship before any host is touched
+    # Hosts without api_keys_file generate their own key: the api step copies it here over SSH.
+    ctx.data["fetched_key_files"] = {n: str(fetched_key_file(n)) for n, _ in specs
+                                     if n not in ctx.data["api_key_files"]}
+    ctx.data["api_key_files"].update(ctx.data["fetched_key_files"])
     return ctx
+
+
+def fetched_key_file(host: str) -> Path:
+    """Where ship keeps the API key it read from a host (owner-only, in the user's state directory)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", host).strip("._")[:60] or "host"
+    digest = hashlib.sha256(host.encode()).hexdigest()[:8]
+    return state_dir() / "api-keys" / f"{slug}-{digest}.key"
 
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from comfyfleet.registry import Deployment, Endpoint, Registry, utcnow
+from comfyfleet.ship.checks import usable_key_files
 from comfyfleet.ship.pipeline import PipelineResult, Reporter, ShipContext, Step, here, run_pipeline
 
 
@@ -40,7 +41,7 @@ def record_step(registry: Registry) -> Step:
     def record(ctx: ShipContext) -> None:
         if ctx.manifest is None:
             raise RuntimeError("nothing to record: the analyze step did not produce a manifest")
-        key_files = ctx.data.get("api_key_files") or {}
+        key_files = usable_key_files(ctx)
         endpoints = [Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow), key_files.get(h)) for h in ctx.hosts]
         ctx.deployment = registry.upsert_deployment(
             name=ctx.name,
