@@ -60,9 +60,12 @@ def connected_health(host: Host, timeout: float = 60) -> dict[str, Any]:
     update-binary waits for /health (the process is up); the websocket to ComfyUI and the
     /object_info fetch follow, which takes seconds on real ComfyUI's 600-odd classes.
     """
+    # Without a key /health answers only that the process is up: send the host's generated key.
+    key = host.exec(f"head -n1 {host.data_root}/api/api-keys", user="root").stdout.strip()
+    auth = {"authorization": f"Bearer {key}"}
     deadline = time.monotonic() + timeout
     while True:
-        health = dict(httpx.get(f"http://127.0.0.1:{host.api_port}/health", timeout=10).json())
+        health = dict(httpx.get(f"http://127.0.0.1:{host.api_port}/health", headers=auth, timeout=10).json())
         if health["comfyui"]["reachable"] or time.monotonic() > deadline:
             return health
         time.sleep(0.5)
