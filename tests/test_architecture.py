@@ -36,8 +36,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            # `from pkg import mod` imports the submodule, not the package's __init__
-            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            # `from pkg import mod` runs pkg/__init__ too: a dependency on both
+            targets = [base, *(f"{base}.{a.name}" for a in node.names)]
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]

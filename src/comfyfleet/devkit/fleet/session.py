@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.devkit.fleet import images
+import comfyfleet.devkit.fleet.images as images
 from comfyfleet.devkit.fleet.engine import docker, ensure_engine, run
 from comfyfleet.devkit.fleet.hosts import Host, LoopVolume, free_port, ssh_banner, start_container
 from comfyfleet.devkit.fleet.upstreams import ComfyUIUpstream, GitUpstreams
