@@ -11,7 +11,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json"}
+from comfyui_api.docs import ASSET_PATHS
+
+OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", *ASSET_PATHS}
 
 
 def key_id(key: str) -> str:
