@@ -173,7 +173,9 @@ def _failure(exc: ApiError, service: Service, workflow: str) -> None:
             f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" if isinstance(d, dict) else str(d)
             for d in detail
         )
-    where = f"{workflow} on {service.host} ({service.base_url})"
+    where = f"{workflow} on {service.host}" + (
+        "" if service.host == service.base_url else f" ({service.base_url})"
+    )
     if isinstance(exc, ApiUnavailable) and exc.status == 0:
         raise BadInput(f"{where}: not reachable: {detail}")
     if exc.status in (401, 403):
