@@ -64,10 +64,11 @@ def start_api(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    auth = {"authorization": f"Bearer {key_file.read_text().split()[-1]}"}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["workflows"]:
+            if httpx.get(f"http://127.0.0.1:{port}/health", headers=auth, timeout=1).json()["workflows"]:
                 return proc, port
         except (httpx.TransportError, ValueError, KeyError):
             pass
