@@ -28,11 +28,19 @@ INVERT = {
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
 }
 
+# Twenty nodes of 0.2 s each: a job that runs for seconds, long enough to interrupt.
+SLOW: dict[str, object] = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    **{str(n): {"class_type": "ImageInvert", "inputs": {"image": [str(n - 1), 0]}} for n in range(2, 21)},
+    "21": {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "slow"}},
+}
+
 
 @dataclass
 class KeyedApi:
     url: str
     key_file: Path
+    comfy_url: str
 
 
 def start_api(
@@ -88,8 +96,10 @@ def keyed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedApi]:
     # Every node takes 0.2 s, so an async job is polled at least once while it runs.
     comfy = Standin(root / "comfyui", env={"COMFYUI_STANDIN_NODE_DELAY": "0.2"})
     with comfy:
-        proc, port = start_api(root / "api", comfy.url, {"tiny": TINY, "invert": INVERT}, key_file)
+        proc, port = start_api(
+            root / "api", comfy.url, {"tiny": TINY, "invert": INVERT, "slow": SLOW}, key_file
+        )
         try:
-            yield KeyedApi(f"http://127.0.0.1:{port}", key_file)
+            yield KeyedApi(f"http://127.0.0.1:{port}", key_file, comfy.url)
         finally:
             stop_process(proc)

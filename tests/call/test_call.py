@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from comfyui_api.client import Output
 from standin.comfyui.standin_image import Image, decode_png, encode_png
@@ -178,6 +181,43 @@ def test_failure_on_the_host_exits_1(tmp_path: Path) -> None:
             stop_process(proc)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "call failed" in r.stderr and "503" in r.stderr, r.stderr
+
+
+def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    deploy(state, keyed_api, "slow")
+    env = {k: v for k, v in os.environ.items() if k != "COMFYFLEET_API_KEY"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "comfyfleet.cli.main",
+            "call",
+            "slow",
+            "--async",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env={**env, "COMFYFLEET_STATE_DIR": str(state)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not httpx.get(keyed_api.comfy_url + "/queue", timeout=5).json()["queue_running"]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 130, stderr
+    job_id = re.search(r"cancelled job ([0-9a-f]{32})", stderr)
+    assert job_id, stderr
+    job = httpx.get(f"{keyed_api.url}/jobs/{job_id[1]}", headers={"authorization": f"Bearer {KEY}"}).json()
+    assert job["status"] in ("cancelling", "cancelled"), job
+    assert not (tmp_path / "out").exists()
 
 
 def test_outputs_never_overwrite(tmp_path: Path) -> None:
