@@ -123,6 +123,8 @@ def test_call_a_target_with_an_image_file(keyed_api: KeyedApi, tmp_path: Path) -
         (["tiny", "--input", "width"], "write it as key=value"),
         (["tiny", "--input", "width=999999"], "width"),
         (["invert", "--input-file", "image=@/nonexistent.png"], "No such file or directory"),
+        # A key never travels over plain HTTP to another host; refused before any connection.
+        (["tiny", "--host", "http://10.0.0.1:3000"], "only sent over https:// or to a loopback address"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -139,6 +141,7 @@ def test_bad_input_is_one_line_and_exit_2(
     deploy(state, keyed_api, "invert")
     monkeypatch.setenv("COMFYFLEET_STATE_DIR", str(state))
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COMFYFLEET_API_KEY", KEY)
     monkeypatch.setattr(sys, "argv", ["comfyfleet", "call", *args, "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_:
         main()
