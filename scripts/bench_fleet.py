@@ -1,28 +1,42 @@
 #!/usr/bin/env python3
-"""No-op ``--deploy-all`` on the local SSH fleet: our CLI vs raw pyinfra, one host vs four.
+"""No-op ``--deploy-all`` on the local SSH fleet: our CLI vs raw pyinfra, and fleet width (1, 4, 16 hosts).
 
-Starts the test fleet (comfyfleet.devkit.fleet) with four hosts, local model / package / git
-upstreams and a workflow needing two node packs and three models, converges every host
-once, then times re-runs that must change nothing (best of 3 each):
+Starts the test fleet (comfyfleet.devkit.fleet) with the widest host count asked for,
+local model / package / git upstreams and a workflow needing two node packs and three
+models, converges every host once, then times re-runs that must change nothing
+(``--runs`` each, min and median printed):
 
 - ``comfyfleet common INV:one --deploy-all`` vs ``pyinfra INV:one deploy/common.py --data
-  task=deploy-all`` (the same operations through pyinfra's own CLI). Target ≤ 2×.
-- ``comfyfleet common INV --deploy-all`` on four hosts vs on one. Target ≤ 1.2×.
+  task=deploy-all`` (the same operations through pyinfra's own CLI). Target <= 2x.
+- ``comfyfleet common INV --deploy-all`` on N hosts vs on one, for every N of ``--hosts``
+  (default 1,4,16). Targets (on medians): 4 hosts <= 1.2x one host, 16 hosts <= 1.5x.
+- SSH round trips per host of one no-op deploy-all: pyinfra connector calls
+  (``run_shell_command``, ``put_file``, ``get_file``) counted in this process.
 
 The last line says which targets were met or missed; exit 1 when one was missed.
+
+    .venv/bin/python scripts/bench_fleet.py                 # 1, 4 and 16 hosts, 3 runs each
+    .venv/bin/python scripts/bench_fleet.py --hosts 1,4 --runs 5
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pyinfra.connectors.ssh import SSHConnector
 
 from comfyfleet.devkit.fleet import Fleet
 from comfyfleet.devkit.upstreams.model_servers import Upstreams
@@ -32,9 +46,9 @@ from comfyfleet.runner import run
 ROOT = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
-REPEATS = 5
 WRAPPER_MAX = 2.0
-FOUR_MAX = 1.2
+WIDTH_MAX = {4: 1.2, 16: 1.5}
+CONNECTOR_CALLS = ("run_shell_command", "put_file", "get_file")
 
 
 def workflow() -> dict[str, object]:
@@ -50,19 +64,61 @@ def workflow() -> dict[str, object]:
     }
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
+def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
+    """Wall clock of ``runs`` runs of a command that must succeed."""
+    times = []
+    for _ in range(runs):
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
         elapsed = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"re-run failed ({' '.join(argv[:3])}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-        best = min(best, elapsed)
-    return best
+        times.append(elapsed)
+    return times
+
+
+@contextmanager
+def counted_round_trips() -> Iterator[Counter[tuple[str, str]]]:
+    """Count pyinfra's SSH connector calls per (host, call) while the block runs (this process only)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    originals = {name: getattr(SSHConnector, name) for name in CONNECTOR_CALLS}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counting(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
+            counts[(self.host.name, name)] += 1
+            return fn(self, *args, **kwargs)
+        return counting
+
+    for name, fn in originals.items():
+        setattr(SSHConnector, name, wrap(name, fn))
+    try:
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            setattr(SSHConnector, name, fn)
+
+
+def stats(times: list[float]) -> str:
+    return f"min {min(times):6.2f} s  median {statistics.median(times):6.2f} s  ({len(times)} runs)"
+
+
+def parse_hosts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--hosts: {text!r} is not a comma list of host counts (e.g. 1,4,16)") from None
+    if not counts or counts[0] < 1:
+        raise SystemExit("--hosts: give host counts of 1 or more (e.g. 1,4,16)")
+    return counts if counts[0] == 1 else [1, *counts]
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", default="1,4,16", help="comma list of host counts (default 1,4,16)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
+    args = parser.parse_args()
+    widths = parse_hosts(args.hosts)
+    runs = max(1, args.runs)
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-all-"))
     up = Upstreams(work / "models")
     index = PackageIndex(work / "wheels")
@@ -73,6 +129,7 @@ def main() -> int:
     up.start_process()
     index.start_process()
     fleet = Fleet().up()
+    width_times: dict[int, list[float]] = {}
     try:
         fleet.make_node_pack_repo("BenchPackA", classes=["BenchNodeA"], requirements=["benchdep==1.0"])
         fleet.make_node_pack_repo("BenchPackB", classes=["BenchNodeB"])
@@ -88,44 +145,59 @@ def main() -> int:
                 "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/api/download/models/4242"},
             },
         }))
-        hosts = [fleet.add_host(f"bench{i}", provider="lambda") for i in range(1, 5)]
+        t0 = time.perf_counter()
+        hosts = [fleet.add_host(f"bench{i}", provider="lambda") for i in range(1, widths[-1] + 1)]
+        print(f"{len(hosts)} test hosts started in {time.perf_counter() - t0:.1f} s", flush=True)
         group = {"workflows_dir": str(wf), "hf_endpoint": up.hf_url, "civitai_endpoint": up.civitai_url,
                  "git_mirrors": {"https://github.com/": f"{fleet.upstreams.base_url}/"},
                  "pip_index_url": index.url, "deploy_api": False}
         inv = fleet.write_inventory(hosts, work / "inventory.py", **group)
         env = {**os.environ, "HF_TOKEN": up.hf_token, "CIVITAI_API_TOKEN": up.civitai_token}
+        t0 = time.perf_counter()
         first = subprocess.run([str(BIN / "comfyfleet"), "common", str(inv), "--deploy-all"], capture_output=True,
-                               text=True, env=env, cwd=ROOT, timeout=1800)
+                               text=True, env=env, cwd=ROOT, timeout=3600)
         if first.returncode != 0:
             print(first.stdout[-4000:] + first.stderr[-4000:])
             print("targets met: none | missed: first deploy-all failed")
             return 1
+        print(f"first deploy-all on {len(hosts)} hosts: {time.perf_counter() - t0:.1f} s (not timed below)",
+              flush=True)
         os.environ.update(HF_TOKEN=up.hf_token, CIVITAI_API_TOKEN=up.civitai_token)
-        again = run(str(inv), "deploy-all")
+        inv_one = fleet.write_inventory(hosts[:1], work / "inventory-1.py", **group)
+        with counted_round_trips() as counts:
+            again = run(str(inv_one), "deploy-all")
         busy = [(h.host, h.status, h.changed, h.reason) for h in again.hosts if h.status != "no change"]
         if busy:
             print(f"targets met: none | missed: the second deploy-all was not a no-op: {busy}")
             return 1
-        # One host: an inventory of its own (same data), for both doors.
-        inv_one = fleet.write_inventory(hosts[:1], work / "inventory-one.py", **group)
-        ours_one = timed([str(BIN / "comfyfleet"), "common", str(inv_one), "--deploy-all"], env)
-        raw_one = timed([str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data", "task=deploy-all"],
-                        env)
-        ours_four = timed([str(BIN / "comfyfleet"), "common", str(inv), "--deploy-all"], env)
+        per_call = {name: counts[(hosts[0].name, name)] for name in CONNECTOR_CALLS}
+        trips = sum(per_call.values())
+        raw_one = timed([str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data",
+                         "task=deploy-all"], env, runs)
+        for n in widths:
+            inv_n = inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
+            width_times[n] = timed([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs)
+            print(f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}", flush=True)
     finally:
         fleet.down()
         up.stop()
         index.stop()
-    wrapper = ours_one / raw_one
-    four = ours_four / ours_one
-    print(f"no-op deploy-all, 1 host, comfyfleet CLI : {ours_one:.2f} s (best of {REPEATS})")
-    print(f"no-op deploy-all, 1 host, raw pyinfra    : {raw_one:.2f} s (best of {REPEATS})")
-    print(f"no-op deploy-all, 4 hosts, comfyfleet CLI: {ours_four:.2f} s (best of {REPEATS})")
-    print(f"ratios: comfyfleet / pyinfra {wrapper:.2f} (target <= {WRAPPER_MAX}), "
-          f"4 hosts / 1 host {four:.2f} (target <= {FOUR_MAX})")
+    one = statistics.median(width_times[1])
+    wrapper = one / statistics.median(raw_one)
+    print(f"no-op deploy-all,  1 host,  raw pyinfra   : {stats(raw_one)}")
+    print(f"SSH round trips per host (one no-op deploy-all, pyinfra connector calls): {trips} "
+          f"({', '.join(f'{k} {v}' for k, v in per_call.items())})")
+    print(f"ratio comfyfleet / raw pyinfra, 1 host (medians): {wrapper:.2f} (target <= {WRAPPER_MAX})")
     met, missed = [], []
     (met if wrapper <= WRAPPER_MAX else missed).append(f"CLI vs raw pyinfra {wrapper:.2f}x")
-    (met if four <= FOUR_MAX else missed).append(f"4 hosts vs 1 {four:.2f}x")
+    for n in widths[1:]:
+        ratio = statistics.median(width_times[n]) / one
+        best = min(width_times[n]) / min(width_times[1])
+        limit = WIDTH_MAX.get(n)
+        print(f"ratio {n} hosts / 1 host: median {ratio:.2f}, min {best:.2f}"
+              + (f" (target <= {limit})" if limit else " (no target)"))
+        if limit:
+            (met if ratio <= limit else missed).append(f"{n} hosts vs 1 {ratio:.2f}x")
     print(f"targets met: {'; '.join(met) or 'none'} | missed: {'; '.join(missed) or 'none'}")
     return 1 if missed else 0
 
