@@ -54,8 +54,10 @@ REAL_COMFYUI_SKIPS = {
 class ShipFleet:
     """Upstreams for the example workflows plus helpers to make hosts ready for a ship."""
 
-    def __init__(self, fleet: Fleet, root: Path) -> None:
+    def __init__(self, fleet: Fleet, root: Path, model_bytes: int = MODEL_BYTES) -> None:
+        """``model_bytes``: size of each placeholder file (SD1.5 checkpoint, LoRA)."""
         self.fleet = fleet
+        self.model_bytes = model_bytes
         self.root = root
         self.workflows = root / "workflows"
         self.up = Upstreams(root / "upstream")
@@ -76,8 +78,8 @@ class ShipFleet:
         # a real ComfyUI needs the 2 GB weights, see REAL_COMFYUI_SKIPS); the upscale model is
         # a real tiny x4 RealESRGAN-Compact network that real ComfyUI loads and runs on CPU.
         for repo, filename, data in (
-            ("Comfy-Org/stable-diffusion-v1-5-archive", "v1-5-pruned-emaonly-fp16.safetensors", MODEL_BYTES),
-            ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors", MODEL_BYTES),
+            ("Comfy-Org/stable-diffusion-v1-5-archive", "v1-5-pruned-emaonly-fp16.safetensors", self.model_bytes),
+            ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors", self.model_bytes),
             ("Comfy-Org/Real-ESRGAN_repackaged", "RealESRGAN_x4plus.safetensors",
              compact_upscaler_safetensors(4, scale=4)),
         ):

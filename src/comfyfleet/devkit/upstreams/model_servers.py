@@ -15,6 +15,8 @@ They speak the parts of the real protocols that downloaders rely on:
 
 All file answers support ``Range`` and HEAD. Counters record what was sent, and
 ``throttle`` / ``corrupt`` inject slow transfers and wrong bytes for fault tests.
+``connection_rate`` (bytes/s) paces every file answer, per connection, as a WAN link from a
+CDN does (kept in the child process of ``start_process`` too).
 
 Standalone: ``python src/comfyfleet/devkit/upstreams/model_servers.py DIR`` serves every file below DIR
 as plain files, HF repos (``DIR/hf/<org>/<repo>/...``) and CivitAI versions
@@ -96,6 +98,7 @@ class Upstreams:
         # key (as in stats) -> bytes per second, or -> replacement bytes
         self.throttle: dict[str, float] = {}
         self.corrupt: set[str] = set()
+        self.connection_rate = 0.0  # bytes/s per connection for every file answer, 0 = as fast as it goes
         self.redirects: dict[str, str] = {}  # plain file path -> Location to answer with
         self._servers: list[ThreadingHTTPServer] = []
         self._process: subprocess.Popen[bytes] | None = None
@@ -151,7 +154,8 @@ class Upstreams:
         """Serve from a child process instead of threads (for test processes where gevent
         monkey-patches threading, as pyinfra's CLI module does). Content added so far is
         served; counters and fault injection stay with threaded servers."""
-        config = {"hf_token": self.hf_token, "civitai_token": self.civitai_token, "gated": sorted(self.hf_gated)}
+        config = {"hf_token": self.hf_token, "civitai_token": self.civitai_token, "gated": sorted(self.hf_gated),
+                  "connection_rate": self.connection_rate}
         (self.root / "upstreams.json").write_text(json.dumps(config))
         ports = self.root / "ports.json"
         ports.unlink(missing_ok=True)
@@ -399,7 +403,7 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
             if head:
                 return
             with open(stored.path, "rb") as f:
-                rate = up.throttle.get(key)
+                rate = up.throttle.get(key) or up.connection_rate
                 if key in up.corrupt:
                     self._send_corrupt(f, start, length, key)
                 elif rate:
@@ -440,6 +444,7 @@ def serve_directory(root: Path) -> Upstreams:
     config = json.loads((root / "upstreams.json").read_text()) if (root / "upstreams.json").exists() else {}
     up = Upstreams(root, **{k: config[k] for k in ("hf_token", "civitai_token") if k in config})
     up.hf_gated = set(config.get("gated", []))
+    up.connection_rate = float(config.get("connection_rate") or 0)
     for path in sorted((root / "hf").rglob("*")) if (root / "hf").exists() else []:
         if path.is_file():
             org, repo, rev, *rest = path.relative_to(root / "hf").parts
