@@ -91,10 +91,12 @@ def cold_deploy(env: ShipFleet, host: Host, root: Path, registry: Registry) -> d
 
 def download_alone(env: ShipFleet, host: Host, parallel: int) -> float:
     """The same model files fetched by fetch_models.py on a bare host; seconds of the run."""
+    # On the bind-mounted host folder, where the ship's data root is too (not the container's overlay).
+    base = f"{host.host_dir}/cold-bench"
     plan = {
-        "models_dir": "/tmp/cold-bench/models",
-        "staging_dir": "/tmp/cold-bench/downloads",
-        "state_file": "/tmp/cold-bench/hashes.json",
+        "models_dir": f"{base}/models",
+        "staging_dir": f"{base}/downloads",
+        "state_file": f"{base}/hashes.json",
         "hf_endpoint": env.up.hf_url,
         "civitai_endpoint": None,
         "parallel": parallel,
