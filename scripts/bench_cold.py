@@ -76,7 +76,9 @@ def cold_deploy(env: ShipFleet, host: Host, root: Path, registry: Registry) -> d
     phases["bootstrap+runtime"] = time.perf_counter() - t0
     if not boot.ok:
         raise SystemExit(f"bootstrap failed on {host.name}: {[(h.status, h.reason) for h in boot.hosts]}")
-    ctx = prepare_ship(env.workflows / f"{WORKFLOW}.json", str(inventory), "dev", None, registry)
+    ctx = prepare_ship(
+        env.workflows / f"{WORKFLOW}.json", str(inventory), "dev", f"cold-{host.name}", registry
+    )
     outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=timed_task_runner(phases)), registry)
     phases["total"] = time.perf_counter() - t0
     if not outcome.result.ok:
