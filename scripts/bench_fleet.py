@@ -17,6 +17,10 @@ The last line says which targets were met or missed; exit 1 when one was missed.
 
     .venv/bin/python scripts/bench_fleet.py                 # 1, 4 and 16 hosts, 3 runs each
     .venv/bin/python scripts/bench_fleet.py --hosts 1,4 --runs 5
+    .venv/bin/python scripts/bench_fleet.py --profile /tmp/fleet.txt   # + py-spy of the widest run
+
+``--profile FILE`` samples one more run of the widest fleet with py-spy (``pip install py-spy``),
+writes the collapsed stacks to FILE and prints where the samples went (by package, self time).
 """
 
 from __future__ import annotations
@@ -112,10 +116,44 @@ def parse_hosts(text: str) -> list[int]:
     return counts if counts[0] == 1 else [1, *counts]
 
 
+def profile(argv: list[str], env: dict[str, str], out: Path) -> None:
+    """One run under py-spy; samples per package (self time) and the busiest functions."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        print("profile: py-spy is not installed in this venv (pip install py-spy); skipped")
+        return
+    proc = subprocess.run([str(spy), "record", "--format", "raw", "--rate", "200", "-o", str(out), "--", *argv],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    if proc.returncode != 0 or not out.exists():
+        print(f"profile: py-spy failed: {(proc.stdout + proc.stderr)[-500:]}")
+        return
+    by_package: Counter[str] = Counter()
+    by_function: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]  # "function (path:line)"
+        name, _, where = leaf.partition(" (")
+        path = where.rsplit(":", 1)[0]
+        parts = path.split("/")
+        package = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "src")),
+                       "python" if "/lib/python" in path else path or "?")
+        by_package[package.removesuffix(".py")] += int(count)
+        by_function[f"{name} ({'/'.join(parts[-2:])})"] += int(count)
+        total += int(count)
+    print(f"profile of one widest run ({total} samples, collapsed stacks in {out}), self time:")
+    print("  by package: " + ", ".join(f"{k} {v / total:.0%}" for k, v in by_package.most_common(8)))
+    for k, v in by_function.most_common(8):
+        print(f"  {v / total:5.1%}  {k}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,4,16", help="comma list of host counts (default 1,4,16)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
+    parser.add_argument("--profile", type=Path, help="py-spy one more widest run; collapsed stacks to this file")
     args = parser.parse_args()
     widths = parse_hosts(args.hosts)
     runs = max(1, args.runs)
@@ -178,6 +216,8 @@ def main() -> int:
             inv_n = inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
             width_times[n] = timed([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs)
             print(f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}", flush=True)
+        if args.profile:
+            profile([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, args.profile)
     finally:
         fleet.down()
         up.stop()
