@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,13 +69,20 @@ def workflow() -> dict[str, object]:
     }
 
 
-def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
-    """Wall clock of ``runs`` runs of a command that must succeed."""
+CPU: dict[str, list[float]] = {}
+
+
+def timed(argv: list[str], env: dict[str, str], runs: int, label: str = "") -> list[float]:
+    """Wall clock of ``runs`` runs of a command that must succeed (its own CPU seconds kept in CPU[label])."""
     times = []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
         elapsed = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        CPU.setdefault(label, []).append(cpu)
         if proc.returncode != 0:
             raise SystemExit(f"re-run failed ({' '.join(argv[:3])}):\n{(proc.stdout + proc.stderr)[-3000:]}")
         times.append(elapsed)
@@ -136,11 +144,9 @@ def profile(argv: list[str], env: dict[str, str], out: Path) -> None:
             continue
         leaf = stack.split(";")[-1]  # "function (path:line)"
         name, _, where = leaf.partition(" (")
-        path = where.rsplit(":", 1)[0]
+        path = where.rsplit(":", 1)[0]  # py-spy names files relative to sys.path: "gevent/hub.py"
         parts = path.split("/")
-        package = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p in ("site-packages", "src")),
-                       "python" if "/lib/python" in path else path or "?")
-        by_package[package.removesuffix(".py")] += int(count)
+        by_package[parts[0].removesuffix(".py") if len(parts) > 1 else "stdlib"] += int(count)
         by_function[f"{name} ({'/'.join(parts[-2:])})"] += int(count)
         total += int(count)
     print(f"profile of one widest run ({total} samples, collapsed stacks in {out}), self time:")
@@ -214,8 +220,10 @@ def main() -> int:
                          "task=deploy-all"], env, runs)
         for n in widths:
             inv_n = inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
-            width_times[n] = timed([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs)
-            print(f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}", flush=True)
+            width_times[n] = timed([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs,
+                                   f"{n}")
+            print(f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
+                  f"process: median {statistics.median(CPU[str(n)]):.2f} s", flush=True)
         if args.profile:
             profile([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, args.profile)
     finally:
