@@ -23,13 +23,15 @@ from comfyfleet.deploys.nodes import (
     node_plan,
     restart_and_wait,
     stage,
+    staged_facts,
     tier_deploy,
     verify_nodes,
 )
 from comfyfleet.deploys.ops import update_core
-from comfyfleet.deploys.runtime import deploy_runtime
+from comfyfleet.deploys.runtime import deploy_runtime, runtime_facts
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.facts import prefetch
 from comfyfleet.inventory import host_config
 
 UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
@@ -43,10 +45,13 @@ def deploy_all() -> None:
     # Refuse bad input (unsafe model names, unresolved classes) before anything runs.
     packs, core = needed_packs(manifests)
     models = needed_models(manifests)
-    deploy_runtime()
-    staged = stage(cfg, ["install_nodes.py", "fetch_models.py"],
-                   {"nodes": node_plan(cfg, packs, core), "models": model_plan(cfg, models)},
-                   "Host scripts and plans")
+    scripts = ["install_nodes.py", "fetch_models.py"]
+    plans = {"nodes": node_plan(cfg, packs, core), "models": model_plan(cfg, models)}
+    # One round trip reads the runtime's facts and the staged files with the tier checks.
+    prefetch.prefetch(name="Read host state", requests=[*runtime_facts(cfg, cfg.comfyui_ref),
+                                                        staged_facts(cfg, scripts, plans)], _sudo=cfg.sudo)
+    deploy_runtime(prefetched=True)
+    staged = stage(cfg, scripts, plans, "Host scripts and plans")
     nodes = install_nodes(manifests, finish=False, staged=staged)
     download_models(manifests, staged=staged)
     api = api_step()

@@ -44,6 +44,7 @@ from comfyfleet.analysis import analyze_paths
 from comfyfleet.context import host_run, report
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.facts import prefetch
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
@@ -282,7 +283,8 @@ def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = N
     + probes: read-only commands answered in the same round trip when nothing is stale
     """
     probe_list = tuple(tuple(p) for p in probes or [])
-    state = host.get_fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
+    # Prefetched with the runtime's facts by deploy-all (valid while nothing changed), else read now.
+    state = prefetch.fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
     remote = state["hashes"]
     stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
     if not stale:
@@ -300,11 +302,15 @@ NODES_CHECK = ("check", "--verify")
 MODELS_CHECK = ("--check",)
 
 
-def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
-    """Upload host-side scripts (``<state>/bin``) and JSON plans (``<state>/plans``) in one operation.
+def staged_facts(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]) -> prefetch.FactRequest:
+    """The fact :func:`stage` reads, with the same arguments, for a caller's :func:`prefetch.prefetch`."""
+    files, probes = _stage_plan(cfg, scripts, plans)[1:]
+    return StagedFiles, {"paths": tuple(sorted(files)), "probes": tuple(tuple(p) for p in probes)}
 
-    Returns remote paths by script name and plan name.
-    """
+
+def _stage_plan(
+    cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
+) -> tuple[dict[str, str], dict[str, bytes], list[tuple[str, ...]]]:
     state = cfg.layout.state
     paths: dict[str, str] = {}
     files: dict[str, bytes] = {}
@@ -319,6 +325,15 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
         probes.append(("python3", paths["install_nodes.py"], "--plan", paths["nodes"], *NODES_CHECK))
     if "fetch_models.py" in paths and "models" in paths:
         probes.append(("python3", paths["fetch_models.py"], "--plan", paths["models"], *MODELS_CHECK))
+    return paths, files, probes
+
+
+def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
+    """Upload host-side scripts (``<state>/bin``) and JSON plans (``<state>/plans``) in one operation.
+
+    Returns remote paths by script name and plan name.
+    """
+    paths, files, probes = _stage_plan(cfg, scripts, plans)
     sync_files(name=name, files=files, probes=probes, _sudo=cfg.sudo)
     return paths
 
