@@ -7,8 +7,10 @@ serving the ``lora_txt2img`` example's checkpoint and LoRA as placeholder files 
 GiB in total. Each run takes a new bare host and times what an operator runs on it:
 ``comfyfleet bootstrap`` (provider bootstrap and the ComfyUI runtime), then ``comfyfleet ship``
 (analyze, node packs, model files, the API service, health, first generation, record), through
-the same functions the CLI calls. Phases printed: bootstrap+runtime, nodes, models, api,
-health, first image.
+the same functions the CLI calls. Phases printed: bootstrap+runtime (one task: provider
+bootstrap and ComfyUI runtime), nodes (install-nodes), models (download-models), api
+(update-binary), health, first image (the generate check), other (analysis, the node snapshot,
+serving switch, API key fetch, record).
 
 The floor: the same model plan fetched on a bare host of its own by the same downloader
 (``hostside/fetch_models.py``, same parallelism), nothing else running. Target: cold deploy
