@@ -114,11 +114,16 @@ def test_node_metadata_wins_over_the_map(small_index: KnowledgeIndex) -> None:
     assert manifest.core_classes == ["OnlyBig"]
 
 
-def test_metadata_for_a_pack_not_in_the_index_uses_aux_id(small_index: KnowledgeIndex) -> None:
+def test_metadata_for_a_pack_not_in_the_index_is_trusted_only_when_listed(small_index: KnowledgeIndex) -> None:
     workflow = ui_workflow(
         ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"})
     )
-    [pack] = analyze_data(workflow, "wf", "wf", index=small_index).custom_nodes
+    manifest = analyze_data(workflow, "wf", "wf", index=small_index)
+    assert manifest.custom_nodes == []
+    [unresolved] = manifest.unresolved.nodes
+    assert unresolved.class_type == "Whatever" and "- https://github.com/zoe/brand-new" in unresolved.reason
+    trusted = Overrides.model_validate({"trusted_repos": ["https://github.com/zoe/brand-new"]})
+    [pack] = analyze_data(workflow, "wf", "wf", trusted, index=small_index).custom_nodes
     assert (pack.id, pack.repo, pack.version) == ("brand-new", "https://github.com/zoe/brand-new", "1.0.0")
 
 

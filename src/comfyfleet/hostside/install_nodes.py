@@ -248,8 +248,8 @@ class Installer:
             sha = git(path, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
             if sha:
                 return sha
-        # A registry version without a matching tag: whatever is checked out stands (reported).
-        return head
+        # A pinned version is that tag or nothing: never whatever happens to be checked out.
+        return None
 
     # -- install -------------------------------------------------------------
 
@@ -302,7 +302,8 @@ class Installer:
                 f"{path} exists but is not a git checkout (installed by hand or by cm-cli): "
                 "move it away to let comfyfleet manage this pack"
             )
-        if not st["exists"]:
+        fresh = not st["exists"]
+        if fresh:
             self.clone(pack["repo"], path)
             out["changed"].append("cloned")
             st = pack_state(path)
@@ -323,12 +324,19 @@ class Installer:
             git(path, "fetch", "--quiet", "--tags", "--force", "origin")
             want = self.local_target(path, version, st["head"])
         if want is None:
-            raise PackError(f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides")
-        if version and not is_commit(version) and want == st["head"] and not self._tagged(path, version):
-            out.setdefault("warnings", []).append(
-                f"no git tag for registry version {version}: kept {st['head'][:12]} (pin a commit to be exact)"
+            if fresh:
+                # Never leave the default branch where ComfyUI would load it at its next start.
+                shutil.rmtree(path, ignore_errors=True)  # the clone just made it: nothing else in it
+            if is_commit(version):
+                raise PackError(
+                    f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides"
+                )
+            raise PackError(
+                f"version {version} of {pack['repo']} has no git tag v{version} or {version}: pin the commit "
+                "that version is (version: <commit> under nodes: in workflows/overrides.yaml), or install "
+                "through cm-cli (node_install_via: auto with ComfyUI-Manager in the runtime)"
             )
-        if want is not None and want != st["head"]:
+        if want != st["head"]:
             if st["dirty"]:
                 raise PackError(
                     f"{path} has local modifications: commit or discard them, then run again "
@@ -338,12 +346,6 @@ class Installer:
             out["changed"].append(f"checked out {want[:12]}")
             if os.path.isfile(os.path.join(path, ".gitmodules")):
                 git(path, "submodule", "update", "--init", "--recursive", "--quiet")
-
-    @staticmethod
-    def _tagged(path: str, version: str) -> bool:
-        return any(
-            git(path, "rev-parse", "-q", "--verify", f"refs/tags/{t}", check=False) for t in (f"v{version}", version)
-        )
 
     def clone(self, repo: str, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
