@@ -197,15 +197,19 @@ def _locate(
         (indexed.folder if indexed else None, "index"),
         (_class_folder(node.class_type, index) if input_name is None else None, "class_input"),
     ]
-    if rules.MULTI_MODEL_LOADERS.search(node.class_type):
+    if filename.lower().endswith(rules.NO_NAME_GUESS_EXTENSIONS):
+        # A TensorRT engine, ONNX graph or patch lives where its pack says: no guess from names.
+        pass
+    elif rules.MULTI_MODEL_LOADERS.search(node.class_type):
         candidates += [(rules.folder_for_filename(filename), "heuristic"), ("checkpoints", "heuristic")]
-    candidates += [
-        (rules.folder_for_class(node.class_type) if _is_generic(input_name) else None, "heuristic"),
-        (rules.folder_for_filename(filename), "heuristic"),
-    ]
+    else:
+        candidates += [
+            (rules.folder_for_class(node.class_type) if _is_generic(input_name) else None, "heuristic"),
+            (rules.folder_for_filename(filename), "heuristic"),
+        ]
     for found, how in candidates:
         if found:
-            folder, source = rules.canonical_folder(found), how
+            folder, source = rules.folder_without_name_prefix(rules.canonical_folder(found), filename), how
             break
 
     url = (
