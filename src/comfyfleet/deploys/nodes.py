@@ -51,6 +51,18 @@ from comfyfleet.runner import report
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
+# cm-cli installs into ComfyUI's folder_paths "custom_nodes"[0], which without ComfyUI's own
+# argument parsing is COMFYUI_PATH/custom_nodes; the runtime starts ComfyUI with
+# --base-directory <data root>, so it loads <data root>/custom_nodes. This launcher points
+# folder_paths at that folder (argv[1]) before cm-cli's own code imports it.
+CM_CLI_LAUNCHER = (
+    "import os, runpy, sys; "
+    "sys.path.insert(0, os.environ['COMFYUI_PATH']); "
+    "import folder_paths; "
+    "folder_paths.folder_names_and_paths['custom_nodes'] = ([sys.argv.pop(1)], set()); "
+    "sys.argv[0] = 'cm-cli'; "
+    "runpy.run_module('cm_cli', run_name='__main__', alter_sys=True)"
+)
 _DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
@@ -180,7 +192,7 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
         "python": runtime_python(cfg),
         "cm_cli": [
             "docker", "exec", "-i", "-e", f"COMFYUI_PATH={lay.comfyui}", lay.comfyui_container,
-            f"{lay.venv}/bin/python", "-m", "cm_cli",
+            f"{lay.venv}/bin/python", "-c", CM_CLI_LAUNCHER, lay.custom_nodes,
         ],
         "use_manager": "never" if via == "git" else "auto",
         "pip_args": pip_args,

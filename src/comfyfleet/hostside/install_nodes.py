@@ -37,6 +37,7 @@ from typing import Any
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _TIMEOUT = 1800
 
 
@@ -191,7 +192,16 @@ class Installer:
             return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         if not version:
             return "git", "no registry version pinned"
+        if os.path.isdir(os.path.join(self.nodes_dir, pack["dir"], ".git")):
+            # One pack, one folder: a git checkout already there stays the pack's home.
+            return "git", f"already a git checkout in {pack['dir']}"
         return "manager", f"registry version {version} through cm-cli"
+
+    def place(self, pack: dict[str, Any]) -> dict[str, Any]:
+        """The pack with its folder where its installer puts it: cm-cli names it by registry id."""
+        if self.method(pack)[0] == "manager" and _SAFE_DIR.match(str(pack["id"])):
+            return {**pack, "dir": pack["id"]}
+        return pack
 
     def requirements_digest(self, path: str) -> str:
         lines = requirements_lines(path)
@@ -491,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.plan) as f:
         plan = json.load(f)
     installer = Installer(plan)
+    if args.mode != "list":
+        plan = {**plan, "packs": [installer.place(p) for p in plan.get("packs", [])]}
     if args.mode == "check":
         rows = []
         for p in plan.get("packs", []):
