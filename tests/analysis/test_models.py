@@ -304,3 +304,21 @@ def test_index_folder_with_the_value_subfolder_is_not_doubled() -> None:
         one_node("SomeDetectorLoader", model_name="bbox/face_yolov8m.pt"), "wf", "wf", index=default_index()
     )
     assert [(m.filename, m.folder) for m in manifest.models] == [("bbox/face_yolov8m.pt", "ultralytics")]
+
+
+def test_a_folder_guessed_from_names_is_never_silent(small_index: KnowledgeIndex) -> None:
+    """The file is listed where the guess puts it, and flagged so --strict fails until a person confirms."""
+    manifest = analyze_data(
+        one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"), "wf", "wf", index=small_index
+    )
+    assert [(m.filename, m.folder, m.source) for m in manifest.models] == [
+        ("my_style_lora_v2.safetensors", "loras", "heuristic")
+    ]
+    [entry] = manifest.unresolved.models
+    assert entry.folder == "loras" and "is a guess" in entry.reason and "no download URL" in entry.reason
+    confirmed = Overrides.model_validate(
+        {"models": {"my_style_lora_v2.safetensors": {"folder": "loras", "url": "https://example.org/x.safetensors"}}}
+    )
+    again = analyze_data(one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"), "wf", "wf", confirmed,
+                         index=small_index)
+    assert again.models[0].source == "override" and not again.unresolved.models

@@ -148,14 +148,22 @@ def resolve_models(
     result.unresolved.extend(unsafe.values())
     result.unresolved.extend(unknown_folder.values())
     for ref in result.models:
+        problems = []
+        if ref.source == "heuristic":
+            # Never a silent guess: the folder came from words in a class or file name.
+            problems.append(
+                f"folder {ref.folder!r} is a guess from the node's or file's name; confirm it (folder) under "
+                "'models:' in workflows/overrides.yaml"
+            )
         if ref.url is None:
+            problems.append(
+                "no download URL known; add its url under 'models:' in workflows/overrides.yaml "
+                "or place the file on the host yourself"
+            )
+        if problems:
             result.unresolved.append(
                 UnresolvedModel(
-                    filename=ref.filename,
-                    folder=ref.folder,
-                    node_ids=list(ref.node_ids),
-                    reason="no download URL known; add its url under 'models:' in workflows/overrides.yaml "
-                    "or place the file on the host yourself",
+                    filename=ref.filename, folder=ref.folder, node_ids=list(ref.node_ids), reason="; ".join(problems)
                 )
             )
     return result

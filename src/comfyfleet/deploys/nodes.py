@@ -124,6 +124,14 @@ def needed_packs(manifests: list[Manifest]) -> tuple[list[NodePack], list[str]]:
                     )
                 have.version = have.version or pack.version
                 have.provides = sorted(set(have.provides) | set(pack.provides))
+    folders: dict[str, str] = {}
+    for pack in by_repo.values():
+        other = folders.setdefault(pack_dir(pack).lower(), pack.repo)
+        if other != pack.repo:
+            raise BadInput(
+                f"packs {other} and {pack.repo} would both be custom_nodes/{pack_dir(pack)} (a fork and its "
+                "original?): keep one, naming it for every class under nodes: in workflows/overrides.yaml"
+            )
     for m in manifests:
         for un in m.unresolved.nodes:
             raise BadInput(
