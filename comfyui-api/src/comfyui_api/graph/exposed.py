@@ -1,0 +1,54 @@
+"""The inputs a workflow's author exposed: the promoted widgets of its top-level subgraph instances.
+
+A subgraph's inputs that feed widgets inside it (and are not wired to anything outside) show up as
+widgets on the instance: they are the knobs the author chose to show, so they make natural request
+parameters. Each is traced to the prompt inputs its value reaches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfyui_api.graph.convert import build_prompt
+from comfyui_api.graph.flatten import FlatGraph
+
+
+@dataclass
+class Exposed:
+    """One promoted widget: its name on the instance, and the (prompt node id, input) pairs it sets."""
+
+    name: str
+    instance: str
+    targets: list[tuple[str, str]]
+
+
+@dataclass
+class Conversion:
+    """A UI workflow converted: the API prompt, and the inputs its author exposed (may be empty)."""
+
+    prompt: dict[str, Any]
+    exposed: list[Exposed] = field(default_factory=list)
+
+
+def convert(workflow: dict[str, Any], object_info: dict[str, Any], where: str = "workflow") -> Conversion:
+    """The prompt ComfyUI's frontend makes of ``workflow`` plus the exposed inputs of its top-level subgraphs."""
+    graph = FlatGraph(workflow, where)
+    prompt, uses = build_prompt(graph, object_info, where)
+    exposed = []
+    for flat in graph.nodes.values():
+        if flat.kind != "subgraph" or flat.path:
+            continue
+        for slot in flat.inputs:
+            name = str(slot.get("name"))
+            targets = uses.get((flat.exec_id, name))
+            if slot.get("link") is None and targets:
+                exposed.append(Exposed(name, flat.exec_id, targets))
+    return Conversion(prompt, exposed)
+
+
+def param_name(label: str) -> str:
+    """A request field name from a subgraph input's name: lower case, words joined by '_'."""
+    name = re.sub(r"[^0-9A-Za-z]+", "_", label).strip("_").lower()
+    return name if name and not name[0].isdigit() else f"input_{name}"

@@ -1,0 +1,163 @@
+"""Which widgets a node has, in what order, and which saved value each one gets.
+
+The frontend builds a node's widgets from its /object_info definition (inputs in ``input_order``,
+sockets-only types and ``forceInput`` excluded), adds a control widget after seeds and controlled
+combos, and an upload button after media pickers. ``widgets_values`` are then assigned by position;
+widgets the file has no value for keep their definition default. Control, filter and upload widgets
+take a position but are never sent to the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from comfyui_api.graph.formats import CONTROL_VALUES
+
+# Input types the frontend draws as a widget (core widgets plus those of its bundled extensions).
+WIDGET_TYPES = frozenset(
+    {
+        "INT", "FLOAT", "BOOLEAN", "STRING", "COMBO", "MARKDOWN", "IMAGEUPLOAD", "COLOR", "IMAGECOMPARE",
+        "CHART", "GALLERIA", "TEXTAREA", "COMFY_DYNAMICCOMBO_V3", "AUDIOUPLOAD", "AUDIO_RECORD", "AUDIO_UI",
+        "LOAD_3D", "PREVIEW_3D", "WEBCAM",
+    }
+)
+_UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+UNDEFINED = object()  # a widget whose value is JavaScript's undefined: left out of the prompt
+
+
+@dataclass(frozen=True)
+class Widget:
+    """One widget of a node: its name, whether the prompt carries it, and its default value."""
+
+    name: str
+    to_prompt: bool = True
+    default: Any = UNDEFINED
+
+
+def input_spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]] | None:
+    """(type, options) of a declared input of a node definition, or None."""
+    inputs = info.get("input") if isinstance(info.get("input"), dict) else {}
+    for section in ("required", "optional"):
+        spec = (inputs.get(section) or {}).get(name)
+        if isinstance(spec, list) and spec:
+            return spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return None
+
+
+def combo_options(kind: Any, extra: dict[str, Any]) -> list[Any] | None:
+    """The choices of a combo input, or None when the input is no combo."""
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(extra.get("options") or [])
+    return None
+
+
+def _specs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
+    """(name, type, options, optional) in the frontend's order: input_order, then the rest."""
+    inputs = info.get("input") if isinstance(info.get("input"), dict) else {}
+    required = inputs.get("required") if isinstance(inputs.get("required"), dict) else {}
+    optional = inputs.get("optional") if isinstance(inputs.get("optional"), dict) else {}
+    flat: dict[str, tuple[Any, dict[str, Any], bool]] = {}
+    for section, optional_flag in ((required, False), (optional, True)):
+        for name, spec in section.items():
+            if isinstance(spec, list) and spec and name not in flat:
+                flat[name] = (spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}, optional_flag)
+    # The frontend's upload extensions add an 'upload' input after the media picker's definition.
+    for spec in required.values():
+        if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
+            if combo_options(spec[0], spec[1]) is not None and any(spec[1].get(f) is True for f in _UPLOAD_FLAGS):
+                flat["upload"] = ("IMAGEUPLOAD", {}, False)
+                break
+    audio = required.get("audio")
+    if isinstance(audio, list) and len(audio) > 1 and isinstance(audio[1], dict) and audio[1].get("audio_upload") is True:
+        flat["upload"] = ("AUDIOUPLOAD", {}, False)
+    order = info.get("input_order") if isinstance(info.get("input_order"), dict) else None
+    if order is None:
+        return [(n, *v) for n, v in flat.items()]
+    out: list[tuple[str, Any, dict[str, Any], bool]] = []
+    for section, optional_flag in (("required", False), ("optional", True)):
+        for name in order.get(section) or []:
+            if name in flat and flat[name][2] == optional_flag and all(o[0] != name for o in out):
+                out.append((name, *flat[name]))
+    seen = {o[0] for o in out}
+    out += [(n, *v) for n, v in flat.items() if n not in seen]
+    return out
+
+
+def _default(kind: Any, extra: dict[str, Any]) -> Any:
+    options = combo_options(kind, extra)
+    if options is not None:
+        if extra.get("default"):
+            return extra["default"]
+        if options:
+            return options[0]
+        return "Loading..." if extra.get("remote") else UNDEFINED
+    if "default" in extra:
+        return extra["default"]
+    return {"INT": 0, "FLOAT": 0, "BOOLEAN": False, "STRING": ""}.get(kind, UNDEFINED)
+
+
+def widgets_of(info: dict[str, Any]) -> list[Widget]:
+    """The widgets the frontend gives a node of this definition, in order."""
+    out: list[Widget] = []
+    for name, kind, extra, _optional in _specs(info):
+        widget_type = "COMBO" if isinstance(kind, list) else kind
+        if extra.get("forceInput") or not isinstance(widget_type, str) or widget_type not in WIDGET_TYPES:
+            continue
+        if widget_type in ("IMAGEUPLOAD", "AUDIOUPLOAD"):
+            out.append(Widget(name, to_prompt=False))
+            continue
+        out.append(Widget(name, default=_default(kind, extra)))
+        control = extra.get("control_after_generate")
+        if widget_type == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
+            out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
+        elif widget_type == "COMBO" and control:
+            out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
+            out.append(Widget("control_filter_list", False))
+    return out
+
+
+def migrate_values(info: dict[str, Any], widgets: list[Widget], values: list[Any]) -> list[Any]:
+    """Drop values saved for inputs that have since become sockets (``forceInput``), as the frontend does."""
+    names = {w.name for w in widgets}
+    originals = [(n, extra) for n, _k, extra, _o in _specs(info) if n in names or extra.get("forceInput")]
+    count = sum(2 if extra.get("control_after_generate") or n in ("seed", "noise_seed") else 1 for n, extra in originals)
+    if count != len(values):
+        return values
+    return [v for i, v in enumerate(values) if i >= len(originals) or not originals[i][1].get("forceInput")]
+
+
+def assign_values(info: dict[str, Any], saved: Any) -> list[tuple[Widget, Any]]:
+    """Every widget of the node with the value it has after loading ``widgets_values``."""
+    widgets = widgets_of(info)
+    if isinstance(saved, dict):
+        # Node packs that save a dict (e.g. VideoHelperSuite) restore their widgets by name.
+        return [(w, saved.get(w.name, w.default)) for w in widgets]
+    values = migrate_values(info, widgets, saved) if isinstance(saved, list) else []
+    return [(w, values[i] if i < len(values) else w.default) for i, w in enumerate(widgets)]
+
+
+def align_widget_names(names: list[str], widgets: list[Any]) -> list[tuple[str | None, Any]] | None:
+    """Pair widget names taken from a node's inputs with its values, or None when the counts disagree.
+
+    Used where no definition of the node is at hand: control values after a seed are named as such.
+    Recent frontends list every widget in ``inputs``; older ones only widgets turned into inputs.
+    """
+    out: list[tuple[str | None, Any]] = []
+    k = 0
+    for value in widgets:
+        prev = out[-1][0] if out else None
+        if prev in ("seed", "noise_seed") and isinstance(value, str) and value in CONTROL_VALUES:
+            out.append(("control_after_generate", value))
+        elif k < len(names):
+            out.append((names[k], value))
+            k += 1
+        else:
+            out.append((None, value))
+    unnamed = sum(1 for name, _ in out if name is None)
+    # One unnamed trailing slot is normal (LoadImage's upload button); more means misalignment.
+    if k != len(names) or unnamed > 1 or (unnamed == 1 and out[-1][0] is not None):
+        return None
+    return out
