@@ -91,6 +91,10 @@ class WidgetValues:
             return [(str(k), v) for k, v in saved.items()]
         if not isinstance(saved, list):
             return []
+        named = flat.node.get("widgets_values_named")  # comfyui-workflow-templates-json adds names
+        if isinstance(named, dict) and named:
+            rest = [(None, v) for v in saved if v not in named.values()]
+            return [(str(k), v) for k, v in named.items()] + rest
         learned = self.learned_order.get(flat.class_type)
         if learned is not None and len(learned) == len(saved):
             return list(zip(learned, saved, strict=True))
@@ -121,11 +125,21 @@ class WidgetValues:
         saved = instance.node.get("widgets_values")
         saved = saved if isinstance(saved, list) else []
         values = [(name, saved[i] if i < len(saved) else v) for i, (name, v) in enumerate(found)]
-        proxies = as_list(as_dict(instance.node.get("properties")).get("proxyWidgets"))
-        for position, proxy in enumerate(proxies):
-            if isinstance(proxy, list) and len(proxy) == 2 and str(proxy[0]) == "-1" and position < len(saved) \
-                    and saved[position] is not None:
-                values = [(n, saved[position] if n == proxy[1] else v) for n, v in values]
+        proxies = as_dict(instance.node.get("properties")).get("proxyWidgets")
+        if isinstance(proxies, list):
+            # The frontend rebuilds the instance's widgets from proxyWidgets: an inner widget shown
+            # directly hides the input-promoted widget of the same name; '-1' entries keep theirs.
+            entries = [(str(p[0]), str(p[1])) for p in proxies if isinstance(p, list) and len(p) == 2]
+            listed = {name for _node, name in entries}
+            kept = [(n, v) for n, v in values if n not in listed]
+            for position, (node_id, name) in enumerate(entries):
+                if node_id != "-1":
+                    continue
+                widget = next(((n, v) for n, v in values if n == name), None)
+                if widget is not None:
+                    value = saved[position] if position < len(saved) and saved[position] is not None else widget[1]
+                    kept.append((name, value))
+            values = kept
         overrides = self._overrides.get(instance.exec_id, {})
         return [(n, overrides.get(n, v)) for n, v in values]
 

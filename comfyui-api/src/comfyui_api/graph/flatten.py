@@ -52,6 +52,8 @@ class FlatNode:
     path: tuple[str, ...]
     instance: FlatNode | None
     kind: str  # "node" | "subgraph" | "virtual"
+    definition_inputs: list[Any] = field(default_factory=list)  # a subgraph instance's definition inputs
+    inputs_by_name: bool = False
 
     @property
     def class_type(self) -> str:
@@ -63,7 +65,21 @@ class FlatNode:
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
-        return [i if isinstance(i, dict) else {} for i in as_list(self.node.get("inputs"))]
+        """Input slots as the frontend holds them after loading the node.
+
+        A subgraph instance starts from its definition's inputs and the saved list is copied over
+        it index by index, so a saved list shorter than the definition keeps the definition's tail.
+        """
+        saved = [i if isinstance(i, dict) else {} for i in as_list(self.node.get("inputs"))]
+        if self.kind == "subgraph" and self.inputs_by_name:
+            by_name = {i.get("name"): i for i in saved}
+            return [by_name.get(i.get("name"), {"name": i.get("name"), "type": i.get("type"), "link": None})
+                    for i in self.definition_inputs if isinstance(i, dict)]
+        if self.kind != "subgraph" or len(saved) >= len(self.definition_inputs):
+            return saved
+        tail = [{"name": i.get("name"), "type": i.get("type"), "link": None} if isinstance(i, dict) else {}
+                for i in self.definition_inputs[len(saved):]]
+        return saved + tail
 
 
 # ("link", exec id, slot) | ("value", value) | None
@@ -86,8 +102,12 @@ def valid_connection(a: Any, b: Any) -> bool:
 class FlatGraph:
     """All executable DTOs of a UI workflow and the frontend's link resolution between them."""
 
-    def __init__(self, workflow: dict[str, Any], where: str = "workflow") -> None:
+    def __init__(self, workflow: dict[str, Any], where: str = "workflow", inputs_by_name: bool = False) -> None:
+        """``inputs_by_name``: match a subgraph instance's saved inputs to its definition by name, as
+        later frontends do, instead of by position as 1.35.9 does (which mixes up values when a
+        newer file saves fewer instance inputs than the definition has)."""
         self.where = where
+        self.inputs_by_name = inputs_by_name
         definitions = as_dict(workflow.get("definitions"))
         self.subgraphs: dict[str, Scope] = {}
         for sub in as_list(definitions.get("subgraphs")):
@@ -113,7 +133,8 @@ class FlatGraph:
                 if ctype in stack:
                     raise GraphError(f"{self.where}: node {exec_id}: subgraph {ctype} contains itself; "
                                      "remove the loop in ComfyUI")
-                flat = FlatNode(exec_id, node, scope, path, instance, "subgraph")
+                flat = FlatNode(exec_id, node, scope, path, instance, "subgraph",
+                                as_list(self.subgraphs[ctype].definition.get("inputs")), self.inputs_by_name)
                 self.nodes[exec_id] = flat
                 self._expand(self.subgraphs[ctype], (*path, node_id), flat, (*stack, ctype))
                 continue
@@ -185,8 +206,10 @@ class FlatGraph:
                 return None
             outer = outer_inputs[link.origin_slot]
             if outer.get("link") is None:
-                value = self.promoted_value(flat.instance, str(outer.get("name")))
-                self.last_promoted = (flat.instance.exec_id, str(outer.get("name")))
+                # Promoting a widget gives the instance's input a widget locator named after it.
+                widget = as_dict(outer.get("widget")).get("name", outer.get("name"))
+                value = self.promoted_value(flat.instance, str(widget))
+                self.last_promoted = (flat.instance.exec_id, str(widget))
                 return None if value is None else ("value", value[0])
             outer_link = flat.instance.scope.links.get(_int(outer["link"]))
             if outer_link is None:
