@@ -128,7 +128,7 @@ def _parse_ui(
     for node in data["nodes"]:
         if not isinstance(node, dict):
             raise BadInput(f"{where}: a node entry is a {type(node).__name__}, not an object")
-    graph = FlatGraph(data, where, inputs_by_name=True)
+    graph = FlatGraph(data, where)
     widgets = WidgetValues(graph, object_info, index.widget_order)
     parsed = ParsedWorkflow(format="ui")
     for flat in graph.nodes.values():

@@ -200,7 +200,4 @@ def build_prompt(graph: FlatGraph, object_info: dict[str, Any], where: str) -> t
         for name, value in list(node["inputs"].items()):
             if isinstance(value, list) and len(value) == 2 and value[0] not in prompt:
                 del node["inputs"][name]
-    if not prompt:
-        raise GraphError(f"{where}: no node would run (all muted, bypassed or frontend-only); "
-                         "enable an output node in ComfyUI")
     return prompt, uses

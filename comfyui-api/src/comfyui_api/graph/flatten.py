@@ -53,7 +53,6 @@ class FlatNode:
     instance: FlatNode | None
     kind: str  # "node" | "subgraph" | "virtual"
     definition_inputs: list[Any] = field(default_factory=list)  # a subgraph instance's definition inputs
-    inputs_by_name: bool = False
 
     @property
     def class_type(self) -> str:
@@ -67,19 +66,15 @@ class FlatNode:
     def inputs(self) -> list[dict[str, Any]]:
         """Input slots as the frontend holds them after loading the node.
 
-        A subgraph instance starts from its definition's inputs and the saved list is copied over
-        it index by index, so a saved list shorter than the definition keeps the definition's tail.
+        A subgraph instance has its definition's inputs, in the definition's order; the saved
+        slot of the same name (if any) brings its link.
         """
         saved = [i if isinstance(i, dict) else {} for i in as_list(self.node.get("inputs"))]
-        if self.kind == "subgraph" and self.inputs_by_name:
-            by_name = {i.get("name"): i for i in saved}
-            return [by_name.get(i.get("name"), {"name": i.get("name"), "type": i.get("type"), "link": None})
-                    for i in self.definition_inputs if isinstance(i, dict)]
-        if self.kind != "subgraph" or len(saved) >= len(self.definition_inputs):
+        if self.kind != "subgraph":
             return saved
-        tail = [{"name": i.get("name"), "type": i.get("type"), "link": None} if isinstance(i, dict) else {}
-                for i in self.definition_inputs[len(saved):]]
-        return saved + tail
+        by_name = {i.get("name"): i for i in saved}
+        return [by_name.get(i.get("name"), {"name": i.get("name"), "type": i.get("type"), "link": None})
+                for i in self.definition_inputs if isinstance(i, dict)]
 
 
 # ("link", exec id, slot) | ("value", value) | None
@@ -102,12 +97,8 @@ def valid_connection(a: Any, b: Any) -> bool:
 class FlatGraph:
     """All executable DTOs of a UI workflow and the frontend's link resolution between them."""
 
-    def __init__(self, workflow: dict[str, Any], where: str = "workflow", inputs_by_name: bool = False) -> None:
-        """``inputs_by_name``: match a subgraph instance's saved inputs to its definition by name, as
-        later frontends do, instead of by position as 1.35.9 does (which mixes up values when a
-        newer file saves fewer instance inputs than the definition has)."""
+    def __init__(self, workflow: dict[str, Any], where: str = "workflow") -> None:
         self.where = where
-        self.inputs_by_name = inputs_by_name
         definitions = as_dict(workflow.get("definitions"))
         self.subgraphs: dict[str, Scope] = {}
         for sub in as_list(definitions.get("subgraphs")):
@@ -134,7 +125,7 @@ class FlatGraph:
                     raise GraphError(f"{self.where}: node {exec_id}: subgraph {ctype} contains itself; "
                                      "remove the loop in ComfyUI")
                 flat = FlatNode(exec_id, node, scope, path, instance, "subgraph",
-                                as_list(self.subgraphs[ctype].definition.get("inputs")), self.inputs_by_name)
+                                as_list(self.subgraphs[ctype].definition.get("inputs")))
                 self.nodes[exec_id] = flat
                 self._expand(self.subgraphs[ctype], (*path, node_id), flat, (*stack, ctype))
                 continue
@@ -211,10 +202,8 @@ class FlatGraph:
                 value = self.promoted_value(flat.instance, str(widget))
                 self.last_promoted = (flat.instance.exec_id, str(widget))
                 return None if value is None else ("value", value[0])
-            outer_link = flat.instance.scope.links.get(_int(outer["link"]))
-            if outer_link is None:
-                return None
-            return self.resolve_input(flat.instance, outer_link.target_slot, visited)
+            # The frontend re-points links at the slot that holds them after loading.
+            return self.resolve_input(flat.instance, link.origin_slot, visited)
         origin = self._child(flat, link.origin_id)
         if origin is None:
             return None
