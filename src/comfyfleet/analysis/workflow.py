@@ -132,9 +132,6 @@ def _parse_ui(
     widgets = WidgetValues(graph, object_info, index.widget_order)
     parsed = ParsedWorkflow(format="ui")
     for flat in graph.nodes.values():
-        hidden_by = _disabled_instance(flat)
-        if hidden_by is not None:
-            continue
         if flat.kind == "virtual":
             parsed.skipped.append(SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason="frontend-only"))
             if flat.class_type in _NOTE_TYPES:
@@ -156,16 +153,6 @@ def _parse_ui(
             )
         )
     return parsed
-
-
-def _disabled_instance(flat: FlatNode) -> FlatNode | None:
-    """The muted or bypassed subgraph instance around this node, if any: its nodes are not needed."""
-    instance = flat.instance
-    while instance is not None:
-        if instance.mode in (MODE_MUTED, MODE_BYPASSED):
-            return instance
-        instance = instance.instance
-    return None
 
 
 def _values(graph: FlatGraph, widgets: WidgetValues, flat: FlatNode) -> list[tuple[str | None, Any]]:

@@ -22,8 +22,12 @@ class WidgetValues:
     ``learned_order`` (class type → widget names seen in real workflows), and may stay unknown.
     """
 
-    def __init__(self, graph: FlatGraph, object_info: dict[str, Any] | None = None,
-                 learned_order: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        graph: FlatGraph,
+        object_info: dict[str, Any] | None = None,
+        learned_order: dict[str, list[str]] | None = None,
+    ) -> None:
         self.graph = graph
         self.object_info = object_info or {}
         self.learned_order = learned_order or {}
@@ -98,13 +102,19 @@ class WidgetValues:
         learned = self.learned_order.get(flat.class_type)
         if learned is not None and len(learned) == len(saved):
             return list(zip(learned, saved, strict=True))
-        names = [str(i["widget"]["name"]) for i in flat.inputs if isinstance(i.get("widget"), dict) and "name" in i["widget"]]
+        names = [
+            str(i["widget"]["name"])
+            for i in flat.inputs
+            if isinstance(i.get("widget"), dict) and "name" in i["widget"]
+        ]
         return align_widget_names(names, saved) or [(None, v) for v in saved]
 
     def _promoted_widgets(self, instance: FlatNode) -> list[tuple[str, Any]]:
         """Widgets a subgraph instance shows for its inputs wired to inner widgets, with their values."""
         sub = self.graph.subgraphs[instance.class_type]
-        by_name = {str(i.get("name")): i for i in as_list(sub.definition.get("inputs")) if isinstance(i, dict)}
+        by_name = {
+            str(i.get("name")): i for i in as_list(sub.definition.get("inputs")) if isinstance(i, dict)
+        }
         found: list[tuple[str, Any]] = []
         for slot in instance.inputs:
             sub_input = by_name.get(str(slot.get("name")))
@@ -117,9 +127,14 @@ class WidgetValues:
                     continue
                 target = next((i for i in inner.inputs if i.get("link") == link_id), None)
                 widget = as_dict(target.get("widget")).get("name") if target else None
-                match = [v for n, v, _p in self.widgets(inner) if n == widget] if isinstance(widget, str) else []
-                if match or (isinstance(widget, str) and inner.class_type not in self.object_info
-                             and inner.kind != "subgraph"):
+                match = (
+                    [v for n, v, _p in self.widgets(inner) if n == widget] if isinstance(widget, str) else []
+                )
+                if match or (
+                    isinstance(widget, str)
+                    and inner.class_type not in self.object_info
+                    and inner.kind != "subgraph"
+                ):
                     found.append((str(sub_input.get("name")), match[0] if match else UNDEFINED))
                     break
         saved = instance.node.get("widgets_values")
@@ -137,7 +152,11 @@ class WidgetValues:
                     continue
                 widget = next(((n, v) for n, v in values if n == name), None)
                 if widget is not None:
-                    value = saved[position] if position < len(saved) and saved[position] is not None else widget[1]
+                    value = (
+                        saved[position]
+                        if position < len(saved) and saved[position] is not None
+                        else widget[1]
+                    )
                     kept.append((name, value))
             values = kept
         overrides = self._overrides.get(instance.exec_id, {})
@@ -159,7 +178,9 @@ def _wrap(value: Any) -> Any:
 PromotedUses = dict[tuple[str, str], list[tuple[str, str]]]
 
 
-def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any], where: str = "workflow") -> dict[str, Any]:
+def ui_to_api(
+    workflow: dict[str, Any], object_info: dict[str, Any], where: str = "workflow"
+) -> dict[str, Any]:
     """The API prompt ComfyUI's frontend would queue for this UI-format workflow.
 
     Raises GraphError (one line, naming the node) for what the frontend could not convert or
@@ -168,7 +189,9 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any], where: str 
     return build_prompt(FlatGraph(workflow, where), object_info, where)[0]
 
 
-def build_prompt(graph: FlatGraph, object_info: dict[str, Any], where: str) -> tuple[dict[str, Any], PromotedUses]:
+def build_prompt(
+    graph: FlatGraph, object_info: dict[str, Any], where: str
+) -> tuple[dict[str, Any], PromotedUses]:
     """The prompt, and for each (subgraph instance, promoted widget) the prompt inputs its value reached."""
     values = WidgetValues(graph, object_info)
     uses: PromotedUses = {}
@@ -176,8 +199,10 @@ def build_prompt(graph: FlatGraph, object_info: dict[str, Any], where: str) -> t
     for flat in graph.executable():
         info = object_info.get(flat.class_type)
         if not isinstance(info, dict):
-            raise GraphError(f"{where}: node {flat.exec_id} ({flat.class_type}) is not installed in ComfyUI; "
-                             "install its node pack, then restart")
+            raise GraphError(
+                f"{where}: node {flat.exec_id} ({flat.class_type}) is not installed in ComfyUI; "
+                "install its node pack, then restart"
+            )
         inputs: dict[str, Any] = {}
         for name, value, to_prompt in values.widgets(flat):
             if name and to_prompt and value is not UNDEFINED:

@@ -73,8 +73,11 @@ class FlatNode:
         if self.kind != "subgraph":
             return saved
         by_name = {i.get("name"): i for i in saved}
-        return [by_name.get(i.get("name"), {"name": i.get("name"), "type": i.get("type"), "link": None})
-                for i in self.definition_inputs if isinstance(i, dict)]
+        return [
+            by_name.get(i.get("name"), {"name": i.get("name"), "type": i.get("type"), "link": None})
+            for i in self.definition_inputs
+            if isinstance(i, dict)
+        ]
 
 
 # ("link", exec id, slot) | ("value", value) | None
@@ -103,18 +106,25 @@ class FlatGraph:
         self.subgraphs: dict[str, Scope] = {}
         for sub in as_list(definitions.get("subgraphs")):
             if isinstance(sub, dict) and "id" in sub and isinstance(sub.get("nodes"), list):
-                self.subgraphs[str(sub["id"])] = Scope(str(sub["id"]), _nodes_by_id(sub["nodes"]),
-                                                       parse_links(sub.get("links")), sub)
+                self.subgraphs[str(sub["id"])] = Scope(
+                    str(sub["id"]), _nodes_by_id(sub["nodes"]), parse_links(sub.get("links")), sub
+                )
         self.group_defs = as_dict(as_dict(workflow.get("extra")).get("groupNodes"))
-        self.root = Scope(None, _nodes_by_id(as_list(workflow.get("nodes"))), parse_links(workflow.get("links")))
+        self.root = Scope(
+            None, _nodes_by_id(as_list(workflow.get("nodes"))), parse_links(workflow.get("links"))
+        )
         self.nodes: dict[str, FlatNode] = {}
         self._expand(self.root, (), None, ())
         self.promoted_value: PromotedValue = lambda _inst, _name: None
         self.last_promoted: tuple[str, str] | None = None  # the instance widget the last value came from
 
-    def _expand(self, scope: Scope, path: tuple[str, ...], instance: FlatNode | None, stack: tuple[str, ...]) -> None:
+    def _expand(
+        self, scope: Scope, path: tuple[str, ...], instance: FlatNode | None, stack: tuple[str, ...]
+    ) -> None:
         if len(path) > MAX_DEPTH:
-            raise GraphError(f"{self.where}: node {':'.join(path)}: subgraphs nested more than {MAX_DEPTH} deep")
+            raise GraphError(
+                f"{self.where}: node {':'.join(path)}: subgraphs nested more than {MAX_DEPTH} deep"
+            )
         for node_id, node in scope.nodes.items():
             ctype = node.get("type")
             exec_id = ":".join((*path, node_id))
@@ -122,16 +132,27 @@ class FlatGraph:
                 raise GraphError(f"{self.where}: node {exec_id}: 'type' must be a non-empty string")
             if ctype in self.subgraphs:
                 if ctype in stack:
-                    raise GraphError(f"{self.where}: node {exec_id}: subgraph {ctype} contains itself; "
-                                     "remove the loop in ComfyUI")
-                flat = FlatNode(exec_id, node, scope, path, instance, "subgraph",
-                                as_list(self.subgraphs[ctype].definition.get("inputs")))
+                    raise GraphError(
+                        f"{self.where}: node {exec_id}: subgraph {ctype} contains itself; "
+                        "remove the loop in ComfyUI"
+                    )
+                flat = FlatNode(
+                    exec_id,
+                    node,
+                    scope,
+                    path,
+                    instance,
+                    "subgraph",
+                    as_list(self.subgraphs[ctype].definition.get("inputs")),
+                )
                 self.nodes[exec_id] = flat
                 self._expand(self.subgraphs[ctype], (*path, node_id), flat, (*stack, ctype))
                 continue
             if SUBGRAPH_ID.match(ctype):
-                raise GraphError(f"{self.where}: node {exec_id} is a subgraph ({ctype}) missing from "
-                                 "definitions.subgraphs; save the workflow again from ComfyUI")
+                raise GraphError(
+                    f"{self.where}: node {exec_id} is a subgraph ({ctype}) missing from "
+                    "definitions.subgraphs; save the workflow again from ComfyUI"
+                )
             group = group_node_name(ctype)
             if group is not None and isinstance(self.group_defs.get(group), dict):
                 self._expand_group(exec_id, node, self.group_defs[group], scope, path, instance)
@@ -139,8 +160,15 @@ class FlatGraph:
             kind = "virtual" if ctype in FRONTEND_ONLY else "node"
             self.nodes[exec_id] = FlatNode(exec_id, node, scope, path, instance, kind)
 
-    def _expand_group(self, exec_id: str, node: dict[str, Any], group: dict[str, Any], scope: Scope,
-                      path: tuple[str, ...], instance: FlatNode | None) -> None:
+    def _expand_group(
+        self,
+        exec_id: str,
+        node: dict[str, Any],
+        group: dict[str, Any],
+        scope: Scope,
+        path: tuple[str, ...],
+        instance: FlatNode | None,
+    ) -> None:
         """Legacy group node: its inner nodes as ``<group id>:<index>``, fed the instance's widget values in order."""
         inner = [n for n in as_list(group.get("nodes")) if isinstance(n, dict)]
         widgets = node.get("widgets_values")
@@ -151,12 +179,14 @@ class FlatGraph:
             item = {**item, "id": item.get("index", position), "mode": node.get("mode", 0)}
             own = item.get("widgets_values")
             if len(remaining) == total and isinstance(own, list):
-                item["widgets_values"], remaining = remaining[: len(own)], remaining[len(own):]
+                item["widgets_values"], remaining = remaining[: len(own)], remaining[len(own) :]
             nodes.append(item)
         links: dict[int, Link] = {}
         for n, raw in enumerate(as_list(group.get("links"))):
             if isinstance(raw, list) and len(raw) >= 4 and raw[0] is not None and raw[2] is not None:
-                links[-1 - n] = Link(-1 - n, raw[0], int(raw[1]), raw[2], int(raw[3]), raw[5] if len(raw) > 5 else None)
+                links[-1 - n] = Link(
+                    -1 - n, raw[0], int(raw[1]), raw[2], int(raw[3]), raw[5] if len(raw) > 5 else None
+                )
         for link in links.values():
             for item in nodes:
                 if item["id"] == link.target_id:
@@ -178,8 +208,9 @@ class FlatGraph:
     def _child(self, flat: FlatNode, node_id: Any) -> FlatNode | None:
         return self.nodes.get(":".join((*flat.path, str(node_id))))
 
-    def resolve_input(self, flat: FlatNode, slot: int, visited: set[tuple[Any, ...]] | None = None,
-                      type_: Any = None) -> Resolved:
+    def resolve_input(
+        self, flat: FlatNode, slot: int, visited: set[tuple[Any, ...]] | None = None, type_: Any = None
+    ) -> Resolved:
         visited = set() if visited is None else visited
         key = (flat.scope.id, flat.exec_id, "I", slot)
         if key in visited:
@@ -207,10 +238,13 @@ class FlatGraph:
         origin = self._child(flat, link.origin_id)
         if origin is None:
             return None
-        return self.resolve_output(origin, link.origin_slot, type_ if type_ is not None else inputs[slot].get("type"),
-                                   visited)
+        return self.resolve_output(
+            origin, link.origin_slot, type_ if type_ is not None else inputs[slot].get("type"), visited
+        )
 
-    def resolve_output(self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]) -> Resolved:
+    def resolve_output(
+        self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]
+    ) -> Resolved:
         key = (flat.scope.id, flat.exec_id, "O", slot)
         if key in visited:
             raise GraphError(f"{self.where}: node {flat.exec_id}: links form a loop through output {slot}")
@@ -228,7 +262,9 @@ class FlatGraph:
             return None
         return ("link", flat.exec_id, slot)
 
-    def _resolve_subgraph_output(self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]) -> Resolved:
+    def _resolve_subgraph_output(
+        self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]
+    ) -> Resolved:
         sub = self.subgraphs[flat.class_type]
         outputs = as_list(sub.definition.get("outputs"))
         if slot >= len(outputs) or not isinstance(outputs[slot], dict):
@@ -239,11 +275,15 @@ class FlatGraph:
             return None
         inner = self.nodes.get(":".join((*flat.path, str(flat.node.get("id")), str(link.origin_id))))
         if inner is None:
-            raise GraphError(f"{self.where}: node {flat.exec_id}: subgraph output {slot} is wired straight to "
-                             "a subgraph input; connect it through a node in ComfyUI")
+            raise GraphError(
+                f"{self.where}: node {flat.exec_id}: subgraph output {slot} is wired straight to "
+                "a subgraph input; connect it through a node in ComfyUI"
+            )
         return self.resolve_output(inner, link.origin_slot, type_, visited)
 
-    def _resolve_getter(self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]) -> Resolved:
+    def _resolve_getter(
+        self, flat: FlatNode, slot: int, type_: Any, visited: set[tuple[Any, ...]]
+    ) -> Resolved:
         name = as_list(flat.node.get("widgets_values"))[:1]
         if not name or name[0] in ("", None):
             return None
@@ -257,17 +297,24 @@ class FlatGraph:
                 if link is None or origin is None:
                     return None
                 return self.resolve_output(origin, link.origin_slot, type_, visited)
-        raise GraphError(f"{self.where}: node {flat.exec_id} (GetNode) reads {name[0]!r} but no SetNode in the "
-                         "same graph sets it; add the SetNode or re-link the input")
+        raise GraphError(
+            f"{self.where}: node {flat.exec_id} (GetNode) reads {name[0]!r} but no SetNode in the "
+            "same graph sets it; add the SetNode or re-link the input"
+        )
 
     def _bypass_slot(self, flat: FlatNode, slot: int, type_: Any) -> int:
         inputs = flat.inputs
         outputs = as_list(flat.node.get("outputs"))
-        out_type = outputs[slot].get("type") if slot < len(outputs) and isinstance(outputs[slot], dict) else None
+        out_type = (
+            outputs[slot].get("type") if slot < len(outputs) and isinstance(outputs[slot], dict) else None
+        )
         if type_ in ("*", ""):
             return slot if len(inputs) > slot else 0
-        if slot < len(inputs) and valid_connection(inputs[slot].get("type"), out_type) \
-                and valid_connection(inputs[slot].get("type"), type_):
+        if (
+            slot < len(inputs)
+            and valid_connection(inputs[slot].get("type"), out_type)
+            and valid_connection(inputs[slot].get("type"), type_)
+        ):
             return slot
         for i, inp in enumerate(inputs):
             if inp.get("type") == type_:

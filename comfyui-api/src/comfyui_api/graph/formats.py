@@ -67,10 +67,23 @@ def parse_links(raw: Any) -> dict[int, Link]:
     for item in raw if isinstance(raw, list) else []:
         try:
             if isinstance(item, list) and len(item) >= 5:
-                link = Link(int(item[0]), item[1], int(item[2]), item[3], int(item[4]), item[5] if len(item) > 5 else None)
+                link = Link(
+                    int(item[0]),
+                    item[1],
+                    int(item[2]),
+                    item[3],
+                    int(item[4]),
+                    item[5] if len(item) > 5 else None,
+                )
             elif isinstance(item, dict):
-                link = Link(int(item["id"]), item["origin_id"], int(item["origin_slot"]), item["target_id"],
-                            int(item["target_slot"]), item.get("type"))
+                link = Link(
+                    int(item["id"]),
+                    item["origin_id"],
+                    int(item["origin_slot"]),
+                    item["target_id"],
+                    int(item["target_slot"]),
+                    item.get("type"),
+                )
             else:
                 continue
         except (KeyError, TypeError, ValueError):
@@ -99,7 +112,12 @@ def detect_format(data: Any) -> str | None:
 
 def is_link(value: Any) -> bool:
     """An API-format input value that is a connection ``[node id, output slot]``."""
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], int)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and isinstance(value[1], int)
+    )
 
 
 def group_node_name(ctype: str) -> str | None:

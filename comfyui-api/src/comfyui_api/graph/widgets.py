@@ -17,9 +17,25 @@ from comfyui_api.graph.formats import CONTROL_VALUES
 # Input types the frontend draws as a widget (core widgets plus those of its bundled extensions).
 WIDGET_TYPES = frozenset(
     {
-        "INT", "FLOAT", "BOOLEAN", "STRING", "COMBO", "MARKDOWN", "IMAGEUPLOAD", "COLOR", "IMAGECOMPARE",
-        "CHART", "GALLERIA", "TEXTAREA", "COMFY_DYNAMICCOMBO_V3", "AUDIOUPLOAD", "AUDIO_RECORD", "AUDIO_UI",
-        "LOAD_3D", "PREVIEW_3D", "WEBCAM",
+        "INT",
+        "FLOAT",
+        "BOOLEAN",
+        "STRING",
+        "COMBO",
+        "MARKDOWN",
+        "IMAGEUPLOAD",
+        "COLOR",
+        "IMAGECOMPARE",
+        "CHART",
+        "GALLERIA",
+        "TEXTAREA",
+        "COMFY_DYNAMICCOMBO_V3",
+        "AUDIOUPLOAD",
+        "AUDIO_RECORD",
+        "AUDIO_UI",
+        "LOAD_3D",
+        "PREVIEW_3D",
+        "WEBCAM",
     }
 )
 _UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
@@ -63,15 +79,26 @@ def _specs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
     for section, optional_flag in ((required, False), (optional, True)):
         for name, spec in section.items():
             if isinstance(spec, list) and spec and name not in flat:
-                flat[name] = (spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}, optional_flag)
+                flat[name] = (
+                    spec[0],
+                    spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {},
+                    optional_flag,
+                )
     # The frontend's upload extensions add an 'upload' input after the media picker's definition.
     for spec in required.values():
         if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict):
-            if combo_options(spec[0], spec[1]) is not None and any(spec[1].get(f) is True for f in _UPLOAD_FLAGS):
+            if combo_options(spec[0], spec[1]) is not None and any(
+                spec[1].get(f) is True for f in _UPLOAD_FLAGS
+            ):
                 flat["upload"] = ("IMAGEUPLOAD", {}, False)
                 break
     audio = required.get("audio")
-    if isinstance(audio, list) and len(audio) > 1 and isinstance(audio[1], dict) and audio[1].get("audio_upload") is True:
+    if (
+        isinstance(audio, list)
+        and len(audio) > 1
+        and isinstance(audio[1], dict)
+        and audio[1].get("audio_upload") is True
+    ):
         flat["upload"] = ("AUDIOUPLOAD", {}, False)
     order = info.get("input_order") if isinstance(info.get("input_order"), dict) else None
     if order is None:
@@ -123,7 +150,10 @@ def migrate_values(info: dict[str, Any], widgets: list[Widget], values: list[Any
     """Drop values saved for inputs that have since become sockets (``forceInput``), as the frontend does."""
     names = {w.name for w in widgets}
     originals = [(n, extra) for n, _k, extra, _o in _specs(info) if n in names or extra.get("forceInput")]
-    count = sum(2 if extra.get("control_after_generate") or n in ("seed", "noise_seed") else 1 for n, extra in originals)
+    count = sum(
+        2 if extra.get("control_after_generate") or n in ("seed", "noise_seed") else 1
+        for n, extra in originals
+    )
     if count != len(values):
         return values
     return [v for i, v in enumerate(values) if i >= len(originals) or not originals[i][1].get("forceInput")]
