@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
+from comfyui_api.workflows import WorkflowError, build_endpoint
+
 from comfyfleet.analysis import analyze_data
 from comfyfleet.analysis.index import default_index
 from comfyfleet.analysis.workflow import read_workflow_json
-from comfyui_api.workflows import WorkflowError, build_endpoint
-
 from conversion.templates import recorded_object_info, repo_workflows, template_files
 
 NOT_INSTALLED = re.compile(r"node (\S+) \((.+)\) is not installed in ComfyUI")
