@@ -9,7 +9,7 @@ take a position but are never sent to the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from comfyui_api.graph.formats import CONTROL_VALUES
@@ -44,11 +44,16 @@ UNDEFINED = object()  # a widget whose value is JavaScript's undefined: left out
 
 @dataclass(frozen=True)
 class Widget:
-    """One widget of a node: its name, whether the prompt carries it, and its default value."""
+    """One widget of a node: its name, whether the prompt carries it, and its default value.
+
+    A dynamic combo (``COMFY_DYNAMICCOMBO_V3``) also has ``choices``: option key → the inputs that
+    option adds right after it (as widgets named ``<combo>.<input>``).
+    """
 
     name: str
     to_prompt: bool = True
     default: Any = UNDEFINED
+    choices: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 def input_spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]] | None:
@@ -126,24 +131,44 @@ def _default(kind: Any, extra: dict[str, Any]) -> Any:
     return {"INT": 0, "FLOAT": 0, "BOOLEAN": False, "STRING": ""}.get(kind, UNDEFINED)
 
 
-def widgets_of(info: dict[str, Any]) -> list[Widget]:
-    """The widgets the frontend gives a node of this definition, in order."""
-    out: list[Widget] = []
-    for name, kind, extra, _optional in _specs(info):
-        widget_type = "COMBO" if isinstance(kind, list) else kind
-        if extra.get("forceInput") or not isinstance(widget_type, str) or widget_type not in WIDGET_TYPES:
-            continue
-        if widget_type in ("IMAGEUPLOAD", "AUDIOUPLOAD"):
-            out.append(Widget(name, to_prompt=False))
-            continue
-        out.append(Widget(name, default=_default(kind, extra)))
-        control = extra.get("control_after_generate")
-        if widget_type == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
-            out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
-        elif widget_type == "COMBO" and control:
-            out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
-            out.append(Widget("control_filter_list", False))
+def _widgets_for(name: str, kind: Any, extra: dict[str, Any]) -> list[Widget]:
+    """The widgets one input spec gives: the widget, then its control widgets (or a dynamic combo's inputs)."""
+    widget_type = "COMBO" if isinstance(kind, list) else kind
+    if extra.get("forceInput") or not isinstance(widget_type, str) or widget_type not in WIDGET_TYPES:
+        return []
+    if widget_type in ("IMAGEUPLOAD", "AUDIOUPLOAD"):
+        return [Widget(name, to_prompt=False)]
+    if widget_type == "COMFY_DYNAMICCOMBO_V3":
+        choices = {
+            str(o.get("key")): o.get("inputs") for o in extra.get("options") or [] if isinstance(o, dict)
+        }
+        combo = Widget(name, default=next(iter(choices), UNDEFINED), choices=choices)
+        return [combo, *_choice_widgets(combo, combo.default)]
+    out = [Widget(name, default=_default(kind, extra))]
+    control = extra.get("control_after_generate")
+    if widget_type == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
+        out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
+    elif widget_type == "COMBO" and control:
+        out.append(Widget(str(control) if isinstance(control, str) else "control_after_generate", False))
+        out.append(Widget("control_filter_list", False))
     return out
+
+
+def _choice_widgets(combo: Widget, value: Any) -> list[Widget]:
+    """The widgets a dynamic combo adds for the chosen option (required inputs, then optional)."""
+    spec = (combo.choices or {}).get(value) if isinstance(value, str) else None
+    out: list[Widget] = []
+    for section in ("required", "optional"):
+        for key, item in ((spec or {}).get(section) or {}).items():
+            if isinstance(item, list) and item:
+                extra = item[1] if len(item) > 1 and isinstance(item[1], dict) else {}
+                out += _widgets_for(f"{combo.name}.{key}", item[0], extra)
+    return out
+
+
+def widgets_of(info: dict[str, Any]) -> list[Widget]:
+    """The widgets the frontend gives a node of this definition, in order (dynamic combos at their default)."""
+    return [w for name, kind, extra, _optional in _specs(info) for w in _widgets_for(name, kind, extra)]
 
 
 def migrate_values(info: dict[str, Any], widgets: list[Widget], values: list[Any]) -> list[Any]:
@@ -160,13 +185,29 @@ def migrate_values(info: dict[str, Any], widgets: list[Widget], values: list[Any
 
 
 def assign_values(info: dict[str, Any], saved: Any) -> list[tuple[Widget, Any]]:
-    """Every widget of the node with the value it has after loading ``widgets_values``."""
+    """Every widget of the node with the value it has after loading ``widgets_values``.
+
+    Values go to widgets in order; setting a dynamic combo swaps the widgets after it for those
+    of the chosen option, which then take the next values (as the frontend's loader does).
+    """
     widgets = widgets_of(info)
-    if isinstance(saved, dict):
-        # Node packs that save a dict (e.g. VideoHelperSuite) restore their widgets by name.
-        return [(w, saved.get(w.name, w.default)) for w in widgets]
+    by_name = saved if isinstance(saved, dict) else None  # packs that save a dict restore by name
     values = migrate_values(info, widgets, saved) if isinstance(saved, list) else []
-    return [(w, values[i] if i < len(values) else w.default) for i, w in enumerate(widgets)]
+    out: list[tuple[Widget, Any]] = []
+    i = 0
+    while i < len(widgets):
+        widget = widgets[i]
+        if by_name is not None:
+            value = by_name.get(widget.name, widget.default)
+        else:
+            value = values[i] if i < len(values) else widget.default
+        out.append((widget, value))
+        if widget.choices is not None:
+            prefix = widget.name + "."
+            rest = [w for w in widgets[i + 1 :] if not w.name.startswith(prefix)]
+            widgets = [*widgets[: i + 1], *_choice_widgets(widget, value), *rest]
+        i += 1
+    return out
 
 
 def align_widget_names(names: list[str], widgets: list[Any]) -> list[tuple[str | None, Any]] | None:
