@@ -45,6 +45,7 @@ def test_cases_cover_every_feature() -> None:
         "nested_subgraphs",
         "bypassed_subgraph_instance",
         "muted_subgraph_instance",
+        "legacy_group_node",
     }
 
 

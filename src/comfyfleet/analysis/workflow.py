@@ -142,7 +142,7 @@ def _parse_ui(
         if reason is not None:
             parsed.skipped.append(SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason=reason))
             continue
-        if flat.kind == "subgraph":
+        if flat.kind in ("subgraph", "group"):
             continue
         parsed.nodes.append(
             NodeUse(

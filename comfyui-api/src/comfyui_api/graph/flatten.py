@@ -24,6 +24,7 @@ from comfyui_api.graph.formats import (
     group_node_name,
     parse_links,
 )
+from comfyui_api.graph.groupnodes import group_inner_nodes, group_outputs
 
 MAX_DEPTH = 32
 
@@ -51,7 +52,7 @@ class FlatNode:
     scope: Scope
     path: tuple[str, ...]
     instance: FlatNode | None
-    kind: str  # "node" | "subgraph" | "virtual"
+    kind: str  # "node" | "subgraph" | "group" | "virtual"
     definition_inputs: list[Any] = field(default_factory=list)  # a subgraph instance's definition inputs
 
     @property
@@ -169,32 +170,10 @@ class FlatGraph:
         path: tuple[str, ...],
         instance: FlatNode | None,
     ) -> None:
-        """Legacy group node: its inner nodes as ``<group id>:<index>``, fed the instance's widget values in order."""
-        inner = [n for n in as_list(group.get("nodes")) if isinstance(n, dict)]
-        widgets = node.get("widgets_values")
-        remaining = list(widgets) if isinstance(widgets, list) else []
-        total = sum(len(n["widgets_values"]) for n in inner if isinstance(n.get("widgets_values"), list))
-        nodes: list[dict[str, Any]] = []
-        for position, item in enumerate(inner):
-            item = {**item, "id": item.get("index", position), "mode": node.get("mode", 0)}
-            own = item.get("widgets_values")
-            if len(remaining) == total and isinstance(own, list):
-                item["widgets_values"], remaining = remaining[: len(own)], remaining[len(own) :]
-            nodes.append(item)
-        links: dict[int, Link] = {}
-        for n, raw in enumerate(as_list(group.get("links"))):
-            if isinstance(raw, list) and len(raw) >= 4 and raw[0] is not None and raw[2] is not None:
-                links[-1 - n] = Link(
-                    -1 - n, raw[0], int(raw[1]), raw[2], int(raw[3]), raw[5] if len(raw) > 5 else None
-                )
-        for link in links.values():
-            for item in nodes:
-                if item["id"] == link.target_id:
-                    ins = [dict(i) for i in as_list(item.get("inputs")) if isinstance(i, dict)]
-                    if link.target_slot < len(ins):
-                        ins[link.target_slot]["link"] = link.id
-                    item["inputs"] = ins
-        inner_scope = Scope(f"group:{exec_id}", _nodes_by_id(nodes), links)
+        """Legacy group node: its inner nodes run as ``<group node id>:<index>``."""
+        self.nodes[exec_id] = FlatNode(exec_id, node, scope, path, instance, "group")
+        nodes, links = group_inner_nodes(exec_id, node, group)
+        inner_scope = Scope(f"group:{exec_id}", _nodes_by_id(nodes), links, group)
         self._expand(inner_scope, (*path, str(node.get("id"))), instance, ())
 
     # -- resolution ------------------------------------------------------------------------------
@@ -217,6 +196,11 @@ class FlatGraph:
             raise GraphError(f"{self.where}: node {flat.exec_id}: links form a loop through input {slot}")
         visited.add(key)
         inputs = flat.inputs
+        if slot < len(inputs) and "group_input" in inputs[slot]:
+            group = self.nodes[inputs[slot]["group_node"]]
+            names = [i.get("name") for i in group.inputs]
+            wanted = inputs[slot]["group_input"]
+            return self.resolve_input(group, names.index(wanted), visited) if wanted in names else None
         if slot >= len(inputs) or inputs[slot].get("link") is None:
             return None
         link = flat.scope.links.get(_int(inputs[slot]["link"]))
@@ -254,6 +238,10 @@ class FlatGraph:
             return None if index < 0 else self.resolve_input(flat, index, visited)
         if flat.kind == "subgraph":
             return self._resolve_subgraph_output(flat, slot, type_, visited)
+        if flat.kind == "group":
+            outputs = group_outputs(self.group_defs[str(group_node_name(flat.class_type))])
+            inner = self.nodes.get(f"{flat.exec_id}:{outputs[slot][0]}") if slot < len(outputs) else None
+            return None if inner is None else self.resolve_output(inner, outputs[slot][1], type_, visited)
         if flat.kind == "virtual":
             if slot < len(flat.inputs):
                 return self.resolve_input(flat, slot, visited, type_)
