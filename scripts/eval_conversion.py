@@ -39,7 +39,8 @@ TARGET_SECONDS = 1.0
 def corpus() -> list[tuple[str, dict[str, Any]]]:
     """(name, UI workflow) for every template and every UI-format workflow of this repository."""
     out = []
-    for name, path in [*templates(), *repo_workflows()]:
+    # Named as the oracle's cache names them: template id, or repo-<stem> for this repository's files.
+    for name, path in [*templates(), *((f"repo-{stem}", p) for stem, p in repo_workflows())]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and isinstance(data.get("nodes"), list):
             out.append((name, data))
