@@ -63,3 +63,27 @@ def test_repository_workflows_become_endpoints(name: str) -> None:
     path = dict(repo_workflows())[name]
     endpoint = build_endpoint(path, load_object_info())
     assert endpoint.output_nodes
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        # proxyWidgets [[27, text], [13, height], [13, width], [3, seed], ...] on subgraph instance 83
+        (
+            "01_get_started_text_to_image",
+            [("text", "83:27"), ("height", "83:13"), ("width", "83:13"), ("seed", "83:3")],
+        ),
+        # input "text" labelled "Positive" (promoted, ["-1", "text"]), then inner widgets of 58 and 3
+        (
+            "image_qwen_image",
+            [("positive", "76:6"), ("width", "76:58"), ("height", "76:58"), ("seed", "76:3")],
+        ),
+    ],
+)
+def test_template_endpoints_take_the_widgets_shown_on_the_subgraph(
+    tmp_path: Path, template: str, expected: list[tuple[str, str]]
+) -> None:
+    served = tmp_path / "wf.json"
+    served.write_bytes(dict(templates())[template].read_bytes())
+    endpoint = build_endpoint(served, load_object_info())
+    assert [(name, p.node_id) for name, p in endpoint.params.items()] == expected

@@ -229,7 +229,7 @@ def exposed_params(conversion: Conversion, object_info: dict[str, Any]) -> list[
     params: list[Param] = []
     taken: set[str] = set()
     for exposed in conversion.exposed:
-        base = param_name(exposed.name)
+        base = param_name(exposed.label or exposed.name)
         name = base if base not in taken else f"{base}_{exposed.instance}"
         taken.add(name)
         (nid, input_name), *rest = exposed.targets

@@ -13,6 +13,7 @@ from typing import Any
 
 from comfyui_api.graph.convert import build_prompt
 from comfyui_api.graph.flatten import FlatGraph
+from comfyui_api.graph.formats import as_dict, is_link
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Exposed:
     name: str
     instance: str
     targets: list[tuple[str, str]]
+    label: str = ""  # the name the author gave it in ComfyUI, when renamed
 
 
 @dataclass
@@ -40,11 +42,33 @@ def convert(workflow: dict[str, Any], object_info: dict[str, Any], where: str = 
     for flat in graph.nodes.values():
         if flat.kind != "subgraph" or flat.path:
             continue
+        promoted = {}
+        labels = {str(i.get("name")): i.get("label") for i in flat.definition_inputs if isinstance(i, dict)}
         for slot in flat.inputs:
             name = str(slot.get("name"))
             targets = uses.get((flat.exec_id, name))
             if slot.get("link") is None and targets:
-                exposed.append(Exposed(name, flat.exec_id, targets))
+                label = slot.get("label") or labels.get(name) or ""
+                promoted[name] = Exposed(name, flat.exec_id, targets, str(label))
+        proxies = as_dict(flat.node.get("properties")).get("proxyWidgets")
+        if not isinstance(proxies, list):
+            exposed += promoted.values()
+            continue
+        # Newer files list the instance's widgets in order: ["-1", name] for an input-promoted
+        # widget, [inner node id, widget name] for an inner widget shown directly.
+        for entry in proxies:
+            if not (isinstance(entry, list) and len(entry) == 2):
+                continue
+            node_id, name = str(entry[0]), str(entry[1])
+            if node_id == "-1":
+                if name in promoted:
+                    exposed.append(promoted.pop(name))
+                continue
+            target = f"{flat.exec_id}:{node_id}"
+            inputs = prompt.get(target, {}).get("inputs", {})
+            if name in inputs and not is_link(inputs[name]):
+                exposed.append(Exposed(name, flat.exec_id, [(target, name)]))
+        exposed += promoted.values()
     return Conversion(prompt, exposed)
 
 
