@@ -1,6 +1,8 @@
 """Workflow files → endpoints: UI-to-API conversion, derived parameters, overrides, validation.
 
-Parameters are derived deterministically: a fixed table says which node inputs users set
+UI-format files become prompts through comfyui_api.graph (as ComfyUI's frontend converts them).
+A workflow whose top-level subgraph shows widgets on its node takes those as its parameters;
+otherwise parameters are derived deterministically: a fixed table says which node inputs users set
 (prompt texts, seed, steps, cfg, sampler, scheduler, sizes, denoise, input images, ...),
 /object_info gives their types, ranges and enums, and the workflow gives their defaults.
 An optional `<name>.api.yaml` beside the workflow renames, hides, exposes or constrains them.
