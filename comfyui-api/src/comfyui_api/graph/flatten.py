@@ -285,10 +285,7 @@ class FlatGraph:
                 if link is None or origin is None:
                     return None
                 return self.resolve_output(origin, link.origin_slot, type_, visited)
-        raise GraphError(
-            f"{self.where}: node {flat.exec_id} (GetNode) reads {name[0]!r} but no SetNode in the "
-            "same graph sets it; add the SetNode or re-link the input"
-        )
+        return None  # as the frontend does: the input stays unconnected (KJNodes only shows an alert)
 
     def _bypass_slot(self, flat: FlatNode, slot: int, type_: Any) -> int:
         inputs = flat.inputs
