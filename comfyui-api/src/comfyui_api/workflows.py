@@ -23,8 +23,8 @@ from comfyui_api.graph import combo_options as _combo_options
 from comfyui_api.graph import input_spec as _spec
 from comfyui_api.graph import is_link as _is_link
 from comfyui_api.graph.exposed import Conversion, convert, param_name
+from comfyui_api.names import BadWorkflowName, workflow_name
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf", ".onnx")
 
 # (input name) on any sampler-like node → parameter name and description.
@@ -328,9 +328,10 @@ def apply_overrides(params: list[Param], graph: dict[str, Any], object_info: dic
 
 def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
     """One endpoint from a workflow file and its optional .api.yaml."""
-    name = path.stem
-    if not NAME_RE.match(name):
-        raise WorkflowError(f"{path}: file name must be letters, digits, '-' or '_' (it becomes /workflows/<name>)")
+    try:
+        name = workflow_name(path)
+    except BadWorkflowName as exc:
+        raise WorkflowError(str(exc)) from None
     conversion = load_graph(path, object_info)
     graph = conversion.prompt
     for nid in sorted(graph, key=_node_order):
