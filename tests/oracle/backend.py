@@ -46,6 +46,7 @@ class FrontendBackend:
         self.extensions = {name: Path(d) for name, d in (extensions or {}).items()}
         self.settings = dict(DEFAULT_SETTINGS if settings is None else settings)
         self.unknown: list[tuple[str, str]] = []
+        self.queued: list[dict[str, Any]] = []  # bodies POSTed to /prompt, oldest first
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -95,10 +96,13 @@ class FrontendBackend:
     @web.middleware
     async def _log_unknown(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPNotFound:
             self.unknown.append((request.method, request.path))
             raise
+        if response.status == 404:
+            self.unknown.append((request.method, request.path))
+        return response
 
     # --- routes ---
     def _routes(self, r: web.UrlDispatcher) -> None:
@@ -128,6 +132,7 @@ class FrontendBackend:
         both("GET", "/system_stats", const(_system_stats()))
         both("GET", "/features", const({"supports_preview_metadata": True, "max_upload_size": 104857600}))
         both("GET", "/prompt", const({"exec_info": {"queue_remaining": 0}}))
+        both("POST", "/prompt", self._post_prompt)
         both("GET", "/queue", const(_EMPTY_QUEUE))
         both("GET", "/history", const({}))
         both("GET", "/jobs", const({"jobs": [], "pagination": {"offset": 0, "limit": 0, "total": 0}}))
@@ -146,6 +151,12 @@ class FrontendBackend:
 
     async def _get_object_info(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._object_info, content_type="application/json")
+
+    async def _post_prompt(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.queued.append(body)
+        n = len(self.queued)
+        return web.json_response({"prompt_id": f"oracle-{n}", "number": n, "node_errors": {}})
 
     async def _get_settings(self, _request: web.Request) -> web.Response:
         return web.json_response(self.settings)
@@ -171,7 +182,9 @@ class FrontendBackend:
             for p in sorted((self.static_dir / "extensions").rglob("*.js"))
         ]
         for name, folder in self.extensions.items():
-            files += [f"/extensions/{name}/{p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*.js"))]
+            files += [
+                f"/extensions/{name}/{p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*.js"))
+            ]
         return web.json_response(files)
 
     async def _get_extension_file(self, request: web.Request) -> web.StreamResponse:

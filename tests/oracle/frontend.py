@@ -105,7 +105,8 @@ def templates() -> list[tuple[str, Path]]:
     """The UI workflows that comfyui-workflow-templates ships: (template id, path), sorted by id.
 
     The core package's manifest lists every template with its bundle; each bundle is a media package
-    holding `templates/<id>.json` (the index*.json files there are the template browser's catalogue).
+    holding `templates/<id>.json`. The manifest also lists the template browser's catalogue
+    (index*.json) and its search settings (fuse_options.json): not workflows, left out.
     """
     manifest = json.loads(
         resources.files("comfyui_workflow_templates_core").joinpath("manifest.json").read_text()
@@ -113,11 +114,13 @@ def templates() -> list[tuple[str, Path]]:
     out = []
     for entry in manifest["templates"]:
         name = entry["id"]
-        if name.startswith("index"):
-            continue
         package = TEMPLATE_BUNDLES[entry["bundle"]]
         path = Path(str(resources.files(package).joinpath("templates", f"{name}.json")))
-        out.append((name, path))
+        doc = json.loads(path.read_text())
+        if (
+            isinstance(doc, dict) and "nodes" in doc
+        ):  # not index*.json nor fuse_options.json (search settings)
+            out.append((name, path))
     return sorted(out)
 
 
@@ -129,7 +132,8 @@ def repo_workflows() -> list[tuple[str, Path]]:
 # Runs in the page: load the workflow, then ask for the prompt. Dialogs the frontend would open for
 # missing nodes are recorded instead; console.error lines during the call are kept as its words.
 _CONVERT_JS = """
-async (wf) => {
+async (text) => {
+  const wf = JSON.parse(text);
   const app = window.app;
   const errors = [];
   const origError = console.error;
@@ -142,17 +146,24 @@ async (wf) => {
     missing = types.map(t => typeof t === 'string' ? t : `${t.type} (${t.hint || ''})`);
   };
   app.showMissingModelsError = () => {};
+  const done = (r) => JSON.stringify({...r, errors, missing});
   try {
     await app.loadGraphData(wf, true, false, null);
     if (!app.rootGraph || (app.rootGraph.nodes.length === 0 && (wf.nodes || []).length > 0)) {
-      return {refused: 'loadGraphData: ' + (errors[0] || 'graph left empty'), errors, missing};
+      return done({refused: 'loadGraphData: ' + (errors[0] || 'graph left empty')});
     }
     const p = await app.graphToPrompt();
-    return {prompt: p.output, errors, missing};
+    return done({prompt: p.output});
   } catch (e) {
-    return {refused: String((e && e.message) || e).split('\\n')[0], errors, missing};
+    return done({refused: String((e && e.message) || e).split('\\n')[0]});
   } finally {
     console.error = origError;
+    // Each load opens a new "Unsaved Workflow" tab; close the others as a user would, so that
+    // hundreds of loads do not pile up tabs (which slows every later load).
+    const store = app.extensionManager.workflow;
+    for (const w of [...store.openWorkflows]) {
+      if (w !== store.activeWorkflow) await store.closeWorkflow(w, {warnIfUnsaved: false});
+    }
   }
 }
 """
@@ -194,7 +205,9 @@ class FrontendOracle:
 
     def start(self) -> None:
         if not Path(self.chromium).exists():
-            raise RuntimeError(f"{self.chromium} not found: run scripts/setup-dev.sh (installs Debian chromium)")
+            raise RuntimeError(
+                f"{self.chromium} not found: run scripts/setup-dev.sh (installs Debian chromium)"
+            )
         url = self.backend.start()
         self._profile = tempfile.mkdtemp(prefix="oracle-chromium-")
         self._pw = sync_playwright().start()
@@ -226,7 +239,7 @@ class FrontendOracle:
         self._context = self._pw = self._page = None
 
     def result_for(self, workflow: Mapping[str, Any]) -> OracleResult:
-        raw = self._page.evaluate(_CONVERT_JS, dict(workflow))
+        raw = json.loads(self._page.evaluate(_CONVERT_JS, json.dumps(workflow)))
         return OracleResult(
             prompt=raw.get("prompt"),
             refused=raw.get("refused"),

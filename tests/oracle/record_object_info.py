@@ -30,7 +30,10 @@ def fetch_json(url: str) -> object:
 def write_gz_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    with open(path, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=9) as gz:
+    with (
+        open(path, "wb") as fh,
+        gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=9) as gz,
+    ):
         gz.write(raw)
 
 
