@@ -11,7 +11,7 @@ from typing import Any
 
 from comfyui_api.graph.flatten import FlatGraph, FlatNode, GraphError
 from comfyui_api.graph.formats import VALUE_SOURCES, as_dict, as_list
-from comfyui_api.graph.widgets import UNDEFINED, align_widget_names, assign_values
+from comfyui_api.graph.widgets import UNDEFINED, NodeWidgets, align_widget_names
 
 
 class WidgetValues:
@@ -32,6 +32,7 @@ class WidgetValues:
         self.object_info = object_info or {}
         self.learned_order = learned_order or {}
         self._cache: dict[str, list[tuple[str | None, Any, bool]]] = {}
+        self._layouts: dict[str, NodeWidgets] = {}
         self._overrides: dict[str, dict[str, Any]] = {}
         self._collect_primitives()
         self._collect_proxies()
@@ -82,7 +83,10 @@ class WidgetValues:
             info = self.object_info.get(flat.class_type)
             saved = flat.node.get("widgets_values")
             if isinstance(info, dict):
-                out = [(w.name, v, w.to_prompt) for w, v in assign_values(info, saved)]
+                layout = self._layouts.get(flat.class_type)
+                if layout is None:
+                    layout = self._layouts[flat.class_type] = NodeWidgets(info)
+                out = [(w.name, v, w.to_prompt) for w, v in layout.assign(saved)]
             else:
                 out = [(name, v, True) for name, v in self._guess_names(flat, saved)]
             overrides = self._overrides.get(flat.exec_id, {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from comfyui_api.graph.formats import (
@@ -63,7 +64,7 @@ class FlatNode:
     def mode(self) -> Any:
         return self.node.get("mode", 0)
 
-    @property
+    @cached_property
     def inputs(self) -> list[dict[str, Any]]:
         """Input slots as the frontend holds them after loading the node.
 

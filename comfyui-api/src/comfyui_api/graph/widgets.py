@@ -109,11 +109,12 @@ def _specs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
     if order is None:
         return [(n, *v) for n, v in flat.items()]
     out: list[tuple[str, Any, dict[str, Any], bool]] = []
+    seen: set[str] = set()
     for section, optional_flag in (("required", False), ("optional", True)):
         for name in order.get(section) or []:
-            if name in flat and flat[name][2] == optional_flag and all(o[0] != name for o in out):
+            if name in flat and flat[name][2] == optional_flag and name not in seen:
+                seen.add(name)
                 out.append((name, *flat[name]))
-    seen = {o[0] for o in out}
     out += [(n, *v) for n, v in flat.items() if n not in seen]
     return out
 
@@ -166,48 +167,54 @@ def _choice_widgets(combo: Widget, value: Any) -> list[Widget]:
     return out
 
 
-def widgets_of(info: dict[str, Any]) -> list[Widget]:
-    """The widgets the frontend gives a node of this definition, in order (dynamic combos at their default)."""
-    return [w for name, kind, extra, _optional in _specs(info) for w in _widgets_for(name, kind, extra)]
+class NodeWidgets:
+    """The widget layout of one node definition, worked out once per conversion."""
 
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.specs = _specs(info)
+        self.widgets = [w for name, kind, extra, _o in self.specs for w in _widgets_for(name, kind, extra)]
+        names = {w.name for w in self.widgets}
+        self._originals = [
+            (n, extra) for n, _k, extra, _o in self.specs if n in names or extra.get("forceInput")
+        ]
 
-def migrate_values(info: dict[str, Any], widgets: list[Widget], values: list[Any]) -> list[Any]:
-    """Drop values saved for inputs that have since become sockets (``forceInput``), as the frontend does."""
-    names = {w.name for w in widgets}
-    originals = [(n, extra) for n, _k, extra, _o in _specs(info) if n in names or extra.get("forceInput")]
-    count = sum(
-        2 if extra.get("control_after_generate") or n in ("seed", "noise_seed") else 1
-        for n, extra in originals
-    )
-    if count != len(values):
-        return values
-    return [v for i, v in enumerate(values) if i >= len(originals) or not originals[i][1].get("forceInput")]
+    def migrate(self, values: list[Any]) -> list[Any]:
+        """Drop values saved for inputs that have since become sockets (``forceInput``), as the frontend does."""
+        originals = self._originals
+        count = sum(
+            2 if extra.get("control_after_generate") or n in ("seed", "noise_seed") else 1
+            for n, extra in originals
+        )
+        if count != len(values):
+            return values
+        return [
+            v for i, v in enumerate(values) if i >= len(originals) or not originals[i][1].get("forceInput")
+        ]
 
+    def assign(self, saved: Any) -> list[tuple[Widget, Any]]:
+        """Every widget of the node with the value it has after loading ``widgets_values``.
 
-def assign_values(info: dict[str, Any], saved: Any) -> list[tuple[Widget, Any]]:
-    """Every widget of the node with the value it has after loading ``widgets_values``.
-
-    Values go to widgets in order; setting a dynamic combo swaps the widgets after it for those
-    of the chosen option, which then take the next values (as the frontend's loader does).
-    """
-    widgets = widgets_of(info)
-    by_name = saved if isinstance(saved, dict) else None  # packs that save a dict restore by name
-    values = migrate_values(info, widgets, saved) if isinstance(saved, list) else []
-    out: list[tuple[Widget, Any]] = []
-    i = 0
-    while i < len(widgets):
-        widget = widgets[i]
-        if by_name is not None:
-            value = by_name.get(widget.name, widget.default)
-        else:
-            value = values[i] if i < len(values) else widget.default
-        out.append((widget, value))
-        if widget.choices is not None:
-            prefix = widget.name + "."
-            rest = [w for w in widgets[i + 1 :] if not w.name.startswith(prefix)]
-            widgets = [*widgets[: i + 1], *_choice_widgets(widget, value), *rest]
-        i += 1
-    return out
+        Values go to widgets in order; setting a dynamic combo swaps the widgets after it for those
+        of the chosen option, which then take the next values (as the frontend's loader does).
+        """
+        widgets = self.widgets
+        by_name = saved if isinstance(saved, dict) else None  # packs that save a dict restore by name
+        values = self.migrate(saved) if isinstance(saved, list) else []
+        out: list[tuple[Widget, Any]] = []
+        i = 0
+        while i < len(widgets):
+            widget = widgets[i]
+            if by_name is not None:
+                value = by_name.get(widget.name, widget.default)
+            else:
+                value = values[i] if i < len(values) else widget.default
+            out.append((widget, value))
+            if widget.choices is not None:
+                prefix = widget.name + "."
+                rest = [w for w in widgets[i + 1 :] if not w.name.startswith(prefix)]
+                widgets = [*widgets[: i + 1], *_choice_widgets(widget, value), *rest]
+            i += 1
+        return out
 
 
 def align_widget_names(names: list[str], widgets: list[Any]) -> list[tuple[str | None, Any]] | None:
