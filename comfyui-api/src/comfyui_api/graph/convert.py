@@ -26,7 +26,7 @@ class WidgetValues:
         self,
         graph: FlatGraph,
         object_info: dict[str, Any] | None = None,
-        learned_order: dict[str, list[str]] | None = None,
+        learned_order: dict[str, list[str | None]] | None = None,
     ) -> None:
         self.graph = graph
         self.object_info = object_info or {}
@@ -77,6 +77,7 @@ class WidgetValues:
         cached = self._cache.get(flat.exec_id)
         if cached is not None:
             return cached
+        out: list[tuple[str | None, Any, bool]]
         if flat.kind == "subgraph":
             out = [(name, value, True) for name, value in self._promoted_widgets(flat)]
         else:
@@ -101,8 +102,8 @@ class WidgetValues:
             return []
         named = flat.node.get("widgets_values_named")  # comfyui-workflow-templates-json adds names
         if isinstance(named, dict) and named:
-            rest = [(None, v) for v in saved if v not in named.values()]
-            return [(str(k), v) for k, v in named.items()] + rest
+            pairs: list[tuple[str | None, Any]] = [(str(k), v) for k, v in named.items()]
+            return pairs + [(None, v) for v in saved if v not in named.values()]
         learned = self.learned_order.get(flat.class_type)
         if learned is not None and len(learned) == len(saved):
             return list(zip(learned, saved, strict=True))
@@ -222,7 +223,8 @@ def build_prompt(
                     if graph.last_promoted is not None:
                         uses.setdefault(graph.last_promoted, []).append((flat.exec_id, str(inp.get("name"))))
                 continue
-            inputs[str(inp.get("name"))] = [str(resolved[1]), int(resolved[2])]
+            _link, origin, origin_slot = resolved  # type: ignore[misc]
+            inputs[str(inp.get("name"))] = [str(origin), int(origin_slot)]
         title = flat.node.get("title") or info.get("display_name") or flat.class_type
         prompt[flat.exec_id] = {"inputs": inputs, "class_type": flat.class_type, "_meta": {"title": title}}
     for node in prompt.values():

@@ -38,11 +38,11 @@ def convert(workflow: dict[str, Any], object_info: dict[str, Any], where: str = 
     """The prompt ComfyUI's frontend makes of ``workflow`` plus the exposed inputs of its top-level subgraphs."""
     graph = FlatGraph(workflow, where)
     prompt, uses = build_prompt(graph, object_info, where)
-    exposed = []
+    exposed: list[Exposed] = []
     for flat in graph.nodes.values():
         if flat.kind != "subgraph" or flat.path:
             continue
-        promoted = {}
+        promoted: dict[str, Exposed] = {}
         labels = {str(i.get("name")): i.get("label") for i in flat.definition_inputs if isinstance(i, dict)}
         for slot in flat.inputs:
             name = str(slot.get("name"))

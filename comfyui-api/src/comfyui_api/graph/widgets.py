@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyui_api.graph.formats import CONTROL_VALUES
+from comfyui_api.graph.formats import as_dict as _as_dict
 
 # Input types the frontend draws as a widget (core widgets plus those of its bundled extensions).
 WIDGET_TYPES = frozenset(
@@ -58,9 +59,9 @@ class Widget:
 
 def input_spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]] | None:
     """(type, options) of a declared input of a node definition, or None."""
-    inputs = info.get("input") if isinstance(info.get("input"), dict) else {}
+    inputs = _as_dict(info.get("input"))
     for section in ("required", "optional"):
-        spec = (inputs.get(section) or {}).get(name)
+        spec = _as_dict(inputs.get(section)).get(name)
         if isinstance(spec, list) and spec:
             return spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     return None
@@ -77,9 +78,9 @@ def combo_options(kind: Any, extra: dict[str, Any]) -> list[Any] | None:
 
 def _specs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
     """(name, type, options, optional) in the frontend's order: input_order, then the rest."""
-    inputs = info.get("input") if isinstance(info.get("input"), dict) else {}
-    required = inputs.get("required") if isinstance(inputs.get("required"), dict) else {}
-    optional = inputs.get("optional") if isinstance(inputs.get("optional"), dict) else {}
+    inputs = _as_dict(info.get("input"))
+    required = _as_dict(inputs.get("required"))
+    optional = _as_dict(inputs.get("optional"))
     flat: dict[str, tuple[Any, dict[str, Any], bool]] = {}
     for section, optional_flag in ((required, False), (optional, True)):
         for name, spec in section.items():
@@ -110,8 +111,8 @@ def _specs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], bool]]:
         return [(n, *v) for n, v in flat.items()]
     out: list[tuple[str, Any, dict[str, Any], bool]] = []
     seen: set[str] = set()
-    for section, optional_flag in (("required", False), ("optional", True)):
-        for name in order.get(section) or []:
+    for key, optional_flag in (("required", False), ("optional", True)):
+        for name in order.get(key) or []:
             if name in flat and flat[name][2] == optional_flag and name not in seen:
                 seen.add(name)
                 out.append((name, *flat[name]))
