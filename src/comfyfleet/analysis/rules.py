@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+# What the graph format means (frontend-only nodes, subgraph ids, modes) lives in comfyui_api.graph.
+from comfyui_api.graph import FRONTEND_ONLY, MODE_BYPASSED, MODE_MUTED, SUBGRAPH_ID  # noqa: F401
+
 # Extensions of files ComfyUI and node packs load from models/<folder>/.
 MODEL_EXTENSIONS = (
     ".safetensors",
@@ -29,37 +32,6 @@ MODEL_EXTENSIONS = (
 # TensorRT engines and ONNX graphs live in folders each pack picks itself: only a rule for
 # the (class, input) that loads them places them, never a guess from the file's name.
 NO_NAME_GUESS_EXTENSIONS = (".engine", ".onnx", ".patch")
-
-# Nodes that exist only in the web frontend: never sent to the server, so never a dependency.
-FRONTEND_ONLY = frozenset(
-    {
-        "Note",
-        "MarkdownNote",
-        "Reroute",
-        "PrimitiveNode",
-        "Label",
-        "Comfy.GroupNode",
-        # KJNodes' Set/Get and rgthree's helpers are virtual: the frontend resolves them away.
-        "SetNode",
-        "GetNode",
-        "Fast Groups Bypasser (rgthree)",
-        "Fast Groups Muter (rgthree)",
-        "Fast Bypasser (rgthree)",
-        "Fast Muter (rgthree)",
-        "Fast Actions Button (rgthree)",
-        "Bookmark (rgthree)",
-        "Label (rgthree)",
-        "Reroute (rgthree)",
-        "Node Combiner (rgthree)",
-        "Note Plus (mtb)",
-    }
-)
-
-# A subgraph instance's type is the UUID of its definition in definitions.subgraphs.
-SUBGRAPH_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-MODE_MUTED = 2
-MODE_BYPASSED = 4
 
 # Input names that say which models folder a value belongs in, whatever the node.
 INPUT_NAME_FOLDERS: dict[str, str] = {
