@@ -4,9 +4,11 @@ Host data comes from pyinfra inventories (``inventory/*.py`` and ``group_data/*.
 from ``--data key=value`` on pyinfra's CLI and from ``--inventory-data`` on ours. It
 is untrusted in the sense that a typo must not reach a shell: :func:`host_config`
 validates every key this module knows and raises :class:`~comfyfleet.errors.BadInput`
-naming the host and the key. Unknown keys are left alone (pyinfra's own ``ssh_*`` and
-``_sudo`` keys, and keys other tiers read), except that a key that looks like one of
-ours with a typo is refused.
+naming the host and the key. This is the one schema of host data: every key a tier, ship or
+the CLI reads is a field here, and any other key is refused before a command runs, with the
+closest known key as a suggestion (``api_prot`` → "did you mean api_port?"). pyinfra's own
+keys pass: connector settings (``ssh_*``, ...) and global arguments (``_sudo``, ...). ``_sudo``
+itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`).
 
 Keys and defaults (provider defaults in :data:`PROVIDER_DEFAULTS` apply first):
 
@@ -33,11 +35,29 @@ container_prefix       ``""``                                      prefix of con
 health_timeout         ``300``                                     seconds to wait for ``/system_stats``
 docker_apt_url         ``https://download.docker.com/linux``       Docker's apt repository (or a mirror)
 nvidia_apt_url         NVIDIA's libnvidia-container repository     NVIDIA's apt repository (or a mirror)
-nvidia_toolkit_version ``1.17.8-1``                                pinned nvidia-container-toolkit version
+nvidia_toolkit_version :data:`DEFAULT_NVIDIA_TOOLKIT_VERSION`      pinned nvidia-container-toolkit version
 component              ``comfyui``                                 ``restart``: comfyui | api | all
 ref                    ``comfyui_ref``                             ``update-comfyui-core``: the ref to move to
 log_lines              ``200``                                     ``logs``: lines per container
 export_dir             none                                        ``logs``: local folder, one file per host
+api_binary             ``dist/comfyui-api.pyz``                    tier 1: the artifact ``scripts/build-binary`` builds
+workflows_dir          ``workflows``                               local folder whose workflows the API serves
+api_listen             ``0.0.0.0``                                 address the API binds on the host
+api_keys_file          none (a key is generated on the host)       local file of API keys to install
+api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
+verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
+deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
+git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
+pip_index_url          none                                        tier 2: ``--index-url`` for packs' requirements
+node_install_via       ``auto``                                    tier 2: ``auto`` (cm-cli when usable) | ``git``
+hf_endpoint            none                                        tier 3: Hugging Face endpoint (a mirror)
+civitai_endpoint       none                                        tier 3: CivitAI API base (a mirror)
+models_parallel        ``3``                                       tier 3: files downloaded at once per host
+lock_file              ``<workflows_dir>/comfyfleet.lock.yaml``    tier 3: where computed hashes are recorded
+task                   ``status``                                  the task a run executes (``--data task=...``)
+workflow               none                                        a workflow file or folder the task works on
+update                 none                                        ``update``: comfyui | nodes | manager | api
+yes                    none                                        ``cleanup-models``: really delete
 =====================  ==========================================  =============================================
 """
 
@@ -62,9 +82,11 @@ if TYPE_CHECKING:
 Provider = Literal["lambda", "datacrunch", "generic"]
 
 DEFAULT_COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
-DEFAULT_COMFYUI_REF = "v0.3.75"
-# CUDA 12.4 runtime with torch preinstalled: ComfyUI's requirements go into a venv on top.
-DEFAULT_RUNTIME_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+DEFAULT_COMFYUI_REF = "v0.8.0"
+# torch 2.9.1 built for CUDA 12.8 (Blackwell GPUs need CUDA >= 12.8 builds); ComfyUI's
+# requirements go into a venv on top.
+DEFAULT_RUNTIME_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
+DEFAULT_NVIDIA_TOOLKIT_VERSION = "1.18.2-1"
 DEFAULT_NVIDIA_APT_URL = "https://nvidia.github.io/libnvidia-container/stable/deb"
 
 PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -112,7 +134,7 @@ class HostConfig(BaseModel):
     health_timeout: int = Field(default=300, ge=5, le=3600)
     docker_apt_url: str = "https://download.docker.com/linux"
     nvidia_apt_url: str = DEFAULT_NVIDIA_APT_URL
-    nvidia_toolkit_version: str = "1.17.8-1"
+    nvidia_toolkit_version: str = DEFAULT_NVIDIA_TOOLKIT_VERSION
     component: Literal["comfyui", "api", "all"] = "comfyui"
     ref: str | None = None
     log_lines: int = Field(default=200, ge=1, le=100000)
