@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync; do
+for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync haproxy socat openssl nodejs npm; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -20,3 +20,8 @@ if [ -f comfyui-api/pyproject.toml ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ./comfyui-api 2>&1 | grep -v '^WARNING: Location' || true
 fi
 .venv/bin/python -c 'import comfyfleet' 
+# s3rver (npm): the fake S3 server the object-store tests upload to (tests/standin/s3rver_launch.py).
+[ -x .cache/s3rver/node_modules/.bin/s3rver ] || {
+  mkdir -p .cache/s3rver
+  npm install --prefix .cache/s3rver --no-audit --no-fund --silent s3rver@3.7.1 >/dev/null
+}

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from comfyui_api import __version__
+from comfyui_api import __version__, object_store
 from comfyui_api.settings import ConfigError, Settings, read_api_keys
 
 
@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
     p.add_argument("--warmup", action="store_true", help="run every workflow once at start; /ready waits for it")
+    p.add_argument("--job-id-prefix", default="", help="start every job id with this (a gateway routes by it)")
+    p.add_argument("--object-store", type=Path, help="JSON file: S3-compatible bucket for outputs (holds credentials)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--version", action="version", version=f"comfyui-api {__version__}")
     return p
@@ -79,6 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         comfyui_output_dir=args.comfyui_output_dir, public_url=args.public_url.rstrip("/"),
         webhook_secret=secret, webhook_max_attempts=args.webhook_attempts, webhook_backoff_s=args.webhook_backoff,
         allow_url_inputs=not args.no_url_inputs, warmup=args.warmup, build_info=build_info(),
+        job_id_prefix=args.job_id_prefix, object_store=object_store.load(args.object_store) if args.object_store else None,
     )
 
 

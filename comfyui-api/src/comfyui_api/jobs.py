@@ -112,7 +112,7 @@ class JobManager:
             raise QueueFull()
         if not self.comfy.up:
             raise ComfyUnavailable(self.comfy.last_error)
-        job = Job(id=uuid.uuid4().hex, workflow=workflow, params=params, graph=graph, key_id=key_id,
+        job = Job(id=self.settings.job_id_prefix + uuid.uuid4().hex, workflow=workflow, params=params, graph=graph, key_id=key_id,
                   output_mode=output_mode, webhook=webhook)
         job.tracker = self.comfy.track(graph)
         self.active += 1
@@ -183,7 +183,11 @@ class JobManager:
                         index = len(job.files)
                         job.files.append(ref)
                         out = {**ref, "content_type": mimetypes.guess_type(ref["filename"])[0] or "application/octet-stream"}
-                        if job.output_mode == "base64":
+                        if self.settings.object_store is not None:  # the deployment's bucket wins
+                            data, _ = await self.read_output(ref)
+                            out["url"] = await self.settings.object_store.upload(
+                                self.webhook_client, f"{job.id}/{index}-{ref['filename']}", data, out["content_type"])
+                        elif job.output_mode == "base64":
                             data, _ = await self.read_output(ref)
                             out["size"] = len(data)
                             out["base64"] = base64.b64encode(data).decode()
