@@ -25,11 +25,10 @@ import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from conftest import TINY, Api, Comfy, write_workflows
-from s3rver_launch import S3Server, s3rver
-
 from comfyui_api.object_store import ObjectStore, load
 from comfyui_api.settings import ConfigError
+from conftest import TINY, Api, Comfy, write_workflows
+from s3rver_launch import S3Server, s3rver
 
 
 @pytest.fixture(scope="module")
