@@ -73,11 +73,31 @@ class Host:
         log = open(self.base / "api.log", "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "comfyui_api", "--comfyui-url", self.standin.url, "--workflows",
-             str(self.base / "wf"), "--port", str(self.port), "--db", str(self.base / "api.sqlite3"),
-             "--rate-limit", "1000000", "--rate-burst", "100000", "--job-id-prefix", f"{self.name}-",
-             "--comfyui-output-dir", str(self.standin.base_dir / "output")],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "comfyui_api",
+                "--comfyui-url",
+                self.standin.url,
+                "--workflows",
+                str(self.base / "wf"),
+                "--port",
+                str(self.port),
+                "--db",
+                str(self.base / "api.sqlite3"),
+                "--rate-limit",
+                "1000000",
+                "--rate-burst",
+                "100000",
+                "--job-id-prefix",
+                f"{self.name}-",
+                "--comfyui-output-dir",
+                str(self.standin.base_dir / "output"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -105,15 +125,28 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = base
         sock = base / "admin.sock"
-        cfg = render([Backend(h.name, "127.0.0.1", h.port, 1) for h in hosts],
-                     GatewaySettings(listen="127.0.0.1", port=self.port, runtime_socket=str(sock),
-                                     check_interval_ms=300, queue_timeout_s=60, max_queue=256))
+        cfg = render(
+            [Backend(h.name, "127.0.0.1", h.port, 1) for h in hosts],
+            GatewaySettings(
+                listen="127.0.0.1",
+                port=self.port,
+                runtime_socket=str(sock),
+                check_interval_ms=300,
+                queue_timeout_s=60,
+                max_queue=256,
+            ),
+        )
         if os.environ.get("BENCH_GATEWAY_LOG"):
-            cfg = cfg.replace("global\n", "global\n    log stderr format raw local0\n").replace("defaults\n", "defaults\n    log global\n    option httplog\n")
+            cfg = cfg.replace("global\n", "global\n    log stderr format raw local0\n").replace(
+                "defaults\n", "defaults\n    log global\n    option httplog\n"
+            )
         (base / "haproxy.cfg").write_text(cfg)
         subprocess.run(["haproxy", "-c", "-q", "-f", str(base / "haproxy.cfg")], check=True)
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(base / "haproxy.cfg")],
-                                     stdout=subprocess.DEVNULL, stderr=open(base / "haproxy.log", "ab"))  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(base / "haproxy.cfg")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(base / "haproxy.log", "ab"),
+        )  # noqa: SIM115
         self.runtime = Runtime(sock)
         deadline = time.monotonic() + 20
         while True:
@@ -133,9 +166,18 @@ class Gateway:
 async def generate(client: httpx.AsyncClient, url: str) -> httpx.Response:
     # A new colour each time, so ComfyUI cannot answer from its cache.
     graph_color = random.randrange(1, 0xFFFFFF)
-    return await client.post(f"{url}/prompt", json={"prompt": {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": graph_color}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}}})
+    return await client.post(
+        f"{url}/prompt",
+        json={
+            "prompt": {
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": graph_color},
+                },
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+            }
+        },
+    )
 
 
 async def closed_loop(urls: list[str], seconds: float) -> tuple[int, int]:
@@ -248,7 +290,9 @@ async def rolling_update(gw: Gateway, hosts: list[Host]) -> tuple[int, int, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="length of each throughput side (in 1 s slices)")
+    ap.add_argument(
+        "--seconds", type=float, default=8.0, help="length of each throughput side (in 1 s slices)"
+    )
     ap.add_argument("--burst", type=int, default=120, help="requests in the failover burst")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-bench-gw-") as tmp:
@@ -283,17 +327,31 @@ def main() -> int:
                 h.stop()
 
     ratio = gw_rps / direct_rps if direct_rps else 0.0
-    print(f"throughput  direct sum of 3 hosts {direct_rps:7.1f} req/s ({d_fail} failed)   "
-          f"through gateway {gw_rps:7.1f} req/s ({g_fail} failed)   ratio {ratio:.3f} (target ≥ {TARGET_THROUGHPUT_RATIO})")
-    print(f"latency     GET /health p50 direct {direct_lat:.3f} ms   through gateway {gw_lat:.3f} ms   "
-          f"added {added:.3f} ms (target ≤ {TARGET_ADDED_P50_MS})")
-    print(f"failover    {args.burst} requests, host h3 killed after a third: GET ok {burst['get_ok']} lost "
-          f"{burst['get_lost']}; POST ok {burst['post_ok']}, clear 502/503 {burst['post_clear_fail']}, "
-          f"unclear {burst['post_unclear']} (target: 0 lost, 0 unclear)")
-    print(f"rolling     3 hosts drained/restarted/back in {r_secs:.1f} s under load: {r_ok} ok, {r_fail} failed "
-          "(target 0 failed)")
-    met = (ratio >= TARGET_THROUGHPUT_RATIO and added <= TARGET_ADDED_P50_MS and burst["get_lost"] == 0
-           and burst["post_unclear"] == 0 and r_fail == 0 and r_ok > 0)
+    print(
+        f"throughput  direct sum of 3 hosts {direct_rps:7.1f} req/s ({d_fail} failed)   "
+        f"through gateway {gw_rps:7.1f} req/s ({g_fail} failed)   ratio {ratio:.3f} (target ≥ {TARGET_THROUGHPUT_RATIO})"
+    )
+    print(
+        f"latency     GET /health p50 direct {direct_lat:.3f} ms   through gateway {gw_lat:.3f} ms   "
+        f"added {added:.3f} ms (target ≤ {TARGET_ADDED_P50_MS})"
+    )
+    print(
+        f"failover    {args.burst} requests, host h3 killed after a third: GET ok {burst['get_ok']} lost "
+        f"{burst['get_lost']}; POST ok {burst['post_ok']}, clear 502/503 {burst['post_clear_fail']}, "
+        f"unclear {burst['post_unclear']} (target: 0 lost, 0 unclear)"
+    )
+    print(
+        f"rolling     3 hosts drained/restarted/back in {r_secs:.1f} s under load: {r_ok} ok, {r_fail} failed "
+        "(target 0 failed)"
+    )
+    met = (
+        ratio >= TARGET_THROUGHPUT_RATIO
+        and added <= TARGET_ADDED_P50_MS
+        and burst["get_lost"] == 0
+        and burst["post_unclear"] == 0
+        and r_fail == 0
+        and r_ok > 0
+    )
     print(f"bench_gateway: targets {'met' if met else 'MISSED'}")
     return 0 if met else 1
 

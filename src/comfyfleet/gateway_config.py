@@ -78,7 +78,7 @@ def job_prefix(host_name: str) -> str:
 
 def _problem(status: int, detail: str) -> str:
     # HAProxy 'string' arguments: no single quotes inside, JSON only double quotes.
-    return "'{\"detail\": \"" + detail.replace("'", "") + "\", \"status\": " + str(status) + "}'"
+    return '\'{"detail": "' + detail.replace("'", "") + '", "status": ' + str(status) + "}'"
 
 
 def render(backends: list[Backend], settings: GatewaySettings) -> str:
@@ -88,8 +88,10 @@ def render(backends: list[Backend], settings: GatewaySettings) -> str:
     seen: dict[str, Backend] = {}
     for b in backends:
         if b.name in seen:
-            raise BadInput(f"hosts {seen[b.name].address}:{seen[b.name].port} and {b.address}:{b.port} both map to "
-                           f"gateway name {b.name!r}; rename one")
+            raise BadInput(
+                f"hosts {seen[b.name].address}:{seen[b.name].port} and {b.address}:{b.port} both map to "
+                f"gateway name {b.name!r}; rename one"
+            )
         seen[b.name] = b
     s = settings
     retry = f"hdr Retry-After {s.retry_after_s}"
@@ -122,8 +124,10 @@ def render(backends: list[Backend], settings: GatewaySettings) -> str:
     ]
     for b in backends:
         gone = _problem(503, f"host {b.name} that ran this job is not reachable now; retry later")
-        lines.append(f"    http-request return status 503 content-type application/json {retry} string {gone}"
-                     f" if {{ path_beg /jobs/{b.name}- }} !{{ srv_is_up({BACKEND}/{b.name}) }}")
+        lines.append(
+            f"    http-request return status 503 content-type application/json {retry} string {gone}"
+            f" if {{ path_beg /jobs/{b.name}- }} !{{ srv_is_up({BACKEND}/{b.name}) }}"
+        )
     lines += [
         f"    default_backend {BACKEND}",
         "",
@@ -138,7 +142,9 @@ def render(backends: list[Backend], settings: GatewaySettings) -> str:
         f"    http-error status 503 content-type application/json {retry} string "
         + _problem(503, "no GPU host took the request in time; retry later"),
         "    http-error status 502 content-type application/json string "
-        + _problem(502, "the GPU host failed while handling the request; it was not retried (it may have run)"),
+        + _problem(
+            502, "the GPU host failed while handling the request; it was not retried (it may have run)"
+        ),
         # A refused connection marks the host down at once (no wait for the next check), so
         # retries go elsewhere; the periodic /ready check brings it back.
         f"    default-server inter {s.check_interval_ms} fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down",

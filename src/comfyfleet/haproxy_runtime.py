@@ -59,13 +59,17 @@ class Runtime:
             if view.in_flight == 0 and view.queued == 0:
                 return
             if time.monotonic() > deadline:
-                raise GatewayRefused(f"{name} still has {view.in_flight} running, {view.queued} queued "
-                                    f"after {timeout_s:g}s of draining")
+                raise GatewayRefused(
+                    f"{name} still has {view.in_flight} running, {view.queued} queued "
+                    f"after {timeout_s:g}s of draining"
+                )
             time.sleep(poll_s)
 
     def wait_up(self, name: str, timeout_s: float = 60, poll_s: float = 0.1) -> None:
         deadline = time.monotonic() + timeout_s
         while (view := self.server(name)).state != "up":
             if time.monotonic() > deadline:
-                raise GatewayRefused(f"{name} is {view.state} (check {view.check}) {timeout_s:g}s after the update")
+                raise GatewayRefused(
+                    f"{name} is {view.state} (check {view.check}) {timeout_s:g}s after the update"
+                )
             time.sleep(poll_s)

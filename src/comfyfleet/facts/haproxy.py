@@ -33,9 +33,15 @@ def parse_show_stat(text: str, backend: str = "fleet") -> list[ServerView]:
     for row in rows:
         if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND", None):
             continue
-        views.append(ServerView(name=row["svname"], state=_state(row.get("status", "")),
-                                in_flight=int(row.get("scur") or 0), queued=int(row.get("qcur") or 0),
-                                check=row.get("check_status") or ""))
+        views.append(
+            ServerView(
+                name=row["svname"],
+                state=_state(row.get("status", "")),
+                in_flight=int(row.get("scur") or 0),
+                queued=int(row.get("qcur") or 0),
+                check=row.get("check_status") or "",
+            )
+        )
     return views
 
 
