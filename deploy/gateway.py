@@ -12,5 +12,4 @@ from comfyfleet.inventory import pyinfra_cli_errors
 with pyinfra_cli_errors():
     if host in inventory.get_group(GATEWAY_GROUP, []):
         gpu = inventory.get_group(str(host.data.get("gateway_backend_group", "gpu")), [])
-        host.data.set("gateway_backends", [backend_for(h.name, dict(h.data.dict())).__dict__ for h in gpu])
-        deploy_gateway()
+        deploy_gateway(backends=[backend_for(h.name, h.data.dict()) for h in gpu])

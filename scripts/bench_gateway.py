@@ -8,8 +8,10 @@ gateway). The gateway configuration is the one ``comfyfleet gateway deploy`` wri
 
 Measured side by side in one run:
 1. throughput: each host called directly by its own client (the sum) vs the same 3 clients
-   through the gateway; a generation per request (EmptyImage → SaveImage, new colour each).
-2. added latency: GET /health direct vs through the gateway, sequential, p50.
+   through the gateway, in alternating 1 s slices; a generation per request (EmptyImage →
+   SaveImage, new colour each), each node taking ``--node-delay`` (default 20 ms) in the
+   stand-in like GPU time: hosts are GPU-bound as in production, not bound by this shared CPU.
+2. added latency: GET /health direct vs through the gateway, alternating, p50.
 3. failover: a burst of GETs and POSTs while one host is killed (SIGKILL) mid-burst; every
    GET must succeed (retried on another host), every POST must succeed or fail with a clear
    502/503 JSON answer.
@@ -57,10 +59,11 @@ WORKFLOW = (
 class Host:
     """One comfyui-api process (with its stand-in ComfyUI) that can be killed and restarted."""
 
-    def __init__(self, name: str, base: Path) -> None:
+    def __init__(self, name: str, base: Path, node_delay_s: float) -> None:
         self.name = name
         self.base = base
-        self.standin = Standin(base / "comfy")
+        # The stand-in sleeps this long per node: the GPU's time, which costs no CPU here either.
+        self.standin = Standin(base / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": str(node_delay_s)})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -320,10 +323,16 @@ def main() -> int:
     ap.add_argument(
         "--seconds", type=float, default=8.0, help="length of each throughput side (in 1 s slices)"
     )
+    ap.add_argument(
+        "--node-delay",
+        type=float,
+        default=0.02,
+        help="seconds each node takes in the stand-in (GPU time; 0 = CPU-bound hosts)",
+    )
     ap.add_argument("--burst", type=int, default=120, help="requests in the failover burst")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-bench-gw-") as tmp:
-        hosts = [Host(f"h{i}", Path(tmp) / f"h{i}") for i in (1, 2, 3)]
+        hosts = [Host(f"h{i}", Path(tmp) / f"h{i}", args.node_delay) for i in (1, 2, 3)]
         gw: Gateway | None = None
         try:
             for h in hosts:
@@ -353,6 +362,10 @@ def main() -> int:
                 h.stop()
 
     ratio = gw_rps / direct_rps if direct_rps else 0.0
+    print(
+        f"hosts       3 x comfyui-api + ComfyUI stand-in on loopback, {args.node_delay * 1000:g} ms per node "
+        "(2-node graph), one slot each; gateway = Debian's HAProxy with the generated configuration"
+    )
     print(
         f"throughput  direct sum of 3 hosts {direct_rps:7.1f} req/s ({d_fail} failed)   "
         f"through gateway {gw_rps:7.1f} req/s ({g_fail} failed)   ratio {ratio:.3f} (target ≥ {TARGET_THROUGHPUT_RATIO})"

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from fleet import Fleet, Host
 from local_ca import make_ca_and_server_pem
-from s3rver_launch import S3Server, s3rver
+from standin.s3rver_launch import S3Server, s3rver
 from typer.testing import CliRunner
 
 from comfyfleet.cli.main import app

@@ -185,8 +185,9 @@ def deploy_api() -> None:
                             _sudo=sudo))
     # Job ids name the host (the gateway routes /jobs/<id> by it); outputs may go to a bucket.
     extra: tuple[str, ...] = ("--job-id-prefix", job_prefix(host.name))
-    if data.get("object_store_file"):
-        changed.append(object_store_file(host.name, str(data["object_store_file"]), f"{paths.dir}/object-store.json", sudo))
+    store = data.get("object_store_file")
+    if store:
+        changed.append(object_store_file(host.name, str(store), f"{paths.dir}/object-store.json", sudo))
         extra += ("--object-store", f"{paths.dir}/object-store.json")
     ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, listen, extra), _sudo=sudo)
     # Endpoints are built at start: new workflows or keys need a restart (unless recreated anyway).

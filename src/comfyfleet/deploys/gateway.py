@@ -131,15 +131,16 @@ def gateway_targets(inventory_file: str) -> tuple[list[HostSpec], list[Backend]]
 
 
 @deploy("fleet gateway")
-def deploy_gateway() -> None:
-    """Install HAProxy + socat, the certificate, and the configuration generated for the GPU hosts."""
+def deploy_gateway(backends: list[Backend] | None = None) -> None:
+    """Install HAProxy + socat, the certificate, and the configuration generated for the GPU hosts.
+
+    ``backends`` default to the ``gateway_backends`` data the CLI passes (a list of Backend fields).
+    """
     data = host.data
-    raw = data.get("gateway_backends")
-    if not raw:
-        raise BadInput(
-            f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)"
-        )
-    backends = [Backend(**b) for b in raw]
+    if backends is None:
+        backends = [Backend(**b) for b in data.get("gateway_backends") or []]
+    if not backends:
+        raise BadInput(f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)")
     settings = gateway_settings(host.name, data)
     sudo = data.get("ssh_user", "root") != "root"
     apt.packages(
