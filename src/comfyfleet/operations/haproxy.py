@@ -86,7 +86,7 @@ def config(content: str, path: str = CONFIG) -> Generator[Any, None, None]:
         yield script(_START_IF_STOPPED)
         return
     new = path + ".new"
-    yield FileUploadCommand(BytesIO(data), new, remote_temp_filename=host.get_temp_filename(new))
+    yield FileUploadCommand(BytesIO(data), new)
     yield script('chmod 644 "$1"', new)
     yield script(_SWAP_AND_RELOAD, new, path)
 
@@ -102,7 +102,7 @@ def certificate(pem: bytes, path: str = PEM) -> Generator[Any, None, None]:
         host.noop("gateway certificate is current")
         return
     yield script('install -d -m 700 "$(dirname "$1")"; umask 077; : > "$1"', path)
-    yield FileUploadCommand(BytesIO(pem), path, remote_temp_filename=host.get_temp_filename(path))
+    yield FileUploadCommand(BytesIO(pem), path)
     yield script('chmod 600 "$1"', path)
 
 
