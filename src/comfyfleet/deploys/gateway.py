@@ -52,13 +52,15 @@ _INTS = {
     "gateway_max_queue": (1, 100000),
     "gateway_queue_timeout": (1, 86400),
     "gateway_retry_after": (1, 3600),
+    "api_port": (1, 65535),
+    "gpu_slots": (1, 64),
     "gateway_job_timeout": (1, 86400),
 }
 
 
 def _int(data: Any, key: str, default: int, where: str) -> int:
     value = data.get(key, default)
-    low, high = _INTS.get(key, (1, 1024))
+    low, high = _INTS[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BadInput(f"{where}: {key} must be a whole number from {low} to {high}, got {value!r}")
     return value
@@ -140,7 +142,9 @@ def deploy_gateway(backends: list[Backend] | None = None) -> None:
     if backends is None:
         backends = [Backend(**b) for b in data.get("gateway_backends") or []]
     if not backends:
-        raise BadInput(f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)")
+        raise BadInput(
+            f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)"
+        )
     settings = gateway_settings(host.name, data)
     sudo = data.get("ssh_user", "root") != "root"
     apt.packages(
