@@ -133,11 +133,9 @@ def gw(
 
 
 def test_redeploy_changes_nothing_and_status_shows_both_hosts(gw: Setup) -> None:
-    again = run(
-        gateway_targets(str(gw.inventory))[0],
-        deploy_gateway,
-        {"gateway_backends": [b.__dict__ for b in gateway_targets(str(gw.inventory))[1]]},
-    )
+    gateways, backends = gateway_targets(str(gw.inventory))
+    backend_data = {"gateway_backends": [b.__dict__ for b in backends]}
+    again = run([(n, {**d, **backend_data}) for n, d in gateways], deploy_gateway)
     assert again.hosts[0].status == "no change", again.hosts[0].changed
     cli = CliRunner().invoke(app, ["gateway", "status", str(gw.inventory)])
     assert cli.exit_code == 0, cli.output

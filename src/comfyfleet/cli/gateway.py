@@ -33,7 +33,11 @@ def deploy(
     data = {**parse_data(inventory_data), "gateway_backends": [b.__dict__ for b in backends]}
     parallel_ssh()
     quiet_ssh_library()
-    result = run(gateways, deploy_gateway, data, RunOptions(dry_run=dry_run))
+    result = run(
+        [(name, {**host_data, **data}) for name, host_data in gateways],
+        deploy_gateway,
+        options=RunOptions(dry_run=dry_run),
+    )
     show(result)
     raise typer.Exit(result.exit_code)
 
