@@ -46,7 +46,7 @@ from comfyfleet.operations import haproxy
 from comfyfleet.runner import HostSpec, RunOptions, RunResult, load_target, run
 
 GATEWAY_GROUP = "gateway"
-SOCKET = "/run/haproxy/admin.sock"
+SOCKET = haproxy.SOCKET
 _INTS = {
     "gateway_port": (1, 65535),
     "gateway_max_queue": (1, 100000),

@@ -21,6 +21,7 @@ from comfyfleet.runner import report
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 PEM = "/etc/haproxy/certs/fleet.pem"
+SOCKET = "/run/haproxy/admin.sock"
 
 # Validate the new file with haproxy itself before it replaces the running one, then reload
 # (systemd on a real host; Debian's init script where there is none, as in containers).
@@ -72,18 +73,21 @@ def _sha256(data: bytes) -> str:
 
 
 @operation()
-def config(content: str, path: str = CONFIG) -> Generator[Any, None, None]:
+def config(content: str, path: str = CONFIG, socket: str = SOCKET) -> Generator[Any, None, None]:
     """Install a new haproxy.cfg when it differs, checked by ``haproxy -c`` before it is used, then reload.
 
     + content: the whole configuration (``comfyfleet.gateway_config.render``)
     + path: where HAProxy reads it
+    + socket: its admin socket; a current configuration whose socket does not answer is started
 
     Example: ``haproxy.config(name="gateway configuration", content=render(backends, settings))``
     """
     data = content.encode()
     if host.get_fact(Sha256File, path=path) == _sha256(data):
-        host.noop("gateway configuration is current")
-        yield script(_START_IF_STOPPED)
+        if host.get_fact(GatewayServers, socket=socket):
+            host.noop("gateway configuration is current and HAProxy runs it")
+        else:
+            yield script(_START_IF_STOPPED)
         return
     new = path + ".new"
     yield FileUploadCommand(BytesIO(data), new)
