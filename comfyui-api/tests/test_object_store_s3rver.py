@@ -43,11 +43,7 @@ def store_for(s3: S3Server, **extra: object) -> ObjectStore:
 
 
 def upload(store: ObjectStore, key: str, data: bytes) -> str:
-    async def go() -> str:
-        async with httpx.AsyncClient() as client:
-            return await store.upload(client, key, data, "image/png")
-
-    return asyncio.run(go())
+    return asyncio.run(store.upload(key, data, "image/png"))
 
 
 def test_s3rver_fake_upload_returns_presigned_url_that_downloads_the_bytes(s3: S3Server) -> None:

@@ -186,7 +186,7 @@ class JobManager:
                         if self.settings.object_store is not None:  # the deployment's bucket wins
                             data, _ = await self.read_output(ref)
                             out["url"] = await self.settings.object_store.upload(
-                                self.webhook_client, f"{job.id}/{index}-{ref['filename']}", data, out["content_type"])
+                                f"{job.id}/{index}-{ref['filename']}", data, out["content_type"])
                         elif job.output_mode == "base64":
                             data, _ = await self.read_output(ref)
                             out["size"] = len(data)

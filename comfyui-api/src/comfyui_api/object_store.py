@@ -56,12 +56,17 @@ class ObjectStore:
     def object_url(self, key: str) -> str:
         return f"{self.endpoint}/{self.bucket}/{_quote(self.prefix + key)}"
 
-    async def upload(self, client: httpx.AsyncClient, key: str, data: bytes, content_type: str) -> str:
-        """PUT one object, then return the URL a client downloads it from."""
+    async def upload(self, key: str, data: bytes, content_type: str) -> str:
+        """PUT one object, then return the URL a client downloads it from.
+
+        The bucket is the operator's (it may sit on a private network), so this is not the
+        client that keeps caller-given URLs away from private addresses.
+        """
         url = self.object_url(key)
         headers = {"content-type": content_type, "content-length": str(len(data))}
         signed = self.sign("PUT", url, headers, hashlib.sha256(data).hexdigest())
-        response = await client.put(url, content=data, headers=signed)
+        async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
+            response = await client.put(url, content=data, headers=signed)
         if response.status_code >= 300:
             code = _error_code(response.text)
             raise UploadFailed(
