@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from comfyfleet.cli.hosts import DryRun, InventoryData, parse_data, quiet_ssh_library, show
-from comfyfleet.deploys.gateway import deploy_gateway, gateway_targets, set_servers
+from comfyfleet.deploys.gateway import deploy_gateway_task, gateway_targets, set_servers
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway_config import server_name
 from comfyfleet.runner import RunOptions, parallel_ssh, run
@@ -35,7 +35,7 @@ def deploy(
     quiet_ssh_library()
     result = run(
         [(name, {**host_data, **data}) for name, host_data in gateways],
-        deploy_gateway,
+        deploy_gateway_task,
         options=RunOptions(dry_run=dry_run),
     )
     show(result)

@@ -158,6 +158,11 @@ def deploy_gateway(backends: list[Backend] | None = None) -> None:
     haproxy.config(name="gateway configuration", content=render(backends, settings), _sudo=sudo)
 
 
+def deploy_gateway_task() -> None:
+    """The deploy with the GPU hosts from the ``gateway_backends`` data (what the CLI runs)."""
+    deploy_gateway()
+
+
 @task("gateway-status")
 def gateway_status_task() -> None:
     """The gateway's view of each GPU host: up / draining / down, in flight, queued."""
