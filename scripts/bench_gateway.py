@@ -7,8 +7,8 @@ gateway). The gateway configuration is the one ``comfyfleet gateway deploy`` wri
 (``comfyfleet.gateway_config.render``), one slot per host.
 
 Measured side by side in one run:
-1. throughput: each host called directly by its own client (the sum) vs the same 3 clients
-   through the gateway, in alternating 1 s slices; a generation per request (EmptyImage →
+1. throughput: each host called directly by its own clients (the sum) vs the same number of
+   clients through the gateway (``--clients-per-host``, default 2), in alternating 1 s slices; a generation per request (EmptyImage →
    SaveImage, new colour each), each node taking ``--node-delay`` (default 20 ms) in the
    stand-in like GPU time: hosts are GPU-bound as in production, not bound by this shared CPU.
 2. added latency: GET /health direct vs through the gateway, alternating, p50.
@@ -329,6 +329,12 @@ def main() -> int:
         default=0.02,
         help="seconds each node takes in the stand-in (GPU time; 0 = CPU-bound hosts)",
     )
+    ap.add_argument(
+        "--clients-per-host",
+        type=int,
+        default=2,
+        help="clients per host: direct, each host gets its own; through the gateway, all of them",
+    )
     ap.add_argument("--burst", type=int, default=120, help="requests in the failover burst")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cf-bench-gw-") as tmp:
@@ -344,9 +350,13 @@ def main() -> int:
             d_ok = d_fail = g_ok = g_fail = 0
             rounds = max(1, round(args.seconds))
             for _ in range(rounds):
-                ok, fail = asyncio.run(closed_loop([h.url for h in hosts], args.seconds / rounds))
+                ok, fail = asyncio.run(
+                    closed_loop([h.url for h in hosts] * args.clients_per_host, args.seconds / rounds)
+                )
                 d_ok, d_fail = d_ok + ok, d_fail + fail
-                ok, fail = asyncio.run(closed_loop([gw.url] * len(hosts), args.seconds / rounds))
+                ok, fail = asyncio.run(
+                    closed_loop([gw.url] * len(hosts) * args.clients_per_host, args.seconds / rounds)
+                )
                 g_ok, g_fail = g_ok + ok, g_fail + fail
             direct_rps, gw_rps = d_ok / args.seconds, g_ok / args.seconds
             direct_lat, gw_lat = latency_ms(hosts[0].url, gw.url, 500)

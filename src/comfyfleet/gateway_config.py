@@ -133,7 +133,9 @@ def render(backends: list[Backend], settings: GatewaySettings) -> str:
         f"backend {BACKEND}",
         "    balance leastconn",
         "    option http-keep-alive",
-        "    option httpchk GET /ready",
+        "    option httpchk",
+        # HTTP/1.1 with a Host: a keyless comfyui-api on loopback answers only requests addressed to localhost.
+        "    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host localhost",
         "    http-check expect status 200",
         "    option redispatch 1",
         "    retries 3",
