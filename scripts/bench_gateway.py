@@ -374,7 +374,8 @@ def main() -> int:
     ratio = gw_rps / direct_rps if direct_rps else 0.0
     print(
         f"hosts       3 x comfyui-api + ComfyUI stand-in on loopback, {args.node_delay * 1000:g} ms per node "
-        "(2-node graph), one slot each; gateway = Debian's HAProxy with the generated configuration"
+        f"(2-node graph), one slot each, {args.clients_per_host} clients per host; "
+        "gateway = Debian's HAProxy with the generated configuration"
     )
     print(
         f"throughput  direct sum of 3 hosts {direct_rps:7.1f} req/s ({d_fail} failed)   "
