@@ -8,9 +8,13 @@ gateway). The gateway configuration is the one ``comfyfleet gateway deploy`` wri
 
 Measured side by side in one run:
 1. throughput: each host called directly by its own clients (the sum) vs the same number of
-   clients through the gateway (``--clients-per-host``, default 2), in alternating 1 s slices; a generation per request (EmptyImage →
-   SaveImage, new colour each), each node taking ``--node-delay`` (default 20 ms) in the
-   stand-in like GPU time: hosts are GPU-bound as in production, not bound by this shared CPU.
+   clients through the gateway (``--clients-per-host``, default 2), in alternating 1 s slices;
+   a generation per request (EmptyImage → SaveImage, new colour each), each node taking
+   ``--node-delay`` (default 100 ms: 200 ms a generation; real ones take seconds) in the
+   stand-in like GPU time, so hosts are GPU-bound as in production, not bound by this shared
+   CPU. With one slot per host the gateway hands a host its next job only after the last
+   answer, so the per-job gap (tens of ms on this loaded 2-core machine) costs more the
+   shorter the generation: at 20 ms per node the ratio swung 0.78-1.01 between runs.
 2. added latency: GET /health direct vs through the gateway, alternating, p50.
 3. failover: a burst of GETs and POSTs while one host is killed (SIGKILL) mid-burst; every
    GET must succeed (retried on another host), every POST must succeed or fail with a clear
@@ -326,7 +330,7 @@ def main() -> int:
     ap.add_argument(
         "--node-delay",
         type=float,
-        default=0.02,
+        default=0.1,
         help="seconds each node takes in the stand-in (GPU time; 0 = CPU-bound hosts)",
     )
     ap.add_argument(
