@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
 # chromium + fonts-liberation: the headless browser Playwright drives for the /docs tests and the
-# frontend oracle (tests/oracle).
-for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync chromium fonts-liberation; do
+# frontend oracle (tests/oracle); haproxy, socat, openssl: the fleet gateway's tests; nodejs + npm:
+# s3rver for the object-store tests.
+for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync chromium fonts-liberation haproxy socat openssl nodejs npm; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,3 +23,8 @@ if [ -f comfyui-api/pyproject.toml ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ./comfyui-api 2>&1 | grep -v '^WARNING: Location' || true
 fi
 .venv/bin/python -c 'import comfyfleet' 
+# s3rver (npm): the fake S3 server the object-store tests upload to (tests/standin/s3rver_launch.py).
+[ -x .cache/s3rver/node_modules/.bin/s3rver ] || {
+  mkdir -p .cache/s3rver
+  npm install --prefix .cache/s3rver --no-audit --no-fund --silent s3rver@3.7.1 >/dev/null
+}

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comfyfleet.cli.output import out
+from comfyfleet.deploys.gateway import drain_around, gateway_targets, inventory_with_gateway
 from comfyfleet.errors import BadInput
 from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
 
@@ -160,8 +161,13 @@ def common(
     opts = run_options(dry_run, parallel, serial, rolling, fail_percent)
     parallel_ssh()
     quiet_ssh_library()
-    result = run(target, task, data, opts)
+    # Behind a gateway, a rolling batch is drained there first; --status adds the gateway's view.
+    fleet_file = inventory_with_gateway(target)
+    around = drain_around(fleet_file) if fleet_file and opts.rolling and not opts.dry_run else None
+    result = run(target, task, data, opts, around_batch=around)
     show(result)
+    if fleet_file and task == "status":
+        show(run(gateway_targets(fleet_file)[0], "gateway-status"))
     raise typer.Exit(result.exit_code)
 
 

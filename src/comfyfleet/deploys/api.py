@@ -40,8 +40,10 @@ from pyinfra.facts.files import File, FindFiles
 from pyinfra.operations import files
 
 from comfyfleet.deploys import ops
+from comfyfleet.deploys.object_store import object_store_file
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway_config import job_prefix
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import docker
 from comfyfleet.operations.shell import fail, script
@@ -99,7 +101,8 @@ def api_listen(data: Any) -> str:
     return value
 
 
-def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str) -> docker.ContainerSpec:
+def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str,
+             extra: tuple[str, ...] = ()) -> docker.ContainerSpec:
     """The comfyui-api container: the runtime image's python3 running the uploaded .pyz."""
     lay = cfg.layout
     command = (
@@ -112,6 +115,7 @@ def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str
         "--db", paths.db,
         "--api-key-file", paths.keys,
         "--comfyui-output-dir", lay.output,
+        *extra,
     )
     return docker.ContainerSpec(
         name=lay.api_container,
@@ -179,7 +183,13 @@ def deploy_api() -> None:
         raise BadInput(f"host {host.name}: api_keys_file {keys_file} not found")
     changed.append(api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None,
                             _sudo=sudo))
-    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, listen), _sudo=sudo)
+    # Job ids name the host (the gateway routes /jobs/<id> by it); outputs may go to a bucket.
+    extra: tuple[str, ...] = ("--job-id-prefix", job_prefix(host.name))
+    store = data.get("object_store_file")
+    if store:
+        changed.append(object_store_file(host.name, str(store), f"{paths.dir}/object-store.json", sudo))
+        extra += ("--object-store", f"{paths.dir}/object-store.json")
+    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, listen, extra), _sudo=sudo)
     # Endpoints are built at start: new workflows or keys need a restart (unless recreated anyway).
     docker.restart(name="Restart comfyui-api for new workflows", container=cfg.layout.api_container,
                    _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change(), _sudo=sudo)
