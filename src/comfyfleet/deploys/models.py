@@ -1,8 +1,9 @@
 """Tier 3: the model files the workflows need, fetched on the host straight into the data root.
 
-``hostside/fetch_models.py`` does the downloading on the host (Hugging Face through
-huggingface_hub when the host's Python has it, CivitAI through its API, any http(s)
-URL; Range resume, sha256 check, rename into place only when complete).
+``hostside/fetch_models.py`` does the downloading on the host (Hugging Face metadata as
+huggingface_hub reads it, CivitAI through its API, any http(s) URL; ranged parallel
+segments where the server serves Range, resume, sha256 check, a length proven before a
+file counts, rename into place only when complete).
 ``hostside/model_files.py`` organizes, cleans up and measures the models folder.
 
 Model names come from untrusted workflow JSON: every one is checked with
