@@ -56,11 +56,14 @@ _ALIGN = 4096
 _SYNC_STEP = 64 * 1024 * 1024
 # Ranged downloads: files from PARALLEL_MIN bytes up go over CONNECTIONS connections in
 # SEGMENT-sized Range requests, never more than HOST_CONNECTIONS to one host at a time
-# (plan keys connections_per_file, connections_per_host, parallel_min_bytes, segment_bytes).
+# (plan keys connections_per_file, connections_per_host, parallel_min_bytes, segment_bytes,
+# split_below_mbps).
 SEGMENT = 8 * 1024 * 1024
 PARALLEL_MIN = 64 * 1024 * 1024
-CONNECTIONS = 4
-HOST_CONNECTIONS = 8
+CONNECTIONS = 8
+HOST_CONNECTIONS = 16
+# Extra connections join only when the first one runs slower than this (MB/s).
+SPLIT_BELOW_MBPS = 60.0
 # A cut connection is resumed this many times within one run before the item fails.
 _ATTEMPTS = 4
 USER_AGENT = "comfyfleet-fetch/1"
@@ -702,11 +705,12 @@ class _RangedJob:
         self.stopping = False
         self.fetched = 0
         self.free: queue.Queue[Any] = queue.Queue()
-        for _ in range(2 * self.workers):
+        for _ in range(max(4, 2 * self.workers)):
             self.free.put(mmap.mmap(-1, segment))
         self.direct = _open_direct(path)
 
     def run(self, checkpoint: Any) -> str:
+        """Hash the segments in order while the workers fetch them; ``checkpoint()`` after each one."""
         threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(min(self.workers, len(self.todo)))]
         for t in threads:
             t.start()
@@ -724,8 +728,7 @@ class _RangedJob:
                     buf, n = self.ready.pop(i)
                 h.update(memoryview(buf)[:n])
                 self.free.put(buf)
-                if i % 16 == 15:
-                    checkpoint()
+                checkpoint()
         finally:
             with self.cond:
                 self.stopping = True
@@ -857,6 +860,7 @@ class Fetcher:
         self.parallel_min = int(plan.get("parallel_min_bytes") or PARALLEL_MIN)
         self.segment = max(_ALIGN, int(plan.get("segment_bytes") or SEGMENT) // _ALIGN * _ALIGN)
         self.slots = HostSlots(int(plan.get("connections_per_host") or HOST_CONNECTIONS))
+        self.split_below = float(plan.get("split_below_mbps") or SPLIT_BELOW_MBPS) * 1e6
 
     @property
     def resolver(self) -> Resolver:
@@ -967,41 +971,54 @@ class Fetcher:
         self, src: Source, part: str, state: dict[str, Any], expected: int | None, item: dict[str, Any],
         result: dict[str, Any],
     ) -> str:
+        """One try: resume a segmented .part, or stream; a large file's first stretch decides whether to split.
+
+        The first two segments come over one connection with the copy pipeline. Fast (a
+        local link), the rest follows on that path: extra Python threads would only cost CPU.
+        Slower than ``split_below_mbps`` (a CDN paced per connection), the rest is fetched as
+        segments over several connections.
+        """
         name = item["filename"]
         ranged = "segment" in state
         have = 0 if ranged else (os.path.getsize(part) if os.path.exists(part) else 0)
         headers = dict(src.headers)
         small = expected is not None and expected - have < self.parallel_min
-        if (self.connections > 1 and not small) or ranged:
-            # One byte first: tells whether the server serves ranges and how long the file is.
-            headers["Range"] = f"bytes={have}-{have}"
+        stretch_end = (have // self.segment + 2) * self.segment
+        if ranged:
+            headers["Range"] = f"bytes={have}-{have}"  # one byte: does the server still serve ranges, and the length
+        elif self.connections > 1 and not small:
+            headers["Range"] = f"bytes={have}-{stretch_end - 1}"
         elif have:
             headers["Range"] = f"bytes={have}-"
         resp, url, headers = open_following(src.url, headers, name, src.denied_hint)
         with resp:
             total = _range_total(resp)
-            probe = headers.get("Range", "").endswith(f"{have}-{have}")
-            if probe and resp.status == 206 and total is not None:
-                if resp.headers.get("Content-Length") == "1":
-                    resp.read()
-                if expected is not None and total != expected:
-                    raise FetchError(f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}")
-                if total - have >= self.parallel_min or ranged:
-                    return self._ranged(url, headers, part, state, total, item, result)
-                headers["Range"] = f"bytes={have}-"
-                resp2, url, headers = open_following(url, headers, name, src.denied_hint)
-                with resp2:
-                    return self._stream(resp2, part, have, expected or total, item, result, url, headers)
+            if resp.status == 206 and total is not None and expected is not None and total != expected:
+                raise FetchError(f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}")
             if ranged:
-                # The server stopped serving ranges: the segments on disk cannot be completed.
+                if resp.status != 206 or total is None:
+                    raise StaleRange()  # the server stopped serving ranges: the segments on disk cannot be completed
+                return self._ranged(url, headers, part, state, total, item, result)
+            bounded = headers.get("Range", "").endswith(f"-{stretch_end - 1}")
+            if not (bounded and resp.status == 206 and total is not None and total > stretch_end):
+                return self._stream(resp, part, have, expected, item, result, url, headers)
+            t0 = time.monotonic()
+            self._stream(resp, part, have, total, item, result, url, headers, upto=stretch_end)
+            rate = (stretch_end - have) / max(time.monotonic() - t0, 1e-6)
+        if rate < self.split_below:
+            return self._ranged(url, headers, part, state, total, item, result)
+        headers["Range"] = f"bytes={stretch_end}-"
+        resp, url, headers = open_following(url, headers, name, src.denied_hint)
+        with resp:
+            if resp.status != 206:
                 raise StaleRange()
-            return self._stream(resp, part, have, expected, item, result, url, headers)
+            return self._stream(resp, part, stretch_end, total, item, result, url, headers)
 
     def _stream(
         self, resp: Any, part: str, have: int, expected: int | None, item: dict[str, Any], result: dict[str, Any],
-        url: str, headers: dict[str, str],
+        url: str, headers: dict[str, str], upto: int | None = None,
     ) -> str:
-        """One connection from have to the end; raises _Cut when the body ends before the file does."""
+        """One connection from have to the end (or to ``upto``); raises _Cut when the body ends early."""
         name = item["filename"]
         status = resp.status
         if status == 200:
@@ -1041,7 +1058,9 @@ class Fetcher:
         self.progress.finish(key)
         result["bytes_fetched"] = result.get("bytes_fetched", 0) + got
         end = have + got
-        if total is not None and end != total:
+        if upto is not None and end != upto:
+            raise _Cut(f"connection closed after {end} of {upto} bytes")
+        if upto is None and total is not None and end != total:
             raise _Cut(f"connection closed after {end} of {total} bytes")
         if total is None and not self._confirm_end(url, headers, end, name):
             raise _Cut(f"connection closed after {end} bytes and the server sent no length")
