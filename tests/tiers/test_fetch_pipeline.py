@@ -69,7 +69,7 @@ def test_resume_from_a_part_ending_mid_block_reuses_every_byte_and_verifies(
     assert rows[0]["bytes_reused"] == kept
     assert rows[0]["bytes_fetched"] == len(data) - kept
     assert (tmp_path / "data/models/checkpoints/m.safetensors").read_bytes() == data
-    assert ("GET", "/files/m.safetensors") in [(m, p) for m, p, h in up.stats.requests if h.get("Range") == f"bytes={kept}-"]
+    assert ("GET", "/files/m.safetensors") in [(m, p) for m, p, h in up.stats.requests if h.get("Range", "").startswith(f"bytes={kept}-")]
     assert not part.exists()
 
 
