@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync; do
+for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux lvm2 iproute2 curl git rsync; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
