@@ -32,7 +32,7 @@ probe() {
   real=$(readlink -f "$1")
   n=$(dd if="$1" bs=4096 count=1 2>/dev/null | wc -c)
   [ "$n" -eq 4096 ] && echo 'READ=ok' || echo 'READ=failed'
-  sig=$(wipefs -n -p "$1" 2>/dev/null) && echo "SIGNATURES=$(printf '%s\n' "$sig" | grep -vc '^#')" || echo 'SIGNATURES=error'
+  sig=$(wipefs -n -p "$1" 2>/dev/null) && echo "SIGNATURES=$(printf '%s\n' "$sig" | grep -c -v -e '^#' -e '^$')" || echo 'SIGNATURES=error'
   mp=$(awk -v d="$real" '$1 == d {print $2; exit}' /proc/mounts)
   [ -z "$mp" ] || echo "MOUNTED=$mp"
   awk -v d="$real" '$1 == d {found=1} END {exit !found}' /proc/swaps && echo 'SWAP_ACTIVE=yes'
