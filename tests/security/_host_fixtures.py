@@ -27,13 +27,17 @@ def sh(command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def loop_device(image: Path, size: str = "64M") -> Iterator[str]:
     """A sparse file attached to a real loop device; unmounted, swapped off and detached afterwards."""
     subprocess.run(["truncate", "-s", size, str(image)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     try:
         yield dev
     finally:
-        sh(f"swapoff {dev} 2>/dev/null; umount {dev} 2>/dev/null; pvremove -q -y {dev} >/dev/null 2>&1; "
-           f"losetup -d {dev}", check=False)
+        sh(
+            f"swapoff {dev} 2>/dev/null; umount {dev} 2>/dev/null; pvremove -q -y {dev} >/dev/null 2>&1; "
+            f"losetup -d {dev}",
+            check=False,
+        )
 
 
 def volume_facts(device: str, mount_point: str) -> dict[str, Any]:
@@ -46,13 +50,15 @@ def volume_facts(device: str, mount_point: str) -> dict[str, Any]:
 
 def plan_volume(device: str, mount_point: str, facts: dict[str, Any]) -> list[str]:
     """The commands block.volume yields for these facts."""
-    commands, _host = run_op("block.volume", {"device": device, "mount_point": mount_point}, {"BlockVolume": facts})
+    commands, _host = run_op(
+        "block.volume", {"device": device, "mount_point": mount_point}, {"BlockVolume": facts}
+    )
     return commands
 
 
 def refusal_line(commands: list[str]) -> str:
     """The one line a refused volume fails with (the operation's `fail` command), or ''."""
     for command in commands:
-        if command.startswith("sh -c 'printf \"%s\\n\" \"$1\" >&2; exit 1'"):
+        if command.startswith('sh -c \'printf "%s\\n" "$1" >&2; exit 1\''):
             return command.split("comfyfleet ", 1)[1].strip("'")
     return ""

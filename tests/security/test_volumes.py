@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deploy.deploy_harness import render
 
 from comfyfleet.operations.block import _MKFS_SCRIPT
 from comfyfleet.operations.shell import script
-from deploy.deploy_harness import render
 from security._host_fixtures import loop_device, plan_volume, refusal_line, sh, volume_facts
 
 pytestmark = pytest.mark.loopdev
@@ -27,7 +27,10 @@ def test_blank_volume_is_formatted_once_after_proof(tmp_path: Path) -> None:
     mnt = str(tmp_path / "data")
     with loop_device(tmp_path / "v.img") as dev:
         facts = volume_facts(dev, mnt)
-        assert facts["probes"][dev] == {"READ": "ok", "SIGNATURES": "0"}  # blkid: nothing; read and wipefs: blank
+        assert facts["probes"][dev] == {
+            "READ": "ok",
+            "SIGNATURES": "0",
+        }  # blkid: nothing; read and wipefs: blank
         commands = plan_volume(dev, mnt, facts)
         assert "mkfs.ext4" in commands[0] and "/etc/fstab" in commands[1]
         sh(commands[0])  # the guard proves it again on the host, then formats
@@ -63,7 +66,9 @@ def test_device_mounted_elsewhere_is_refused_not_mounted_twice(tmp_path: Path) -
     with loop_device(tmp_path / "v.img") as dev:
         sh(f"mkfs.ext4 -q {dev} && mount {dev} {elsewhere} && echo keep > {elsewhere}/f")
         commands = plan_volume(dev, mnt, volume_facts(dev, mnt))
-        assert refusal_line(commands).startswith(f"{dev} is already mounted at {elsewhere}: refusing"), commands
+        assert refusal_line(commands).startswith(f"{dev} is already mounted at {elsewhere}: refusing"), (
+            commands
+        )
         assert len(commands) == 1
         # Even with stale facts saying "blank", the host-side guard refuses a mounted device.
         assert sh(render(script(_MKFS_SCRIPT, dev, "comfyfleet")), check=False).returncode == 1
@@ -75,7 +80,9 @@ def test_swap_area_is_refused_and_auto_leaves_no_fstab_line(tmp_path: Path) -> N
     with loop_device(tmp_path / "v.img") as dev:
         sh(f"mkswap -q {dev}")
         facts = volume_facts(dev, mnt)
-        assert refusal_line(plan_volume(dev, mnt, facts)).startswith(f"{dev} is a swap area, not a filesystem")
+        assert refusal_line(plan_volume(dev, mnt, facts)).startswith(
+            f"{dev} is a swap area, not a filesystem"
+        )
         # auto: lsblk calls loop devices "loop", so this one is offered to auto as the lone spare disk.
         facts["devices"] = [{"name": dev, "type": "disk"}]
         commands = plan_volume("auto", mnt, facts)
@@ -89,7 +96,9 @@ def test_lvm_member_is_refused_and_auto_leaves_no_fstab_line(tmp_path: Path) -> 
     with loop_device(tmp_path / "v.img") as dev:
         sh(f"pvcreate -q -y {dev}")
         facts = volume_facts(dev, mnt)
-        assert refusal_line(plan_volume(dev, mnt, facts)).startswith(f"{dev} is a LVM2_member member, not a filesystem")
+        assert refusal_line(plan_volume(dev, mnt, facts)).startswith(
+            f"{dev} is a LVM2_member member, not a filesystem"
+        )
         facts["devices"] = [{"name": dev, "type": "disk"}]
         commands = plan_volume("auto", mnt, facts)
         assert refusal_line(commands).startswith(f"cannot pick the block volume for {mnt}"), commands
