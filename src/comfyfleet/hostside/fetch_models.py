@@ -973,7 +973,7 @@ class Fetcher:
     ) -> str:
         """One try: resume a segmented .part, or stream; a large file's first stretch decides whether to split.
 
-        The first two segments come over one connection with the copy pipeline. Fast (a
+        The first segment comes over one connection with the copy pipeline. Fast (a
         local link), the rest follows on that path: extra Python threads would only cost CPU.
         Slower than ``split_below_mbps`` (a CDN paced per connection), the rest is fetched as
         segments over several connections.
@@ -983,7 +983,7 @@ class Fetcher:
         have = 0 if ranged else (os.path.getsize(part) if os.path.exists(part) else 0)
         headers = dict(src.headers)
         small = expected is not None and expected - have < self.parallel_min
-        stretch_end = (have // self.segment + 2) * self.segment
+        stretch_end = (have // self.segment + 1) * self.segment
         if ranged:
             headers["Range"] = f"bytes={have}-{have}"  # one byte: does the server still serve ranges, and the length
         elif self.connections > 1 and not small:
