@@ -8,7 +8,9 @@ the block.volume operation through the command-level harness, and the commands i
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,3 +64,34 @@ def refusal_line(commands: list[str]) -> str:
         if command.startswith('sh -c \'printf "%s\\n" "$1" >&2; exit 1\''):
             return command.split("comfyfleet ", 1)[1].strip("'")
     return ""
+
+
+ROOT = Path(__file__).resolve().parents[2]
+FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
+MODEL_FILES = ROOT / "src" / "comfyfleet" / "hostside" / "model_files.py"
+
+
+def run_hostside(script: Path, plan: dict[str, Any], where: Path, *args: str) -> tuple[int, str, str]:
+    """A host-side script run as the host runs it (its own process, a plan file): rc, stdout, stderr."""
+    plan_file = where / f"plan-{script.stem}.json"
+    plan_file.write_text(json.dumps(plan))
+    proc = subprocess.run(
+        [sys.executable, str(script), "--plan", str(plan_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def fetch(where: Path, items: list[dict[str, Any]], **plan: Any) -> tuple[int, list[dict[str, Any]], str]:
+    """fetch_models.py over real HTTP: exit code, RESULT rows, stderr."""
+    full = {
+        "models_dir": str(where / "models"),
+        "staging_dir": str(where / "staging"),
+        "items": items,
+        **plan,
+    }
+    rc, out, err = run_hostside(FETCH, full, where)
+    assert "RESULT " in out, err
+    return rc, json.loads(out.split("RESULT ", 1)[1]), err
