@@ -1085,8 +1085,12 @@ class Fetcher:
         """Several connections, one segment each at a time, hashed in order as they arrive."""
         meta_path = part + ".json"
         segment = int(state.get("segment") or self.segment)
-        if state.get("total") == total and "segment" in state:
+        if "segment" in state and state.get("total") == total:
             done = {int(i) for i in state.get("done", [])}
+        elif "segment" in state:
+            # Segments of a file that has since changed length upstream: nothing of it is kept.
+            _unlink(part)
+            done = set()
         else:
             # A single-stream .part: its whole segments are kept.
             have = os.path.getsize(part) if os.path.exists(part) else 0
