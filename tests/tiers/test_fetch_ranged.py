@@ -117,6 +117,9 @@ def test_killed_ranged_download_resumes_per_segment(tmp_path: Path, model_upstre
     proc.wait()
     done = json.loads(state.read_text())["done"]
     kept = len(done) * MIB
+    deadline = time.monotonic() + 10
+    while up.stats.active and time.monotonic() < deadline:  # the server notices the dead connections
+        time.sleep(0.05)
     sent_before = up.stats.bytes_sent["files:big.safetensors"]
     up.connection_rate = 0
     rows = fetch(plan_path)
