@@ -127,3 +127,19 @@ def test_killed_ranged_download_resumes_per_segment(tmp_path: Path, model_upstre
     assert rows[0]["bytes_reused"] == kept
     # The second run fetched only the segments not on disk (plus the one-byte length probe).
     assert up.stats.bytes_sent["files:big.safetensors"] - sent_before == size - kept + 1
+
+
+def test_resumed_part_on_a_fast_link_reports_only_its_own_bytes_as_reused(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
+    up = model_upstreams
+    stored = up.add_file("big.safetensors", 12 * MIB)
+    part = tmp_path / "staging/checkpoints/big.safetensors.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(Path(stored.path).read_bytes()[:12345])
+    url = f"{up.files_url}/files/big.safetensors"
+    Path(f"{part}.json").write_text(json.dumps({"url": url, "sha256": None}))
+    rows = fetch(plan(tmp_path, up, ["big.safetensors"], connections_per_file=4, split_below_mbps=0.001))
+    assert rows[0]["sha256"] == stored.sha256 and rows[0]["bytes_reused"] == 12345
+    assert ranges_asked(up, "big.safetensors") == [f"bytes=12345-{MIB - 1}", f"bytes={MIB}-"]
+    assert up.stats.bytes_sent["files:big.safetensors"] == 12 * MIB - 12345

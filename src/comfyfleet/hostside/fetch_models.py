@@ -1008,11 +1008,14 @@ class Fetcher:
         if rate < self.split_below:
             return self._ranged(url, headers, part, state, total, item, result)
         headers["Range"] = f"bytes={stretch_end}-"
+        reused = result["bytes_reused"]  # what an earlier run left, not the stretch just fetched
         resp, url, headers = open_following(url, headers, name, src.denied_hint)
         with resp:
             if resp.status != 206:
                 raise StaleRange()
-            return self._stream(resp, part, stretch_end, total, item, result, url, headers)
+            digest = self._stream(resp, part, stretch_end, total, item, result, url, headers)
+        result["bytes_reused"] = reused
+        return digest
 
     def _stream(
         self, resp: Any, part: str, have: int, expected: int | None, item: dict[str, Any], result: dict[str, Any],
