@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, QuoteString, StringCommand, deploy, operation
-from pyinfra.facts.files import File, FindFiles
+from pyinfra.api import FactBase, FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.facts.files import File, FindFiles, Sha256File
 from pyinfra.operations import files
 
 from comfyfleet.deploys import ops
@@ -137,9 +137,16 @@ def api_keys(path: str, local_file: str | None = None) -> Any:
     + local_file: operator's key file to upload instead (mode 600)
 
     Keys never pass through a command line: generated ones come from /dev/urandom on the host.
+    An uploaded file is compared by sha256 and sent without ``files.put``, whose ``--diff``
+    prints the old and new lines of a file (here: the keys).
     """
     if local_file:
-        yield from files.put._inner(src=local_file, dest=path, mode="600")
+        want = hashlib.sha256(Path(local_file).read_bytes()).hexdigest()
+        if host.get_fact(Sha256File, path=path) == want:
+            host.noop("API key file up to date")
+            return
+        yield FileUploadCommand(local_file, path, remote_temp_filename=host.get_temp_filename(path))
+        yield StringCommand("chmod", "600", QuoteString(path))
         return
     if host.get_fact(File, path=path):
         host.noop("API key file present")
