@@ -28,6 +28,10 @@ from oracle.frontend import (
 )
 
 RECORDED = DATA_DIR / "frontend-recorded"
+# Defects in the shipped files themselves (the frontend passes them on; ComfyUI's backend refuses them).
+TEMPLATE_DEFECTS = {
+    "gsc_starter_1": ("76 (SaveImage): required input images missing",),  # its `images` link is null
+}
 PACKS_OBJECT_INFO = DATA_DIR / "comfyui-0.8.0+packs" / "object_info.json.gz"
 
 
@@ -104,7 +108,7 @@ def test_frontend_prompts_are_valid_for_the_recorded_object_info(
             continue
         assert res.refused is None, f"{name}: frontend refused: {res.refused}"
         assert res.prompt, f"{name}: empty prompt"
-        problems = _validate(res.prompt, object_info)
+        problems = [p for p in _validate(res.prompt, object_info) if p not in TEMPLATE_DEFECTS.get(name, ())]
         if problems:
             bad[name] = problems[:3]
     assert not bad, json.dumps(bad, indent=1)
@@ -117,7 +121,10 @@ def test_missing_node_types_are_reported(frontend_results: dict[str, OracleResul
     with_missing = {n: r.missing_nodes for n, r in frontend_results.items() if r.missing_nodes}
     assert "video_wan2_2_14B_animate" in with_missing
     assert any("DWPreprocessor" in m for m in with_missing["video_wan2_2_14B_animate"])
-    assert all(n.startswith(("template", "gsc_", "video_")) for n in with_missing), sorted(with_missing)
+    # repo-upscale uses KJNodes' GetImageSizeAndCount; the rest are templates using custom packs
+    assert all(n.startswith(("template", "gsc_", "video_", "repo-upscale")) for n in with_missing), sorted(
+        with_missing
+    )
 
 
 def _first_randomized_ksampler(wf: dict[str, Any]) -> tuple[str, int] | None:
@@ -147,7 +154,8 @@ def test_control_widgets_keep_saved_values(oracle: FrontendOracle) -> None:
     again = oracle.prompt_for(wf)
     assert isinstance(again, dict) and again[nid]["inputs"]["seed"] == saved_seed
     before = len(oracle.backend.queued)
-    assert oracle.eval("async () => await window.app.queuePrompt(0, 1)") is True
+    # (queuePrompt's own return value is `!lastNodeErrors`, false even on success with node_errors {})
+    oracle.eval("async () => { await window.app.queuePrompt(0, 1); }")
     posted = oracle.backend.queued[before:]
     assert len(posted) == 1 and posted[0]["prompt"][nid]["inputs"]["seed"] == saved_seed
     widget_after = oracle.eval(
