@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-# chromium + fonts-liberation: headless browser for the frontend oracle (tests/oracle; Playwright drives it).
+# chromium: the headless browser the /docs tests and the frontend oracle (tests/oracle) drive with Playwright.
 for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync chromium fonts-liberation; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done

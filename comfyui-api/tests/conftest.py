@@ -99,12 +99,16 @@ class Api:
     """One comfyui-api process (python -m comfyui_api, or a .pyz) on a free loopback port."""
 
     def __init__(self, comfy_url: str, workflows: Path, db: Path, extra: list[str] | None = None,
-                 python: str | None = None, pyz: Path | None = None, host: str = "127.0.0.1") -> None:
+                 python: str | None = None, pyz: Path | None = None, host: str = "127.0.0.1",
+                 open_outbound: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         runner = [python or sys.executable] + ([str(pyz)] if pyz else ["-m", "comfyui_api"])
         self.cmd = [*runner, "--comfyui-url", comfy_url, "--workflows", str(workflows), "--host", host,
                     "--port", str(self.port), "--db", str(db), "--webhook-backoff", "0.1", *(extra or [])]
+        if open_outbound:
+            # These tests' image servers and webhook receivers live on loopback; tests/security keeps it closed.
+            self.cmd += ["--allow-outbound", "127.0.0.0/8"]
         self.log_path = db.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
 
@@ -119,7 +123,12 @@ class Api:
                 raise RuntimeError(f"API exited {self.proc.returncode}: {self.log()}")
             try:
                 h = httpx.get(self.url + "/health", timeout=1).json()
-                if not wait_workflows or h["workflows"] or h["comfyui"]["reachable"]:
+                if not wait_workflows:
+                    return self
+                if "comfyui" in h and (h["workflows"] or h["comfyui"]["reachable"]):
+                    return self
+                # Keys required: /health is minimal without one, /ready says whether workflows loaded.
+                if "comfyui" not in h and httpx.get(self.url + "/ready", timeout=1).json().get("ready"):
                     return self
             except (httpx.HTTPError, ValueError):
                 pass

@@ -72,8 +72,6 @@ def test_openapi_and_docs_describe_every_endpoint(api: Api) -> None:
     assert "/prompt" in spec["paths"] and "/jobs/{job_id}" in spec["paths"]
     page = httpx.get(api.url + "/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    for name in names:
-        assert f"/workflows/{name}" in page.text
 
 
 def test_sync_run_returns_the_png_with_the_requested_values(api: Api) -> None:
@@ -102,7 +100,8 @@ def test_invalid_requests_get_422_naming_the_field(api: Api) -> None:
         r = run(api, "tiny", body)
         assert r.status_code == 422, (body, r.text)
         assert loc in [d["loc"] for d in r.json()["detail"]], (body, r.json())
-    r = httpx.post(api.url + "/workflows/tiny", content=b"{not json", timeout=10)
+    r = httpx.post(api.url + "/workflows/tiny", content=b"{not json",
+                   headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     assert run(api, "nope", {}).status_code == 404
 
@@ -296,7 +295,7 @@ def test_non_image_outputs_are_returned_too(comfy: Comfy, tmp_path: Path) -> Non
         r = run(a, "latent", {"input": {"width": 128}})
         assert r.status_code == 200, r.text
         out = r.json()["outputs"][0]
-        assert out["kind"] == "latents" and out["filename"].endswith(".latent") and out["subfolder"] == "latents"
+        assert out["kind"] == "latents" and out["filename"].endswith(".latent") and out["subfolder"].startswith("api/") and out["subfolder"].endswith("/latents")
         data = base64.b64decode(out["base64"])
         (header_len,) = struct.unpack("<Q", data[:8])
         assert json.loads(data[8:8 + header_len])  # a safetensors header

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
+from comfyui_api.names import BadWorkflowName, workflow_name
 from pyinfra.api import FactBase
 
 from comfyfleet.errors import BadInput, HostFailure
@@ -826,6 +827,10 @@ def prepare_ship(
     path = Path(workflow)
     if not path.is_file():
         raise BadInput(f"{path}: workflow file not found: pass the path of a workflow JSON file")
+    try:
+        workflow_name(path)
+    except BadWorkflowName as exc:
+        raise BadInput(str(exc)) from None
     deployment_name = check_name(name or path.stem)
     check_name(environment, "environment")
     existing = registry.find(deployment_name, environment)

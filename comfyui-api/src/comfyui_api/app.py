@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -22,11 +19,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from comfyui_api import __version__, docs
+from comfyui_api import __version__, docs, jsonbody, limits, outbound, tenancy
 from comfyui_api.comfy import ComfyClient, ComfyRejected, ComfyUnavailable
-from comfyui_api.jobs import FINAL, Job, JobManager, QueueFull, guess_image_extension, safe_input_name
-from comfyui_api.security import SecurityMiddleware, describe
-from comfyui_api.settings import Settings
+from comfyui_api.images import ImageInputs, Rejected
+from comfyui_api.jobs import (
+    FINAL,
+    Job,
+    JobManager,
+    KeyBusy,
+    QueueFull,
+    guess_image_extension,
+    safe_input_name,
+)
+from comfyui_api.security import SecurityMiddleware, caller
+from comfyui_api.settings import Settings, is_loopback, parse_networks
 from comfyui_api.store import ExecutionLog
 from comfyui_api.workflows import (
     Endpoint,
@@ -47,8 +53,9 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.comfy = ComfyClient(settings.comfyui_url, settings.resubmit_after_restart)
-        self.store = ExecutionLog(settings.db_path)
+        self.store = ExecutionLog(settings.db_path, settings.db_busy_timeout_s)
         self.jobs = JobManager(settings, self.comfy, self.store)
+        self.images = ImageInputs(settings, self.comfy, self.jobs.outbound)
         self.endpoints: dict[str, Endpoint] = {}
         self.load_errors: list[str] = []
         self.started = time.time()
@@ -102,7 +109,8 @@ class Service:
             try:
                 ep = build_endpoint(path, self.comfy.object_info)
             except WorkflowError as exc:
-                errors.append(str(exc))
+                # Callers see file names, not where this host keeps them.
+                errors.append(str(exc).replace(str(path), path.name))
                 log.error("%s", exc)
                 continue
             endpoints[ep.name] = ep
@@ -184,11 +192,13 @@ def create_app(settings: Settings) -> Starlette:
     """Build the ASGI app for these settings (the CLI serves it with uvicorn; Modal mounts it)."""
     settings.check()
     svc = Service(settings)
+    allow = parse_networks(settings.allow_outbound)
     retry = {"retry-after": str(settings.retry_after_s)}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await svc.comfy.start()
+        svc.jobs.spawn(svc.jobs.files.sweep_forever())
         try:
             yield
         finally:
@@ -198,6 +208,9 @@ def create_app(settings: Settings) -> Starlette:
         return _problem(503, f"ComfyUI is not reachable at {settings.comfyui_url}: {exc}", retry)
 
     async def health(request: Request) -> Response:
+        if not caller(request.scope).authenticated:
+            # Enough for a load balancer; versions, paths and workflows need a key.
+            return _json({"status": "ok", "service": "comfyui-api"})
         return _json({"status": "ok", "service": "comfyui-api", "version": __version__,
                       "build": settings.build_info, "python": platform.python_version(),
                       "uptime_s": round(time.time() - svc.started, 3),
@@ -208,24 +221,34 @@ def create_app(settings: Settings) -> Starlette:
 
     async def ready(request: Request) -> Response:
         result = await svc.readiness()
+        if not caller(request.scope).authenticated:
+            result = {"ready": result["ready"]}
         return _json(result, 200 if result["ready"] else 503, None if result["ready"] else retry)
 
     async def openapi(request: Request) -> Response:
         return _json(docs.openapi(svc.live(), __version__))
 
     async def docs_page(request: Request) -> Response:
-        return HTMLResponse(docs.html(svc.live(), __version__))
+        return HTMLResponse(docs.page())
+
+    async def docs_asset(request: Request) -> Response:
+        try:
+            found = docs.asset(request.path_params["asset"])
+        except docs.AssetsMissing as exc:
+            return _problem(500, str(exc))
+        if found is None:
+            return _problem(404, "no such file under /docs/")
+        return Response(found[0], media_type=found[1], headers={"cache-control": "public, max-age=3600"})
 
     async def list_workflows(request: Request) -> Response:
         return _json({name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
                       for name, ep in sorted(svc.live().items())})
 
     async def read_json(request: Request) -> Any:
-        raw = await request.body()
         try:
-            return json.loads(raw) if raw else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadRequest(_problem(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}])) from None
+            return jsonbody.loads(await request.body())
+        except jsonbody.BadJson as exc:
+            raise _BadRequest(_problem(422, exc.errors)) from None
 
     def envelope(body: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if not isinstance(body, dict):
@@ -245,11 +268,19 @@ def create_app(settings: Settings) -> Starlette:
                                "msg": "webhooks need a signing secret: start the service with --webhook-secret-file"})
         return body, errors
 
+    async def check_webhook(body: dict[str, Any]) -> list[dict[str, Any]]:
+        hook = body.get("webhook")
+        why = await outbound.check_url(hook, allow) if isinstance(hook, str) else None
+        return [] if why is None else [{"loc": ["body", "webhook"], "type": "url", "msg": f"webhook URL {why}"}]
+
     async def run_job(request: Request, workflow: str, params: dict[str, Any], graph: dict[str, Any],
                       body: dict[str, Any], ep: Endpoint | None) -> Response:
         try:
-            job = await svc.jobs.submit(workflow, params, graph, describe(request.scope),
+            job = await svc.jobs.submit(workflow, params, graph, caller(request.scope).key_id,
                                         body.get("outputs", settings.output_mode), body.get("webhook"))
+        except KeyBusy:
+            return _problem(429, f"this key has {settings.max_jobs_per_key} jobs in flight; retry when one "
+                                 "finishes", retry)
         except QueueFull:
             return _problem(429, f"more than {settings.queue_limit} jobs in flight; retry later", retry)
         except ComfyUnavailable as exc:
@@ -259,11 +290,14 @@ def create_app(settings: Settings) -> Starlette:
         if body.get("async"):
             return _json(job.public(), 202, {"location": f"/jobs/{job.id}"})
         try:
-            await asyncio.wait_for(job.done.wait(), settings.sync_timeout_s)
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), settings.sync_timeout_s)
         except asyncio.TimeoutError:
-            return _problem(504, f"job still running after {settings.sync_timeout_s:g}s; poll GET /jobs/{job.id}",
-                            id=job.id)
-        return _json(job.public(), _job_status_code(job))
+            # Nobody is waiting for it any more: stop it rather than let it hold the GPU.
+            with contextlib.suppress(ComfyUnavailable):
+                await svc.jobs.cancel(job)
+            return _problem(504, f"job did not finish within {settings.sync_timeout_s:g}s and was cancelled; "
+                                 "send it with \"async\": true for long jobs", id=job.id)
+        return _json(await svc.jobs.view(job), _job_status_code(job))
 
     def rejected(exc: ComfyRejected, ep: Endpoint | None) -> Response:
         body = exc.body
@@ -297,64 +331,28 @@ def create_app(settings: Settings) -> Starlette:
             return bad.response
         values, perrors = validate_request(ep, body.get("input"))
         errors += perrors
+        given = set(body.get("input") or {}) if isinstance(body.get("input"), dict) else set()
+        if not errors:
+            graph = apply_values(ep, values)
+            by_input = {(p.node_id, p.input): p.name for p in ep.params.values()}
+            touched = {ep.params[n].node_id for n in given if n in ep.params}
+            for nid, iname, msg in limits.over_limits(graph, touched, settings):
+                errors.append({"loc": ["body", "input", by_input.get((nid, iname), iname)], "type": "limit", "msg": msg})
+        errors += await check_webhook(body)
         if errors:
             return _problem(422, errors)
         try:
-            submitted = await resolve_images(ep, values)
-        except _BadRequest as bad:
-            return bad.response
+            submitted = await svc.images.resolve(ep, values, given, caller(request.scope))
+        except Rejected as bad:
+            return _problem(bad.status, bad.detail)
         except ComfyUnavailable as exc:
             return unavailable(exc)
         return await run_job(request, ep.name, values, apply_values(ep, submitted), body, ep)
 
-    async def resolve_images(ep: Endpoint, values: dict[str, Any]) -> dict[str, Any]:
-        """Image parameters given as URL or base64 are uploaded to ComfyUI; filenames are checked."""
-        out = dict(values)
-        for name, p in ep.params.items():
-            if p.kind != "image" or not isinstance(values.get(name), str):
-                continue
-            v = values[name]
-            loc = ["body", "input", name]
-            data: bytes | None = None
-            if v.startswith(("http://", "https://")):
-                if not settings.allow_url_inputs:
-                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": "image URLs are disabled on this service; send base64"}]))
-                data = await fetch_image(v, loc)
-            elif v.startswith("data:") or len(v) > 255 or _image_b64(v):
-                b64 = v.split(",", 1)[1] if v.startswith("data:") else v
-                try:
-                    data = base64.b64decode(b64, validate=True)
-                except (binascii.Error, ValueError):
-                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "base64", "msg": f"{name} is not valid base64"}])) from None
-            elif not safe_input_name(v):
-                raise _BadRequest(_problem(422, [{"loc": loc, "type": "path",
-                                                  "msg": f"{name} must be a file name inside ComfyUI's input folder"}]))
-            if data is not None:
-                ext = guess_image_extension(data)
-                if ext is None:
-                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "image", "msg": f"{name} is not a PNG, JPEG, WebP or GIF image"}]))
-                fname = "api-" + hashlib.sha256(data).hexdigest()[:24] + ext
-                info = await svc.comfy.upload_image(fname, data, "image/" + ext[1:])
-                sub = str(info.get("subfolder") or "")
-                out[name] = (sub + "/" if sub else "") + str(info.get("name") or fname)
-        return out
-
-    async def fetch_image(url: str, loc: list[str]) -> bytes:
-        try:
-            async with svc.jobs.webhook_client.stream("GET", url, timeout=30.0) as r:
-                if r.status_code != 200:
-                    raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": f"fetching the image answered HTTP {r.status_code}"}]))
-                chunks, size = [], 0
-                async for chunk in r.aiter_bytes():
-                    size += len(chunk)
-                    if size > settings.max_input_image_bytes:
-                        raise _BadRequest(_problem(413, f"image at {loc[-1]} is over {settings.max_input_image_bytes} bytes"))
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise _BadRequest(_problem(422, [{"loc": loc, "type": "url", "msg": f"cannot fetch the image: {exc}"}])) from None
-
     async def raw_prompt(request: Request) -> Response:
+        if not caller(request.scope).admin:
+            return _problem(403, "raw /prompt graphs need an admin key (a 'KEY admin' line in the key file); "
+                                 "use POST /workflows/<name>")
         try:
             body = await read_json(request)
         except _BadRequest as bad:
@@ -365,6 +363,9 @@ def create_app(settings: Settings) -> Starlette:
         graph = body.pop("prompt")
         body.setdefault("input", None)
         body, errors = envelope(body)
+        errors += [{"loc": ["body", "prompt", nid, "inputs", iname], "type": "limit", "msg": msg}
+                   for nid, iname, msg in limits.over_limits(graph, None, settings)]
+        errors += await check_webhook(body)
         if errors:
             return _problem(422, errors)
         return await run_job(request, "_prompt", {"nodes": len(graph)}, graph, body, None)
@@ -380,40 +381,43 @@ def create_app(settings: Settings) -> Starlette:
             return _problem(422, [{"loc": ["body", "image"], "type": "image", "msg": "not a PNG, JPEG, WebP or GIF image"}])
         name = str(image.filename or "upload" + ext).rsplit("/", 1)[-1]
         subfolder = str(form.get("subfolder") or "")
-        if not safe_input_name(name) or (subfolder and not safe_input_name(subfolder)):
+        who = caller(request.scope)
+        if (not safe_input_name(name) or (subfolder and not safe_input_name(subfolder))
+                or tenancy.annotated(name) or str(form.get("type") or "input") != "input"):
             return _problem(422, [{"loc": ["body", "image"], "type": "path", "msg": "file name and subfolder must stay inside the input folder"}])
         overwrite = str(form.get("overwrite", "false")).lower() in ("1", "true")
+        where = "/".join(p for p in (tenancy.input_folder(who), subfolder) if p)
         try:
-            info = await svc.comfy.upload_image(name, data, "image/" + ext[1:], subfolder, overwrite)
+            info = await svc.comfy.upload_image(name, data, "image/" + ext[1:], where, overwrite)
         except ComfyUnavailable as exc:
             return unavailable(exc)
         except httpx.HTTPStatusError as exc:
             return _problem(502, f"ComfyUI refused the upload: HTTP {exc.response.status_code}")
-        return _json(info)
+        return _json({**info, "subfolder": tenancy.from_comfy(who, str(info.get("subfolder") or ""))})
 
     def find_job(request: Request) -> Job | None:
         job = svc.jobs.get(request.path_params["job_id"])
-        if job is not None and job.key_id != describe(request.scope) and describe(request.scope) is not None:
-            return None  # another key's job
+        if job is not None and not caller(request.scope).owns(job.key_id):
+            return None  # another key's job: as if it did not exist
         return job
 
     async def get_job(request: Request) -> Response:
         job = find_job(request)
         if job is None:
             return _problem(404, "no such job (jobs are kept in memory for the latest ones; see GET /executions)")
-        return _json(job.public(), 200)
+        return _json(await svc.jobs.view(job), 200)
 
     async def delete_job(request: Request) -> Response:
         job = find_job(request)
         if job is None:
             return _problem(404, "no such job")
         if job.status in FINAL:
-            return _problem(409, f"job already {job.status}", job=job.public(False))
+            return _problem(409, f"job already {job.status}", job=job.public())
         try:
             await svc.jobs.cancel(job)
         except ComfyUnavailable as exc:
             return unavailable(exc)
-        return _json(job.public(False), 200)
+        return _json(job.public(), 200)
 
     async def job_output(request: Request) -> Response:
         job = find_job(request)
@@ -427,8 +431,8 @@ def create_app(settings: Settings) -> Starlette:
             data, ctype = await svc.jobs.read_output(job.files[index])
         except ComfyUnavailable as exc:
             return unavailable(exc)
-        except httpx.HTTPStatusError:
-            return _problem(404, "output file is gone from ComfyUI")
+        except FileNotFoundError:
+            return _problem(404, "output file is gone (outputs are kept for a limited time)")
         name = job.files[index]["filename"].replace('"', "")
         return Response(data, media_type=ctype, headers={"content-disposition": f'inline; filename="{name}"'})
 
@@ -458,9 +462,9 @@ def create_app(settings: Settings) -> Starlette:
             limit, offset = 50, 0
         if errors:
             return _problem(422, errors)
-        own = describe(request.scope)
+        who = caller(request.scope)
         rows = await asyncio.to_thread(svc.store.query, q.get("workflow"), q.get("status"), since, until,
-                                       own if own is not None else q.get("key_id"), limit, offset)
+                                       q.get("key_id") if who.admin else who.key_id, limit, offset)
         return _json({"executions": rows, "limit": limit, "offset": offset})
 
     routes = [
@@ -468,6 +472,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ready", ready),
         Route("/openapi.json", openapi),
         Route("/docs", docs_page),
+        Route("/docs/{asset}", docs_asset),
         Route("/workflows", list_workflows),
         Route("/workflows/{name}", run_workflow, methods=["POST"]),
         Route("/prompt", raw_prompt, methods=["POST"]),
@@ -481,16 +486,11 @@ def create_app(settings: Settings) -> Starlette:
     app.state.service = svc
     app.add_middleware(SecurityMiddleware, keys=settings.api_keys, required=settings.auth_required(),
                        rate_per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst,
-                       max_body=settings.max_body_bytes)
+                       max_body=settings.max_body_bytes, admin_keys=settings.admin_keys,
+                       trusted_proxies=settings.trusted_proxies,
+                       auth_failures_per_minute=settings.auth_failures_per_minute,
+                       local_only=not settings.auth_required() and is_loopback(settings.host))
     return app
-
-
-def _image_b64(value: str) -> bool:
-    """Short base64 strings are told from file names by decoding to image bytes."""
-    try:
-        return guess_image_extension(base64.b64decode(value, validate=True)) is not None
-    except (binascii.Error, ValueError):
-        return False
 
 
 def _job_status_code(job: Job) -> int:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from comfyui_api import __version__
-from comfyui_api.settings import ConfigError, Settings, read_api_keys
+from comfyui_api.settings import ConfigError, Settings, read_key_file
 
 
 def build_info() -> dict[str, str]:
@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback needs API keys)")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--db", type=Path, default=Path("comfyui-api.sqlite3"), help="SQLite execution log")
-    p.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    p.add_argument("--api-key-file", type=Path,
+                   help="file with one API key per line; 'KEY admin' also allows raw /prompt and all callers' jobs")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve beyond loopback without API keys (not recommended)")
     p.add_argument("--rate-limit", type=int, default=120, help="requests per minute per API key")
@@ -55,6 +56,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-attempts", type=int, default=5)
     p.add_argument("--webhook-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)")
     p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
+    p.add_argument("--allow-outbound", action="append", default=[], metavar="CIDR",
+                   help="let image URLs and webhooks reach this non-public network too (repeatable)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="believe X-Forwarded-For from this reverse proxy address (repeatable)")
+    p.add_argument("--max-jobs-per-key", type=int, default=8, help="jobs one key may have in flight (429 beyond)")
+    p.add_argument("--max-fetches-per-key", type=int, default=4, help="image URL downloads one key may run at once")
+    p.add_argument("--fetch-deadline", type=float, default=20.0, help="seconds one image URL download may take")
+    p.add_argument("--max-steps", type=int, default=150, help="largest 'steps' a caller may ask for")
+    p.add_argument("--max-batch", type=int, default=16, help="largest 'batch_size' a caller may ask for")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest width x height a caller may ask for")
+    p.add_argument("--auth-failures-per-minute", type=int, default=10,
+                   help="wrong keys one address may send per minute before it is answered 429")
+    p.add_argument("--output-retention-hours", type=float, default=24.0,
+                   help="delete served outputs (ComfyUI's output/api/) older than this; 0 keeps them "
+                        "(needs --comfyui-output-dir)")
     p.add_argument("--warmup", action="store_true", help="run every workflow once at start; /ready waits for it")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--version", action="version", version=f"comfyui-api {__version__}")
@@ -62,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    keys = read_api_keys(args.api_key_file) if args.api_key_file else []
+    scoped = read_key_file(args.api_key_file) if args.api_key_file else []
+    keys = [k for k, _ in scoped]
     secret = ""
     if args.webhook_secret_file:
         try:
@@ -79,6 +96,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         comfyui_output_dir=args.comfyui_output_dir, public_url=args.public_url.rstrip("/"),
         webhook_secret=secret, webhook_max_attempts=args.webhook_attempts, webhook_backoff_s=args.webhook_backoff,
         allow_url_inputs=not args.no_url_inputs, warmup=args.warmup, build_info=build_info(),
+        admin_keys=[k for k, scope in scoped if scope == "admin"], allow_outbound=args.allow_outbound,
+        trusted_proxies=args.trusted_proxy, max_jobs_per_key=args.max_jobs_per_key,
+        max_fetches_per_key=args.max_fetches_per_key, fetch_deadline_s=args.fetch_deadline,
+        max_steps=args.max_steps, max_batch=args.max_batch, max_pixels=args.max_pixels,
+        auth_failures_per_minute=args.auth_failures_per_minute, output_retention_hours=args.output_retention_hours,
     )
 
 
@@ -97,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, http="h11", loop="asyncio", ws="none", lifespan="on",
-                access_log=False, log_level=args.log_level.lower(), timeout_keep_alive=30)
+                access_log=False, log_level=args.log_level.lower(), timeout_keep_alive=30,
+                # X-Forwarded-For is the middleware's call (--trusted-proxy), not uvicorn's.
+                proxy_headers=False, server_header=False)
 
 
 if __name__ == "__main__":

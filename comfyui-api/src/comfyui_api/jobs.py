@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import mimetypes
 import os
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
-
-from comfyui_api import webhooks
+from comfyui_api import outbound, outputs, webhooks
 from comfyui_api.comfy import ComfyClient, ComfyUnavailable, Tracker
-from comfyui_api.settings import Settings
+from comfyui_api.settings import Settings, parse_networks
 from comfyui_api.store import ExecutionLog
 
 log = logging.getLogger("comfyui_api.jobs")
@@ -27,6 +22,10 @@ FINAL = {"completed", "failed", "cancelled"}
 
 class QueueFull(Exception):
     """More jobs in flight than the configured limit (answer 429)."""
+
+
+class KeyBusy(QueueFull):
+    """This key has its own limit of jobs in flight (answer 429); other keys go on."""
 
 
 @dataclass
@@ -51,7 +50,8 @@ class Job:
     webhook_result: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def public(self, include_outputs: bool = True) -> dict[str, Any]:
+    def public(self) -> dict[str, Any]:
+        """The job as callers see it, without outputs (JobManager.view adds them)."""
         status = self.status
         if status == "queued" and self.tracker is not None and self.tracker.status == "running":
             status = "running"
@@ -69,8 +69,6 @@ class Job:
             d["duration_ms"] = round((self.finished_at - self.created_at) * 1000, 3)
         if self.error is not None:
             d["error"] = self.error
-        if include_outputs and self.status == "completed":
-            d["outputs"] = self.outputs
         if self.webhook_result is not None:
             d["webhook"] = self.webhook_result
         return d
@@ -92,15 +90,22 @@ class JobManager:
         self.store = store
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.active = 0
-        self.webhook_client = httpx.AsyncClient(follow_redirects=False)
+        self.active_by_key: dict[str | None, int] = {}
+        # Caller-given URLs (webhooks, image inputs) only reach public addresses.
+        self.outbound = outbound.client(parse_networks(settings.allow_outbound))
+        self.webhook_client = self.outbound
+        self.files = outputs.Outputs(comfy, settings.comfyui_output_dir, settings.output_retention_hours)
         self._tasks: set[asyncio.Task] = set()
-        out = settings.comfyui_output_dir
-        self._output_root = os.path.realpath(out) if out is not None else None
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
-        await self.webhook_client.aclose()
+        await self.outbound.aclose()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -110,16 +115,19 @@ class JobManager:
         """Queue a graph in ComfyUI; QueueFull / ComfyUnavailable / ComfyRejected say why not."""
         if self.queue_depth() >= self.settings.queue_limit:
             raise QueueFull()
+        if key_id is not None and self.active_by_key.get(key_id, 0) >= self.settings.max_jobs_per_key:
+            raise KeyBusy()
         if not self.comfy.up:
             raise ComfyUnavailable(self.comfy.last_error)
         job = Job(id=uuid.uuid4().hex, workflow=workflow, params=params, graph=graph, key_id=key_id,
                   output_mode=output_mode, webhook=webhook)
+        outputs.place(graph, job.id, job.created_at)
         job.tracker = self.comfy.track(graph)
-        self.active += 1
+        self._count(key_id, 1)
         try:
             await self.comfy.submit(job.tracker)
         except Exception:
-            self.active -= 1
+            self._count(key_id, -1)
             self.comfy.forget(job.tracker)
             raise
         self.jobs[job.id] = job
@@ -131,10 +139,24 @@ class JobManager:
         self.store.insert({"id": job.id, "workflow": workflow, "key_id": key_id,
                            "params": {k: _short(v) for k, v in params.items()}, "status": "queued",
                            "prompt_id": job.tracker.prompt_id, "created_at": job.created_at})
-        task = asyncio.create_task(self._follow(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._follow(job))
         return job
+
+    def _count(self, key_id: str | None, delta: int) -> None:
+        self.active += delta
+        n = self.active_by_key.get(key_id, 0) + delta
+        if n > 0:
+            self.active_by_key[key_id] = n
+        else:
+            self.active_by_key.pop(key_id, None)
+
+    async def view(self, job: Job) -> dict[str, Any]:
+        """The job as a caller sees it, outputs (base64 read from disk, or URLs) included when done."""
+        d = job.public()
+        if job.status == "completed":
+            d["outputs"] = await self.files.render(
+                job.outputs, job.output_mode, lambda i: f"{self.settings.public_url}/jobs/{job.id}/outputs/{i}")
+        return d
 
     async def _follow(self, job: Job) -> None:
         t = job.tracker
@@ -149,14 +171,14 @@ class JobManager:
                 job.status = "cancelled"
             else:
                 job.status = "failed"
-                job.error = t.error or {"type": status}
+                job.error = _without_traceback(job, t.error or {"type": status})
         except Exception as exc:  # output fetch failed: the job failed, the service goes on
             log.exception("job %s failed while collecting outputs", job.id)
             job.status = "failed"
             job.error = {"type": "output_unavailable", "message": f"{type(exc).__name__}: {exc}"}
         finally:
             self.comfy.forget(t)
-            self.active -= 1
+            self._count(job.key_id, -1)
             job.finished_at = time.time()
             job.done.set()
         self.store.update(job.id, status=job.status, error=job.error, started_at=job.started_at,
@@ -165,51 +187,19 @@ class JobManager:
         if job.webhook:
             event = {"completed": "job.completed", "cancelled": "job.cancelled"}.get(job.status, "job.failed")
             job.webhook_result = await webhooks.deliver(
-                self.webhook_client, job.webhook, self.settings.webhook_secret, event, job.public(),
+                self.outbound, job.webhook, self.settings.webhook_secret, event, await self.view(job),
                 self.settings.webhook_max_attempts, self.settings.webhook_backoff_s, self.settings.webhook_timeout_s)
 
     async def _collect(self, job: Job) -> None:
-        """Turn ComfyUI's output records into files (base64 or URL) and plain values."""
+        """Record ComfyUI's outputs as file references (read when a response needs them)."""
         t = job.tracker
         assert t is not None
-        for node_id in sorted(t.outputs, key=lambda n: (len(n), n)):
-            for kind, items in t.outputs[node_id].items():
-                if not isinstance(items, list):
-                    continue
-                for item in items:
-                    if isinstance(item, dict) and "filename" in item and item.get("type") in ("output", "temp", "input"):
-                        ref = {"node": node_id, "kind": kind, "filename": str(item["filename"]),
-                               "subfolder": str(item.get("subfolder") or ""), "type": item["type"]}
-                        index = len(job.files)
-                        job.files.append(ref)
-                        out = {**ref, "content_type": mimetypes.guess_type(ref["filename"])[0] or "application/octet-stream"}
-                        if job.output_mode == "base64":
-                            data, _ = await self.read_output(ref)
-                            out["size"] = len(data)
-                            out["base64"] = base64.b64encode(data).decode()
-                        else:
-                            out["url"] = f"{self.settings.public_url}/jobs/{job.id}/outputs/{index}"
-                        job.outputs.append(out)
-                    else:
-                        job.outputs.append({"node": node_id, "kind": kind, "value": item})
+        job.outputs = outputs.file_refs(t.outputs)
+        job.files = [ref for ref in job.outputs if "filename" in ref]
 
     async def read_output(self, ref: dict[str, Any]) -> tuple[bytes, str]:
-        """Bytes of one output file: from ComfyUI's output folder when local, else through /view."""
-        ctype = mimetypes.guess_type(ref["filename"])[0] or "application/octet-stream"
-        root = self._output_root
-        if root is not None and ref["type"] == "output":
-            # Names come from ComfyUI's own 'executed' frames; still, never leave the folder.
-            path = os.path.normpath(os.path.join(root, ref["subfolder"], ref["filename"]))
-            if path.startswith(root + os.sep):
-                try:
-                    size = os.path.getsize(path)
-                    if size < 1 << 20:
-                        with open(path, "rb") as fh:
-                            return fh.read(), ctype
-                    return await asyncio.to_thread(Path(path).read_bytes), ctype
-                except OSError:
-                    pass  # not on this disk after all: ask ComfyUI
-        return await self.comfy.view(ref["filename"], ref["subfolder"], ref["type"])
+        """Bytes of one output file (FileNotFoundError when retention deleted it)."""
+        return await self.files.read(ref)
 
     async def cancel(self, job: Job) -> None:
         """Stop a job: delete it from ComfyUI's queue when pending, interrupt it when running."""
@@ -229,6 +219,17 @@ class JobManager:
     def queue_depth(self) -> int:
         """Jobs ahead of a new one: ours in flight, or ComfyUI's whole queue when deeper."""
         return max(self.active, self.comfy.queue_remaining)
+
+
+def _without_traceback(job: Job, error: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's error as callers see it: the traceback goes to the log under an id, not to them."""
+    trace = error.get("traceback")
+    if not trace:
+        return error
+    log_id = "err_" + uuid.uuid4().hex[:12]
+    log.error("job %s (%s) failed [%s]: %s", job.id, job.workflow, log_id,
+              "".join(trace) if isinstance(trace, list) else trace)
+    return {**{k: v for k, v in error.items() if k != "traceback"}, "log_id": log_id}
 
 
 def guess_image_extension(data: bytes) -> str | None:

@@ -23,6 +23,8 @@ class Settings:
     port: int = 3000
     db_path: Path | None = Path("comfyui-api.sqlite3")
     api_keys: list[str] = field(default_factory=list)
+    # Keys that may also send raw /prompt graphs and see every caller's jobs and executions.
+    admin_keys: list[str] = field(default_factory=list)
     # None: required exactly when listening beyond loopback.
     require_api_key: bool | None = None
     rate_limit_per_minute: int = 120
@@ -44,6 +46,21 @@ class Settings:
     warmup: bool = False
     resubmit_after_restart: int = 1
     job_retention: int = 1000
+    # Addresses whose X-Forwarded-For is believed (a reverse proxy in front); others' is ignored.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Networks image URLs and webhooks may reach although not public (e.g. "10.0.0.0/8").
+    allow_outbound: list[str] = field(default_factory=list)
+    max_jobs_per_key: int = 8
+    max_fetches_per_key: int = 4
+    fetch_deadline_s: float = 20.0
+    max_steps: int = 150
+    max_batch: int = 16
+    max_pixels: int = 4096 * 4096
+    # Wrong keys one address may send per minute before it is answered 429 for a while.
+    auth_failures_per_minute: int = 10
+    # Served outputs (under <output dir>/api/) older than this are deleted; 0 keeps them.
+    output_retention_hours: float = 24.0
+    db_busy_timeout_s: float = 5.0
     build_info: dict[str, str] = field(default_factory=dict)
 
     def auth_required(self) -> bool:
@@ -61,8 +78,27 @@ class Settings:
                 f"listening on {self.host} needs API keys: pass --api-key-file FILE (one key per line), "
                 "or --allow-unauthenticated to accept anyone who can reach the port"
             )
+        try:
+            parse_networks(self.allow_outbound)
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"--allow-outbound / --trusted-proxy: {exc}") from None
         if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
             raise ConfigError("webhook secret must look like 'whsec_<base64>' (Standard Webhooks)")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: list[str]) -> list[Network]:
+    """CIDRs or single addresses (--allow-outbound, --trusted-proxy); ValueError names a bad entry."""
+    out: list[Network] = []
+    for e in entries:
+        try:
+            out.append(ipaddress.ip_network(e.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{e!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)") from None
+    return out
 
 
 def is_loopback(host: str) -> bool:
@@ -75,14 +111,31 @@ def is_loopback(host: str) -> bool:
 
 
 def read_api_keys(path: Path) -> list[str]:
-    """Keys from a file, one per line; blank lines and '#' comments ignored."""
+    """Every key of a key file (see read_key_file)."""
+    return [k for k, _ in read_key_file(path)]
+
+
+def read_key_file(path: Path) -> list[tuple[str, str]]:
+    """(key, scope) per line: `KEY` (a caller) or `KEY admin`; blank lines and '#' comments ignored.
+
+    A caller's key sees only its own jobs, inputs, outputs and executions; an admin key also
+    sends raw /prompt graphs and sees everyone's. Files of one key per line keep working.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read API key file ({exc.strerror or exc})") from None
-    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    keys: list[tuple[str, str]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        scope = parts[1] if len(parts) > 1 else "user"
+        if len(parts) > 2 or scope not in ("user", "admin"):
+            raise ConfigError(f"{path}:{n}: expected 'KEY' or 'KEY admin'")
+        if len(parts[0]) < 16:
+            raise ConfigError(f"{path}:{n}: every API key must be at least 16 characters")
+        keys.append((parts[0], scope))
     if not keys:
         raise ConfigError(f"{path}: no API keys in file; put one key per line")
-    if any(len(k) < 16 for k in keys):
-        raise ConfigError(f"{path}: every API key must be at least 16 characters")
     return keys

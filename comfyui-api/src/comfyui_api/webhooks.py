@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from comfyui_api.outbound import is_blocked
+
 log = logging.getLogger("comfyui_api.webhooks")
 
 
@@ -53,6 +55,7 @@ async def deliver(client: httpx.AsyncClient, url: str, secret: str, event_type: 
     body = json.dumps({"type": event_type, "timestamp": datetime.now(timezone.utc).isoformat(),
                        "data": data}, separators=(",", ":")).encode()
     last = ""
+    where = _redacted(url)
     for attempt in range(1, max_attempts + 1):
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(ts),
@@ -61,10 +64,22 @@ async def deliver(client: httpx.AsyncClient, url: str, secret: str, event_type: 
             r = await client.post(url, content=body, headers=headers, timeout=timeout_s)
             if 200 <= r.status_code < 300:
                 return {"id": msg_id, "delivered": True, "attempts": attempt, "status": r.status_code}
-            last = f"HTTP {r.status_code}"
+            last, detail = "the receiver did not answer 2xx", f"HTTP {r.status_code}"
         except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        log.warning("webhook %s attempt %d/%d to %s failed: %s", msg_id, attempt, max_attempts, url, last)
+            # What failed stays in the log: telling callers "refused" vs "timed out" maps ports.
+            last, detail = "the receiver could not be reached", f"{type(exc).__name__}: {exc}"
+            if is_blocked(exc):
+                last = detail = "the receiver is not a public address (refused by the outbound policy)"
+        log.warning("webhook %s attempt %d/%d to %s failed: %s", msg_id, attempt, max_attempts, where, detail)
         if attempt < max_attempts:
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
     return {"id": msg_id, "delivered": False, "attempts": max_attempts, "error": last}
+
+
+def _redacted(url: str) -> str:
+    """scheme://host[:port]/… of a webhook URL: paths and queries often carry tokens."""
+    try:
+        u = httpx.URL(url)
+        return f"{u.scheme}://{u.host}{':' + str(u.port) if u.port else ''}/…"
+    except (httpx.InvalidURL, ValueError):
+        return "<invalid URL>"

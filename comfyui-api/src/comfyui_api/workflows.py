@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from comfyui_api.names import BadWorkflowName, workflow_name
+
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Label (rgthree)"}
 MODE_MUTED, MODE_BYPASSED = 2, 4
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -422,9 +423,10 @@ def apply_overrides(params: list[Param], graph: dict[str, Any], object_info: dic
 
 def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
     """One endpoint from a workflow file and its optional .api.yaml."""
-    name = path.stem
-    if not NAME_RE.match(name):
-        raise WorkflowError(f"{path}: file name must be letters, digits, '-' or '_' (it becomes /workflows/<name>)")
+    try:
+        name = workflow_name(path)
+    except BadWorkflowName as exc:
+        raise WorkflowError(str(exc)) from None
     graph = load_graph(path, object_info)
     for nid in sorted(graph, key=_node_order):
         ctype = graph[nid].get("class_type")

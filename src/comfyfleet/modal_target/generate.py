@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from comfyui_api.names import BadWorkflowName, check_workflow_name
 
 import comfyfleet
 from comfyfleet.errors import BadInput
@@ -27,7 +28,6 @@ from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 TEMPLATE = "app.py.j2"
 DEFAULT_OUT = Path("deploy/modal_app.py")
 
-_WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PACK_REPO = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~/-]+$")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -89,6 +89,23 @@ def py_literal(value: Any, indent: int = 0) -> str:
         inner = "".join(f"{pad}    {_py_str(k)}: {py_literal(v, indent + 4)},\n" for k, v in value.items())
         return f"{{\n{inner}{pad}}}"
     raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
+def doc_text(value: str) -> str:
+    """value as text inside a triple-quoted docstring: quotes, backslashes and control characters escaped.
+
+    The docstring names local paths (a folder may be called anything); escaped this way no
+    character can end the literal, and the docstring still reads as the original path.
+    """
+    out = []
+    for ch in str(value):
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif not ch.isprintable() or ch in "\u2028\u2029":
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------
@@ -164,8 +181,10 @@ def workflow_files_of(manifests: Iterable[Manifest]) -> dict[str, Path]:
     """Files the API needs per workflow: the JSON and its optional <name>.api.yaml."""
     files: dict[str, Path] = {}
     for manifest in manifests:
-        if not _WORKFLOW_NAME.match(manifest.workflow):
-            raise BadInput(f"{manifest.source}: workflow name {manifest.workflow!r} must be letters, digits, '.', '_' or '-'")
+        try:
+            check_workflow_name(manifest.workflow, manifest.source)
+        except BadWorkflowName as exc:
+            raise BadInput(str(exc)) from None
         source = Path(manifest.source)
         if f"{manifest.workflow}.json" in files:
             raise BadInput(f"{source}: two workflows are named {manifest.workflow!r}; rename one file")
@@ -210,6 +229,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,  # noqa: S701 - the output is Python source; values pass through the py filter
     )
     env.filters["py"] = py_literal
+    env.filters["doc"] = doc_text
     return env
 
 

@@ -13,18 +13,17 @@ the files back.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Generator
 from typing import Any
 
+from comfyui_api.names import is_workflow_name
 from pyinfra import host
 from pyinfra.api import FactBase, QuoteString, StringCommand, deploy, operation
 
 from comfyfleet.errors import BadInput
 from comfyfleet.registry.store import Deployment
 
-_WORKFLOW = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SUFFIXES = (".json", ".api.yaml")
 
 ServingResult = tuple[bool, str | None, float]
@@ -139,7 +138,7 @@ def marker(api_dir: str, workflow: str, stopped: bool) -> Generator[Any, None, N
 
 def serving_deploy(workflow: str, served: bool) -> Any:
     """A pyinfra deploy that serves or stops one workflow on the current host."""
-    if not _WORKFLOW.match(workflow):
+    if not is_workflow_name(workflow):
         raise BadInput(f"workflow name {workflow!r} is not valid for the API service")
 
     @deploy(f"{'Serve' if served else 'Stop serving'} {workflow}")

@@ -102,7 +102,7 @@ INSTALL_NODES_SOURCE = "../../../src/comfyfleet/hostside/install_nodes.py"
 
 # Modal rebuilds an image layer when a build step's arguments or the globals it reads change;
 # RECIPE (a digest of comfyfleet's build steps) makes a new comfyfleet version rebuild them too.
-RECIPE = "cc0d42146367f7f5"
+RECIPE = "880633149bb12853"
 
 # Paths inside the container.
 COMFYUI_DIR = "/root/comfy/ComfyUI"
