@@ -302,4 +302,5 @@ def test_conversion_agrees_with_recorded_frontend_prompts(
         return
     theirs = {k: v for k, v in rec["prompt"].items() if "class_type" in v}
     ours = {k: v for k, v in ours.items() if k in theirs or v.get("class_type") not in missing}
-    assert not compare_prompts(ours, theirs, packs_object_info)
+    diffs = compare_prompts(ours, theirs, packs_object_info)
+    assert not diffs, "\n".join(diffs)
