@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-# chromium: the headless browser the /docs tests and the frontend oracle (tests/oracle) drive with Playwright.
+# chromium + fonts-liberation: the headless browser Playwright drives for the /docs tests and the
+# frontend oracle (tests/oracle).
 for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync chromium fonts-liberation; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done

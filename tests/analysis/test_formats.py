@@ -150,10 +150,13 @@ def test_subgraph_proxy_widgets_set_inner_values(small_index: KnowledgeIndex) ->
     assert [m.filename for m in manifest.models] == ["from_proxy.safetensors"]
 
 
-def test_bypassed_subgraph_instance_hides_its_nodes(small_index: KnowledgeIndex) -> None:
-    manifest = analyze_data(_subgraph_workflow(instance_mode=4), "wf", "wf.json", index=small_index)
-    assert manifest.custom_nodes == [] and manifest.models == []
-    assert [(s.node_id, s.reason) for s in manifest.skipped_nodes] == [("9", "bypassed")]
+@pytest.mark.parametrize("mode, reason", [(4, "bypassed"), (2, "muted")])
+def test_disabled_subgraph_instance_still_runs_its_nodes(small_index: KnowledgeIndex, mode: int, reason: str) -> None:
+    """ComfyUI 0.8.0's frontend (1.35.9) still queues the nodes inside a bypassed or muted subgraph
+    instance (recorded: tests/conversion/data/cases/*_subgraph_instance.json), so they must be installed."""
+    manifest = analyze_data(_subgraph_workflow(instance_mode=mode), "wf", "wf.json", index=small_index)
+    assert [p.provides for p in manifest.custom_nodes] == [["OnlySmall"]]
+    assert [(s.node_id, s.reason) for s in manifest.skipped_nodes] == [("9", reason)]
 
 
 def test_group_nodes_expand_to_their_inner_nodes(small_index: KnowledgeIndex) -> None:

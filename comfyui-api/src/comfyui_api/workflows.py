@@ -1,6 +1,8 @@
 """Workflow files → endpoints: UI-to-API conversion, derived parameters, overrides, validation.
 
-Parameters are derived deterministically: a fixed table says which node inputs users set
+UI-format files become prompts through comfyui_api.graph (as ComfyUI's frontend converts them).
+A workflow whose top-level subgraph shows widgets on its node takes those as its parameters;
+otherwise parameters are derived deterministically: a fixed table says which node inputs users set
 (prompt texts, seed, steps, cfg, sampler, scheduler, sizes, denoise, input images, ...),
 /object_info gives their types, ranges and enums, and the workflow gives their defaults.
 An optional `<name>.api.yaml` beside the workflow renames, hides, exposes or constrains them.
@@ -16,12 +18,13 @@ from typing import Any
 
 import yaml
 
+from comfyui_api.graph import GraphError, detect_format, unwrap
+from comfyui_api.graph import combo_options as _combo_options
+from comfyui_api.graph import input_spec as _spec
+from comfyui_api.graph import is_link as _is_link
+from comfyui_api.graph.exposed import Conversion, convert, param_name
 from comfyui_api.names import BadWorkflowName, workflow_name
 
-FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Label (rgthree)"}
-MODE_MUTED, MODE_BYPASSED = 2, 4
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf", ".onnx")
 
 # (input name) on any sampler-like node → parameter name and description.
@@ -81,6 +84,7 @@ class Param:
     maximum: float | None = None
     multiline: bool = False
     required: bool = False
+    also: list[tuple[str, str]] = field(default_factory=list)  # more (node, input) pairs it sets
 
     def json_schema(self) -> dict[str, Any]:
         s: dict[str, Any]
@@ -124,143 +128,29 @@ class Endpoint:
         return s
 
 
-def _is_link(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], (str, int)) and isinstance(v[1], int)
-
-
-def _spec(info: dict[str, Any], name: str) -> tuple[Any, dict[str, Any]] | None:
-    for section in ("required", "optional"):
-        spec = (info.get("input") or {}).get(section, {}).get(name)
-        if spec is not None:
-            extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            return spec[0], extra
-    return None
-
-
-def _combo_options(kind: Any, extra: dict[str, Any]) -> list[Any] | None:
-    if isinstance(kind, list):
-        return kind
-    if kind == "COMBO":
-        return list(extra.get("options") or [])
-    return None
-
-
-def _is_widget(kind: Any, extra: dict[str, Any]) -> bool:
-    if extra.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _widget_names(info: dict[str, Any]) -> list[str]:
-    order = info.get("input_order") or {s: list((info.get("input") or {}).get(s, {})) for s in ("required", "optional")}
-    names = []
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            spec = _spec(info, name)
-            if spec is not None and _is_widget(*spec):
-                names.append(name)
-    return names
-
-
-def ui_to_api(data: dict[str, Any], object_info: dict[str, Any], where: str) -> dict[str, Any]:
-    """Convert a UI-format workflow into the API format ComfyUI's /prompt executes."""
-    if (data.get("definitions") or {}).get("subgraphs"):
-        raise WorkflowError(f"{where}: uses subgraphs; export it with Workflow → Export (API) and use that file")
-    nodes = {str(n["id"]): n for n in data.get("nodes", []) if isinstance(n, dict) and "id" in n}
-    links: dict[int, tuple[str, int]] = {}
-    for link in data.get("links") or []:
-        if isinstance(link, list) and len(link) >= 5:
-            links[int(link[0])] = (str(link[1]), int(link[2]))
-        elif isinstance(link, dict):
-            links[int(link["id"])] = (str(link["origin_id"]), int(link["origin_slot"]))
-
-    def source(link_id: int, depth: int = 0) -> Any:
-        """The API-format value a link carries: [node, slot], a primitive's literal, or None."""
-        if depth > 64 or link_id not in links:
-            return None
-        origin, slot = links[link_id]
-        node = nodes.get(origin)
-        if node is None:
-            return None
-        ntype = node.get("type")
-        if ntype == "Reroute":
-            ins = node.get("inputs") or []
-            return source(ins[0]["link"], depth + 1) if ins and ins[0].get("link") is not None else None
-        if ntype == "PrimitiveNode":
-            values = node.get("widgets_values") or []
-            return values[0] if values else None
-        mode = node.get("mode", 0)
-        if mode == MODE_MUTED:
-            return None
-        if mode == MODE_BYPASSED:
-            out_type = ((node.get("outputs") or [{}])[slot] if slot < len(node.get("outputs") or []) else {}).get("type")
-            for inp in node.get("inputs") or []:
-                if inp.get("link") is not None and inp.get("type") == out_type:
-                    return source(inp["link"], depth + 1)
-            return None
-        return [origin, slot]
-
-    api: dict[str, Any] = {}
-    for node_id, node in nodes.items():
-        ctype = node.get("type")
-        if not isinstance(ctype, str) or ctype in FRONTEND_ONLY or node.get("mode", 0) in (MODE_MUTED, MODE_BYPASSED):
-            continue
-        info = object_info.get(ctype)
-        if info is None:
-            raise WorkflowError(
-                f"{where}: node {node_id} ({ctype}) is not installed in ComfyUI; install its node pack, then restart"
-            )
-        inputs: dict[str, Any] = {}
-        values = node.get("widgets_values")
-        if isinstance(values, dict):
-            inputs.update({k: v for k, v in values.items() if _spec(info, k) is not None})
-        elif isinstance(values, list):
-            listed = [i["widget"]["name"] for i in node.get("inputs") or [] if isinstance(i.get("widget"), dict)]
-            known = _widget_names(info)
-            # Recent frontends list every widget among the inputs; older ones only converted ones.
-            names = listed if set(listed) == set(known) else known
-            i = 0
-            for name in names:
-                if i >= len(values):
-                    break
-                inputs[name] = values[i]
-                i += 1
-                spec = _spec(info, name)
-                seedlike = spec is not None and (spec[1].get("control_after_generate") or
-                                                 (spec[0] == "INT" and name in ("seed", "noise_seed")))
-                if seedlike and i < len(values) and values[i] in CONTROL_VALUES:
-                    i += 1
-        for inp in node.get("inputs") or []:
-            if inp.get("link") is None:
-                continue
-            value = source(inp["link"])
-            if value is None:
-                inputs.pop(inp["name"], None)
-            else:
-                inputs[inp["name"]] = value
-        title = node.get("title") or info.get("display_name") or ctype
-        api[node_id] = {"class_type": ctype, "inputs": inputs, "_meta": {"title": title}}
-    if not api:
-        raise WorkflowError(f"{where}: no executable nodes in this UI-format workflow")
-    return api
-
-
-def load_graph(path: Path, object_info: dict[str, Any]) -> dict[str, Any]:
-    """API-format graph of a workflow file (UI format converted with /object_info)."""
+def load_graph(path: Path, object_info: dict[str, Any]) -> Conversion:
+    """API-format graph of a workflow file (UI format converted as ComfyUI's frontend does)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowError(f"{path}: cannot read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise WorkflowError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "class_type" not in data["prompt"]:
-        data = data["prompt"]
+    except RecursionError:
+        raise WorkflowError(f"{path}: JSON nested too deeply to be a workflow") from None
+    data = unwrap(data)
+    kind = detect_format(data)
+    if kind == "ui":
+        if not isinstance(data.get("nodes"), list):
+            raise WorkflowError(f"{path}: 'nodes' must be a list of node objects (UI format)")
+        try:
+            return convert(data, object_info, str(path))
+        except GraphError as exc:
+            raise WorkflowError(str(exc)) from None
+    if kind == "api":
+        return Conversion({str(k): v for k, v in data.items()})
     if not isinstance(data, dict):
         raise WorkflowError(f"{path}: top-level JSON is not an object; export the workflow from ComfyUI")
-    if isinstance(data.get("nodes"), list):
-        return ui_to_api(data, object_info, str(path))
-    if data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        return {str(k): v for k, v in data.items()}
     raise WorkflowError(f"{path}: neither API format (node id → {{class_type, inputs}}) nor UI format ('nodes' list)")
 
 
@@ -333,6 +223,21 @@ def derive_params(graph: dict[str, Any], object_info: dict[str, Any]) -> list[Pa
         counts[base] = counts.get(base, 0) + 1
         pname = base if counts[base] == 1 else f"{base}_{nid}"
         params.append(make_param(pname, graph, object_info, nid, name, desc))
+    return params
+
+
+def exposed_params(conversion: Conversion, object_info: dict[str, Any]) -> list[Param]:
+    """Parameters named after the inputs the workflow's subgraphs expose (empty when there are none)."""
+    params: list[Param] = []
+    taken: set[str] = set()
+    for exposed in conversion.exposed:
+        base = param_name(exposed.label or exposed.name)
+        name = base if base not in taken else f"{base}_{exposed.instance}"
+        taken.add(name)
+        (nid, input_name), *rest = exposed.targets
+        p = make_param(name, conversion.prompt, object_info, nid, input_name)
+        p.also = [t for t in rest if t[0] in conversion.prompt]
+        params.append(p)
     return params
 
 
@@ -427,13 +332,14 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
         name = workflow_name(path)
     except BadWorkflowName as exc:
         raise WorkflowError(str(exc)) from None
-    graph = load_graph(path, object_info)
+    conversion = load_graph(path, object_info)
+    graph = conversion.prompt
     for nid in sorted(graph, key=_node_order):
         ctype = graph[nid].get("class_type")
         if ctype not in object_info:
             raise WorkflowError(f"{path}: node {nid} ({ctype}) is not installed in ComfyUI; "
                                 "install its node pack, then restart")
-    params = derive_params(graph, object_info)
+    params = exposed_params(conversion, object_info) or derive_params(graph, object_info)
     override_path = path.with_name(name + ".api.yaml")
     summary, description = "", ""
     if override_path.exists():
@@ -529,5 +435,6 @@ def apply_values(ep: Endpoint, values: dict[str, Any]) -> dict[str, Any]:
     graph = {nid: {**n, "inputs": dict(n.get("inputs") or {})} for nid, n in ep.graph.items()}
     for name, v in values.items():
         p = ep.params[name]
-        graph[p.node_id]["inputs"][p.input] = v
+        for nid, input_name in [(p.node_id, p.input), *p.also]:
+            graph[nid]["inputs"][input_name] = v
     return graph
