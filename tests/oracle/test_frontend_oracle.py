@@ -279,10 +279,28 @@ def test_recorded_user_prompts_are_valid(packs_object_info: dict[str, Any]) -> N
     assert set_get_files >= 1
 
 
+# Values a pack's own frontend JS rewrites on load: what the frontend sends, but knowledge of that
+# pack's JS, not of ComfyUI's graph format. Strict: an agreement shows up as XPASS (a failure).
+PACK_JS_MIGRATIONS = {
+    "cogvideox_fun_i2v_tora": "KJNodes' SplineEditor JS (3f20054) migrates points_store/coordinates to "
+    "its multi-spline form ([{'points': [...]}], [[...]])",
+    "vhs_converted_input": "VideoHelperSuite's JS migrates the phased-out force_size='Disabled' to "
+    "custom_width=custom_height=0 (VHS.core.js)",
+}
+
+
+def _recorded_params() -> list[Any]:
+    out = []
+    for path in _recorded_cases():
+        name = path.name.removesuffix(".workflow.json")
+        reason = PACK_JS_MIGRATIONS.get(name)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(path, id=name, marks=marks))
+    return out
+
+
 @pytest.mark.frontend_oracle
-@pytest.mark.parametrize(
-    "workflow_path", _recorded_cases(), ids=lambda p: p.name.removesuffix(".workflow.json")
-)
+@pytest.mark.parametrize("workflow_path", _recorded_params())
 def test_conversion_agrees_with_recorded_frontend_prompts(
     workflow_path: Path, packs_object_info: dict[str, Any]
 ) -> None:
