@@ -31,7 +31,6 @@ import httpx
 import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "standin"))
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_THROUGHPUT_RATIO = 0.9
@@ -247,7 +246,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
-    from standin_launch import Standin, free_port
+    from comfyfleet.devkit.standin import Standin, free_port
 
     procs: list[subprocess.Popen] = []
     standin = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """No-op ``--deploy-all`` on the local SSH fleet: our CLI vs raw pyinfra, one host vs four.
 
-Starts the test fleet (tests/fleet) with four hosts, local model / package / git
+Starts the test fleet (comfyfleet.devkit.fleet) with four hosts, local model / package / git
 upstreams and a workflow needing two node packs and three models, converges every host
 once, then times re-runs that must change nothing (best of 3 each):
 
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import yaml
 
+from comfyfleet.devkit.fleet import Fleet
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
+from comfyfleet.devkit.upstreams.pypi import PackageIndex
+from comfyfleet.runner import run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fleet import Fleet  # noqa: E402
-from upstreams.model_servers import Upstreams  # noqa: E402
-from upstreams.pypi import PackageIndex  # noqa: E402
-
-from comfyfleet.runner import run  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REPEATS = 5

@@ -41,11 +41,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 
-from upstreams.model_servers import Upstreams  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
 
 REPO = "bench/models"
 HF_SCRIPT = (

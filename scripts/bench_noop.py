@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """No-op re-run of bootstrap + runtime on one test host and on four (the local SSH fleet).
 
-Starts the test fleet (tests/fleet), bootstraps four hosts once, then times re-runs that
+Starts the test fleet (comfyfleet.devkit.fleet), bootstraps four hosts once, then times re-runs that
 must change nothing. The targets apply to what an operator waits for, the wall clock of
 ``comfyfleet bootstrap TARGET`` (as the issue's reference numbers for pyinfra and Ansible
 are command wall clocks), best of 5; the same runs through the Python API in this
@@ -16,12 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from comfyfleet.devkit.fleet import Fleet
+from comfyfleet.runner import RunOptions, parallel_ssh, prepare_hosts, run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fleet import Fleet  # noqa: E402
-
-from comfyfleet.runner import RunOptions, parallel_ssh, prepare_hosts, run  # noqa: E402
 
 ONE_HOST_MAX_S = 3.0
 FOUR_RATIO_MAX = 1.2

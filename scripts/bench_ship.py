@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `comfyfleet ship`: every example workflow shipped to a fresh test host.
 
-Starts the local SSH test fleet (tests/fleet), one fresh host bootstrapped as an operator
+Starts the local SSH test fleet (comfyfleet.devkit.fleet), one fresh host bootstrapped as an operator
 would before a first ship (not timed as part of a ship), local upstreams for the
 examples' models and node pack, then ships each workflow in workflows/ through the same
 pipeline as the CLI (analyze → install → api → health → generate → record). Prints
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 TARGET_FIRST_ATTEMPT = 1.0
 TARGET_SECONDS = 180.0
@@ -37,9 +36,8 @@ def main() -> int:
     parser.add_argument("--workflow", type=Path, action="append", help="only these workflows (default: all)")
     args = parser.parse_args()
 
-    from fleet import Fleet, FleetUnavailable
-    from ship.fleet_setup import ShipFleet
-
+    from comfyfleet.devkit.fleet import Fleet, FleetUnavailable
+    from comfyfleet.devkit.ship_fleet import ShipFleet
     from comfyfleet.registry import Registry
     from comfyfleet.ship import prepare_ship, run_ship, standard_steps
 

@@ -27,8 +27,8 @@ def cold_build() -> float:
     with tempfile.TemporaryDirectory(prefix="cf-bench-cache-") as cache:
         env = {**os.environ, "COMFYFLEET_FLEET_CACHE": cache, "COMFYFLEET_FLEET_RECIPE_SALT": f"bench-{time.time()}"}
         code = (
-            "import sys, time; sys.path.insert(0, sys.argv[1])\n"
-            "from fleet import images\n"
+            "import sys, time\n"
+            "from comfyfleet.devkit.fleet import images\n"
             "log = []; t = time.monotonic(); h = images.host_image(log); r = images.runtime_image(log)\n"
             "print(time.monotonic() - t); print(h); print(r); [print('  ' + x, file=sys.stderr) for x in log]\n"
         )
@@ -43,8 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cold", action="store_true", help="also time a build of the images from nothing")
     args = parser.parse_args()
-    sys.path.insert(0, str(TESTS))
-    from fleet import Fleet
+    from comfyfleet.devkit.fleet import Fleet
 
     results: list[tuple[str, float, float]] = []
     if args.cold:

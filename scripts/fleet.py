@@ -21,11 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from fleet import Fleet, FleetUnavailable, cleanup, down_all, images, list_fleets  # noqa: E402
-from fleet.engine import ensure_engine  # noqa: E402
-from fleet.hosts import describe  # noqa: E402
+from comfyfleet.devkit.fleet import Fleet, FleetUnavailable, cleanup, down_all, images, list_fleets
+from comfyfleet.devkit.fleet.engine import ensure_engine
+from comfyfleet.devkit.fleet.hosts import describe
 
 
 def cmd_up(args: argparse.Namespace) -> int:

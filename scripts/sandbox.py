@@ -7,7 +7,7 @@
 What it does, with the same commands an operator runs against a rented machine:
 
 1. starts one DataCrunch-style host on this machine (a container with sshd on a
-   127.0.0.1 port, a real loop device as its block volume; tests/fleet),
+   127.0.0.1 port, a real loop device as its block volume; comfyfleet.devkit.fleet),
 2. `comfyfleet analyze workflows/`,
 3. `comfyfleet bootstrap INVENTORY` (volume formatted because it is empty, mounted by
    UUID, directory layout, ComfyUI at its pinned ref, runtime container),
@@ -33,11 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from comfyfleet.devkit.fleet import Fleet, FleetUnavailable
+from comfyfleet.devkit.ship_fleet import ShipFleet
 
-from fleet import Fleet, FleetUnavailable  # noqa: E402
-from ship.fleet_setup import ShipFleet  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
 

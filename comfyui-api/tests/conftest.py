@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "standin"))
+from comfyfleet.devkit.standin import Standin, free_port, stop_process
 
-from standin_launch import Standin, free_port, stop_process  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 REAL_COMFYUI = os.environ.get("COMFYFLEET_TEST_COMFYUI_URL", "").rstrip("/")
 needs_standin = pytest.mark.skipif(bool(REAL_COMFYUI), reason="controls the ComfyUI process (stand-in only)")

@@ -6,13 +6,12 @@ ComfyUI behind the service is the test stand-in (or a real one via COMFYUI_TEST_
 from __future__ import annotations
 
 import base64
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from comfyui_api.client import ApiClient, ApiError, ApiUnavailable, Output, Result, secure_url, verify_webhook
-from conftest import TINY, Api, Comfy, free_port, needs_standin, write_workflows
+from conftest import TINY, Api, Comfy, free_port, needs_standin, wait_for, write_workflows
+from test_comfyui_api_jobs import FlakyReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"client-test-secret-0123456789abc").decode()
 PNG = b"\x89PNG"
@@ -113,39 +112,12 @@ def test_submit_wait_progress_and_cancel(slow_comfy: Comfy, tmp_path: Path) -> N
         assert again.value.status == 409
 
 
-class Receiver:
-    """A local HTTP server recording webhook deliveries."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.got = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
-                outer.got.set()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_keys_webhooks_and_verify_webhook(comfy: Comfy, tmp_path: Path) -> None:
     keys, secret_file = tmp_path / "keys", tmp_path / "whsec"
     keys.write_text("k" * 32 + "\n")
     secret_file.write_text(SECRET + "\n")
     wf = write_workflows(tmp_path / "wf", {"tiny.json": TINY})
-    receiver = Receiver()
+    receiver = FlakyReceiver(failures=0)
     extra = ["--api-key-file", str(keys), "--webhook-secret-file", str(secret_file)]
     try:
         with Api(comfy.url, wf, tmp_path / "db.sqlite3", extra) as api:
@@ -155,8 +127,8 @@ def test_keys_webhooks_and_verify_webhook(comfy: Comfy, tmp_path: Path) -> None:
             with ApiClient(api.url, "k" * 32) as client:
                 job_id = client.submit("tiny", {"color": 42}, webhook=receiver.url)
                 assert client.wait(job_id, timeout=30, poll=0.1).status == "completed"
-            assert receiver.got.wait(10)
-        headers, body = receiver.requests[0]
+            wait_for(lambda: receiver.requests)
+        headers, body, _ = receiver.requests[0]
         assert verify_webhook(SECRET, headers, body)
         assert not verify_webhook(SECRET, headers, body + b" ")
     finally:

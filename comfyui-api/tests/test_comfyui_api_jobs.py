@@ -125,7 +125,7 @@ def test_webhook_needs_a_configured_secret(api: Api) -> None:
 
 @needs_standin
 def test_comfyui_restart_while_a_job_waits(tmp_path: Path, tiny_dir: Path) -> None:
-    from standin_launch import Standin
+    from comfyfleet.devkit.standin import Standin
 
     comfy = Standin(tmp_path / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "0.5"})
     with comfy, Api(comfy.url, tiny_dir, tmp_path / "db.sqlite3", ["--retry-after", "3"]) as api:

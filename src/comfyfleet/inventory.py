@@ -4,9 +4,11 @@ Host data comes from pyinfra inventories (``inventory/*.py`` and ``group_data/*.
 from ``--data key=value`` on pyinfra's CLI and from ``--inventory-data`` on ours. It
 is untrusted in the sense that a typo must not reach a shell: :func:`host_config`
 validates every key this module knows and raises :class:`~comfyfleet.errors.BadInput`
-naming the host and the key. Unknown keys are left alone (pyinfra's own ``ssh_*`` and
-``_sudo`` keys, and keys other tiers read), except that a key that looks like one of
-ours with a typo is refused.
+naming the host and the key. This is the one schema of host data: every key a tier, ship or
+the CLI reads is a field here, and any other key is refused before a command runs, with the
+closest known key as a suggestion (``api_prot`` → "did you mean api_port?"). pyinfra's own
+keys pass: connector settings (``ssh_*``, ...) and global arguments (``_sudo``, ...). ``_sudo``
+itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`).
 
 Keys and defaults (provider defaults in :data:`PROVIDER_DEFAULTS` apply first):
 
@@ -38,21 +40,53 @@ component              ``comfyui``                                 ``restart``: 
 ref                    ``comfyui_ref``                             ``update-comfyui-core``: the ref to move to
 log_lines              ``200``                                     ``logs``: lines per container
 export_dir             none                                        ``logs``: local folder, one file per host
+api_binary             ``dist/comfyui-api.pyz``                    tier 1: the artifact ``scripts/build-binary`` builds
+workflows_dir          ``workflows``                               local folder whose workflows the API serves
+api_listen             ``0.0.0.0``                                 address the API binds on the host
+api_keys_file          none (a key is generated on the host)       local file of API keys to install
+api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
+verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
+deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
+git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
+pip_index_url          none                                        tier 2: ``--index-url`` for packs' requirements
+node_install_via       ``auto``                                    tier 2: ``auto`` (cm-cli when usable) | ``git``
+hf_endpoint            none                                        tier 3: Hugging Face endpoint (a mirror)
+civitai_endpoint       none                                        tier 3: CivitAI API base (a mirror)
+models_parallel        ``3``                                       tier 3: files downloaded at once per host
+lock_file              ``<workflows_dir>/comfyfleet.lock.yaml``    tier 3: where computed hashes are recorded
+task                   ``status``                                  the task a run executes (``--data task=...``)
+workflow               none                                        a workflow file or folder the task works on
+update                 none                                        ``update``: comfyui | nodes | manager | api
+yes                    none                                        ``cleanup-models``: really delete
+cleanup_plan           none                                        ``cleanup-models``: the reviewed plan id to delete
+object_store_file      none                                        local JSON file: outputs to an S3-compatible bucket
+gpu_slots              ``1``                                       gateway: generations a host runs at once
+gateway_address        ``ssh_hostname``                            gateway: where it reaches this host's API
+gateway_backend_group  ``gpu``                                     gateway host: group whose hosts it serves
+gateway_backends       from the inventory                          gateway host: set by ``comfyfleet gateway``
+gateway_listen         ``0.0.0.0``                                 gateway host: address it binds
+gateway_port           ``8443``                                    gateway host: HTTPS (or HTTP) port
+gateway_cert_file      none (plain HTTP)                           gateway host: one PEM, chain + key
+gateway_max_queue      ``64``                                      gateway host: requests waiting, then 503
+gateway_queue_timeout  ``120``                                     gateway host: seconds a request may wait
+gateway_retry_after    ``5``                                       gateway host: Retry-After of a 503
+gateway_job_timeout    ``900``                                     gateway host: seconds a generation may take
 =====================  ==========================================  =============================================
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from comfyfleet.context import host_run
 from comfyfleet.errors import BadInput
 
 if TYPE_CHECKING:
@@ -95,7 +129,7 @@ def _abs_path(value: str, what: str) -> str:
 class HostConfig(BaseModel):
     """Validated comfyfleet data of one host (see the module docstring for every key)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     provider: Provider = "generic"
     ssh_user: str = "root"
@@ -118,6 +152,43 @@ class HostConfig(BaseModel):
     ref: str | None = None
     log_lines: int = Field(default=200, ge=1, le=100000)
     export_dir: str | None = None
+    # Tier 1, the API service, and how the operator's machine reaches it (comfyfleet.deploys.api).
+    api_binary: str | None = None
+    workflows_dir: str | None = None
+    api_listen: str = "0.0.0.0"
+    api_keys_file: str | None = None
+    api_url: str | None = None
+    verify_timeout: int = Field(default=600, ge=1, le=86400)
+    deploy_api: str | bool = "auto"
+    # Tiers 2-3: node packs and models (comfyfleet.deploys.nodes, comfyfleet.deploys.models).
+    git_mirrors: dict[str, str] | str | None = None
+    pip_index_url: str | None = None
+    node_install_via: str | None = None
+    hf_endpoint: str | None = None
+    civitai_endpoint: str | None = None
+    models_parallel: int | None = None
+    lock_file: str | None = None
+    # What one run was asked to do (set by `comfyfleet common`, ship, or --data on pyinfra's CLI).
+    task: str | None = None
+    workflow: str | None = None
+    update: str | None = None
+    yes: bool | str | None = None
+    cleanup_plan: str | None = None
+    # Outputs in an S3-compatible bucket (comfyfleet.deploys.object_store).
+    object_store_file: str | None = None
+    # The fleet gateway (comfyfleet.deploys.gateway checks the ranges and files): on GPU hosts
+    # how they sit behind it, on the gateway host how it serves.
+    gpu_slots: int = Field(default=1, ge=1, le=64)
+    gateway_address: str | None = None
+    gateway_backend_group: str = "gpu"
+    gateway_backends: list[dict[str, Any]] | None = None
+    gateway_listen: str = "0.0.0.0"
+    gateway_port: int = Field(default=8443, ge=1, le=65535)
+    gateway_cert_file: str | None = None
+    gateway_max_queue: int = Field(default=64, ge=1, le=100000)
+    gateway_queue_timeout: int = Field(default=120, ge=1, le=86400)
+    gateway_retry_after: int = Field(default=5, ge=1, le=3600)
+    gateway_job_timeout: int = Field(default=900, ge=1, le=86400)
 
     @field_validator("ssh_user")
     @classmethod
@@ -161,7 +232,7 @@ class HostConfig(BaseModel):
             raise ValueError(f"must be a git tag, branch or commit (got {v!r})")
         return v
 
-    @field_validator("comfyui_listen")
+    @field_validator("comfyui_listen", "api_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         try:
@@ -295,10 +366,10 @@ def address_problem(address: str) -> str | None:
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
-_OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_")
-
-_CACHE: WeakKeyDictionary[Any, HostConfig] = WeakKeyDictionary()
-
+_OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_",
+                 "api_", "models_", "verify_", "workflows_", "gateway_", "object_store")
+# pyinfra's own host data: connector settings and global operation arguments (``_sudo``...).
+_PYINFRA_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "vagrant_", "terraform_", "local_")
 
 def validate_host_data(name: str, data: dict[str, Any], provider: str | None = None) -> HostConfig:
     """Validate one host's data dict; raise BadInput naming the host and the key."""
@@ -306,8 +377,11 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
     if prov not in PROVIDER_DEFAULTS:
         raise BadInput(f"host {name}: provider {prov!r} is unknown: use lambda, datacrunch or generic")
     for key in data:
-        if key.startswith(_OUR_PREFIXES) and key not in _KNOWN:
-            raise BadInput(f"host {name}: unknown key {key!r}: see comfyfleet.inventory for the keys")
+        if key in _KNOWN or (key.startswith(_PYINFRA_PREFIXES) and not key.startswith(_OUR_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(key, sorted(_KNOWN), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "see comfyfleet.inventory for the keys"
+        raise BadInput(f"host {name}: unknown key {key!r}: {hint}")
     _check_connection_data(name, data)
     merged: dict[str, Any] = dict(PROVIDER_DEFAULTS[prov])
     merged.update({k: v for k, v in data.items() if k in _KNOWN and v is not None})
@@ -336,24 +410,31 @@ def _check_connection_data(name: str, data: dict[str, Any]) -> None:
 
 
 def host_config(host: Host, provider: str | None = None) -> HostConfig:
-    """The validated config of a pyinfra host (cached per host object)."""
-    from pyinfra.context import ContextObject
-
-    if isinstance(host, ContextObject):
-        # `from pyinfra import host` is one immortal proxy hashing as the current host: as a
-        # weak key it would never expire, and a later Host at a reused address would get
-        # this host's config. Key by the real Host.
-        host = host._get_module()
-    cfg = _CACHE.get(host)
+    """The validated config of a pyinfra host (kept in the run's context, see :mod:`comfyfleet.context`)."""
+    run = host_run(host)
+    cfg = run.config
     if cfg is None or (provider and cfg.provider != provider and not host.data.get("provider")):
-        cfg = validate_host_data(host.name, host.data.dict(), provider)
-        _CACHE[host] = cfg
+        cfg = run.config = validate_host_data(host.name, host.data.dict(), provider)
     return cfg
 
 
 def validate_inventory(inventory: Inventory, provider: str | None = None) -> dict[str, HostConfig]:
-    """Validate every host of an inventory before anything connects or runs."""
-    return {host.name: host_config(host, provider) for host in inventory}
+    """Validate every host of an inventory before anything connects or runs.
+
+    Each host's ``_sudo`` is set here, once, from its config (pyinfra takes host data as the
+    default of every operation's global arguments), so no operation call passes it.
+    """
+    configs = {host.name: host_config(host, provider) for host in inventory}
+    for host in inventory:
+        if host.data.get("_sudo") is None:
+            host.data._sudo = configs[host.name].sudo
+    return configs
+
+
+def run_data(name: str, data: dict[str, Any], provider: str | None = None) -> dict[str, Any]:
+    """One host's data as a run gives it to pyinfra: validated, with ``_sudo`` set from its config."""
+    cfg = validate_host_data(name, data, provider)
+    return {**data, "_sudo": data["_sudo"] if data.get("_sudo") is not None else cfg.sudo}
 
 
 @contextmanager

@@ -31,30 +31,8 @@ Known hosts
     pyinfra memoizes known_hosts files per process; each :func:`run` clears that memo so
     a long-lived process sees hosts (and new host keys) added since its last run.
 
-Reports: how a task shows things to the operator
-    A task that must show output (status tables, logs, installed nodes, storage) fills
-    the host's report from inside an operation, at execution time, and yields no
-    command when it only reads (so it counts as "no change")::
-
-        from pyinfra import host
-        from pyinfra.api import operation
-        from comfyfleet.runner import report
-
-        @operation()
-        def list_nodes(cfg):
-            packs = host.get_fact(MyPacksFact, root=cfg.data_root)  # one round trip
-            report(host).table("custom nodes", ["pack", "commit"], [[p.name, p.commit] for p in packs])
-            report(host).note(f"{len(packs)} packs installed")
-            host.noop("listed custom nodes")
-
-    ``report(host)`` returns the same :class:`HostReport` for the whole run;
-    ``table(title, columns, rows)``, ``text(title, text, highlight=regex)`` and
-    ``note(message)`` add to it (a second call with the same title replaces the
-    section). The CLI prints every section under the results table; under pyinfra's
-    own CLI the same content is logged per host, so ``pyinfra INVENTORY
-    deploy/common.py --data task=status`` shows it too. The report is filled on the
-    operator's machine (operations run their Python there), so a task may also write
-    local files from it (``--logs --export DIR`` does).
+Reports
+    What tasks show the operator per host: see :mod:`comfyfleet.context`.
 """
 
 from __future__ import annotations
@@ -68,74 +46,32 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import gevent
 from pyinfra.api import BaseStateCallback, Config, Host, Inventory, State
-from pyinfra.api.connect import connect_all, disconnect_all
-from pyinfra.api.deploy import add_deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.api.operations import run_host_op, run_ops
-from pyinfra.connectors.sshuserclient.client import get_host_keys
-from pyinfra.context import ContextObject, ctx_host, ctx_state
 
+from comfyfleet.context import HostReport, ReportSection, report
+from comfyfleet.deploys import tasks
 from comfyfleet.errors import BadInput
-from comfyfleet.inventory import address_problem, validate_host_data
+from comfyfleet.inventory import address_problem, run_data, validate_host_data
+from comfyfleet.pyinfra_compat import (
+    add_deploy,
+    all_ops_complete,
+    connect_all,
+    ctx_host,
+    ctx_state,
+    disconnect_all,
+    forget_known_hosts,
+    op_arguments,
+    op_meta,
+    run_host_op,
+    run_ops,
+)
+
+__all__ = ["HostReport", "HostResult", "ReportSection", "RunOptions", "RunResult", "report", "run"]
 
 logger = logging.getLogger("comfyfleet")
-
-# --- reports ---------------------------------------------------------------------------
-
-
-@dataclass
-class ReportSection:
-    """A table (columns + rows) or a block of text shown for one host."""
-
-    title: str
-    columns: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    text: str | None = None
-    highlight: str | None = None
-
-
-@dataclass
-class HostReport:
-    """What tasks want the operator to see for one host."""
-
-    sections: dict[str, ReportSection] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    host_name: str = ""
-
-    def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.sections[title] = ReportSection(title, list(columns), [[str(c) for c in r] for r in rows])
-        _log(self.host_name, f"{title}: " + "; ".join(" | ".join(str(c) for c in r) for r in rows))
-
-    def text(self, title: str, text: str, highlight: str | None = None) -> None:
-        self.sections[title] = ReportSection(title, text=text, highlight=highlight)
-        _log(self.host_name, f"{title}:\n{text}")
-
-    def note(self, message: str) -> None:
-        if message not in self.notes:
-            self.notes.append(message)
-        _log(self.host_name, message)
-
-
-def _log(host_name: str, message: str) -> None:
-    logging.getLogger("pyinfra").info("[%s] %s", host_name, message)
-
-
-_REPORTS: WeakKeyDictionary[Host, HostReport] = WeakKeyDictionary()
-
-
-def report(host: Host) -> HostReport:
-    """The report of ``host`` for the current run (created on first use)."""
-    if isinstance(host, ContextObject):  # `from pyinfra import host` is a proxy: key by the real Host
-        host = host._get_module()
-    rep = _REPORTS.get(host)
-    if rep is None:
-        rep = _REPORTS[host] = HostReport(host_name=host.name)
-    return rep
-
 
 # --- results ---------------------------------------------------------------------------
 
@@ -335,8 +271,6 @@ def resolve_task(task: str | Callable[[], None]) -> tuple[str, Callable[[], None
     """A task name from the registry, or a deploy function, as (name, function)."""
     if callable(task):
         return getattr(task, "__name__", "deploy"), task
-    from comfyfleet.deploys import tasks
-
     tasks.load_all()
     fn = tasks.TASKS.get(task)
     if fn is None:
@@ -371,7 +305,7 @@ def run(
     """
     opts = options or RunOptions()
     name, fn = resolve_task(task)
-    _forget_known_hosts()
+    forget_known_hosts()
     check_options(opts)
     specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target
 
@@ -394,21 +328,9 @@ def run(
     return RunResult(task=name, hosts=results, dry_run=opts.dry_run, stopped=stopped)
 
 
-def _forget_known_hosts() -> None:
-    """Make pyinfra read known_hosts files afresh in this run.
-
-    pyinfra memoizes each known_hosts file's content for the life of the process, so in
-    a long-lived process (the scheduler, a test session) a host whose key was added to
-    ``~/.ssh/known_hosts`` after an earlier run, or a rebuilt host with a new key, would
-    fail strict host key checking. Reading the files again costs a few milliseconds.
-    """
-    cache = getattr(get_host_keys, "cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
-
-
 def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) -> tuple[list[HostResult], str]:
-    inventory = Inventory(([(n, dict(d)) for n, d in batch], {}))
+    # Host data as pyinfra takes it: validated, `_sudo` set once per host for every operation.
+    inventory = Inventory(([(n, run_data(n, dict(d))) for n, d in batch], {}))
     config = Config(
         PARALLEL=1 if opts.serial else (opts.parallel or 0),
         FAIL_PERCENT=opts.fail_percent,
@@ -500,16 +422,16 @@ def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, s
     failed_op = ""
     reason = ""
     for op_hash in state.get_op_order():
-        op_data = state.ops[host].get(op_hash)
-        if op_data is None:
+        meta = op_meta(state, host, op_hash)
+        if meta is None:
             continue
-        meta = op_data.operation_meta
+        arguments = op_arguments(state, host, op_hash)
         op_name = ", ".join(sorted(state.get_op_meta(op_hash).names))
         if dry_run:
             # Conditional steps (restart after new code, rollback) depend on what earlier
             # steps will do; shown as possible, they alone do not make a host "would change".
             if meta.will_change:
-                if op_data.global_arguments.get("_if"):
+                if arguments.get("_if"):
                     maybe.append(f"{op_name} (if needed)")
                 else:
                     changed.append(op_name)
@@ -518,7 +440,7 @@ def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, s
             continue
         if meta.did_error() and not failed_op:
             lines = [ln for ln in (meta.stderr_lines or meta.stdout_lines) if ln.strip()]
-            if op_data.global_arguments.get("_ignore_errors"):
+            if arguments.get("_ignore_errors"):
                 # Handled by a later step (e.g. a rollback): keep what went wrong visible.
                 rep.note(f"{op_name.split(' | ')[-1]} failed: " + "\n".join(lines[-20:]))
                 continue
@@ -528,15 +450,10 @@ def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, s
             changed.append(op_name)
     if host in state.failed_hosts or failed_op:
         return HostResult(host.name, "failed", reason or "a fact or operation failed (see log above)", changed, rep)
-    if stopped and not dry_run and not _all_ran(state, host):
+    if stopped and not dry_run and not all_ops_complete(state, host):
         return HostResult(host.name, "skipped", f"run stopped: {stopped}", changed, rep)
     status = ("would change" if changed else "no change") if dry_run else ("changed" if changed else "no change")
     return HostResult(host.name, status, "", changed + (maybe if changed else []), rep)
-
-
-def _all_ran(state: State, host: Host) -> bool:
-    ops = state.ops[host].values()
-    return bool(ops) and all(op.operation_meta.is_complete() for op in ops)
 
 
 def _reason_line(lines: list[str]) -> str:

@@ -45,6 +45,7 @@ from comfyfleet.ship import (
     count_generation,
     each_host,
     health_step,
+    judged,
     run_ship,
 )
 
@@ -96,7 +97,7 @@ def add_schedule(
 def check_warmup(ctx: ShipContext, host: str) -> None:
     """One generation with the workflow's defaults; its outputs are not downloaded."""
     with api_client(ctx, host, 600) as api:
-        api.generate(ctx.workflow, timeout=ctx.remaining())
+        judged(f"POST /workflows/{ctx.workflow}", lambda: api.run(ctx.workflow, timeout=ctx.remaining()))
     count_generation(ctx)
 
 
@@ -117,8 +118,8 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
 
     API keys are read from the key files the ship recorded per host (``api_keys_file`` in
     the host's data), else ``api_key`` / $COMFYFLEET_API_KEY; the registry never stores keys.
-    The inventory is not loaded here: that would import pyinfra's CLI module, which
-    monkey-patches threading under the running scheduler.
+    The inventory is not loaded here: the endpoints recorded at ship time are what is
+    checked, so a check needs no SSH and no inventory file.
     """
     ctx = ShipContext(
         workflow_path=Path(deployment.workflow_path),

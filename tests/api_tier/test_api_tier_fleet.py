@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fleet import Fleet, Host
 
-from comfyfleet.runner import RunResult, run
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.runner import RunOptions, RunResult, run
 
 pytestmark = pytest.mark.fleet
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,15 @@ def by_host(result: RunResult) -> dict[str, Any]:
     return {h.host: h for h in result.hosts}
 
 
+def executions(host: Host) -> int:
+    """Generations the host's API has recorded (its execution log, read inside its container)."""
+    code = ("import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+            "'select count(*) from executions').fetchone()[0])")
+    db = f"{host.data_root}/api/executions.sqlite3"
+    out = host.exec(f"docker exec {host.container_prefix}comfyui-api python3 -c \"{code}\" {db}", user="root")
+    return int(out.stdout.strip())
+
+
 def started_at(host: Host, container: str) -> str:
     return host.exec(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}", user="root").stdout.strip()
 
@@ -51,9 +60,12 @@ def connected_health(host: Host, timeout: float = 60) -> dict[str, Any]:
     update-binary waits for /health (the process is up); the websocket to ComfyUI and the
     /object_info fetch follow, which takes seconds on real ComfyUI's 600-odd classes.
     """
+    # Without a key /health answers only that the process is up: send the host's generated key.
+    key = host.exec(f"head -n1 {host.data_root}/api/api-keys", user="root").stdout.strip()
+    auth = {"authorization": f"Bearer {key}"}
     deadline = time.monotonic() + timeout
     while True:
-        health = dict(httpx.get(f"http://127.0.0.1:{host.api_port}/health", timeout=10).json())
+        health = dict(httpx.get(f"http://127.0.0.1:{host.api_port}/health", headers=auth, timeout=10).json())
         if health["comfyui"]["reachable"] or time.monotonic() > deadline:
             return health
         time.sleep(0.5)
@@ -103,7 +115,13 @@ def test_update_binary_restart_and_verify_on_two_hosts(
     for name, h in by_host(again).items():
         assert h.status == "no change", f"{name}: {h.changed}"
 
+    # A dry run plans the checks and runs none of them; a real run generates once per workflow.
+    before = {h.name: executions(h) for h in hosts}
+    planned = run(str(inv), "verify-endpoints", data, RunOptions(dry_run=True))
+    assert all(h.status == "would change" for h in planned.hosts), [(h.host, h.reason) for h in planned.hosts]
+    assert {h.name: executions(h) for h in hosts} == before
     verify = run(str(inv), "verify-endpoints", data)
+    assert {h.name: executions(h) for h in hosts} == {name: n + 2 for name, n in before.items()}
     for name, h in by_host(verify).items():
         assert h.ok, f"{name}: {h.reason}"
         rows = {r[0]: r for r in h.report.sections["workflow endpoints"].rows}

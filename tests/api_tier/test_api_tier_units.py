@@ -59,10 +59,8 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
 
     import httpx
 
-    from comfyfleet.deploys.api import _VERIFY
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "standin"))
-    from standin_launch import Standin, free_port
+    from comfyfleet.devkit.standin import Standin, free_port
+    from comfyfleet.operations.api import VERIFY_SCRIPT as _VERIFY
 
     tiny = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
@@ -126,7 +124,7 @@ def test_verify_endpoints_keeps_comfyuis_cause(tmp_path: Path) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from comfyfleet.deploys.api import _VERIFY
+    from comfyfleet.operations.api import VERIFY_SCRIPT as _VERIFY
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: object) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from standin.standin_launch import Standin, free_port, stop_process
+
+from comfyfleet.devkit.standin import Standin, free_port, stop_process
 
 KEY = "call-test-key-0123456789abcdef"
 TINY = {

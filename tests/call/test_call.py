@@ -18,10 +18,10 @@ import httpx
 import pytest
 from comfyui_api.client import Output
 from standin.comfyui.standin_image import Image, decode_png, encode_png
-from standin.standin_launch import Standin, free_port, stop_process
 
 from comfyfleet.cli.call import save_output
 from comfyfleet.cli.main import main
+from comfyfleet.devkit.standin import Standin, free_port, stop_process
 from comfyfleet.registry import Endpoint, Registry
 
 from .conftest import KEY, TINY, KeyedApi, start_api

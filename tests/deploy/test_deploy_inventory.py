@@ -151,12 +151,14 @@ def test_host_config_cache_is_keyed_by_the_real_host_not_pyinfra_s_proxy() -> No
     from pyinfra.api import Inventory
     from pyinfra.context import ctx_host
 
+    from comfyfleet import context
+
     inventory = Inventory(([("@local", {"data_root": "/tmp/cf-a"})], {}))
     (real,) = list(inventory)
     with ctx_host.use(real):
         assert inv.host_config(host_proxy).data_root == "/tmp/cf-a"
-    assert not any(key is host_proxy for key in inv._CACHE.keys())
+    assert not any(key is host_proxy for key in context._RUNS.keys())
     del real, inventory
     gc.collect()
     assert not any(getattr(key, "name", None) == "@local" and key.data.get("data_root") == "/tmp/cf-a"
-                   for key in inv._CACHE.keys())
+                   for key in context._RUNS.keys())

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet.engine import ensure_engine, run
+
+from comfyfleet.devkit.fleet.engine import ensure_engine, run
 
 pytestmark = pytest.mark.fleet
 

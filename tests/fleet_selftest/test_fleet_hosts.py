@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet import Fleet, Host, down_all, list_fleets
-from fleet.engine import docker, run
-from fleet.hosts import free_port
+
+from comfyfleet.devkit.fleet import Fleet, Host, down_all, list_fleets
+from comfyfleet.devkit.fleet.engine import docker, run
+from comfyfleet.devkit.fleet.hosts import free_port
 
 pytestmark = pytest.mark.fleet
 

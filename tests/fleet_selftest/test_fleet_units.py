@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fleet import Fleet, Host
-from fleet.upstreams import ComfyUIUpstream, node_pack_files
+
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.fleet.upstreams import ComfyUIUpstream, node_pack_files
 
 
 def load_pack(tmp_path: Path, files: dict[str, str]) -> object:

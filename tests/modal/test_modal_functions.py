@@ -27,11 +27,8 @@ import httpx
 import pytest
 from modal_helpers import GOLDEN, REPO, import_app
 
-sys.path.insert(0, str(REPO / "tests" / "standin"))
-sys.path.insert(0, str(REPO / "tests" / "upstreams"))
-
-from model_servers import Upstreams  # noqa: E402
-from standin_launch import copy_checkout, free_port  # noqa: E402
+from comfyfleet.devkit.standin import copy_checkout, free_port
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 
 FETCH_MODELS = REPO / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
 INSTALL_NODES = REPO / "src" / "comfyfleet" / "hostside" / "install_nodes.py"
@@ -309,8 +306,9 @@ def test_fetch_models_names_the_missing_civitai_token(tmp_path: Path, upstreams:
 
 def test_create_api_serves_the_workflows_with_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The app's create_api: the real comfyui-api in front of a ComfyUI stand-in, Bearer keys required."""
-    from standin_launch import Standin
     from starlette.testclient import TestClient
+
+    from comfyfleet.devkit.standin import Standin
 
     key = "modal-test-key-0123456789"
     monkeypatch.setenv("COMFYUI_API_KEYS", key)

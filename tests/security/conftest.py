@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
-from standin.standin_launch import Standin, free_port, stop_process
+
+from comfyfleet.devkit.standin import Standin, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ALICE, BOB, ADMIN = "alice-" + "a" * 26, "bob-" + "b" * 28, "admin-" + "c" * 26

@@ -12,11 +12,11 @@ import pytest
 from comfyui_api.names import is_workflow_name
 from comfyui_api.workflows import WorkflowError, build_endpoint
 
+from comfyfleet.deploys.serving import serving_deploy
 from comfyfleet.errors import BadInput
 from comfyfleet.manifest import Lock, Manifest
 from comfyfleet.modal_target.generate import AppInputs, render_app, workflow_files_of
 from comfyfleet.modal_target.options import ModalOptions
-from comfyfleet.registry.serving import serving_deploy
 
 HOSTILE = ['a"""b', "it's", 'say"hi', "two\nlines", "back\\slash", "{{ x }}", "my.flow", "../up", "a b;c", ""]
 PAYLOAD = "__import__('pathlib').Path('PWNED').touch()"

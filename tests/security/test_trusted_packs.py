@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet.upstreams import GitUpstreams
+
+from comfyfleet.devkit.fleet.upstreams import GitUpstreams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_NODES = REPO_ROOT / "src" / "comfyfleet" / "hostside" / "install_nodes.py"

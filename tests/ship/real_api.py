@@ -10,11 +10,9 @@ from pathlib import Path
 
 import httpx
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS / "standin") not in sys.path:
-    sys.path.insert(0, str(TESTS / "standin"))
+from comfyfleet.devkit.standin import Standin, free_port, stop_process
 
-from standin_launch import Standin, free_port, stop_process  # noqa: E402
+TESTS = Path(__file__).resolve().parents[1]
 
 ROOT = TESTS.parent
 EXAMPLE_MODELS = {

@@ -20,11 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fleet import Fleet, Host
 
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.ship_fleet import CRASHING_BODY, REAL_COMFYUI_SKIPS, ROOT, ShipFleet
 from comfyfleet.registry import Registry
-
-from .fleet_setup import CRASHING_BODY, REAL_COMFYUI_SKIPS, ROOT, ShipFleet
 
 pytestmark = pytest.mark.fleet
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from comfyui_api.client import ApiClient
 
 from comfyfleet.registry import Endpoint, Registry
 from comfyfleet.schedules import run_scheduled
 from comfyfleet.ship import (
     LOCAL,
-    ApiClient,
     Backoff,
     ShipContext,
     Step,
@@ -68,8 +68,8 @@ def test_each_example_is_checked_generated_and_recorded(workflow: Path, real_api
 
 def test_the_output_file_is_a_real_png(real_api: RealApi) -> None:
     with ApiClient(real_api.url) as api:
-        (output,) = api.generate("txt2img", timeout=60)
-        data = api.fetch(output)
+        (output,) = api.run("txt2img", timeout=60).outputs
+        data = api.download(output)
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
 
 

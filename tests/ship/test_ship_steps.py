@@ -61,7 +61,7 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
     assert [c[0] for c in runner.calls] == [
-        "nodes-snapshot", *HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}"]
+        "nodes-snapshot", *HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}", "fetch-api-key"]
     for _task, hosts, data in runner.calls:
         assert hosts == ["gpu-1"]
         assert data["workflow"] == str(workflow) and data["workflows_dir"] == str(workflow.parent)

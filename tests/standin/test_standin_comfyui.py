@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import time
 import uuid
 import zlib
@@ -14,8 +13,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standin_launch import Standin  # noqa: E402
+from comfyfleet.devkit.standin import Standin
 
 GOOD_PACK = '''
 import os, folder_paths

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from upstreams.model_servers import Upstreams
-from upstreams.pypi import PackageIndex
+
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
+from comfyfleet.devkit.upstreams.pypi import PackageIndex
 
 
 @pytest.fixture

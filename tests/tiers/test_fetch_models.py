@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from upstreams.model_servers import Upstreams
 
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from tiers.helpers import FETCH, run_fetch, write_plan
 
 HUB_MODES = {"stdlib": {}}

@@ -17,8 +17,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from upstreams.model_servers import Upstreams
 
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from tiers.helpers import FETCH, run_fetch, write_plan
 
 WRITE_MODES = {"o_direct": {}, "page_cache": {"COMFYFLEET_FETCH_NO_DIRECT": "1"}}

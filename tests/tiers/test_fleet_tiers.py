@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fleet import Fleet, Host
-from upstreams.model_servers import Upstreams
-from upstreams.pypi import PackageIndex
 
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
+from comfyfleet.devkit.upstreams.pypi import PackageIndex
 from comfyfleet.runner import RunOptions, RunResult, run
 from tiers.helpers import compact_upscaler_safetensors
 

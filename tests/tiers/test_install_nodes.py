@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet.upstreams import node_pack_files
-from upstreams.pypi import PackageIndex
 
+from comfyfleet.devkit.fleet.upstreams import node_pack_files
+from comfyfleet.devkit.upstreams.pypi import PackageIndex
 from tiers.helpers import INSTALL_NODES, write_plan
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",

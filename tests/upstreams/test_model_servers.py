@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-from upstreams.model_servers import Upstreams
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 
 
 @pytest.fixture

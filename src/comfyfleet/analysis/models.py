@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from comfyfleet.analysis import rules
+import comfyfleet.analysis.rules as rules
 from comfyfleet.analysis.index import KnowledgeIndex
 from comfyfleet.analysis.overrides import Overrides
 from comfyfleet.analysis.workflow import NodeUse

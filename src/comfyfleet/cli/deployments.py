@@ -10,8 +10,12 @@ import typer
 from rich.table import Table
 
 from comfyfleet.cli.output import err, fail, out
+from comfyfleet.cli.ship import result_table
 from comfyfleet.errors import BadInput
-from comfyfleet.registry import Deployment, HistoryEntry, Registry
+from comfyfleet.registry import Deployment, HistoryEntry, Registry, StepRecord, utcnow
+from comfyfleet.schedules import add_schedule, run_scheduled
+from comfyfleet.ship import HostsBusy, hold_hosts
+from comfyfleet.ship.serving import set_serving
 
 app = typer.Typer(
     name="deployments",
@@ -113,14 +117,10 @@ def show(name: str, env: str | None = EnvOption) -> None:
 
 def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     """Turn a deployment's endpoint on or off on every host, then record it."""
-    from comfyfleet.registry import StepRecord, utcnow
-
     reg = _registry()
     d = reg.get(name, env)
     started = utcnow()
     kind = "start" if enabled else "stop"
-    from comfyfleet.registry.serving import set_serving
-    from comfyfleet.ship import HostsBusy, hold_hosts
 
     try:
         with hold_hosts([e.host for e in d.endpoints], f"{kind} of {d.name} ({d.environment})"):
@@ -168,9 +168,6 @@ def verify(name: str, env: str | None = EnvOption) -> None:
 
     Example: comfyfleet deployments verify portraits --env prod
     """
-    from comfyfleet.cli.ship import result_table
-    from comfyfleet.schedules import run_scheduled
-
     reg = _registry()
     d = reg.get(name, env)
     if d.status == "inactive":
@@ -273,8 +270,6 @@ def schedule_add(
 
     Example: comfyfleet deployments schedule add portraits --action warmup --cron '0 8 * * 1-5'
     """
-    from comfyfleet.schedules import add_schedule
-
     reg = _registry()
     d = reg.get(name, env)
     s = add_schedule(reg, d, action.value, cron=cron, every=every)

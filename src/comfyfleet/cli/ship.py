@@ -14,7 +14,17 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from comfyfleet.registry import Registry
-from comfyfleet.ship import PipelineResult, describe
+from comfyfleet.schedules import RunEvent, Watcher
+from comfyfleet.schedules import watch as run_watch
+from comfyfleet.ship import (
+    HostsBusy,
+    PipelineResult,
+    describe,
+    hold_hosts,
+    prepare_ship,
+    run_ship,
+    standard_steps,
+)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -35,8 +45,8 @@ class RichReporter:
     """Progress per step and host: a spinner while it runs, a mark and seconds when done."""
 
     def __init__(self, console: Console) -> None:
-        # No refresh thread: loading an inventory file makes pyinfra's CLI module monkey-patch
-        # threading with gevent, and a thread started across that patch fails at exit. The
+        # No refresh thread: the CLI makes threads gevent-aware before a host run
+        # (runner.parallel_ssh), and a thread started across that patch fails at exit. The
         # display is redrawn on every event instead.
         self.progress = Progress(
             SpinnerColumn(finished_text=""), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -112,8 +122,6 @@ def ship(
 
     Example: comfyfleet ship workflows/txt2img.json --to inventory/lambda.py --env prod
     """
-    from comfyfleet.ship import HostsBusy, hold_hosts, prepare_ship, run_ship, standard_steps
-
     registry = Registry()
     ctx = prepare_ship(workflow, to, env.value, name, registry)
     steps = standard_steps(ctx, registry)
@@ -136,6 +144,8 @@ def ship(
     if dep is not None:
         for e in dep.endpoints:
             out.print(f"[green]serving[/] {e.url}  ({e.host})")
+            if e.api_key_file:
+                out.print(f"  API key: {e.api_key_file}  (send it as: Authorization: Bearer <key>)", markup=False)
 
 
 def watch(
@@ -145,9 +155,6 @@ def watch(
 
     Example: comfyfleet deployments schedule add portraits --every 5m && comfyfleet watch
     """
-    from comfyfleet.schedules import RunEvent, Watcher
-    from comfyfleet.schedules import watch as run_watch
-
     registry = Registry()
 
     def on_event(event: RunEvent) -> None:

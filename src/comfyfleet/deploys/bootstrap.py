@@ -27,17 +27,16 @@ def provision(provider: str | None = None) -> None:
     if provider and given and given != provider:
         raise BadInput(f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run")
     cfg = host_config(host, provider)
-    sudo = cfg.sudo
     requests = [(ContainerHost, {"user": cfg.ssh_user}), *runtime_facts(cfg, cfg.comfyui_ref)]
     if cfg.block_device:
         requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
-    prefetch.prefetch(name="Read host state", requests=requests, _sudo=sudo)
-    docker.engine(name="Docker Engine", user=cfg.ssh_user, apt_url=cfg.docker_apt_url, _sudo=sudo)
+    prefetch.prefetch(name="Read host state", requests=requests)
+    docker.engine(name="Docker Engine", user=cfg.ssh_user, apt_url=cfg.docker_apt_url)
     docker.nvidia_toolkit(
         name="NVIDIA container toolkit", version=cfg.nvidia_toolkit_version, apt_url=cfg.nvidia_apt_url,
-        user=cfg.ssh_user, _sudo=sudo,
+        user=cfg.ssh_user,
     )
-    block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount, _sudo=sudo)
+    block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount)
     deploy_runtime(prefetched=True)
 
 

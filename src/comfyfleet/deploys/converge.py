@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from pyinfra import host
 
+from comfyfleet.context import report
 from comfyfleet.deploys import tasks
+from comfyfleet.deploys.api import local_artifact
 from comfyfleet.deploys.models import download_models, model_plan, needed_models
 from comfyfleet.deploys.nodes import (
     install_nodes,
@@ -29,7 +31,6 @@ from comfyfleet.deploys.runtime import deploy_runtime
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import host_config
-from comfyfleet.runner import report
 
 UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
 
@@ -67,8 +68,6 @@ def api_step() -> Callable[[], None] | None:
     if mode in ("false", "no", "0") or api is None:
         return None
     if mode == "auto":
-        from comfyfleet.deploys.api import local_artifact
-
         try:
             local_artifact(host.data)
         except BadInput as exc:

@@ -46,6 +46,7 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
+from comfyfleet.context import report
 from comfyfleet.deploys.nodes import (
     MODELS_CHECK,
     HostsideJson,
@@ -59,10 +60,9 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
-from comfyfleet.operations.shell import fail, script
-from comfyfleet.runner import report
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 from comfyfleet.secrets import load_tokens
+from comfyfleet.shell import fail, script
 
 # A models subfolder, nested up to four deep as packs register them (XLabs: ``xlabs/loras``).
 # Every segment starts with a letter, digit or underscore, so no ``.``/``..`` and no absolute path.

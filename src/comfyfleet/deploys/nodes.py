@@ -35,19 +35,19 @@ from collections.abc import Callable, Generator
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar, cast
-from weakref import WeakKeyDictionary
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
+from comfyfleet.analysis import analyze_paths
+from comfyfleet.context import host_run, report
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
-from comfyfleet.operations.shell import fail, script
-from comfyfleet.runner import report
+from comfyfleet.shell import fail, script
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
@@ -86,8 +86,6 @@ _ANALYSIS_CACHE: dict[tuple[str, ...], tuple[list[Manifest], list[str]]] = {}
 
 def load_manifests(workflow: str | None, workflows_dir: str = "workflows") -> list[Manifest]:
     """Manifests of one workflow file, or of every workflow in ``workflows_dir`` (BadInput on bad files)."""
-    from comfyfleet.analysis import analyze_paths
-
     target = workflow or workflows_dir
     path = Path(target)
     if not path.exists():
@@ -288,21 +286,9 @@ class StagedFiles(FactBase[dict[str, Any]]):
         return {"hashes": hashes, "probes": probes}
 
 
-# Probe answers of this run, per host, valid while the staged files did not change.
-_PROBES: WeakKeyDictionary[Any, dict[tuple[str, ...], dict[str, Any]]] = WeakKeyDictionary()
-
-
-def _this_host() -> Any:
-    """The real Host behind pyinfra's ``host`` proxy: the proxy is immortal and hashes as
-    whichever host is current, so as a weak key it would never expire (see inventory.host_config)."""
-    from pyinfra.context import ContextObject
-
-    return host._get_module() if isinstance(host, ContextObject) else host
-
-
 def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
     """What ``argv`` answered in this run's staging probe, else run it now (one round trip)."""
-    answer = _PROBES.get(_this_host(), {}).pop(argv, None)
+    answer = host_run(host).probes.pop(argv, None)
     if answer is not None:
         return answer
     return host.get_fact(HostsideJson, argv=argv)
@@ -320,10 +306,10 @@ def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = N
     remote = state["hashes"]
     stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
     if not stale:
-        _PROBES[_this_host()] = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
+        host_run(host).probes = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
         host.noop(f"{len(files)} file(s) up to date")
         return
-    _PROBES.pop(_this_host(), None)
+    host_run(host).probes = {}
     yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
     for path, data in sorted(stale.items()):
         yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
@@ -359,10 +345,6 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
 
 # --- operations ---------------------------------------------------------------------------
 
-# Verification results a no-op install check produced, for the verify step of the same run.
-_VERIFIED: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
-
-
 @operation()
 def node_packs(script_path: str, plan_path: str, packs: int, update: bool = False) -> Generator[Any, None, None]:
     """Bring the plan's node packs to their pinned versions (no change when all already are).
@@ -376,7 +358,7 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     mode = (*NODES_CHECK, "--fetch") if update else NODES_CHECK
     state = probed_or_fact(("python3", script_path, "--plan", plan_path, *mode))
     if "VERIFY" in state:
-        _VERIFIED[_this_host()] = state
+        host_run(host).verified = state
     if "CHECK" not in state:
         yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
         return
@@ -413,7 +395,8 @@ def verify_classes(
     """
     # When the install step found nothing to do, its check already verified (same run, no restart since).
     reusable = reuse_check is not None and reuse_check.is_complete() and not reuse_check.did_change()
-    state = _VERIFIED.pop(_this_host(), None) if reusable else None
+    run = host_run(host)
+    state, run.verified = (run.verified if reusable else None), None
     if state is None:
         state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
     result = state.get("VERIFY")

@@ -13,15 +13,14 @@ from typing import Any
 
 from comfyui_api.object_store import load
 from comfyui_api.settings import ConfigError
-from pyinfra.operations import files
-
 from comfyfleet.errors import BadInput
+from comfyfleet.operations.api import secret_file
 
 
-def object_store_file(host_name: str, local: str, dest: str, sudo: bool) -> Any:
+def object_store_file(host_name: str, local: str, dest: str) -> Any:
     """Check the operator's file (one clear line when it is wrong), then upload it root-only."""
     try:
         load(Path(local))
     except ConfigError as exc:
         raise BadInput(f"host {host_name}: object_store_file {exc}") from None
-    return files.put(name="object store settings", src=local, dest=dest, mode="600", _sudo=sudo)
+    return secret_file(name="object store settings", local_file=local, path=dest)

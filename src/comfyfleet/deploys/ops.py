@@ -14,14 +14,14 @@ from comfyfleet.operations import comfyui, docker, inspect
 def status_task() -> None:
     """Containers, ComfyUI version and health, GPU, disk, memory and busiest processes (a report, no change)."""
     cfg = host_config(host)
-    inspect.status(name="Collect status", cfg=cfg, _sudo=cfg.sudo)
+    inspect.status(name="Collect status", cfg=cfg)
 
 
 @task("logs")
 def logs_task() -> None:
     """Recent ComfyUI and API container logs, errors highlighted; ``export_dir`` writes one file per host."""
     cfg = host_config(host)
-    inspect.logs(name="Collect logs", cfg=cfg, lines=cfg.log_lines, export_dir=cfg.export_dir, _sudo=cfg.sudo)
+    inspect.logs(name="Collect logs", cfg=cfg, lines=cfg.log_lines, export_dir=cfg.export_dir)
 
 
 @deploy("Restart")
@@ -30,15 +30,14 @@ def restart(component: str) -> None:
     cfg = host_config(host)
     lay = cfg.layout
     if component in ("comfyui", "all"):
-        docker.restart(name="Restart ComfyUI", container=lay.comfyui_container, _sudo=cfg.sudo)
+        docker.restart(name="Restart ComfyUI", container=lay.comfyui_container)
         comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                             timeout=cfg.health_timeout, _sudo=cfg.sudo)
+                             timeout=cfg.health_timeout)
     if component in ("api", "all"):
         # A host without the API service yet reports that and carries on (restart is a noop).
-        api = docker.restart(name="Restart comfyui-api", container=lay.api_container, _sudo=cfg.sudo)
+        api = docker.restart(name="Restart comfyui-api", container=lay.api_container)
         docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                         container=lay.api_container, timeout=cfg.health_timeout, _if=api.did_change,
-                         _sudo=cfg.sudo)
+                         container=lay.api_container, timeout=cfg.health_timeout, _if=api.did_change)
 
 
 @task("restart")
@@ -57,18 +56,17 @@ def update_core(ref: str) -> None:
     """
     cfg = host_config(host)
     lay = cfg.layout
-    sudo = cfg.sudo
     core = comfyui.checkout(name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref,
-                            record_to=lay.state, _sudo=sudo)
+                            record_to=lay.state)
     env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
-                             image=cfg.runtime_image, _sudo=sudo)
+                             image=cfg.runtime_image)
     docker.restart(name="Restart ComfyUI", container=lay.comfyui_container,
-                   _if=lambda: core.did_change() or env.did_change(), _sudo=sudo)
+                   _if=lambda: core.did_change() or env.did_change())
     health = comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                                  timeout=cfg.health_timeout, _ignore_errors=True, _sudo=sudo)
+                                  timeout=cfg.health_timeout, _ignore_errors=True)
     comfyui.rollback(name="Roll back ComfyUI core", path=lay.comfyui, container=lay.comfyui_container,
                      state_dir=lay.state, url=cfg.comfyui_url, ref=ref, timeout=cfg.health_timeout,
-                     _if=health.did_error, _sudo=sudo)
+                     _if=health.did_error)
 
 
 @task("update-comfyui-core")

@@ -7,8 +7,11 @@ pyinfra deploy function taking no arguments that reads what it needs from
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
+import comfyfleet.deploys as pkg
 from comfyfleet.errors import BadInput
 
 TaskFn = Callable[[], None]
@@ -25,11 +28,6 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
 
 def load_all() -> None:
     """Import every module that registers tasks."""
-    import importlib
-    import pkgutil
-
-    import comfyfleet.deploys as pkg
-
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{pkg.__name__}.{info.name}")
 

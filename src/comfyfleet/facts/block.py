@@ -12,7 +12,7 @@ from typing import Any
 
 from pyinfra.api import FactBase, StringCommand
 
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 # blkid exits 2 when it finds no filesystem or partition table, and also when it could not
 # open the device at all: so "blank" needs more proof. READ says whether the first 4 KiB

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyinfra.api import FactBase, StringCommand
 
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 
 class MissingDirectories(FactBase[list[str]]):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pyinfra.api import FactBase, StringCommand
 
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 SPEC_LABEL = "comfyfleet.spec-hash"
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from pyinfra import host as ctx_host_proxy
-from pyinfra.api import FactBase, Host, StringCommand, operation
-from pyinfra.context import ContextObject
+from pyinfra.api import FactBase, StringCommand, operation
+
+from comfyfleet.context import host_run
+from comfyfleet.pyinfra_compat import changes_so_far, real_host
 
 FactRequest = tuple[type[FactBase[Any]], dict[str, Any]]
 
@@ -28,28 +29,8 @@ class _Snapshot:
     values: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = field(default_factory=dict)
 
 
-_SNAPSHOTS: WeakKeyDictionary[Host, _Snapshot] = WeakKeyDictionary()
-
-
-def _real(host: Any) -> Host:
-    return host._get_module() if isinstance(host, ContextObject) else host
-
-
 def _key(cls: type[FactBase[Any]], kwargs: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
     return cls.__name__, tuple(sorted(kwargs.items()))
-
-
-def _changes(host: Host) -> int:
-    """How many completed operations changed something on this host so far in this run."""
-    state = getattr(host, "state", None)
-    if state is None or host not in state.ops:
-        return 0
-    count = 0
-    for op_data in state.ops[host].values():
-        meta = op_data.operation_meta
-        if meta.is_complete() and meta.did_change():
-            count += 1
-    return count
 
 
 class FactBundle(FactBase[dict[int, tuple[int, list[str]]]]):
@@ -88,26 +69,25 @@ def prefetch(requests: list[FactRequest]) -> Generator[Any, None, None]:
 
     + requests: ``(FactClass, kwargs)`` pairs, the same kwargs the operations will pass
     """
-    host = _real(ctx_host_proxy)
     facts = [cls() for cls, _ in requests]
     commands = tuple(f.command(**kwargs) for f, (_, kwargs) in zip(facts, requests, strict=True))
     bundle = ctx_host_proxy.get_fact(FactBundle, commands=commands)
-    snap = _Snapshot(changes=_changes(host))
+    snap = _Snapshot(changes=changes_so_far(real_host(ctx_host_proxy)))
     for index, (fact_obj, (cls, kwargs)) in enumerate(zip(facts, requests, strict=True)):
         rc, lines = bundle.get(index, (1, []))
         if rc != 0:
             continue  # asked again for real by the operation, which then reports the error
         snap.values[_key(cls, kwargs)] = fact_obj.process(lines) if lines else fact_obj.default()
-    _SNAPSHOTS[host] = snap
+    host_run(ctx_host_proxy).facts = snap
     ctx_host_proxy.noop(f"read {len(snap.values)} facts in one round trip")
     yield from ()
 
 
 def fact(cls: type[FactBase[Any]], **kwargs: Any) -> Any:
     """A fact of the current host: from the prefetched snapshot while it is still true, else read now."""
-    host = _real(ctx_host_proxy)
-    snap = _SNAPSHOTS.get(host)
+    run = host_run(ctx_host_proxy)
+    snap = run.facts
     key = _key(cls, kwargs)
-    if snap is not None and key in snap.values and snap.changes == _changes(host):
+    if snap is not None and key in snap.values and snap.changes == changes_so_far(real_host(ctx_host_proxy)):
         return snap.values[key]
     return ctx_host_proxy.get_fact(cls, **kwargs)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from comfyui_api.client import ApiClient, ApiError, ApiUnavailable, not_ready_detail
 
 from comfyfleet.errors import BadInput, HostFailure
 from comfyfleet.modal_target.deploy_output import parse_dashboard_url, parse_endpoint_url
@@ -163,57 +164,50 @@ def verify_endpoint(
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Check]:
-    """/health until the container is up (cold start), /ready, then one generation per workflow with its defaults."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """/health until the container is up (cold start), /ready, then one generation per workflow with its defaults.
+
+    Through :mod:`comfyui_api.client`, which follows Modal's redirect of a request running
+    past 150 s to its result.
+    """
     checks: list[Check] = []
-    # Modal answers a request running past 150 s with a redirect to its result: follow it.
-    with httpx.Client(base_url=url, headers=headers, follow_redirects=True, transport=transport,
-                      timeout=httpx.Timeout(60.0, read=300.0)) as client:
+    with ApiClient(url, api_key, timeout=60.0, transport=transport) as api:
         deadline = time.monotonic() + health_timeout
-        for path in ("/health", "/ready"):
-            check = _wait_for(client, path, deadline, sleep)
+        for name, call in (("health", api.health), ("ready", api.ready)):
+            check = _wait_for(name, call, deadline, sleep)
             checks.append(check)
             if not check.ok:
                 return checks
         for workflow in workflows:
-            checks.append(_generate(client, workflow, api_key, generation_timeout, sleep))
+            checks.append(_generate(api, workflow, api_key, generation_timeout, sleep))
     return checks
 
 
-def _wait_for(client: httpx.Client, path: str, deadline: float, sleep: Callable[[float], None]) -> Check:
-    """GET path until it answers 200 (503 means starting: ComfyUI, models, warmup) or the deadline passes."""
+def _wait_for(name: str, call: Callable[[], Any], deadline: float, sleep: Callable[[float], None]) -> Check:
+    """Call until it answers 200 (503 means starting: ComfyUI, models, warmup) or the deadline passes."""
     started = time.monotonic()
     last = "no answer"
     pause = 1.0
     while True:
         try:
-            resp = client.get(path)
-            if resp.status_code == 200:
-                return Check(path.strip("/"), True, "200", time.monotonic() - started)
-            last = f"{resp.status_code} {_not_ready(resp)}"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
+            call()
+            return Check(name, True, "200", time.monotonic() - started)
+        except ApiError as exc:
+            last = f"{exc.status} {_detail(exc)}" if exc.status else _detail(exc)
         if time.monotonic() >= deadline:
-            return Check(path.strip("/"), False, last, time.monotonic() - started)
+            return Check(name, False, last, time.monotonic() - started)
         sleep(pause)
         pause = min(pause * 2, 10.0)
 
 
-def _not_ready(resp: httpx.Response) -> str:
-    """What a 503 from /ready says is missing (failing checks), else the start of the body."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:200].strip()
-    checks = body.get("checks") if isinstance(body, dict) else None
-    if isinstance(checks, dict):
-        failing = {k: v for k, v in checks.items() if isinstance(v, dict) and not v.get("ok", True)}
-        if failing:
-            return json.dumps(failing)[:300]
-    return json.dumps(body)[:300]
+def _detail(exc: ApiError) -> str:
+    """What an error answer says: /ready's failing checks, else the start of the service's words."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("checks"), dict):
+        return not_ready_detail(body["checks"])[:300]
+    return (exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail))[:300].strip()
 
 
-def _generate(client: httpx.Client, workflow: str, api_key: str | None, timeout: float,
+def _generate(api: ApiClient, workflow: str, api_key: str | None, timeout: float,
               sleep: Callable[[float], None]) -> Check:
     name = f"generate {workflow}"
     if not api_key:
@@ -221,42 +215,24 @@ def _generate(client: httpx.Client, workflow: str, api_key: str | None, timeout:
     started = time.monotonic()
     for _attempt in range(5):
         try:
-            resp = client.post(f"/workflows/{workflow}", json={}, timeout=httpx.Timeout(60.0, read=timeout))
-        except httpx.HTTPError as exc:
-            return Check(name, False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
-        if resp.status_code not in (429, 503):
+            result = api.run(workflow, outputs="base64", timeout=timeout)
             break
-        # Busy or (re)connecting to ComfyUI: the API says when to come back.
-        sleep(min(float(resp.headers.get("retry-after") or 5), 30.0))
+        except ApiUnavailable as exc:
+            if exc.status not in (429, 503):
+                return Check(name, False, f"{exc.status or ''} {_detail(exc)}".strip(), time.monotonic() - started)
+            # Busy or (re)connecting to ComfyUI: the API says when to come back.
+            sleep(min(exc.retry_after or 5.0, 30.0))
+        except ApiError as exc:
+            seconds = time.monotonic() - started
+            if exc.status in (401, 403):
+                return Check(name, False, f"{exc.status}: the API refused the key in {API_KEY_ENV}", seconds)
+            return Check(name, False, f"{exc.status} {_detail(exc)}", seconds)
+    else:
+        return Check(name, False, "still busy after 5 attempts", time.monotonic() - started)
     seconds = time.monotonic() - started
-    if resp.status_code in (401, 403):
-        return Check(name, False, f"{resp.status_code}: the API refused the key in {API_KEY_ENV}", seconds)
-    if resp.status_code != 200:
-        return Check(name, False, f"{resp.status_code} {resp.text[:300].strip()}", seconds)
-    try:
-        body = resp.json()
-    except ValueError:
-        return Check(name, False, "200 but the answer is not JSON", seconds)
-    count = count_outputs(body)
-    if count == 0:
+    if not result.outputs:
         return Check(name, False, "200 but no output file in the answer", seconds)
-    return Check(name, True, f"{count} output file(s)", seconds)
-
-
-def count_outputs(body: Any) -> int:
-    """Output files in a generation answer: lists of {filename, ...} anywhere under 'outputs'."""
-    outputs = body.get("outputs", body.get("files")) if isinstance(body, dict) else None
-
-    def walk(node: Any) -> int:
-        if isinstance(node, dict):
-            if "filename" in node or "name" in node and ("data" in node or "url" in node or "base64" in node):
-                return 1
-            return sum(walk(v) for v in node.values())
-        if isinstance(node, list):
-            return sum(walk(v) for v in node)
-        return 0
-
-    return walk(outputs)
+    return Check(name, True, f"{len(result.outputs)} output file(s)", seconds)
 
 
 @dataclass

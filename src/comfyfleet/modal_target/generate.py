@@ -20,6 +20,8 @@ import jinja2
 from comfyui_api.names import BadWorkflowName, check_workflow_name
 
 import comfyfleet
+from comfyfleet.analysis import analyze_paths
+from comfyfleet.deploys.nodes import clone_url, pack_dir
 from comfyfleet.errors import BadInput
 from comfyfleet.manifest import Lock, Manifest, ModelRef, NodePack
 from comfyfleet.modal_target.options import ModalOptions
@@ -114,8 +116,6 @@ def doc_text(value: str) -> str:
 
 def _pack_entry(pack: NodePack) -> dict[str, Any]:
     """The pack as the host installer's plan names it (same folder, clone URL and version)."""
-    from comfyfleet.deploys.nodes import clone_url, pack_dir
-
     where = f"node pack {pack.id!r}"
     if not _PACK_REPO.match(pack.repo) or "/../" in pack.repo + "/" or "/./" in pack.repo + "/":
         raise BadInput(f"{where}: repo {pack.repo!r} is not an https git URL; fix it in workflows/overrides.yaml")
@@ -283,8 +283,6 @@ def _host(url: str) -> str:
 
 def inputs_from_paths(paths: Sequence[Path]) -> AppInputs:
     """Analyze workflow files or folders (the same analysis the hosts' manifests come from)."""
-    from comfyfleet.analysis import analyze_paths
-
     result = analyze_paths([Path(p) for p in paths])
     if result.errors:
         first = result.errors[0]

@@ -20,7 +20,7 @@ from pyinfra.api import operation
 
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.block import BlockVolume
-from comfyfleet.operations.shell import fail, script
+from comfyfleet.shell import fail, script
 
 _MKFS_SCRIPT = r"""
 refuse() { echo "refusing to format $1: $2" >&2; exit 1; }

@@ -13,7 +13,8 @@ from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, MissingInp
 from comfyfleet.facts.docker import ContainerHost
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations import docker
-from comfyfleet.operations.shell import script
+from comfyfleet.pyinfra_compat import inner_commands
+from comfyfleet.shell import script
 
 PREVIOUS_REF_FILE = "comfyui-previous-ref"
 
@@ -204,7 +205,7 @@ def runtime_container(cfg: HostConfig) -> Generator[Any, None, None]:
         gpu = cfg.gpu
     else:
         gpu = bool(prefetch.fact(ContainerHost, user=cfg.ssh_user).get("nvidia_smi"))
-    yield from docker.container._inner(runtime_spec(cfg, gpu))
+    yield from inner_commands(docker.container, runtime_spec(cfg, gpu))
 
 
 @operation()
@@ -215,7 +216,7 @@ def wait_healthy(url: str, container: str, timeout: int = 300) -> Generator[Any,
     + container: container name, for its state and logs
     + timeout: seconds to wait
     """
-    yield from docker.wait_http._inner(f"{url}/system_stats", container, timeout)
+    yield from inner_commands(docker.wait_http, f"{url}/system_stats", container, timeout)
 
 
 @operation(is_idempotent=False)

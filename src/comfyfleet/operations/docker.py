@@ -11,11 +11,11 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
+from comfyfleet.context import report
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.comfyui import HttpStatus
 from comfyfleet.facts.docker import SPEC_LABEL, ContainerHost, DockerContainer
-from comfyfleet.operations.shell import fail, script
-from comfyfleet.runner import report
+from comfyfleet.shell import fail, script
 
 DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"

@@ -16,9 +16,9 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import operation
 
+from comfyfleet.context import report
 from comfyfleet.facts.comfyui import ScriptSections
 from comfyfleet.inventory import HostConfig
-from comfyfleet.runner import report
 
 ERROR_LINE = re.compile(r"error|exception|traceback|failed|cannot import|no module named", re.IGNORECASE)
 

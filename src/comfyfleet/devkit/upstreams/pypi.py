@@ -5,7 +5,7 @@ requirements from it with ``pip install --index-url http://127.0.0.1:PORT/simple
 no registry is reached. Wheels are written with :mod:`zipfile` (the wheel format is a
 zip with a dist-info folder), so building one takes milliseconds and needs no tools.
 
-Standalone: ``python tests/upstreams/pypi.py DIR`` serves the wheels already in DIR.
+Standalone: ``python src/comfyfleet/devkit/upstreams/pypi.py DIR`` serves the wheels already in DIR.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Start and stop the ComfyUI stand-in (tests/standin/comfyui) as a real process on loopback.
+"""Start and stop the ComfyUI stand-in (its source tree: tests/standin/comfyui) as a real process on loopback.
 
 Tests of any area can use it:
 
-    from standin_launch import Standin
+    from comfyfleet.devkit.standin import Standin
     with Standin(tmp_path) as comfy:        # tmp_path becomes --base-directory
         httpx.get(comfy.url + "/system_stats")
 """
@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-STANDIN_DIR = Path(__file__).resolve().parent / "comfyui"
+from comfyfleet.devkit import STANDIN_DIR
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.engine import docker, run
+from comfyfleet.devkit.fleet.engine import docker, run
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

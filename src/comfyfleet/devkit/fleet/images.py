@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fleet.engine import docker, run
-from fleet.errors import FleetUnavailable
+from comfyfleet.devkit.fleet.engine import docker, run
+from comfyfleet.devkit.fleet.errors import FleetUnavailable
 
 CACHE = Path(os.environ.get("COMFYFLEET_FLEET_CACHE", "/var/cache/comfyfleet-fleet"))
 SUITE = "bookworm"

@@ -4,11 +4,11 @@ Used by tests/conftest.py (fixtures ``fleet``, ``fleet_hosts``, ``start_host``,
 ``write_inventory``) and by ``scripts/fleet.py`` (a sandbox fleet for people).
 """
 
-from fleet import images
-from fleet.errors import FleetUnavailable
-from fleet.hosts import Host, LoopVolume
-from fleet.session import Fleet, cleanup, down_all, list_fleets
-from fleet.upstreams import ComfyUIUpstream, GitUpstreams
+from comfyfleet.devkit.fleet import images
+from comfyfleet.devkit.fleet.errors import FleetUnavailable
+from comfyfleet.devkit.fleet.hosts import Host, LoopVolume
+from comfyfleet.devkit.fleet.session import Fleet, cleanup, down_all, list_fleets
+from comfyfleet.devkit.fleet.upstreams import ComfyUIUpstream, GitUpstreams
 
 __all__ = [
     "ComfyUIUpstream",

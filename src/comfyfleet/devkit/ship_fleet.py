@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from fleet import Fleet, Host  # noqa: E402
-from tiers.helpers import compact_upscaler_safetensors  # noqa: E402
-from upstreams.model_servers import Upstreams  # noqa: E402
+from comfyfleet.devkit import REPO as ROOT
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.models import compact_upscaler_safetensors
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
+from comfyfleet.runner import run
 
 MODEL_BYTES = 256 * 1024  # small: the ship's own time is measured, not the transfer
 KJNODES_BODY = '''
@@ -111,7 +108,6 @@ class ShipFleet:
 
     def bootstrap(self, inventory: Path) -> float:
         """Provision hosts as an operator would before their first ship; returns seconds."""
-        from comfyfleet.runner import run
 
         started = time.monotonic()
         result = run(str(inventory), "bootstrap")

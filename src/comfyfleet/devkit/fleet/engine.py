@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fleet.errors import FleetUnavailable
+from comfyfleet.devkit.fleet.errors import FleetUnavailable
 
 SOCKET = Path("/var/run/docker.sock")
 # How the fleet started dockerd, so a person (or `scripts/fleet.py engine`) can tell later.

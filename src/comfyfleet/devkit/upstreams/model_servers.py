@@ -20,7 +20,7 @@ without Content-Length, or a chunked body broken mid-chunk) and servers that ign
 ``connection_rate`` (bytes/s) paces every file answer, per connection, as a WAN link from a
 CDN does (``--throttle-mbps`` when run standalone).
 
-Standalone: ``python tests/upstreams/model_servers.py DIR`` serves every file below DIR
+Standalone: ``python src/comfyfleet/devkit/upstreams/model_servers.py DIR`` serves every file below DIR
 as plain files, HF repos (``DIR/hf/<org>/<repo>/...``) and CivitAI versions
 (``DIR/civitai/<id>/<name>``), and prints the base URLs.
 """

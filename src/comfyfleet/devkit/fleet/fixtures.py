@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from fleet.errors import FleetUnavailable
-from fleet.hosts import Host
-from fleet.session import Fleet
+from comfyfleet.devkit.fleet.errors import FleetUnavailable
+from comfyfleet.devkit.fleet.hosts import Host
+from comfyfleet.devkit.fleet.session import Fleet
 
 _started: list[Fleet] = []
 

@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.engine import run
+from comfyfleet.devkit import STANDIN_DIR
+from comfyfleet.devkit.fleet.engine import run
 
-STANDIN = Path(__file__).resolve().parents[1] / "standin" / "comfyui"
+STANDIN = STANDIN_DIR
 # Fixed identity and dates: the same content gives the same commits in every session.
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "comfyfleet tests",

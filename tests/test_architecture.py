@@ -1,0 +1,112 @@
+"""The code's shape, as ARCHITECTURE.md states it: no import cycles, no imports hidden in functions, no sys.path edits.
+
+The import direction between layers is checked by import-linter (`lint-imports`, contracts in
+pyproject.toml, run by .ci/run); this test covers what its contracts do not: cycles inside a
+layer, and the ways cycles used to be dodged.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (SRC / "comfyfleet").rglob("*.py"):
+        if "hostside" in path.parts:
+            continue  # scripts that run on hosts, not modules of the package
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # `from pkg import mod` runs pkg/__init__ too: a dependency on both
+            targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_no_import_cycles_between_modules() -> None:
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_no_comfyfleet_imports_inside_functions() -> None:
+    hidden = []
+    for name, path in _modules().items():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("comfyfleet")):
+                    hidden.append(f"{name}:{node.lineno}")
+                elif isinstance(node, ast.Import) and any(a.name.startswith("comfyfleet") for a in node.names):
+                    hidden.append(f"{name}:{node.lineno}")
+    assert hidden == []
+
+
+def test_the_package_and_scripts_never_edit_sys_path() -> None:
+    offenders = []
+    for path in [*(SRC / "comfyfleet").rglob("*.py"), *(ROOT / "scripts").glob("*.py"),
+                 *(ROOT / "comfyui-api" / "src").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                    and node.value.id == "sys"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                break
+    assert offenders == []
+
+
+def test_modules_stay_small_enough_to_hold_in_your_head() -> None:
+    # Host-side scripts must stay one file each (they are uploaded and run alone).
+    big = {str(p.relative_to(ROOT)): n for p in (SRC / "comfyfleet").rglob("*.py")
+           if "hostside" not in p.parts and (n := len(p.read_text().splitlines())) > 560}
+    assert big == {}
