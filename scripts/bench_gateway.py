@@ -45,10 +45,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "standin"))
-
-from standin_launch import Standin, free_port, stop_process  # noqa: E402
-
+from comfyfleet.devkit.standin import Standin, free_port, stop_process  # noqa: E402
 from comfyfleet.gateway_config import Backend, GatewaySettings, render  # noqa: E402
 from comfyfleet.haproxy_runtime import Runtime  # noqa: E402
 

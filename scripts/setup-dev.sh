@@ -25,7 +25,7 @@ if [ -f comfyui-api/pyproject.toml ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ./comfyui-api 2>&1 | grep -v '^WARNING: Location' || true
 fi
 .venv/bin/python -c 'import comfyfleet' 
-# s3rver (npm): the fake S3 server the object-store tests upload to (tests/standin/s3rver_launch.py).
+# s3rver (npm): the fake S3 server the object-store tests upload to (comfyfleet.devkit.s3rver).
 [ -x .cache/s3rver/node_modules/.bin/s3rver ] || {
   mkdir -p .cache/s3rver
   npm install --prefix .cache/s3rver --no-audit --no-fund --silent s3rver@3.7.1 >/dev/null

@@ -28,7 +28,8 @@ from botocore.credentials import Credentials
 from comfyui_api.object_store import ObjectStore, load
 from comfyui_api.settings import ConfigError
 from conftest import TINY, Api, Comfy, write_workflows
-from s3rver_launch import S3Server, s3rver
+
+from comfyfleet.devkit.s3rver import S3Server, s3rver
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comfyfleet.deploys.gateway import gateway_settings, inventory_with_gateway
+from comfyfleet.deploys.gateway import gateway_settings
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway import inventory_with_gateway
 
 HOST = {"ssh_hostname": "127.0.0.1", "ssh_port": 1, "provider": "lambda"}
 

@@ -24,13 +24,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fleet import Fleet, Host
 from local_ca import make_ca_and_server_pem
-from standin.s3rver_launch import S3Server, s3rver
 from typer.testing import CliRunner
 
 from comfyfleet.cli.main import app
-from comfyfleet.deploys.gateway import deploy_gateway, gateway_targets
+from comfyfleet.deploys.gateway import deploy_gateway
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.s3rver import S3Server, s3rver
+from comfyfleet.gateway import gateway_targets
 from comfyfleet.runner import run
 
 pytestmark = pytest.mark.fleet

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from upstreams.model_servers import Upstreams
 
 from comfyfleet.deploys.models import record_hashes
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from security._host_fixtures import MODEL_FILES, fetch, run_hostside
 
 SIZE = 3 * 1024 * 1024 + 123

@@ -13,7 +13,7 @@ import pytest
 from deploy.deploy_harness import render
 
 from comfyfleet.operations.block import _MKFS_SCRIPT
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 from security._host_fixtures import loop_device, plan_volume, refusal_line, sh, volume_facts
 
 pytestmark = pytest.mark.loopdev

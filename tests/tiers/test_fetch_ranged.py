@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from upstreams.model_servers import Upstreams
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 
 FETCH = Path(__file__).resolve().parents[2] / "src/comfyfleet/hostside/fetch_models.py"
 MIB = 1024 * 1024

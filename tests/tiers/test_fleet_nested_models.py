@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from fleet import Fleet, Host
-from upstreams.model_servers import Upstreams
 
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from comfyfleet.runner import run
 
 pytestmark = pytest.mark.fleet

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from upstreams.model_servers import Upstreams
 
 from comfyfleet.deploys.models import needed_models
+from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from comfyfleet.errors import BadInput
 from comfyfleet.manifest import Manifest, ModelRef
 from comfyfleet.runner import run

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from comfyfleet.cli.hosts import DryRun, InventoryData, parse_data, quiet_ssh_library, show
-from comfyfleet.deploys.gateway import deploy_gateway_task, gateway_targets, set_servers
+from comfyfleet.deploys.gateway import deploy_gateway_task
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway import gateway_targets, set_servers
 from comfyfleet.gateway_config import server_name
 from comfyfleet.runner import RunOptions, parallel_ssh, run
 

@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from comfyfleet.cli.output import out
-from comfyfleet.deploys.gateway import drain_around, gateway_targets, inventory_with_gateway
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway import drain_around, gateway_targets, inventory_with_gateway
 from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
 
 STATUS_STYLE = {

@@ -13,6 +13,7 @@ from typing import Any
 
 from comfyui_api.object_store import load
 from comfyui_api.settings import ConfigError
+
 from comfyfleet.errors import BadInput
 from comfyfleet.operations.api import secret_file
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import FactBase, StringCommand
 
-from comfyfleet.operations.shell import script
+from comfyfleet.shell import script
 
 _SHOW_STAT = 'printf "show stat\\n" | socat -t 5 stdio "UNIX-CONNECT:$1" 2>/dev/null || true'
 

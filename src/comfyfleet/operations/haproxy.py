@@ -15,9 +15,9 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 from pyinfra.facts.files import Sha256File
 
+from comfyfleet.context import report
 from comfyfleet.facts.haproxy import GatewayServers
-from comfyfleet.operations.shell import script
-from comfyfleet.runner import report
+from comfyfleet.shell import script
 
 CONFIG = "/etc/haproxy/haproxy.cfg"
 PEM = "/etc/haproxy/certs/fleet.pem"

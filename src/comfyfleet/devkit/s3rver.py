@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"
+from comfyfleet.devkit import REPO
+
+BINARY = REPO / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"
 ACCESS_KEY = SECRET_KEY = "S3RVER"
 
 
