@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from oracle.compare import compare_prompts
-from oracle.frontend import (
+from comfyfleet.devkit.oracle.compare import compare_prompts
+from comfyfleet.devkit.oracle.frontend import (
     DATA_DIR,
     FrontendOracle,
     OracleResult,

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .frontend import FrontendOracle, load_object_info
+from comfyfleet.devkit.oracle.frontend import FrontendOracle, load_object_info
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Path]:

@@ -30,8 +30,9 @@ from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-from .backend import FrontendBackend
-from .compare import compare_prompts
+from comfyfleet.devkit import REPO
+from comfyfleet.devkit.oracle.backend import FrontendBackend
+from comfyfleet.devkit.oracle.compare import compare_prompts
 
 __all__ = [
     "DATA_DIR",
@@ -44,7 +45,7 @@ __all__ = [
     "templates",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 DATA_DIR = REPO_ROOT / "tests" / "data"
 OBJECT_INFO = DATA_DIR / "comfyui-0.8.0" / "object_info.json.gz"
 CHROMIUM = "/usr/bin/chromium"
