@@ -9,7 +9,7 @@ direct = POST /prompt + websocket frames + GET /view; through the API = one POST
 Pile-up case (issue 14, flat serving latency): the same sequential requests with an empty
 output folder and with 20,000 earlier outputs, in alternating blocks (the folder is swapped
 by a rename between blocks, so machine load drifts alike for both). The earlier outputs lie
-as each side leaves them: through the API one folder per job (api/<day>/<job>/), directly
+as each side leaves them: through the API one folder per job (api/<day>/<hour>/<job>/), directly
 in ComfyUI's flat output/ folder (both kinds lie in the piled-up folder, for either side). Target: API p50 with the pile ≤ 1.1× API p50 empty.
 
     .venv/bin/python scripts/bench_api.py                      # starts the stand-in and the API
@@ -244,7 +244,7 @@ async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: in
 
 def make_pile(folder: Path, count: int, png: bytes) -> None:
     """count earlier outputs as each side leaves them: flat bench_NNNNN_.png, and one folder per API job."""
-    day = folder / "api" / time.strftime("%Y-%m-%d", time.gmtime())
+    day = folder / "api" / time.strftime("%Y-%m-%d/%H", time.gmtime())  # all in one hour: the worst case
     day.mkdir(parents=True)
     for i in range(1, count + 1):
         (folder / f"bench_{i:05d}_.png").write_bytes(png)

@@ -110,7 +110,7 @@ class Service:
                 ep = build_endpoint(path, self.comfy.object_info)
             except WorkflowError as exc:
                 # Callers see file names, not where this host keeps them.
-                errors.append(str(exc).replace(str(path), path.name))
+                errors.append(str(exc).replace(str(self.settings.workflows_dir) + os.sep, ""))
                 log.error("%s", exc)
                 continue
             endpoints[ep.name] = ep
