@@ -42,7 +42,9 @@ def place(graph: dict[str, Any], job_id: str, created_at: float) -> dict[str, An
     folder = job_folder(job_id, created_at)
     for node in graph.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        prefix = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        prefix = inputs.get("filename_prefix")
         if isinstance(prefix, str):
             parts = [p for p in prefix.replace("\\", "/").split("/") if p not in ("", ".", "..")]
             inputs["filename_prefix"] = "/".join([folder, *(parts or ["ComfyUI"])])
