@@ -7,7 +7,9 @@ from typing import Any
 from comfyui_api.settings import Settings
 
 
-def over_limits(graph: dict[str, Any], node_ids: set[str] | None, settings: Settings) -> list[tuple[str, str, str]]:
+def over_limits(
+    graph: dict[str, Any], node_ids: set[str] | None, settings: Settings
+) -> list[tuple[str, str, str]]:
     """(node id, input, message) for each input over a cap, in the nodes given (all when None)."""
     found = []
     for nid, node in graph.items():
@@ -20,7 +22,9 @@ def over_limits(graph: dict[str, Any], node_ids: set[str] | None, settings: Sett
         if batch is not None and batch > settings.max_batch:
             found.append((nid, "batch_size", f"batch_size must be <= {settings.max_batch} on this service"))
         if w is not None and h is not None and w * h > settings.max_pixels:
-            found.append((nid, "width", f"width x height must be <= {settings.max_pixels} pixels on this service"))
+            found.append(
+                (nid, "width", f"width x height must be <= {settings.max_pixels} pixels on this service")
+            )
     return found
 
 

@@ -59,9 +59,20 @@ def file_refs(node_outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if not isinstance(items, list):
                 continue
             for item in items:
-                if isinstance(item, dict) and "filename" in item and item.get("type") in ("output", "temp", "input"):
-                    out.append({"node": node_id, "kind": kind, "filename": str(item["filename"]),
-                                "subfolder": str(item.get("subfolder") or ""), "type": item["type"]})
+                if (
+                    isinstance(item, dict)
+                    and "filename" in item
+                    and item.get("type") in ("output", "temp", "input")
+                ):
+                    out.append(
+                        {
+                            "node": node_id,
+                            "kind": kind,
+                            "filename": str(item["filename"]),
+                            "subfolder": str(item.get("subfolder") or ""),
+                            "type": item["type"],
+                        }
+                    )
                 else:
                     out.append({"node": node_id, "kind": kind, "value": item})
     return out
@@ -156,7 +167,9 @@ class Outputs:
             try:
                 removed = await asyncio.to_thread(self.sweep)
                 if removed:
-                    log.info("deleted %d job output folders older than %.1f h", removed, self.retention_s / 3600)
+                    log.info(
+                        "deleted %d job output folders older than %.1f h", removed, self.retention_s / 3600
+                    )
             except Exception:  # the sweep must outlive any one bad folder
                 log.exception("output retention sweep failed")
             await asyncio.sleep(interval)
