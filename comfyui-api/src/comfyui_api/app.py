@@ -281,7 +281,7 @@ def create_app(settings: Settings) -> Starlette:
         if body.get("async"):
             return _json(job.public(), 202, {"location": f"/jobs/{job.id}"})
         try:
-            await asyncio.wait_for(asyncio.shield(job.done.wait()), settings.sync_timeout_s)
+            await asyncio.wait_for(job.done.wait(), settings.sync_timeout_s)
         except asyncio.TimeoutError:
             # Nobody is waiting for it any more: stop it rather than let it hold the GPU.
             with contextlib.suppress(ComfyUnavailable):
