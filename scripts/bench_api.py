@@ -294,8 +294,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="paired throughput runs (direct, via API)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--pile", type=int, default=20000, help="earlier outputs in the pile-up case (0: skip it)")
-    ap.add_argument("--pile-requests", type=int, default=60, help="sequential requests per side per block")
-    ap.add_argument("--pile-rounds", type=int, default=4, help="blocks per state (empty, piled up)")
+    ap.add_argument("--pile-requests", type=int, default=30, help="sequential requests per side per block")
+    ap.add_argument("--pile-rounds", type=int, default=8, help="blocks per state (empty, piled up)")
     args = ap.parse_args()
 
     from standin_launch import Standin, free_port
