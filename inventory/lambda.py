@@ -5,6 +5,6 @@ own dict overrides group data. Every key is documented in src/comfyfleet/invento
 """
 
 gpu = [
-    ("203.0.113.10", {"comfyui_ref": "v0.3.75"}),
+    ("203.0.113.10", {"comfyui_ref": "v0.8.0"}),
     ("203.0.113.11", {}),
 ]

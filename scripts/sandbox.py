@@ -17,7 +17,8 @@ What it does, with the same commands an operator runs against a rented machine:
    workflow) and `--status`.
 
 Offline, the upstreams are local mirrors and say so: the ComfyUI repository is the
-ComfyUI stand-in (tests/standin/comfyui) served over git smart HTTP, github.com node packs
+ComfyUI stand-in (tests/standin/comfyui), or the real ComfyUI checkout that
+COMFYFLEET_TEST_COMFYUI names, served over git smart HTTP, github.com node packs
 come from a local git mirror (host data `git_mirrors`), huggingface.co models from a local
 Hugging Face-compatible server (host data `hf_endpoint`) holding small placeholder files.
 Against real hosts, none of this is used: see README.md.
@@ -64,7 +65,9 @@ def main() -> int:
         inventory = ship.inventory([host], scratch / "inventory.py")
         print(f"sandbox: host {host.name} at 127.0.0.1:{host.ssh_port} (ssh user {host.ssh_user}), "
               f"volume {host.block_device}; inventory {inventory}")
-        print(f"sandbox: offline mirrors: ComfyUI stand-in {fleet.comfyui.url if fleet.comfyui else '-'}, "
+        comfyui = fleet.comfyui
+        label = "ComfyUI (real, from COMFYFLEET_TEST_COMFYUI)" if comfyui and comfyui.real else "ComfyUI stand-in"
+        print(f"sandbox: offline mirrors: {label} {comfyui.url if comfyui else '-'}, "
               f"Hugging Face {ship.up.hf_url}, github.com -> {fleet.upstreams.base_url}")
 
         step("analyze the workflows", "analyze", "workflows/")

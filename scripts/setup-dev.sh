@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync; do
+# chromium: the headless browser the /docs tests drive with Playwright.
+for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux iproute2 curl git rsync chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -36,7 +36,6 @@ def test_marker_stops_and_unmarking_serves_again_without_restart(comfy: Comfy, t
         paths = httpx.get(a.url + "/openapi.json").json()["paths"]
         assert "/workflows/tiny" not in paths and "/workflows/other" in paths
         assert set(httpx.get(a.url + "/workflows").json()) == {"other"}
-        assert "/workflows/tiny" not in httpx.get(a.url + "/docs").text
         health = httpx.get(a.url + "/health").json()
         assert health["workflows"] == ["other"] and health["stopped"] == ["needs_model", "tiny"]
         # A stopped workflow's models are not required: the service is ready for what it serves.

@@ -2,10 +2,10 @@
 
 # ComfyUI core: repository and the ref every host is pinned to.
 comfyui_repo = "https://github.com/comfyanonymous/ComfyUI.git"
-comfyui_ref = "v0.3.75"
+comfyui_ref = "v0.8.0"
 
 # Image ComfyUI runs in (python3 + torch); its requirements go into a venv on the data root.
-runtime_image = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+runtime_image = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
 
 # ComfyUI binds loopback only; the API service (api_port) is what users reach.
 comfyui_listen = "127.0.0.1"
@@ -16,4 +16,4 @@ api_port = 3000
 gpu = "auto"
 
 # Pinned nvidia-container-toolkit from NVIDIA's repository.
-nvidia_toolkit_version = "1.17.8-1"
+nvidia_toolkit_version = "1.18.2-1"

@@ -33,7 +33,7 @@ container_prefix       ``""``                                      prefix of con
 health_timeout         ``300``                                     seconds to wait for ``/system_stats``
 docker_apt_url         ``https://download.docker.com/linux``       Docker's apt repository (or a mirror)
 nvidia_apt_url         NVIDIA's libnvidia-container repository     NVIDIA's apt repository (or a mirror)
-nvidia_toolkit_version ``1.17.8-1``                                pinned nvidia-container-toolkit version
+nvidia_toolkit_version :data:`DEFAULT_NVIDIA_TOOLKIT_VERSION`      pinned nvidia-container-toolkit version
 component              ``comfyui``                                 ``restart``: comfyui | api | all
 ref                    ``comfyui_ref``                             ``update-comfyui-core``: the ref to move to
 log_lines              ``200``                                     ``logs``: lines per container
@@ -61,9 +61,11 @@ if TYPE_CHECKING:
 Provider = Literal["lambda", "datacrunch", "generic"]
 
 DEFAULT_COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
-DEFAULT_COMFYUI_REF = "v0.3.75"
-# CUDA 12.4 runtime with torch preinstalled: ComfyUI's requirements go into a venv on top.
-DEFAULT_RUNTIME_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+DEFAULT_COMFYUI_REF = "v0.8.0"
+# torch 2.9.1 built for CUDA 12.8 (Blackwell GPUs need CUDA >= 12.8 builds); ComfyUI's
+# requirements go into a venv on top.
+DEFAULT_RUNTIME_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
+DEFAULT_NVIDIA_TOOLKIT_VERSION = "1.18.2-1"
 DEFAULT_NVIDIA_APT_URL = "https://nvidia.github.io/libnvidia-container/stable/deb"
 
 PROVIDER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -111,7 +113,7 @@ class HostConfig(BaseModel):
     health_timeout: int = Field(default=300, ge=5, le=3600)
     docker_apt_url: str = "https://download.docker.com/linux"
     nvidia_apt_url: str = DEFAULT_NVIDIA_APT_URL
-    nvidia_toolkit_version: str = "1.17.8-1"
+    nvidia_toolkit_version: str = DEFAULT_NVIDIA_TOOLKIT_VERSION
     component: Literal["comfyui", "api", "all"] = "comfyui"
     ref: str | None = None
     log_lines: int = Field(default=200, ge=1, le=100000)

@@ -245,3 +245,80 @@ def test_pack_specific_folders_with_or_without_input_names(
     unnamed = analyze_data(ui_workflow(ui_node(1, ctype, [filename])), "wf", "wf", index=small_index)
     assert [(m.filename, m.folder) for m in named.models] == [(filename, folder)]
     assert [(m.filename, m.folder) for m in unnamed.models] == [(filename, folder)]
+
+
+@pytest.mark.parametrize(
+    ("class_type", "inputs", "expected"),
+    [
+        # Acly/comfyui-inpaint-nodes registers models/inpaint, .patch included.
+        (
+            "INPAINT_LoadFooocusInpaint",
+            {"head": "fooocus_inpaint_head.pth", "patch": "inpaint_v26.fooocus.patch"},
+            {("fooocus_inpaint_head.pth", "inpaint"), ("inpaint_v26.fooocus.patch", "inpaint")},
+        ),
+        ("INPAINT_LoadInpaintModel", {"model_name": "big-lama.pt"}, {("big-lama.pt", "inpaint")}),
+        # Depth-Anything TensorRT reads models/tensorrt/depth-anything.
+        (
+            "DepthAnythingTensorrt",
+            {"engine": "v2_depth_anything_vitl-fp16.engine"},
+            {("v2_depth_anything_vitl-fp16.engine", "tensorrt/depth-anything")},
+        ),
+        # ReActor: swap model in insightface, restorer in facerestore_models.
+        (
+            "ReActorFaceSwap",
+            {"swap_model": "inswapper_128.onnx", "face_restore_model": "codeformer-v0.1.0.pth"},
+            {("inswapper_128.onnx", "insightface"), ("codeformer-v0.1.0.pth", "facerestore_models")},
+        ),
+        # A YOLO name's bbox/ prefix is models/ultralytics/bbox: the folder is ultralytics.
+        (
+            "UltralyticsDetectorProvider",
+            {"model_name": "bbox/face_yolov8m.pt"},
+            {("bbox/face_yolov8m.pt", "ultralytics")},
+        ),
+        ("ReActorMaskHelper", {"bbox_model_name": "segm/person_yolov8m-seg.pt"},
+         {("segm/person_yolov8m-seg.pt", "ultralytics")}),
+    ],
+)
+def test_loader_packs_folders_from_their_own_source(
+    small_index: KnowledgeIndex, class_type: str, inputs: dict, expected: set
+) -> None:
+    manifest = analyze_data(one_node(class_type, **inputs), "wf", "wf", index=small_index)
+    assert {(m.filename, m.folder) for m in manifest.models} == expected
+    assert not [u for u in manifest.unresolved.models if u.folder is None]
+
+
+def test_engines_and_onnx_graphs_are_never_placed_by_name_guess(small_index: KnowledgeIndex) -> None:
+    manifest = analyze_data(
+        one_node("SomeTensorrtUpscaler", engine="realesrgan_x4-lora-fp16.engine"), "wf", "wf", index=small_index
+    )
+    assert manifest.models == []
+    [entry] = manifest.unresolved.models
+    assert entry.filename == "realesrgan_x4-lora-fp16.engine" and "which models folder" in entry.reason
+
+
+def test_index_folder_with_the_value_subfolder_is_not_doubled() -> None:
+    """The Manager's model list says ultralytics/bbox for face_yolov8m.pt; the value is bbox/face_yolov8m.pt."""
+    from comfyfleet.analysis.index import default_index
+
+    manifest = analyze_data(
+        one_node("SomeDetectorLoader", model_name="bbox/face_yolov8m.pt"), "wf", "wf", index=default_index()
+    )
+    assert [(m.filename, m.folder) for m in manifest.models] == [("bbox/face_yolov8m.pt", "ultralytics")]
+
+
+def test_a_folder_guessed_from_names_is_never_silent(small_index: KnowledgeIndex) -> None:
+    """The file is listed where the guess puts it, and flagged so --strict fails until a person confirms."""
+    manifest = analyze_data(
+        one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"), "wf", "wf", index=small_index
+    )
+    assert [(m.filename, m.folder, m.source) for m in manifest.models] == [
+        ("my_style_lora_v2.safetensors", "loras", "heuristic")
+    ]
+    [entry] = manifest.unresolved.models
+    assert entry.folder == "loras" and "is a guess" in entry.reason and "no download URL" in entry.reason
+    confirmed = Overrides.model_validate(
+        {"models": {"my_style_lora_v2.safetensors": {"folder": "loras", "url": "https://example.org/x.safetensors"}}}
+    )
+    again = analyze_data(one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"), "wf", "wf", confirmed,
+                         index=small_index)
+    assert again.models[0].source == "override" and not again.unresolved.models

@@ -114,11 +114,16 @@ def test_node_metadata_wins_over_the_map(small_index: KnowledgeIndex) -> None:
     assert manifest.core_classes == ["OnlyBig"]
 
 
-def test_metadata_for_a_pack_not_in_the_index_uses_aux_id(small_index: KnowledgeIndex) -> None:
+def test_metadata_for_a_pack_not_in_the_index_is_trusted_only_when_listed(small_index: KnowledgeIndex) -> None:
     workflow = ui_workflow(
         ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"})
     )
-    [pack] = analyze_data(workflow, "wf", "wf", index=small_index).custom_nodes
+    manifest = analyze_data(workflow, "wf", "wf", index=small_index)
+    assert manifest.custom_nodes == []
+    [unresolved] = manifest.unresolved.nodes
+    assert unresolved.class_type == "Whatever" and "- https://github.com/zoe/brand-new" in unresolved.reason
+    trusted = Overrides.model_validate({"trusted_repos": ["https://github.com/zoe/brand-new"]})
+    [pack] = analyze_data(workflow, "wf", "wf", trusted, index=small_index).custom_nodes
     assert (pack.id, pack.repo, pack.version) == ("brand-new", "https://github.com/zoe/brand-new", "1.0.0")
 
 
@@ -220,3 +225,22 @@ def test_listed_prefix_beats_a_repo_named_like_the_first_word() -> None:
     # Without prefix evidence the repo name still serves.
     manifest = analyze_data(api("WidgetworksBlur"), "wf", "wf", index=index)
     assert packs(manifest) == {"ComfyUI-Widget-Works": (["WidgetworksBlur"], "name_guess")}
+
+
+def test_a_single_shared_name_prefix_is_no_evidence() -> None:
+    """'BoundingBoxToCenter': two packs each have one class starting 'BoundingBox'; that names neither."""
+    manifest = analyze_data(api("BoundingBoxToCenter", "KSampler"), "wf", "wf", index=default_index())
+    assert manifest.custom_nodes == []
+    assert [n.class_type for n in manifest.unresolved.nodes] == ["BoundingBoxToCenter"]
+
+
+def test_a_fork_and_its_original_are_one_pack_the_cnr_id_one() -> None:
+    """Both would be custom_nodes/ComfyUI-KJNodes: as in ComfyUI-Manager, the cnr_id names the one installed."""
+    workflow = ui_workflow(
+        ui_node(1, "ImageResizeKJv2", props={"cnr_id": "comfyui-kjnodes", "ver": "1.1.7"}),
+        ui_node(2, "ForkOnlyKJThing", props={"aux_id": "me/ComfyUI-KJNodes", "ver": "0123abcd"}),
+    )
+    trusted = Overrides.model_validate({"trusted_repos": ["https://github.com/me/ComfyUI-KJNodes"]})
+    [pack] = analyze_data(workflow, "wf", "wf", trusted, index=default_index()).custom_nodes
+    assert (pack.repo, pack.version) == ("https://github.com/kijai/ComfyUI-KJNodes", "1.1.7")
+    assert pack.provides == ["ForkOnlyKJThing", "ImageResizeKJv2"]

@@ -102,3 +102,62 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
         assert rows[name]["stopped"] and not rows[name]["schema"] and rows[name]["status"] == 404
         assert rows[name]["outputs"] == 0
     assert rows["stopped"]["error"] == ""  # the API itself answered "stopped"
+
+
+class _RejectingApi:
+    """A stand-in for comfyui-api that answers one workflow with the 502 it gives when ComfyUI rejects
+    the graph; the body has ComfyUI 0.8.0's shape (execution.py validate_inputs: "Value not in list")."""
+
+    LIST = ", ".join(f"'model_{i:03d}.safetensors'" for i in range(40))
+    BODY = {"type": "about:blank", "status": 502,
+            "detail": "ComfyUI rejected the workflow (is everything it needs installed?)",
+            "comfyui": {"error": {"type": "prompt_outputs_failed_validation",
+                                  "message": "Prompt outputs failed validation", "details": "", "extra_info": {}},
+                        "node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "dependent_outputs": ["9"],
+                                              "errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                                                          "details": f"ckpt_name: 'sd15.safetensors' not in [{LIST}]",
+                                                          "extra_info": {"input_name": "ckpt_name"}}]}}}}
+
+
+def test_verify_endpoints_keeps_comfyuis_cause(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from comfyfleet.deploys.api import _VERIFY
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._send(200, {"paths": {"/workflows/bad": {}}} if self.path == "/openapi.json" else {"status": "ok"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._send(502, _RejectingApi.BODY)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "bad.json").write_text("{}")
+    try:
+        out = subprocess.run([sys.executable, "-c", _VERIFY, str(server.server_address[1]), str(tmp_path / "no-keys"),
+                              str(wf), "10", str(tmp_path / "none")], capture_output=True, text=True, timeout=60).stdout
+    finally:
+        server.shutdown()
+    [row] = json.loads(out.split("VERIFY ", 1)[1])["workflows"]
+    assert row["status"] == 502
+    assert "Prompt outputs failed validation" in row["error"]
+    # The actual cause, after a long list of choices, is still there.
+    assert "Value not in list | ckpt_name: 'sd15.safetensors' not in [" in row["error"]

@@ -76,6 +76,11 @@ def test_fleet_bootstrap_two_providers_unreachable_third_exit_1(
                                  f"{host.container_prefix}comfyui"], capture_output=True, text=True).stdout
         for folder in ("models", "custom_nodes", "input", "output", "user", "venv"):
             assert f"{host.data_root}/{folder}" in mounts
+        # ComfyUI's database (<checkout>/user/comfyui.db) and settings share the data root's user/.
+        link = host.exec(f"readlink {host.data_root}/ComfyUI/user", user="root").stdout.strip()
+        assert link == f"{host.data_root}/user"
+        logs = subprocess.run(["docker", "logs", f"{host.container_prefix}comfyui"], capture_output=True, text=True)
+        assert "Failed to initialize database" not in logs.stdout + logs.stderr
 
 
 def test_fleet_datacrunch_volume_mounted_by_uuid_with_nofail(

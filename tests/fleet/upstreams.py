@@ -238,11 +238,24 @@ class GitUpstreams:
         new = head_tags[0] if head_tags else f"v{_version_at(bare, 'HEAD')}"
         if not head_tags:
             _git(*gd, "tag", new, "HEAD")
-        old = _git(*gd, "describe", "--tags", "--abbrev=0", "HEAD^").strip()
+        try:
+            old = _git(*gd, "describe", "--tags", "--abbrev=0", "HEAD^").strip()
+        except RuntimeError:
+            old = ""  # a shallow or single-commit checkout: no earlier release to move back to
         broken = f"{new}-broken"
         with tempfile.TemporaryDirectory(prefix="comfyui-") as tmp:
             work = Path(tmp) / "ComfyUI"
             _git("clone", "-q", "--depth", "1", "--branch", new, f"file://{bare}", str(work))
+            if not old:
+                # Stand in for the previous release: the same code under another version number.
+                old = f"{new}-previous"
+                version = work / "comfyui_version.py"
+                version.write_text(re.sub(r"(__version__\s*=\s*[\"'])([^\"']+)", r"\g<1>\g<2>-previous",
+                                          version.read_text()))
+                _git("commit", "-q", "-am", "the previous release (made by the tests)", cwd=work)
+                _git("tag", old, cwd=work)
+                _git("push", "-q", str(bare), f"refs/tags/{old}", cwd=work)
+                _git("checkout", "-q", "--detach", new, cwd=work)
             (work / "main.py").write_text(BROKEN_MAIN)
             _git("commit", "-q", "-am", "a release that does not start", cwd=work)
             _git("tag", broken, cwd=work)

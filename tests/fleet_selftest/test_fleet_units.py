@@ -76,3 +76,33 @@ def test_written_inventory_loads_in_pyinfra_with_every_host_key(tmp_path: Path) 
     assert lam["health_timeout"] == dc["health_timeout"] == 60
     assert lam["runtime_image"] == "comfyfleet-fleet-runtime:abc"
     assert lam["comfyui_repo"].startswith("http://127.0.0.1:")
+
+
+def _comfyui_checkout(root: Path, releases: list[str]) -> Path:
+    """A ComfyUI-shaped repository with one commit per release (untagged, as forks often are)."""
+    from fleet.upstreams import _git
+
+    work = root / "src"
+    _git("init", "-q", "-b", "master", str(work))
+    for version in releases:
+        (work / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+        (work / "main.py").write_text("print('ComfyUI')\n")
+        _git("add", "-A", cwd=work)
+        _git("commit", "-q", "-m", f"ComfyUI v{version}", cwd=work)
+    return work
+
+
+@pytest.mark.parametrize("shape", ["single-commit", "shallow"])
+def test_real_comfyui_upstream_from_a_checkout_without_history(tmp_path: Path, shape: str) -> None:
+    """`git describe --tags HEAD^` has nothing to describe: the previous release is made, named as such."""
+    from fleet.upstreams import GitUpstreams, _git
+
+    if shape == "single-commit":
+        checkout = _comfyui_checkout(tmp_path, ["0.8.0"])
+    else:
+        full = _comfyui_checkout(tmp_path, ["0.7.0", "0.8.0"])
+        checkout = tmp_path / "shallow"
+        _git("clone", "-q", "--depth", "1", f"file://{full}", str(checkout))
+    up = GitUpstreams(tmp_path / "git").make_comfyui_repo(checkout)
+    assert (up.new_ref, up.old_ref, up.broken_ref) == ("v0.8.0", "v0.8.0-previous", "v0.8.0-broken")
+    assert up.versions == {"v0.8.0": "0.8.0", "v0.8.0-previous": "0.8.0-previous", "v0.8.0-broken": "0.8.0"}

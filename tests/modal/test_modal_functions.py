@@ -217,16 +217,16 @@ def test_image_build_steps_install_pinned_comfyui_and_packs_and_comfyui_serves_t
         process.wait(10)
 
 
-def test_pack_version_without_tag_keeps_default_branch_as_hosts_do(
+def test_pack_version_without_tag_fails_the_build_as_hosts_do(
     tmp_path: Path, build_env: dict[str, Any], upstream_repos: dict[str, Any]
 ) -> None:
-    """The host installer's rule, on Modal too: a registry version with no git tag keeps the clone's HEAD, said so."""
+    """The host installer's rule, on Modal too: a pinned version with no git tag fails, never the clone's HEAD."""
     comfyui_dir = tmp_path / "ComfyUI"
     calls = [("install_node_packs", {"packs": [pack_entry("packb", upstream_repos["other"], "9.9.9", "PackB")],
                                      "comfyui_dir": str(comfyui_dir), "installer": str(INSTALL_NODES)})]
     done = run_in_build_env(build_env, GOLDEN, calls, tmp_path / "c.txt", tmp_path / "m")
-    assert done.returncode == 0, done.stderr
-    assert "no git tag for registry version 9.9.9" in done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "version 9.9.9 of" in done.stderr and "has no git tag v9.9.9 or 9.9.9" in done.stderr
 
 
 def test_unknown_pack_commit_fails_the_build(tmp_path: Path, build_env: dict[str, Any],

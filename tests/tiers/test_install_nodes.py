@@ -314,3 +314,59 @@ def test_clone_whose_default_branch_is_missing_fails_at_install_with_the_fix(
     rc, out, err = run_plan(tmp_path, plan, "install")
     assert rc == 0 and out["RESULT"][0]["status"] == "changed", (out, err)
     assert (tmp_path / "custom_nodes" / "NoHead" / "__init__.py").exists()
+
+
+# What comfyui_manager 4.3's cm-cli does with "install <id>@<version>" (glob/manager_core.py,
+# UnifiedManager._cnr_install): unpack into get_default_custom_nodes_path()/<id>, where that
+# path is ComfyUI's folder_paths.get_folder_paths("custom_nodes")[0]. The registry download is
+# what this stand-in leaves out.
+CM_CLI_STANDIN = '''
+import os, sys
+import folder_paths
+
+def get_default_custom_nodes_path():
+    return folder_paths.get_folder_paths("custom_nodes")[0]
+
+node_id, version = sys.argv[2].split("@")
+install_path = os.path.join(get_default_custom_nodes_path(), node_id)
+os.makedirs(install_path, exist_ok=True)
+with open(os.path.join(install_path, "pyproject.toml"), "w") as f:
+    f.write(f'[project]\\nversion = "{version}"\\n')
+open(os.path.join(install_path, ".tracking"), "w").close()
+'''
+
+
+def test_cm_cli_installs_land_in_the_base_directory_comfyui_loads(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
+    """The plan's cm-cli command (the launcher the hosts run), with a ComfyUI checkout as COMFYUI_PATH
+    and the data root's custom_nodes/ that ``main.py --base-directory <data root>`` loads."""
+    import shutil
+
+    from comfyfleet.deploys.nodes import CM_CLI_LAUNCHER
+
+    comfy = tmp_path / "root" / "ComfyUI"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "standin" / "comfyui", comfy)
+    data_nodes = tmp_path / "root" / "custom_nodes"
+    cm = tmp_path / "cm" / "cm_cli"
+    cm.mkdir(parents=True)
+    (cm / "__init__.py").write_text("")
+    (cm / "__main__.py").write_text(CM_CLI_STANDIN)
+    plan = base_plan(tmp_path, runtime_venv, index, [
+        {"id": "comfyui-kjnodes", "repo": "file:///nonexistent/ComfyUI-KJNodes.git", "version": "1.1.7",
+         "dir": "ComfyUI-KJNodes", "registry": True, "provides": []},
+    ])
+    plan["custom_nodes_dir"] = str(data_nodes)
+    env = ["env", f"COMFYUI_PATH={comfy}", f"PYTHONPATH={cm.parent}"]
+    plan["python"] = [*env, str(runtime_venv)]
+    # As node_plan builds it, with `docker exec -e COMFYUI_PATH=...` replaced by env(1).
+    plan["cm_cli"] = [*env, str(runtime_venv), "-c", CM_CLI_LAUNCHER, str(data_nodes)]
+    rc, out, err = run_plan(tmp_path, plan, "install")
+    assert rc == 0, err
+    row = out["RESULT"][0]
+    assert row["method"] == "manager" and row["dir"] == "comfyui-kjnodes"
+    assert (data_nodes / "comfyui-kjnodes" / ".tracking").is_file()
+    assert not (comfy / "custom_nodes" / "comfyui-kjnodes").exists()
+    # The folder cm-cli made is the one the next check looks at: nothing more to do.
+    rc, out, _ = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"] == [{"id": "comfyui-kjnodes", "dir": "comfyui-kjnodes", "needs": []}]

@@ -88,3 +88,10 @@ def test_manifests_come_from_the_analysis_of_the_workflow_folder(tmp_path: Path)
     (wf / "broken.json").write_text("{not json")
     with pytest.raises(BadInput, match="broken.json"):
         load_manifests(None, str(wf))
+
+
+def test_a_fork_and_its_original_in_two_workflows_are_refused_not_installed_twice() -> None:
+    a = manifest("a", pack("https://github.com/kijai/ComfyUI-KJNodes", None, "N1"))
+    b = manifest("b", pack("https://github.com/me/ComfyUI-KJNodes", None, "N2"))
+    with pytest.raises(BadInput, match=r"would both be custom_nodes/ComfyUI-KJNodes"):
+        needed_packs([a, b])

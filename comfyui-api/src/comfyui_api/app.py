@@ -229,7 +229,16 @@ def create_app(settings: Settings) -> Starlette:
         return _json(docs.openapi(svc.live(), __version__))
 
     async def docs_page(request: Request) -> Response:
-        return HTMLResponse(docs.html(svc.live(), __version__))
+        return HTMLResponse(docs.page())
+
+    async def docs_asset(request: Request) -> Response:
+        try:
+            found = docs.asset(request.path_params["asset"])
+        except docs.AssetsMissing as exc:
+            return _problem(500, str(exc))
+        if found is None:
+            return _problem(404, "no such file under /docs/")
+        return Response(found[0], media_type=found[1], headers={"cache-control": "public, max-age=3600"})
 
     async def list_workflows(request: Request) -> Response:
         return _json({name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
@@ -463,6 +472,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ready", ready),
         Route("/openapi.json", openapi),
         Route("/docs", docs_page),
+        Route("/docs/{asset}", docs_asset),
         Route("/workflows", list_workflows),
         Route("/workflows/{name}", run_workflow, methods=["POST"]),
         Route("/prompt", raw_prompt, methods=["POST"]),

@@ -1,9 +1,18 @@
-"""OpenAPI document and a self-contained /docs page (no CDN: hosts and browsers may be offline)."""
+"""The OpenAPI document, and /docs: Swagger UI over it, served from this process (no CDN).
+
+Hosts and the browsers that open their /docs may have no internet, so Swagger UI's files come
+from the Python package that ships them (flask-swagger-ui, pinned in requirements-pyz-data.txt;
+only its files are read, Flask is never imported) and are served under /docs/ with the small
+script in docs_page.js, which starts Swagger UI and shows a job's output files as images, video
+or audio under the response.
+"""
 
 from __future__ import annotations
 
-import html as _html
-import json
+import functools
+import importlib.resources
+import importlib.util
+import os
 from typing import Any
 
 from comfyui_api.workflows import Endpoint
@@ -60,10 +69,11 @@ def openapi(endpoints: dict[str, Endpoint], version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for name, ep in sorted(endpoints.items()):
         paths[f"/workflows/{name}"] = {"post": {
-            "operationId": f"run_{name.replace('-', '_')}", "summary": ep.summary, "description": ep.description,
-            "tags": ["workflows"],
+            "operationId": f"run_{name.replace('-', '_')}", "summary": ep.summary,
+            "description": _description(ep), "tags": ["workflows"],
             "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{_schema_name(name)}Request"}}}},
+                "schema": {"$ref": f"#/components/schemas/{_schema_name(name)}Request"},
+                "example": _example(ep)}}},
             "responses": _responses()}}
     paths["/prompt"] = {"post": {"operationId": "run_raw_prompt", "tags": ["advanced"],
                                  "summary": "Run an API-format graph as is",
@@ -86,12 +96,19 @@ def openapi(endpoints: dict[str, Endpoint], version: str) -> dict[str, Any]:
                                                        "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
                                                                       {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
                                                        "responses": {"200": {"description": "file bytes"}}}}
-    paths["/upload/image"] = {"post": {"operationId": "upload_image", "tags": ["advanced"],
-                                       "summary": "Upload an image into ComfyUI's input folder",
-                                       "requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-                                           "image": {"type": "string", "format": "binary"}, "subfolder": {"type": "string"},
-                                           "overwrite": {"type": "boolean"}}}}}},
-                                       "responses": {"200": {"description": "{name, subfolder, type}"}}}}
+    paths["/upload/image"] = {"post": {
+        "operationId": "upload_image", "tags": ["advanced"], "summary": "Upload an image into ComfyUI's input folder",
+        "description": "Pass the answer's `name` (`subfolder/name` when a subfolder was given) as a workflow's "
+                       "image input.",
+        "requestBody": {"content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP or GIF"},
+                "subfolder": {"type": "string", "default": "", "description": "inside ComfyUI's input folder"},
+                "overwrite": {"type": "boolean", "default": False,
+                              "description": "replace a file of that name (else a free name is chosen)"}}}}}},
+        "responses": {"200": {"description": "where the file is", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"name": {"type": "string"}, "subfolder": {"type": "string"},
+                                             "type": {"type": "string"}}}}}}}}}
     paths["/executions"] = {"get": {"operationId": "list_executions", "tags": ["log"], "summary": "Execution log",
                                     "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in (
                                         ("workflow", "string"), ("status", "string"), ("since", "string"),
@@ -117,36 +134,89 @@ def _schema_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
 
 
-def html(endpoints: dict[str, Endpoint], version: str) -> str:
-    """A readable page listing every endpoint, its fields, and a curl example."""
-    e = _html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ComfyUI workflows API</title>"
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}code,pre{background:#f4f4f4}</style>"
-             f"</head><body><h1>ComfyUI workflows API <small>{e(version)}</small></h1>"
-             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>. Send <code>Authorization: Bearer KEY</code>."
-             " Body: <code>{\"input\": {...}, \"async\": false, \"outputs\": \"base64\"|\"url\", \"webhook\": URL}</code>.</p>"]
-    for name, ep in sorted(endpoints.items()):
-        parts.append(f"<h2 id='{e(name)}'>POST /workflows/{e(name)}</h2><p>{e(ep.summary)}</p>")
-        if ep.description:
-            parts.append(f"<p>{e(ep.description)}</p>")
-        parts.append("<table><tr><th>field</th><th>type</th><th>default</th><th>allowed</th><th>description</th></tr>")
-        for p in ep.params.values():
-            allowed = ""
-            if p.enum is not None:
-                allowed = ", ".join(map(str, p.enum[:12])) + (" …" if len(p.enum) > 12 else "")
-            elif p.minimum is not None or p.maximum is not None:
-                allowed = f"{p.minimum if p.minimum is not None else ''} … {p.maximum if p.maximum is not None else ''}"
-            default = json.dumps(p.default)
-            if len(default) > 60:
-                default = default[:57] + "…"
-            parts.append(f"<tr><td><code>{e(p.name)}</code>{' (required)' if p.required else ''}</td><td>{e(p.kind)}</td>"
-                         f"<td><code>{e(default)}</code></td><td>{e(allowed)}</td><td>{e(p.description)}</td></tr>")
-        parts.append("</table>")
-        example = {k: p.default for k, p in list(ep.params.items())[:2]}
-        parts.append(f"<pre>curl -X POST -H 'Authorization: Bearer $KEY' -H 'Content-Type: application/json' \\\n"
-                     f"  -d '{e(json.dumps({'input': example}))}' http://HOST:3000/workflows/{e(name)}</pre>")
-    if not endpoints:
-        parts.append("<p>No workflow endpoints yet (ComfyUI not reached, or workflows/ is empty).</p>")
-    parts.append("</body></html>")
-    return "".join(parts)
+
+
+def _description(ep: Endpoint) -> str:
+    parts = [ep.description] if ep.description else []
+    images = [p.name for p in ep.params.values() if p.kind == "image"]
+    if images:
+        parts.append(f"Image inputs ({', '.join(images)}): an http(s) URL, base64, a data: URI, or the `name` that "
+                     "`POST /upload/image` returned for a file you uploaded.")
+    return "\n\n".join(parts)
+
+
+def _example(ep: Endpoint) -> dict[str, Any]:
+    """A request "Try it out" can send as is: the workflow's defaults, outputs as download URLs."""
+    values = {p.name: p.default for p in ep.params.values() if p.default is not None}
+    return {"input": values, "async": False, "outputs": "url"}
+
+
+# -- /docs ------------------------------------------------------------------------------
+
+SWAGGER_UI_PACKAGE = "flask_swagger_ui"
+"""The package whose files are Swagger UI's distribution (``dist/``, as published by swagger-api)."""
+
+ASSETS = {
+    "swagger-ui-bundle.js": ("dist/swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    "swagger-ui.css": ("dist/swagger-ui.css", "text/css; charset=utf-8"),
+    "swagger-ui-LICENSE.txt": ("dist/LICENSE", "text/plain; charset=utf-8"),
+    "swagger-ui-VERSION.txt": ("dist/VERSION", "text/plain; charset=utf-8"),
+}
+"""Files of Swagger UI served under /docs/ (also what scripts/build-binary keeps of the package)."""
+
+PAGE_SCRIPT = "docs_page.js"
+ASSET_PATHS = frozenset({f"/docs/{name}" for name in ASSETS} | {f"/docs/{PAGE_SCRIPT}"})
+"""Open without an API key, like /docs itself: a browser fetches them before anyone authorizes."""
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ComfyUI workflows API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+<style>.comfyui-outputs{display:flex;flex-wrap:wrap;gap:8px;margin:8px 0}
+.comfyui-outputs figure{margin:0}.comfyui-outputs img,.comfyui-outputs video{max-width:512px;max-height:512px}
+.comfyui-outputs figcaption{font:12px monospace}</style>
+</head>
+<body>
+<div id="swagger-ui"><noscript>This page needs JavaScript; the API is described in
+<a href="/openapi.json">/openapi.json</a>.</noscript></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/docs_page.js"></script>
+</body>
+</html>
+"""
+
+
+class AssetsMissing(Exception):
+    """Swagger UI's files are not installed (the package named in requirements-pyz-data.txt)."""
+
+
+def page() -> str:
+    """The /docs page: Swagger UI reading /openapi.json."""
+    return PAGE
+
+
+@functools.cache
+def asset(name: str) -> tuple[bytes, str] | None:
+    """The bytes and content type of a file served under /docs/, None for an unknown name.
+
+    Read through the package's loader without importing it, so this works from site-packages
+    and from inside the .pyz (zipimport) alike.
+    """
+    if name == PAGE_SCRIPT:
+        data = importlib.resources.files("comfyui_api").joinpath(PAGE_SCRIPT).read_bytes()
+        return data, "text/javascript; charset=utf-8"
+    if name not in ASSETS:
+        return None
+    relative, content_type = ASSETS[name]
+    spec = importlib.util.find_spec(SWAGGER_UI_PACKAGE)
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        raise AssetsMissing(f"Swagger UI's files are missing: install the {SWAGGER_UI_PACKAGE} package "
+                            "(comfyui-api depends on it; scripts/build-binary vendors it)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *relative.split("/"))
+    try:
+        return spec.loader.get_data(path), content_type  # type: ignore[attr-defined]
+    except OSError as exc:
+        raise AssetsMissing(f"Swagger UI's file {relative} is missing from {SWAGGER_UI_PACKAGE}: {exc}") from None

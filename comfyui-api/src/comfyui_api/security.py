@@ -26,9 +26,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from comfyui_api.docs import ASSET_PATHS
 from comfyui_api.settings import Network, parse_networks
 
-OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/health", "/ready", "/docs", "/openapi.json", *ASSET_PATHS}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
 
 

@@ -148,14 +148,22 @@ def resolve_models(
     result.unresolved.extend(unsafe.values())
     result.unresolved.extend(unknown_folder.values())
     for ref in result.models:
+        problems = []
+        if ref.source == "heuristic":
+            # Never a silent guess: the folder came from words in a class or file name.
+            problems.append(
+                f"folder {ref.folder!r} is a guess from the node's or file's name; confirm it (folder) under "
+                "'models:' in workflows/overrides.yaml"
+            )
         if ref.url is None:
+            problems.append(
+                "no download URL known; add its url under 'models:' in workflows/overrides.yaml "
+                "or place the file on the host yourself"
+            )
+        if problems:
             result.unresolved.append(
                 UnresolvedModel(
-                    filename=ref.filename,
-                    folder=ref.folder,
-                    node_ids=list(ref.node_ids),
-                    reason="no download URL known; add its url under 'models:' in workflows/overrides.yaml "
-                    "or place the file on the host yourself",
+                    filename=ref.filename, folder=ref.folder, node_ids=list(ref.node_ids), reason="; ".join(problems)
                 )
             )
     return result
@@ -197,15 +205,19 @@ def _locate(
         (indexed.folder if indexed else None, "index"),
         (_class_folder(node.class_type, index) if input_name is None else None, "class_input"),
     ]
-    if rules.MULTI_MODEL_LOADERS.search(node.class_type):
+    if filename.lower().endswith(rules.NO_NAME_GUESS_EXTENSIONS):
+        # A TensorRT engine, ONNX graph or patch lives where its pack says: no guess from names.
+        pass
+    elif rules.MULTI_MODEL_LOADERS.search(node.class_type):
         candidates += [(rules.folder_for_filename(filename), "heuristic"), ("checkpoints", "heuristic")]
-    candidates += [
-        (rules.folder_for_class(node.class_type) if _is_generic(input_name) else None, "heuristic"),
-        (rules.folder_for_filename(filename), "heuristic"),
-    ]
+    else:
+        candidates += [
+            (rules.folder_for_class(node.class_type) if _is_generic(input_name) else None, "heuristic"),
+            (rules.folder_for_filename(filename), "heuristic"),
+        ]
     for found, how in candidates:
         if found:
-            folder, source = rules.canonical_folder(found), how
+            folder, source = rules.folder_without_name_prefix(rules.canonical_folder(found), filename), how
             break
 
     url = (

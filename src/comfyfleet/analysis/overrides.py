@@ -12,6 +12,8 @@ Format (both sections optional)::
         folder: checkpoints                     # ComfyUI models subfolder
         url: https://example.org/my_model.safetensors
         sha256: 0123...                          # optional, 64 hex digits
+    trusted_repos:              # packs a workflow's node metadata (aux_id) may name although
+      - https://github.com/me/my-nodes         # neither ComfyUI-Manager nor the Comfy Registry knows them
 """
 
 from __future__ import annotations
@@ -80,6 +82,20 @@ class Overrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nodes: dict[str, NodeOverride] = Field(default_factory=dict)
     models: dict[str, ModelOverride] = Field(default_factory=dict)
+    trusted_repos: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_repos")
+    @classmethod
+    def _trusted_https(cls, repos: list[str]) -> list[str]:
+        for repo in repos:
+            if not repo.startswith("https://"):
+                raise ValueError(f"{repo!r} must be an https:// git URL")
+        return [repo.rstrip("/").removesuffix(".git") for repo in repos]
+
+    def trusts(self, repo: str) -> bool:
+        """True when the user listed repo under trusted_repos (compared case-insensitively)."""
+        key = repo.lower().rstrip("/").removesuffix(".git")
+        return any(key == trusted.lower() for trusted in self.trusted_repos)
 
     @field_validator("models")
     @classmethod

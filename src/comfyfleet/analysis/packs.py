@@ -5,11 +5,20 @@ Order of evidence, strongest first: the user's overrides, the node's own metadat
 extension-node-map (exact names, then ``nodename_pattern``). When several packs list a
 class, the workflow's classes are covered with as few packs as possible (packs already
 needed win), then the pack a custom-node-list "preemption" names, then the more starred.
+
+Trusted sources only: a repository is installed when ComfyUI-Manager's data lists it, or
+the user named it (``nodes:`` or ``trusted_repos:`` in overrides.yaml). A node's
+``aux_id`` naming any other repository leaves the class unresolved, with the one
+overrides line that allows it. As in ComfyUI-Manager, a node's ``cnr_id`` is looked up
+before its ``aux_id``, and packs that would share one folder (a fork and the pack it
+copies) are installed once: the one a ``cnr_id`` named, else the one the Manager lists,
+else the more starred.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from comfyfleet.analysis.index import KnowledgeIndex, first_word
@@ -26,8 +35,10 @@ RESOLUTION_RANK = {
     "set_cover": 4,
     "name_guess": 5,
 }
-# A pack guessed from a shared name prefix alone must be this popular (GitHub stars).
+# A pack guessed from a shared name prefix alone must be this popular (GitHub stars) ...
 _PREFIX_MIN_STARS = 100
+# ... list this many classes under the prefix (one shared name is a coincidence) ...
+_PREFIX_MIN_CLASSES = 2
 # ... and own at least this share of the classes under that prefix (see _guess_by_name).
 _PREFIX_OWN_SHARE = 0.5
 
@@ -48,6 +59,7 @@ class _Chosen:
     version: str | None
     resolved_by: str
     provides: set[str] = field(default_factory=set)
+    by_cnr_id: bool = False
 
 
 def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overrides | None) -> PackResolution:
@@ -66,13 +78,17 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
     chosen: dict[str, _Chosen] = {}
     open_classes: dict[str, tuple[list[int], str]] = {}
     unlisted: list[str] = []
+    untrusted: list[tuple[str, str]] = []
 
-    def choose(key: str, pack_id: str, repo: str, version: str | None, how: str, ctype: str) -> None:
+    def choose(
+        key: str, pack_id: str, repo: str, version: str | None, how: str, ctype: str, by_cnr: bool = False
+    ) -> None:
         entry = chosen.get(key)
         if entry is None:
             entry = chosen[key] = _Chosen(id=pack_id, repo=repo, version=version, resolved_by=how)
         elif RESOLUTION_RANK[how] < RESOLUTION_RANK[entry.resolved_by]:
             entry.resolved_by = how
+        entry.by_cnr_id = entry.by_cnr_id or by_cnr
         if entry.version is None and version:
             entry.version = version
         entry.provides.add(ctype)
@@ -88,8 +104,15 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
             choose(_key(override.repo), pack_id, override.repo, override.version, "override", ctype)
         elif meta.get("cnr_id") == "comfy-core":
             result.core_classes.append(ctype)
-        elif meta and (found := _repo_from_metadata(meta, ctype, index))[0] is not None:
-            choose(_key(str(found[0])), found[1], str(found[0]), meta.get("ver"), "node_metadata", ctype)
+        elif meta and (found := _repo_from_metadata(meta, ctype, index)).repo is not None:
+            repo = found.repo
+            if found.known or (overrides is not None and overrides.trusts(repo)):
+                choose(_key(repo), found.id, repo, meta.get("ver"), "node_metadata", ctype, found.by_cnr)
+            elif listed := index.packs_listing(ctype) or index.packs_by_pattern(ctype):
+                # ComfyUI-Manager's own fallback for an unknown aux_id: the packs it lists.
+                open_classes[ctype] = (listed, "extension_map")
+            else:
+                untrusted.append((ctype, repo))
         elif index.is_core(ctype):
             result.core_classes.append(ctype)
         elif listed := index.packs_listing(ctype):
@@ -130,13 +153,53 @@ def resolve_packs(nodes: list[NodeUse], index: KnowledgeIndex, overrides: Overri
             info = index.packs[guess]
             choose(_key(info.repo), info.registry_id, info.repo, None, "name_guess", ctype)
 
+    for ctype, repo in untrusted:
+        unresolved(
+            ctype,
+            f"its metadata names {repo}, which neither ComfyUI-Manager's data nor your overrides list, so it "
+            f"is not installed; if you trust it, add this line under 'trusted_repos:' in "
+            f"workflows/overrides.yaml:   - {repo}",
+        )
+
     result.packs = [
         NodePack(
             id=c.id, repo=c.repo, version=c.version, provides=sorted(c.provides), resolved_by=c.resolved_by
         )
-        for c in sorted(chosen.values(), key=lambda c: c.repo.lower())
+        for c in sorted(_one_per_folder(chosen.values(), index), key=lambda c: c.repo.lower())
     ]
     return result
+
+
+def _one_per_folder(chosen: Iterable[_Chosen], index: KnowledgeIndex) -> list[_Chosen]:
+    """Packs that would share a custom_nodes folder (a fork and its original) merged into one.
+
+    ComfyUI-Manager resolves a node's cnr_id before its aux_id and installs one pack per
+    folder name; the pack kept is the one the user named, else a cnr_id named, else the one the
+    Manager lists, else the more starred. The others' classes move to it.
+    """
+    groups: dict[str, list[_Chosen]] = defaultdict(list)
+    for entry in chosen:
+        groups[_key(entry.repo).rsplit("/", 1)[-1]].append(entry)
+    kept: list[_Chosen] = []
+    for group in groups.values():
+
+        def strength(c: _Chosen) -> tuple[bool, bool, bool, int]:
+            found = index.pack_by_repo(c.repo)
+            return (
+                c.resolved_by == "override",
+                c.by_cnr_id,
+                found is not None,
+                index.packs[found].stars if found is not None else -1,
+            )
+
+        winner = max(group, key=strength)
+        for other in group:
+            if other is not winner:
+                winner.provides |= other.provides
+                if RESOLUTION_RANK[other.resolved_by] < RESOLUTION_RANK[winner.resolved_by]:
+                    winner.resolved_by = other.resolved_by
+        kept.append(winner)
+    return kept
 
 
 def _cover(
@@ -211,7 +274,10 @@ def _guess_by_name(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int |
     popular = [
         i
         for i, n in candidates.items()
-        if index.packs[i].stars >= _PREFIX_MIN_STARS and n > core_count and n >= _PREFIX_OWN_SHARE * shared
+        if index.packs[i].stars >= _PREFIX_MIN_STARS
+        and n >= _PREFIX_MIN_CLASSES
+        and n > core_count
+        and n >= _PREFIX_OWN_SHARE * shared
     ]
     if popular:
         return max(popular, key=lambda i: index.packs[i].stars)
@@ -227,39 +293,47 @@ def _guess_by_name(ctype: str, index: KnowledgeIndex, in_use: set[int]) -> int |
     return None
 
 
-def _repo_from_metadata(meta: dict[str, str], ctype: str, index: KnowledgeIndex) -> tuple[str | None, str]:
-    """(repo URL, pack id) a node's cnr_id / aux_id points at."""
+@dataclass(frozen=True)
+class _MetaRepo:
+    repo: str | None
+    id: str
+    known: bool = False  # ComfyUI-Manager's data lists the repo
+    by_cnr: bool = False  # found through the node's cnr_id
+
+
+def _repo_from_metadata(meta: dict[str, str], ctype: str, index: KnowledgeIndex) -> _MetaRepo:
+    """The repo a node's cnr_id (first, as ComfyUI-Manager does) or aux_id points at."""
     cnr_id = meta.get("cnr_id")
     aux_id = meta.get("aux_id")
     if cnr_id:
-        found = index.pack_by_repo(aux_id) if aux_id else None
-        if found is None:
-            # Registry ids are mostly the repo name; prefer a pack that also lists the class.
-            same_name = [
-                i
-                for i in index.packs_listing(ctype)
-                if index.packs[i].registry_id.replace("_", "-") == cnr_id.lower().replace("_", "-")
-            ]
-            if same_name:
-                found = max(same_name, key=lambda i: index.packs[i].stars)
-        if found is None:
-            found = index.pack_by_name(cnr_id)
-        if found is None:
-            found = index.pack_by_id(cnr_id)
-        if found is None:
-            # Registry ids drop or add the "comfyui-" affix and punctuation of the repo name.
-            found = index.pack_by_plain_name(cnr_id)
+        found = _pack_of_registry_id(cnr_id, ctype, index)
         if found is not None:
-            return index.packs[found].repo, cnr_id
-        if aux_id and "/" in aux_id:
-            return f"https://github.com/{aux_id.strip('/')}", cnr_id
-        return None, cnr_id
+            return _MetaRepo(index.packs[found].repo, cnr_id, known=True, by_cnr=True)
     if aux_id and "/" in aux_id:
         found = index.pack_by_repo(aux_id)
-        repo = index.packs[found].repo if found is not None else f"https://github.com/{aux_id.strip('/')}"
-        pack_id = index.packs[found].registry_id if found is not None else aux_id.rsplit("/", 1)[-1].lower()
-        return repo, pack_id
-    return None, aux_id or ""
+        if found is not None:
+            return _MetaRepo(index.packs[found].repo, cnr_id or index.packs[found].registry_id, known=True)
+        return _MetaRepo(f"https://github.com/{aux_id.strip('/')}", cnr_id or aux_id.rsplit("/", 1)[-1].lower())
+    return _MetaRepo(None, cnr_id or aux_id or "")
+
+
+def _pack_of_registry_id(cnr_id: str, ctype: str, index: KnowledgeIndex) -> int | None:
+    """The Manager-known pack a Comfy Registry id names, if any."""
+    # Registry ids are mostly the repo name; prefer a pack that also lists the class.
+    same_name = [
+        i
+        for i in index.packs_listing(ctype)
+        if index.packs[i].registry_id.replace("_", "-") == cnr_id.lower().replace("_", "-")
+    ]
+    if same_name:
+        return max(same_name, key=lambda i: index.packs[i].stars)
+    found = index.pack_by_name(cnr_id)
+    if found is None:
+        found = index.pack_by_id(cnr_id)
+    if found is None:
+        # Registry ids drop or add the "comfyui-" affix and punctuation of the repo name.
+        found = index.pack_by_plain_name(cnr_id)
+    return found
 
 
 def _key(repo: str) -> str:

@@ -23,7 +23,12 @@ MODEL_EXTENSIONS = (
     ".pt2",
     ".pkl",
     ".engine",
+    ".patch",  # Fooocus inpaint patches (Acly/comfyui-inpaint-nodes registers .patch for models/inpaint)
 )
+
+# TensorRT engines and ONNX graphs live in folders each pack picks itself: only a rule for
+# the (class, input) that loads them places them, never a guess from the file's name.
+NO_NAME_GUESS_EXTENSIONS = (".engine", ".onnx", ".patch")
 
 # Nodes that exist only in the web frontend: never sent to the server, so never a dependency.
 FRONTEND_ONLY = frozenset(
@@ -100,7 +105,12 @@ INPUT_NAME_FOLDERS: dict[str, str] = {
     "instantid_file": "instantid",
     "pulid_file": "pulid",
     "sam_model": "sams",
+    "sam_model_name": "sams",
     "motion_model": "animatediff_models",
+    # Impact Pack / ReActor detectors: "bbox/x.pt" and "segm/x.pt" under models/ultralytics
+    "bbox_model_name": "ultralytics",
+    "segm_model_name": "ultralytics",
+    "face_restore_model": "facerestore_models",
 }
 
 # Generic input names ("model_name", "model", "name") get their folder from the node's class.
@@ -177,7 +187,26 @@ CLASS_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     ("ADE_AnimateDiffLoRALoader", "name"): "animatediff_motion_lora",
     ("ACN_SparseCtrlLoaderAdvanced", "sparsectrl_name"): "controlnet",
     ("ControlNetLoaderAdvanced", "control_net_name"): "controlnet",
-    # ltdrdata
+    # Acly/comfyui-inpaint-nodes: _add_folder_path("inpaint", [..., ".patch"])
+    ("INPAINT_LoadFooocusInpaint", "head"): "inpaint",
+    ("INPAINT_LoadFooocusInpaint", "patch"): "inpaint",
+    ("INPAINT_LoadInpaintModel", "model_name"): "inpaint",
+    # yuvraj108c/ComfyUI-Depth-Anything-Tensorrt: ENGINE_DIR = models/tensorrt/depth-anything
+    ("DepthAnythingTensorrt", "engine"): "tensorrt/depth-anything",
+    ("DepthAnythingTensorrtAdvanced", "engine"): "tensorrt/depth-anything",
+    # Gourieff/ComfyUI-ReActor: swap models in models/insightface, restorers in
+    # models/facerestore_models, face models in models/reactor/faces
+    ("ReActorFaceSwap", "swap_model"): "insightface",
+    ("ReActorFaceSwapOpt", "swap_model"): "insightface",
+    ("ReActorFaceSwap", "face_restore_model"): "facerestore_models",
+    ("ReActorFaceSwapOpt", "face_restore_model"): "facerestore_models",
+    ("ReActorRestoreFace", "model"): "facerestore_models",
+    ("ReActorRestoreFaceAdvanced", "model"): "facerestore_models",
+    ("ReActorFaceBoost", "boost_model"): "facerestore_models",
+    ("ReActorLoadFaceModel", "face_model"): "reactor/faces",
+    ("ReActorMaskHelper", "bbox_model_name"): "ultralytics",
+    ("ReActorMaskHelper", "sam_model_name"): "sams",
+    # ltdrdata (Impact Subpack): values are "bbox/<file>" or "segm/<file>" under models/ultralytics
     ("UltralyticsDetectorProvider", "model_name"): "ultralytics",
     ("SAMLoader", "model_name"): "sams",
     ("ONNXDetectorProvider", "model_name"): "onnx",
@@ -321,6 +350,7 @@ RECURSIVE_ROOTS = frozenset(
         "instantid",
         "pulid",
         "facerestore_models",
+        "inpaint",
     }
 )
 
@@ -337,6 +367,18 @@ def install_folder(folder: str) -> str:
     folder = canonical_folder(folder)
     head = folder.split("/", 1)[0]
     return head if head in RECURSIVE_ROOTS else folder
+
+
+def folder_without_name_prefix(folder: str, filename: str) -> str:
+    """The folder a value's own subfolder is not repeated in: ("ultralytics/bbox", "bbox/x.pt") -> "ultralytics".
+
+    Impact Pack lists YOLO models as "bbox/x.pt" for the file models/ultralytics/bbox/x.pt; a
+    folder that already ends in that subfolder would put it at ultralytics/bbox/bbox/x.pt.
+    """
+    sub = filename.rsplit("/", 1)[0] if "/" in filename else ""
+    if sub and folder.endswith("/" + sub):
+        return folder[: -len(sub) - 1]
+    return folder
 
 
 def canonical_folder(folder: str) -> str:
@@ -390,7 +432,9 @@ def folder_for_class(class_type: str) -> str | None:
 
 
 def folder_for_filename(filename: str) -> str | None:
-    """Folder guessed from words in the file name itself."""
+    """Folder guessed from words in the file name itself (never for engines, ONNX graphs, patches)."""
+    if filename.lower().endswith(NO_NAME_GUESS_EXTENSIONS):
+        return None
     for pattern, folder in FILENAME_FOLDERS:
         if pattern.search(filename):
             return folder

@@ -210,6 +210,21 @@ def call(method, path, body=None, t=30.0):
             return e.code, raw.decode(errors="replace")[:300]
     except Exception as e:
         return 0, "%s: %s" % (type(e).__name__, e)
+def why(body, limit=2000):
+    # Every message of an error body, the cause included: ComfyUI puts it last (node_errors' details).
+    parts = []
+    def walk(v, key=""):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, str(k))
+        elif isinstance(v, list):
+            for x in v:
+                walk(x, key)
+        elif isinstance(v, str) and v.strip() and key not in ("type", "status", "id") and v not in parts:
+            parts.append(v.strip())
+    walk(body)
+    text = " | ".join(parts) if parts else json.dumps(body)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 out = {"health": None, "ready": None, "workflows": []}
 out["health"] = call("GET", "/health")
 deadline = time.time() + timeout
@@ -239,7 +254,7 @@ for name in sorted(names | stopped):
             row["outputs"] = len(job.get("outputs", []))
             row["bytes"] = sum(len(base64.b64decode(o["base64"])) for o in files)
         else:
-            row["error"] = json.dumps(job)[:300]
+            row["error"] = why(job)
     out["workflows"].append(row)
 print("VERIFY " + json.dumps(out))
 '''

@@ -51,6 +51,18 @@ from comfyfleet.runner import report
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
+# cm-cli installs into ComfyUI's folder_paths "custom_nodes"[0], which without ComfyUI's own
+# argument parsing is COMFYUI_PATH/custom_nodes; the runtime starts ComfyUI with
+# --base-directory <data root>, so it loads <data root>/custom_nodes. This launcher points
+# folder_paths at that folder (argv[1]) before cm-cli's own code imports it.
+CM_CLI_LAUNCHER = (
+    "import os, runpy, sys; "
+    "sys.path.insert(0, os.environ['COMFYUI_PATH']); "
+    "import folder_paths; "
+    "folder_paths.folder_names_and_paths['custom_nodes'] = ([sys.argv.pop(1)], set()); "
+    "sys.argv[0] = 'cm-cli'; "
+    "runpy.run_module('cm_cli', run_name='__main__', alter_sys=True)"
+)
 _DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 
@@ -112,6 +124,14 @@ def needed_packs(manifests: list[Manifest]) -> tuple[list[NodePack], list[str]]:
                     )
                 have.version = have.version or pack.version
                 have.provides = sorted(set(have.provides) | set(pack.provides))
+    folders: dict[str, str] = {}
+    for pack in by_repo.values():
+        other = folders.setdefault(pack_dir(pack).lower(), pack.repo)
+        if other != pack.repo:
+            raise BadInput(
+                f"packs {other} and {pack.repo} would both be custom_nodes/{pack_dir(pack)} (a fork and its "
+                "original?): keep one, naming it for every class under nodes: in workflows/overrides.yaml"
+            )
     for m in manifests:
         for un in m.unresolved.nodes:
             raise BadInput(
@@ -180,7 +200,7 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
         "python": runtime_python(cfg),
         "cm_cli": [
             "docker", "exec", "-i", "-e", f"COMFYUI_PATH={lay.comfyui}", lay.comfyui_container,
-            f"{lay.venv}/bin/python", "-m", "cm_cli",
+            f"{lay.venv}/bin/python", "-c", CM_CLI_LAUNCHER, lay.custom_nodes,
         ],
         "use_manager": "never" if via == "git" else "auto",
         "pip_args": pip_args,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.operations import files
 
 from comfyfleet.deploys.tasks import task
 from comfyfleet.facts import prefetch
@@ -47,6 +48,12 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     core = comfyui.checkout(
         name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref, _sudo=sudo
     )
+    # ComfyUI keeps its database at <checkout>/user/comfyui.db whatever --base-directory says
+    # (settings go to <data root>/user): one user/ folder on the data root holds both, and
+    # survives re-clones and container recreation. Without it: "Failed to initialize database".
+    user_link = files.link(
+        name="ComfyUI user folder on the data root", path=f"{lay.comfyui}/user", target=lay.user, _sudo=sudo
+    )
     comfyui.seed_inputs(name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input,
                         _sudo=sudo)
     env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
@@ -55,7 +62,7 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     docker.restart(
         name="Restart ComfyUI for new code",
         container=lay.comfyui_container,
-        _if=lambda: (core.did_change() or env.did_change()) and not ctr.did_change(),
+        _if=lambda: (core.did_change() or env.did_change() or user_link.did_change()) and not ctr.did_change(),
         _sudo=sudo,
     )
     comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,

@@ -37,6 +37,7 @@ from typing import Any
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _TIMEOUT = 1800
 
 
@@ -191,7 +192,16 @@ class Installer:
             return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         if not version:
             return "git", "no registry version pinned"
+        if os.path.isdir(os.path.join(self.nodes_dir, pack["dir"], ".git")):
+            # One pack, one folder: a git checkout already there stays the pack's home.
+            return "git", f"already a git checkout in {pack['dir']}"
         return "manager", f"registry version {version} through cm-cli"
+
+    def place(self, pack: dict[str, Any]) -> dict[str, Any]:
+        """The pack with its folder where its installer puts it: cm-cli names it by registry id."""
+        if self.method(pack)[0] == "manager" and _SAFE_DIR.match(str(pack["id"])):
+            return {**pack, "dir": pack["id"]}
+        return pack
 
     def requirements_digest(self, path: str) -> str:
         lines = requirements_lines(path)
@@ -248,8 +258,8 @@ class Installer:
             sha = git(path, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
             if sha:
                 return sha
-        # A registry version without a matching tag: whatever is checked out stands (reported).
-        return head
+        # A pinned version is that tag or nothing: never whatever happens to be checked out.
+        return None
 
     # -- install -------------------------------------------------------------
 
@@ -302,7 +312,8 @@ class Installer:
                 f"{path} exists but is not a git checkout (installed by hand or by cm-cli): "
                 "move it away to let comfyfleet manage this pack"
             )
-        if not st["exists"]:
+        fresh = not st["exists"]
+        if fresh:
             self.clone(pack["repo"], path)
             out["changed"].append("cloned")
             st = pack_state(path)
@@ -323,12 +334,19 @@ class Installer:
             git(path, "fetch", "--quiet", "--tags", "--force", "origin")
             want = self.local_target(path, version, st["head"])
         if want is None:
-            raise PackError(f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides")
-        if version and not is_commit(version) and want == st["head"] and not self._tagged(path, version):
-            out.setdefault("warnings", []).append(
-                f"no git tag for registry version {version}: kept {st['head'][:12]} (pin a commit to be exact)"
+            if fresh:
+                # Never leave the default branch where ComfyUI would load it at its next start.
+                shutil.rmtree(path, ignore_errors=True)  # the clone just made it: nothing else in it
+            if is_commit(version):
+                raise PackError(
+                    f"commit {version} is not in {pack['repo']}: fix the version in the manifest or overrides"
+                )
+            raise PackError(
+                f"version {version} of {pack['repo']} has no git tag v{version} or {version}: pin the commit "
+                "that version is (version: <commit> under nodes: in workflows/overrides.yaml), or install "
+                "through cm-cli (node_install_via: auto with ComfyUI-Manager in the runtime)"
             )
-        if want is not None and want != st["head"]:
+        if want != st["head"]:
             if st["dirty"]:
                 raise PackError(
                     f"{path} has local modifications: commit or discard them, then run again "
@@ -338,12 +356,6 @@ class Installer:
             out["changed"].append(f"checked out {want[:12]}")
             if os.path.isfile(os.path.join(path, ".gitmodules")):
                 git(path, "submodule", "update", "--init", "--recursive", "--quiet")
-
-    @staticmethod
-    def _tagged(path: str, version: str) -> bool:
-        return any(
-            git(path, "rev-parse", "-q", "--verify", f"refs/tags/{t}", check=False) for t in (f"v{version}", version)
-        )
 
     def clone(self, repo: str, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -489,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.plan) as f:
         plan = json.load(f)
     installer = Installer(plan)
+    if args.mode != "list":
+        plan = {**plan, "packs": [installer.place(p) for p in plan.get("packs", [])]}
     if args.mode == "check":
         rows = []
         for p in plan.get("packs", []):

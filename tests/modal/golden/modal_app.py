@@ -29,9 +29,9 @@ HERE = Path(__file__).parent
 
 # ## What the workflows need: the manifest, as the hosts get it
 
-BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+BASE_IMAGE = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
 COMFYUI_REPO = "https://github.com/comfyanonymous/ComfyUI.git"
-COMFYUI_REF = "v0.3.75"
+COMFYUI_REF = "v0.8.0"
 
 # Custom node packs at their pinned versions (registry version as its release tag, or a commit).
 NODE_PACKS = [
