@@ -93,7 +93,6 @@ class JobManager:
         self.active_by_key: dict[str | None, int] = {}
         # Caller-given URLs (webhooks, image inputs) only reach public addresses.
         self.outbound = outbound.client(parse_networks(settings.allow_outbound))
-        self.webhook_client = self.outbound
         self.files = outputs.Outputs(comfy, settings.comfyui_output_dir, settings.output_retention_hours)
         self._tasks: set[asyncio.Task] = set()
 

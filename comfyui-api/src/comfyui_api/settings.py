@@ -121,11 +121,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_api_keys(path: Path) -> list[str]:
-    """Every key of a key file (see read_key_file)."""
-    return [k for k, _ in read_key_file(path)]
-
-
 def read_key_file(path: Path) -> list[tuple[str, str]]:
     """(key, scope) per line: `KEY` (a caller) or `KEY admin`; blank lines and '#' comments ignored.
 
