@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Benchmark the host-side model downloader against curl, on the same file from a local server.
+"""Benchmark the host-side model downloader against what users would run instead, side by side.
 
-Measures, on 127.0.0.1 only:
+Every client fetches the same Hugging Face URL from the local HF-compatible server
+(``tests/upstreams/model_servers.py``: resolve answers 302 to a CDN host name, with Range):
 
-1. throughput of ``hostside/fetch_models.py`` (Range-capable transfer, sha256 verified
-   while streaming, fsync, rename into place) vs ``curl -o`` of the same file, median of
-   interleaved runs. Target: ≥ 0.9× curl. For context it also prints
-   ``curl -o file && sync file`` (curl with the same durability: we fsync before the
-   rename), ``curl | tee file | sha256sum`` (the same verified result by hand) and this
-   CPU's sha256 speed: a downloader that verifies cannot be faster than its hash.
-   Fairness: same server, same file, same filesystem for every client's output file;
-   dirty pages are flushed (``sync``) before each timed run and the order of the
-   clients rotates from run to run.
-2. a download killed midway and resumed: the bytes the resume fetched again beyond the
-   part that was missing. Target: 0.
+- ``curl -o`` (one stream, no verification), ``curl | sha256sum`` (one stream, verified by hand),
+- huggingface_hub's own ``hf_hub_download`` (``HF_ENDPOINT`` pointed at the local server,
+  ``local_dir`` on the same filesystem; run as its own process, as ``hf download`` would be),
+- ours: ``hostside/fetch_models.py`` (sha256 verified, fsync, rename into place; ranged
+  parallel segments where the server serves Range).
 
-Usage: ``.venv/bin/python scripts/bench_models.py [--size-mb 512] [--runs 3]``.
+Cases, each with ``--runs`` interleaved runs (the order rotates; dirty pages are flushed
+before each timed run) and min/median wall time reported:
+
+(a) plain loopback, output on tmpfs (/dev/shm) and on disk. Target: ours ≥ 0.9× warm
+    ``curl -o`` (median MB/s) on both.
+(b) the server paced per connection (``--throttle-mbps``, default 20 MB/s, like a WAN link
+    from a CDN). Targets: ours ≥ 3× a single curl stream and ≥ 1.0× huggingface_hub.
+
+Plus a download killed midway (on the paced server) and resumed: bytes fetched again beyond
+what was missing. Target: at most one segment per connection (the segments in flight).
+
+Usage: ``.venv/bin/python scripts/bench_models.py [--size-mb 256] [--throttled-mb 128] [--runs 3]``.
 The last line says which targets were met or missed; exit 1 when one was missed.
 """
 
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from comfyfleet.devkit.upstreams.model_servers import Upstreams
@@ -39,15 +46,86 @@ from comfyfleet.devkit.upstreams.model_servers import Upstreams
 ROOT = Path(__file__).resolve().parents[1]
 FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
 
+REPO = "bench/models"
+HF_SCRIPT = (
+    "import sys; from huggingface_hub import hf_hub_download; "
+    "hf_hub_download(sys.argv[1], sys.argv[2], local_dir=sys.argv[3])"
+)
 
-def timed(argv: list[str], **kwargs: object) -> float:
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, **kwargs)  # type: ignore[call-overload]
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-def sha256_speed(mb: int = 512) -> float:
-    """hashlib.sha256 MB/s over 1 MiB buffers (the downloader's buffer size), best of 3."""
+class Case:
+    """One server setting and one output filesystem; every client writes below ``out``."""
+
+    def __init__(self, up: Upstreams, name: str, out: Path, filename: str, sha256: str) -> None:
+        self.up, self.name, self.out, self.filename, self.sha256 = up, name, out, filename, sha256
+        self.url = f"{up.hf_url}/{REPO}/resolve/main/{filename}"  # what curl fetches
+        self.env = {
+            **os.environ,
+            "HF_ENDPOINT": up.hf_url,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "HF_HOME": str(out / "hf-home"),
+        }
+        self.plan = out / "plan.json"
+        self.plan.write_text(
+            json.dumps(
+                {
+                    "models_dir": str(out / "models"),
+                    "staging_dir": str(out / "staging"),
+                    "hf_endpoint": up.hf_url,
+                    "items": [
+                        {"filename": filename, "folder": "checkpoints", "url": self.url, "sha256": None}
+                    ],
+                }
+            )
+        )
+
+    def clients(self) -> dict[str, Callable[[], float]]:
+        target = self.out / "client.bin"
+
+        def curl() -> float:
+            return timed(["curl", "-sfL", "-o", str(target), self.url])
+
+        def curl_sha() -> float:
+            return timed(
+                ["sh", "-c", 'curl -sfL "$1" | tee "$2" | sha256sum >/dev/null', "sh", self.url, str(target)]
+            )
+
+        def hf() -> float:
+            shutil.rmtree(self.out / "hf-local", ignore_errors=True)
+            return timed(
+                [sys.executable, "-c", HF_SCRIPT, REPO, self.filename, str(self.out / "hf-local")], self.env
+            )
+
+        def ours() -> float:
+            shutil.rmtree(self.out / "models", ignore_errors=True)
+            return timed([sys.executable, str(FETCH), "--plan", str(self.plan)], self.env)
+
+        return {"curl -o": curl, "curl | sha256sum": curl_sha, "hf_hub_download": hf, "ours": ours}
+
+    def run(self, runs: int, only: list[str]) -> dict[str, list[float]]:
+        clients = {k: v for k, v in self.clients().items() if k in only}
+        times: dict[str, list[float]] = {k: [] for k in clients}
+        order = list(clients)
+        for _ in range(runs):
+            for name in order:
+                (self.out / "client.bin").unlink(missing_ok=True)
+                os.sync()  # same dirty-page state for every client
+                times[name].append(clients[name]())
+            got = hashlib.sha256((self.out / "models/checkpoints" / self.filename).read_bytes()).hexdigest()
+            assert got == self.sha256, "our download does not verify"
+            order = order[1:] + order[:1]  # nobody always runs first or last
+        return times
+
+
+def sha256_speed(mb: int = 256) -> float:
+    """hashlib.sha256 MB/s over 1 MiB buffers on this CPU now, best of 3: a verifying download's ceiling."""
     view = memoryview(os.urandom(1 << 20))
     best = float("inf")
     for _ in range(3):
@@ -59,96 +137,131 @@ def sha256_speed(mb: int = 512) -> float:
     return mb * (1 << 20) / best / 1e6
 
 
+def report(title: str, size: int, times: dict[str, list[float]]) -> dict[str, float]:
+    """Print min/median MB/s per client; returns median MB/s."""
+    print(f"\n{title}")
+    medians = {}
+    for name, ts in times.items():
+        best, med = size / min(ts) / 1e6, size / statistics.median(ts) / 1e6
+        medians[name] = med
+        print(f"  {name:18s} median {med:8.1f} MB/s   best {best:8.1f} MB/s   ({len(ts)} runs)")
+    return medians
+
+
+def resume_check(up: Upstreams, out: Path, filename: str, size: int) -> tuple[int, str]:
+    """Kill ours midway on the paced server, run again: (bytes fetched beyond what was missing, status)."""
+    case = Case(up, "resume", out, filename, "")
+    for d in ("models", "staging"):
+        shutil.rmtree(out / d, ignore_errors=True)
+    before = sum(up.stats.bytes_sent.values())
+    proc = subprocess.Popen(
+        [sys.executable, str(FETCH), "--plan", str(case.plan)],
+        env=case.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = out / "staging/checkpoints" / (filename + ".part.json")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if len(json.loads(state.read_text()).get("done", [])) * (8 << 20) >= size * 0.4:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = sum(up.stats.bytes_sent.values()) - before
+    kept_segments = json.loads(state.read_text()).get("done", [])
+    kept = sum(min(8 << 20, size - i * (8 << 20)) for i in kept_segments)
+    out_text = subprocess.run(
+        [sys.executable, str(FETCH), "--plan", str(case.plan)],
+        env=case.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out_text.split("RESULT ", 1)[1])[0]
+    second = sum(up.stats.bytes_sent.values()) - before - first
+    print(
+        f"\nresume: killed with {kept / 1e6:.1f} MB of whole segments on disk ({first / 1e6:.1f} MB had "
+        f"been sent), the second run fetched {second / 1e6:.1f} MB, reused {result['bytes_reused'] / 1e6:.1f} MB, "
+        f"status {result['status']}"
+    )
+    return second - (size - kept), result["status"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=512)
+    parser.add_argument("--size-mb", type=int, default=256, help="file for the loopback cases")
+    parser.add_argument("--throttled-mb", type=int, default=128, help="file for the paced case")
+    parser.add_argument("--throttle-mbps", type=float, default=20.0, help="per-connection pace of case (b)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    size = args.size_mb << 20
-    work = Path(tempfile.mkdtemp(prefix="bench-models-"))
-    up = Upstreams(work / "upstream").start()
-    try:
-        stored = up.add_file("model.safetensors", size)
-        url = f"{up.files_url}/files/model.safetensors"
-        plan = {"models_dir": str(work / "models"), "staging_dir": str(work / "staging"),
-                "items": [{"filename": "model.safetensors", "folder": "checkpoints", "url": url,
-                           "sha256": stored.sha256}]}
-        (work / "plan.json").write_text(json.dumps(plan))
-        out_file = work / "curl.bin"  # same filesystem as models/, where we write
-
-        def curl() -> float:
-            return timed(["curl", "-sf", "-o", str(out_file), url])
-
-        def curl_sync() -> float:
-            return timed(["sh", "-c", 'curl -sf -o "$2" "$1" && sync "$2"', "sh", url, str(out_file)])
-
-        def curl_tee() -> float:
-            return timed(["sh", "-c", 'curl -sf "$1" | tee "$2" | sha256sum >/dev/null', "sh", url, str(out_file)])
-
-        def ours() -> float:
-            shutil.rmtree(work / "models", ignore_errors=True)
-            return timed([sys.executable, str(FETCH), "--plan", str(work / "plan.json")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        clients = {"curl": curl, "curl+sync": curl_sync, "tee": curl_tee, "ours": ours}
-        times: dict[str, list[float]] = {k: [] for k in clients}
-        order = list(clients)
-        for _ in range(args.runs):
-            for name in order:
-                out_file.unlink(missing_ok=True)
-                os.sync()  # same dirty-page state for every client
-                times[name].append(clients[name]())
-            got = hashlib.sha256((work / "models/checkpoints/model.safetensors").read_bytes()).hexdigest()
-            assert got == stored.sha256, "downloaded file does not verify"
-            order = order[1:] + order[:1]  # rotate: nobody always runs first or last
-        out_file.unlink(missing_ok=True)
-        mb = size / 1e6
-        curl_mbs, sync_mbs, tee_mbs, ours_mbs = (mb / statistics.median(times[k]) for k in clients)
-        ratio = ours_mbs / curl_mbs
-        sha_mbs = sha256_speed()
-        print(f"file: {args.size_mb} MiB from {up.files_url}, median of {args.runs} interleaved runs")
-        print(f"curl -o:                      {curl_mbs:8.0f} MB/s")
-        print(f"curl -o && sync file:         {sync_mbs:8.0f} MB/s")
-        print(f"curl | tee | sha256sum:       {tee_mbs:8.0f} MB/s")
-        print(f"fetch_models.py (verified):   {ours_mbs:8.0f} MB/s   = {ratio:.2f}x curl, "
-              f"{ours_mbs / sync_mbs:.2f}x curl+sync, {ours_mbs / tee_mbs:.2f}x curl+sha256sum")
-        print(f"sha256 on this CPU (hashlib): {sha_mbs:8.0f} MB/s   (1 MiB buffers): hashing alone caps a verifying download "
-              f"at {sha_mbs / curl_mbs:.2f}x curl here")
-
-        # Resume: kill a slow download midway, then finish it at full speed.
-        shutil.rmtree(work / "models", ignore_errors=True)
-        shutil.rmtree(work / "staging", ignore_errors=True)
-        up.throttle["files:model.safetensors"] = max(size / 4, 1 << 20)
-        before = up.stats.bytes_sent.get("files:model.safetensors", 0)
-        proc = subprocess.Popen([sys.executable, str(FETCH), "--plan", str(work / "plan.json")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        part = work / "staging/checkpoints/model.safetensors.part"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < size * 0.4):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kept = part.stat().st_size
-        first = up.stats.bytes_sent.get("files:model.safetensors", 0) - before
-        up.throttle.clear()
-        out = subprocess.run([sys.executable, str(FETCH), "--plan", str(work / "plan.json")],
-                             capture_output=True, text=True, check=True).stdout
-        result = json.loads(out.split("RESULT ", 1)[1])[0]
-        second = up.stats.bytes_sent.get("files:model.safetensors", 0) - before - first
-        refetched = second - (size - kept)
-        print(f"resume: killed at {kept / 1e6:.1f} MB kept on disk ({first / 1e6:.1f} MB had been sent), "
-              f"resume fetched {second / 1e6:.1f} MB, reused {result['bytes_reused'] / 1e6:.1f} MB, "
-              f"re-fetched {refetched} bytes, status {result['status']}")
-    finally:
-        up.stop()
-        shutil.rmtree(work, ignore_errors=True)
-
+    size, slow_size = args.size_mb << 20, args.throttled_mb << 20
+    disk = Path(tempfile.mkdtemp(prefix="bench-models-", dir=os.environ.get("BENCH_DISK_DIR", "/var/tmp")))
+    shm = Path(tempfile.mkdtemp(prefix="bench-models-", dir="/dev/shm"))
+    up = Upstreams(disk / "upstream").start()
     met: list[str] = []
     missed: list[str] = []
-    (met if ratio >= 0.9 else missed).append(f"throughput {ratio:.2f}x curl (target >= 0.9x)")
-    (met if refetched <= 0 and result["status"] == "downloaded" else missed).append(
-        f"resume re-fetched {refetched} bytes (target 0)")
-    print(f"targets met: {'; '.join(met) or 'none'} | missed: {'; '.join(missed) or 'none'}")
+
+    def target(ok: bool, text: str) -> None:
+        (met if ok else missed).append(text)
+
+    try:
+        big = up.add_hf(REPO, "big.safetensors", size)
+        slow = up.add_hf(REPO, "slow.safetensors", slow_size)
+        print(
+            f"files: {args.size_mb} MiB (loopback) and {args.throttled_mb} MiB (paced) from {up.hf_url}, "
+            f"{args.runs} interleaved runs each; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        )
+        everyone = ["curl -o", "curl | sha256sum", "hf_hub_download", "ours"]
+        for label, where in (("tmpfs", shm), ("disk", disk / "out")):
+            where.mkdir(parents=True, exist_ok=True)
+            times = Case(up, label, where, "big.safetensors", big.sha256).run(args.runs, everyone)
+            med = report(f"(a) loopback, output on {label} ({where})", size, times)
+            ratio = med["ours"] / med["curl -o"]
+            print(
+                f"  ours = {ratio:.2f}x curl -o, {med['ours'] / med['curl | sha256sum']:.2f}x curl | sha256sum, "
+                f"{med['ours'] / med['hf_hub_download']:.2f}x hf_hub_download"
+            )
+            sha = sha256_speed()
+            print(
+                f"  sha256 on this CPU now: {sha:.0f} MB/s (1 MiB buffers): a verified download's ceiling is "
+                f"{sha / med['curl -o']:.2f}x curl -o here"
+            )
+            target(ratio >= 0.9, f"(a) {label} {ratio:.2f}x curl -o (>= 0.9)")
+        up.connection_rate = args.throttle_mbps * 1e6
+        paced = disk / "paced"
+        paced.mkdir()
+        times = Case(up, "paced", paced, "slow.safetensors", slow.sha256).run(
+            args.runs, ["curl -o", "hf_hub_download", "ours"]
+        )
+        med = report(
+            f"(b) server paced at {args.throttle_mbps:.0f} MB/s per connection, output on disk",
+            slow_size,
+            times,
+        )
+        vs_curl, vs_hf = med["ours"] / med["curl -o"], med["ours"] / med["hf_hub_download"]
+        print(
+            f"  ours = {vs_curl:.2f}x one curl stream, {vs_hf:.2f}x hf_hub_download; server saw at most "
+            f"{up.stats.peak} bodies at once"
+        )
+        target(vs_curl >= 3.0, f"(b) {vs_curl:.2f}x curl (>= 3)")
+        target(vs_hf >= 1.0, f"(b) {vs_hf:.2f}x hf_hub_download (>= 1)")
+        refetched, status = resume_check(up, paced, "slow.safetensors", slow_size)
+        allowance = 4 * (8 << 20)  # the segments in flight when killed, one per connection
+        print(
+            f"  fetched again beyond what was missing: {refetched / 1e6:.1f} MB (allowed {allowance / 1e6:.0f} MB)"
+        )
+        target(
+            refetched <= allowance and status == "downloaded", f"resume re-fetched {refetched / 1e6:.1f} MB"
+        )
+    finally:
+        up.stop()
+        shutil.rmtree(disk, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
+    print(f"\ntargets met: {'; '.join(met) or 'none'} | missed: {'; '.join(missed) or 'none'}")
     return 1 if missed else 0
 
 

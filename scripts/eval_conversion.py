@@ -1,7 +1,7 @@
 """How well comfyui_api.graph converts UI workflows: against ComfyUI's own frontend, over every template.
 
-    PYTHONPATH=tests .venv/bin/python scripts/eval_conversion.py            # live: headless Chromium oracle
-    PYTHONPATH=tests .venv/bin/python scripts/eval_conversion.py --cached /work/oracle-out
+    .venv/bin/python scripts/eval_conversion.py            # live: headless Chromium oracle
+    .venv/bin/python scripts/eval_conversion.py --cached /work/oracle-out
 
 The corpus is every UI workflow of the template packages ComfyUI 0.8.0 pins (read from the installed
 packages) plus this repository's workflows/*.json. The reference is the prompt ComfyUI's frontend
@@ -27,11 +27,14 @@ from typing import Any
 
 from comfyui_api.graph import GraphError, ui_to_api
 
-try:
-    from oracle.compare import compare_prompts
-    from oracle.frontend import FrontendOracle, Refusal, load_object_info, repo_workflows, templates
-except ImportError as exc:  # the oracle lives with the tests; scripts reach it through PYTHONPATH
-    sys.exit(f"cannot import the frontend oracle ({exc}); run as: PYTHONPATH=tests {' '.join(sys.argv)}")
+from comfyfleet.devkit.oracle.compare import compare_prompts
+from comfyfleet.devkit.oracle.frontend import (
+    FrontendOracle,
+    Refusal,
+    load_object_info,
+    repo_workflows,
+    templates,
+)
 
 TARGET_SECONDS = 1.0
 

@@ -58,6 +58,19 @@ task                   ``status``                                  the task a ru
 workflow               none                                        a workflow file or folder the task works on
 update                 none                                        ``update``: comfyui | nodes | manager | api
 yes                    none                                        ``cleanup-models``: really delete
+cleanup_plan           none                                        ``cleanup-models``: the reviewed plan id to delete
+object_store_file      none                                        local JSON file: outputs to an S3-compatible bucket
+gpu_slots              ``1``                                       gateway: generations a host runs at once
+gateway_address        ``ssh_hostname``                            gateway: where it reaches this host's API
+gateway_backend_group  ``gpu``                                     gateway host: group whose hosts it serves
+gateway_backends       from the inventory                          gateway host: set by ``comfyfleet gateway``
+gateway_listen         ``0.0.0.0``                                 gateway host: address it binds
+gateway_port           ``8443``                                    gateway host: HTTPS (or HTTP) port
+gateway_cert_file      none (plain HTTP)                           gateway host: one PEM, chain + key
+gateway_max_queue      ``64``                                      gateway host: requests waiting, then 503
+gateway_queue_timeout  ``120``                                     gateway host: seconds a request may wait
+gateway_retry_after    ``5``                                       gateway host: Retry-After of a 503
+gateway_job_timeout    ``900``                                     gateway host: seconds a generation may take
 =====================  ==========================================  =============================================
 """
 
@@ -160,6 +173,22 @@ class HostConfig(BaseModel):
     workflow: str | None = None
     update: str | None = None
     yes: bool | str | None = None
+    cleanup_plan: str | None = None
+    # Outputs in an S3-compatible bucket (comfyfleet.deploys.object_store).
+    object_store_file: str | None = None
+    # The fleet gateway (comfyfleet.deploys.gateway checks the ranges and files): on GPU hosts
+    # how they sit behind it, on the gateway host how it serves.
+    gpu_slots: int = Field(default=1, ge=1, le=64)
+    gateway_address: str | None = None
+    gateway_backend_group: str = "gpu"
+    gateway_backends: list[dict[str, Any]] | None = None
+    gateway_listen: str = "0.0.0.0"
+    gateway_port: int = Field(default=8443, ge=1, le=65535)
+    gateway_cert_file: str | None = None
+    gateway_max_queue: int = Field(default=64, ge=1, le=100000)
+    gateway_queue_timeout: int = Field(default=120, ge=1, le=86400)
+    gateway_retry_after: int = Field(default=5, ge=1, le=3600)
+    gateway_job_timeout: int = Field(default=900, ge=1, le=86400)
 
     @field_validator("ssh_user")
     @classmethod
@@ -338,7 +367,7 @@ _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
 _OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_",
-                 "api_", "models_", "verify_", "workflows_")
+                 "api_", "models_", "verify_", "workflows_", "gateway_", "object_store")
 # pyinfra's own host data: connector settings and global operation arguments (``_sudo``...).
 _PYINFRA_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "vagrant_", "terraform_", "local_")
 

@@ -42,6 +42,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,10 +296,12 @@ def run(
     data: dict[str, Any] | None = None,
     options: RunOptions | None = None,
     provider: str | None = None,
+    around_batch: Callable[[list[str]], AbstractContextManager[None]] | None = None,
 ) -> RunResult:
     """Run a task (registry name) or deploy function on every host of ``target``.
 
     Hosts only really overlap once :func:`parallel_ssh` has been called in this process.
+    ``around_batch(host_names)`` wraps each batch (the gateway drains a rolling batch with it).
     """
     opts = options or RunOptions()
     name, fn = resolve_task(task)
@@ -311,7 +314,8 @@ def run(
     results: list[HostResult] = []
     stopped = ""
     for index, batch in enumerate(batches):
-        batch_results, batch_stop = _run_batch(batch, fn, opts)
+        with around_batch([n for n, _ in batch]) if around_batch else nullcontext():
+            batch_results, batch_stop = _run_batch(batch, fn, opts)
         results.extend(batch_results)
         if batch_stop:
             stopped = batch_stop

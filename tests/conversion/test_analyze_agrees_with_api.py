@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from comfyui_api.workflows import WorkflowError, build_endpoint
-from oracle.frontend import load_object_info, repo_workflows, templates
 
 from comfyfleet.analysis import analyze_data
 from comfyfleet.analysis.index import default_index
 from comfyfleet.analysis.workflow import read_workflow_json
+from comfyfleet.devkit.oracle.frontend import load_object_info, repo_workflows, templates
 
 NOT_INSTALLED = re.compile(r"node (\S+) \((.+)\) is not installed in ComfyUI")
 

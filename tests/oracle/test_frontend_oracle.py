@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from oracle.compare import compare_prompts
-from oracle.frontend import (
+from comfyfleet.devkit.oracle.compare import compare_prompts
+from comfyfleet.devkit.oracle.frontend import (
     DATA_DIR,
     FrontendOracle,
     OracleResult,
@@ -28,6 +28,10 @@ from oracle.frontend import (
 )
 
 RECORDED = DATA_DIR / "frontend-recorded"
+# Defects in the shipped files themselves (the frontend passes them on; ComfyUI's backend refuses them).
+TEMPLATE_DEFECTS = {
+    "gsc_starter_1": ("76 (SaveImage): required input images missing",),  # its `images` link is null
+}
 PACKS_OBJECT_INFO = DATA_DIR / "comfyui-0.8.0+packs" / "object_info.json.gz"
 
 
@@ -104,7 +108,7 @@ def test_frontend_prompts_are_valid_for_the_recorded_object_info(
             continue
         assert res.refused is None, f"{name}: frontend refused: {res.refused}"
         assert res.prompt, f"{name}: empty prompt"
-        problems = _validate(res.prompt, object_info)
+        problems = [p for p in _validate(res.prompt, object_info) if p not in TEMPLATE_DEFECTS.get(name, ())]
         if problems:
             bad[name] = problems[:3]
     assert not bad, json.dumps(bad, indent=1)
@@ -117,7 +121,10 @@ def test_missing_node_types_are_reported(frontend_results: dict[str, OracleResul
     with_missing = {n: r.missing_nodes for n, r in frontend_results.items() if r.missing_nodes}
     assert "video_wan2_2_14B_animate" in with_missing
     assert any("DWPreprocessor" in m for m in with_missing["video_wan2_2_14B_animate"])
-    assert all(n.startswith(("template", "gsc_", "video_")) for n in with_missing), sorted(with_missing)
+    # repo-upscale uses KJNodes' GetImageSizeAndCount; the rest are templates using custom packs
+    assert all(n.startswith(("template", "gsc_", "video_", "repo-upscale")) for n in with_missing), sorted(
+        with_missing
+    )
 
 
 def _first_randomized_ksampler(wf: dict[str, Any]) -> tuple[str, int] | None:
@@ -147,7 +154,8 @@ def test_control_widgets_keep_saved_values(oracle: FrontendOracle) -> None:
     again = oracle.prompt_for(wf)
     assert isinstance(again, dict) and again[nid]["inputs"]["seed"] == saved_seed
     before = len(oracle.backend.queued)
-    assert oracle.eval("async () => await window.app.queuePrompt(0, 1)") is True
+    # (queuePrompt's own return value is `!lastNodeErrors`, false even on success with node_errors {})
+    oracle.eval("async () => { await window.app.queuePrompt(0, 1); }")
     posted = oracle.backend.queued[before:]
     assert len(posted) == 1 and posted[0]["prompt"][nid]["inputs"]["seed"] == saved_seed
     widget_after = oracle.eval(
@@ -243,19 +251,74 @@ def _recorded_cases() -> list[Path]:
     return sorted(RECORDED.glob("*.workflow.json"))
 
 
-@pytest.mark.frontend_oracle
-@pytest.mark.parametrize(
-    "workflow_path", _recorded_cases(), ids=lambda p: p.name.removesuffix(".workflow.json")
-)
-def test_conversion_agrees_with_recorded_frontend_prompts(workflow_path: Path) -> None:
-    """Real user workflows (Set/Get, group nodes, nested subgraphs): the frontend's prompt was recorded
-    with the packs' JS loaded (see tests/data/frontend-recorded/SOURCES.md)."""
-    graph = _converter()
+def _recorded(workflow_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    prompt_path = workflow_path.with_name(workflow_path.name.replace(".workflow.", ".prompt."))
+    return json.loads(workflow_path.read_text()), json.loads(prompt_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def packs_object_info() -> dict[str, Any]:
     with gzip.open(PACKS_OBJECT_INFO, "rt") as fh:
-        packs_info = json.load(fh)
-    wf = json.loads(workflow_path.read_text())
-    recorded = json.loads(
-        workflow_path.with_name(workflow_path.name.replace(".workflow.", ".prompt.")).read_text()
-    )
-    theirs = OracleResult(prompt=recorded.get("prompt"), refused=recorded.get("refused"))
-    assert not _diff_against(graph, wf, theirs, packs_info)
+        return json.load(fh)
+
+
+def test_recorded_user_prompts_are_valid(packs_object_info: dict[str, Any]) -> None:
+    """The recorded frontend prompts resolve Set/Get (KJNodes' JS was loaded) and fit /object_info."""
+    cases = _recorded_cases()
+    assert len(cases) >= 4
+    set_get_files = 0
+    for path in cases:
+        wf, rec = _recorded(path)
+        assert rec["refused"] is None and rec["prompt"], path.name
+        set_get_files += any(n["type"] in ("SetNode", "GetNode") for n in wf["nodes"])
+        known = {k: v for k, v in rec["prompt"].items() if "class_type" in v}
+        assert len(rec["prompt"]) - len(known) <= len(rec["missing_nodes"]), path.name
+        assert not {v["class_type"] for v in known.values()} & {"SetNode", "GetNode", "Reroute"}, path.name
+        problems = [p for p in _validate(known, packs_object_info) if "link to missing node" not in p]
+        assert not problems, (path.name, problems[:3])
+    assert set_get_files >= 1
+
+
+# Values a pack's own frontend JS rewrites on load: what the frontend sends, but knowledge of that
+# pack's JS, not of ComfyUI's graph format. Strict: an agreement shows up as XPASS (a failure).
+PACK_JS_MIGRATIONS = {
+    "cogvideox_fun_i2v_tora": "KJNodes' SplineEditor JS (3f20054) migrates points_store/coordinates to "
+    "its multi-spline form ([{'points': [...]}], [[...]])",
+    "vhs_converted_input": "VideoHelperSuite's JS migrates the phased-out force_size='Disabled' to "
+    "custom_width=custom_height=0 (VHS.core.js)",
+}
+
+
+def _recorded_params() -> list[Any]:
+    out = []
+    for path in _recorded_cases():
+        name = path.name.removesuffix(".workflow.json")
+        reason = PACK_JS_MIGRATIONS.get(name)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(path, id=name, marks=marks))
+    return out
+
+
+@pytest.mark.frontend_oracle
+@pytest.mark.parametrize("workflow_path", _recorded_params())
+def test_conversion_agrees_with_recorded_frontend_prompts(
+    workflow_path: Path, packs_object_info: dict[str, Any]
+) -> None:
+    """Real user workflows (Set/Get, JS widgets, old formats): the frontend's prompt was recorded with
+    the packs' JS loaded (see tests/data/frontend-recorded/SOURCES.md). Nodes whose pack could not be
+    installed (no class_type in the recording) are left out of the comparison; refusing the file for
+    naming such a node type is accepted."""
+    graph = _converter()
+    wf, rec = _recorded(workflow_path)
+    missing = set(rec["missing_nodes"])
+    try:
+        ours = graph.ui_to_api(wf, packs_object_info)
+    except graph.GraphError as exc:
+        assert missing and any(m in str(exc) for m in missing), (
+            f"refused by us ({exc}), converted by the frontend"
+        )
+        return
+    theirs = {k: v for k, v in rec["prompt"].items() if "class_type" in v}
+    ours = {k: v for k, v in ours.items() if k in theirs or v.get("class_type") not in missing}
+    diffs = compare_prompts(ours, theirs, packs_object_info)
+    assert not diffs, "\n".join(diffs)

@@ -77,27 +77,49 @@ NODE_CLASS_MAPPINGS = {"SlowImage": SlowImage, "Boom": Boom, "TestSampler": Test
 '''
 CANVAS = {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x336699}}
 WORKFLOWS: dict[str, Any] = {
-    "tiny": {"1": CANVAS, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}}},
-    "invert": {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
-               "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-               "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}},
-    "slow": {"1": CANVAS, "2": {"class_type": "SlowImage", "inputs": {"image": ["1", 0], "seconds": 1.5}},
-             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}},
-    "sampler": {"1": CANVAS, "2": {"class_type": "TestSampler", "inputs": {"image": ["1", 0], "seed": 1, "steps": 20,
-                                                                         "cfg": 7.0}},
-                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "s"}}},
-    "boom": {"1": CANVAS, "2": {"class_type": "Boom", "inputs": {"image": ["1", 0]}},
-             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "boom"}}},
+    "tiny": {
+        "1": CANVAS,
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
+    },
+    "invert": {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    },
+    "slow": {
+        "1": CANVAS,
+        "2": {"class_type": "SlowImage", "inputs": {"image": ["1", 0], "seconds": 1.5}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
+    },
+    "sampler": {
+        "1": CANVAS,
+        "2": {"class_type": "TestSampler", "inputs": {"image": ["1", 0], "seed": 1, "steps": 20, "cfg": 7.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "s"}},
+    },
+    "boom": {
+        "1": CANVAS,
+        "2": {"class_type": "Boom", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "boom"}},
+    },
 }
 
 
 def png(color: tuple[int, int, int] = (10, 200, 30), size: int = 8) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     raw = b"".join(b"\x00" + bytes(color) * size for _ in range(size))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def auth(key: str) -> dict[str, str]:
@@ -167,8 +189,14 @@ class Site:
 class Api:
     """comfyui-api started as the hosts run it (python -m comfyui_api), in its own mount namespace."""
 
-    def __init__(self, comfy: Standin, tmp: Path, extra: list[str], keys: bool = True,
-                 hosts: str = "127.0.0.1 localhost\n") -> None:
+    def __init__(
+        self,
+        comfy: Standin,
+        tmp: Path,
+        extra: list[str],
+        keys: bool = True,
+        hosts: str = "127.0.0.1 localhost\n",
+    ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp, self.port, self.comfy = tmp, free_port(), comfy
         self.url = f"http://127.0.0.1:{self.port}"
@@ -180,14 +208,39 @@ class Api:
         for name, graph in WORKFLOWS.items():
             (wf / f"{name}.json").write_text(json.dumps(graph))
         (tmp / "secret").write_text(SECRET)
-        args = [sys.executable, "-m", "comfyui_api", "--comfyui-url", comfy.url, "--workflows", str(wf),
-                "--port", str(self.port), "--db", str(self.db), "--webhook-secret-file", str(tmp / "secret"),
-                "--webhook-attempts", "1", "--comfyui-output-dir", str(comfy.base_dir / "output"), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "comfyui_api",
+            "--comfyui-url",
+            comfy.url,
+            "--workflows",
+            str(wf),
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            "--webhook-secret-file",
+            str(tmp / "secret"),
+            "--webhook-attempts",
+            "1",
+            "--comfyui-output-dir",
+            str(comfy.base_dir / "output"),
+            *extra,
+        ]
         if keys:
             (tmp / "keys").write_text(f"# callers\n{ALICE}\n{BOB}\n{ADMIN} admin\n")
             args += ["--api-key-file", str(tmp / "keys")]
         # Its own /etc/hosts: the tests decide what names resolve to, and may change it mid-request.
-        self.cmd = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts), *args]
+        self.cmd = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"',
+            str(self.hosts),
+            *args,
+        ]
         self.log_path = tmp / "api.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
@@ -207,8 +260,13 @@ class Api:
         raise RuntimeError(f"API did not get ready: {self.log()}")
 
     def run(self, key: str | None, workflow: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}/workflows/{workflow}", json=body, headers=auth(key) if key else {},
-                          timeout=kw.pop("timeout", 30), **kw)
+        return httpx.post(
+            f"{self.url}/workflows/{workflow}",
+            json=body,
+            headers=auth(key) if key else {},
+            timeout=kw.pop("timeout", 30),
+            **kw,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -244,11 +302,26 @@ def public(internal: Site) -> Iterator[Site]:
 @pytest.fixture(scope="session")
 def api(comfy: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """The keyed service every category attacks: alice and bob are callers, admin is admin."""
-    a = Api(comfy, tmp_path_factory.mktemp("security-api"),
-            ["--allow-outbound", f"{PUBLIC}/32", "--fetch-deadline", "3", "--max-fetches-per-key", "2",
-             "--rate-limit", "100000", "--rate-burst", "10000", "--auth-failures-per-minute", "10"],
-            hosts=f"127.0.0.1 localhost\n{PUBLIC} public.test\n127.0.0.1 multi.test\n{PUBLIC} multi.test\n"
-                  f"{PUBLIC} rebind.test\n")
+    a = Api(
+        comfy,
+        tmp_path_factory.mktemp("security-api"),
+        [
+            "--allow-outbound",
+            f"{PUBLIC}/32",
+            "--fetch-deadline",
+            "3",
+            "--max-fetches-per-key",
+            "2",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "10000",
+            "--auth-failures-per-minute",
+            "10",
+        ],
+        hosts=f"127.0.0.1 localhost\n{PUBLIC} public.test\n127.0.0.1 multi.test\n{PUBLIC} multi.test\n"
+        f"{PUBLIC} rebind.test\n",
+    )
     yield a
     a.stop()
 

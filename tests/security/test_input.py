@@ -30,9 +30,16 @@ def test_nan_is_a_422_and_executions_stay_valid_json(api: Api) -> None:
 
 
 def test_infinity_is_a_422_naming_the_field(api: Api) -> None:
-    for raw in (b'{"input": {"cfg": Infinity}}', b'{"input": {"cfg": -Infinity}}', b'{"input": {"cfg": 1e999}}'):
+    for raw in (
+        b'{"input": {"cfg": Infinity}}',
+        b'{"input": {"cfg": -Infinity}}',
+        b'{"input": {"cfg": 1e999}}',
+    ):
         r = _post(api, raw)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "cfg"], (raw, r.text)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "cfg"], (
+            raw,
+            r.text,
+        )
 
 
 def test_deep_nesting_is_a_422_naming_the_path(api: Api) -> None:
@@ -46,7 +53,9 @@ def test_deep_nesting_is_a_422_naming_the_path(api: Api) -> None:
 
 def test_keyless_mode_checks_the_host_header(local_api: Api) -> None:
     """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1."""
-    r = httpx.post(f"{local_api.url}/workflows/tiny", json={}, headers={"host": f"evil.example:{local_api.port}"})
+    r = httpx.post(
+        f"{local_api.url}/workflows/tiny", json={}, headers={"host": f"evil.example:{local_api.port}"}
+    )
     assert r.status_code == 421, r.text
     assert httpx.get(f"{local_api.url}/executions", headers={"host": "evil.example"}).status_code == 421
     assert httpx.post(f"{local_api.url}/workflows/tiny", json={"input": {"color": 501}}).status_code == 200
@@ -55,18 +64,26 @@ def test_keyless_mode_checks_the_host_header(local_api: Api) -> None:
 def test_keyless_mode_refuses_text_plain_bodies(local_api: Api) -> None:
     """CSRF: an HTML form or fetch() without preflight can send text/plain, never application/json."""
     before = httpx.get(f"{local_api.url}/executions").json()["executions"]
-    r = httpx.post(f"{local_api.url}/workflows/tiny", content=b'{"input": {"color": 502}}',
-                   headers={"content-type": "text/plain"})
+    r = httpx.post(
+        f"{local_api.url}/workflows/tiny",
+        content=b'{"input": {"color": 502}}',
+        headers={"content-type": "text/plain"},
+    )
     assert r.status_code == 415, r.text
     assert httpx.get(f"{local_api.url}/executions").json()["executions"] == before
 
 
 def test_keyless_mode_refuses_cross_site_origins(local_api: Api) -> None:
     for origin in ("https://evil.example", "null"):
-        r = httpx.post(f"{local_api.url}/workflows/tiny", json={"input": {"color": 503}}, headers={"origin": origin})
+        r = httpx.post(
+            f"{local_api.url}/workflows/tiny", json={"input": {"color": 503}}, headers={"origin": origin}
+        )
         assert r.status_code == 403, (origin, r.text)
-    ok = httpx.post(f"{local_api.url}/workflows/tiny", json={"input": {"color": 504}},
-                    headers={"origin": f"http://localhost:{local_api.port}"})
+    ok = httpx.post(
+        f"{local_api.url}/workflows/tiny",
+        json={"input": {"color": 504}},
+        headers={"origin": f"http://localhost:{local_api.port}"},
+    )
     assert ok.status_code == 200
 
 
@@ -85,6 +102,6 @@ def test_comfyui_traceback_is_logged_with_an_id_not_returned(api: Api) -> None:
     r = api.run(ALICE, "boom", {"input": {"color": 505}})
     assert r.status_code == 500, r.text
     error = r.json()["error"]
-    assert "traceback" not in error and "File \"" not in r.text and "Traceback" not in r.text
+    assert "traceback" not in error and 'File "' not in r.text and "Traceback" not in r.text
     assert error["log_id"].startswith("err_")
     assert error["log_id"] in api.log() and "boom" in api.log()

@@ -39,7 +39,9 @@ def test_hostile_workflow_name_is_refused_by_the_modal_generator(tmp_path: Path,
     assert "rename" in str(err.value) and str(tmp_path) in str(err.value)
 
 
-def test_hostile_folder_names_stay_inside_the_docstring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_folder_names_stay_inside_the_docstring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / f'x"""\n{PAYLOAD}\n"""\\{{{{ y }}}}\'q'
     folder.mkdir()
@@ -47,8 +49,9 @@ def test_hostile_folder_names_stay_inside_the_docstring(tmp_path: Path, monkeypa
     wf.write_text('{"1": {"class_type": "EmptyImage", "inputs": {}}}')
     out = tmp_path / "out" / "app.py"
     out.parent.mkdir()
-    inputs = AppInputs(lock=Lock(workflows={"wf": "0" * 64}, custom_nodes=[], models=[]),
-                       workflow_files={"wf.json": wf})
+    inputs = AppInputs(
+        lock=Lock(workflows={"wf": "0" * 64}, custom_nodes=[], models=[]), workflow_files={"wf.json": wf}
+    )
     out.write_text(render_app(inputs, ModalOptions(), out))
     module = _import(out)
     assert not (tmp_path / "PWNED").exists()
@@ -64,8 +67,14 @@ def test_the_api_modal_and_registry_agree_on_names(tmp_path: Path, name: str) ->
     api_ok = False
     if "/" not in name:  # a file of that name can exist in workflows/: does the API serve it?
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}},
-                                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "1": {"class_type": "EmptyImage", "inputs": {}},
+                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+                }
+            )
+        )
         info = {"EmptyImage": {"input": {}}, "SaveImage": {"input": {}, "output_node": True}}
         try:
             api_ok = build_endpoint(path, info).name == name

@@ -17,7 +17,9 @@ def test_slow_drip_urls_do_not_starve_other_keys(api: Api, public: Site) -> None
     results: list[int] = []
 
     def drip() -> None:
-        results.append(api.run(ALICE, "invert", {"input": {"image": f"{public.url}/drip"}}, timeout=30).status_code)
+        results.append(
+            api.run(ALICE, "invert", {"input": {"image": f"{public.url}/drip"}}, timeout=30).status_code
+        )
 
     threads = [threading.Thread(target=drip) for _ in range(6)]
     for t in threads:
@@ -46,7 +48,9 @@ def test_per_key_job_limit_leaves_room_for_others(fresh_api: Callable[..., Api])
     other = a.run(BOB, "slow", {"input": {"color": 310}, "async": True})
     assert other.status_code == 202
     for r in [*jobs[:3], other]:  # leave the shared ComfyUI idle for the next attack
-        httpx.delete(f"{a.url}/jobs/{r.json()['id']}", headers=auth(ALICE if r is not other else BOB), timeout=30)
+        httpx.delete(
+            f"{a.url}/jobs/{r.json()['id']}", headers=auth(ALICE if r is not other else BOB), timeout=30
+        )
 
 
 def test_outputs_are_read_from_disk_not_kept_in_memory(api: Api) -> None:
@@ -103,7 +107,9 @@ def test_sync_timeout_cancels_the_job(fresh_api: Callable[..., Api]) -> None:
 
 def test_wrong_keys_are_throttled_per_address(api: Api) -> None:
     with client_from("127.0.0.4") as guesser, client_from("127.0.0.5") as other:
-        codes = [guesser.get(f"{api.url}/jobs/x", headers=auth(f"guess-{i:026d}")).status_code for i in range(14)]
+        codes = [
+            guesser.get(f"{api.url}/jobs/x", headers=auth(f"guess-{i:026d}")).status_code for i in range(14)
+        ]
         assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}
         # While throttled even the right key waits, so a hit cannot be told apart.
         assert guesser.get(f"{api.url}/executions", headers=auth(ALICE)).status_code == 429
@@ -112,7 +118,27 @@ def test_wrong_keys_are_throttled_per_address(api: Api) -> None:
 
 def test_forwarded_for_from_an_untrusted_peer_is_ignored(api: Api) -> None:
     with client_from("127.0.0.6") as guesser:
-        codes = [guesser.get(f"{api.url}/jobs/x", headers={**auth(f"guess-{i:026d}"),
-                                                            "x-forwarded-for": f"203.0.113.{i}"}).status_code
-                 for i in range(14)]
+        codes = [
+            guesser.get(
+                f"{api.url}/jobs/x", headers={**auth(f"guess-{i:026d}"), "x-forwarded-for": f"203.0.113.{i}"}
+            ).status_code
+            for i in range(14)
+        ]
         assert set(codes[10:]) == {429}, codes
+
+
+def test_forged_forwarded_for_through_the_trusted_proxy_is_ignored(fresh_api: Callable[..., Api]) -> None:
+    """Behind a proxy the caller is the rightmost address the proxy added, not what the caller wrote."""
+    a = fresh_api("--trusted-proxy", "127.0.0.7/32")
+    with client_from("127.0.0.7") as proxy:
+        forged = [
+            proxy.get(
+                f"{a.url}/jobs/x",
+                headers={**auth(f"guess-{i:026d}"), "x-forwarded-for": f"203.0.113.{i}, 198.51.100.1"},
+            ).status_code
+            for i in range(12)
+        ]
+        assert set(forged[10:]) == {429}, forged
+        # Another client behind the same proxy is a different caller with its own budget.
+        other = proxy.get(f"{a.url}/executions", headers={**auth(ALICE), "x-forwarded-for": "198.51.100.2"})
+        assert other.status_code == 200

@@ -35,13 +35,21 @@ def test_metadata_address_is_refused(api: Api) -> None:
 
 
 def test_private_addresses_are_refused(api: Api) -> None:
-    for url in ("http://10.0.0.1/x.png", "http://192.168.1.1/x.png", "http://172.16.0.1/x.png",
-                "http://100.64.0.1/x.png", "http://0.0.0.0/x.png"):
+    for url in (
+        "http://10.0.0.1/x.png",
+        "http://192.168.1.1/x.png",
+        "http://172.16.0.1/x.png",
+        "http://100.64.0.1/x.png",
+        "http://0.0.0.0/x.png",
+    ):
         assert "non-public" in _refused(_image(api, url)), url
 
 
 def test_ipv6_and_mapped_loopback_are_refused(api: Api, internal: Site) -> None:
-    for url in (f"http://[::1]:{internal.port}/img.png", f"http://[::ffff:127.0.0.1]:{internal.port}/img.png"):
+    for url in (
+        f"http://[::1]:{internal.port}/img.png",
+        f"http://[::ffff:127.0.0.1]:{internal.port}/img.png",
+    ):
         _refused(_image(api, url))
     assert not internal.hits or all(h[1] != "/img.png" for h in internal.hits)
 
@@ -71,24 +79,39 @@ def test_name_with_a_loopback_address_never_connects_there(api: Api, public: Sit
 def test_dns_rebinding_webhook_is_refused_at_connect(api: Api, public: Site, internal: Site) -> None:
     """rebind.test is public when the request is checked, loopback when the webhook connects."""
     api.hosts.write_text(f"127.0.0.1 localhost\n{PUBLIC} rebind.test\n")
-    r = api.run(ALICE, "slow", {"input": {"color": 201}, "async": True,
-                                "webhook": f"http://rebind.test:{internal.port}/hook"})
+    r = api.run(
+        ALICE,
+        "slow",
+        {"input": {"color": 201}, "async": True, "webhook": f"http://rebind.test:{internal.port}/hook"},
+    )
     assert r.status_code == 202, r.text
     api.hosts.write_text("127.0.0.1 localhost\n127.0.0.1 rebind.test\n")
     try:
-        job = wait_for(lambda: (j := httpx.get(f"{api.url}/jobs/{r.json()['id']}", headers=auth(ALICE)).json())
-                       .get("webhook") and j, timeout=20)
+        job = wait_for(
+            lambda: (
+                (j := httpx.get(f"{api.url}/jobs/{r.json()['id']}", headers=auth(ALICE)).json()).get(
+                    "webhook"
+                )
+                and j
+            ),
+            timeout=20,
+        )
     finally:
-        api.hosts.write_text(f"127.0.0.1 localhost\n{PUBLIC} public.test\n127.0.0.1 multi.test\n"
-                             f"{PUBLIC} multi.test\n{PUBLIC} rebind.test\n")
+        api.hosts.write_text(
+            f"127.0.0.1 localhost\n{PUBLIC} public.test\n127.0.0.1 multi.test\n"
+            f"{PUBLIC} multi.test\n{PUBLIC} rebind.test\n"
+        )
     assert job["webhook"]["delivered"] is False and "public" in job["webhook"]["error"]
     assert all(h[1] != "/hook" for h in internal.hits)
 
 
 def test_errors_do_not_reveal_ports_or_upstream_bodies(api: Api, public: Site) -> None:
     closed = httpx.URL(public.url).copy_with(port=1)
-    messages = {_refused(_image(api, f"{closed}/x.png")), _refused(_image(api, f"{public.url}/500")),
-                _refused(_image(api, f"{public.url}/nothing-here"))}
+    messages = {
+        _refused(_image(api, f"{closed}/x.png")),
+        _refused(_image(api, f"{public.url}/500")),
+        _refused(_image(api, f"{public.url}/nothing-here")),
+    }
     for msg in messages:
         assert "SECRET" not in msg and "hunter2" not in msg
         assert "refused" not in msg.lower() and "500" not in msg and "404" not in msg

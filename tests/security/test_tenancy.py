@@ -20,7 +20,7 @@ def _job(api: Api, key: str, color: int, workflow: str = "tiny") -> dict:
 def _pixel(output: dict) -> tuple[int, int, int]:
     """First pixel of an 8x8 RGB PNG output (written with filter 0: raw rows)."""
     data = base64.b64decode(output["base64"])
-    idat = data[data.index(b"IDAT") + 4:]
+    idat = data[data.index(b"IDAT") + 4 :]
     raw = zlib.decompressobj().decompress(idat)
     return raw[1], raw[2], raw[3]
 
@@ -43,14 +43,23 @@ def test_other_keys_output_file_is_unreadable(api: Api) -> None:
 def test_other_key_cannot_cancel_a_job(api: Api) -> None:
     job = _job(api, ALICE, 103, "slow")
     assert httpx.delete(f"{api.url}/jobs/{job['id']}", headers=auth(BOB)).status_code == 404
-    done = wait_for(lambda: (j := httpx.get(f"{api.url}/jobs/{job['id']}", headers=auth(ALICE)).json())
-                    ["status"] in ("completed", "failed", "cancelled") and j, timeout=20)
+    done = wait_for(
+        lambda: (
+            (j := httpx.get(f"{api.url}/jobs/{job['id']}", headers=auth(ALICE)).json())["status"]
+            in ("completed", "failed", "cancelled")
+            and j
+        ),
+        timeout=20,
+    )
     assert done["status"] == "completed"
 
 
 def test_other_keys_upload_cannot_be_used(api: Api) -> None:
-    up = httpx.post(f"{api.url}/upload/image", headers=auth(ALICE),
-                    files={"image": ("alice-secret.png", png((200, 0, 0)), "image/png")})
+    up = httpx.post(
+        f"{api.url}/upload/image",
+        headers=auth(ALICE),
+        files={"image": ("alice-secret.png", png((200, 0, 0)), "image/png")},
+    )
     assert up.status_code == 200, up.text
     assert up.json()["subfolder"] == ""  # callers see names relative to their own folder
     assert api.run(ALICE, "invert", {"input": {"image": "alice-secret.png"}}).status_code == 200
@@ -61,8 +70,12 @@ def test_other_keys_upload_cannot_be_used(api: Api) -> None:
 
 def test_other_key_cannot_overwrite_an_upload(api: Api) -> None:
     for key, color in ((ALICE, (200, 0, 0)), (BOB, (0, 0, 200))):
-        r = httpx.post(f"{api.url}/upload/image", headers=auth(key), data={"overwrite": "true"},
-                       files={"image": ("shared-name.png", png(color), "image/png")})
+        r = httpx.post(
+            f"{api.url}/upload/image",
+            headers=auth(key),
+            data={"overwrite": "true"},
+            files={"image": ("shared-name.png", png(color), "image/png")},
+        )
         assert r.status_code == 200, r.text
     r = api.run(ALICE, "invert", {"input": {"image": "shared-name.png"}})
     assert r.status_code == 200, r.text
@@ -72,7 +85,11 @@ def test_other_key_cannot_overwrite_an_upload(api: Api) -> None:
 def test_output_annotation_reference_is_refused(api: Api) -> None:
     r = api.run(ALICE, "tiny", {"input": {"color": 104}})
     name = r.json()["outputs"][0]
-    for value in (f"{name['subfolder']}/{name['filename']} [output]", "tiny_00001_.png [output]", "x.png [temp]"):
+    for value in (
+        f"{name['subfolder']}/{name['filename']} [output]",
+        "tiny_00001_.png [output]",
+        "x.png [temp]",
+    ):
         r = api.run(BOB, "invert", {"input": {"image": value}})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "image"], r.text
 
@@ -84,9 +101,15 @@ def test_view_url_to_comfyui_is_refused(api: Api) -> None:
 
 
 def test_raw_prompt_needs_an_admin_key(api: Api) -> None:
-    graph = {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
-                                                                      "color": 105}},
-                        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}}
+    graph = {
+        "prompt": {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 105},
+            },
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}},
+        }
+    }
     assert httpx.post(f"{api.url}/prompt", json=graph, headers=auth(BOB), timeout=30).status_code == 403
     assert httpx.post(f"{api.url}/prompt", json=graph, headers=auth(ADMIN), timeout=30).status_code == 200
 

@@ -17,7 +17,7 @@ import pytest
 from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from tiers.helpers import FETCH, run_fetch, write_plan
 
-HUB_MODES = {"huggingface_hub": {}, "plain-http": {"COMFYFLEET_FETCH_NO_HF_HUB": "1"}}
+HUB_MODES = {"stdlib": {}}
 
 
 def plan_for(tmp_path: Path, up: Upstreams, items: list[dict[str, Any]], **extra: Any) -> Path:
@@ -220,7 +220,7 @@ def test_tokens_stay_out_of_output_and_off_redirect_targets(tmp_path: Path, mode
         {"filename": "ae.safetensors", "folder": "vae", "url": up.hf_resolve_url("org/flux-gated", "ae.safetensors")},
         {"filename": "l.safetensors", "folder": "loras", "url": "civitai:5"},
     ])
-    rc, out, err, rows = run_fetch(plan, tokens(up), HUB_MODES["plain-http"])
+    rc, out, err, rows = run_fetch(plan, tokens(up), HUB_MODES["stdlib"])
     assert rc == 0, err
     assert up.hf_token not in out + err and up.civitai_token not in out + err
     for _method, path, headers in up.stats.requests:

@@ -69,7 +69,7 @@ def test_resume_from_a_part_ending_mid_block_reuses_every_byte_and_verifies(
     assert rows[0]["bytes_reused"] == kept
     assert rows[0]["bytes_fetched"] == len(data) - kept
     assert (tmp_path / "data/models/checkpoints/m.safetensors").read_bytes() == data
-    assert ("GET", "/files/m.safetensors") in [(m, p) for m, p, h in up.stats.requests if h.get("Range") == f"bytes={kept}-"]
+    assert ("GET", "/files/m.safetensors") in [(m, p) for m, p, h in up.stats.requests if h.get("Range", "").startswith(f"bytes={kept}-")]
     assert not part.exists()
 
 
@@ -191,7 +191,7 @@ def test_connection_lost_midway_raises_and_leaves_a_resumable_prefix(
     data = pattern(4 * 1024 * 1024)
     path = tmp_path / "out.part"
     path.write_bytes(data[:5000])
-    with pytest.raises(ConnectionResetError):
+    with pytest.raises(fm._Cut, match="ConnectionResetError"):
         copy(fm, path, Flaky(data[5000:], 2 * 1024 * 1024 + 3), offset=5000)
     kept = path.read_bytes()
     assert 5000 <= len(kept) <= 5000 + 2 * 1024 * 1024 + 3

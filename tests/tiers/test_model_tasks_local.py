@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,22 @@ def test_organize_cleanup_and_storage_report(setup: dict[str, Any]) -> None:
     assert run("@local", "organize-models", data).hosts[0].status == "no change"
 
     listed = run("@local", "cleanup-models", data).hosts[0]
-    assert listed.status == "no change"
     files = {r[0] for r in listed.report.sections["unreferenced models"].rows}
     assert files == {"upscale_models/old.pth", "loras/unused.safetensors"}
-    assert (models / "upscale_models/old.pth").exists()  # nothing deleted without yes
+    assert (models / "upscale_models/old.pth").exists()  # a listing deletes nothing
+    plan_id = re.search(r"cleanup plan ([0-9a-f]{16})", " ".join(listed.report.notes)).group(1)  # type: ignore[union-attr]
 
-    deleted = run("@local", "cleanup-models", {**data, "yes": True}).hosts[0]
-    assert deleted.status == "changed"
+    with pytest.raises(BadInput, match="--yes needs --plan"):
+        run("@local", "cleanup-models", {**data, "yes": True})
+    # After the review, a new unreferenced file appears: it was not in the plan, so it stays.
+    (models / "loras/new.safetensors").write_bytes(b"z" * 10)
+    deleted = run("@local", "cleanup-models", {**data, "yes": True, "cleanup_plan": plan_id}).hosts[0]
+    assert deleted.status == "changed", deleted.reason
     assert not (models / "upscale_models/old.pth").exists() and not (models / "loras/unused.safetensors").exists()
+    assert (models / "loras/new.safetensors").exists()
+    (models / "loras/new.safetensors").unlink()
+    again = run("@local", "cleanup-models", {**data, "yes": True, "cleanup_plan": plan_id}).hosts[0]
+    assert again.status == "failed" and f"no reviewed cleanup plan {plan_id}" in again.reason  # used once
     assert outside.read_bytes() == b"keep me"
     assert (models / "vae/ae.safetensors").exists()
 

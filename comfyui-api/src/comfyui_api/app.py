@@ -110,7 +110,7 @@ class Service:
                 ep = build_endpoint(path, self.comfy.object_info)
             except WorkflowError as exc:
                 # Callers see file names, not where this host keeps them.
-                errors.append(str(exc).replace(str(path), path.name))
+                errors.append(str(exc).replace(str(self.settings.workflows_dir) + os.sep, ""))
                 log.error("%s", exc)
                 continue
             endpoints[ep.name] = ep
@@ -290,7 +290,7 @@ def create_app(settings: Settings) -> Starlette:
         if body.get("async"):
             return _json(job.public(), 202, {"location": f"/jobs/{job.id}"})
         try:
-            await asyncio.wait_for(asyncio.shield(job.done.wait()), settings.sync_timeout_s)
+            await asyncio.wait_for(job.done.wait(), settings.sync_timeout_s)
         except asyncio.TimeoutError:
             # Nobody is waiting for it any more: stop it rather than let it hold the GPU.
             with contextlib.suppress(ComfyUnavailable):

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from comfyui_api import __version__
+from comfyui_api import __version__, object_store
 from comfyui_api.settings import ConfigError, Settings, read_key_file
 
 
@@ -72,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
                    help="delete served outputs (ComfyUI's output/api/) older than this; 0 keeps them "
                         "(needs --comfyui-output-dir)")
     p.add_argument("--warmup", action="store_true", help="run every workflow once at start; /ready waits for it")
+    p.add_argument("--job-id-prefix", default="", help="start every job id with this (a gateway routes by it)")
+    p.add_argument("--object-store", type=Path, help="JSON file: S3-compatible bucket for outputs (holds credentials)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--version", action="version", version=f"comfyui-api {__version__}")
     return p
@@ -101,6 +103,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_fetches_per_key=args.max_fetches_per_key, fetch_deadline_s=args.fetch_deadline,
         max_steps=args.max_steps, max_batch=args.max_batch, max_pixels=args.max_pixels,
         auth_failures_per_minute=args.auth_failures_per_minute, output_retention_hours=args.output_retention_hours,
+        job_id_prefix=args.job_id_prefix,
+        object_store=object_store.load(args.object_store) if args.object_store else None,
     )
 
 

@@ -51,7 +51,9 @@ class ImageInputs:
         self.client = client
         self.fetching: dict[str, int] = {}
 
-    async def resolve(self, ep: Endpoint, values: dict[str, Any], given: set[str], who: Caller) -> dict[str, Any]:
+    async def resolve(
+        self, ep: Endpoint, values: dict[str, Any], given: set[str], who: Caller
+    ) -> dict[str, Any]:
         """values with image parameters as ComfyUI input file names (uploads done); Rejected when not."""
         out = dict(values)
         for name, p in ep.params.items():
@@ -71,8 +73,12 @@ class ImageInputs:
                 except (binascii.Error, ValueError):
                     raise _err(loc, "base64", f"{name} is not valid base64") from None
             elif not safe_input_name(v) or (tenancy.annotated(v) and not who.admin):
-                raise _err(loc, "path", f"{name} must be a file name inside your input folder "
-                                        "(folder annotations such as ' [output]' are not accepted)")
+                raise _err(
+                    loc,
+                    "path",
+                    f"{name} must be a file name inside your input folder "
+                    "(folder annotations such as ' [output]' are not accepted)",
+                )
             else:
                 out[name] = tenancy.to_comfy(who, v)
             if data is not None:
@@ -80,7 +86,9 @@ class ImageInputs:
                 if ext is None:
                     raise _err(loc, "image", f"{name} is not a PNG, JPEG, WebP or GIF image")
                 fname = "api-" + hashlib.sha256(data).hexdigest()[:24] + ext
-                info = await self.comfy.upload_image(fname, data, "image/" + ext[1:], tenancy.input_folder(who))
+                info = await self.comfy.upload_image(
+                    fname, data, "image/" + ext[1:], tenancy.input_folder(who)
+                )
                 sub = str(info.get("subfolder") or "")
                 out[name] = (sub + "/" if sub else "") + str(info.get("name") or fname)
         return out
@@ -92,17 +100,24 @@ class ImageInputs:
             raise _err(loc, "url", f"{loc[-1]}: URL {why}")
         slot = who.key_id or who.address
         if self.fetching.get(slot, 0) >= self.settings.max_fetches_per_key:
-            raise Rejected(429, f"{self.settings.max_fetches_per_key} image downloads already in flight for this "
-                                "key; retry when they finish")
+            raise Rejected(
+                429,
+                f"{self.settings.max_fetches_per_key} image downloads already in flight for this "
+                "key; retry when they finish",
+            )
         self.fetching[slot] = self.fetching.get(slot, 0) + 1
         try:
             return await asyncio.wait_for(self._download(url, loc), self.settings.fetch_deadline_s)
         except asyncio.TimeoutError:
-            raise _err(loc, "url", f"{loc[-1]}: the image did not arrive within "
-                                   f"{self.settings.fetch_deadline_s:g}s") from None
+            raise _err(
+                loc, "url", f"{loc[-1]}: the image did not arrive within {self.settings.fetch_deadline_s:g}s"
+            ) from None
         except httpx.HTTPError as exc:
-            msg = "URL points at a non-public address; not allowed" if outbound.is_blocked(exc) else \
-                "the image could not be fetched from that URL"
+            msg = (
+                "URL points at a non-public address; not allowed"
+                if outbound.is_blocked(exc)
+                else "the image could not be fetched from that URL"
+            )
             raise _err(loc, "url", f"{loc[-1]}: {msg}") from None
         finally:
             left = self.fetching[slot] - 1
@@ -114,13 +129,17 @@ class ImageInputs:
     async def _download(self, url: str, loc: list[str]) -> bytes:
         async with self.client.stream("GET", url) as r:
             if r.status_code != 200:
-                raise _err(loc, "url", f"{loc[-1]}: the image could not be fetched from that URL "
-                                       "(it did not answer 200)")
+                raise _err(
+                    loc,
+                    "url",
+                    f"{loc[-1]}: the image could not be fetched from that URL (it did not answer 200)",
+                )
             chunks, size = [], 0
             async for chunk in r.aiter_bytes():
                 size += len(chunk)
                 if size > self.settings.max_input_image_bytes:
-                    raise Rejected(413, f"image at {loc[-1]} is over {self.settings.max_input_image_bytes} bytes")
+                    raise Rejected(
+                        413, f"image at {loc[-1]} is over {self.settings.max_input_image_bytes} bytes"
+                    )
                 chunks.append(chunk)
             return b"".join(chunks)
-

@@ -93,7 +93,6 @@ class JobManager:
         self.active_by_key: dict[str | None, int] = {}
         # Caller-given URLs (webhooks, image inputs) only reach public addresses.
         self.outbound = outbound.client(parse_networks(settings.allow_outbound))
-        self.webhook_client = self.outbound
         self.files = outputs.Outputs(comfy, settings.comfyui_output_dir, settings.output_retention_hours)
         self._tasks: set[asyncio.Task] = set()
 
@@ -119,8 +118,8 @@ class JobManager:
             raise KeyBusy()
         if not self.comfy.up:
             raise ComfyUnavailable(self.comfy.last_error)
-        job = Job(id=uuid.uuid4().hex, workflow=workflow, params=params, graph=graph, key_id=key_id,
-                  output_mode=output_mode, webhook=webhook)
+        job = Job(id=self.settings.job_id_prefix + uuid.uuid4().hex, workflow=workflow, params=params, graph=graph,
+                  key_id=key_id, output_mode=output_mode, webhook=webhook)
         outputs.place(graph, job.id, job.created_at)
         job.tracker = self.comfy.track(graph)
         self._count(key_id, 1)
@@ -154,8 +153,10 @@ class JobManager:
         """The job as a caller sees it, outputs (base64 read from disk, or URLs) included when done."""
         d = job.public()
         if job.status == "completed":
+            bucket = self.settings.object_store is not None
             d["outputs"] = await self.files.render(
-                job.outputs, job.output_mode, lambda i: f"{self.settings.public_url}/jobs/{job.id}/outputs/{i}")
+                job.outputs, "url" if bucket else job.output_mode,
+                lambda i: job.files[i]["url"] if bucket else f"{self.settings.public_url}/jobs/{job.id}/outputs/{i}")
         return d
 
     async def _follow(self, job: Job) -> None:
@@ -196,6 +197,10 @@ class JobManager:
         assert t is not None
         job.outputs = outputs.file_refs(t.outputs)
         job.files = [ref for ref in job.outputs if "filename" in ref]
+        if self.settings.object_store is not None:  # the deployment's bucket: upload now, hand out its URLs
+            for i, ref in enumerate(job.files):
+                data, ctype = await self.files.read(ref)
+                ref["url"] = await self.settings.object_store.upload(f"{job.id}/{i}-{ref['filename']}", data, ctype)
 
     async def read_output(self, ref: dict[str, Any]) -> tuple[bytes, str]:
         """Bytes of one output file (FileNotFoundError when retention deleted it)."""

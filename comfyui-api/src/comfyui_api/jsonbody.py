@@ -32,7 +32,9 @@ class _Refused:
 
 def _int(text: str) -> Any:
     if len(text.lstrip("-")) > 20 or abs(int(text)) > MAX_INT:
-        return _Refused("int_range", f"integer out of range (at most {len(str(MAX_INT))} digits, |n| <= 2**64)")
+        return _Refused(
+            "int_range", f"integer out of range (at most {len(str(MAX_INT))} digits, |n| <= 2**64)"
+        )
     return int(text)
 
 
@@ -80,7 +82,9 @@ def _too_deep(raw: bytes) -> list[Any] | None:
 
 def _refused(value: Any, loc: list[Any], out: list[dict[str, Any]]) -> None:
     if isinstance(value, _Refused):
-        out.append({"loc": loc, "type": value.kind, "msg": f"{'.'.join(map(str, loc[1:])) or 'body'}: {value.msg}"})
+        out.append(
+            {"loc": loc, "type": value.kind, "msg": f"{'.'.join(map(str, loc[1:])) or 'body'}: {value.msg}"}
+        )
     elif isinstance(value, dict):
         for k, v in value.items():
             _refused(v, [*loc, k], out)
@@ -95,8 +99,15 @@ def loads(raw: bytes) -> Any:
         return {}
     path = _too_deep(raw)
     if path is not None:
-        raise BadJson([{"loc": ["body", *path], "type": "json_depth",
-                        "msg": f"{'.'.join(map(str, path)) or 'body'}: nested deeper than {MAX_DEPTH} levels"}])
+        raise BadJson(
+            [
+                {
+                    "loc": ["body", *path],
+                    "type": "json_depth",
+                    "msg": f"{'.'.join(map(str, path)) or 'body'}: nested deeper than {MAX_DEPTH} levels",
+                }
+            ]
+        )
     try:
         data = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

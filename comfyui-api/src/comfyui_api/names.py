@@ -34,6 +34,7 @@ def workflow_name(path: str | PurePath) -> str:
     p = PurePath(path)
     name = p.name[: -len(".json")] if p.name.endswith(".json") else p.stem
     if not is_workflow_name(name):
-        raise BadWorkflowName(f"{p}: file name must be {WORKFLOW_NAME_RULE} (it becomes /workflows/<name>); "
-                              "rename the file")
+        raise BadWorkflowName(
+            f"{p}: file name must be {WORKFLOW_NAME_RULE} (it becomes /workflows/<name>); rename the file"
+        )
     return name

@@ -51,23 +51,34 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         self.allow = allow
         self.inner = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         try:
             infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+            )
         except (OSError, asyncio.TimeoutError):
             raise httpcore.ConnectError("name does not resolve") from None
         ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
         good = [ip for ip in ips if allowed(ip, self.allow)]
         if not good:
             raise Blocked("destination is not a public address (refused by the outbound policy)")
-        return await self.inner.connect_tcp(good[0], port, timeout=timeout, local_address=local_address,
-                                            socket_options=socket_options)
+        return await self.inner.connect_tcp(
+            good[0], port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: typing.Iterable[typing.Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise Blocked("unix sockets are not reachable from outside")
 
     async def sleep(self, seconds: float) -> None:
@@ -80,14 +91,22 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, allow: list[Network], max_connections: int = 512) -> None:
         super().__init__(limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64))
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), max_connections=max_connections,
-            max_keepalive_connections=64, keepalive_expiry=5.0, network_backend=GuardedBackend(allow))
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=64,
+            keepalive_expiry=5.0,
+            network_backend=GuardedBackend(allow),
+        )
 
 
 def client(allow: list[Network]) -> httpx.AsyncClient:
     """The client every fetch of a caller-given URL goes through."""
-    return httpx.AsyncClient(transport=GuardedTransport(allow), follow_redirects=False, trust_env=False,
-                             timeout=httpx.Timeout(10.0, connect=5.0))
+    return httpx.AsyncClient(
+        transport=GuardedTransport(allow),
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(10.0, connect=5.0),
+    )
 
 
 async def check_url(url: str, allow: list[Network]) -> str | None:
@@ -102,7 +121,9 @@ async def check_url(url: str, allow: list[Network]) -> str | None:
         return "must not carry user:password"
     try:
         infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(parsed.host, parsed.port or 443, type=socket.SOCK_STREAM), 5.0)
+            asyncio.get_running_loop().getaddrinfo(parsed.host, parsed.port or 443, type=socket.SOCK_STREAM),
+            5.0,
+        )
     except (OSError, asyncio.TimeoutError):
         return "host name does not resolve"
     if not any(allowed(str(i[4][0]), allow) for i in infos):

@@ -1,11 +1,12 @@
 """Output files: where ComfyUI writes them, how callers get them, and when they are deleted.
 
 Layout: the API rewrites every `filename_prefix` of a job's graph to
-`api/<YYYY-MM-DD>/<job id>/<prefix>`, so ComfyUI's SaveImage (which lists its target
-folder on every save to pick a counter) lists one small folder per job, however many
-outputs the host has served. Retention: with the output folder on this host, job folders
-under `api/` older than the retention setting are deleted by a periodic sweep; nothing
-outside `api/` is touched.
+`api/<YYYY-MM-DD>/<HH>/<job id>/<prefix>` (UTC), so ComfyUI's SaveImage (which lists its
+target folder on every save to pick a counter) lists one small folder per job, however
+many outputs the host has served. Retention: with the output folder on this host, a
+periodic sweep deletes whole hour folders past the retention by their names (no walk over
+every job) and, in the one hour folder the cutoff falls in, the job folders older than it;
+nothing outside `api/`, and no folder whose name is not a date or hour, is touched.
 
 Jobs keep only file references; base64 bodies are read from disk (or ComfyUI's /view)
 when a response is rendered, so finished jobs cost no output bytes in memory.
@@ -20,6 +21,7 @@ import mimetypes
 import os
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ API_FOLDER = "api"
 
 
 def job_folder(job_id: str, created_at: float) -> str:
-    return f"{API_FOLDER}/{time.strftime('%Y-%m-%d', time.gmtime(created_at))}/{job_id}"
+    return f"{API_FOLDER}/{time.strftime('%Y-%m-%d/%H', time.gmtime(created_at))}/{job_id}"
 
 
 def place(graph: dict[str, Any], job_id: str, created_at: float) -> dict[str, Any]:
@@ -40,7 +42,9 @@ def place(graph: dict[str, Any], job_id: str, created_at: float) -> dict[str, An
     folder = job_folder(job_id, created_at)
     for node in graph.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        prefix = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        prefix = inputs.get("filename_prefix")
         if isinstance(prefix, str):
             parts = [p for p in prefix.replace("\\", "/").split("/") if p not in ("", ".", "..")]
             inputs["filename_prefix"] = "/".join([folder, *(parts or ["ComfyUI"])])
@@ -55,9 +59,20 @@ def file_refs(node_outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if not isinstance(items, list):
                 continue
             for item in items:
-                if isinstance(item, dict) and "filename" in item and item.get("type") in ("output", "temp", "input"):
-                    out.append({"node": node_id, "kind": kind, "filename": str(item["filename"]),
-                                "subfolder": str(item.get("subfolder") or ""), "type": item["type"]})
+                if (
+                    isinstance(item, dict)
+                    and "filename" in item
+                    and item.get("type") in ("output", "temp", "input")
+                ):
+                    out.append(
+                        {
+                            "node": node_id,
+                            "kind": kind,
+                            "filename": str(item["filename"]),
+                            "subfolder": str(item.get("subfolder") or ""),
+                            "type": item["type"],
+                        }
+                    )
                 else:
                     out.append({"node": node_id, "kind": kind, "value": item})
     return out
@@ -117,34 +132,31 @@ class Outputs:
         return shown
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete job folders under api/ older than the retention; returns how many went."""
+        """Delete job folders under api/ older than the retention; returns how many folders went."""
         if self.root is None or self.retention_s <= 0:
             return 0
-        base = os.path.join(self.root, API_FOLDER)
         cutoff = (now or time.time()) - self.retention_s
         removed = 0
-        try:
-            days = list(os.scandir(base))
-        except OSError:
-            return 0
-        for day in days:
-            if not day.is_dir(follow_symlinks=False):
-                continue
-            try:
-                jobs = list(os.scandir(day.path))
-            except OSError:
-                continue
-            for job in jobs:
+        for day in _entries(os.path.join(self.root, API_FOLDER)):
+            for hour in _entries(day.path):
+                start = _hour_start(day.name, hour.name)
+                if start is None or start > cutoff:
+                    continue
+                if start + 3600 <= cutoff:
+                    removed += _remove(hour.path)
+                    continue
+                for job in _entries(hour.path):  # the hour the cutoff falls in: job by job
+                    try:
+                        old = job.stat(follow_symlinks=False).st_mtime < cutoff
+                    except OSError:
+                        continue
+                    if old:
+                        removed += _remove(job.path)
+            for folder in (*(h.path for h in _entries(day.path)), day.path):
                 try:
-                    if job.is_dir(follow_symlinks=False) and job.stat(follow_symlinks=False).st_mtime < cutoff:
-                        shutil.rmtree(job.path)
-                        removed += 1
-                except OSError as exc:
-                    log.warning("cannot delete old outputs %s: %s", job.path, exc)
-            try:
-                os.rmdir(day.path)  # only succeeds once the day is empty
-            except OSError:
-                pass
+                    os.rmdir(folder)  # only succeeds once empty
+                except OSError:
+                    pass
         return removed
 
     async def sweep_forever(self) -> None:
@@ -155,7 +167,37 @@ class Outputs:
             try:
                 removed = await asyncio.to_thread(self.sweep)
                 if removed:
-                    log.info("deleted %d job output folders older than %.1f h", removed, self.retention_s / 3600)
+                    log.info(
+                        "deleted %d job output folders older than %.1f h", removed, self.retention_s / 3600
+                    )
             except Exception:  # the sweep must outlive any one bad folder
                 log.exception("output retention sweep failed")
             await asyncio.sleep(interval)
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    """Subfolders (not symlinks) of folder; none when it cannot be read."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _hour_start(day: str, hour: str) -> float | None:
+    """Unix time an api/<day>/<hour> folder starts at, or None for a name the API did not make."""
+    if len(day) != 10 or len(hour) != 2 or not hour.isdigit():
+        return None
+    try:
+        return datetime.strptime(f"{day} {hour}", "%Y-%m-%d %H").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _remove(path: str) -> int:
+    try:
+        shutil.rmtree(path)
+        return 1
+    except OSError as exc:
+        log.warning("cannot delete old outputs %s: %s", path, exc)
+        return 0

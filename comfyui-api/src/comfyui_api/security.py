@@ -57,10 +57,6 @@ def caller(scope: Any) -> Caller:
     return (scope.get("state") or {}).get("caller") or Caller(None, False, False, "")
 
 
-def describe(scope: Any) -> str | None:
-    return caller(scope).key_id
-
-
 class TokenBucket:
     def __init__(self, rate_per_s: float, burst: int) -> None:
         self.rate = rate_per_s

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from comfyui_api.object_store import ObjectStore
 
 
 class ConfigError(Exception):
@@ -62,6 +67,10 @@ class Settings:
     output_retention_hours: float = 24.0
     db_busy_timeout_s: float = 5.0
     build_info: dict[str, str] = field(default_factory=dict)
+    # Job ids start with this (a gateway routes /jobs/<id> to the host that ran it).
+    job_id_prefix: str = ""
+    # Set: output files go to this S3-compatible bucket and their URLs are returned.
+    object_store: ObjectStore | None = None
 
     def auth_required(self) -> bool:
         """Bearer keys are required when configured, and by default whenever listening beyond loopback."""
@@ -78,6 +87,8 @@ class Settings:
                 f"listening on {self.host} needs API keys: pass --api-key-file FILE (one key per line), "
                 "or --allow-unauthenticated to accept anyone who can reach the port"
             )
+        if self.job_id_prefix and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", self.job_id_prefix):
+            raise ConfigError(f"job id prefix {self.job_id_prefix!r}: use up to 32 of a-z, 0-9 and '-'")
         try:
             parse_networks(self.allow_outbound)
             parse_networks(self.trusted_proxies)
@@ -108,11 +119,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def read_api_keys(path: Path) -> list[str]:
-    """Every key of a key file (see read_key_file)."""
-    return [k for k, _ in read_key_file(path)]
 
 
 def read_key_file(path: Path) -> list[tuple[str, str]]:

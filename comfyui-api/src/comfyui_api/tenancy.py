@@ -37,5 +37,5 @@ def from_comfy(who: Caller, subfolder: str) -> str:
     """ComfyUI's subfolder of an upload as the caller names it (its own folder removed)."""
     folder = input_folder(who)
     if folder and (subfolder == folder or subfolder.startswith(folder + "/")):
-        return subfolder[len(folder) + 1:]
+        return subfolder[len(folder) + 1 :]
     return subfolder

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from comfyfleet.cli.output import out
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway import drain_around, gateway_targets, inventory_with_gateway
 from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
 
 STATUS_STYLE = {
@@ -98,7 +99,8 @@ def common(
     download_models: str | None = typer.Option(None, "--download-models", help="workflow whose models to fetch"),
     organize_models: bool = typer.Option(False, "--organize-models", help="move models to the right folders"),
     cleanup_models: bool = typer.Option(False, "--cleanup-models", help="list unreferenced models"),
-    yes: bool = typer.Option(False, "--yes", help="with --cleanup-models: delete them"),
+    yes: bool = typer.Option(False, "--yes", help="with --cleanup-models --plan ID: delete that reviewed list"),
+    plan: str | None = typer.Option(None, "--plan", help="with --cleanup-models --yes: the id a listing printed"),
     storage_report: bool = typer.Option(False, "--storage-report", help="sizes per folder, largest files, free"),
     deploy_all: bool = typer.Option(False, "--deploy-all", help="ComfyUI, nodes, models, API, restart, verify"),
     dry_run: bool = DryRun,
@@ -138,7 +140,7 @@ def common(
     pick("--list-installed-nodes", list_installed_nodes, "list-installed-nodes")
     pick("--download-models", download_models, "download-models", workflow=download_models)
     pick("--organize-models", organize_models, "organize-models")
-    pick("--cleanup-models", cleanup_models, "cleanup-models", yes=yes)
+    pick("--cleanup-models", cleanup_models, "cleanup-models", yes=yes, **({"cleanup_plan": plan} if plan else {}))
     pick("--storage-report", storage_report, "storage-report")
     pick("--deploy-all", deploy_all, "deploy-all")
 
@@ -154,14 +156,19 @@ def common(
         raise BadInput(f"unexpected argument {ref!r}: only --update-comfyui-core takes a REF")
     if export and flag != "--logs":
         raise BadInput("--export only goes with --logs")
-    if yes and flag != "--cleanup-models":
-        raise BadInput("--yes only goes with --cleanup-models")
+    if (yes or plan) and flag != "--cleanup-models":
+        raise BadInput("--yes and --plan only go with --cleanup-models")
     data = {**parse_data(inventory_data), **task_data, "task": task}
     opts = run_options(dry_run, parallel, serial, rolling, fail_percent)
     parallel_ssh()
     quiet_ssh_library()
-    result = run(target, task, data, opts)
+    # Behind a gateway, a rolling batch is drained there first; --status adds the gateway's view.
+    fleet_file = inventory_with_gateway(target)
+    around = drain_around(fleet_file) if fleet_file and opts.rolling and not opts.dry_run else None
+    result = run(target, task, data, opts, around_batch=around)
     show(result)
+    if fleet_file and task == "status":
+        show(run(gateway_targets(fleet_file)[0], "gateway-status"))
     raise typer.Exit(result.exit_code)
 
 

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from comfyfleet.cli import analyze, call, deployments, hosts, modal, ship
+from comfyfleet.cli import analyze, call, deployments, gateway, hosts, modal, ship
 from comfyfleet.errors import BadInput
 
 app = typer.Typer(
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (analyze, hosts, modal, deployments, ship, call):
+for module in (analyze, hosts, modal, deployments, ship, call, gateway):
     module.register(app)
 
 err = Console(stderr=True, highlight=False)

@@ -37,8 +37,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from comfyfleet.deploys import ops
+from comfyfleet.deploys.object_store import object_store_file
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.gateway_config import job_prefix
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import docker
 from comfyfleet.operations.api import ApiPaths, api_keys, fetch_api_key, stale_workflows, verify_endpoints
@@ -70,7 +72,8 @@ def local_workflow_files(data: Any) -> dict[str, Path]:
     return out
 
 
-def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str) -> docker.ContainerSpec:
+def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str,
+             extra: tuple[str, ...] = ()) -> docker.ContainerSpec:
     """The comfyui-api container: the runtime image's python3 running the uploaded .pyz."""
     lay = cfg.layout
     command = (
@@ -83,6 +86,7 @@ def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str
         "--db", paths.db,
         "--api-key-file", paths.keys,
         "--comfyui-output-dir", lay.output,
+        *extra,
     )
     return docker.ContainerSpec(
         name=lay.api_container,
@@ -116,7 +120,12 @@ def deploy_api() -> None:
     if keys_file and not Path(str(keys_file)).is_file():
         raise BadInput(f"host {host.name}: api_keys_file {keys_file} not found")
     changed.append(api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None))
-    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, cfg.api_listen))
+    # Job ids name the host (the gateway routes /jobs/<id> by it); outputs may go to a bucket.
+    extra: tuple[str, ...] = ("--job-id-prefix", job_prefix(host.name))
+    if cfg.object_store_file:
+        changed.append(object_store_file(host.name, cfg.object_store_file, f"{paths.dir}/object-store.json"))
+        extra += ("--object-store", f"{paths.dir}/object-store.json")
+    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, cfg.api_listen, extra))
     # Endpoints are built at start: new workflows or keys need a restart (unless recreated anyway).
     docker.restart(name="Restart comfyui-api for new workflows", container=cfg.layout.api_container,
                    _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change())

@@ -1,8 +1,9 @@
 """Tier 3: the model files the workflows need, fetched on the host straight into the data root.
 
-``hostside/fetch_models.py`` does the downloading on the host (Hugging Face through
-huggingface_hub when the host's Python has it, CivitAI through its API, any http(s)
-URL; Range resume, sha256 check, rename into place only when complete).
+``hostside/fetch_models.py`` does the downloading on the host (Hugging Face metadata as
+huggingface_hub reads it, CivitAI through its API, any http(s) URL; ranged parallel
+segments where the server serves Range, resume, sha256 check, a length proven before a
+file counts, rename into place only when complete).
 ``hostside/model_files.py`` organizes, cleans up and measures the models folder.
 
 Model names come from untrusted workflow JSON: every one is checked with
@@ -24,7 +25,7 @@ hf_endpoint         none             Hugging Face endpoint on the host (a mirror
                                      ``HF_ENDPOINT`` applies otherwise
 civitai_endpoint    none             CivitAI API base (a mirror)
 models_parallel     ``3``            files downloaded at once per host
-yes                 ``false``        ``cleanup-models``: really delete
+cleanup_plan        (none)           ``cleanup-models``: delete exactly this reviewed plan (id from a listing)
 lock_file           ``<workflows_dir>/comfyfleet.lock.yaml``: computed hashes are recorded there
 ==================  ===============  ===========================================================
 """
@@ -63,7 +64,10 @@ from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 from comfyfleet.secrets import load_tokens
 from comfyfleet.shell import fail, script
 
-_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A models subfolder, nested up to four deep as packs register them (XLabs: ``xlabs/loras``).
+# Every segment starts with a letter, digit or underscore, so no ``.``/``..`` and no absolute path.
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_FOLDER = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,3}}$")
 _URL = re.compile(r"^(https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+|civitai:\d+)$")
 
 # An empty 0600 file in a 0700 folder of the SSH user, before any byte of a token is written.
@@ -279,7 +283,7 @@ def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
     anywhere = sorted({normalize_model_name(u.filename) for m in manifests for u in m.unresolved.models})
     plan = {"models_dir": cfg.layout.models, "data_root": cfg.layout.root,
             "referenced": [{"folder": m.folder, "filename": m.filename, "sha256": m.sha256} for m in models],
-            "referenced_anywhere": anywhere}
+            "referenced_anywhere": anywhere, "cleanup_plans_dir": f"{cfg.layout.state}/cleanup-plans"}
     paths = stage(cfg, ["model_files.py"], {"model-files": plan}, "Model folder scripts and plan")
     return paths["model_files.py"], paths["model-files"]
 
@@ -310,8 +314,17 @@ def organize_models_task() -> None:
 
 
 @operation()
-def cleanup(script_path: str, plan_path: str, delete: bool) -> Generator[Any, None, None]:
-    """List model files no workflow references; delete them only when ``delete``."""
+def cleanup(script_path: str, plan_path: str, plan_id: str | None) -> Generator[Any, None, None]:
+    """List model files no workflow references and keep that list as a plan; delete only a reviewed plan.
+
+    + plan_id: None lists (and saves the list on the host under its id); an id deletes
+      exactly the files of that saved list (a file changed since is skipped and named)
+    """
+    if plan_id:
+        yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--delete",
+                            "--plan-id", QuoteString(plan_id))
+        report(host).note(f"deleted the files of reviewed cleanup plan {plan_id} (changed ones are skipped)")
+        return
     state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "cleanup"))
     result = state.get("CLEANUP")
     if result is None:
@@ -322,21 +335,25 @@ def cleanup(script_path: str, plan_path: str, delete: bool) -> Generator[Any, No
     if not result["files"]:
         host.noop("no unreferenced model files")
         return
-    if not delete:
-        report(host).note(f"{len(result['files'])} file(s), {result['bytes'] / 1e6:.1f} MB: "
-                          "run again with --yes to delete them")
-        host.noop("listed unreferenced models (nothing deleted without --yes)")
-        return
-    yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--delete")
+    report(host).note(f"cleanup plan {result['plan_id']}: {len(result['files'])} file(s), "
+                      f"{result['bytes'] / 1e6:.1f} MB; to delete exactly these: --cleanup-models --yes "
+                      f"--plan {result['plan_id']} (pyinfra: --data cleanup_plan={result['plan_id']})")
+    yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--save-plan",
+                        QuoteString(result["plan_id"]))
 
 
 @task("cleanup-models")
 def cleanup_models_task() -> None:
-    """``--data yes=true`` deletes; otherwise only lists."""
+    """Lists and saves a cleanup plan; ``--data cleanup_plan=ID`` deletes exactly that reviewed plan."""
     cfg = host_config(host)
-    script_path, plan_path = _admin_plan(cfg)
+    plan_id = str(host.data.get("cleanup_plan") or "") or None
     yes = str(host.data.get("yes", "")).lower() in ("1", "true", "yes")
-    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, delete=yes, _sudo=cfg.sudo)
+    if yes and not plan_id:
+        raise BadInput("cleanup-models --yes needs --plan ID (from a listing run): only a reviewed list is deleted")
+    if plan_id and not re.fullmatch(r"[0-9a-f]{16}", plan_id):
+        raise BadInput(f"cleanup plan {plan_id!r}: give the 16-character id a --cleanup-models listing printed")
+    script_path, plan_path = _admin_plan(cfg)
+    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id, _sudo=cfg.sudo)
 
 
 @operation()

@@ -14,16 +14,32 @@ from pyinfra.api import FactBase, StringCommand
 
 from comfyfleet.shell import script
 
-# blkid exits 2 when the device holds no filesystem/partition table: that is an answer,
-# not an error. Anything else (device missing, no permission) is an error.
+# blkid exits 2 when it finds no filesystem or partition table, and also when it could not
+# open the device at all: so "blank" needs more proof. READ says whether the first 4 KiB
+# could be read, SIGNATURES counts what wipefs (a second, independent prober) finds, and
+# the kernel says whether the device is mounted, swap, the root filesystem's disk, or held
+# by another device (LVM, RAID, dm-crypt). Any other blkid exit code is an error.
 _VOLUME_SCRIPT = r"""
 echo '@lsblk'
 lsblk -J -b -p -o NAME,TYPE,SIZE,MOUNTPOINT,PKNAME 2>/dev/null || echo '{}'
+rootsrc=$(readlink -f "$(findmnt -n -o SOURCE / 2>/dev/null)" 2>/dev/null)
+rootdisk=$(lsblk -n -d -p -o PKNAME "$rootsrc" 2>/dev/null)
 probe() {
   echo "@blkid $1"
   if [ ! -b "$1" ]; then echo 'MISSING=yes'; return 0; fi
   blkid -p -o export "$1"; rc=$?
   [ $rc -eq 0 ] || [ $rc -eq 2 ] || { echo "blkid failed on $1 ($rc)" >&2; exit 1; }
+  real=$(readlink -f "$1")
+  n=$(dd if="$1" bs=4096 count=1 2>/dev/null | wc -c)
+  [ "$n" -eq 4096 ] && echo 'READ=ok' || echo 'READ=failed'
+  sig=$(wipefs -n -p "$1" 2>/dev/null) && echo "SIGNATURES=$(printf '%s\n' "$sig" | grep -c -v -e '^#' -e '^$')" || echo 'SIGNATURES=error'
+  mp=$(awk -v d="$real" '$1 == d {print $2; exit}' /proc/mounts)
+  [ -z "$mp" ] || echo "MOUNTED=$mp"
+  awk -v d="$real" '$1 == d {found=1} END {exit !found}' /proc/swaps && echo 'SWAP_ACTIVE=yes'
+  { [ "$real" = "$rootsrc" ] || [ "$real" = "$rootdisk" ]; } && echo 'ROOT=yes'
+  h=$(ls "/sys/class/block/${real##*/}/holders" 2>/dev/null | tr '\n' ' ')
+  [ -z "$h" ] || echo "HOLDERS=$h"
+  return 0
 }
 if [ "$1" = auto ]; then
   for dev in $(lsblk -d -n -p -o NAME,TYPE 2>/dev/null | awk '$2 == "disk" {print $1}'); do probe "$dev"; done
@@ -43,8 +59,9 @@ class BlockVolume(FactBase[dict[str, Any] | None]):
     + device: ``auto`` (probe every whole disk) or a ``/dev/...`` path
     + mount_point: where the volume should be mounted
 
-    Returns ``{"devices": lsblk blockdevices, "probes": {dev: {TYPE, UUID, PTTYPE, MISSING}},
-    "fstab": [lines for mount_point], "mounted_from": source or None}``.
+    Returns ``{"devices": lsblk blockdevices, "probes": {dev: {TYPE, UUID, PTTYPE, USAGE, MISSING,
+    READ, SIGNATURES, MOUNTED, SWAP_ACTIVE, ROOT, HOLDERS}}, "fstab": [lines for mount_point],
+    "mounted_from": source or None}``.
     """
 
     @staticmethod

@@ -10,9 +10,12 @@ Modes (each prints one ``WORD {json}`` line):
   but sits (same name, same relative path or same base name) in another folder is moved
   there with one rename. Never overwrites: when the target exists, the stray copy is
   reported and left alone. ``ORGANIZE``
-- ``cleanup`` / ``cleanup --delete``: files below models/ that no workflow references,
-  with sizes; deleted only with --delete. Symlinks are never followed, nothing outside
-  models/ is touched. ``CLEANUP``
+- ``cleanup``: files below models/ that no workflow references, with sizes, and a plan id
+  (a hash of the list with each file's size and mtime). ``cleanup --save-plan ID`` keeps
+  that list on the host (``cleanup_plans_dir``) once the operator has seen it;
+  ``cleanup --delete --plan-id ID`` deletes exactly the files of that saved list, never a
+  list recomputed at delete time: a file changed since (size or mtime) is skipped and
+  named. Symlinks are never followed, nothing outside models/ is touched. ``CLEANUP``
 - ``report``: sizes per folder, the largest files, referenced vs unreferenced, free
   space on the data root. ``REPORT``
 """
@@ -30,8 +33,14 @@ from typing import Any
 _IGNORED = {"put_checkpoints_here", "put_loras_here", "put_vae_here", ".DS_Store", "Thumbs.db"}
 
 
-def walk(models_dir: str) -> list[tuple[str, str, int]]:
-    """(folder, relative filename, size) of every regular file below models/<folder>/."""
+def walk(models_dir: str, folders: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
+    """(folder, relative filename, size) of every regular file below models/<folder>/.
+
+    ``folders`` are the (possibly nested, ``xlabs/loras``) folders the plan knows: a file
+    below one of them is reported against the deepest one, so ``models/xlabs/loras/x``
+    is ``("xlabs/loras", "x")``, not ``("xlabs", "loras/x")``.
+    """
+    nested = sorted((f for f in folders if "/" in f), key=len, reverse=True)
     out = []
     for folder in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
         top = os.path.join(models_dir, folder)
@@ -43,9 +52,14 @@ def walk(models_dir: str) -> list[tuple[str, str, int]]:
                 path = os.path.join(root, name)
                 if name in _IGNORED or name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
                     continue
-                rel = os.path.relpath(path, top).replace(os.sep, "/")
-                out.append((folder, rel, os.path.getsize(path)))
+                full = os.path.relpath(path, models_dir).replace(os.sep, "/")
+                owner = next((f for f in nested if full.startswith(f + "/")), folder)
+                out.append((owner, full[len(owner) + 1 :], os.path.getsize(path)))
     return out
+
+
+def _folders(plan: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted({str(r["folder"]) for r in plan.get("referenced", [])}))
 
 
 def inside(root: str, path: str) -> bool:
@@ -55,7 +69,7 @@ def inside(root: str, path: str) -> bool:
 
 def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
     models_dir = plan["models_dir"]
-    files = walk(models_dir)
+    files = walk(models_dir, _folders(plan))
     moves: list[dict[str, str]] = []
     conflicts: list[dict[str, str]] = []
     for ref in plan.get("referenced", []):
@@ -102,7 +116,7 @@ def unreferenced(plan: dict[str, Any]) -> tuple[list[tuple[str, str, int]], list
     (``referenced_anywhere``) protects that file in every folder."""
     wanted = {(r["folder"], r["filename"]) for r in plan.get("referenced", [])}
     anywhere = set(plan.get("referenced_anywhere", []))
-    files = walk(plan["models_dir"])
+    files = walk(plan["models_dir"], _folders(plan))
 
     def used(f: tuple[str, str, int]) -> bool:
         return (f[0], f[1]) in wanted or f[1] in anywhere or f[1].rsplit("/", 1)[-1] in anywhere
@@ -118,18 +132,64 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def cleanup(plan: dict[str, Any], delete: bool) -> dict[str, Any]:
+def cleanup_list(plan: dict[str, Any]) -> dict[str, Any]:
+    """The unreferenced files and the id of exactly this list."""
     models_dir = plan["models_dir"]
     _, extra = unreferenced(plan)
-    deleted = []
-    if delete:
-        for folder, rel, _size in extra:
-            path = os.path.join(models_dir, folder, rel)
-            if inside(models_dir, path) and not os.path.islink(path):
-                os.unlink(path)
-                deleted.append(f"{folder}/{rel}")
-    return {"files": [{"file": f"{f}/{r}", "size": s} for f, r, s in extra], "deleted": deleted,
-            "bytes": sum(s for _, _, s in extra)}
+    files = []
+    for folder, rel, size in extra:
+        st = os.lstat(os.path.join(models_dir, folder, rel))
+        files.append({"file": f"{folder}/{rel}", "size": size, "mtime_ns": st.st_mtime_ns})
+    plan_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {"files": files, "bytes": sum(f["size"] for f in files), "plan_id": plan_id, "deleted": [], "skipped": []}
+
+
+def _plan_path(plan: dict[str, Any], plan_id: str) -> str:
+    if not plan_id.isalnum() or not plan.get("cleanup_plans_dir"):
+        raise SystemExit(f"cleanup plan {plan_id!r}: not a plan id")
+    return os.path.join(plan["cleanup_plans_dir"], plan_id + ".json")
+
+
+def save_plan(plan: dict[str, Any], plan_id: str) -> dict[str, Any]:
+    """Keep the list the operator was shown, if it is still the one with that id."""
+    listed = cleanup_list(plan)
+    if listed["plan_id"] != plan_id:
+        raise SystemExit(f"the unreferenced files changed while they were listed (plan {plan_id}): list them again")
+    path = _plan_path(plan, plan_id)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(listed["files"], f)
+    os.replace(path + ".tmp", path)
+    return listed
+
+
+def delete_plan(plan: dict[str, Any], plan_id: str) -> dict[str, Any]:
+    """Delete exactly the files of saved plan plan_id that are still what was reviewed."""
+    models_dir = plan["models_dir"]
+    path = _plan_path(plan, plan_id)
+    try:
+        with open(path) as f:
+            files = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"no reviewed cleanup plan {plan_id} on this host: list with --cleanup-models first") from None
+    deleted, skipped = [], []
+    for entry in files:
+        target = os.path.join(models_dir, entry["file"])
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            skipped.append({"file": entry["file"], "reason": "already gone"})
+            continue
+        if os.path.islink(target) or not inside(models_dir, target) or not os.path.isfile(target):
+            skipped.append({"file": entry["file"], "reason": "no longer a plain file below models/"})
+        elif (st.st_size, st.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
+            skipped.append({"file": entry["file"], "reason": "changed since the plan was reviewed"})
+        else:
+            os.unlink(target)
+            deleted.append(entry["file"])
+    os.unlink(path)
+    return {"files": files, "bytes": sum(f["size"] for f in files), "plan_id": plan_id, "deleted": deleted,
+            "skipped": skipped}
 
 
 def storage(plan: dict[str, Any], top: int = 10) -> dict[str, Any]:
@@ -158,14 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True)
     parser.add_argument("mode", choices=["organize", "cleanup", "report"])
     parser.add_argument("--check", action="store_true", help="organize: only say what would move")
-    parser.add_argument("--delete", action="store_true", help="cleanup: delete the unreferenced files")
+    parser.add_argument("--save-plan", metavar="ID", help="cleanup: keep the listed files as plan ID")
+    parser.add_argument("--delete", action="store_true", help="cleanup: delete the files of --plan-id")
+    parser.add_argument("--plan-id", metavar="ID", help="cleanup --delete: the reviewed plan")
     args = parser.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
     if args.mode == "organize":
         print("ORGANIZE " + json.dumps(organize(plan, apply=not args.check)), flush=True)
     elif args.mode == "cleanup":
-        print("CLEANUP " + json.dumps(cleanup(plan, delete=args.delete)), flush=True)
+        if args.delete:
+            if not args.plan_id:
+                raise SystemExit("cleanup --delete needs --plan-id: only a reviewed list is ever deleted")
+            result = delete_plan(plan, args.plan_id)
+        elif args.save_plan:
+            result = save_plan(plan, args.save_plan)
+        else:
+            result = cleanup_list(plan)
+        print("CLEANUP " + json.dumps(result), flush=True)
     else:
         print("REPORT " + json.dumps(storage(plan)), flush=True)
     return 0

@@ -20,7 +20,7 @@ port, keyfile, wfdir, timeout, disdir = sys.argv[1], sys.argv[2], sys.argv[3], f
 base = "http://127.0.0.1:" + port
 key = ""
 if os.path.exists(keyfile):
-    key = next((ln.strip() for ln in open(keyfile) if ln.strip() and not ln.startswith("#")), "")
+    key = next((ln.split()[0] for ln in open(keyfile) if ln.strip() and not ln.startswith("#")), "")
 def call(method, path, body=None, t=30.0):
     req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode())
     req.add_header("content-type", "application/json")

@@ -7,6 +7,7 @@ generates nothing) and reads their output back to judge it and fill the host's r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Generator
@@ -15,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, Host, QuoteString, State, StringCommand, operation
-from pyinfra.facts.files import File, FindFiles
+from pyinfra.api import FileUploadCommand, FunctionCommand, Host, QuoteString, State, StringCommand, operation
+from pyinfra.facts.files import File, FindFiles, Sha256File
 
 from comfyfleet.context import report
 from comfyfleet.inventory import HostConfig
-from comfyfleet.pyinfra_compat import put_file_commands
 from comfyfleet.shell import fail, script
 
 VERIFY_SCRIPT = (Path(__file__).resolve().parents[1] / "hostside" / "verify_endpoints.py").read_text()
@@ -45,6 +45,24 @@ class ApiPaths:
 
 
 @operation()
+def secret_file(local_file: str, path: str) -> Any:
+    """Upload a file of secrets root-only (mode 600), only when its sha256 differs.
+
+    + local_file: the operator's file
+    + path: where it lives on the host
+
+    Sent without ``files.put``, whose ``--diff`` prints the old and new lines of a file (here:
+    keys or credentials).
+    """
+    want = hashlib.sha256(Path(local_file).read_bytes()).hexdigest()
+    if host.get_fact(Sha256File, path=path) == want:
+        host.noop(f"{path} up to date")
+        return
+    yield FileUploadCommand(local_file, path, remote_temp_filename=host.get_temp_filename(path))
+    yield StringCommand("chmod", "600", QuoteString(path))
+
+
+@operation()
 def api_keys(path: str, local_file: str | None = None) -> Any:
     """Install the operator's key file, or generate one random key on the host when none exists.
 
@@ -54,7 +72,7 @@ def api_keys(path: str, local_file: str | None = None) -> Any:
     Keys never pass through a command line: generated ones come from /dev/urandom on the host.
     """
     if local_file:
-        yield from put_file_commands(local_file, path, "600")
+        yield from secret_file._inner(local_file=local_file, path=path)
         return
     if host.get_fact(File, path=path):
         host.noop("API key file present")

@@ -1,8 +1,13 @@
 """A block volume formatted once, mounted by UUID with a ``nofail`` fstab entry.
 
-The one rule that matters: a device holding data is never reformatted. ``mkfs`` runs
-only when ``blkid -p`` finds neither a filesystem nor a partition table, and the
-command itself probes again right before formatting, so a stale fact cannot wipe a disk.
+The one rule that matters: a device holding data is never reformatted. ``mkfs`` runs only
+on positive proof of a blank device: ``blkid -p`` finds neither a filesystem nor a
+partition table (exit 2, which it also gives for a device it could not open), the first
+block could be read, ``wipefs -n`` finds no signature, and the device is not mounted, not
+swap, not the root filesystem's disk, and held by nothing (LVM, RAID, dm-crypt). The
+command proves it again on the host right before formatting, so a stale fact cannot wipe
+a disk. The root disk, a device mounted elsewhere, swap and LVM/RAID members are refused
+with one line; ``auto`` never picks them.
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ from comfyfleet.facts.block import BlockVolume
 from comfyfleet.shell import fail, script
 
 _MKFS_SCRIPT = r"""
+refuse() { echo "refusing to format $1: $2" >&2; exit 1; }
 blkid -p "$1" >/dev/null 2>&1; rc=$?
-if [ $rc -ne 2 ]; then echo "refusing to format $1: blkid reports a filesystem or partition table" >&2; exit 1; fi
+[ $rc -eq 2 ] || refuse "$1" "blkid reports a filesystem or partition table"
+[ "$(dd if="$1" bs=4096 count=1 2>/dev/null | wc -c)" -eq 4096 ] || refuse "$1" "its first block cannot be read"
+sig=$(wipefs -n -p "$1" 2>/dev/null) || refuse "$1" "wipefs cannot probe it"
+[ -z "$(printf '%s\n' "$sig" | grep -v '^#')" ] || refuse "$1" "wipefs finds signatures on it"
+real=$(readlink -f "$1")
+! awk -v d="$real" '$1 == d {f=1} END {exit !f}' /proc/mounts /proc/swaps || refuse "$1" "it is mounted or used as swap"
+[ -z "$(ls "/sys/class/block/${real##*/}/holders" 2>/dev/null)" ] || refuse "$1" "another device holds it (LVM, RAID, dm-crypt)"
 mkfs.ext4 -q -F -L "$2" "$1"
 """
 
@@ -46,14 +58,35 @@ class VolumeProblem(Exception):
     """The volume cannot be handled safely; the message says what to fix."""
 
 
-def choose_device(facts: dict[str, Any], device: str, mount_point: str) -> str:
-    """The device to use: the configured one, or for ``auto`` the single unmounted disk without partitions.
+def refusal(dev: str, probe: dict[str, str], mount_point: str) -> str | None:
+    """Why dev must not become the data volume at mount_point, or None."""
+    fix = "set block_device in the host data to the attached data volume (see `lsblk`)"
+    if probe.get("ROOT"):
+        return f"{dev} holds the root filesystem: refusing to use it as the data volume; {fix}"
+    mounted = probe.get("MOUNTED")
+    if mounted and mounted != mount_point:
+        return f"{dev} is already mounted at {mounted}: refusing to mount it at {mount_point} too; {fix}"
+    if probe.get("SWAP_ACTIVE") or probe.get("TYPE") == "swap":
+        return f"{dev} is a swap area, not a filesystem: refusing to use it; {fix}"
+    if probe.get("HOLDERS"):
+        return f"{dev} is in use by {probe['HOLDERS'].strip()} (LVM, RAID or dm-crypt): refusing to use it; {fix}"
+    if probe.get("TYPE") and probe.get("USAGE", "filesystem") != "filesystem":
+        return f"{dev} is a {probe['TYPE']} member, not a filesystem: refusing to use it; {fix}"
+    return None
 
-    Raises VolumeProblem when the choice is not clear.
+
+def choose_device(facts: dict[str, Any], device: str, mount_point: str) -> str:
+    """The device to use: the configured one, or for ``auto`` the single usable unmounted disk without partitions.
+
+    Raises VolumeProblem when the choice is not clear or the device must not be used.
     """
     if device != "auto":
-        if facts["probes"].get(device, {}).get("MISSING"):
+        probe = facts["probes"].get(device, {})
+        if probe.get("MISSING"):
             raise VolumeProblem(f"block_device {device} does not exist on this host: check `lsblk`")
+        reason = refusal(device, probe, mount_point)
+        if reason:
+            raise VolumeProblem(reason)
         return device
     if facts.get("mounted_from"):
         return str(facts["mounted_from"])
@@ -61,14 +94,15 @@ def choose_device(facts: dict[str, Any], device: str, mount_point: str) -> str:
     for dev in facts.get("devices", []):
         if dev.get("type") != "disk" or dev.get("children") or dev.get("mountpoint"):
             continue
-        if facts["probes"].get(dev["name"], {}).get("PTTYPE"):
+        probe = facts["probes"].get(dev["name"], {})
+        if probe.get("PTTYPE") or refusal(dev["name"], probe, mount_point):
             continue
         candidates.append(dev["name"])
     if len(candidates) != 1:
         found = ", ".join(candidates) or "none"
         raise VolumeProblem(
-            f"cannot pick the block volume for {mount_point} (unmounted disks without partitions: {found}):"
-            " set block_device in the host data"
+            f"cannot pick the block volume for {mount_point} (unmounted disks without partitions, swap or LVM:"
+            f" {found}): set block_device in the host data"
         )
     return candidates[0]
 
@@ -108,9 +142,16 @@ def _plan(facts: dict[str, Any], device: str, mount_point: str, label: str) -> G
     if mounted_from and mounted_from != dev:
         raise VolumeProblem(f"{mount_point} is already mounted from {mounted_from}, not {dev}")
 
-    do_format = not probe.get("TYPE") and not probe.get("PTTYPE") and not mounted_from
+    blank = not probe.get("TYPE") and not probe.get("PTTYPE") and not mounted_from
     if probe.get("PTTYPE") and not probe.get("TYPE"):
         raise VolumeProblem(f"{dev} has a partition table: give the partition as block_device")
+    if blank and probe.get("READ") != "ok":
+        raise VolumeProblem(f"{dev}: blkid found nothing but its first block cannot be read, so it is not known"
+                            " to be blank: not formatted; check that the volume is attached")
+    if blank and probe.get("SIGNATURES") != "0":
+        raise VolumeProblem(f"{dev}: blkid found nothing but wipefs finds signatures ({probe.get('SIGNATURES')}):"
+                            f" not formatted; inspect it with `wipefs {dev}`")
+    do_format = blank
 
     if do_format:
         yield script(_MKFS_SCRIPT, dev, label)

@@ -45,12 +45,12 @@ def api_base_for(name: str, data: Mapping[str, Any]) -> str:
 
 
 def read_api_key(path: str | Path, host: str) -> str:
-    """The first key of an API key file (one key per line, '#' comments), for one host."""
+    """The first key of an API key file (`KEY` or `KEY admin` per line, '#' comments), for one host."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise BadInput(f"host {host}: api_keys_file {path}: {exc.strerror or exc}") from None
-    key = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")), "")
+    key = next((ln.split()[0] for ln in lines if ln.strip() and not ln.strip().startswith("#")), "")
     if not key:
         raise BadInput(f"host {host}: api_keys_file {path} holds no key: put one key per line")
     return key

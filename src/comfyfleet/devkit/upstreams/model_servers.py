@@ -13,10 +13,12 @@ They speak the parts of the real protocols that downloaders rely on:
   redirects to a presigned-looking file URL.
 - Plain files: ``/files/{path}``.
 
-All file answers support ``Range`` and HEAD. Counters record what was sent, and
-``throttle`` / ``corrupt`` inject slow transfers and wrong bytes for fault tests.
+All file answers support ``Range`` and HEAD. Counters record what was sent and how many
+file bodies were being sent at once (``stats.peak``), and ``throttle`` / ``corrupt`` /
+``cut`` / ``no_ranges`` inject slow transfers, wrong bytes, bodies that stop early (a close
+without Content-Length, or a chunked body broken mid-chunk) and servers that ignore Range.
 ``connection_rate`` (bytes/s) paces every file answer, per connection, as a WAN link from a
-CDN does (kept in the child process of ``start_process`` too).
+CDN does (``--throttle-mbps`` when run standalone).
 
 Standalone: ``python src/comfyfleet/devkit/upstreams/model_servers.py DIR`` serves every file below DIR
 as plain files, HF repos (``DIR/hf/<org>/<repo>/...``) and CivitAI versions
@@ -58,6 +60,13 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    active: int = 0
+    peak: int = 0
+
+    def sending(self, delta: int) -> None:
+        with self.lock:
+            self.active += delta
+            self.peak = max(self.peak, self.active)
 
     def add(self, key: str, n: int) -> None:
         with self.lock:
@@ -99,6 +108,9 @@ class Upstreams:
         self.throttle: dict[str, float] = {}
         self.corrupt: set[str] = set()
         self.connection_rate = 0.0  # bytes/s per connection for every file answer, 0 = as fast as it goes
+        # key -> (bytes, "close" | "chunked"): answers without a Range header stop after that many bytes
+        self.cut: dict[str, tuple[int, str]] = {}
+        self.no_ranges: set[str] = set()  # keys whose answers ignore Range (200, whole file)
         self.redirects: dict[str, str] = {}  # plain file path -> Location to answer with
         self._servers: list[ThreadingHTTPServer] = []
         self._process: subprocess.Popen[bytes] | None = None
@@ -377,8 +389,10 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
         def _send_file(self, stored: StoredFile, head: bool, key: str, extra: dict[str, str] | None = None) -> None:
             size = stored.size
             start, end = 0, size - 1
-            rng = self.headers.get("Range")
+            rng = None if key in up.no_ranges else self.headers.get("Range")
             status = 200
+            if not rng and key in up.cut and not head:
+                return self._send_cut(stored, key, *up.cut[key])
             if rng:
                 m = re.match(r"^bytes=(\d+)-(\d*)$", rng.strip())
                 if not m or int(m.group(1)) >= size:
@@ -402,15 +416,36 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if head:
                 return
+            up.stats.sending(1)
+            try:
+                with open(stored.path, "rb") as f:
+                    rate = up.throttle.get(key) or up.connection_rate
+                    if key in up.corrupt:
+                        self._send_corrupt(f, start, length, key)
+                    elif rate:
+                        self._send_throttled(f, start, length, rate, key)
+                    else:
+                        sent = self.connection.sendfile(f, start, length)
+                        up.stats.add(key, sent)
+            finally:
+                up.stats.sending(-1)
+
+        def _send_cut(self, stored: StoredFile, key: str, n: int, mode: str) -> None:
+            """The first n bytes, then the connection closes: no length (close) or inside a chunk."""
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            if mode == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()  # no Content-Length: without chunks, the close ends the body
             with open(stored.path, "rb") as f:
-                rate = up.throttle.get(key) or up.connection_rate
-                if key in up.corrupt:
-                    self._send_corrupt(f, start, length, key)
-                elif rate:
-                    self._send_throttled(f, start, length, rate, key)
-                else:
-                    sent = self.connection.sendfile(f, start, length)
-                    up.stats.add(key, sent)
+                data = f.read(n)
+            if mode == "chunked":
+                self.wfile.write(f"{stored.size:x}\r\n".encode())  # promises the whole file in one chunk
+            self.wfile.write(data)
+            self.wfile.flush()
+            up.stats.add(key, len(data))
 
         def _send_throttled(self, f: Any, start: int, length: int, rate: float, key: str) -> None:
             f.seek(start)
@@ -465,8 +500,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Serve local Hugging Face / CivitAI / file upstreams.")
     parser.add_argument("directory", nargs="?", default=".")
     parser.add_argument("--ports-file", help="write the base URLs here (JSON) once listening")
+    parser.add_argument("--throttle-mbps", type=float, default=None, help="pace every file answer, per connection")
     args = parser.parse_args(argv)
-    upstreams = serve_directory(Path(args.directory)).start()
+    upstreams = serve_directory(Path(args.directory))
+    if args.throttle_mbps:
+        upstreams.connection_rate = args.throttle_mbps * 1e6
+    upstreams.start()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     urls = {"hf": upstreams.hf_url, "civitai": upstreams.civitai_url, "files": upstreams.files_url}
     if args.ports_file:

@@ -2,7 +2,7 @@
 
 Usage (ComfyUI started with /work/start-comfyui.sh or `python main.py --cpu --listen 127.0.0.1`):
 
-    python tests/oracle/record_object_info.py --url http://127.0.0.1:8188 \
+    python -m comfyfleet.devkit.oracle.record_object_info --url http://127.0.0.1:8188 \
         --out tests/data/comfyui-0.8.0/object_info.json.gz \
         --source "ComfyUI v0.8.0, fork pollockjj/ComfyUI commit fc0cb10b" [--pack REPO@COMMIT ...]
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "custom_node_packs": args.pack,
         "node_count": len(object_info),
         "recorded_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "recorded_with": "tests/oracle/record_object_info.py (GET /object_info and /system_stats)",
+        "recorded_with": "comfyfleet.devkit.oracle.record_object_info (GET /object_info and /system_stats)",
         "note": args.note,
     }
     side = args.out.with_name(args.out.name.removesuffix(".gz").removesuffix(".json") + ".source.json")

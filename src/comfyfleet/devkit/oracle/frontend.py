@@ -30,8 +30,9 @@ from typing import Any
 
 from playwright.sync_api import sync_playwright
 
-from .backend import FrontendBackend
-from .compare import compare_prompts
+from comfyfleet.devkit import REPO
+from comfyfleet.devkit.oracle.backend import FrontendBackend
+from comfyfleet.devkit.oracle.compare import compare_prompts
 
 __all__ = [
     "DATA_DIR",
@@ -44,7 +45,7 @@ __all__ = [
     "templates",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 DATA_DIR = REPO_ROOT / "tests" / "data"
 OBJECT_INFO = DATA_DIR / "comfyui-0.8.0" / "object_info.json.gz"
 CHROMIUM = "/usr/bin/chromium"
@@ -147,10 +148,13 @@ async (text) => {
   };
   app.showMissingModelsError = () => {};
   const done = (r) => JSON.stringify({...r, errors, missing});
+  window.__oracleConfigured = false;
   try {
     await app.loadGraphData(wf, true, false, null);
-    if (!app.rootGraph || (app.rootGraph.nodes.length === 0 && (wf.nodes || []).length > 0)) {
-      return done({refused: 'loadGraphData: ' + (errors[0] || 'graph left empty')});
+    if (!window.__oracleConfigured) {
+      // loadGraphData caught an error in graph.configure, showed its "load workflow" error dialog
+      // and returned early (afterConfigureGraph never ran): the frontend refuses the file.
+      return done({refused: 'loadGraphData: ' + (errors[0] || 'graph not configured')});
     }
     const p = await app.graphToPrompt();
     return done({prompt: p.output});
@@ -169,6 +173,11 @@ async (text) => {
 """
 
 _READY_JS = "() => !!(window.app && window.app.graph && window.app.vueAppReady)"
+# An extension whose afterConfigureGraph hook marks a load that went through to the end.
+_PROBE_JS = """() => window.app.registerExtension({
+  name: 'comfyfleet.oracle.probe',
+  afterConfigureGraph() { window.__oracleConfigured = true; },
+})"""
 
 
 class FrontendOracle:
@@ -223,6 +232,7 @@ class FrontendOracle:
         self._page.on("dialog", lambda d: d.dismiss())  # alert/confirm/prompt never block
         self._page.goto(url + "/", wait_until="domcontentloaded", timeout=self.timeout_ms)
         self._page.wait_for_function(_READY_JS, timeout=self.timeout_ms)
+        self._page.evaluate(_PROBE_JS)
 
     def close(self) -> None:
         for closer in (

@@ -1,6 +1,6 @@
 """Write the frontend's prompt for every template and repo workflow as files (a cache for developers).
 
-    .venv/bin/python -m oracle.dump --out /work/oracle-out      (run from tests/, or with tests/ on sys.path)
+    .venv/bin/python -m comfyfleet.devkit.oracle.dump --out /work/oracle-out
 
 Writes `<out>/<name>.json` = {"prompt": {...} | null, "refused": null | "reason", "missing_nodes": [...],
 "errors": [...]}; templates under their template id, this repo's workflows as `repo-<stem>`; then
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .frontend import REPO_ROOT, FrontendOracle, repo_workflows, templates
+from comfyfleet.devkit.oracle.frontend import REPO_ROOT, FrontendOracle, repo_workflows, templates
 
 
 def main(argv: list[str] | None = None) -> int:

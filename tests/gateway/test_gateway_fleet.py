@@ -1,0 +1,242 @@
+"""The gateway on the SSH test fleet: HAProxy deployed by `comfyfleet gateway deploy` on its own host,
+in front of two GPU hosts running comfyui-api + the ComfyUI stand-in (real pyinfra, SSH, docker).
+
+One module-scoped fleet (the deploys cost minutes): HTTPS with a CA made here, one key set
+passed through, async job results reachable whichever host ran them, the capacity limit, a
+rolling `--restart-api-only` drained through the gateway under load with no failed request,
+failover when a host's API dies, the gateway's view in `gateway status`, and outputs uploaded
+to s3rver (npm's fake S3 server, a test double; its SigV4 is checked against botocore in
+comfyui-api/tests/test_object_store_s3rver.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from local_ca import make_ca_and_server_pem
+from typer.testing import CliRunner
+
+from comfyfleet.cli.main import app
+from comfyfleet.deploys.gateway import deploy_gateway
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.s3rver import S3Server, s3rver
+from comfyfleet.gateway import gateway_targets
+from comfyfleet.runner import run
+
+pytestmark = pytest.mark.fleet
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "gateway-test-key-0123456789abcdef"
+TINY = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x224466},
+    },
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "gw"}},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Setup:
+    def __init__(
+        self, inventory: Path, url: str, ca: Path, hosts: list[Host], gateway: Host, s3: S3Server
+    ) -> None:
+        self.inventory = inventory
+        self.url = url
+        self.tls = ssl.create_default_context(cafile=str(ca))
+        self.hosts = hosts
+        self.gateway = gateway
+        self.s3 = s3
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, verify=self.tls, timeout=60, headers={"authorization": f"Bearer {KEY}"}, **kw
+        )
+
+    def view(self) -> dict[str, list[str]]:
+        result = run(gateway_targets(str(self.inventory))[0], "gateway-status")
+        assert result.ok, [(h.host, h.reason) for h in result.hosts]
+        return {r[0]: r for r in result.hosts[0].report.sections["gateway"].rows}
+
+
+@pytest.fixture(scope="module")
+def gw(
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    start_host: Callable[..., Host],
+    write_inventory: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    artifact = tmp / "comfyui-api.pyz"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(artifact)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    wf = tmp / "workflows"
+    wf.mkdir()
+    (wf / "tiny.json").write_text(json.dumps(TINY))
+    keys = tmp / "api-keys"
+    keys.write_text(KEY + "\n")
+    keys.chmod(0o600)
+    ca, pem = make_ca_and_server_pem(tmp)
+    port = _free_port()
+    gateway = start_host(name="gw1", provider="lambda")
+    hosts = [fleet_hosts["lambda1"], fleet_hosts["dc1"]]
+    with s3rver(tmp / "s3") as s3:
+        store = s3.write_config(tmp / "object-store.json", prefix="fleet/")
+        inv = write_inventory(
+            [*hosts, gateway],
+            tmp / "inventory.py",
+            api_keys_file=str(keys),
+            workflows_dir=str(wf),
+            api_binary=str(artifact),
+            object_store_file=str(store),
+            gateway_port=port,
+            gateway_cert_file=str(pem),
+            gateway_max_queue=4,
+            gateway_backend_group="gpu",
+        )
+        with inv.open("a") as f:
+            f.write(
+                "gpu = [e for e in fleet if e[0] != 'gw1']\ngateway = [e for e in fleet if e[0] == 'gw1']\n"
+            )
+        target = f"{inv}:gpu"
+        for task in ("runtime", "update-binary"):
+            result = run(target, task)
+            assert result.ok, (task, [(h.host, h.reason) for h in result.hosts])
+        cli = CliRunner().invoke(app, ["gateway", "deploy", str(inv)])
+        assert cli.exit_code == 0, cli.output
+        setup = Setup(inv, f"https://127.0.0.1:{port}", ca, hosts, gateway, s3)
+        deadline = time.monotonic() + 60
+        while not all(r[1] == "up" for r in setup.view().values()):
+            assert time.monotonic() < deadline, setup.view()
+            time.sleep(1)
+        yield setup
+    fleet.remove_host("gw1")
+
+
+def test_redeploy_changes_nothing_and_status_shows_both_hosts(gw: Setup) -> None:
+    gateways, backends = gateway_targets(str(gw.inventory))
+    backend_data = {"gateway_backends": [b.__dict__ for b in backends]}
+    again = run([(n, {**d, **backend_data}) for n, d in gateways], deploy_gateway)
+    assert again.hosts[0].status == "no change", again.hosts[0].changed
+    cli = CliRunner().invoke(app, ["gateway", "status", str(gw.inventory)])
+    assert cli.exit_code == 0, cli.output
+    assert "lambda1" in cli.output and "dc1" in cli.output and "up" in cli.output
+    mode = gw.gateway.exec("stat -c %a /etc/haproxy/certs/fleet.pem", user="root").stdout.strip()
+    assert mode == "600"
+
+
+def test_https_one_key_set_async_jobs_and_s3_outputs(gw: Setup) -> None:
+    with gw.client() as c:
+        assert httpx.get(f"{gw.url}/workflows/tiny", verify=gw.tls).status_code in (401, 405)
+        assert httpx.post(f"{gw.url}/workflows/tiny", json={}, verify=gw.tls).status_code == 401
+        ran_on: set[str] = set()
+        job_ids = []
+        for _ in range(6):
+            r = c.post("/workflows/tiny", json={"input": {}, "async": True})
+            assert r.status_code == 202, r.text
+            job_ids.append(r.json()["id"])
+        for job_id in job_ids:
+            ran_on.add(job_id.split("-", 1)[0])
+            deadline = time.monotonic() + 60
+            while (job := c.get(f"/jobs/{job_id}")).json()["status"] not in ("completed", "failed"):
+                assert job.status_code in (200, 202), job.text
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            body = job.json()
+            assert body["status"] == "completed", body
+            (out,) = [o for o in body["outputs"] if "filename" in o]
+            assert out["url"].startswith(f"{gw.s3.endpoint}/{gw.s3.bucket}/fleet/{job_id}/")
+            png = httpx.get(out["url"])
+            assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        assert ran_on == {"lambda1", "dc1"}  # both hosts served, each job found where it ran
+
+
+def test_capacity_one_generation_per_host(gw: Setup) -> None:
+    def one(i: int) -> int:
+        with gw.client() as c:
+            return c.post("/workflows/tiny", json={"input": {}}).status_code
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = gw.gateway.exec(
+        "printf 'show stat\\n' | socat stdio UNIX-CONNECT:/run/haproxy/admin.sock", user="root"
+    ).stdout
+    rows = [
+        line.split(",") for line in out.splitlines() if line.startswith("fleet,") and "BACKEND" not in line
+    ]
+    assert {r[1] for r in rows} == {"lambda1", "dc1"}
+    assert all(int(r[5]) <= 1 for r in rows), rows  # smax: never more than one request on a host
+
+
+def test_rolling_restart_drains_through_the_gateway_without_failed_requests(gw: Setup) -> None:
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def load() -> None:
+        with gw.client() as c:
+            while not done.is_set():
+                r = c.post("/workflows/tiny", json={"input": {}})
+                count[0] += 1
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                time.sleep(0.7)  # under the API's per-key rate limit (120/min) even with one host serving
+
+    threads = [threading.Thread(target=load)]
+    for t in threads:
+        t.start()
+    try:
+        cli = CliRunner().invoke(
+            app, ["common", f"{gw.inventory}:gpu", "--restart-api-only", "--rolling", "1"]
+        )
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert cli.exit_code == 0, cli.output
+    assert failures == [] and count[0] > 0
+    assert all(r[1] == "up" for r in gw.view().values())
+
+
+def test_failover_when_a_hosts_api_dies(gw: Setup) -> None:
+    victim = gw.hosts[0]
+    container = f"{victim.container_prefix}comfyui-api"
+    victim.exec(f"docker stop -t 1 {container}", user="root")
+    try:
+        with gw.client() as c:
+            answers = [c.post("/workflows/tiny", json={"input": {}}) for _ in range(6)]
+            assert [a.status_code for a in answers] == [200] * 6
+            assert {a.json()["id"].split("-", 1)[0] for a in answers} == {"dc1"}
+            gone = c.get("/jobs/lambda1-0123456789abcdef0123456789abcdef")
+            assert gone.status_code == 503 and "host lambda1" in gone.json()["detail"]
+            assert gone.headers["retry-after"] == "5"
+        assert gw.view()["lambda1"][1] == "down"
+    finally:
+        victim.exec(f"docker start {container}", user="root")
+    deadline = time.monotonic() + 60
+    while gw.view()["lambda1"][1] != "up":
+        assert time.monotonic() < deadline
+        time.sleep(1)
