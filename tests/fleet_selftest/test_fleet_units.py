@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.devkit.fleet import Fleet, Host
-from comfyfleet.devkit.fleet.upstreams import ComfyUIUpstream, node_pack_files
+from comfyfleet.devkit.fleet.upstreams import ComfyUIUpstream, GitUpstreams, _git, node_pack_files
 
 
 def load_pack(tmp_path: Path, files: dict[str, str]) -> object:
@@ -81,7 +81,6 @@ def test_written_inventory_loads_in_pyinfra_with_every_host_key(tmp_path: Path) 
 
 def _comfyui_checkout(root: Path, releases: list[str]) -> Path:
     """A ComfyUI-shaped repository with one commit per release (untagged, as forks often are)."""
-    from fleet.upstreams import _git
 
     work = root / "src"
     _git("init", "-q", "-b", "master", str(work))
@@ -96,7 +95,7 @@ def _comfyui_checkout(root: Path, releases: list[str]) -> Path:
 @pytest.mark.parametrize("shape", ["single-commit", "shallow"])
 def test_real_comfyui_upstream_from_a_checkout_without_history(tmp_path: Path, shape: str) -> None:
     """`git describe --tags HEAD^` has nothing to describe: the previous release is made, named as such."""
-    from fleet.upstreams import GitUpstreams, _git
+
 
     if shape == "single-commit":
         checkout = _comfyui_checkout(tmp_path, ["0.8.0"])
