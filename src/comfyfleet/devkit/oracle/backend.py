@@ -8,9 +8,17 @@ serves a recorded /object_info of a real ComfyUI. Requests it does not know are 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,6 +126,9 @@ class FrontendBackend:
             return handler
 
         r.add_get("/", self._index)
+        # Not ComfyUI's: how the process that started this server reads what the page sent.
+        r.add_get("/__oracle/queued", self._get_queued)
+        r.add_get("/__oracle/unknown", self._get_unknown)
         r.add_get("/ws", self._ws)
         both("GET", "/object_info", self._get_object_info)
         both("GET", "/users", const({"storage": "server", "migrated": True}))
@@ -145,6 +156,12 @@ class FrontendBackend:
         both("GET", "/global_subgraphs", const({}))
         r.add_get("/extensions/{name}/{path:.+}", self._get_extension_file)
         r.add_static("/", self.static_dir, follow_symlinks=False)
+
+    async def _get_queued(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.queued)
+
+    async def _get_unknown(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.unknown)
 
     async def _index(self, _request: web.Request) -> web.FileResponse:
         return web.FileResponse(self.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
@@ -229,3 +246,85 @@ def _system_stats() -> dict[str, Any]:
         },
         "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0}],
     }
+
+
+class BackendProcess:
+    """A :class:`FrontendBackend` in a child process, with the same ``start``/``stop``/``queued``/``unknown``.
+
+    A child process, not a thread: once pyinfra's CLI module has monkey-patched the interpreter with
+    gevent (other tests in the same pytest run do), a thread is a greenlet of the main thread and its
+    running event loop makes Playwright's sync API refuse to start there.
+    """
+
+    def __init__(
+        self,
+        static_dir: Path,
+        object_info: Mapping[str, Any],
+        extensions: Mapping[str, Path] | None = None,
+    ) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="oracle-backend-"))
+        (self._dir / "object_info.json").write_text(json.dumps(object_info))
+        self._args = [sys.executable, "-m", "comfyfleet.devkit.oracle.backend", "--static", str(static_dir),
+                      "--object-info", str(self._dir / "object_info.json"), "--port-file", str(self._dir / "port")]
+        for name, folder in (extensions or {}).items():
+            self._args += ["--extension", f"{name}={folder}"]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        port_file = self._dir / "port"
+        self._proc = subprocess.Popen(self._args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the oracle's frontend backend did not start (exit {self._proc.poll()})")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        return self.url
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:  # noqa: S310 - our own loopback server
+            return json.load(resp)
+
+    @property
+    def queued(self) -> list[dict[str, Any]]:
+        return list(self._get("/__oracle/queued"))
+
+    @property
+    def unknown(self) -> list[tuple[str, str]]:
+        return [tuple(x) for x in self._get("/__oracle/unknown")]
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve ComfyUI's frontend with a recorded /object_info.")
+    parser.add_argument("--static", required=True, type=Path)
+    parser.add_argument("--object-info", required=True, type=Path)
+    parser.add_argument("--port-file", required=True, type=Path)
+    parser.add_argument("--extension", action="append", default=[], help="NAME=DIR of JS files")
+    args = parser.parse_args(argv)
+    extensions = {name: Path(d) for name, _, d in (e.partition("=") for e in args.extension)}
+    backend = FrontendBackend(args.static, json.loads(args.object_info.read_text()), extensions)
+    url = backend.start()
+    args.port_file.write_text(url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    backend.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ from typing import Any
 from playwright.sync_api import sync_playwright
 
 from comfyfleet.devkit import REPO
-from comfyfleet.devkit.oracle.backend import FrontendBackend
+from comfyfleet.devkit.oracle.backend import BackendProcess
 from comfyfleet.devkit.oracle.compare import compare_prompts
 
 __all__ = [
@@ -190,7 +190,7 @@ class FrontendOracle:
         chromium: str = CHROMIUM,
         timeout_s: float = 60.0,
     ) -> None:
-        self.backend = FrontendBackend(
+        self.backend = BackendProcess(
             frontend_static_dir(), object_info if object_info is not None else load_object_info(), extensions
         )
         self.chromium = chromium
