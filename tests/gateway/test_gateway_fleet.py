@@ -12,6 +12,7 @@ comfyui-api/tests/test_object_store_s3rver.py).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -25,9 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from local_ca import make_ca_and_server_pem
-from typer.testing import CliRunner
 
-from comfyfleet.cli.main import app
 from comfyfleet.deploys.gateway import deploy_gateway
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.s3rver import S3Server, s3rver
@@ -44,6 +43,14 @@ TINY = {
     },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "gw"}},
 }
+
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The comfyfleet CLI in a child process: it monkey-patches gevent, which must not leak into pytest."""
+    res = subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", *args], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+    return res
 
 
 def _free_port() -> int:
@@ -122,8 +129,8 @@ def gw(
         for task in ("runtime", "update-binary"):
             result = run(target, task)
             assert result.ok, (task, [(h.host, h.reason) for h in result.hosts])
-        cli = CliRunner().invoke(app, ["gateway", "deploy", str(inv)])
-        assert cli.exit_code == 0, cli.output
+        cli = run_cli("gateway", "deploy", str(inv))
+        assert cli.returncode == 0, (cli.stdout + cli.stderr)
         setup = Setup(inv, f"https://127.0.0.1:{port}", ca, hosts, gateway, s3)
         deadline = time.monotonic() + 60
         while not all(r[1] == "up" for r in setup.view().values()):
@@ -138,9 +145,9 @@ def test_redeploy_changes_nothing_and_status_shows_both_hosts(gw: Setup) -> None
     backend_data = {"gateway_backends": [b.__dict__ for b in backends]}
     again = run([(n, {**d, **backend_data}) for n, d in gateways], deploy_gateway)
     assert again.hosts[0].status == "no change", again.hosts[0].changed
-    cli = CliRunner().invoke(app, ["gateway", "status", str(gw.inventory)])
-    assert cli.exit_code == 0, cli.output
-    assert "lambda1" in cli.output and "dc1" in cli.output and "up" in cli.output
+    cli = run_cli("gateway", "status", str(gw.inventory))
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)
+    assert "lambda1" in (cli.stdout + cli.stderr) and "dc1" in (cli.stdout + cli.stderr) and "up" in (cli.stdout + cli.stderr)
     mode = gw.gateway.exec("stat -c %a /etc/haproxy/certs/fleet.pem", user="root").stdout.strip()
     assert mode == "600"
 
@@ -209,14 +216,12 @@ def test_rolling_restart_drains_through_the_gateway_without_failed_requests(gw: 
     for t in threads:
         t.start()
     try:
-        cli = CliRunner().invoke(
-            app, ["common", f"{gw.inventory}:gpu", "--restart-api-only", "--rolling", "1"]
-        )
+        cli = run_cli("common", f"{gw.inventory}:gpu", "--restart-api-only", "--rolling", "1")
     finally:
         done.set()
         for t in threads:
             t.join()
-    assert cli.exit_code == 0, cli.output
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)
     assert failures == [] and count[0] > 0
     assert all(r[1] == "up" for r in gw.view().values())
 
