@@ -45,7 +45,10 @@ TARGET_PILE_RATIO = 1.1
 
 def graph(color: int) -> dict:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
     }
 
@@ -72,7 +75,9 @@ class Direct:
         self.early: dict[str, list[dict]] = {}
 
     async def start(self) -> None:
-        self.ws = await websockets.connect(self.url.replace("http", "ws", 1) + f"/ws?clientId={self.cid}", max_size=None)
+        self.ws = await websockets.connect(
+            self.url.replace("http", "ws", 1) + f"/ws?clientId={self.cid}", max_size=None
+        )
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -92,14 +97,18 @@ class Direct:
         fut, outs = self.waiters[pid]
         if f["type"] == "executed" and f["data"].get("output"):
             outs.update(f["data"]["output"])
-        elif f["type"] in ("execution_success", "execution_error", "execution_interrupted") and not fut.done():
+        elif (
+            f["type"] in ("execution_success", "execution_error", "execution_interrupted") and not fut.done()
+        ):
             fut.set_result(f["type"])
 
     async def run(self, color: int) -> bytes:
         pid = str(uuid.uuid4())
         fut = asyncio.get_running_loop().create_future()
         self.waiters[pid] = (fut, {})
-        r = await self.http.post("/prompt", json={"prompt": graph(color), "client_id": self.cid, "prompt_id": pid})
+        r = await self.http.post(
+            "/prompt", json={"prompt": graph(color), "client_id": self.cid, "prompt_id": pid}
+        )
         r.raise_for_status()
         pid2 = r.json()["prompt_id"]
         if pid2 != pid:
@@ -112,8 +121,9 @@ class Direct:
         if status != "execution_success":
             raise RuntimeError(status)
         img = outs["images"][0]
-        v = await self.http.get("/view", params={"filename": img["filename"], "subfolder": img["subfolder"],
-                                                 "type": img["type"]})
+        v = await self.http.get(
+            "/view", params={"filename": img["filename"], "subfolder": img["subfolder"], "type": img["type"]}
+        )
         v.raise_for_status()
         return v.content
 
@@ -147,7 +157,9 @@ async def timed(client, colours: Colours) -> float:
     return dt
 
 
-async def latency(direct: Direct, api: ThroughApi, colours: Colours, n: int) -> tuple[list[float], list[float]]:
+async def latency(
+    direct: Direct, api: ThroughApi, colours: Colours, n: int
+) -> tuple[list[float], list[float]]:
     d, a = [], []
     for i in range(n):
         # Alternate which goes first so drift hits both alike.
@@ -167,8 +179,9 @@ def proc_cpu(pid: int) -> float:
 CPU: dict[str, list[float]] = {}
 
 
-async def throughput(client, colours: Colours, n: int, concurrency: int, pids: dict[str, int] | None = None,
-                     label: str = "") -> float:
+async def throughput(
+    client, colours: Colours, n: int, concurrency: int, pids: dict[str, int] | None = None, label: str = ""
+) -> float:
     count = 0
     pids = pids or {}
     before = {k: proc_cpu(p) for k, p in pids.items()}
@@ -207,8 +220,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
-async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: int,
-                  pids: dict[str, int], rounds: int) -> tuple[dict, bool]:
+async def measure(
+    comfy_url: str, api_url: str, n: int, tn: int, concurrency: int, pids: dict[str, int], rounds: int
+) -> tuple[dict, bool]:
     colours = Colours()
     direct, api = Direct(comfy_url), ThroughApi(api_url)
     await direct.start()
@@ -230,10 +244,14 @@ async def measure(comfy_url: str, api_url: str, n: int, tn: int, concurrency: in
         await direct.close()
         await api.close()
     res = {
-        "direct_p50_ms": statistics.median(d) * 1000, "api_p50_ms": statistics.median(a) * 1000,
-        "direct_p90_ms": pct(d, 90) * 1000, "api_p90_ms": pct(a, 90) * 1000,
-        "direct_rps": statistics.median(p[0] for p in pairs), "api_rps": statistics.median(p[1] for p in pairs),
-        "ratio": statistics.median(p[1] / p[0] for p in pairs), "pairs": pairs,
+        "direct_p50_ms": statistics.median(d) * 1000,
+        "api_p50_ms": statistics.median(a) * 1000,
+        "direct_p90_ms": pct(d, 90) * 1000,
+        "api_p90_ms": pct(a, 90) * 1000,
+        "direct_rps": statistics.median(p[0] for p in pairs),
+        "api_rps": statistics.median(p[1] for p in pairs),
+        "ratio": statistics.median(p[1] / p[0] for p in pairs),
+        "pairs": pairs,
     }
     res["added_p50_ms"] = res["api_p50_ms"] - res["direct_p50_ms"]
     res["added_p90_ms"] = res["api_p90_ms"] - res["direct_p90_ms"]
@@ -266,11 +284,11 @@ async def pile_up(comfy_url: str, api_url: str, out_dir: Path, count: int, n: in
     samples: dict[tuple[str, str], list[float]] = {}
     try:
         for r in range(rounds):
-            for state in (("empty", "pile") if r % 2 == 0 else ("pile", "empty")):
+            for state in ("empty", "pile") if r % 2 == 0 else ("pile", "empty"):
                 holders[state].rename(out_dir)
                 try:
                     # One side at a time: a direct save listing 20,000 files must not slow the API's turn.
-                    for c in ((direct, api) if r % 2 == 0 else (api, direct)):
+                    for c in (direct, api) if r % 2 == 0 else (api, direct):
                         side = "direct" if c is direct else "api"
                         for _ in range(n):
                             samples.setdefault((side, state), []).append(await timed(c, colours))
@@ -284,15 +302,22 @@ async def pile_up(comfy_url: str, api_url: str, out_dir: Path, count: int, n: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--comfyui-url", default=os.environ.get("COMFYFLEET_TEST_COMFYUI_URL"),
-                    help="a running ComfyUI (default: start the stand-in)")
-    ap.add_argument("--comfyui-output-dir", type=Path, help="that ComfyUI's output folder, if on this machine")
+    ap.add_argument(
+        "--comfyui-url",
+        default=os.environ.get("COMFYFLEET_TEST_COMFYUI_URL"),
+        help="a running ComfyUI (default: start the stand-in)",
+    )
+    ap.add_argument(
+        "--comfyui-output-dir", type=Path, help="that ComfyUI's output folder, if on this machine"
+    )
     ap.add_argument("--pyz", type=Path, help="run the built artifact instead of the source package")
     ap.add_argument("-n", type=int, default=300, help="sequential requests per side for latency")
     ap.add_argument("--throughput-requests", type=int, default=300, help="requests per throughput run")
     ap.add_argument("--rounds", type=int, default=5, help="paired throughput runs (direct, via API)")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--pile", type=int, default=20000, help="earlier outputs in the pile-up case (0: skip it)")
+    ap.add_argument(
+        "--pile", type=int, default=20000, help="earlier outputs in the pile-up case (0: skip it)"
+    )
     ap.add_argument("--pile-requests", type=int, default=30, help="sequential requests per side per block")
     ap.add_argument("--pile-rounds", type=int, default=8, help="blocks per state (empty, piled up)")
     args = ap.parse_args()
@@ -314,9 +339,25 @@ def main() -> int:
             (wf / "bench.json").write_text(json.dumps(graph(0)))
             port = free_port()
             runner = [sys.executable, str(args.pyz)] if args.pyz else [sys.executable, "-m", "comfyui_api"]
-            cmd = [*runner, "--comfyui-url", comfy_url, "--workflows", str(wf), "--host", "127.0.0.1",
-                   "--port", str(port), "--db", str(tmpdir / "api.sqlite3"), "--log-level", "warning",
-                   "--rate-limit", "1000000", "--rate-burst", "100000"]
+            cmd = [
+                *runner,
+                "--comfyui-url",
+                comfy_url,
+                "--workflows",
+                str(wf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--db",
+                str(tmpdir / "api.sqlite3"),
+                "--log-level",
+                "warning",
+                "--rate-limit",
+                "1000000",
+                "--rate-burst",
+                "100000",
+            ]
             if out_dir:
                 cmd += ["--comfyui-output-dir", str(out_dir)]
             procs.append(subprocess.Popen(cmd, cwd=ROOT))
@@ -330,52 +371,78 @@ def main() -> int:
             pids = {"api": procs[0].pid}
             if standin is not None and standin.proc is not None:
                 pids["comfyui"] = standin.proc.pid
-            res, ok = asyncio.run(measure(comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids,
-                                          args.rounds))
+            res, ok = asyncio.run(
+                measure(
+                    comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids, args.rounds
+                )
+            )
             pile = None
             if args.pile and out_dir is not None:
-                pile = asyncio.run(pile_up(comfy_url, api_url, Path(out_dir), args.pile, args.pile_requests,
-                                           args.pile_rounds))
+                pile = asyncio.run(
+                    pile_up(
+                        comfy_url, api_url, Path(out_dir), args.pile, args.pile_requests, args.pile_rounds
+                    )
+                )
         finally:
             for p in procs:
                 p.terminate()
                 p.wait(10)
             if standin is not None:
                 standin.stop()
-    print(f"ComfyUI: {comfy_url}  ({'stand-in' if standin else 'given'}), API: {'pyz' if args.pyz else 'source'}")
+    print(
+        f"ComfyUI: {comfy_url}  ({'stand-in' if standin else 'given'}), API: {'pyz' if args.pyz else 'source'}"
+    )
     print(f"latency (n={args.n} each, sequential, PNG bytes in hand):")
     print(f"  direct   p50 {res['direct_p50_ms']:.3f} ms   p90 {res['direct_p90_ms']:.3f} ms")
     print(f"  via API  p50 {res['api_p50_ms']:.3f} ms   p90 {res['api_p90_ms']:.3f} ms")
     print(f"  added    p50 {res['added_p50_ms']:+.3f} ms   p90 {res['added_p90_ms']:+.3f} ms")
-    print(f"throughput at concurrency {args.concurrency} ({args.rounds} paired runs of {args.throughput_requests}):")
+    print(
+        f"throughput at concurrency {args.concurrency} ({args.rounds} paired runs of {args.throughput_requests}):"
+    )
     for d, a in res["pairs"]:
         print(f"  run: direct {d:.1f} req/s, via API {a:.1f} req/s ({a / d:.2f}x)")
-    print(f"  median: direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   "
-          f"ratio {res['ratio']:.2f}x (median of pairs)")
+    print(
+        f"  median: direct {res['direct_rps']:.1f} req/s   via API {res['api_rps']:.1f} req/s   "
+        f"ratio {res['ratio']:.2f}x (median of pairs)"
+    )
     for label, runs in CPU.items():
         avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-        print(f"  CPU per request ({label}): " + ", ".join(f"{k} {v:.2f} ms" for k, v in avg.items()
-                                                            if not (label == "direct" and k == "api")))
+        print(
+            f"  CPU per request ({label}): "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in avg.items() if not (label == "direct" and k == "api"))
+        )
     load = os.getloadavg()[0]
-    print(f"  load average during the run: {load:.1f} on {os.cpu_count()} cores (other work skews throughput)")
+    print(
+        f"  load average during the run: {load:.1f} on {os.cpu_count()} cores (other work skews throughput)"
+    )
     p50_ok = res["added_p50_ms"] <= TARGET_ADDED_P50_MS
     tp_ok = res["ratio"] >= TARGET_THROUGHPUT_RATIO
-    print(f"  overhead: added p50 <= {TARGET_ADDED_P50_MS} ms {'met' if p50_ok else 'MISSED'} "
-          f"({res['added_p50_ms']:+.3f} ms); throughput >= {TARGET_THROUGHPUT_RATIO}x {'met' if tp_ok else 'MISSED'} "
-          f"({res['ratio']:.2f}x)")
+    print(
+        f"  overhead: added p50 <= {TARGET_ADDED_P50_MS} ms {'met' if p50_ok else 'MISSED'} "
+        f"({res['added_p50_ms']:+.3f} ms); throughput >= {TARGET_THROUGHPUT_RATIO}x {'met' if tp_ok else 'MISSED'} "
+        f"({res['ratio']:.2f}x)"
+    )
     if pile is None:
         print("pile-up case skipped (needs --pile > 0 and ComfyUI's output folder on this machine): MISSED")
         return 1
     api_ratio = pile[("api", "pile")] / pile[("api", "empty")]
     direct_ratio = pile[("direct", "pile")] / pile[("direct", "empty")]
-    print(f"pile-up ({args.pile} earlier outputs, {args.pile_rounds} blocks x {args.pile_requests} requests per state):")
-    print(f"  via API  p50 empty {pile[('api', 'empty')]:.3f} ms   with pile {pile[('api', 'pile')]:.3f} ms   "
-          f"({api_ratio:.2f}x; one folder per job)")
-    print(f"  direct   p50 empty {pile[('direct', 'empty')]:.3f} ms   with pile {pile[('direct', 'pile')]:.3f} ms   "
-          f"({direct_ratio:.2f}x; ComfyUI's flat output folder)")
+    print(
+        f"pile-up ({args.pile} earlier outputs, {args.pile_rounds} blocks x {args.pile_requests} requests per state):"
+    )
+    print(
+        f"  via API  p50 empty {pile[('api', 'empty')]:.3f} ms   with pile {pile[('api', 'pile')]:.3f} ms   "
+        f"({api_ratio:.2f}x; one folder per job)"
+    )
+    print(
+        f"  direct   p50 empty {pile[('direct', 'empty')]:.3f} ms   with pile {pile[('direct', 'pile')]:.3f} ms   "
+        f"({direct_ratio:.2f}x; ComfyUI's flat output folder)"
+    )
     pile_ok = api_ratio <= TARGET_PILE_RATIO
-    print(f"targets {'met' if ok and pile_ok else 'MISSED'}: added p50, throughput (above); pile-up p50 <= "
-          f"{TARGET_PILE_RATIO}x empty {'met' if pile_ok else 'MISSED'} ({api_ratio:.2f}x)")
+    print(
+        f"targets {'met' if ok and pile_ok else 'MISSED'}: added p50, throughput (above); pile-up p50 <= "
+        f"{TARGET_PILE_RATIO}x empty {'met' if pile_ok else 'MISSED'} ({api_ratio:.2f}x)"
+    )
     return 0 if ok and pile_ok else 1
 
 

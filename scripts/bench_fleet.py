@@ -59,8 +59,16 @@ CONNECTOR_CALLS = ("run_shell_command", "put_file", "get_file")
 def workflow() -> dict[str, object]:
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
-        "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0],
-                                                      "clip": ["4", 1], "strength_model": 1.0, "strength_clip": 1.0}},
+        "10": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "lora_name": "detail.safetensors",
+                "model": ["4", 0],
+                "clip": ["4", 1],
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        },
         "11": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
         "20": {"class_type": "BenchNodeA", "inputs": {"text": "a lighthouse"}},
         "21": {"class_type": "BenchNodeB", "inputs": {"text": ["20", 0]}},
@@ -99,6 +107,7 @@ def counted_round_trips() -> Iterator[Counter[tuple[str, str]]]:
         def counting(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
             counts[(self.host.name, name)] += 1
             return fn(self, *args, **kwargs)
+
         return counting
 
     for name, fn in originals.items():
@@ -130,8 +139,14 @@ def profile(argv: list[str], env: dict[str, str], out: Path) -> None:
     if not spy.exists():
         print("profile: py-spy is not installed in this venv (pip install py-spy); skipped")
         return
-    proc = subprocess.run([str(spy), "record", "--format", "raw", "--rate", "200", "-o", str(out), "--", *argv],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    proc = subprocess.run(
+        [str(spy), "record", "--format", "raw", "--rate", "200", "-o", str(out), "--", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     if proc.returncode != 0 or not out.exists():
         print(f"profile: py-spy failed: {(proc.stdout + proc.stderr)[-500:]}")
         return
@@ -159,7 +174,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,4,16", help="comma list of host counts (default 1,4,16)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
-    parser.add_argument("--profile", type=Path, help="py-spy one more widest run; collapsed stacks to this file")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy one more widest run; collapsed stacks to this file"
+    )
     args = parser.parse_args()
     widths = parse_hosts(args.hosts)
     runs = max(1, args.runs)
@@ -180,32 +197,60 @@ def main() -> int:
         wf = work / "workflows"
         wf.mkdir()
         (wf / "bench.json").write_text(json.dumps(workflow()))
-        (wf / "overrides.yaml").write_text(yaml.safe_dump({
-            "nodes": {"BenchNodeA": {"repo": "https://github.com/testorg/BenchPackA", "version": "1.0.0"},
-                      "BenchNodeB": {"repo": "https://github.com/testorg/BenchPackB"}},
-            "models": {
-                "sd15.safetensors": {"folder": "checkpoints", "url": up.hf_resolve_url("org/sd15", "sd15.safetensors")},
-                "ae.safetensors": {"folder": "vae", "url": up.hf_resolve_url("org/gated", "ae.safetensors")},
-                "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/api/download/models/4242"},
-            },
-        }))
+        (wf / "overrides.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "nodes": {
+                        "BenchNodeA": {"repo": "https://github.com/testorg/BenchPackA", "version": "1.0.0"},
+                        "BenchNodeB": {"repo": "https://github.com/testorg/BenchPackB"},
+                    },
+                    "models": {
+                        "sd15.safetensors": {
+                            "folder": "checkpoints",
+                            "url": up.hf_resolve_url("org/sd15", "sd15.safetensors"),
+                        },
+                        "ae.safetensors": {
+                            "folder": "vae",
+                            "url": up.hf_resolve_url("org/gated", "ae.safetensors"),
+                        },
+                        "detail.safetensors": {
+                            "folder": "loras",
+                            "url": "https://civitai.com/api/download/models/4242",
+                        },
+                    },
+                }
+            )
+        )
         t0 = time.perf_counter()
         hosts = [fleet.add_host(f"bench{i}", provider="lambda") for i in range(1, widths[-1] + 1)]
         print(f"{len(hosts)} test hosts started in {time.perf_counter() - t0:.1f} s", flush=True)
-        group = {"workflows_dir": str(wf), "hf_endpoint": up.hf_url, "civitai_endpoint": up.civitai_url,
-                 "git_mirrors": {"https://github.com/": f"{fleet.upstreams.base_url}/"},
-                 "pip_index_url": index.url, "deploy_api": False}
+        group = {
+            "workflows_dir": str(wf),
+            "hf_endpoint": up.hf_url,
+            "civitai_endpoint": up.civitai_url,
+            "git_mirrors": {"https://github.com/": f"{fleet.upstreams.base_url}/"},
+            "pip_index_url": index.url,
+            "deploy_api": False,
+        }
         inv = fleet.write_inventory(hosts, work / "inventory.py", **group)
         env = {**os.environ, "HF_TOKEN": up.hf_token, "CIVITAI_API_TOKEN": up.civitai_token}
         t0 = time.perf_counter()
-        first = subprocess.run([str(BIN / "comfyfleet"), "common", str(inv), "--deploy-all"], capture_output=True,
-                               text=True, env=env, cwd=ROOT, timeout=3600)
+        first = subprocess.run(
+            [str(BIN / "comfyfleet"), "common", str(inv), "--deploy-all"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=3600,
+        )
         if first.returncode != 0:
             print(first.stdout[-4000:] + first.stderr[-4000:])
             print("targets met: none | missed: first deploy-all failed")
             return 1
-        print(f"first deploy-all on {len(hosts)} hosts: {time.perf_counter() - t0:.1f} s (not timed below)",
-              flush=True)
+        print(
+            f"first deploy-all on {len(hosts)} hosts: {time.perf_counter() - t0:.1f} s (not timed below)",
+            flush=True,
+        )
         os.environ.update(HF_TOKEN=up.hf_token, CIVITAI_API_TOKEN=up.civitai_token)
         inv_one = fleet.write_inventory(hosts[:1], work / "inventory-1.py", **group)
         with counted_round_trips() as counts:
@@ -216,14 +261,23 @@ def main() -> int:
             return 1
         per_call = {name: counts[(hosts[0].name, name)] for name in CONNECTOR_CALLS}
         trips = sum(per_call.values())
-        raw_one = timed([str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data",
-                         "task=deploy-all"], env, runs)
+        raw_one = timed(
+            [str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data", "task=deploy-all"],
+            env,
+            runs,
+        )
         for n in widths:
-            inv_n = inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
-            width_times[n] = timed([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs,
-                                   f"{n}")
-            print(f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
-                  f"process: median {statistics.median(CPU[str(n)]):.2f} s", flush=True)
+            inv_n = (
+                inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
+            )
+            width_times[n] = timed(
+                [str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs, f"{n}"
+            )
+            print(
+                f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
+                f"process: median {statistics.median(CPU[str(n)]):.2f} s",
+                flush=True,
+            )
         if args.profile:
             profile([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, args.profile)
     finally:
@@ -233,8 +287,10 @@ def main() -> int:
     one = statistics.median(width_times[1])
     wrapper = one / statistics.median(raw_one)
     print(f"no-op deploy-all,  1 host,  raw pyinfra   : {stats(raw_one)}")
-    print(f"SSH round trips per host (one no-op deploy-all, pyinfra connector calls): {trips} "
-          f"({', '.join(f'{k} {v}' for k, v in per_call.items())})")
+    print(
+        f"SSH round trips per host (one no-op deploy-all, pyinfra connector calls): {trips} "
+        f"({', '.join(f'{k} {v}' for k, v in per_call.items())})"
+    )
     print(f"ratio comfyfleet / raw pyinfra, 1 host (medians): {wrapper:.2f} (target <= {WRAPPER_MAX})")
     met, missed = [], []
     (met if wrapper <= WRAPPER_MAX else missed).append(f"CLI vs raw pyinfra {wrapper:.2f}x")
@@ -242,8 +298,10 @@ def main() -> int:
         ratio = statistics.median(width_times[n]) / one
         best = min(width_times[n]) / min(width_times[1])
         limit = WIDTH_MAX.get(n)
-        print(f"ratio {n} hosts / 1 host: median {ratio:.2f}, min {best:.2f}"
-              + (f" (target <= {limit})" if limit else " (no target)"))
+        print(
+            f"ratio {n} hosts / 1 host: median {ratio:.2f}, min {best:.2f}"
+            + (f" (target <= {limit})" if limit else " (no target)")
+        )
         if limit:
             (met if ratio <= limit else missed).append(f"{n} hosts vs 1 {ratio:.2f}x")
     print(f"targets met: {'; '.join(met) or 'none'} | missed: {'; '.join(missed) or 'none'}")

@@ -30,8 +30,13 @@ def timed_cli(target: str, hosts: int) -> float:
     best = float("inf")
     for _ in range(REPEATS):
         started = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", "bootstrap", target],
-                             capture_output=True, text=True, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+        res = subprocess.run(
+            [sys.executable, "-m", "comfyfleet.cli.main", "bootstrap", target],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        )
         elapsed = time.perf_counter() - started
         if res.returncode != 0 or f"{hosts} hosts: {hosts} no change" not in res.stdout:
             raise SystemExit(f"re-run was not a no-op:\n{res.stdout}{res.stderr}")
@@ -74,8 +79,10 @@ def main() -> int:
     print(f"no-op bootstrap+runtime, `comfyfleet bootstrap`, 1 host : {one:.2f} s (best of {REPEATS})")
     print(f"no-op bootstrap+runtime, `comfyfleet bootstrap`, 4 hosts: {four:.2f} s (best of {REPEATS})")
     print(f"ratio 4 hosts / 1 host                                  : {ratio:.2f}")
-    print(f"same through the Python API in-process: 1 host {api_one:.2f} s, 4 hosts {api_four:.2f} s "
-          f"(ratio {api_four / api_one:.2f})")
+    print(
+        f"same through the Python API in-process: 1 host {api_one:.2f} s, 4 hosts {api_four:.2f} s "
+        f"(ratio {api_four / api_one:.2f})"
+    )
     one_ok = one <= ONE_HOST_MAX_S
     ratio_ok = ratio <= FOUR_RATIO_MAX
     verdict = (

@@ -57,11 +57,16 @@ def main() -> int:
             env = ShipFleet(fleet, root).start()
             host = fleet.add_host("benchship")
             inventory = env.inventory([host], root / "inventory.py")
-            print(f"fleet up in {time.monotonic() - t0:.1f}s; bootstrap of fresh host {host.name}: "
-                  f"{env.bootstrap(inventory):.1f}s (not part of a ship)")
+            print(
+                f"fleet up in {time.monotonic() - t0:.1f}s; bootstrap of fresh host {host.name}: "
+                f"{env.bootstrap(inventory):.1f}s (not part of a ship)"
+            )
 
-            names = [p.stem for p in args.workflow] if args.workflow else sorted(
-                p.stem for p in (ROOT / "workflows").glob("*.json"))
+            names = (
+                [p.stem for p in args.workflow]
+                if args.workflow
+                else sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+            )
             registry = Registry()
             rows: list[tuple[str, bool, bool, dict[str, float], float, str]] = []
             for name in names:
@@ -73,8 +78,16 @@ def main() -> int:
                     if not r.skipped:
                         per_step[r.step] = max(per_step.get(r.step, 0.0), r.seconds)
                 first = result.ok and all(r.attempts == 1 for r in result.results)
-                rows.append((name, result.ok, first, per_step, result.seconds,
-                             "" if result.ok else str(result.failure)))
+                rows.append(
+                    (
+                        name,
+                        result.ok,
+                        first,
+                        per_step,
+                        result.seconds,
+                        "" if result.ok else str(result.failure),
+                    )
+                )
         finally:
             if env is not None:
                 env.stop()
@@ -90,12 +103,16 @@ def main() -> int:
     rate = sum(1 for r in rows if r[2]) / len(rows) if rows else 0.0
     slowest = max((r[4] for r in rows), default=float("inf"))
     mean = sum(r[4] for r in rows) / len(rows) if rows else float("inf")
-    print(f"first-attempt success: {rate:.0%} ({sum(1 for r in rows if r[2])}/{len(rows)}); "
-          f"seconds per workflow: mean {mean:.1f}, slowest {slowest:.1f}")
+    print(
+        f"first-attempt success: {rate:.0%} ({sum(1 for r in rows if r[2])}/{len(rows)}); "
+        f"seconds per workflow: mean {mean:.1f}, slowest {slowest:.1f}"
+    )
     first_ok = rate >= TARGET_FIRST_ATTEMPT
     time_ok = bool(rows) and slowest < TARGET_SECONDS
-    print(f"targets: first-attempt success 100% {'met' if first_ok else 'missed'}, "
-          f"under {TARGET_SECONDS:.0f}s per workflow {'met' if time_ok else 'missed'}")
+    print(
+        f"targets: first-attempt success 100% {'met' if first_ok else 'missed'}, "
+        f"under {TARGET_SECONDS:.0f}s per workflow {'met' if time_ok else 'missed'}"
+    )
     return 0 if first_ok and time_ok else 1
 
 

@@ -25,14 +25,20 @@ COLD_TARGET_S = 180.0
 def cold_build() -> float:
     """Build both images with an empty cache under a salted recipe, then remove them."""
     with tempfile.TemporaryDirectory(prefix="cf-bench-cache-") as cache:
-        env = {**os.environ, "COMFYFLEET_FLEET_CACHE": cache, "COMFYFLEET_FLEET_RECIPE_SALT": f"bench-{time.time()}"}
+        env = {
+            **os.environ,
+            "COMFYFLEET_FLEET_CACHE": cache,
+            "COMFYFLEET_FLEET_RECIPE_SALT": f"bench-{time.time()}",
+        }
         code = (
             "import sys, time\n"
             "from comfyfleet.devkit.fleet import images\n"
             "log = []; t = time.monotonic(); h = images.host_image(log); r = images.runtime_image(log)\n"
             "print(time.monotonic() - t); print(h); print(r); [print('  ' + x, file=sys.stderr) for x in log]\n"
         )
-        out = subprocess.run([sys.executable, "-c", code, str(TESTS)], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(TESTS)], env=env, capture_output=True, text=True, check=True
+        )
         sys.stderr.write(out.stderr)
         seconds, host, runtime = out.stdout.split()
         subprocess.run(["docker", "rmi", runtime, host], capture_output=True, check=False)
@@ -40,7 +46,9 @@ def cold_build() -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cold", action="store_true", help="also time a build of the images from nothing")
     args = parser.parse_args()
     from comfyfleet.devkit.fleet import Fleet
@@ -55,11 +63,16 @@ def main() -> int:
         t0 = time.monotonic()
         fleet.up()
         t1 = time.monotonic()
-        hosts = [fleet.add_host("bench1", provider="lambda"), fleet.add_host("bench2", provider="datacrunch", volume=True)]
+        hosts = [
+            fleet.add_host("bench1", provider="lambda"),
+            fleet.add_host("bench2", provider="datacrunch", volume=True),
+        ]
         t2 = time.monotonic()
         inv = fleet.write_inventory(hosts)
         pyinfra = Path(sys.executable).with_name("pyinfra")
-        proc = subprocess.run([str(pyinfra), "-y", str(inv), "exec", "--", "true"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(pyinfra), "-y", str(inv), "exec", "--", "true"], capture_output=True, text=True
+        )
         t3 = time.monotonic()
         if proc.returncode != 0:
             print(proc.stdout + proc.stderr)

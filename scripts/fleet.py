@@ -33,7 +33,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     fleet = Fleet(persistent=True)
     try:
         fleet.up()
-        hosts = [fleet.add_host(f"{short}{i}", provider=provider, volume=args.volume) for i in range(1, args.n + 1)]
+        hosts = [
+            fleet.add_host(f"{short}{i}", provider=provider, volume=args.volume) for i in range(1, args.n + 1)
+        ]
     except (FleetUnavailable, RuntimeError) as exc:
         fleet.down()
         print(f"error: {exc}", file=sys.stderr)
@@ -43,9 +45,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.quiet:
         print(inventory)
     elif args.json:
-        print(json.dumps({"id": fleet.id, "inventory": str(inventory), "hosts": {h.name: fleet.host_data(h) for h in hosts}}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "id": fleet.id,
+                    "inventory": str(inventory),
+                    "hosts": {h.name: fleet.host_data(h) for h in hosts},
+                },
+                indent=1,
+            )
+        )
     else:
-        print(f"fleet {fleet.id} up in {elapsed:.1f}s (ComfyUI upstream {fleet.comfyui.url if fleet.comfyui else '-'})")
+        print(
+            f"fleet {fleet.id} up in {elapsed:.1f}s (ComfyUI upstream {fleet.comfyui.url if fleet.comfyui else '-'})"
+        )
         print(f"inventory: {inventory}")
         for host in hosts:
             print(f"  {describe(host)}")
@@ -92,12 +105,20 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start N hosts and print the inventory path")
     up.add_argument("n", type=int, help="number of hosts")
-    up.add_argument("--volume", action="store_true", help="give each host a block volume on a real loop device")
-    up.add_argument("--provider", choices=["lambda", "datacrunch", "generic"], help="default: lambda, or datacrunch with --volume")
+    up.add_argument(
+        "--volume", action="store_true", help="give each host a block volume on a real loop device"
+    )
+    up.add_argument(
+        "--provider",
+        choices=["lambda", "datacrunch", "generic"],
+        help="default: lambda, or datacrunch with --volume",
+    )
     out = up.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print only the inventory path")
     out.add_argument("--json", action="store_true", help="print id, inventory and host data as JSON")

@@ -57,26 +57,41 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="cf-sandbox-"))
     ship: ShipFleet | None = None
     try:
-        print("sandbox: starting the Docker engine, images and one host (the first run builds images, ~2 min)")
+        print(
+            "sandbox: starting the Docker engine, images and one host (the first run builds images, ~2 min)"
+        )
         fleet.up()
         host = fleet.add_host("sandbox1", provider="datacrunch", volume=True)
         ship = ShipFleet(fleet, scratch).start()
         inventory = ship.inventory([host], scratch / "inventory.py")
-        print(f"sandbox: host {host.name} at 127.0.0.1:{host.ssh_port} (ssh user {host.ssh_user}), "
-              f"volume {host.block_device}; inventory {inventory}")
+        print(
+            f"sandbox: host {host.name} at 127.0.0.1:{host.ssh_port} (ssh user {host.ssh_user}), "
+            f"volume {host.block_device}; inventory {inventory}"
+        )
         comfyui = fleet.comfyui
-        label = "ComfyUI (real, from COMFYFLEET_TEST_COMFYUI)" if comfyui and comfyui.real else "ComfyUI stand-in"
-        print(f"sandbox: offline mirrors: {label} {comfyui.url if comfyui else '-'}, "
-              f"Hugging Face {ship.up.hf_url}, github.com -> {fleet.upstreams.base_url}")
+        label = (
+            "ComfyUI (real, from COMFYFLEET_TEST_COMFYUI)" if comfyui and comfyui.real else "ComfyUI stand-in"
+        )
+        print(
+            f"sandbox: offline mirrors: {label} {comfyui.url if comfyui else '-'}, "
+            f"Hugging Face {ship.up.hf_url}, github.com -> {fleet.upstreams.base_url}"
+        )
 
         step("analyze the workflows", "analyze", "workflows/")
         step("bootstrap the host (DataCrunch: volume, docker, ComfyUI runtime)", "bootstrap", str(inventory))
         step("converge: nodes, models, API service", "common", str(inventory), "--deploy-all")
-        step("verify every workflow endpoint with one generation", "common", str(inventory), "--verify-endpoints")
+        step(
+            "verify every workflow endpoint with one generation",
+            "common",
+            str(inventory),
+            "--verify-endpoints",
+        )
         step("status", "common", str(inventory), "--status")
         if args.keep:
-            print(f"\nsandbox kept: API on http://127.0.0.1:{host.api_port}/docs (key in {ship.api_keys}), "
-                  f"ComfyUI on 127.0.0.1:{host.comfyui_port}")
+            print(
+                f"\nsandbox kept: API on http://127.0.0.1:{host.api_port}/docs (key in {ship.api_keys}), "
+                f"ComfyUI on 127.0.0.1:{host.comfyui_port}"
+            )
             print(f"try: comfyfleet common {inventory} --logs")
             print(f"tear down: .venv/bin/python scripts/fleet.py down {fleet.id}")
         return 0

@@ -86,20 +86,31 @@ def test_no_comfyfleet_imports_inside_functions() -> None:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("comfyfleet")):
+                if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("comfyfleet")
+                ):
                     hidden.append(f"{name}:{node.lineno}")
-                elif isinstance(node, ast.Import) and any(a.name.startswith("comfyfleet") for a in node.names):
+                elif isinstance(node, ast.Import) and any(
+                    a.name.startswith("comfyfleet") for a in node.names
+                ):
                     hidden.append(f"{name}:{node.lineno}")
     assert hidden == []
 
 
 def test_the_package_and_scripts_never_edit_sys_path() -> None:
     offenders = []
-    for path in [*(SRC / "comfyfleet").rglob("*.py"), *(ROOT / "scripts").glob("*.py"),
-                 *(ROOT / "comfyui-api" / "src").rglob("*.py")]:
+    for path in [
+        *(SRC / "comfyfleet").rglob("*.py"),
+        *(ROOT / "scripts").glob("*.py"),
+        *(ROOT / "comfyui-api" / "src").rglob("*.py"),
+    ]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
-                    and node.value.id == "sys"):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
                 break
     assert offenders == []
@@ -107,6 +118,9 @@ def test_the_package_and_scripts_never_edit_sys_path() -> None:
 
 def test_modules_stay_small_enough_to_hold_in_your_head() -> None:
     # Host-side scripts must stay one file each (they are uploaded and run alone).
-    big = {str(p.relative_to(ROOT)): n for p in (SRC / "comfyfleet").rglob("*.py")
-           if "hostside" not in p.parts and (n := len(p.read_text().splitlines())) > 560}
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in (SRC / "comfyfleet").rglob("*.py")
+        if "hostside" not in p.parts and (n := len(p.read_text().splitlines())) > 560
+    }
     assert big == {}

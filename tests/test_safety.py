@@ -8,8 +8,13 @@ from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 
 @pytest.mark.parametrize(
     "name",
-    ["sd_xl_base_1.0.safetensors", "SDXL/juggernaut v9.safetensors", "_private/lora.safetensors",
-     "flux1-dev-Q4_K_S.gguf", "4x-UltraSharp.pth"],
+    [
+        "sd_xl_base_1.0.safetensors",
+        "SDXL/juggernaut v9.safetensors",
+        "_private/lora.safetensors",
+        "flux1-dev-Q4_K_S.gguf",
+        "4x-UltraSharp.pth",
+    ],
 )
 def test_real_model_names_are_accepted(name: str) -> None:
     assert unsafe_model_name_reason(name) is None
@@ -17,8 +22,21 @@ def test_real_model_names_are_accepted(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../../etc/passwd", "/abs/model.safetensors", "C:/models/x.ckpt", "a;rm -rf ~.ckpt", "$(id).pt",
-     "`id`.pt", "x|y.pt", "line\nbreak.pt", "-rf.ckpt", ".hidden.pt", "a//b.pt", "", "x" * 300],
+    [
+        "../../etc/passwd",
+        "/abs/model.safetensors",
+        "C:/models/x.ckpt",
+        "a;rm -rf ~.ckpt",
+        "$(id).pt",
+        "`id`.pt",
+        "x|y.pt",
+        "line\nbreak.pt",
+        "-rf.ckpt",
+        ".hidden.pt",
+        "a//b.pt",
+        "",
+        "x" * 300,
+    ],
 )
 def test_names_that_could_escape_or_reach_a_shell_are_refused(name: str) -> None:
     assert unsafe_model_name_reason(name) is not None

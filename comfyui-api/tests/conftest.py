@@ -21,8 +21,11 @@ REAL_COMFYUI = os.environ.get("COMFYFLEET_TEST_COMFYUI_URL", "").rstrip("/")
 needs_standin = pytest.mark.skipif(bool(REAL_COMFYUI), reason="controls the ComfyUI process (stand-in only)")
 
 TINY = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x336699},
-          "_meta": {"title": "canvas"}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x336699},
+        "_meta": {"title": "canvas"},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
 }
 EXAMPLES = ("txt2img.json", "lora_txt2img.json", "upscale.json")
@@ -97,14 +100,36 @@ def write_workflows(directory: Path, files: dict[str, object]) -> Path:
 class Api:
     """One comfyui-api process (python -m comfyui_api, or a .pyz) on a free loopback port."""
 
-    def __init__(self, comfy_url: str, workflows: Path, db: Path, extra: list[str] | None = None,
-                 python: str | None = None, pyz: Path | None = None, host: str = "127.0.0.1",
-                 open_outbound: bool = True) -> None:
+    def __init__(
+        self,
+        comfy_url: str,
+        workflows: Path,
+        db: Path,
+        extra: list[str] | None = None,
+        python: str | None = None,
+        pyz: Path | None = None,
+        host: str = "127.0.0.1",
+        open_outbound: bool = True,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         runner = [python or sys.executable] + ([str(pyz)] if pyz else ["-m", "comfyui_api"])
-        self.cmd = [*runner, "--comfyui-url", comfy_url, "--workflows", str(workflows), "--host", host,
-                    "--port", str(self.port), "--db", str(db), "--webhook-backoff", "0.1", *(extra or [])]
+        self.cmd = [
+            *runner,
+            "--comfyui-url",
+            comfy_url,
+            "--workflows",
+            str(workflows),
+            "--host",
+            host,
+            "--port",
+            str(self.port),
+            "--db",
+            str(db),
+            "--webhook-backoff",
+            "0.1",
+            *(extra or []),
+        ]
         if open_outbound:
             # These tests' image servers and webhook receivers live on loopback; tests/security keeps it closed.
             self.cmd += ["--allow-outbound", "127.0.0.0/8"]

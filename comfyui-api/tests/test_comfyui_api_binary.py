@@ -19,9 +19,13 @@ def interpreter(version: str) -> str | None:
     """A stock python of this version: on PATH, or a pyenv install."""
     found = shutil.which(f"python{version}")
     candidates = [found] if found else []
-    candidates += sorted(str(p) for p in Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python{version}"))
+    candidates += sorted(
+        str(p) for p in Path("/root/.pyenv/versions").glob(f"{version}.*/bin/python{version}")
+    )
     for c in candidates:
-        ok = subprocess.run([c, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+        ok = subprocess.run(
+            [c, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        )
         if ok.returncode == 0 and ok.stdout.strip() == str(tuple(int(x) for x in version.split("."))):
             return c
     return None
@@ -30,20 +34,39 @@ def interpreter(version: str) -> str | None:
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "comfyui-api.pyz"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(out)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 
 def test_artifact_is_one_reproducible_file_without_compiled_code(pyz: Path, tmp_path: Path) -> None:
     names = zipfile.ZipFile(pyz).namelist()
-    assert "__main__.py" in names and "comfyui_api/app.py" in names and "comfyui_api/_build_info.json" in names
+    assert (
+        "__main__.py" in names and "comfyui_api/app.py" in names and "comfyui_api/_build_info.json" in names
+    )
     assert not [n for n in names if n.endswith((".so", ".pyd", ".pyc"))]
-    for dep in ("starlette/", "uvicorn/", "httpx/", "websockets/", "h11/", "anyio/", "yaml/", "exceptiongroup/"):
+    for dep in (
+        "starlette/",
+        "uvicorn/",
+        "httpx/",
+        "websockets/",
+        "h11/",
+        "anyio/",
+        "yaml/",
+        "exceptiongroup/",
+    ):
         assert any(n.startswith(dep) for n in names), dep
     again = tmp_path / "again.pyz"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(again)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(again)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(pyz.read_bytes()).digest()
 
 

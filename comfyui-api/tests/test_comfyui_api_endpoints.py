@@ -21,9 +21,9 @@ def png_info(data: bytes) -> tuple[int, int, tuple[int, int, int]]:
     w, h = struct.unpack(">II", data[16:24])
     pos, idat = 8, b""
     while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        if data[pos + 4:pos + 8] == b"IDAT":
-            idat += data[pos + 8:pos + 8 + n]
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + n]
         pos += 12 + n
     raw = zlib.decompress(idat)
     return w, h, (raw[1], raw[2], raw[3])
@@ -50,7 +50,9 @@ def test_schema_is_derived_from_the_graph_and_object_info(api: Api, comfy: Comfy
         props = wfs["txt2img"]["schema"]["properties"]
         assert props["prompt"]["default"].startswith("a lighthouse")
         assert props["negative_prompt"]["default"].startswith("blurry")
-        sampler_enum = httpx.get(comfy.url + "/object_info/KSampler").json()["KSampler"]["input"]["required"]["sampler_name"][0]
+        sampler_enum = httpx.get(comfy.url + "/object_info/KSampler").json()["KSampler"]["input"]["required"][
+            "sampler_name"
+        ][0]
         assert props["sampler"]["enum"] == sampler_enum
         assert props["seed"]["default"] == 156680208700286 and props["steps"]["default"] == 20
         assert {"cfg", "scheduler", "width", "height", "batch_size", "denoise"} <= set(props)
@@ -100,8 +102,12 @@ def test_invalid_requests_get_422_naming_the_field(api: Api) -> None:
         r = run(api, "tiny", body)
         assert r.status_code == 422, (body, r.text)
         assert loc in [d["loc"] for d in r.json()["detail"]], (body, r.json())
-    r = httpx.post(api.url + "/workflows/tiny", content=b"{not json",
-                   headers={"content-type": "application/json"}, timeout=10)
+    r = httpx.post(
+        api.url + "/workflows/tiny",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
     assert run(api, "nope", {}).status_code == 404
 
@@ -142,18 +148,30 @@ def image_server() -> object:
 
 def _png_bytes(color: tuple[int, int, int] = (10, 200, 30), size: int = 8) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     raw = b"".join(b"\x00" + bytes(color) * size for _ in range(size))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_load_image_inputs_url_base64_and_filename(api: Api, image_server: str) -> None:
     png = _png_bytes()
     expect = (255 - 10, 255 - 200, 255 - 30)
-    for value in (base64.b64encode(png).decode(), "data:image/png;base64," + base64.b64encode(png).decode(),
-                  f"{image_server}/img.png"):
+    for value in (
+        base64.b64encode(png).decode(),
+        "data:image/png;base64," + base64.b64encode(png).decode(),
+        f"{image_server}/img.png",
+    ):
         r = run(api, "invert", {"input": {"image": value}})
         assert r.status_code == 200, r.text
         assert same_png(base64.b64decode(r.json()["outputs"][0]["base64"]), (8, 8), expect)
@@ -170,12 +188,15 @@ def test_load_image_inputs_url_base64_and_filename(api: Api, image_server: str) 
 
 def test_upload_image_then_use_it_by_name(api: Api) -> None:
     png = _png_bytes((0, 0, 0), 4)
-    r = httpx.post(api.url + "/upload/image", files={"image": ("up.png", png, "image/png")},
-                   data={"overwrite": "true"})
+    r = httpx.post(
+        api.url + "/upload/image", files={"image": ("up.png", png, "image/png")}, data={"overwrite": "true"}
+    )
     assert r.status_code == 200 and r.json()["name"] == "up.png"
     r = run(api, "invert", {"input": {"image": "up.png"}})
     assert same_png(base64.b64decode(r.json()["outputs"][0]["base64"]), (4, 4), (255, 255, 255))
-    r = httpx.post(api.url + "/upload/image", files={"image": ("x.png", png, "image/png")}, data={"subfolder": "../.."})
+    r = httpx.post(
+        api.url + "/upload/image", files={"image": ("x.png", png, "image/png")}, data={"subfolder": "../.."}
+    )
     assert r.status_code == 422
     r = httpx.post(api.url + "/upload/image", files={"image": ("x.txt", b"plain text", "text/plain")})
     assert r.status_code == 422
@@ -195,25 +216,31 @@ def test_raw_prompt_runs_a_graph_and_passes_comfyui_errors(api: Api) -> None:
 
 
 def test_api_yaml_renames_hides_exposes_and_constrains(comfy: Comfy, tmp_path: Path) -> None:
-    wf = write_workflows(tmp_path / "wf", {
-        "tiny.json": TINY,
-        "tiny.api.yaml": (
-            "summary: A flat colour\n"
-            "inputs:\n"
-            "  color: {rename: rgb, description: Fill colour}\n"
-            "  batch_size: {hidden: true}\n"
-            "  width: {maximum: 128}\n"
-            "  prefix: {node: '2', input: filename_prefix}\n"),
-        "broken.json": INVERT,
-        "broken.api.yaml": "inputs:\n  nothing_like_this: {maximum: 3}\n",
-        "no_output.json": {"1": TINY["1"]},
-        "not_installed.json": {**TINY, "3": {"class_type": "NotInstalledNode", "inputs": {}}},
-        "not_json.json": "{oops",
-    })
+    wf = write_workflows(
+        tmp_path / "wf",
+        {
+            "tiny.json": TINY,
+            "tiny.api.yaml": (
+                "summary: A flat colour\n"
+                "inputs:\n"
+                "  color: {rename: rgb, description: Fill colour}\n"
+                "  batch_size: {hidden: true}\n"
+                "  width: {maximum: 128}\n"
+                "  prefix: {node: '2', input: filename_prefix}\n"
+            ),
+            "broken.json": INVERT,
+            "broken.api.yaml": "inputs:\n  nothing_like_this: {maximum: 3}\n",
+            "no_output.json": {"1": TINY["1"]},
+            "not_installed.json": {**TINY, "3": {"class_type": "NotInstalledNode", "inputs": {}}},
+            "not_json.json": "{oops",
+        },
+    )
     with Api(comfy.url, wf, tmp_path / "db.sqlite3") as a:
         wfs = httpx.get(a.url + "/workflows").json()
         props = wfs["tiny"]["schema"]["properties"]
-        assert set(props) == {"rgb", "width", "height", "prefix"} and wfs["tiny"]["summary"] == "A flat colour"
+        assert (
+            set(props) == {"rgb", "width", "height", "prefix"} and wfs["tiny"]["summary"] == "A flat colour"
+        )
         assert props["width"]["maximum"] == 128 and props["prefix"]["default"] == "tiny"
         r = run(a, "tiny", {"input": {"width": 129}})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "width"]
@@ -222,7 +249,9 @@ def test_api_yaml_renames_hides_exposes_and_constrains(comfy: Comfy, tmp_path: P
         assert r.status_code == 200 and r.json()["outputs"][0]["filename"].startswith("renamed_")
         for escape in ("../../outside", "/tmp/abs", "a/../../b", "..\\win"):
             r = run(a, "tiny", {"input": {"prefix": escape}})
-            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "prefix"], escape
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input", "prefix"], (
+                escape
+            )
         ready = httpx.get(a.url + "/ready")
         assert ready.status_code == 503
         errors = ready.json()["checks"]["workflows"]["errors"]
@@ -233,23 +262,55 @@ def test_api_yaml_renames_hides_exposes_and_constrains(comfy: Comfy, tmp_path: P
         assert set(wfs) == {"tiny"}
 
 
-def test_ui_format_workflow_is_converted_with_bypass_reroute_and_primitive(comfy: Comfy, tmp_path: Path) -> None:
+def test_ui_format_workflow_is_converted_with_bypass_reroute_and_primitive(
+    comfy: Comfy, tmp_path: Path
+) -> None:
     ui = {
         "nodes": [
-            {"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [16, 8, 1, 255],
-             "inputs": [{"name": "width", "type": "INT", "link": 4, "widget": {"name": "width"}}],
-             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]},
-            {"id": 2, "type": "ImageInvert", "mode": 4, "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
-             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2]}]},
-            {"id": 3, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 2}],
-             "outputs": [{"name": "", "type": "IMAGE", "links": [3]}]},
-            {"id": 4, "type": "SaveImage", "mode": 0, "widgets_values": ["ui"],
-             "inputs": [{"name": "images", "type": "IMAGE", "link": 3}]},
-            {"id": 5, "type": "PrimitiveNode", "mode": 0, "widgets_values": [24, "fixed"],
-             "outputs": [{"name": "INT", "type": "INT", "links": [4]}]},
+            {
+                "id": 1,
+                "type": "EmptyImage",
+                "mode": 0,
+                "widgets_values": [16, 8, 1, 255],
+                "inputs": [{"name": "width", "type": "INT", "link": 4, "widget": {"name": "width"}}],
+                "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+            },
+            {
+                "id": 2,
+                "type": "ImageInvert",
+                "mode": 4,
+                "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+                "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2]}],
+            },
+            {
+                "id": 3,
+                "type": "Reroute",
+                "mode": 0,
+                "inputs": [{"name": "", "type": "*", "link": 2}],
+                "outputs": [{"name": "", "type": "IMAGE", "links": [3]}],
+            },
+            {
+                "id": 4,
+                "type": "SaveImage",
+                "mode": 0,
+                "widgets_values": ["ui"],
+                "inputs": [{"name": "images", "type": "IMAGE", "link": 3}],
+            },
+            {
+                "id": 5,
+                "type": "PrimitiveNode",
+                "mode": 0,
+                "widgets_values": [24, "fixed"],
+                "outputs": [{"name": "INT", "type": "INT", "links": [4]}],
+            },
             {"id": 6, "type": "Note", "mode": 0, "widgets_values": ["hello"]},
         ],
-        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "*"], [3, 3, 0, 4, 0, "IMAGE"], [4, 5, 0, 1, 0, "INT"]],
+        "links": [
+            [1, 1, 0, 2, 0, "IMAGE"],
+            [2, 2, 0, 3, 0, "*"],
+            [3, 3, 0, 4, 0, "IMAGE"],
+            [4, 5, 0, 1, 0, "INT"],
+        ],
     }
     wf = write_workflows(tmp_path / "wf", {"ui.json": ui})
     with Api(comfy.url, wf, tmp_path / "db.sqlite3") as a:
@@ -291,19 +352,27 @@ def test_non_image_outputs_are_returned_too(comfy: Comfy, tmp_path: Path) -> Non
     wf = write_workflows(tmp_path / "wf", {"latent.json": latent})
     with Api(comfy.url, wf, tmp_path / "db.sqlite3") as a:
         assert set(httpx.get(a.url + "/workflows").json()["latent"]["schema"]["properties"]) == {
-            "width", "height", "batch_size"}
+            "width",
+            "height",
+            "batch_size",
+        }
         r = run(a, "latent", {"input": {"width": 128}})
         assert r.status_code == 200, r.text
         out = r.json()["outputs"][0]
-        assert out["kind"] == "latents" and out["filename"].endswith(".latent") and out["subfolder"].startswith("api/") and out["subfolder"].endswith("/latents")
+        assert (
+            out["kind"] == "latents"
+            and out["filename"].endswith(".latent")
+            and out["subfolder"].startswith("api/")
+            and out["subfolder"].endswith("/latents")
+        )
         data = base64.b64decode(out["base64"])
         (header_len,) = struct.unpack("<Q", data[:8])
-        assert json.loads(data[8:8 + header_len])  # a safetensors header
+        assert json.loads(data[8 : 8 + header_len])  # a safetensors header
         url = run(a, "latent", {"input": {"width": 136}, "outputs": "url"}).json()["outputs"][0]["url"]
         got = httpx.get(a.url + url)
         assert got.status_code == 200
         (n,) = struct.unpack("<Q", got.content[:8])
-        assert json.loads(got.content[8:8 + n])
+        assert json.loads(got.content[8 : 8 + n])
 
 
 @pytest.mark.skipif(bool(REAL_COMFYUI), reason="the examples need their models and node packs installed")

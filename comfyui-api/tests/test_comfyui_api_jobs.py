@@ -37,9 +37,13 @@ def test_async_job_reports_progress_then_outputs(slow_comfy: Comfy, tiny_dir: Pa
         r = httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 7}, "async": True})
         assert r.status_code == 202 and r.headers["location"] == f"/jobs/{r.json()['id']}"
         job_id = r.json()["id"]
-        running = wait_for(lambda: (j := httpx.get(f"{api.url}/jobs/{job_id}").json())["status"] == "running" and j)
+        running = wait_for(
+            lambda: (j := httpx.get(f"{api.url}/jobs/{job_id}").json())["status"] == "running" and j
+        )
         assert running["node"] in ("1", "2") and "outputs" not in running
-        done = wait_for(lambda: (j := httpx.get(f"{api.url}/jobs/{job_id}").json())["status"] == "completed" and j)
+        done = wait_for(
+            lambda: (j := httpx.get(f"{api.url}/jobs/{job_id}").json())["status"] == "completed" and j
+        )
         assert base64.b64decode(done["outputs"][0]["base64"])[:4] == b"\x89PNG"
         assert done["duration_ms"] >= 700  # two nodes at 0.4 s each
         assert httpx.get(f"{api.url}/jobs/nope").status_code == 404
@@ -76,7 +80,9 @@ class FlakyReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["content-length"]))
-                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()))
+                outer.requests.append(
+                    ({k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                )
                 self.send_response(500 if len(outer.requests) <= outer.failures else 204)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -92,14 +98,20 @@ class FlakyReceiver:
         self.server.shutdown()
 
 
-def test_webhook_retried_with_backoff_after_two_failures(comfy: Comfy, tiny_dir: Path, tmp_path: Path) -> None:
+def test_webhook_retried_with_backoff_after_two_failures(
+    comfy: Comfy, tiny_dir: Path, tmp_path: Path
+) -> None:
     secret_file = tmp_path / "whsec"
     secret_file.write_text(SECRET + "\n")
     receiver = FlakyReceiver(failures=2)
     try:
-        with Api(comfy.url, tiny_dir, tmp_path / "db.sqlite3", ["--webhook-secret-file", str(secret_file)]) as api:
-            r = httpx.post(api.url + "/workflows/tiny",
-                           json={"input": {"color": 99}, "async": True, "webhook": receiver.url})
+        with Api(
+            comfy.url, tiny_dir, tmp_path / "db.sqlite3", ["--webhook-secret-file", str(secret_file)]
+        ) as api:
+            r = httpx.post(
+                api.url + "/workflows/tiny",
+                json={"input": {"color": 99}, "async": True, "webhook": receiver.url},
+            )
             job_id = r.json()["id"]
             job = wait_for(lambda: (j := httpx.get(f"{api.url}/jobs/{job_id}").json()).get("webhook") and j)
         assert job["webhook"]["delivered"] is True and job["webhook"]["attempts"] == 3
@@ -130,8 +142,11 @@ def test_comfyui_restart_while_a_job_waits(tmp_path: Path, tiny_dir: Path) -> No
     comfy = Standin(tmp_path / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "0.5"})
     with comfy, Api(comfy.url, tiny_dir, tmp_path / "db.sqlite3", ["--retry-after", "3"]) as api:
         out: dict[str, httpx.Response] = {}
-        waiter = threading.Thread(target=lambda: out.setdefault(
-            "r", httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 0x445566}}, timeout=60)))
+        waiter = threading.Thread(
+            target=lambda: out.setdefault(
+                "r", httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 0x445566}}, timeout=60)
+            )
+        )
         waiter.start()
         wait_for(lambda: httpx.get(comfy.url + "/queue").json()["queue_running"])
         comfy.stop()  # ComfyUI dies mid-job and loses its in-memory queue
@@ -166,7 +181,9 @@ def test_queue_limit_answers_429(slow_comfy: Comfy, tiny_dir: Path, tmp_path: Pa
         assert httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 12}}).status_code == 429
 
 
-def test_sync_timeout_answers_504_and_cancels_the_job(slow_comfy: Comfy, tiny_dir: Path, tmp_path: Path) -> None:
+def test_sync_timeout_answers_504_and_cancels_the_job(
+    slow_comfy: Comfy, tiny_dir: Path, tmp_path: Path
+) -> None:
     with Api(slow_comfy.url, tiny_dir, tmp_path / "db.sqlite3", ["--sync-timeout", "0.2"]) as api:
         r = httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 8}})
         assert r.status_code == 504
@@ -177,9 +194,27 @@ def test_sync_timeout_answers_504_and_cancels_the_job(slow_comfy: Comfy, tiny_di
 
 def test_keys_required_beyond_loopback(comfy: Comfy, tiny_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
-    r = subprocess.run([sys.executable, "-m", "comfyui_api", "--comfyui-url", comfy.url, "--workflows", str(tiny_dir),
-                        "--host", "0.0.0.0", "--port", "1", "--db", str(tmp_path / "x.db")],
-                       capture_output=True, text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comfyui_api",
+            "--comfyui-url",
+            comfy.url,
+            "--workflows",
+            str(tiny_dir),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1",
+            "--db",
+            str(tmp_path / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "--api-key-file" in r.stderr and "Traceback" not in r.stderr
 
@@ -199,19 +234,36 @@ def test_bearer_keys_rate_limit_and_body_limit(comfy: Comfy, tiny_dir: Path, tmp
         url = api.url
         r = httpx.post(url + "/workflows/tiny", json={})
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert httpx.post(url + "/workflows/tiny", json={}, headers={"authorization": "Bearer wrong-key-xxxxxxxx"}).status_code == 401
+        assert (
+            httpx.post(
+                url + "/workflows/tiny", json={}, headers={"authorization": "Bearer wrong-key-xxxxxxxx"}
+            ).status_code
+            == 401
+        )
         assert httpx.get(url + "/health").status_code == 200 and httpx.get(url + "/docs").status_code == 200
         auth = {"authorization": f"Bearer {good}"}
-        codes = [httpx.post(url + "/workflows/tiny", json={"input": {"color": i}}, headers=auth).status_code
-                 for i in range(4)]
+        codes = [
+            httpx.post(url + "/workflows/tiny", json={"input": {"color": i}}, headers=auth).status_code
+            for i in range(4)
+        ]
         assert codes[:3] == [200, 200, 200] and codes[3] == 429
         # Another key has its own bucket.
-        assert httpx.post(url + "/workflows/tiny", json={}, headers={"authorization": f"Bearer {other}"}).status_code == 200
-        big = httpx.post(url + "/prompt", content=b"{" + b" " * 20000 + b"}",
-                         headers={"authorization": f"Bearer {other}", "content-type": "application/json"})
+        assert (
+            httpx.post(
+                url + "/workflows/tiny", json={}, headers={"authorization": f"Bearer {other}"}
+            ).status_code
+            == 200
+        )
+        big = httpx.post(
+            url + "/prompt",
+            content=b"{" + b" " * 20000 + b"}",
+            headers={"authorization": f"Bearer {other}", "content-type": "application/json"},
+        )
         assert big.status_code == 413
         # A key sees only its own executions; the key itself is never logged.
-        rows = httpx.get(url + "/executions", headers={"authorization": f"Bearer {other}"}).json()["executions"]
+        rows = httpx.get(url + "/executions", headers={"authorization": f"Bearer {other}"}).json()[
+            "executions"
+        ]
         assert len(rows) == 1 and rows[0]["key_id"].startswith("key_")
         assert good not in api.log() and other not in api.log()
         assert good.encode() not in (tmp_path / "db3.sqlite3").read_bytes()
@@ -232,7 +284,8 @@ def test_ready_needs_models_present(comfy: Comfy, tmp_path: Path) -> None:
         r = httpx.get(api.url + "/ready")
         assert r.status_code == 503 and "retry-after" in r.headers
         assert r.json()["checks"]["models"]["missing"] == [
-            {"workflow": "needs_model", "node": "4", "input": "ckpt_name", "file": "later.safetensors"}]
+            {"workflow": "needs_model", "node": "4", "input": "ckpt_name", "file": "later.safetensors"}
+        ]
         model.write_bytes(b"w")
         try:
             time.sleep(1.1)  # readiness is cached for a second

@@ -220,7 +220,9 @@ class HostConfig(BaseModel):
     @classmethod
     def _repo(cls, v: str) -> str:
         if not _REPO.match(v):
-            raise ValueError(f"must be a git URL (https://, ssh://, git@, file://) or an absolute path (got {v!r})")
+            raise ValueError(
+                f"must be a git URL (https://, ssh://, git@, file://) or an absolute path (got {v!r})"
+            )
         return v
 
     @field_validator("comfyui_ref", "ref")
@@ -366,10 +368,25 @@ def address_problem(address: str) -> str | None:
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _KNOWN = set(HostConfig.model_fields)
 # Keys that look like ours; a misspelt one (comfyui_prot) should fail, not silently default.
-_OUR_PREFIXES = ("comfyui_", "block_", "nvidia_", "docker_apt", "runtime_", "container_", "data_", "health_",
-                 "api_", "models_", "verify_", "workflows_", "gateway_", "object_store")
+_OUR_PREFIXES = (
+    "comfyui_",
+    "block_",
+    "nvidia_",
+    "docker_apt",
+    "runtime_",
+    "container_",
+    "data_",
+    "health_",
+    "api_",
+    "models_",
+    "verify_",
+    "workflows_",
+    "gateway_",
+    "object_store",
+)
 # pyinfra's own host data: connector settings and global operation arguments (``_sudo``...).
 _PYINFRA_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "vagrant_", "terraform_", "local_")
+
 
 def validate_host_data(name: str, data: dict[str, Any], provider: str | None = None) -> HostConfig:
     """Validate one host's data dict; raise BadInput naming the host and the key."""

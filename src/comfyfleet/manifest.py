@@ -50,7 +50,10 @@ class ModelRef(_Model):
     url: str | None = None
     sha256: str | None = None
     size: int | None = None
-    source: str = Field(default="", description="where the folder came from: override | node_properties | class_input | input_name | index | heuristic")
+    source: str = Field(
+        default="",
+        description="where the folder came from: override | node_properties | class_input | input_name | index | heuristic",
+    )
     node_ids: list[str] = Field(default_factory=list)
     workflows: list[str] = Field(default_factory=list, description="in a lock: workflows needing it")
 

@@ -21,8 +21,19 @@ from pyinfra.context import ContextObject, ctx_host, ctx_state
 from pyinfra.operations import files
 
 __all__ = [
-    "add_deploy", "all_ops_complete", "changes_so_far", "connect_all", "ctx_host", "ctx_state",
-    "disconnect_all", "forget_known_hosts", "inner_commands", "put_file_commands", "real_host", "run_host_op", "run_ops",
+    "add_deploy",
+    "all_ops_complete",
+    "changes_so_far",
+    "connect_all",
+    "ctx_host",
+    "ctx_state",
+    "disconnect_all",
+    "forget_known_hosts",
+    "inner_commands",
+    "put_file_commands",
+    "real_host",
+    "run_host_op",
+    "run_ops",
 ]
 
 
@@ -40,8 +51,11 @@ def changes_so_far(host: Host) -> int:
     state = getattr(host, "state", None)
     if state is None or host not in state.ops:
         return 0
-    return sum(1 for op in state.ops[host].values()
-               if op.operation_meta.is_complete() and op.operation_meta.did_change())
+    return sum(
+        1
+        for op in state.ops[host].values()
+        if op.operation_meta.is_complete() and op.operation_meta.did_change()
+    )
 
 
 def op_meta(state: State, host: Host, op_hash: str) -> Any:

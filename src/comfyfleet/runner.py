@@ -224,7 +224,9 @@ def _from_file(path: str, group: str) -> list[HostSpec]:
     return specs
 
 
-def prepare_hosts(target: str, data: dict[str, Any] | None = None, provider: str | None = None) -> list[HostSpec]:
+def prepare_hosts(
+    target: str, data: dict[str, Any] | None = None, provider: str | None = None
+) -> list[HostSpec]:
     """Load the target, apply ``data`` overrides and validate every host; raise BadInput on the first problem."""
     specs = []
     for name, host_data in load_target(target):
@@ -323,12 +325,16 @@ def run(
             rest = [spec for later in batches[index + 1 :] for spec in later]
             if rest:
                 stopped = stopped or f"batch {index + 1} failed: later hosts left untouched"
-                results.extend(HostResult(n, "skipped", "not started: an earlier batch failed") for n, _ in rest)
+                results.extend(
+                    HostResult(n, "skipped", "not started: an earlier batch failed") for n, _ in rest
+                )
             break
     return RunResult(task=name, hosts=results, dry_run=opts.dry_run, stopped=stopped)
 
 
-def _run_batch(batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions) -> tuple[list[HostResult], str]:
+def _run_batch(
+    batch: list[HostSpec], fn: Callable[[], None], opts: RunOptions
+) -> tuple[list[HostResult], str]:
     # Host data as pyinfra takes it: validated, `_sudo` set once per host for every operation.
     inventory = Inventory(([(n, run_data(n, dict(d))) for n, d in batch], {}))
     config = Config(
@@ -449,10 +455,14 @@ def _host_result(state: State, host: Host, recorder: _Recorder, dry_run: bool, s
         elif meta.did_change():
             changed.append(op_name)
     if host in state.failed_hosts or failed_op:
-        return HostResult(host.name, "failed", reason or "a fact or operation failed (see log above)", changed, rep)
+        return HostResult(
+            host.name, "failed", reason or "a fact or operation failed (see log above)", changed, rep
+        )
     if stopped and not dry_run and not all_ops_complete(state, host):
         return HostResult(host.name, "skipped", f"run stopped: {stopped}", changed, rep)
-    status = ("would change" if changed else "no change") if dry_run else ("changed" if changed else "no change")
+    status = (
+        ("would change" if changed else "no change") if dry_run else ("changed" if changed else "no change")
+    )
     return HostResult(host.name, status, "", changed + (maybe if changed else []), rep)
 
 

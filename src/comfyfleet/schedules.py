@@ -80,7 +80,12 @@ def trigger_for(schedule: Schedule) -> BaseTrigger:
 
 
 def add_schedule(
-    registry: Registry, deployment: Deployment, action: str, *, cron: str | None = None, every: str | None = None
+    registry: Registry,
+    deployment: Deployment,
+    action: str,
+    *,
+    cron: str | None = None,
+    every: str | None = None,
 ) -> Schedule:
     """Validate and store a schedule for a deployment."""
     if (cron is None) == (every is None):
@@ -169,7 +174,8 @@ def run_scheduled(
     failed_generation = result.failure is not None and result.failure.step in ("warmup", "generate")
     if generations or failed_generation:
         registry.count_executions(
-            deployment.id, executions=generations + int(failed_generation and not generations),
+            deployment.id,
+            executions=generations + int(failed_generation and not generations),
             errors=int(failed_generation),
         )
     if result.failure is not None:
@@ -230,7 +236,10 @@ class Watcher:
             if job_id in self._specs:
                 self.scheduler.remove_job(job_id)
             self.scheduler.add_job(
-                self._fire, trigger_for(schedule), args=[schedule], id=job_id,
+                self._fire,
+                trigger_for(schedule),
+                args=[schedule],
+                id=job_id,
                 name=f"{schedule.action} {schedule.deployment} ({schedule.environment})",
             )
             self._specs[job_id] = spec
@@ -270,4 +279,3 @@ def watch(watcher: Watcher, on_signal: Callable[[str], None] | None = None) -> N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-

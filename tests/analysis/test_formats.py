@@ -151,7 +151,9 @@ def test_subgraph_proxy_widgets_set_inner_values(small_index: KnowledgeIndex) ->
 
 
 @pytest.mark.parametrize("mode, reason", [(4, "bypassed"), (2, "muted")])
-def test_disabled_subgraph_instance_still_runs_its_nodes(small_index: KnowledgeIndex, mode: int, reason: str) -> None:
+def test_disabled_subgraph_instance_still_runs_its_nodes(
+    small_index: KnowledgeIndex, mode: int, reason: str
+) -> None:
     """ComfyUI 0.8.0's frontend (1.35.9) still queues the nodes inside a bypassed or muted subgraph
     instance (recorded: tests/conversion/data/cases/*_subgraph_instance.json), so they must be installed."""
     manifest = analyze_data(_subgraph_workflow(instance_mode=mode), "wf", "wf.json", index=small_index)

@@ -275,8 +275,11 @@ def test_pack_specific_folders_with_or_without_input_names(
             {"model_name": "bbox/face_yolov8m.pt"},
             {("bbox/face_yolov8m.pt", "ultralytics")},
         ),
-        ("ReActorMaskHelper", {"bbox_model_name": "segm/person_yolov8m-seg.pt"},
-         {("segm/person_yolov8m-seg.pt", "ultralytics")}),
+        (
+            "ReActorMaskHelper",
+            {"bbox_model_name": "segm/person_yolov8m-seg.pt"},
+            {("segm/person_yolov8m-seg.pt", "ultralytics")},
+        ),
     ],
 )
 def test_loader_packs_folders_from_their_own_source(
@@ -289,7 +292,10 @@ def test_loader_packs_folders_from_their_own_source(
 
 def test_engines_and_onnx_graphs_are_never_placed_by_name_guess(small_index: KnowledgeIndex) -> None:
     manifest = analyze_data(
-        one_node("SomeTensorrtUpscaler", engine="realesrgan_x4-lora-fp16.engine"), "wf", "wf", index=small_index
+        one_node("SomeTensorrtUpscaler", engine="realesrgan_x4-lora-fp16.engine"),
+        "wf",
+        "wf",
+        index=small_index,
     )
     assert manifest.models == []
     [entry] = manifest.unresolved.models
@@ -317,8 +323,20 @@ def test_a_folder_guessed_from_names_is_never_silent(small_index: KnowledgeIndex
     [entry] = manifest.unresolved.models
     assert entry.folder == "loras" and "is a guess" in entry.reason and "no download URL" in entry.reason
     confirmed = Overrides.model_validate(
-        {"models": {"my_style_lora_v2.safetensors": {"folder": "loras", "url": "https://example.org/x.safetensors"}}}
+        {
+            "models": {
+                "my_style_lora_v2.safetensors": {
+                    "folder": "loras",
+                    "url": "https://example.org/x.safetensors",
+                }
+            }
+        }
     )
-    again = analyze_data(one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"), "wf", "wf", confirmed,
-                         index=small_index)
+    again = analyze_data(
+        one_node("SomeOddLoader", weights="my_style_lora_v2.safetensors"),
+        "wf",
+        "wf",
+        confirmed,
+        index=small_index,
+    )
     assert again.models[0].source == "override" and not again.unresolved.models

@@ -114,7 +114,9 @@ def test_node_metadata_wins_over_the_map(small_index: KnowledgeIndex) -> None:
     assert manifest.core_classes == ["OnlyBig"]
 
 
-def test_metadata_for_a_pack_not_in_the_index_is_trusted_only_when_listed(small_index: KnowledgeIndex) -> None:
+def test_metadata_for_a_pack_not_in_the_index_is_trusted_only_when_listed(
+    small_index: KnowledgeIndex,
+) -> None:
     workflow = ui_workflow(
         ui_node(1, "Whatever", props={"cnr_id": "brand-new", "aux_id": "zoe/brand-new", "ver": "1.0.0"})
     )

@@ -26,13 +26,27 @@ pytestmark = pytest.mark.fleet
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x224466}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x224466},
+    },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tier1"}},
 }
 SCALED = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0xFF0000}},
-    "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
-                                                 "width": 48, "height": 48, "crop": "disabled"}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0xFF0000},
+    },
+    "2": {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": ["1", 0],
+            "upscale_method": "nearest-exact",
+            "width": 48,
+            "height": 48,
+            "crop": "disabled",
+        },
+    },
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "scaled"}},
 }
 
@@ -43,10 +57,12 @@ def by_host(result: RunResult) -> dict[str, Any]:
 
 def executions(host: Host) -> int:
     """Generations the host's API has recorded (its execution log, read inside its container)."""
-    code = ("import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
-            "'select count(*) from executions').fetchone()[0])")
+    code = (
+        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+        "'select count(*) from executions').fetchone()[0])"
+    )
     db = f"{host.data_root}/api/executions.sqlite3"
-    out = host.exec(f"docker exec {host.container_prefix}comfyui-api python3 -c \"{code}\" {db}", user="root")
+    out = host.exec(f'docker exec {host.container_prefix}comfyui-api python3 -c "{code}" {db}', user="root")
     return int(out.stdout.strip())
 
 
@@ -74,13 +90,20 @@ def connected_health(host: Host, timeout: float = 60) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist") / "comfyui-api.pyz"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(out)], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return out
 
 
 def test_update_binary_restart_and_verify_on_two_hosts(
-    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], artifact: Path,
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    artifact: Path,
     tmp_path: Path,
 ) -> None:
     wf = tmp_path / "workflows"
@@ -106,8 +129,11 @@ def test_update_binary_restart_and_verify_on_two_hosts(
         assert httpx.post(f"http://127.0.0.1:{host.api_port}/workflows/tiny", json={}).status_code == 401
         mode = host.exec(f"stat -c %a {host.data_root}/api/api-keys", user="root").stdout.strip()
         assert mode == "600"
-        assert host.exec(f"ls {host.data_root}/api/workflows").stdout.split() == ["scaled.api.yaml", "scaled.json",
-                                                                                  "tiny.json"]
+        assert host.exec(f"ls {host.data_root}/api/workflows").stdout.split() == [
+            "scaled.api.yaml",
+            "scaled.json",
+            "tiny.json",
+        ]
 
     # Same artifact again: nothing uploaded, nothing restarted.
     api_started = {h.name: started_at(h, f"{h.container_prefix}comfyui-api") for h in hosts}
@@ -140,7 +166,9 @@ def test_update_binary_restart_and_verify_on_two_hosts(
     third = run(str(inv), "update-binary", {**data, "api_binary": str(changed_pyz)})
     for name, h in by_host(third).items():
         assert h.status == "changed", f"{name}: {h.reason}"
-        assert any("artifact" in op for op in h.changed) and any("container" in op for op in h.changed), h.changed
+        assert any("artifact" in op for op in h.changed) and any("container" in op for op in h.changed), (
+            h.changed
+        )
     for host in hosts:
         assert started_at(host, f"{host.container_prefix}comfyui") == comfy_started[host.name]
         assert started_at(host, f"{host.container_prefix}comfyui-api") != api_started[host.name]
@@ -150,8 +178,13 @@ def test_update_binary_restart_and_verify_on_two_hosts(
         assert sha == hashlib.sha256(changed_pyz.read_bytes()).hexdigest()
 
     # restart-api-only restarts the API container and nothing else.
-    before = {h.name: (started_at(h, f"{h.container_prefix}comfyui"), started_at(h, f"{h.container_prefix}comfyui-api"))
-              for h in hosts}
+    before = {
+        h.name: (
+            started_at(h, f"{h.container_prefix}comfyui"),
+            started_at(h, f"{h.container_prefix}comfyui-api"),
+        )
+        for h in hosts
+    }
     restarted = run(str(inv), "restart-api-only", data)
     for name, h in by_host(restarted).items():
         assert h.status == "changed", f"{name}: {h.reason}"

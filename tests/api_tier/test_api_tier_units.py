@@ -27,10 +27,21 @@ def test_spec_runs_the_pyz_with_stock_python_and_changes_with_the_artifact() -> 
 
 
 def test_only_workflow_files_are_synced(tmp_path: Path) -> None:
-    for name in ("txt2img.json", "txt2img.api.yaml", "overrides.yaml", "comfyfleet.lock.yaml", "x.manifest.json",
-                 "evil;rm -rf.json", "../up.json".replace("/", "_"), "notes.txt"):
+    for name in (
+        "txt2img.json",
+        "txt2img.api.yaml",
+        "overrides.yaml",
+        "comfyfleet.lock.yaml",
+        "x.manifest.json",
+        "evil;rm -rf.json",
+        "../up.json".replace("/", "_"),
+        "notes.txt",
+    ):
         (tmp_path / name).write_text("{}")
-    assert sorted(local_workflow_files({"workflows_dir": str(tmp_path)})) == ["txt2img.api.yaml", "txt2img.json"]
+    assert sorted(local_workflow_files({"workflows_dir": str(tmp_path)})) == [
+        "txt2img.api.yaml",
+        "txt2img.json",
+    ]
     with pytest.raises(BadInput, match="workflows folder not found"):
         local_workflow_files({"workflows_dir": str(tmp_path / "missing")})
 
@@ -62,8 +73,10 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
     from comfyfleet.devkit.standin import Standin, free_port
     from comfyfleet.operations.api import VERIFY_SCRIPT as _VERIFY
 
-    tiny = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+    tiny = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
+    }
     wf, disabled = tmp_path / "wf", tmp_path / "disabled"
     wf.mkdir()
     disabled.mkdir()
@@ -75,10 +88,25 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
     with Standin(tmp_path / "comfy") as comfy:
         port = free_port()
         api = subprocess.Popen(
-            [sys.executable, "-m", "comfyui_api", "--comfyui-url", comfy.url, "--workflows", str(wf),
-             "--disabled-dir", str(disabled), "--port", str(port), "--db", str(tmp_path / "db.sqlite3")],
+            [
+                sys.executable,
+                "-m",
+                "comfyui_api",
+                "--comfyui-url",
+                comfy.url,
+                "--workflows",
+                str(wf),
+                "--disabled-dir",
+                str(disabled),
+                "--port",
+                str(port),
+                "--db",
+                str(tmp_path / "db.sqlite3"),
+            ],
             env={**os.environ, "PYTHONPATH": str(root / "comfyui-api" / "src")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -88,8 +116,21 @@ def test_verify_script_reports_stopped_workflows_without_generating(tmp_path: Pa
                 except (httpx.HTTPError, ValueError):
                     pass
                 time.sleep(0.05)
-            out = subprocess.run([sys.executable, "-c", _VERIFY, str(port), str(tmp_path / "no-keys"), str(wf),
-                                  "30", str(disabled)], capture_output=True, text=True, timeout=60).stdout
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _VERIFY,
+                    str(port),
+                    str(tmp_path / "no-keys"),
+                    str(wf),
+                    "30",
+                    str(disabled),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
         finally:
             api.terminate()
             api.wait(10)
@@ -107,14 +148,33 @@ class _RejectingApi:
     the graph; the body has ComfyUI 0.8.0's shape (execution.py validate_inputs: "Value not in list")."""
 
     LIST = ", ".join(f"'model_{i:03d}.safetensors'" for i in range(40))
-    BODY = {"type": "about:blank", "status": 502,
-            "detail": "ComfyUI rejected the workflow (is everything it needs installed?)",
-            "comfyui": {"error": {"type": "prompt_outputs_failed_validation",
-                                  "message": "Prompt outputs failed validation", "details": "", "extra_info": {}},
-                        "node_errors": {"4": {"class_type": "CheckpointLoaderSimple", "dependent_outputs": ["9"],
-                                              "errors": [{"type": "value_not_in_list", "message": "Value not in list",
-                                                          "details": f"ckpt_name: 'sd15.safetensors' not in [{LIST}]",
-                                                          "extra_info": {"input_name": "ckpt_name"}}]}}}}
+    BODY = {
+        "type": "about:blank",
+        "status": 502,
+        "detail": "ComfyUI rejected the workflow (is everything it needs installed?)",
+        "comfyui": {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "4": {
+                    "class_type": "CheckpointLoaderSimple",
+                    "dependent_outputs": ["9"],
+                    "errors": [
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"ckpt_name: 'sd15.safetensors' not in [{LIST}]",
+                            "extra_info": {"input_name": "ckpt_name"},
+                        }
+                    ],
+                }
+            },
+        },
+    }
 
 
 def test_verify_endpoints_keeps_comfyuis_cause(tmp_path: Path) -> None:
@@ -135,7 +195,9 @@ def test_verify_endpoints_keeps_comfyuis_cause(tmp_path: Path) -> None:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            self._send(200, {"paths": {"/workflows/bad": {}}} if self.path == "/openapi.json" else {"status": "ok"})
+            self._send(
+                200, {"paths": {"/workflows/bad": {}}} if self.path == "/openapi.json" else {"status": "ok"}
+            )
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -150,8 +212,21 @@ def test_verify_endpoints_keeps_comfyuis_cause(tmp_path: Path) -> None:
     wf.mkdir()
     (wf / "bad.json").write_text("{}")
     try:
-        out = subprocess.run([sys.executable, "-c", _VERIFY, str(server.server_address[1]), str(tmp_path / "no-keys"),
-                              str(wf), "10", str(tmp_path / "none")], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _VERIFY,
+                str(server.server_address[1]),
+                str(tmp_path / "no-keys"),
+                str(wf),
+                "10",
+                str(tmp_path / "none"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     finally:
         server.shutdown()
     [row] = json.loads(out.split("VERIFY ", 1)[1])["workflows"]

@@ -26,8 +26,14 @@ CLI = [sys.executable, "-m", "comfyfleet.cli.main"]
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    res = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )
     print(res.stdout[-4000:], res.stderr[-4000:])
     return res
 
@@ -47,8 +53,13 @@ def system_stats(port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def inventory(fleet: Any, fleet_hosts: dict[str, Any], start_host: Callable[..., Any],
-              write_inventory: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def inventory(
+    fleet: Any,
+    fleet_hosts: dict[str, Any],
+    start_host: Callable[..., Any],
+    write_inventory: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
     """lambda1 + dc1 (block volume) + a third host whose SSH port has nothing listening."""
     ghost = start_host(name="ghost1", provider="lambda", unreachable=True)
     path = tmp_path_factory.mktemp("inv") / "fleet.py"
@@ -72,14 +83,25 @@ def test_fleet_bootstrap_two_providers_unreachable_third_exit_1(
         stats = system_stats(host.comfyui_port)
         assert stats["system"]["comfyui_version"]
         # ComfyUI runs in its container with the data root folders mounted at the same paths.
-        mounts = subprocess.run(["docker", "inspect", "-f", "{{range .Mounts}}{{.Source}} {{end}}",
-                                 f"{host.container_prefix}comfyui"], capture_output=True, text=True).stdout
+        mounts = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{.Source}} {{end}}",
+                f"{host.container_prefix}comfyui",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
         for folder in ("models", "custom_nodes", "input", "output", "user", "venv"):
             assert f"{host.data_root}/{folder}" in mounts
         # ComfyUI's database (<checkout>/user/comfyui.db) and settings share the data root's user/.
         link = host.exec(f"readlink {host.data_root}/ComfyUI/user", user="root").stdout.strip()
         assert link == f"{host.data_root}/user"
-        logs = subprocess.run(["docker", "logs", f"{host.container_prefix}comfyui"], capture_output=True, text=True)
+        logs = subprocess.run(
+            ["docker", "logs", f"{host.container_prefix}comfyui"], capture_output=True, text=True
+        )
         assert "Failed to initialize database" not in logs.stdout + logs.stderr
 
 
@@ -97,7 +119,9 @@ def test_fleet_datacrunch_volume_mounted_by_uuid_with_nofail(
     assert df.split()[0] == dc1.volume.device
 
 
-def test_fleet_rerun_reports_no_change(bootstrapped: subprocess.CompletedProcess[str], inventory: Path) -> None:
+def test_fleet_rerun_reports_no_change(
+    bootstrapped: subprocess.CompletedProcess[str], inventory: Path
+) -> None:
     res = cli("bootstrap", f"{inventory}:lambda1")
     assert res.returncode == 0
     assert "no change" in row(res.stdout, "lambda1")
@@ -138,7 +162,9 @@ def test_fleet_volume_with_files_survives_second_bootstrap(
 ) -> None:
     dc1 = fleet_hosts["dc1"]
     keep = f"{dc1.data_root}/models/checkpoints/keep.safetensors"
-    dc1.exec(f"mkdir -p {Path(keep).parent} && head -c 4096 /dev/urandom > {keep} && sha256sum {keep}", user="root")
+    dc1.exec(
+        f"mkdir -p {Path(keep).parent} && head -c 4096 /dev/urandom > {keep} && sha256sum {keep}", user="root"
+    )
     before = dc1.exec(f"sha256sum {keep}", user="root").stdout
     uuid_before = dc1.exec(f"blkid -p -s UUID -o value {dc1.volume.device}", user="root").stdout
     res = cli("bootstrap", f"{inventory}:dc1")
@@ -163,14 +189,22 @@ def test_fleet_preformatted_volume_holding_data_is_never_reformatted(
             (staging / "comfyfleet" / "output" / "render.png").write_text("precious render")
         finally:
             subprocess.run(["umount", str(staging)], check=True)
-        uuid = subprocess.run(["blkid", "-p", "-s", "UUID", "-o", "value", dev], capture_output=True, text=True).stdout
+        uuid = subprocess.run(
+            ["blkid", "-p", "-s", "UUID", "-o", "value", dev], capture_output=True, text=True
+        ).stdout
         inv = write_inventory([host], tmp_path / "dc2.py")
         res = cli("bootstrap", str(inv))
         assert res.returncode == 0, res.stdout
         assert host.exec(f"cat {host.data_root}/output/render.png", user="root").stdout == "precious render"
-        assert subprocess.run(["blkid", "-p", "-s", "UUID", "-o", "value", dev], capture_output=True,
-                              text=True).stdout == uuid
-        label = subprocess.run(["blkid", "-p", "-s", "LABEL", "-o", "value", dev], capture_output=True, text=True).stdout
+        assert (
+            subprocess.run(
+                ["blkid", "-p", "-s", "UUID", "-o", "value", dev], capture_output=True, text=True
+            ).stdout
+            == uuid
+        )
+        label = subprocess.run(
+            ["blkid", "-p", "-s", "LABEL", "-o", "value", dev], capture_output=True, text=True
+        ).stdout
         assert label.strip() == "olddata"
         system_stats(host.comfyui_port)
     finally:
@@ -201,13 +235,18 @@ def test_fleet_restart_comfyui_waits_until_healthy(
 ) -> None:
     host = fleet_hosts["lambda1"]
     name = f"{host.container_prefix}comfyui"
-    started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", name],
-                             capture_output=True, text=True).stdout
+    started = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.StartedAt}}", name], capture_output=True, text=True
+    ).stdout
     res = cli("common", f"{inventory}:lambda1", "--restart", "comfyui")
     assert res.returncode == 0 and "changed" in row(res.stdout, "lambda1")
     system_stats(host.comfyui_port)  # answered when the command returned
-    assert subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", name],
-                          capture_output=True, text=True).stdout != started
+    assert (
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.StartedAt}}", name], capture_output=True, text=True
+        ).stdout
+        != started
+    )
 
 
 def test_fleet_update_core_then_bad_ref_rolls_back(
@@ -219,8 +258,14 @@ def test_fleet_update_core_then_bad_ref_rolls_back(
     assert res.returncode == 0 and "changed" in row(res.stdout, "lambda1")
     assert system_stats(host.comfyui_port)["system"]["comfyui_version"] == up.versions[up.old_ref]
 
-    res = cli("common", f"{inventory}:lambda1", "--update-comfyui-core", up.broken_ref,
-              "--inventory-data", "health_timeout=20")
+    res = cli(
+        "common",
+        f"{inventory}:lambda1",
+        "--update-comfyui-core",
+        up.broken_ref,
+        "--inventory-data",
+        "health_timeout=20",
+    )
     assert res.returncode == 1
     assert "rolled back" in row(res.stdout, "lambda1") or "rolled back" in res.stdout
     assert system_stats(host.comfyui_port)["system"]["comfyui_version"] == up.versions[up.old_ref]
@@ -240,17 +285,28 @@ def test_fleet_dry_run_changes_nothing(
     bootstrapped: subprocess.CompletedProcess[str], inventory: Path, fleet: Any, fleet_hosts: dict[str, Any]
 ) -> None:
     host = fleet_hosts["dc1"]
-    res = cli("bootstrap", f"{inventory}:dc1", "--dry-run", "--inventory-data", f"comfyui_ref={fleet.comfyui.old_ref}")
+    res = cli(
+        "bootstrap",
+        f"{inventory}:dc1",
+        "--dry-run",
+        "--inventory-data",
+        f"comfyui_ref={fleet.comfyui.old_ref}",
+    )
     assert res.returncode == 0 and "would change" in row(res.stdout, "dc1")
     assert "ComfyUI core checkout" in row(res.stdout, "dc1")
     time.sleep(0.5)
-    assert system_stats(host.comfyui_port)["system"]["comfyui_version"] == fleet.comfyui.versions[
-        fleet.comfyui.default_ref]
+    assert (
+        system_stats(host.comfyui_port)["system"]["comfyui_version"]
+        == fleet.comfyui.versions[fleet.comfyui.default_ref]
+    )
 
 
 def test_fleet_rolling_stops_at_failed_batch(
-    bootstrapped: subprocess.CompletedProcess[str], fleet_hosts: dict[str, Any], start_host: Callable[..., Any],
-    write_inventory: Callable[..., Path], tmp_path: Path
+    bootstrapped: subprocess.CompletedProcess[str],
+    fleet_hosts: dict[str, Any],
+    start_host: Callable[..., Any],
+    write_inventory: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     ghost = start_host(name="ghost2", provider="lambda", unreachable=True)
     inv = write_inventory([ghost, fleet_hosts["lambda1"]], tmp_path / "rolling.py")
@@ -260,20 +316,39 @@ def test_fleet_rolling_stops_at_failed_batch(
     assert "skipped" in row(res.stdout, "lambda1")
 
 
-def test_fleet_pyinfra_cli_door(bootstrapped: subprocess.CompletedProcess[str], fleet_hosts: dict[str, Any],
-                                write_inventory: Callable[..., Path], tmp_path: Path) -> None:
+def test_fleet_pyinfra_cli_door(
+    bootstrapped: subprocess.CompletedProcess[str],
+    fleet_hosts: dict[str, Any],
+    write_inventory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
     """`pyinfra INVENTORY deploy/common.py --data task=status` works as pyinfra users expect."""
     inv = write_inventory([fleet_hosts["lambda1"], fleet_hosts["dc1"]], tmp_path / "door.py")
-    res = subprocess.run([str(Path(sys.executable).parent / "pyinfra"), str(inv), "deploy/common.py",
-                          "--data", "task=status", "-y"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pyinfra"),
+            str(inv),
+            "deploy/common.py",
+            "--data",
+            "task=status",
+            "-y",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "[lambda1] health: ComfyUI | healthy" in res.stdout + res.stderr
     assert "[dc1] health: ComfyUI | healthy" in res.stdout + res.stderr
 
 
 def test_fleet_fail_percent_stops_the_run(
-    bootstrapped: subprocess.CompletedProcess[str], fleet_hosts: dict[str, Any], start_host: Callable[..., Any],
-    write_inventory: Callable[..., Path], tmp_path: Path
+    bootstrapped: subprocess.CompletedProcess[str],
+    fleet_hosts: dict[str, Any],
+    start_host: Callable[..., Any],
+    write_inventory: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     ghost = start_host(name="ghost3", provider="lambda", unreachable=True)
     inv = write_inventory([ghost, fleet_hosts["lambda1"]], tmp_path / "pct.py")

@@ -33,10 +33,22 @@ def test_every_host_data_key_is_documented_with_its_default() -> None:
 
 def test_provider_defaults_apply_and_host_data_wins() -> None:
     lam = inv.validate_host_data("h", {"provider": "lambda"})
-    assert (lam.ssh_user, lam.data_root, lam.block_device, lam.sudo) == ("ubuntu", "/home/ubuntu/comfyfleet", None, True)
+    assert (lam.ssh_user, lam.data_root, lam.block_device, lam.sudo) == (
+        "ubuntu",
+        "/home/ubuntu/comfyfleet",
+        None,
+        True,
+    )
     dc = inv.validate_host_data("h", {"provider": "datacrunch"})
-    assert (dc.ssh_user, dc.block_device, dc.data_root, dc.sudo) == ("root", "auto", "/mnt/data/comfyfleet", False)
-    own = inv.validate_host_data("h", {"provider": "datacrunch", "block_device": "none", "data_root": "/srv/cf"})
+    assert (dc.ssh_user, dc.block_device, dc.data_root, dc.sudo) == (
+        "root",
+        "auto",
+        "/mnt/data/comfyfleet",
+        False,
+    )
+    own = inv.validate_host_data(
+        "h", {"provider": "datacrunch", "block_device": "none", "data_root": "/srv/cf"}
+    )
     assert own.block_device is None and own.data_root == "/srv/cf"
     assert inv.validate_host_data("h", {"comfyui_port": "8200"}).comfyui_port == 8200
 
@@ -76,7 +88,10 @@ def test_targets_hosts_files_and_groups() -> None:
     hosts = prepare_hosts(str(ROOT / "inventory/datacrunch.py"))
     assert [n for n, _ in hosts] == ["198.51.100.20", "198.51.100.21"]
     assert hosts[1][1]["block_device"] == "/dev/vdb" and hosts[0][1]["ssh_user"] == "root"
-    assert [n for n, _ in load_target(str(ROOT / "inventory/lambda.py") + ":gpu")] == ["203.0.113.10", "203.0.113.11"]
+    assert [n for n, _ in load_target(str(ROOT / "inventory/lambda.py") + ":gpu")] == [
+        "203.0.113.10",
+        "203.0.113.11",
+    ]
     with pytest.raises(BadInput, match="no group or host 'cpu'"):
         load_target(str(ROOT / "inventory/lambda.py") + ":cpu")
     with pytest.raises(BadInput, match="not found"):
@@ -160,5 +175,7 @@ def test_host_config_cache_is_keyed_by_the_real_host_not_pyinfra_s_proxy() -> No
     assert not any(key is host_proxy for key in context._RUNS.keys())
     del real, inventory
     gc.collect()
-    assert not any(getattr(key, "name", None) == "@local" and key.data.get("data_root") == "/tmp/cf-a"
-                   for key in context._RUNS.keys())
+    assert not any(
+        getattr(key, "name", None) == "@local" and key.data.get("data_root") == "/tmp/cf-a"
+        for key in context._RUNS.keys()
+    )

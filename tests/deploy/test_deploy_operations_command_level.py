@@ -66,8 +66,17 @@ def test_command_level_operation_case(case: dict[str, Any]) -> None:
 def test_command_level_cases_cover_every_operation() -> None:
     """Every custom operation that yields commands has at least one case."""
     covered = {c["op"] for _, c in CASES}
-    wanted = {"docker.engine", "docker.nvidia_toolkit", "docker.container", "docker.restart", "docker.wait_http",
-              "block.volume", "comfyui.checkout", "comfyui.python_env", "comfyui.seed_inputs"}
+    wanted = {
+        "docker.engine",
+        "docker.nvidia_toolkit",
+        "docker.container",
+        "docker.restart",
+        "docker.wait_http",
+        "block.volume",
+        "comfyui.checkout",
+        "comfyui.python_env",
+        "comfyui.seed_inputs",
+    }
     assert wanted <= covered, wanted - covered
 
 
@@ -79,7 +88,9 @@ def test_command_level_container_spec_hash_tracks_every_field() -> None:
         ContainerSpec(name="c", image="i:1", command=("python3", "-u"), env=(("A", "1"),), mounts=("/d/m",)),
         ContainerSpec(name="c", image="i:1", command=("python3",), env=(("A", "2"),), mounts=("/d/m",)),
         ContainerSpec(name="c", image="i:1", command=("python3",), env=(("A", "1"),), mounts=("/d/x",)),
-        ContainerSpec(name="c", image="i:1", command=("python3",), env=(("A", "1"),), mounts=("/d/m",), gpus=True),
+        ContainerSpec(
+            name="c", image="i:1", command=("python3",), env=(("A", "1"),), mounts=("/d/m",), gpus=True
+        ),
     ]
     hashes = {base.spec_hash(), *(v.spec_hash() for v in variants)}
     assert len(hashes) == 6
@@ -110,10 +121,20 @@ def test_command_level_prefetch_one_round_trip_then_fresh_after_a_change() -> No
     from comfyfleet.facts import prefetch
     from comfyfleet.facts.comfyui import HttpStatus, MissingDirectories
 
-    requests = [(MissingDirectories, {"paths": ("/d/a", "/d/b")}), (HttpStatus, {"url": "http://127.0.0.1:1/x"})]
-    bundle_cmd = prefetch.FactBundle().command(
-        commands=tuple(cls().command(**kw) for cls, kw in requests)).get_raw_value()
-    assert bundle_cmd.count("@@cf-rc-") == 2 and "/d/a /d/b" in bundle_cmd and "http://127.0.0.1:1/x" in bundle_cmd
+    requests = [
+        (MissingDirectories, {"paths": ("/d/a", "/d/b")}),
+        (HttpStatus, {"url": "http://127.0.0.1:1/x"}),
+    ]
+    bundle_cmd = (
+        prefetch.FactBundle()
+        .command(commands=tuple(cls().command(**kw) for cls, kw in requests))
+        .get_raw_value()
+    )
+    assert (
+        bundle_cmd.count("@@cf-rc-") == 2
+        and "/d/a /d/b" in bundle_cmd
+        and "http://127.0.0.1:1/x" in bundle_cmd
+    )
     output = ["@@cf-0@@", "/d/b", "@@cf-rc-0:0@@", "@@cf-1@@", "200", "@@cf-rc-1:0@@"]
     parsed = prefetch.FactBundle().process(output)
     assert parsed == {0: (0, ["/d/b"]), 1: (0, ["200"])}

@@ -85,8 +85,7 @@ def test_runner_sees_hosts_added_to_a_shared_known_hosts_file_after_an_earlier_r
     shared = tmp_path / "known_hosts"
     shared.write_text(first.known_hosts.read_text())
     shared.chmod(0o600)
-    inv = write_inventory([first, second], tmp_path / "inventory.py",
-                          ssh_known_hosts_file=str(shared))
+    inv = write_inventory([first, second], tmp_path / "inventory.py", ssh_known_hosts_file=str(shared))
     marker = f"/tmp/cf-known-hosts-{tmp_path.name}"
 
     @deploy("touch a file")

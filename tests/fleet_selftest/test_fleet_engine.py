@@ -31,13 +31,21 @@ def test_ensure_engine_starts_dockerd_detached_and_then_finds_it_running(tmp_pat
     had_docker0 = Path("/sys/class/net/docker0").exists()
     pid = 0
     try:
-        assert ensure_engine(socket=sock, dockerd_args=args, record=record, log_path=log, wrapper=wrapper) == "started"
+        assert (
+            ensure_engine(socket=sock, dockerd_args=args, record=record, log_path=log, wrapper=wrapper)
+            == "started"
+        )
         pid = json.loads(record.read_text())["pid"]
         # Its own session: it outlives the process group of whoever started it.
         assert os.getsid(pid) == pid
         env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
-        assert run(["docker", "info", "--format", "{{.DockerRootDir}}"], env=env).stdout.strip() == str(base / "data")
-        assert ensure_engine(socket=sock, dockerd_args=args, record=record, log_path=log, wrapper=wrapper) == "running"
+        assert run(["docker", "info", "--format", "{{.DockerRootDir}}"], env=env).stdout.strip() == str(
+            base / "data"
+        )
+        assert (
+            ensure_engine(socket=sock, dockerd_args=args, record=record, log_path=log, wrapper=wrapper)
+            == "running"
+        )
         assert Path("/sys/class/net/docker0").exists() == had_docker0
     finally:
         if pid:

@@ -24,7 +24,11 @@ PYINFRA = Path(sys.executable).with_name("pyinfra")
 def pyinfra(inventory: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run the installed pyinfra CLI as a person would."""
     return subprocess.run(
-        [str(PYINFRA), "-y", str(inventory), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(PYINFRA), "-y", str(inventory), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -52,7 +56,9 @@ def test_inventory_data_is_valid_comfyfleet_host_data(
 ) -> None:
     from comfyfleet.inventory import validate_host_data
 
-    inv = write_inventory(list(fleet_hosts.values()), tmp_path / "inventory.py", comfyui_ref=fleet.comfyui.old_ref)
+    inv = write_inventory(
+        list(fleet_hosts.values()), tmp_path / "inventory.py", comfyui_ref=fleet.comfyui.old_ref
+    )
     namespace: dict[str, object] = {}
     exec(compile(inv.read_text(), str(inv), "exec"), namespace)  # noqa: S102 - our own generated file
     hosts = dict(namespace["fleet"])  # type: ignore[call-overload]
@@ -87,7 +93,9 @@ def test_host_drives_the_engine_with_data_paths_identical_inside_and_out(
 
 
 @pytest.mark.loopdev
-def test_block_volume_mounted_inside_a_host_is_seen_by_the_engine(fleet: Fleet, start_host: Callable[..., Host]) -> None:
+def test_block_volume_mounted_inside_a_host_is_seen_by_the_engine(
+    fleet: Fleet, start_host: Callable[..., Host]
+) -> None:
     host = start_host("voltest", provider="datacrunch", volume=True)
     try:
         dev, mnt = host.block_device, host.block_mount
@@ -115,7 +123,9 @@ def test_block_volume_mounted_inside_a_host_is_seen_by_the_engine(fleet: Fleet, 
     assert run(["findmnt", mnt], check=False).returncode != 0
 
 
-def test_hosts_and_runtime_containers_clone_the_local_upstreams(fleet: Fleet, fleet_hosts: dict[str, Host]) -> None:
+def test_hosts_and_runtime_containers_clone_the_local_upstreams(
+    fleet: Fleet, fleet_hosts: dict[str, Host]
+) -> None:
     assert fleet.comfyui is not None
     host = fleet_hosts["dc1"]
     out = host.ssh(
@@ -124,12 +134,14 @@ def test_hosts_and_runtime_containers_clone_the_local_upstreams(fleet: Fleet, fl
     ).stdout
     assert f'__version__ = "{fleet.comfyui.versions[fleet.comfyui.old_ref]}"' in out
     assert {fleet.comfyui.old_ref, fleet.comfyui.new_ref, fleet.comfyui.broken_ref} <= set(out.split())
-    good = fleet.make_node_pack_repo("selftest-pack", classes=["SelftestUpper", "SelftestLower"], requirements=["six"])
+    good = fleet.make_node_pack_repo(
+        "selftest-pack", classes=["SelftestUpper", "SelftestLower"], requirements=["six"]
+    )
     bad = fleet.make_node_pack_repo("selftest-broken", classes=["Nope"], broken=True)
     # Runtime containers share the machine's network too: they clone over loopback as well.
     script = (
         f"set -e; cd /tmp; git clone -q {good} good; git clone -q {bad} bad; cat good/requirements.txt; "
-        "python3 -c 'import importlib.util as u; s=u.spec_from_file_location(\"p\", \"good/__init__.py\"); "
+        'python3 -c \'import importlib.util as u; s=u.spec_from_file_location("p", "good/__init__.py"); '
         "m=u.module_from_spec(s); s.loader.exec_module(m); print(sorted(m.NODE_CLASS_MAPPINGS))'; "
         "python3 bad/__init__.py || echo broken-raised"
     )
@@ -140,7 +152,10 @@ def test_hosts_and_runtime_containers_clone_the_local_upstreams(fleet: Fleet, fl
 
 
 def test_unreachable_host_fails_alone(
-    fleet_hosts: dict[str, Host], start_host: Callable[..., Host], write_inventory: Callable[..., Path], tmp_path: Path
+    fleet_hosts: dict[str, Host],
+    start_host: Callable[..., Host],
+    write_inventory: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     gone = start_host(unreachable=True)
     inv = write_inventory([*fleet_hosts.values(), gone], tmp_path / "inventory.py")
@@ -152,12 +167,21 @@ def test_unreachable_host_fails_alone(
 
 
 @pytest.mark.loopdev
-def test_teardown_leaves_nothing_and_sessions_run_side_by_side(fleet: Fleet, fleet_hosts: dict[str, Host]) -> None:
+def test_teardown_leaves_nothing_and_sessions_run_side_by_side(
+    fleet: Fleet, fleet_hosts: dict[str, Host]
+) -> None:
     other = Fleet().up()
     try:
-        assert other.id != fleet.id and other.comfyui and fleet.comfyui and other.comfyui.url != fleet.comfyui.url
+        assert (
+            other.id != fleet.id
+            and other.comfyui
+            and fleet.comfyui
+            and other.comfyui.url != fleet.comfyui.url
+        )
         host = other.add_host("dc1", provider="datacrunch", volume=True)
-        host.ssh(f"mkfs.ext4 -q {host.block_device} && mkdir -p {host.block_mount} && mount {host.block_device} {host.block_mount}")
+        host.ssh(
+            f"mkfs.ext4 -q {host.block_device} && mkdir -p {host.block_mount} && mount {host.block_device} {host.block_mount}"
+        )
         root, device = other.root, host.block_device
     finally:
         done = other.down()
@@ -219,7 +243,9 @@ def test_runtime_image_serves_comfyui_from_the_upstream(fleet: Fleet) -> None:
             except httpx.HTTPError:
                 status = docker("inspect", "--format", "{{.State.Status}}", name).strip()
                 if status != "running" or time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not answer ({status}):\n{run(['docker', 'logs', name], check=False).stderr}")
+                    pytest.fail(
+                        f"ComfyUI did not answer ({status}):\n{run(['docker', 'logs', name], check=False).stderr}"
+                    )
                 time.sleep(0.3)
         assert stats["system"]["comfyui_version"] == fleet.comfyui.versions[fleet.comfyui.new_ref]
     finally:
@@ -242,7 +268,10 @@ for line in sys.stdin:
 
 
 def test_one_pyinfra_process_reaches_a_host_started_after_its_first_connection(
-    fleet: Fleet, fleet_hosts: dict[str, Host], start_host: Callable[..., Host], write_inventory: Callable[..., Path],
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    start_host: Callable[..., Host],
+    write_inventory: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     # pyinfra memoizes known_hosts files per process (the comfyfleet CLI and tests run it

@@ -53,17 +53,44 @@ def test_node_pack_with_own_class_body_and_broken_pack(tmp_path: Path) -> None:
 
 def test_written_inventory_loads_in_pyinfra_with_every_host_key(tmp_path: Path) -> None:
     fleet = Fleet(fleet_id="unit00")
-    fleet.comfyui = ComfyUIUpstream("http://127.0.0.1:1/comfyanonymous/ComfyUI.git", "v2", "v1", "v2", "v3-broken", False)
+    fleet.comfyui = ComfyUIUpstream(
+        "http://127.0.0.1:1/comfyanonymous/ComfyUI.git", "v2", "v1", "v2", "v3-broken", False
+    )
     fleet.runtime_image = "comfyfleet-fleet-runtime:abc"
     common = {"ssh_key": tmp_path / "k", "known_hosts": tmp_path / "kh", "container_prefix": "cf-unit00-"}
     hosts = [
-        Host("lambda1", "lambda", "ubuntu", 2201, host_dir=tmp_path / "l", data_root="/tmp/x/l/data", comfyui_port=8101, api_port=3101, **common),  # type: ignore[arg-type]
-        Host("dc1", "datacrunch", "root", 2202, host_dir=tmp_path / "d", data_root="/tmp/x/d/mnt/comfyfleet", comfyui_port=8102, api_port=3102, block_mount="/tmp/x/d/mnt", **common),  # type: ignore[arg-type]
+        Host(
+            "lambda1",
+            "lambda",
+            "ubuntu",
+            2201,
+            host_dir=tmp_path / "l",
+            data_root="/tmp/x/l/data",
+            comfyui_port=8101,
+            api_port=3101,
+            **common,
+        ),  # type: ignore[arg-type]
+        Host(
+            "dc1",
+            "datacrunch",
+            "root",
+            2202,
+            host_dir=tmp_path / "d",
+            data_root="/tmp/x/d/mnt/comfyfleet",
+            comfyui_port=8102,
+            api_port=3102,
+            block_mount="/tmp/x/d/mnt",
+            **common,
+        ),  # type: ignore[arg-type]
     ]
-    path = fleet.write_inventory(hosts, tmp_path / "inv.py", host_data={"dc1": {"comfyui_ref": "v1"}}, health_timeout=60)
+    path = fleet.write_inventory(
+        hosts, tmp_path / "inv.py", host_data={"dc1": {"comfyui_ref": "v1"}}, health_timeout=60
+    )
     # pyinfra's own CLI reads it (in a subprocess: importing pyinfra_cli monkey-patches with gevent).
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    proc = subprocess.run([str(pyinfra), str(path), "debug-inventory"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(pyinfra), str(path), "debug-inventory"], capture_output=True, text=True, timeout=60
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     got = {
@@ -72,8 +99,18 @@ def test_written_inventory_loads_in_pyinfra_with_every_host_key(tmp_path: Path) 
     }
     assert set(got) == {"lambda1", "dc1"}, out
     lam, dc = got["lambda1"], got["dc1"]
-    assert (lam["ssh_port"], lam["ssh_user"], lam["block_device"], lam["gpu"]) == (2201, "ubuntu", "none", False)
-    assert (dc["ssh_user"], dc["block_mount"], dc["comfyui_ref"], lam["comfyui_ref"]) == ("root", "/tmp/x/d/mnt", "v1", "v2")
+    assert (lam["ssh_port"], lam["ssh_user"], lam["block_device"], lam["gpu"]) == (
+        2201,
+        "ubuntu",
+        "none",
+        False,
+    )
+    assert (dc["ssh_user"], dc["block_mount"], dc["comfyui_ref"], lam["comfyui_ref"]) == (
+        "root",
+        "/tmp/x/d/mnt",
+        "v1",
+        "v2",
+    )
     assert lam["health_timeout"] == dc["health_timeout"] == 60
     assert lam["runtime_image"] == "comfyfleet-fleet-runtime:abc"
     assert lam["comfyui_repo"].startswith("http://127.0.0.1:")
@@ -95,7 +132,6 @@ def _comfyui_checkout(root: Path, releases: list[str]) -> Path:
 @pytest.mark.parametrize("shape", ["single-commit", "shallow"])
 def test_real_comfyui_upstream_from_a_checkout_without_history(tmp_path: Path, shape: str) -> None:
     """`git describe --tags HEAD^` has nothing to describe: the previous release is made, named as such."""
-
 
     if shape == "single-commit":
         checkout = _comfyui_checkout(tmp_path, ["0.8.0"])

@@ -45,11 +45,16 @@ TINY = {
 }
 
 
-
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The comfyfleet CLI in a child process: it monkey-patches gevent, which must not leak into pytest."""
-    res = subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", *args], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [sys.executable, "-m", "comfyfleet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+        stdin=subprocess.DEVNULL,
+    )
     return res
 
 
@@ -130,7 +135,7 @@ def gw(
             result = run(target, task)
             assert result.ok, (task, [(h.host, h.reason) for h in result.hosts])
         cli = run_cli("gateway", "deploy", str(inv))
-        assert cli.returncode == 0, (cli.stdout + cli.stderr)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
         setup = Setup(inv, f"https://127.0.0.1:{port}", ca, hosts, gateway, s3)
         deadline = time.monotonic() + 60
         while not all(r[1] == "up" for r in setup.view().values()):
@@ -146,8 +151,12 @@ def test_redeploy_changes_nothing_and_status_shows_both_hosts(gw: Setup) -> None
     again = run([(n, {**d, **backend_data}) for n, d in gateways], deploy_gateway)
     assert again.hosts[0].status == "no change", again.hosts[0].changed
     cli = run_cli("gateway", "status", str(gw.inventory))
-    assert cli.returncode == 0, (cli.stdout + cli.stderr)
-    assert "lambda1" in (cli.stdout + cli.stderr) and "dc1" in (cli.stdout + cli.stderr) and "up" in (cli.stdout + cli.stderr)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert (
+        "lambda1" in (cli.stdout + cli.stderr)
+        and "dc1" in (cli.stdout + cli.stderr)
+        and "up" in (cli.stdout + cli.stderr)
+    )
     mode = gw.gateway.exec("stat -c %a /etc/haproxy/certs/fleet.pem", user="root").stdout.strip()
     assert mode == "600"
 
@@ -221,7 +230,7 @@ def test_rolling_restart_drains_through_the_gateway_without_failed_requests(gw: 
         done.set()
         for t in threads:
             t.join()
-    assert cli.returncode == 0, (cli.stdout + cli.stderr)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
     assert failures == [] and count[0] > 0
     assert all(r[1] == "up" for r in gw.view().values())
 

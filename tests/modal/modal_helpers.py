@@ -47,8 +47,9 @@ def workflow_file(tmp: Path, name: str = "wf") -> Path:
     return path
 
 
-def hand_inputs(tmp: Path, packs: list[NodePack] | None = None, models: list[ModelRef] | None = None,
-                name: str = "wf") -> AppInputs:
+def hand_inputs(
+    tmp: Path, packs: list[NodePack] | None = None, models: list[ModelRef] | None = None, name: str = "wf"
+) -> AppInputs:
     """AppInputs from a hand-built lock (what analysis would give), with one workflow file."""
     wf = workflow_file(tmp, name)
     lock = Lock(workflows={name: "0" * 64}, custom_nodes=packs or [], models=models or [])

@@ -34,8 +34,13 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 class EndpointStandin:
     """The deployed API as the verifier sees it: /health, then POST /workflows/{name} with Bearer auth."""
 
-    def __init__(self, cold_start_503s: int = 0, failing: tuple[str, ...] = (),
-                 missing_models: tuple[str, ...] = (), redirected: tuple[str, ...] = ("txt2img",)) -> None:
+    def __init__(
+        self,
+        cold_start_503s: int = 0,
+        failing: tuple[str, ...] = (),
+        missing_models: tuple[str, ...] = (),
+        redirected: tuple[str, ...] = ("txt2img",),
+    ) -> None:
         self.cold = cold_start_503s
         self.failing = failing
         self.missing_models = missing_models
@@ -65,12 +70,27 @@ class EndpointStandin:
                 if "__modal_function_call_id=" in self.path:
                     # Where Modal's redirect of a long request leads: the result of the original call.
                     name = self.path.split("?")[0].rsplit("/", 1)[-1]
-                    return self._send(200, {"status": "completed",
-                                            "outputs": [{"filename": f"{name}_00001_.png", "base64": PNG}]})
+                    return self._send(
+                        200,
+                        {
+                            "status": "completed",
+                            "outputs": [{"filename": f"{name}_00001_.png", "base64": PNG}],
+                        },
+                    )
                 if self.path == "/ready":
                     if outer.missing_models:
-                        return self._send(503, {"ready": False, "checks": {
-                            "models": {"ok": False, "missing": [{"file": f} for f in outer.missing_models]}}})
+                        return self._send(
+                            503,
+                            {
+                                "ready": False,
+                                "checks": {
+                                    "models": {
+                                        "ok": False,
+                                        "missing": [{"file": f} for f in outer.missing_models],
+                                    }
+                                },
+                            },
+                        )
                     return self._send(200, {"ready": True, "checks": {}})
                 self._send(404, {"detail": "not found"})
 
@@ -90,8 +110,9 @@ class EndpointStandin:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
-                self._send(200, {"status": "success",
-                                 "outputs": [{"filename": f"{name}_00001_.png", "base64": PNG}]})
+                self._send(
+                    200, {"status": "success", "outputs": [{"filename": f"{name}_00001_.png", "base64": PNG}]}
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -118,7 +139,11 @@ def endpoint() -> Any:
 
 def deploy_output(url: str) -> str:
     """What `modal deploy` (1.6.4) prints for app comfyfleet serving at url."""
-    return (REPO / "tests" / "modal" / "fake" / "deploy_output.txt").read_text().format(url=url, app="comfyfleet")
+    return (
+        (REPO / "tests" / "modal" / "fake" / "deploy_output.txt")
+        .read_text()
+        .format(url=url, app="comfyfleet")
+    )
 
 
 class FakeModal:
@@ -138,15 +163,32 @@ class FakeModal:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        base = {k: v for k, v in os.environ.items()
-                if k not in ("COMFYFLEET_API_KEY", "CIVITAI_API_TOKEN", "HF_TOKEN", "COMFYFLEET_SECRETS_FILE",
-                             "COMFYFLEET_MODAL")}
-        full = {**base, "PATH": f"{self.bin}{os.pathsep}{base.get('PATH', '')}",
-                "FAKE_MODAL_SCENARIO": str(self.scenario_file), **(env or {})}
-        return subprocess.run([str(COMFYFLEET), "modal", *args], capture_output=True, text=True, env=full, timeout=120)
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "COMFYFLEET_API_KEY",
+                "CIVITAI_API_TOKEN",
+                "HF_TOKEN",
+                "COMFYFLEET_SECRETS_FILE",
+                "COMFYFLEET_MODAL",
+            )
+        }
+        full = {
+            **base,
+            "PATH": f"{self.bin}{os.pathsep}{base.get('PATH', '')}",
+            "FAKE_MODAL_SCENARIO": str(self.scenario_file),
+            **(env or {}),
+        }
+        return subprocess.run(
+            [str(COMFYFLEET), "modal", *args], capture_output=True, text=True, env=full, timeout=120
+        )
 
 
-def test_fake_modal_deploy_runs_deploy_models_and_verifies(tmp_path: Path, app_file: Path, endpoint: Any) -> None:
+def test_fake_modal_deploy_runs_deploy_models_and_verifies(
+    tmp_path: Path, app_file: Path, endpoint: Any
+) -> None:
     fake = FakeModal(tmp_path, {"deploy_output": deploy_output(endpoint.url), "secrets": []})
     done = fake.run("deploy", str(app_file), env={"COMFYFLEET_API_KEY": API_KEY})
     assert done.returncode == 0, done.stdout + done.stderr
@@ -166,16 +208,28 @@ def test_fake_modal_deploy_runs_deploy_models_and_verifies(tmp_path: Path, app_f
     assert all(API_KEY not in " ".join(argv) for argv in calls)
     assert API_KEY not in done.stdout + done.stderr
     posts = [c for c in endpoint.calls if c[0] == "POST"]
-    assert sorted(p[1] for p in posts) == ["/workflows/lora_txt2img", "/workflows/txt2img", "/workflows/upscale"]
+    assert sorted(p[1] for p in posts) == [
+        "/workflows/lora_txt2img",
+        "/workflows/txt2img",
+        "/workflows/upscale",
+    ]
     assert all(p[2] == f"Bearer {API_KEY}" for p in posts)
     # txt2img took "longer than 150 s": the verifier followed Modal's redirect, with its key.
-    assert ("GET", "/workflows/txt2img?__modal_function_call_id=fc-01TEST", f"Bearer {API_KEY}") in endpoint.calls
+    assert (
+        "GET",
+        "/workflows/txt2img?__modal_function_call_id=fc-01TEST",
+        f"Bearer {API_KEY}",
+    ) in endpoint.calls
 
 
-def test_fake_modal_deploy_waits_through_cold_start_and_reports_a_failed_generation(tmp_path: Path, app_file: Path) -> None:
+def test_fake_modal_deploy_waits_through_cold_start_and_reports_a_failed_generation(
+    tmp_path: Path, app_file: Path
+) -> None:
     endpoint = EndpointStandin(cold_start_503s=1, failing=("upscale",))
     try:
-        fake = FakeModal(tmp_path, {"deploy_output": deploy_output(endpoint.url), "secrets": ["comfyfleet-api"]})
+        fake = FakeModal(
+            tmp_path, {"deploy_output": deploy_output(endpoint.url), "secrets": ["comfyfleet-api"]}
+        )
         done = fake.run("deploy", str(app_file), "--no-models", env={"COMFYFLEET_API_KEY": API_KEY})
     finally:
         endpoint.close()
@@ -185,12 +239,18 @@ def test_fake_modal_deploy_waits_through_cold_start_and_reports_a_failed_generat
     assert [c[1] for c in endpoint.calls if c[0] == "GET"].count("/health") == 2
 
 
-def test_fake_modal_deploy_reads_url_from_function_info_when_deploy_prints_none(tmp_path: Path, app_file: Path,
-                                                                     endpoint: Any) -> None:
+def test_fake_modal_deploy_reads_url_from_function_info_when_deploy_prints_none(
+    tmp_path: Path, app_file: Path, endpoint: Any
+) -> None:
     info = {"name": "ComfyUIService", "method_details": {"api": {"web_url": endpoint.url, "method": None}}}
-    fake = FakeModal(tmp_path, {
-        "deploy_output": "✓ App deployed in 9.0s! 🎉\n\nView Deployment: https://modal.com/apps/a/main/deployed/comfyfleet",
-        "function_info": info, "secrets": ["comfyfleet-api"]})
+    fake = FakeModal(
+        tmp_path,
+        {
+            "deploy_output": "✓ App deployed in 9.0s! 🎉\n\nView Deployment: https://modal.com/apps/a/main/deployed/comfyfleet",
+            "function_info": info,
+            "secrets": ["comfyfleet-api"],
+        },
+    )
     done = fake.run("deploy", str(app_file), "--no-models", env={"COMFYFLEET_API_KEY": API_KEY})
     assert done.returncode == 0, done.stdout + done.stderr
     assert ["function", "info", "comfyfleet/ComfyUIService", "--json"] in [c["argv"] for c in fake.calls()]
@@ -206,8 +266,14 @@ def test_fake_modal_deploy_without_api_key_and_no_secret_is_bad_input(tmp_path: 
 
 
 def test_fake_modal_deploy_failure_is_exit_1_with_modal_error(tmp_path: Path, app_file: Path) -> None:
-    fake = FakeModal(tmp_path, {"deploy_output": "Error: Image build for im-123 failed. See build logs.",
-                                "deploy_rc": 1, "secrets": ["comfyfleet-api"]})
+    fake = FakeModal(
+        tmp_path,
+        {
+            "deploy_output": "Error: Image build for im-123 failed. See build logs.",
+            "deploy_rc": 1,
+            "secrets": ["comfyfleet-api"],
+        },
+    )
     done = fake.run("deploy", str(app_file))
     assert done.returncode == 1
     assert "Image build for im-123 failed" in done.stderr
@@ -218,7 +284,10 @@ def test_fake_modal_not_logged_in_is_one_line_exit_2(tmp_path: Path, app_file: P
     for args in (["deploy", str(app_file)], ["status", str(app_file)], ["stop", "--app", "comfyfleet"]):
         done = fake.run(*args, env={"COMFYFLEET_API_KEY": API_KEY})
         assert done.returncode == 2, args
-        assert done.stderr.strip().startswith("error: modal is not logged in") and "modal token new" in done.stderr
+        assert (
+            done.stderr.strip().startswith("error: modal is not logged in")
+            and "modal token new" in done.stderr
+        )
         assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
 
 
@@ -243,17 +312,31 @@ def test_fake_modal_stop_runs_modal_app_stop(tmp_path: Path, app_file: Path) -> 
     done = fake.run("stop", str(app_file))
     assert done.returncode == 0 and "stopped comfyfleet" in done.stdout
     assert fake.calls()[0]["argv"] == ["app", "stop", "comfyfleet", "--yes"]
-    again = FakeModal(tmp_path, {"stop_rc": 1, "stop_output": "App is already stopped. (Stopped at 2026-11-22 01:00).\n"})
+    again = FakeModal(
+        tmp_path, {"stop_rc": 1, "stop_output": "App is already stopped. (Stopped at 2026-11-22 01:00).\n"}
+    )
     done = again.run("stop", "--app", "comfyfleet")
     assert done.returncode == 0 and "already stopped" in done.stdout
 
 
 def test_fake_modal_status_lists_the_apps_deployments(tmp_path: Path, app_file: Path) -> None:
     apps = [
-        {"app_id": "ap-1", "description": "comfyfleet", "state": "deployed", "tasks": "1",
-         "created_at": "2026-11-22 01:00:00+00:00", "stopped_at": None},
-        {"app_id": "ap-2", "description": "other-app", "state": "deployed", "tasks": "0",
-         "created_at": "2026-11-21 01:00:00+00:00", "stopped_at": None},
+        {
+            "app_id": "ap-1",
+            "description": "comfyfleet",
+            "state": "deployed",
+            "tasks": "1",
+            "created_at": "2026-11-22 01:00:00+00:00",
+            "stopped_at": None,
+        },
+        {
+            "app_id": "ap-2",
+            "description": "other-app",
+            "state": "deployed",
+            "tasks": "0",
+            "created_at": "2026-11-21 01:00:00+00:00",
+            "stopped_at": None,
+        },
     ]
     fake = FakeModal(tmp_path, {"apps": apps})
     done = fake.run("status", str(app_file))
@@ -269,8 +352,13 @@ def test_status_real_modal_cli_without_token_exit_2(tmp_path: Path, app_file: Pa
     modal_exe = Path(sys.executable).with_name("modal")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
     env.update(HOME=str(tmp_path), COMFYFLEET_MODAL=str(modal_exe))
-    done = subprocess.run([str(COMFYFLEET), "modal", "status", str(app_file)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [str(COMFYFLEET), "modal", "status", str(app_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == (
         "error: modal is not logged in: run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET), then retry"
@@ -281,9 +369,17 @@ def test_fake_modal_deploy_reports_what_ready_lacks(tmp_path: Path, app_file: Pa
     """A volume without the models: /ready says which file is missing, and no generation is attempted."""
     endpoint = EndpointStandin(missing_models=("v1-5-pruned-emaonly-fp16.safetensors",))
     try:
-        fake = FakeModal(tmp_path, {"deploy_output": deploy_output(endpoint.url), "secrets": ["comfyfleet-api"]})
-        done = fake.run("deploy", str(app_file), "--no-models", "--health-timeout", "3",
-                        env={"COMFYFLEET_API_KEY": API_KEY})
+        fake = FakeModal(
+            tmp_path, {"deploy_output": deploy_output(endpoint.url), "secrets": ["comfyfleet-api"]}
+        )
+        done = fake.run(
+            "deploy",
+            str(app_file),
+            "--no-models",
+            "--health-timeout",
+            "3",
+            env={"COMFYFLEET_API_KEY": API_KEY},
+        )
     finally:
         endpoint.close()
     assert done.returncode == 1
@@ -292,8 +388,14 @@ def test_fake_modal_deploy_reports_what_ready_lacks(tmp_path: Path, app_file: Pa
 
 
 def test_fake_modal_failed_model_download_stops_before_deploy(tmp_path: Path, app_file: Path) -> None:
-    fake = FakeModal(tmp_path, {"run_output": "model download failed: v1-5: server answered 404", "run_rc": 1,
-                                "secrets": ["comfyfleet-api"]})
+    fake = FakeModal(
+        tmp_path,
+        {
+            "run_output": "model download failed: v1-5: server answered 404",
+            "run_rc": 1,
+            "secrets": ["comfyfleet-api"],
+        },
+    )
     done = fake.run("deploy", str(app_file), env={"COMFYFLEET_API_KEY": API_KEY})
     assert done.returncode == 1
     assert "server answered 404" in done.stderr
@@ -301,15 +403,19 @@ def test_fake_modal_failed_model_download_stops_before_deploy(tmp_path: Path, ap
 
 
 def test_fake_modal_civitai_token_becomes_the_civitai_secret(tmp_path: Path) -> None:
-    model = ModelRef(filename="style.safetensors", folder="loras", url="https://civitai.com/api/download/models/99")
+    model = ModelRef(
+        filename="style.safetensors", folder="loras", url="https://civitai.com/api/download/models/99"
+    )
     out = tmp_path / "civitai_app.py"
     out.write_text(render_app(hand_inputs(tmp_path, models=[model]), ModalOptions(), out))
     fake = FakeModal(tmp_path, {"secrets": ["comfyfleet-api"]})
     done = fake.run("deploy", str(out), "--no-verify")
     assert done.returncode == 2 and "CIVITAI_API_TOKEN" in done.stderr and "comfyfleet-civitai" in done.stderr
     token = "civitai-token-abcdef"
-    fake = FakeModal(tmp_path, {"secrets": ["comfyfleet-api"],
-                                "deploy_output": deploy_output("https://acme--comfyfleet.modal.run")})
+    fake = FakeModal(
+        tmp_path,
+        {"secrets": ["comfyfleet-api"], "deploy_output": deploy_output("https://acme--comfyfleet.modal.run")},
+    )
     done = fake.run("deploy", str(out), "--no-verify", env={"CIVITAI_API_TOKEN": token})
     assert done.returncode == 0, done.stderr
     created = [c for c in fake.calls() if c["argv"][:2] == ["secret", "create"]]

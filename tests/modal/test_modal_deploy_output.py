@@ -55,7 +55,9 @@ def test_url_folded_by_rich_inside_the_tree() -> None:
     assert parse_web_endpoints(text) == [
         WebEndpoint("fastapi_app", "https://vibeserve--vibesys-long-candidate-f51b76.modal.run")
     ]
-    assert parse_dashboard_url(text) == "https://modal.com/apps/workspace/main/deployed/vibesys-long-candidate"
+    assert (
+        parse_dashboard_url(text) == "https://modal.com/apps/workspace/main/deployed/vibesys-long-candidate"
+    )
 
 
 def test_deploy_without_web_endpoint() -> None:
@@ -71,7 +73,7 @@ def test_modal_1_6_4_class_method_endpoint_sample() -> None:
     assert parse_dashboard_url(text) == "https://modal.com/apps/acme-prod/main/deployed/comfyfleet"
 
 
-RENDER = r'''
+RENDER = r"""
 from modal.output import enable_output
 from modal._output.manager import OutputManager
 from modal._output.status import FunctionCreationStatus
@@ -94,14 +96,16 @@ with enable_output():
     om.step_completed("App deployed in 61.274s! 🎉")
     url = "https://modal.com/apps/acme-prod/main/deployed/comfyfleet-staging"
     om.print(f"\nView Deployment: [magenta][link={url}]{url}[/link][/magenta]")
-'''
+"""
 
 
 @pytest.mark.parametrize("columns", ["30", "45", "80", "250"])
 def test_output_rendered_by_modal_1_6_4_itself(columns: str) -> None:
     """modal's own tree renderer (FunctionCreationStatus) at several terminal widths, folding included."""
     env = {**os.environ, "COLUMNS": columns, "NO_COLOR": "1"}
-    text = subprocess.run([sys.executable, "-c", RENDER], capture_output=True, text=True, env=env, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-c", RENDER], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert "Created function" in text
     assert parse_endpoint_url(text, "comfyfleet-staging") == "https://acme-prod--comfyfleet-staging.modal.run"
     assert {e.url for e in parse_web_endpoints(text)} == {
@@ -118,5 +122,8 @@ def test_custom_domain_and_ansi_codes() -> None:
         "    └── api -> \x1b[4mhttps://ws--fleet.modal.run\x1b[0m 🔑\n"
         "        Custom domain: https://comfy.example.org\n"
     )
-    assert [e.url for e in parse_web_endpoints(text)] == ["https://ws--fleet.modal.run", "https://comfy.example.org"]
+    assert [e.url for e in parse_web_endpoints(text)] == [
+        "https://ws--fleet.modal.run",
+        "https://comfy.example.org",
+    ]
     assert parse_endpoint_url(text, "fleet") == "https://ws--fleet.modal.run"

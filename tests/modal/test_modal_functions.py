@@ -37,17 +37,30 @@ INSTALL_NODES = REPO / "src" / "comfyfleet" / "hostside" / "install_nodes.py"
 def pack_entry(pack_id: str, repo: str, version: str | None, directory: str) -> dict[str, Any]:
     """A NODE_PACKS entry as the generator writes it."""
     commit = bool(version) and len(version or "") >= 7 and all(c in "0123456789abcdef" for c in version or "")
-    return {"id": pack_id, "repo": repo, "version": version, "dir": directory, "registry": bool(version) and not commit,
-            "provides": []}
+    return {
+        "id": pack_id,
+        "repo": repo,
+        "version": version,
+        "dir": directory,
+        "registry": bool(version) and not commit,
+        "provides": [],
+    }
 
 
 # -- local upstreams --------------------------------------------------------------------
 
 
 def git(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def bare_repo(work: Path, bare: Path) -> str:
@@ -70,7 +83,9 @@ def wheel(folder: Path, name: str, version: str) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{name}/__init__.py", f"VERSION = {version!r}\n")
         z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         z.writestr(f"{dist}/RECORD", "")
     return path
 
@@ -83,21 +98,35 @@ def build_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # No ensurepip: pip itself comes from the project environment through the .pth file.
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # modal, aiohttp, ... come from the project's environment; installs land in this venv.
     Path(site, "_project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheels = root / "wheels"
     wheels.mkdir()
     for name, version in (("torch", "1.0"), ("torch", "2.0"), ("tinypkg", "1.5"), ("tinypkg", "2.0")):
         wheel(wheels, name, version)
-    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env = {
+        **os.environ,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
     subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==1.0"], env=env, check=True)
     return {"python": python, "env": env, "root": root}
 
 
-def run_in_build_env(build_env: dict[str, Any], app: Path, calls: list[tuple[str, dict[str, Any]]],
-                     constraints: Path, models_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_in_build_env(
+    build_env: dict[str, Any],
+    app: Path,
+    calls: list[tuple[str, dict[str, Any]]],
+    constraints: Path,
+    models_dir: Path,
+) -> subprocess.CompletedProcess[str]:
     """Import the generated app in the build env and call its functions, as Modal's builder does."""
     driver = (
         "import importlib.util, json, sys\n"
@@ -107,14 +136,20 @@ def run_in_build_env(build_env: dict[str, Any], app: Path, calls: list[tuple[str
         f"for name, kwargs in json.loads({json.dumps(calls)!r}):\n"
         "    getattr(m, name)(**kwargs)\n"
     )
-    return subprocess.run([str(build_env["python"]), "-c", driver], env=build_env["env"], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(build_env["python"]), "-c", driver],
+        env=build_env["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def installed_version(build_env: dict[str, Any], name: str) -> str:
     code = f"import importlib.metadata as m; print(m.version({name!r}))"
-    return subprocess.run([str(build_env["python"]), "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [str(build_env["python"]), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +194,12 @@ def upstream_repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (other / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}  # later\n")
     commit_all(other, "later")
     return {
-        "comfy": bare_repo(comfy, root / "ComfyUI.git"), "comfy_tag_commit": tagged,
-        "pack": bare_repo(pack, root / "ComfyUI-TestPack.git"), "pack_tag_commit": pack_tag,
-        "other": bare_repo(other, root / "PackB.git"), "other_commit": pinned,
+        "comfy": bare_repo(comfy, root / "ComfyUI.git"),
+        "comfy_tag_commit": tagged,
+        "pack": bare_repo(pack, root / "ComfyUI-TestPack.git"),
+        "pack_tag_commit": pack_tag,
+        "other": bare_repo(other, root / "PackB.git"),
+        "other_commit": pinned,
     }
 
 
@@ -175,12 +213,28 @@ def test_image_build_steps_install_pinned_comfyui_and_packs_and_comfyui_serves_t
     models_dir = tmp_path / "models-volume"
     constraints = tmp_path / "constraints.txt"
     calls = [
-        ("install_comfyui", {"repo": upstream_repos["comfy"], "ref": "v0.3.75", "comfyui_dir": str(comfyui_dir)}),
-        ("install_node_packs", {"packs": [pack_entry("testpack", upstream_repos["pack"], "1.1.7", "ComfyUI-TestPack")],
-                                "comfyui_dir": str(comfyui_dir), "installer": str(INSTALL_NODES)}),
-        ("install_node_packs", {"packs": [pack_entry("packb", upstream_repos["other"], upstream_repos["other_commit"],
-                                                     "PackB")],
-                                "comfyui_dir": str(comfyui_dir), "installer": str(INSTALL_NODES)}),
+        (
+            "install_comfyui",
+            {"repo": upstream_repos["comfy"], "ref": "v0.3.75", "comfyui_dir": str(comfyui_dir)},
+        ),
+        (
+            "install_node_packs",
+            {
+                "packs": [pack_entry("testpack", upstream_repos["pack"], "1.1.7", "ComfyUI-TestPack")],
+                "comfyui_dir": str(comfyui_dir),
+                "installer": str(INSTALL_NODES),
+            },
+        ),
+        (
+            "install_node_packs",
+            {
+                "packs": [
+                    pack_entry("packb", upstream_repos["other"], upstream_repos["other_commit"], "PackB")
+                ],
+                "comfyui_dir": str(comfyui_dir),
+                "installer": str(INSTALL_NODES),
+            },
+        ),
     ]
     done = run_in_build_env(build_env, GOLDEN, calls, constraints, models_dir)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -189,7 +243,9 @@ def test_image_build_steps_install_pinned_comfyui_and_packs_and_comfyui_serves_t
     assert not (comfyui_dir / "AFTER_TAG").exists()
     pack = comfyui_dir / "custom_nodes" / "ComfyUI-TestPack"
     assert git("rev-parse", "HEAD", cwd=pack) == upstream_repos["pack_tag_commit"]
-    assert git("rev-parse", "HEAD", cwd=comfyui_dir / "custom_nodes" / "PackB") == upstream_repos["other_commit"]
+    assert (
+        git("rev-parse", "HEAD", cwd=comfyui_dir / "custom_nodes" / "PackB") == upstream_repos["other_commit"]
+    )
     assert (pack / "installed.txt").read_text() == "install.py ran"
     # The pack's requirements went in under the constraints: torch stayed, tinypkg arrived.
     assert installed_version(build_env, "torch") == "1.0"
@@ -219,17 +275,34 @@ def test_pack_version_without_tag_fails_the_build_as_hosts_do(
 ) -> None:
     """The host installer's rule, on Modal too: a pinned version with no git tag fails, never the clone's HEAD."""
     comfyui_dir = tmp_path / "ComfyUI"
-    calls = [("install_node_packs", {"packs": [pack_entry("packb", upstream_repos["other"], "9.9.9", "PackB")],
-                                     "comfyui_dir": str(comfyui_dir), "installer": str(INSTALL_NODES)})]
+    calls = [
+        (
+            "install_node_packs",
+            {
+                "packs": [pack_entry("packb", upstream_repos["other"], "9.9.9", "PackB")],
+                "comfyui_dir": str(comfyui_dir),
+                "installer": str(INSTALL_NODES),
+            },
+        )
+    ]
     done = run_in_build_env(build_env, GOLDEN, calls, tmp_path / "c.txt", tmp_path / "m")
     assert done.returncode != 0
     assert "version 9.9.9 of" in done.stderr and "has no git tag v9.9.9 or 9.9.9" in done.stderr
 
 
-def test_unknown_pack_commit_fails_the_build(tmp_path: Path, build_env: dict[str, Any],
-                                            upstream_repos: dict[str, Any]) -> None:
-    calls = [("install_node_packs", {"packs": [pack_entry("packb", upstream_repos["other"], "f" * 40, "PackB")],
-                                     "comfyui_dir": str(tmp_path / "ComfyUI"), "installer": str(INSTALL_NODES)})]
+def test_unknown_pack_commit_fails_the_build(
+    tmp_path: Path, build_env: dict[str, Any], upstream_repos: dict[str, Any]
+) -> None:
+    calls = [
+        (
+            "install_node_packs",
+            {
+                "packs": [pack_entry("packb", upstream_repos["other"], "f" * 40, "PackB")],
+                "comfyui_dir": str(tmp_path / "ComfyUI"),
+                "installer": str(INSTALL_NODES),
+            },
+        )
+    ]
     done = run_in_build_env(build_env, GOLDEN, calls, tmp_path / "c.txt", tmp_path / "m")
     assert done.returncode != 0
     assert f"commit {'f' * 40} is not in" in done.stderr
@@ -254,17 +327,28 @@ def upstreams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         yield up
 
 
-def test_fetch_models_uses_the_host_downloader(tmp_path: Path, upstreams: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_models_uses_the_host_downloader(
+    tmp_path: Path, upstreams: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """HF through HF_ENDPOINT, CivitAI with the token the Modal secret provides; verified, then kept."""
     hf = upstreams.add_hf("Comfy-Org/test-repo", "model.safetensors", 300_000)
     civ = upstreams.add_civitai(4242, "lora.safetensors", 120_000)
     monkeypatch.setenv("CIVITAI_API_TOKEN", upstreams.civitai_token)
     models = [
-        {"folder": "checkpoints", "filename": "model.safetensors",
-         "url": upstreams.hf_resolve_url("Comfy-Org/test-repo", "model.safetensors"), "sha256": hf.sha256,
-         "size": None},
-        {"folder": "loras", "filename": "sub/lora.safetensors",
-         "url": "https://civitai.com/api/download/models/4242", "sha256": None, "size": None},
+        {
+            "folder": "checkpoints",
+            "filename": "model.safetensors",
+            "url": upstreams.hf_resolve_url("Comfy-Org/test-repo", "model.safetensors"),
+            "sha256": hf.sha256,
+            "size": None,
+        },
+        {
+            "folder": "loras",
+            "filename": "sub/lora.safetensors",
+            "url": "https://civitai.com/api/download/models/4242",
+            "sha256": None,
+            "size": None,
+        },
     ]
     app = import_app(GOLDEN)
     volume = tmp_path / "volume"
@@ -282,21 +366,35 @@ def test_fetch_models_uses_the_host_downloader(tmp_path: Path, upstreams: Any, m
 
 def test_fetch_models_refuses_a_wrong_hash(tmp_path: Path, upstreams: Any) -> None:
     upstreams.add_hf("Comfy-Org/test-repo", "bad.safetensors", 50_000)
-    models = [{"folder": "checkpoints", "filename": "bad.safetensors",
-               "url": upstreams.hf_resolve_url("Comfy-Org/test-repo", "bad.safetensors"), "sha256": "0" * 64,
-               "size": None}]
+    models = [
+        {
+            "folder": "checkpoints",
+            "filename": "bad.safetensors",
+            "url": upstreams.hf_resolve_url("Comfy-Org/test-repo", "bad.safetensors"),
+            "sha256": "0" * 64,
+            "size": None,
+        }
+    ]
     volume = tmp_path / "volume"
     with pytest.raises(RuntimeError, match="sha256 mismatch"):
         import_app(GOLDEN).fetch_models(models, models_dir=str(volume), fetcher=str(FETCH_MODELS))
     assert not (volume / "checkpoints" / "bad.safetensors").exists()
 
 
-def test_fetch_models_names_the_missing_civitai_token(tmp_path: Path, upstreams: Any,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_models_names_the_missing_civitai_token(
+    tmp_path: Path, upstreams: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     upstreams.add_civitai(777, "gated.safetensors", 10_000)
     monkeypatch.delenv("CIVITAI_API_TOKEN", raising=False)
-    models = [{"folder": "loras", "filename": "gated.safetensors",
-               "url": "https://civitai.com/api/download/models/777", "sha256": None, "size": None}]
+    models = [
+        {
+            "folder": "loras",
+            "filename": "gated.safetensors",
+            "url": "https://civitai.com/api/download/models/777",
+            "sha256": None,
+            "size": None,
+        }
+    ]
     with pytest.raises(RuntimeError, match="CIVITAI_API_TOKEN"):
         import_app(GOLDEN).fetch_models(models, models_dir=str(tmp_path / "v"), fetcher=str(FETCH_MODELS))
 

@@ -31,7 +31,9 @@ def test_golden_app_file_matches_generator_output() -> None:
     text = golden_text()
     if os.environ.get("COMFYFLEET_REGEN_GOLDEN"):
         GOLDEN.write_text(text)
-    assert GOLDEN.read_text() == text, "generated app changed: review, then rerun with COMFYFLEET_REGEN_GOLDEN=1"
+    assert GOLDEN.read_text() == text, (
+        "generated app changed: review, then rerun with COMFYFLEET_REGEN_GOLDEN=1"
+    )
 
 
 def test_generated_app_matches_the_manifest_the_hosts_get() -> None:
@@ -57,8 +59,12 @@ def test_generated_app_matches_the_manifest_the_hosts_get() -> None:
     )
     assert sorted(consts["WORKFLOWS"]) == sorted(m.workflow for m in manifests)
     # Every shipped file exists where the app file says, relative to itself.
-    shipped = [*consts["WORKFLOW_FILES"].values(), consts["API_SOURCE"], consts["FETCH_MODELS_SOURCE"],
-               consts["INSTALL_NODES_SOURCE"]]
+    shipped = [
+        *consts["WORKFLOW_FILES"].values(),
+        consts["API_SOURCE"],
+        consts["FETCH_MODELS_SOURCE"],
+        consts["INSTALL_NODES_SOURCE"],
+    ]
     for rel in shipped:
         assert (GOLDEN.parent / rel).exists(), rel
 
@@ -100,7 +106,9 @@ def test_generated_app_imports_offline_and_defines_app_functions_volume() -> Non
     service = layout["functions"]["ComfyUIService.*"]._spec_
     assert service.gpus == "L40S"
     # The spec holds modal's internal objects: compare them by what they name.
-    assert {k: repr(v) for k, v in service.volumes.items()} == {"/models": "modal.Volume.from_name('comfyfleet-models')"}
+    assert {k: repr(v) for k, v in service.volumes.items()} == {
+        "/models": "modal.Volume.from_name('comfyfleet-models')"
+    }
     download = layout["functions"]["download_models"]._spec_
     assert download.gpus is None, "downloading models needs no GPU"
     assert {k: repr(v) for k, v in download.volumes.items()} == {"/models": repr(module.models_volume)}
@@ -121,8 +129,15 @@ def test_options_reach_modal_decorators(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(modal.App, "cls", spy_cls)
     monkeypatch.setattr(modal, "concurrent", spy_concurrent)
-    options = ModalOptions(app_name="gpu-test", gpu="H100:2", scaledown_window=60, max_containers=5,
-                           max_concurrent_requests=3, request_timeout=900, memory_snapshot=True)
+    options = ModalOptions(
+        app_name="gpu-test",
+        gpu="H100:2",
+        scaledown_window=60,
+        max_containers=5,
+        max_concurrent_requests=3,
+        request_timeout=900,
+        memory_snapshot=True,
+    )
     out = tmp_path / "app.py"
     out.write_text(render_app(hand_inputs(tmp_path), options, out))
     module = import_app(out)
@@ -146,7 +161,9 @@ def test_without_memory_snapshot_no_snapshot_options(tmp_path: Path) -> None:
 
 def test_secrets_follow_the_models(tmp_path: Path) -> None:
     """A CivitAI model attaches the CivitAI secret (required key checked by Modal); none otherwise."""
-    civitai = ModelRef(filename="lora.safetensors", folder="loras", url="https://civitai.com/api/download/models/123")
+    civitai = ModelRef(
+        filename="lora.safetensors", folder="loras", url="https://civitai.com/api/download/models/123"
+    )
     out = tmp_path / "app.py"
     out.write_text(render_app(hand_inputs(tmp_path, models=[civitai]), ModalOptions(hf_secret="my-hf"), out))
     facts = read_app_facts(out)
@@ -168,7 +185,7 @@ def test_untrusted_values_stay_data(tmp_path: Path, url: str, monkeypatch: pytes
     """Quotes, braces and shell syntax in workflow values come back as the same string, never as code."""
     monkeypatch.chdir(tmp_path)
     model = ModelRef(filename="x.safetensors", folder="checkpoints", url=url, sha256=SHA)
-    pack = NodePack(id="p\"'", repo="https://github.com/o/Pack-1", version="1.0.0+\"x", resolved_by="override")
+    pack = NodePack(id="p\"'", repo="https://github.com/o/Pack-1", version='1.0.0+"x', resolved_by="override")
     with pytest.raises(BadInput, match="version"):
         render_app(hand_inputs(tmp_path, packs=[pack]), ModalOptions(), tmp_path / "app.py")
     pack = NodePack(id="p\"'{x}", repo="https://github.com/o/Pack-1", version="1.0.0", resolved_by="override")
@@ -198,7 +215,8 @@ def test_unsafe_models_are_refused(tmp_path: Path, model: ModelRef, message: str
 
 
 @pytest.mark.parametrize(
-    "repo", ["http://github.com/o/p", "https://github.com/o/p;id", "https://github.com/o/..", "--upload-pack=x"]
+    "repo",
+    ["http://github.com/o/p", "https://github.com/o/p;id", "https://github.com/o/..", "--upload-pack=x"],
 )
 def test_unsafe_pack_repos_are_refused(tmp_path: Path, repo: str) -> None:
     pack = NodePack(id="p", repo=repo, version="1.0.0", resolved_by="override")
@@ -214,7 +232,9 @@ def test_workflow_names_are_checked(tmp_path: Path) -> None:
         workflow_files_of([Manifest(workflow="a b;c", source=str(tmp_path / "a b;c.json"), format="api")])
 
 
-@pytest.mark.parametrize("value", ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash", "\u2028x", "é🙂", ""])
+@pytest.mark.parametrize(
+    "value", ["plain", "it's", 'say "hi"', "both ' and \"", "back\\slash", "\u2028x", "é🙂", ""]
+)
 def test_py_literal_round_trips(value: str) -> None:
     import ast
 
@@ -225,28 +245,54 @@ def test_generated_app_passes_ruff(tmp_path: Path) -> None:
     out = tmp_path / "app.py"
     model = ModelRef(filename="sub/x.safetensors", folder="loras", url="civitai:42", sha256=SHA, size=10)
     pack = NodePack(id="p", repo="https://github.com/o/p.git", version="0" * 40, resolved_by="override")
-    out.write_text(render_app(hand_inputs(tmp_path, packs=[pack], models=[model]),
-                              ModalOptions(memory_snapshot=True), out))
+    out.write_text(
+        render_app(
+            hand_inputs(tmp_path, packs=[pack], models=[model]), ModalOptions(memory_snapshot=True), out
+        )
+    )
     ruff = Path(sys.executable).with_name("ruff")
-    done = subprocess.run([str(ruff), "check", "--config", str(REPO / "pyproject.toml"), str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(ruff), "check", "--config", str(REPO / "pyproject.toml"), str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout
 
 
 def test_cli_generate_writes_the_app_and_rejects_bad_options(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("comfyfleet")
     out = tmp_path / "deploy" / "app.py"
-    done = subprocess.run([str(exe), "modal", "generate", str(WORKFLOWS), "--out", str(out), "--gpu", "A100-80GB",
-                           "--app", "my-fleet"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(exe),
+            "modal",
+            "generate",
+            str(WORKFLOWS),
+            "--out",
+            str(out),
+            "--gpu",
+            "A100-80GB",
+            "--app",
+            "my-fleet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     consts = module_constants(out)
     assert consts["GPU"] == "A100-80GB" and consts["APP_NAME"] == "my-fleet"
-    bad = subprocess.run([str(exe), "modal", "generate", str(WORKFLOWS), "--out", str(out), "--gpu", "L4; rm"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(exe), "modal", "generate", str(WORKFLOWS), "--out", str(out), "--gpu", "L4; rm"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--gpu" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run([str(exe), "modal", "generate", str(tmp_path / "nope.json"), "--out", str(out)],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [str(exe), "modal", "generate", str(tmp_path / "nope.json"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "nope.json" in missing.stderr
 
 

@@ -105,7 +105,10 @@ class ApiServer:
             def do_POST(self) -> None:  # noqa: N802
                 if self._refused():
                     return
-                if not self.path.startswith("/workflows/") or self.path.rsplit("/", 1)[1] in behaviour.disabled:
+                if (
+                    not self.path.startswith("/workflows/")
+                    or self.path.rsplit("/", 1)[1] in behaviour.disabled
+                ):
                     self._send(404, {"detail": "not found"})
                     return
                 length = int(self.headers.get("Content-Length") or 0)
@@ -145,7 +148,9 @@ class ApiServer:
 
     def stop(self) -> None:
         deadline = time.monotonic() + 5
-        while self._server is None and self._thread and self._thread.is_alive() and time.monotonic() < deadline:
+        while (
+            self._server is None and self._thread and self._thread.is_alive() and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         if self._server is not None:
             self._server.shutdown()
@@ -177,9 +182,12 @@ def manifest_for(workflow: str = "txt2img", unresolved_model: str | None = None)
         "source": f"workflows/{workflow}.json",
         "format": "api",
         "core_classes": ["KSampler", "SaveImage"],
-        "models": [ModelRef(filename="v1-5.safetensors", folder="checkpoints", url="https://h/x").model_dump()],
+        "models": [
+            ModelRef(filename="v1-5.safetensors", folder="checkpoints", url="https://h/x").model_dump()
+        ],
     }
     if unresolved_model:
-        data["unresolved"] = {"models": [{"filename": unresolved_model, "node_ids": ["4"],
-                                          "reason": "no download URL known"}]}
+        data["unresolved"] = {
+            "models": [{"filename": unresolved_model, "node_ids": ["4"], "reason": "no download URL known"}]
+        }
     return Manifest.model_validate(data)

@@ -21,7 +21,7 @@ EXAMPLE_MODELS = {
     "upscale_models": ["RealESRGAN_x4plus.safetensors"],
 }
 # The one class the examples take from a node pack (ComfyUI-KJNodes), in the stand-in's terms.
-KJNODES_STANDIN = '''
+KJNODES_STANDIN = """
 class GetImageSizeAndCount:
     @classmethod
     def INPUT_TYPES(cls):
@@ -37,7 +37,7 @@ class GetImageSizeAndCount:
 
 
 NODE_CLASS_MAPPINGS = {"GetImageSizeAndCount": GetImageSizeAndCount}
-'''
+"""
 
 
 class RealApi:
@@ -67,9 +67,21 @@ class RealApi:
                 (self.comfy.models(folder) / name).write_bytes(b"\0" * 64)
         log = (self.root / "api.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "comfyui_api", "--comfyui-url", self.comfy.url,
-             "--workflows", str(self.workflows), "--port", str(self.port), "--db", str(self.root / "api.sqlite3")],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "comfyui_api",
+                "--comfyui-url",
+                self.comfy.url,
+                "--workflows",
+                str(self.workflows),
+                "--port",
+                str(self.port),
+                "--db",
+                str(self.root / "api.sqlite3"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -57,14 +57,22 @@ def test_a_host_without_a_key_fails_and_writes_nothing(tmp_path: Path) -> None:
     assert any("no API key could be read" in n for n in notes)
 
 
-def test_ship_plans_the_fetch_for_hosts_without_api_keys_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ship_plans_the_fetch_for_hosts_without_api_keys_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COMFYFLEET_STATE_DIR", str(tmp_path / "state"))
     keys = tmp_path / "keys"
     keys.write_text("operator-key\n")
     registry = Registry(tmp_path / "registry.sqlite3")
     workflow = ROOT / "workflows" / "txt2img.json"
-    ctx = prepare_ship(workflow, "inventory/test.py", "dev", None, registry,
-                       resolve=lambda target: [("gpu-1", {}), ("gpu-2", {"api_keys_file": str(keys)})])
+    ctx = prepare_ship(
+        workflow,
+        "inventory/test.py",
+        "dev",
+        None,
+        registry,
+        resolve=lambda target: [("gpu-1", {}), ("gpu-2", {"api_keys_file": str(keys)})],
+    )
     fetched = ctx.data["fetched_key_files"]
     assert list(fetched) == ["gpu-1"] and fetched["gpu-1"].startswith(str(tmp_path / "state" / "api-keys"))
     assert ctx.data["api_key_files"] == {"gpu-1": fetched["gpu-1"], "gpu-2": str(keys.resolve())}

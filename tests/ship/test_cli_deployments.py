@@ -26,23 +26,46 @@ def cli(state: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> subp
     env = {**os.environ, "COMFYFLEET_STATE_DIR": str(state), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "comfyfleet.cli.main", *args],
-        env=env, stdin=stdin, capture_output=True, text=True, timeout=60,
+        env=env,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
-def seed(state: Path, url: str, name: str = "portraits", env: str = "dev", target: str = "inventory/test.py",
-         host: str = "gpu-1") -> Deployment:
+def seed(
+    state: Path,
+    url: str,
+    name: str = "portraits",
+    env: str = "dev",
+    target: str = "inventory/test.py",
+    host: str = "gpu-1",
+) -> Deployment:
     reg = Registry(state / "deployments.sqlite3")
     dep = reg.upsert_deployment(
-        name=name, environment=env, workflow="txt2img", workflow_path="workflows/txt2img.json",
-        manifest_hash="d" * 64, target=target,
+        name=name,
+        environment=env,
+        workflow="txt2img",
+        workflow_path="workflows/txt2img.json",
+        manifest_hash="d" * 64,
+        target=target,
         endpoints=[Endpoint(host, f"{url}/workflows/txt2img")],
     )
-    reg.record_history(name=name, environment=env, kind="ship", trigger="cli",
-                       started_at="2026-01-01T00:00:00+00:00", ok=True, manifest_hash="d" * 64,
-                       steps=[StepRecord("analyze", "local", True, 1, 0.12),
-                              StepRecord("health", "gpu-1", True, 3, 4.5),
-                              StepRecord("record", "local", True, 1, 0.01)])
+    reg.record_history(
+        name=name,
+        environment=env,
+        kind="ship",
+        trigger="cli",
+        started_at="2026-01-01T00:00:00+00:00",
+        ok=True,
+        manifest_hash="d" * 64,
+        steps=[
+            StepRecord("analyze", "local", True, 1, 0.12),
+            StepRecord("health", "gpu-1", True, 3, 4.5),
+            StepRecord("record", "local", True, 1, 0.01),
+        ],
+    )
     return dep
 
 
@@ -145,8 +168,9 @@ def test_delete_refuses_without_terminal_and_without_yes(
     seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     refused = cli(state, "deployments", "delete", "portraits")
     assert refused.returncode == 2
-    assert refused.stderr.strip() == ("error: refusing to delete portraits (dev) without confirmation: "
-                                      "no terminal to ask on; pass --yes")
+    assert refused.stderr.strip() == (
+        "error: refusing to delete portraits (dev) without confirmation: no terminal to ask on; pass --yes"
+    )
     assert Registry(state / "deployments.sqlite3").find("portraits") is not None
     assert (local_host["root"] / "workflows" / "txt2img.json").exists()
 
@@ -218,10 +242,16 @@ def test_history_shows_every_step_newest_first(
 
 def test_history_of_a_failed_first_ship(state: Path) -> None:
     reg = Registry(state / "deployments.sqlite3")
-    reg.record_history(name="fresh", environment="prod", kind="ship", trigger="cli",
-                       started_at="2026-01-01T00:00:00+00:00", ok=False,
-                       summary="step 'analyze' failed: 1 unresolved",
-                       steps=[StepRecord("analyze", "local", False, 1, 0.05, "1 unresolved")])
+    reg.record_history(
+        name="fresh",
+        environment="prod",
+        kind="ship",
+        trigger="cli",
+        started_at="2026-01-01T00:00:00+00:00",
+        ok=False,
+        summary="step 'analyze' failed: 1 unresolved",
+        steps=[StepRecord("analyze", "local", False, 1, 0.05, "1 unresolved")],
+    )
     hist = cli(state, "deployments", "history", "fresh")
     assert hist.returncode == 0, hist.stderr
     assert "failed" in hist.stdout and "1 unresolved" in hist.stdout
@@ -254,11 +284,16 @@ def test_verify_runs_checks_now_and_records_them(state: Path, api_server: ApiSer
     api_server.behaviour.generate_status = 500
     bad = cli(state, "deployments", "verify", "portraits")
     assert bad.returncode == 1
-    assert "verify failed: step 'generate' failed on host gpu-1: POST /workflows/txt2img answered 500" in bad.stderr
+    assert (
+        "verify failed: step 'generate' failed on host gpu-1: POST /workflows/txt2img answered 500"
+        in bad.stderr
+    )
     reg = Registry(state / "deployments.sqlite3")
     assert reg.get("portraits").status == "error"
     assert [(h.kind, h.trigger, h.ok) for h in reg.history("portraits", "dev")][:2] == [
-        ("verify", "cli", False), ("verify", "cli", True)]
+        ("verify", "cli", False),
+        ("verify", "cli", True),
+    ]
 
 
 def test_a_stopped_workflow_stays_stopped_when_a_reupload_brings_it_back(
@@ -267,9 +302,15 @@ def test_a_stopped_workflow_stays_stopped_when_a_reupload_brings_it_back(
     api_dir = local_host["root"]
     seed(state, api_server.url, target=str(local_host["inventory"]), host="@local")
     reg = Registry(state / "deployments.sqlite3")
-    reg.upsert_deployment(name="scaler", environment="dev", workflow="upscale", workflow_path="workflows/upscale.json",
-                          manifest_hash="f" * 64, target=str(local_host["inventory"]),
-                          endpoints=[Endpoint("@local", f"{api_server.url}/workflows/upscale")])
+    reg.upsert_deployment(
+        name="scaler",
+        environment="dev",
+        workflow="upscale",
+        workflow_path="workflows/upscale.json",
+        manifest_hash="f" * 64,
+        target=str(local_host["inventory"]),
+        endpoints=[Endpoint("@local", f"{api_server.url}/workflows/upscale")],
+    )
     assert cli(state, "deployments", "stop", "portraits").returncode == 0
     (api_dir / "workflows" / "txt2img.json").write_text('{"re": "uploaded"}')  # what update-binary does
     assert cli(state, "deployments", "start", "scaler").returncode == 0
@@ -288,8 +329,10 @@ def test_a_host_another_process_is_changing_is_not_touched(
     with hold_hosts(["@local"], "shipping other (dev)"):
         busy = cli(state, "deployments", "stop", "portraits")
     assert busy.returncode == 1
-    assert busy.stderr.strip() == "stop not started: host @local is busy: shipping other (dev) (pid " \
+    assert (
+        busy.stderr.strip() == "stop not started: host @local is busy: shipping other (dev) (pid "
         f"{os.getpid()}); try again when it has finished"
+    )
     assert (local_host["root"] / "workflows" / "txt2img.json").exists()
     assert Registry(state / "deployments.sqlite3").get("portraits").status == "active"
     free = cli(state, "deployments", "stop", "portraits")  # the lock went with its holder

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ship(state: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COMFYFLEET_STATE_DIR": str(state), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", "ship", *args], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet.cli.main", "ship", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
 
 
 def test_unresolved_model_stops_before_touching_a_host(tmp_path: Path) -> None:

@@ -49,8 +49,14 @@ def shipping(
 
 def cli(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", *args], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet.cli.main", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def registry(ctx: dict[str, Any]) -> Registry:
@@ -63,8 +69,12 @@ def api(host: Host) -> str:
 
 def generate(ctx: dict[str, Any], workflow: str) -> httpx.Response:
     key = ctx["env"].api_keys.read_text().strip()
-    return httpx.post(f"{api(ctx['host'])}/workflows/{workflow}", json={"outputs": "url"},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    return httpx.post(
+        f"{api(ctx['host'])}/workflows/{workflow}",
+        json={"outputs": "url"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=300,
+    )
 
 
 def generate_once_reconnected(ctx: dict[str, Any], workflow: str, within_s: float = 90) -> httpx.Response:
@@ -88,8 +98,9 @@ def test_ship_each_example_first_time(shipping: dict[str, Any], name: str) -> No
         pytest.skip(f"real ComfyUI: {name} {REAL_COMFYUI_SKIPS[name]}")
     host: Host = shipping["host"]
     workflows: Path = shipping["env"].workflows
-    shipped = cli(shipping, "ship", str(workflows / f"{name}.json"), "--to", str(shipping["inventory"]),
-                  "--env", "prod")
+    shipped = cli(
+        shipping, "ship", str(workflows / f"{name}.json"), "--to", str(shipping["inventory"]), "--env", "prod"
+    )
     assert shipped.returncode == 0, f"{name}: {shipped.stdout}\n{shipped.stderr}"
     assert f"serving http://127.0.0.1:{host.api_port}/workflows/{name}" in shipped.stdout
     assert "Traceback" not in shipped.stderr and "Exception ignored" not in shipped.stderr
@@ -114,8 +125,15 @@ def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -
         for other in others:  # a soft stop leaves the other endpoints serving
             assert generate(shipping, other).status_code == 200, other
         if others:  # shipping another workflow re-uploads the folder: the stopped one stays stopped
-            reship = cli(shipping, "ship", str(shipping["env"].workflows / f"{others[0]}.json"), "--to",
-                         str(shipping["inventory"]), "--env", "prod")
+            reship = cli(
+                shipping,
+                "ship",
+                str(shipping["env"].workflows / f"{others[0]}.json"),
+                "--to",
+                str(shipping["inventory"]),
+                "--env",
+                "prod",
+            )
             assert reship.returncode == 0, reship.stderr
             assert generate(shipping, name).status_code == 404
         assert registry(shipping).get(name).status == "inactive"
@@ -132,8 +150,15 @@ def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -
     assert registry(shipping).find(name) is None
     assert generate(shipping, name).status_code == 404
     # A fresh ship brings it back (and clears the host's stop marker).
-    again = cli(shipping, "ship", str(shipping["env"].workflows / f"{name}.json"), "--to",
-                str(shipping["inventory"]), "--env", "prod")
+    again = cli(
+        shipping,
+        "ship",
+        str(shipping["env"].workflows / f"{name}.json"),
+        "--to",
+        str(shipping["inventory"]),
+        "--env",
+        "prod",
+    )
     assert again.returncode == 0, again.stderr
     assert generate(shipping, name).status_code == 200
     assert host.exec(f"test -e {host.data_root}/api/disabled/{name}", check=False).returncode != 0
@@ -164,17 +189,33 @@ def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_pre
     env: ShipFleet = shipping["env"]
     workflows = env.workflows
     # The keeper is the upscale example: it generates on the stand-in and on a real ComfyUI alike.
-    previous = cli(shipping, "ship", str(workflows / "upscale.json"), "--to", str(shipping["inventory"]),
-                   "--name", "keeper", "--env", "dev")
+    previous = cli(
+        shipping,
+        "ship",
+        str(workflows / "upscale.json"),
+        "--to",
+        str(shipping["inventory"]),
+        "--name",
+        "keeper",
+        "--env",
+        "dev",
+    )
     assert previous.returncode == 0, previous.stderr
     before = registry(shipping).get("keeper", "dev")
-    api_container = host.exec(f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip()
+    api_container = host.exec(
+        f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$"
+    ).stdout.strip()
 
-    env.fleet.make_node_pack_repo("ComfyUI-Crashing", classes={"CrashOnImport": CRASHING_BODY}, owner="testorg")
+    env.fleet.make_node_pack_repo(
+        "ComfyUI-Crashing", classes={"CrashOnImport": CRASHING_BODY}, owner="testorg"
+    )
     graph = json.loads((ROOT / "workflows" / "txt2img.json").read_text())
     graph["20"] = {"class_type": "CrashOnImport", "inputs": {"text": "x"}}
-    crashy = env.add_workflow("crashy", json.dumps(graph),
-                              "nodes:\n  CrashOnImport:\n    repo: https://github.com/testorg/ComfyUI-Crashing\n")
+    crashy = env.add_workflow(
+        "crashy",
+        json.dumps(graph),
+        "nodes:\n  CrashOnImport:\n    repo: https://github.com/testorg/ComfyUI-Crashing\n",
+    )
     try:
         result = cli(shipping, "ship", str(crashy), "--to", str(shipping["inventory"]), "--env", "dev")
         assert result.returncode == 1, result.stdout + result.stderr
@@ -184,8 +225,10 @@ def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_pre
         # and serving: ComfyUI runs again without the pack that kept it from starting.
         assert registry(shipping).get("keeper", "dev") == before
         assert registry(shipping).find("crashy", "dev") is None
-        assert host.exec(
-            f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip() == api_container
+        assert (
+            host.exec(f"docker ps -q --filter name=^/{host.container_prefix}comfyui-api$").stdout.strip()
+            == api_container
+        )
         assert generate_once_reconnected(shipping, "upscale").status_code == 200
         parked = host.exec(f"ls {host.data_root}/.comfyfleet/parked-nodes/*/", user="root").stdout.split()
         assert parked == ["ComfyUI-Crashing"]
@@ -196,26 +239,45 @@ def test_host_whose_comfyui_fails_to_start_names_step_and_host_and_keeps_the_pre
         overrides.write_text(overrides.read_text().split("\nnodes:\n  CrashOnImport:")[0])
         # Should the put-back have failed, leave a working host for the tests after this one.
         pack = f"{host.data_root}/custom_nodes/ComfyUI-Crashing"
-        host.exec(f"test ! -e {pack} || {{ rm -rf {pack}; docker restart {host.container_prefix}comfyui; }}",
-                  user="root", check=False)
-
+        host.exec(
+            f"test ! -e {pack} || {{ rm -rf {pack}; docker restart {host.container_prefix}comfyui; }}",
+            user="root",
+            check=False,
+        )
 
 
 def test_a_schedule_fires_on_the_fleet_and_records(shipping: dict[str, Any]) -> None:
     reg = registry(shipping)
     name = SHIPPED[-1] if SHIPPED else "upscale"
     if reg.find(name, "prod") is None:
-        shipped = cli(shipping, "ship", str(shipping["env"].workflows / f"{name}.json"), "--to",
-                      str(shipping["inventory"]), "--env", "prod")
+        shipped = cli(
+            shipping,
+            "ship",
+            str(shipping["env"].workflows / f"{name}.json"),
+            "--to",
+            str(shipping["inventory"]),
+            "--env",
+            "prod",
+        )
         assert shipped.returncode == 0, shipped.stderr
-    added = cli(shipping, "deployments", "schedule", "add", name, "--env", "prod", "--action", "run", "--every", "1s")
+    added = cli(
+        shipping, "deployments", "schedule", "add", name, "--env", "prod", "--action", "run", "--every", "1s"
+    )
     assert added.returncode == 0, added.stderr
     env = {**os.environ, "COMFYFLEET_STATE_DIR": str(shipping["state"]), "PYTHONUNBUFFERED": "1"}
-    watch = subprocess.Popen([sys.executable, "-m", "comfyfleet.cli.main", "watch", "--refresh", "0.5"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "comfyfleet.cli.main", "watch", "--refresh", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
-        while not any(h.trigger == "schedule" for h in reg.history(name, "prod")) and time.monotonic() < deadline:
+        while (
+            not any(h.trigger == "schedule" for h in reg.history(name, "prod"))
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         watch.send_signal(signal.SIGTERM)
         stdout, stderr = watch.communicate(timeout=120)

@@ -26,7 +26,11 @@ API_KEY = "ship-to-modal-key-0123456789"
 
 def deploy_output(url: str) -> str:
     """What `modal deploy` (1.6.4) prints for app cf-prod-txt2img serving at url."""
-    return (ROOT / "tests" / "modal" / "fake" / "deploy_output.txt").read_text().format(url=url, app="cf-prod-txt2img")
+    return (
+        (ROOT / "tests" / "modal" / "fake" / "deploy_output.txt")
+        .read_text()
+        .format(url=url, app="cf-prod-txt2img")
+    )
 
 
 def fake_modal(tmp: Path, scenario: dict[str, Any]) -> tuple[dict[str, str], Path]:
@@ -37,9 +41,16 @@ def fake_modal(tmp: Path, scenario: dict[str, Any]) -> tuple[dict[str, str], Pat
     exe.chmod(0o755)
     log = tmp / "modal-calls.jsonl"
     (tmp / "scenario.json").write_text(json.dumps({"log": str(log), **scenario}))
-    env = {k: v for k, v in os.environ.items() if k not in ("CIVITAI_API_TOKEN", "HF_TOKEN", "COMFYFLEET_MODAL")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", FAKE_MODAL_SCENARIO=str(tmp / "scenario.json"),
-               COMFYFLEET_API_KEY=API_KEY, COMFYFLEET_STATE_DIR=str(tmp / "state"), COLUMNS="200")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CIVITAI_API_TOKEN", "HF_TOKEN", "COMFYFLEET_MODAL")
+    }
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        FAKE_MODAL_SCENARIO=str(tmp / "scenario.json"),
+        COMFYFLEET_API_KEY=API_KEY,
+        COMFYFLEET_STATE_DIR=str(tmp / "state"),
+        COLUMNS="200",
+    )
     return env, log
 
 
@@ -48,8 +59,14 @@ def calls(log: Path) -> list[list[str]]:
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "comfyfleet.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=180, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_ship_to_modal_then_stop_and_start(tmp_path: Path, api_server: ApiServer) -> None:
@@ -66,7 +83,10 @@ def test_ship_to_modal_then_stop_and_start(tmp_path: Path, api_server: ApiServer
     dep = Registry(tmp_path / "state" / "deployments.sqlite3").get("txt2img", "prod")
     assert (dep.target, dep.status) == ("modal", "active")
     assert dep.endpoint_url == f"{api_server.url}/workflows/txt2img"
-    steps = [s.step for s in Registry(tmp_path / "state" / "deployments.sqlite3").history("txt2img", "prod")[0].steps]
+    steps = [
+        s.step
+        for s in Registry(tmp_path / "state" / "deployments.sqlite3").history("txt2img", "prod")[0].steps
+    ]
     assert steps == ["analyze", "install", "api", "health", "generate", "record"]
 
     stopped = run(env, "deployments", "stop", "txt2img")
@@ -81,6 +101,8 @@ def test_modal_not_logged_in_fails_at_install_with_the_fix(tmp_path: Path, api_s
     env, log = fake_modal(tmp_path, {"logged_out": True})
     result = run(env, "ship", str(ROOT / "workflows" / "txt2img.json"), "--to", "modal")
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "step 'install' failed on host modal: modal is not logged in: run `modal token new`" in result.stderr
+    assert (
+        "step 'install' failed on host modal: modal is not logged in: run `modal token new`" in result.stderr
+    )
     assert Registry(tmp_path / "state" / "deployments.sqlite3").find("txt2img") is None
     assert api_server.behaviour.calls == {}

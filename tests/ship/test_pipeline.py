@@ -33,8 +33,12 @@ from .helpers import ApiServer, manifest_for
 
 def ctx_for(servers: dict[str, str], name: str = "portraits") -> ShipContext:
     return ShipContext(
-        workflow_path=Path("workflows/txt2img.json"), name=name, environment="dev",
-        target="inventory/test.py", hosts=list(servers), endpoints=dict(servers),
+        workflow_path=Path("workflows/txt2img.json"),
+        name=name,
+        environment="dev",
+        target="inventory/test.py",
+        hosts=list(servers),
+        endpoints=dict(servers),
     )
 
 
@@ -60,7 +64,11 @@ def test_full_ship_against_real_http_records_deployment_and_timings(
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
     assert [(r.step, r.host) for r in outcome.result.results] == [
-        ("analyze", LOCAL), ("health", "gpu-1"), ("generate", "gpu-1"), ("record", LOCAL)]
+        ("analyze", LOCAL),
+        ("health", "gpu-1"),
+        ("generate", "gpu-1"),
+        ("record", LOCAL),
+    ]
     assert api_server.behaviour.calls["generate:txt2img"] == 1
     assert api_server.behaviour.bodies == [{"outputs": "url"}]  # no input: the workflow's defaults
     assert api_server.behaviour.calls["files"] == 1  # the output file was fetched
@@ -124,8 +132,11 @@ def test_bad_input_is_never_retried() -> None:
         calls.append(1)
         raise BadInput("workflows/x.json: node 7: unsafe model name")
 
-    result = run_pipeline([Step("install", each_host(bad), 10, Backoff(5, 0.01))],
-                          ctx_for({"gpu-1": "http://127.0.0.1:9"}), sleep=Sleeps())
+    result = run_pipeline(
+        [Step("install", each_host(bad), 10, Backoff(5, 0.01))],
+        ctx_for({"gpu-1": "http://127.0.0.1:9"}),
+        sleep=Sleeps(),
+    )
     assert len(calls) == 1
     assert result.failure is not None and result.failure.bad_input
     assert result.failure.cause == "workflows/x.json: node 7: unsafe model name"
@@ -157,7 +168,10 @@ def test_step_timeout_is_enforced_and_later_steps_skipped(api_server: ApiServer,
     assert result.failure is not None and result.failure.step == "generate"
     assert "timed out" in result.failure.cause or "ReadTimeout" in result.failure.cause
     assert [(r.step, r.skipped) for r in result.results] == [
-        ("analyze", False), ("generate", False), ("record", True)]
+        ("analyze", False),
+        ("generate", False),
+        ("record", True),
+    ]
 
 
 def test_a_hung_step_function_is_abandoned_at_its_budget() -> None:
@@ -168,8 +182,9 @@ def test_a_hung_step_function_is_abandoned_at_its_budget() -> None:
         return dict.fromkeys(hosts)
 
     started = time.monotonic()
-    result = run_pipeline([Step("install", hang, timeout=0.5, backoff=Backoff(3, 0.01))],
-                          ctx_for({"gpu-1": "u", "gpu-2": "u"}))
+    result = run_pipeline(
+        [Step("install", hang, timeout=0.5, backoff=Backoff(3, 0.01))], ctx_for({"gpu-1": "u", "gpu-2": "u"})
+    )
     release.set()
     assert time.monotonic() - started < 2
     assert result.failure is not None
@@ -206,8 +221,9 @@ def test_when_one_host_fails_for_good_the_others_are_not_retried() -> None:
             raise HostFailure("IMPORT FAILED: comfyui-broken-pack")
         raise Retryable("connection refused")
 
-    result = run_pipeline([Step("install", each_host(run), 10, Backoff(5, 0.01))],
-                          ctx_for({"a": "u", "b": "u"}), sleep=Sleeps())
+    result = run_pipeline(
+        [Step("install", each_host(run), 10, Backoff(5, 0.01))], ctx_for({"a": "u", "b": "u"}), sleep=Sleeps()
+    )
     assert calls == {"a": 1, "b": 1}
     assert result.failure is not None and result.failure.host == "a"
     assert str(result.failure) == "step 'install' failed on host a: IMPORT FAILED: comfyui-broken-pack"
@@ -232,7 +248,9 @@ def test_unresolved_model_stops_before_any_host_step(registry: Registry) -> None
     assert registry.history("portraits", "dev")[0].steps[0].step == "analyze"
 
 
-def test_failed_reship_leaves_previous_deployment_as_it_was(api_server: ApiServer, registry: Registry) -> None:
+def test_failed_reship_leaves_previous_deployment_as_it_was(
+    api_server: ApiServer, registry: Registry
+) -> None:
     ctx = ctx_for({"gpu-1": api_server.url})
     ok = run_ship(ctx, [analyzed(), health_step(10), record_step(registry)], registry)
     assert ok.result.ok
@@ -242,8 +260,9 @@ def test_failed_reship_leaves_previous_deployment_as_it_was(api_server: ApiServe
     changed = manifest_for()
     changed.models[0].sha256 = "f" * 64
     ctx2 = ctx_for({"gpu-1": api_server.url})
-    failed = run_ship(ctx2, [analyzed(changed), health_step(10), generate_step(10), record_step(registry)],
-                      registry)
+    failed = run_ship(
+        ctx2, [analyzed(changed), health_step(10), generate_step(10), record_step(registry)], registry
+    )
     assert not failed.result.ok and failed.deployment is None
     after = registry.get("portraits", "dev")
     assert after == before  # same manifest hash, still active, same deployed_at
@@ -262,8 +281,9 @@ def test_step_function_that_raises_fails_every_host_it_ran_on() -> None:
 
 def test_local_steps_run_once(registry: Registry) -> None:
     runs: list[str] = []
-    result = run_pipeline([Step("prep", here(lambda c: runs.append("x")), 5, local=True)],
-                          ctx_for({"a": "u", "b": "u"}))
+    result = run_pipeline(
+        [Step("prep", here(lambda c: runs.append("x")), 5, local=True)], ctx_for({"a": "u", "b": "u"})
+    )
     assert result.ok and runs == ["x"]
     assert [r.host for r in result.results] == [LOCAL]
 
@@ -277,8 +297,11 @@ def test_retry_never_sleeps_past_the_step_budget(attempts: int) -> None:
         raise Retryable("still starting")
 
     sleeps = Sleeps()
-    result = run_pipeline([Step("health", each_host(always), timeout=0.5, backoff=Backoff(10, 5.0))],
-                          ctx_for({"a": "u"}), sleep=sleeps)
+    result = run_pipeline(
+        [Step("health", each_host(always), timeout=0.5, backoff=Backoff(10, 5.0))],
+        ctx_for({"a": "u"}),
+        sleep=sleeps,
+    )
     assert result.failure is not None
     assert len(calls) == 1 and sleeps.delays == []  # a 5 s wait would overrun the 0.5 s budget
 
@@ -294,14 +317,20 @@ def test_compensation_runs_for_failed_hosts_and_joins_the_report() -> None:
         seen.append(hosts)
         return {h: "put back: new packs parked, ComfyUI answers again" for h in hosts}
 
-    result = run_pipeline([Step("install", each_host(run), 10, on_failure=put_back)], ctx_for({"a": "u", "b": "u"}))
+    result = run_pipeline(
+        [Step("install", each_host(run), 10, on_failure=put_back)], ctx_for({"a": "u", "b": "u"})
+    )
     assert seen == [["b"]]
     assert result.failure is not None
-    assert str(result.failure) == ("step 'install' failed on host b: ComfyUI did not come back after the node "
-                                   "install; put back: new packs parked, ComfyUI answers again")
+    assert str(result.failure) == (
+        "step 'install' failed on host b: ComfyUI did not come back after the node "
+        "install; put back: new packs parked, ComfyUI answers again"
+    )
     assert {r.host: r.error for r in result.results} == {
-        "a": None, "b": "ComfyUI did not come back after the node install; put back: new packs parked, "
-                        "ComfyUI answers again"}
+        "a": None,
+        "b": "ComfyUI did not come back after the node install; put back: new packs parked, "
+        "ComfyUI answers again",
+    }
 
 
 def test_no_compensation_for_bad_input_and_a_crashing_one_keeps_the_cause() -> None:

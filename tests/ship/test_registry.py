@@ -25,10 +25,16 @@ from comfyfleet.registry.migrations import MIGRATIONS, migrate
 
 def _ship(reg: Registry, name: str = "portraits", env: str = "dev", **kw: str):
     args = dict(
-        name=name, environment=env, workflow="txt2img", workflow_path="workflows/txt2img.json",
-        manifest_hash="a" * 64, target="inventory/lab.py",
-        endpoints=[Endpoint("gpu-1", "http://10.0.0.5:3000/workflows/txt2img"),
-                   Endpoint("gpu-2", "http://10.0.0.6:3000/workflows/txt2img")],
+        name=name,
+        environment=env,
+        workflow="txt2img",
+        workflow_path="workflows/txt2img.json",
+        manifest_hash="a" * 64,
+        target="inventory/lab.py",
+        endpoints=[
+            Endpoint("gpu-1", "http://10.0.0.5:3000/workflows/txt2img"),
+            Endpoint("gpu-2", "http://10.0.0.6:3000/workflows/txt2img"),
+        ],
     )
     args.update(kw)
     return reg.upsert_deployment(**args)  # type: ignore[arg-type]
@@ -137,26 +143,42 @@ def test_history_newest_first_with_steps_and_failed_first_ship(tmp_path: Path) -
     reg = Registry(tmp_path / "d.sqlite3")
     # A first ship that failed leaves history but no deployment.
     reg.record_history(
-        name="portraits", environment="dev", kind="ship", trigger="cli",
-        started_at="2026-01-01T00:00:00+00:00", ok=False, summary="step 'analyze' failed",
+        name="portraits",
+        environment="dev",
+        kind="ship",
+        trigger="cli",
+        started_at="2026-01-01T00:00:00+00:00",
+        ok=False,
+        summary="step 'analyze' failed",
         steps=[StepRecord("analyze", "local", False, 1, 0.2, "model x unresolved")],
     )
     assert reg.find("portraits") is None
     assert reg.has_history("portraits") == ["dev"]
     _ship(reg)
     reg.record_history(
-        name="portraits", environment="dev", kind="ship", trigger="cli",
-        started_at="2026-01-02T00:00:00+00:00", ok=True,
+        name="portraits",
+        environment="dev",
+        kind="ship",
+        trigger="cli",
+        started_at="2026-01-02T00:00:00+00:00",
+        ok=True,
         steps=[StepRecord("analyze", "local", True, 1, 0.1), StepRecord("health", "gpu-1", True, 3, 4.5)],
     )
     reg.record_history(
-        name="portraits", environment="dev", kind="health", trigger="schedule",
-        started_at="2026-01-03T00:00:00+00:00", ok=True,
+        name="portraits",
+        environment="dev",
+        kind="health",
+        trigger="schedule",
+        started_at="2026-01-03T00:00:00+00:00",
+        ok=True,
     )
     hist = reg.history("portraits", "dev")
     assert [h.kind for h in hist] == ["health", "ship", "ship"]
     assert [h.ok for h in hist] == [True, True, False]
-    assert hist[1].steps == (StepRecord("analyze", "local", True, 1, 0.1), StepRecord("health", "gpu-1", True, 3, 4.5))
+    assert hist[1].steps == (
+        StepRecord("analyze", "local", True, 1, 0.1),
+        StepRecord("health", "gpu-1", True, 3, 4.5),
+    )
     assert hist[2].steps[0].error == "model x unresolved"
     assert len(reg.history("portraits", "dev", limit=1)) == 1
 
@@ -166,9 +188,15 @@ def test_delete_removes_record_history_and_schedules_only_of_that_env(tmp_path: 
     dev = _ship(reg, env="dev")
     prod = _ship(reg, env="prod")
     for env in ("dev", "prod"):
-        reg.record_history(name="portraits", environment=env, kind="ship", trigger="cli",
-                           started_at="2026-01-01T00:00:00+00:00", ok=True,
-                           steps=[StepRecord("record", "local", True, 1, 0.01)])
+        reg.record_history(
+            name="portraits",
+            environment=env,
+            kind="ship",
+            trigger="cli",
+            started_at="2026-01-01T00:00:00+00:00",
+            ok=True,
+            steps=[StepRecord("record", "local", True, 1, 0.01)],
+        )
     reg.add_schedule(dev.id, "health", interval_seconds=60)
     reg.add_schedule(prod.id, "warmup", cron="*/5 * * * *")
     reg.delete(dev.id)

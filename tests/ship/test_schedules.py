@@ -21,14 +21,20 @@ from .helpers import ApiServer
 
 def deploy(registry: Registry, server_url: str, name: str = "portraits") -> Deployment:
     return registry.upsert_deployment(
-        name=name, environment="dev", workflow="txt2img", workflow_path="workflows/txt2img.json",
-        manifest_hash="c" * 64, target="127.0.0.1",
+        name=name,
+        environment="dev",
+        workflow="txt2img",
+        workflow_path="workflows/txt2img.json",
+        manifest_hash="c" * 64,
+        target="127.0.0.1",
         endpoints=[Endpoint("gpu-1", f"{server_url}/workflows/txt2img")],
     )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400),
-                                               ("45", 45), ("10 minutes", 600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("45", 45), ("10 minutes", 600)],
+)
 def test_parse_every(text: str, seconds: int) -> None:
     assert parse_every(text) == seconds
 
@@ -55,7 +61,12 @@ def test_health_run_records_history_and_flips_status(registry: Registry, api_ser
     ok = run_scheduled(registry, dep.id, "health")
     assert ok is not None and ok.result.ok
     (entry,) = registry.history("portraits", "dev")
-    assert (entry.kind, entry.trigger, entry.ok, entry.manifest_hash) == ("health", "schedule", True, "c" * 64)
+    assert (entry.kind, entry.trigger, entry.ok, entry.manifest_hash) == (
+        "health",
+        "schedule",
+        True,
+        "c" * 64,
+    )
     assert [s.step for s in entry.steps] == ["health"]
 
     api_server.behaviour.health_status = 500
@@ -140,7 +151,9 @@ def test_watcher_picks_up_added_and_removed_schedules(registry: Registry, api_se
     assert watcher.scheduler.get_jobs() == []
 
 
-def test_a_crashing_run_is_reported_and_the_watcher_goes_on(registry: Registry, api_server: ApiServer) -> None:
+def test_a_crashing_run_is_reported_and_the_watcher_goes_on(
+    registry: Registry, api_server: ApiServer
+) -> None:
     dep = deploy(registry, api_server.url)
     registry.add_schedule(dep.id, "health", interval_seconds=1)
     calls: list[int] = []
@@ -174,7 +187,10 @@ def test_watch_command_records_runs_and_stops_cleanly_on_signal(
     env = {**os.environ, "COMFYFLEET_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "comfyfleet.cli.main", "watch", "--refresh", "0.5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 15

@@ -41,19 +41,26 @@ class RecordingRunner:
         if task in self.fail:
             return RunResult(task, [self.fail[task]])
         changed = ["Park node packs the ship added"] if task == "put-back-nodes" else []
-        return RunResult(task, [HostResult(n, "changed" if changed else "no change", changed=changed)
-                                for n, _ in specs])
+        return RunResult(
+            task, [HostResult(n, "changed" if changed else "no change", changed=changed) for n, _ in specs]
+        )
 
 
 def ship_ctx(workflow: Path, server: ApiServer, registry: Registry, name: str | None = None) -> ShipContext:
     return prepare_ship(
-        workflow, "inventory/test.py", "dev", name, registry,
+        workflow,
+        "inventory/test.py",
+        "dev",
+        name,
+        registry,
         resolve=lambda target: [("gpu-1", {"ssh_hostname": "127.0.0.1", "api_port": server.port})],
     )
 
 
 @pytest.mark.parametrize("workflow", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiServer, registry: Registry) -> None:
+def test_each_example_ships_through_all_steps(
+    workflow: Path, api_server: ApiServer, registry: Registry
+) -> None:
     ctx = ship_ctx(workflow, api_server, registry)
     runner = RecordingRunner()
     steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda names: None)
@@ -61,7 +68,12 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
     assert [c[0] for c in runner.calls] == [
-        "nodes-snapshot", *HOST_TASKS["install"], *HOST_TASKS["api"], f"serve-{workflow.stem}", "fetch-api-key"]
+        "nodes-snapshot",
+        *HOST_TASKS["install"],
+        *HOST_TASKS["api"],
+        f"serve-{workflow.stem}",
+        "fetch-api-key",
+    ]
     for _task, hosts, data in runner.calls:
         assert hosts == ["gpu-1"]
         assert data["workflow"] == str(workflow) and data["workflows_dir"] == str(workflow.parent)
@@ -73,17 +85,30 @@ def test_each_example_ships_through_all_steps(workflow: Path, api_server: ApiSer
     assert [s.step for s in hist.steps] == ["analyze", "install", "api", "health", "generate", "record"]
 
 
-def test_failed_install_names_the_host_and_operation_and_stops(api_server: ApiServer, registry: Registry) -> None:
+def test_failed_install_names_the_host_and_operation_and_stops(
+    api_server: ApiServer, registry: Registry
+) -> None:
     ctx = ship_ctx(EXAMPLES[0], api_server, registry)
     ctx.data["nodes_before"] = {"gpu-1": ["ComfyUI-Manager"]}  # what the snapshot deploy records
-    runner = RecordingRunner(fail={"install-nodes": HostResult(
-        "gpu-1", "failed", "Verify node classes: IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')")})
-    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry)
+    runner = RecordingRunner(
+        fail={
+            "install-nodes": HostResult(
+                "gpu-1",
+                "failed",
+                "Verify node classes: IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia')",
+            )
+        }
+    )
+    outcome = run_ship(
+        ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry
+    )
     failure = outcome.result.failure
     assert failure is not None
-    assert str(failure).startswith("step 'install' failed on host gpu-1: install-nodes: Verify node classes: "
-                                   "IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia'); put back: node packs "
-                                   "the ship added were moved to .comfyfleet/parked-nodes/")
+    assert str(failure).startswith(
+        "step 'install' failed on host gpu-1: install-nodes: Verify node classes: "
+        "IMPORT FAILED: ComfyUI-KJNodes (No module named 'kornia'); put back: node packs "
+        "the ship added were moved to .comfyfleet/parked-nodes/"
+    )
     assert str(failure).endswith(", ComfyUI answers again")
     # Models and API untouched; the packs the ship added are put back.
     assert [c[0] for c in runner.calls] == ["nodes-snapshot", "install-nodes", "put-back-nodes"]
@@ -102,7 +127,9 @@ def test_unreachable_host_is_retried_then_reported(api_server: ApiServer, regist
     assert "host unreachable: Connection refused (after 3 attempts)" in outcome.result.failure.cause
 
 
-def test_missing_tier_task_is_bad_input_before_any_host_is_touched(api_server: ApiServer, registry: Registry) -> None:
+def test_missing_tier_task_is_bad_input_before_any_host_is_touched(
+    api_server: ApiServer, registry: Registry
+) -> None:
     ctx = ship_ctx(EXAMPLES[0], api_server, registry)
 
     def check(names: list[str]) -> None:
@@ -123,12 +150,26 @@ def test_prepare_refuses_what_cannot_work(tmp_path: Path, api_server: ApiServer,
     shutil.copy(EXAMPLES[0], wf)
     with pytest.raises(BadInput, match="deployment name 'bad name' is not valid"):
         ship_ctx(wf, api_server, registry, name="bad name")
-    registry.upsert_deployment(name="portraits", environment="dev", workflow="upscale", workflow_path="u.json",
-                               manifest_hash="h", target="inventory/test.py", endpoints=[Endpoint("h", "u")])
+    registry.upsert_deployment(
+        name="portraits",
+        environment="dev",
+        workflow="upscale",
+        workflow_path="u.json",
+        manifest_hash="h",
+        target="inventory/test.py",
+        endpoints=[Endpoint("h", "u")],
+    )
     with pytest.raises(BadInput, match="serves workflow upscale, not txt2img: pass another --name"):
         ship_ctx(wf, api_server, registry, name="portraits")
-    registry.upsert_deployment(name="t2i", environment="dev", workflow="txt2img", workflow_path="w.json",
-                               manifest_hash="h", target="10.0.0.9", endpoints=[Endpoint("h", "u")])
+    registry.upsert_deployment(
+        name="t2i",
+        environment="dev",
+        workflow="txt2img",
+        workflow_path="w.json",
+        manifest_hash="h",
+        target="10.0.0.9",
+        endpoints=[Endpoint("h", "u")],
+    )
     with pytest.raises(BadInput, match="runs on 10.0.0.9, not inventory/test.py"):
         ship_ctx(wf, api_server, registry, name="t2i")
 
@@ -152,12 +193,21 @@ def test_api_key_from_the_hosts_key_file_reaches_the_api_and_never_the_registry(
     key_file.write_text(f"# operator keys\n{key}\n")
     api_server.behaviour.required_key = key
     ctx = prepare_ship(
-        EXAMPLES[0], "inventory/test.py", "dev", None, registry,
-        resolve=lambda t: [("gpu-1", {"ssh_hostname": "127.0.0.1", "api_port": api_server.port,
-                                      "api_keys_file": str(key_file)})],
+        EXAMPLES[0],
+        "inventory/test.py",
+        "dev",
+        None,
+        registry,
+        resolve=lambda t: [
+            (
+                "gpu-1",
+                {"ssh_hostname": "127.0.0.1", "api_port": api_server.port, "api_keys_file": str(key_file)},
+            )
+        ],
     )
-    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=RecordingRunner(), check_tasks=lambda n: None),
-                       registry)
+    outcome = run_ship(
+        ctx, standard_steps(ctx, registry, run_task=RecordingRunner(), check_tasks=lambda n: None), registry
+    )
     assert outcome.result.ok, outcome.result.failure
     assert set(api_server.behaviour.auth) == {f"Bearer {key}"}
     dep = registry.get(EXAMPLES[0].stem)
@@ -180,8 +230,14 @@ def test_api_key_from_the_hosts_key_file_reaches_the_api_and_never_the_registry(
 
 def test_missing_key_file_stops_the_ship_before_any_host(tmp_path: Path, registry: Registry) -> None:
     with pytest.raises(BadInput, match="host gpu-1: api_keys_file .*nope"):
-        prepare_ship(EXAMPLES[0], "inventory/test.py", "dev", None, registry,
-                     resolve=lambda t: [("gpu-1", {"api_keys_file": str(tmp_path / "nope")})])
+        prepare_ship(
+            EXAMPLES[0],
+            "inventory/test.py",
+            "dev",
+            None,
+            registry,
+            resolve=lambda t: [("gpu-1", {"api_keys_file": str(tmp_path / "nope")})],
+        )
 
 
 def test_a_workflow_outside_the_hosts_served_folder_is_refused(tmp_path: Path, registry: Registry) -> None:
@@ -189,12 +245,27 @@ def test_a_workflow_outside_the_hosts_served_folder_is_refused(tmp_path: Path, r
     served.mkdir()
     elsewhere = tmp_path / "elsewhere.json"
     shutil.copy(EXAMPLES[0], elsewhere)
-    with pytest.raises(BadInput, match=r"host gpu-1 serves the workflows in .*served \(workflows_dir\), and "
-                                       r".*elsewhere.json is not there: copy it into"):
-        prepare_ship(elsewhere, "inventory/test.py", "dev", None, registry,
-                     resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})])
+    with pytest.raises(
+        BadInput,
+        match=r"host gpu-1 serves the workflows in .*served \(workflows_dir\), and "
+        r".*elsewhere.json is not there: copy it into",
+    ):
+        prepare_ship(
+            elsewhere,
+            "inventory/test.py",
+            "dev",
+            None,
+            registry,
+            resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})],
+        )
     inside = served / "inside.json"
     shutil.copy(EXAMPLES[0], inside)
-    ctx = prepare_ship(inside, "inventory/test.py", "dev", None, registry,
-                       resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})])
+    ctx = prepare_ship(
+        inside,
+        "inventory/test.py",
+        "dev",
+        None,
+        registry,
+        resolve=lambda t: [("gpu-1", {"workflows_dir": str(served)})],
+    )
     assert ctx.data["specs"][0][1]["workflows_dir"] == str(served)

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from comfyfleet.devkit.standin import Standin
 
-GOOD_PACK = '''
+GOOD_PACK = """
 import os, folder_paths
 
 class Shout:
@@ -44,19 +44,22 @@ class Boom:
         raise ValueError("boom from a custom node")
 
 NODE_CLASS_MAPPINGS = {"Shout": Shout, "Boom": Boom}
-'''
+"""
 
-BROKEN_PACK = '''
+BROKEN_PACK = """
 import definitely_not_a_module_xyz
 class Never:
     pass
 NODE_CLASS_MAPPINGS = {"NeverLoaded": Never}
-'''
+"""
 
 
 def tiny_graph(color: int, prefix: str = "t", size: int = 64) -> dict:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": size, "height": size, "batch_size": 1, "color": color},
+        },
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
     }
 
@@ -67,9 +70,21 @@ def sd_graph(ckpt: str = "model.safetensors", seed: int = 1, steps: int = 4) -> 
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": seed, "steps": steps, "cfg": 7.0,
-                                                   "sampler_name": "euler", "scheduler": "karras", "positive": ["6", 0],
-                                                   "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "karras",
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "sd"}},
     }
@@ -80,9 +95,9 @@ def png_size_and_first_pixel(data: bytes) -> tuple[int, int, tuple[int, int, int
     w, h = struct.unpack(">II", data[16:24])
     pos, idat = 8, b""
     while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        if data[pos + 4:pos + 8] == b"IDAT":
-            idat += data[pos + 8:pos + 8 + n]
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + n]
         pos += 12 + n
     raw = zlib.decompress(idat)
     return w, h, (raw[1], raw[2], raw[3])
@@ -135,7 +150,9 @@ def test_object_info_lists_present_models_and_both_combo_spellings(comfy: Standi
     info = httpx.get(comfy.url + "/object_info").json()
     assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["model.safetensors"]
     assert info["UpscaleModelLoader"]["input"]["required"]["model_name"] == [
-        "COMBO", {"multiselect": False, "options": ["4x.pth"]}]
+        "COMBO",
+        {"multiselect": False, "options": ["4x.pth"]},
+    ]
     ks = info["KSampler"]
     assert "dpmpp_2m" in ks["input"]["required"]["sampler_name"][0]
     assert "karras" in ks["input"]["required"]["scheduler"][0]
@@ -170,21 +187,30 @@ def test_models_routes(comfy: Standin) -> None:
 
 
 def test_prompt_error_shapes(comfy: Standin) -> None:
-    r = httpx.post(comfy.url + "/prompt", json={"prompt": {"12": {"class_type": "FooNode", "inputs": {},
-                                                                  "_meta": {"title": "My Foo"}}}})
+    r = httpx.post(
+        comfy.url + "/prompt",
+        json={"prompt": {"12": {"class_type": "FooNode", "inputs": {}, "_meta": {"title": "My Foo"}}}},
+    )
     assert r.status_code == 400
-    assert r.json() == {"error": {"type": "missing_node_type",
-                                  "message": "Node 'My Foo' not found. The custom node may not be installed.",
-                                  "details": "Node ID '#12'",
-                                  "extra_info": {"node_id": "12", "class_type": "FooNode", "node_title": "My Foo"}},
-                        "node_errors": {}}
+    assert r.json() == {
+        "error": {
+            "type": "missing_node_type",
+            "message": "Node 'My Foo' not found. The custom node may not be installed.",
+            "details": "Node ID '#12'",
+            "extra_info": {"node_id": "12", "class_type": "FooNode", "node_title": "My Foo"},
+        },
+        "node_errors": {},
+    }
     r = httpx.post(comfy.url + "/prompt", json={"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}})
     assert r.status_code == 400 and r.json()["error"]["type"] == "prompt_no_outputs"
     r = httpx.post(comfy.url + "/prompt", json={"prompt": sd_graph("x.safetensors")})
     body = r.json()
     assert r.status_code == 400
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
-    assert body["error"]["details"] == "Value not in list: ckpt_name: 'x.safetensors' not in ['model.safetensors']"
+    assert (
+        body["error"]["details"]
+        == "Value not in list: ckpt_name: 'x.safetensors' not in ['model.safetensors']"
+    )
     err = body["node_errors"]["4"]
     assert err["class_type"] == "CheckpointLoaderSimple" and err["dependent_outputs"] == ["9"]
     extra = err["errors"][0]["extra_info"]
@@ -207,10 +233,16 @@ def test_prompt_error_shapes(comfy: Standin) -> None:
 
 def test_missing_node_older_build_style(tmp_path: Path) -> None:
     with Standin(tmp_path, env={"COMFYUI_STANDIN_MISSING_NODE": "invalid_prompt"}) as s:
-        r = httpx.post(s.url + "/api/prompt", json={"prompt": {"12": {"class_type": "FooNode", "inputs": {}}}})
+        r = httpx.post(
+            s.url + "/api/prompt", json={"prompt": {"12": {"class_type": "FooNode", "inputs": {}}}}
+        )
     assert r.status_code == 400
-    assert r.json()["error"] == {"type": "invalid_prompt", "message": "Cannot execute because node FooNode does not exist.",
-                                 "details": "Node ID '#12'", "extra_info": {}}
+    assert r.json()["error"] == {
+        "type": "invalid_prompt",
+        "message": "Cannot execute because node FooNode does not exist.",
+        "details": "Node ID '#12'",
+        "extra_info": {},
+    }
 
 
 def test_sd_graph_frames_png_history_view_and_cache(comfy: Standin) -> None:
@@ -223,12 +255,18 @@ def test_sd_graph_frames_png_history_view_and_cache(comfy: Standin) -> None:
     executed = [f["data"] for f in frames if f["type"] == "executed"]
     assert executed[-1]["node"] == "9"
     image = executed[-1]["output"]["images"][0]
-    assert image["filename"].startswith("sd_") and image["filename"].endswith("_.png") and image["type"] == "output"
+    assert (
+        image["filename"].startswith("sd_")
+        and image["filename"].endswith("_.png")
+        and image["type"] == "output"
+    )
     assert [t for t in types if t != "status"][-2:] == ["execution_success", "executing"]
     hist = httpx.get(comfy.url + f"/history/{pid}").json()[pid]
     assert hist["status"]["status_str"] == "success" and hist["status"]["completed"] is True
     assert hist["outputs"]["9"]["images"] == [image]
-    view = httpx.get(comfy.url + "/view", params={"filename": image["filename"], "type": "output", "subfolder": ""})
+    view = httpx.get(
+        comfy.url + "/view", params={"filename": image["filename"], "type": "output", "subfolder": ""}
+    )
     assert view.status_code == 200 and view.headers["content-type"] == "image/png"
     assert view.content == (comfy.base_dir / "output" / image["filename"]).read_bytes()
     w, h, _ = png_size_and_first_pixel(view.content)
@@ -250,13 +288,19 @@ def test_save_image_naming_counts_up_and_colour_is_real(comfy: Standin) -> None:
         img = next(f["data"]["output"]["images"][0] for f in frames if f["type"] == "executed")
         names.append((img["subfolder"], img["filename"]))
         data = (comfy.base_dir / "output" / img["subfolder"] / img["filename"]).read_bytes()
-        assert png_size_and_first_pixel(data) == (64, 64, ((color >> 16) & 255, (color >> 8) & 255, color & 255))
+        assert png_size_and_first_pixel(data) == (
+            64,
+            64,
+            ((color >> 16) & 255, (color >> 8) & 255, color & 255),
+        )
     assert names == [("sub", "count_00001_.png"), ("sub", "count_00002_.png")]
 
 
 def test_execution_error_frame(comfy: Standin) -> None:
-    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
-             "2": {"class_type": "Boom", "inputs": {"images": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
+        "2": {"class_type": "Boom", "inputs": {"images": ["1", 0]}},
+    }
     pid, frames = run_to_end(comfy.url, graph)
     err = next(f["data"] for f in frames if f["type"] == "execution_error")
     assert err["node_id"] == "2" and err["node_type"] == "Boom" and err["exception_type"] == "ValueError"
@@ -272,12 +316,23 @@ def test_upload_then_load_image_and_view_refuses_escapes(comfy: Standin) -> None
     assert up == {"name": "in.png", "subfolder": "", "type": "input"}
     again = httpx.post(comfy.url + "/upload/image", files={"image": ("in.png", png, "image/png")}).json()
     assert again["name"] == "in (1).png"
-    assert httpx.post(comfy.url + "/upload/image", files={"image": ("x.png", png)},
-                      data={"subfolder": "../../etc"}).status_code == 400
-    assert "in.png" in httpx.get(comfy.url + "/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][0]
-    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
-             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}}
+    assert (
+        httpx.post(
+            comfy.url + "/upload/image", files={"image": ("x.png", png)}, data={"subfolder": "../../etc"}
+        ).status_code
+        == 400
+    )
+    assert (
+        "in.png"
+        in httpx.get(comfy.url + "/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][
+            0
+        ]
+    )
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    }
     pid, frames = run_to_end(comfy.url, graph)
     out = next(f["data"]["output"]["images"][0] for f in frames if f["type"] == "executed")
     data = (comfy.base_dir / "output" / out["filename"]).read_bytes()
@@ -286,7 +341,9 @@ def test_upload_then_load_image_and_view_refuses_escapes(comfy: Standin) -> None
     r = httpx.post(comfy.url + "/prompt", json={"prompt": graph})
     assert r.json()["node_errors"]["1"]["errors"][0]["type"] == "custom_validation_failed"
     assert httpx.get(comfy.url + "/view", params={"filename": "../x.png"}).status_code == 400
-    assert httpx.get(comfy.url + "/view", params={"filename": "x.png", "subfolder": "../.."}).status_code == 403
+    assert (
+        httpx.get(comfy.url + "/view", params={"filename": "x.png", "subfolder": "../.."}).status_code == 403
+    )
     assert httpx.get(comfy.url + "/view", params={"filename": "nothere.png"}).status_code == 404
 
 
@@ -294,9 +351,15 @@ def test_queue_delete_and_interrupt_with_node_delay(tmp_path: Path) -> None:
     with Standin(tmp_path, env={"COMFYUI_STANDIN_NODE_DELAY": "1.0"}) as s:
         cid = uuid.uuid4().hex
         with connect(s.url.replace("http", "ws") + f"/ws?clientId={cid}") as ws:
-            first = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(1), "client_id": cid}).json()["prompt_id"]
-            second = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(2), "client_id": cid}).json()["prompt_id"]
-            third = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(3), "client_id": cid}).json()["prompt_id"]
+            first = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(1), "client_id": cid}).json()[
+                "prompt_id"
+            ]
+            second = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(2), "client_id": cid}).json()[
+                "prompt_id"
+            ]
+            third = httpx.post(s.url + "/prompt", json={"prompt": tiny_graph(3), "client_id": cid}).json()[
+                "prompt_id"
+            ]
             time.sleep(0.3)
             q = httpx.get(s.url + "/queue").json()
             assert [x[1] for x in q["queue_running"]] == [first]

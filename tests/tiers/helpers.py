@@ -30,7 +30,11 @@ def run_fetch(
     if secrets is not None:
         argv.append("--secrets-stdin")
     proc = subprocess.run(
-        argv, input=json.dumps(secrets or {}), capture_output=True, text=True, timeout=300,
+        argv,
+        input=json.dumps(secrets or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **(env or {})},
     )
     rows: list[dict[str, Any]] = []
@@ -38,5 +42,3 @@ def run_fetch(
         if line.startswith(("RESULT ", "CHECK ")):
             rows = json.loads(line.split(" ", 1)[1])
     return proc.returncode, proc.stdout, proc.stderr, rows
-
-

@@ -57,17 +57,38 @@ def test_hf_gated_hf_civitai_and_plain_url_land_verified_then_rerun_fetches_noth
     c = up.add_civitai(4242, "detail.safetensors", 400_000)
     f = up.add_file("upscalers/4x.pth", 100_000)
     items = [
-        {"filename": "v1-5.safetensors", "folder": "checkpoints", "url": up.hf_resolve_url("org/sd15", "v1-5.safetensors")},
-        {"filename": "flux/ae.safetensors", "folder": "vae", "url": up.hf_resolve_url("org/flux-gated", "ae.safetensors")},
-        {"filename": "detail.safetensors", "folder": "loras", "url": "https://civitai.com/models/1?modelVersionId=4242"},
-        {"filename": "4x.pth", "folder": "upscale_models", "url": f"{up.files_url}/files/upscalers/4x.pth", "sha256": f.sha256},
+        {
+            "filename": "v1-5.safetensors",
+            "folder": "checkpoints",
+            "url": up.hf_resolve_url("org/sd15", "v1-5.safetensors"),
+        },
+        {
+            "filename": "flux/ae.safetensors",
+            "folder": "vae",
+            "url": up.hf_resolve_url("org/flux-gated", "ae.safetensors"),
+        },
+        {
+            "filename": "detail.safetensors",
+            "folder": "loras",
+            "url": "https://civitai.com/models/1?modelVersionId=4242",
+        },
+        {
+            "filename": "4x.pth",
+            "folder": "upscale_models",
+            "url": f"{up.files_url}/files/upscalers/4x.pth",
+            "sha256": f.sha256,
+        },
     ]
     plan = plan_for(tmp_path, up, items)
     rc, out, err, rows = run_fetch(plan, tokens(up), HUB_MODES[mode])
     assert rc == 0, err
     assert [r["status"] for r in rows] == ["downloaded"] * 4
-    for rel, stored in [("checkpoints/v1-5.safetensors", a), ("vae/flux/ae.safetensors", g),
-                        ("loras/detail.safetensors", c), ("upscale_models/4x.pth", f)]:
+    for rel, stored in [
+        ("checkpoints/v1-5.safetensors", a),
+        ("vae/flux/ae.safetensors", g),
+        ("loras/detail.safetensors", c),
+        ("upscale_models/4x.pth", f),
+    ]:
         assert hashlib.sha256((models(tmp_path) / rel).read_bytes()).hexdigest() == stored.sha256
     assert {r["sha256"] for r in rows} == {a.sha256, g.sha256, c.sha256, f.sha256}
     assert staged(tmp_path) == []
@@ -87,10 +108,22 @@ def test_gated_model_without_token_fails_naming_model_and_variable(
     up = model_upstreams
     up.add_hf("org/flux-gated", "flux1-dev.safetensors", 10_000, gated=True)
     up.add_civitai(77, "style.safetensors", 10_000)
-    plan = plan_for(tmp_path, up, [
-        {"filename": "flux1-dev.safetensors", "folder": "unet", "url": up.hf_resolve_url("org/flux-gated", "flux1-dev.safetensors")},
-        {"filename": "style.safetensors", "folder": "loras", "url": "https://civitai.com/api/download/models/77"},
-    ])
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {
+                "filename": "flux1-dev.safetensors",
+                "folder": "unet",
+                "url": up.hf_resolve_url("org/flux-gated", "flux1-dev.safetensors"),
+            },
+            {
+                "filename": "style.safetensors",
+                "folder": "loras",
+                "url": "https://civitai.com/api/download/models/77",
+            },
+        ],
+    )
     rc, out, err, rows = run_fetch(plan, {}, HUB_MODES[mode])
     assert rc == 1
     assert "flux1-dev.safetensors" in rows[0]["error"] and "HF_TOKEN" in rows[0]["error"]
@@ -109,13 +142,23 @@ def test_download_killed_midway_resumes_with_range_and_verifies(
     size = 6_000_000
     stored = up.add_hf("org/big", "big.safetensors", size)
     up.throttle["hf:big.safetensors"] = 3_000_000  # bytes/s: slow enough to kill midway
-    plan = plan_for(tmp_path, up, [
-        {"filename": "big.safetensors", "folder": "checkpoints", "url": up.hf_resolve_url("org/big", "big.safetensors"),
-         "sha256": stored.sha256},
-    ])
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {
+                "filename": "big.safetensors",
+                "folder": "checkpoints",
+                "url": up.hf_resolve_url("org/big", "big.safetensors"),
+                "sha256": stored.sha256,
+            },
+        ],
+    )
     proc = subprocess.Popen(
-        [sys.executable, str(FETCH), "--plan", str(plan)], env={**os.environ, **HUB_MODES[mode]},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(FETCH), "--plan", str(plan)],
+        env={**os.environ, **HUB_MODES[mode]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     part = tmp_path / "data/.comfyfleet/downloads/checkpoints/big.safetensors.part"
     deadline = time.monotonic() + 20
@@ -133,8 +176,13 @@ def test_download_killed_midway_resumes_with_range_and_verifies(
     assert rows[0]["status"] == "downloaded"
     assert rows[0]["bytes_reused"] == have
     assert rows[0]["bytes_fetched"] == size - have
-    assert hashlib.sha256((models(tmp_path) / "checkpoints/big.safetensors").read_bytes()).hexdigest() == stored.sha256
-    ranges = [h.get("Range") for m, p, h in up.stats.requests if m == "GET" and "/cdn/" in p or "resolve" in p]
+    assert (
+        hashlib.sha256((models(tmp_path) / "checkpoints/big.safetensors").read_bytes()).hexdigest()
+        == stored.sha256
+    )
+    ranges = [
+        h.get("Range") for m, p, h in up.stats.requests if m == "GET" and "/cdn/" in p or "resolve" in p
+    ]
     assert f"bytes={have}-" in ranges
     assert staged(tmp_path) == []
 
@@ -149,12 +197,24 @@ def test_wrong_file_in_place_is_replaced_and_partial_bytes_never_visible(
     dest.parent.mkdir(parents=True)
     dest.write_bytes(b"stale bytes of another model" * 1000)
     old_inode = dest.stat().st_ino
-    plan = plan_for(tmp_path, up, [
-        {"filename": "model.safetensors", "folder": "checkpoints", "url": f"{up.files_url}/files/m/model.safetensors",
-         "sha256": stored.sha256},
-    ])
-    proc = subprocess.Popen([sys.executable, str(FETCH), "--plan", str(plan)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {
+                "filename": "model.safetensors",
+                "folder": "checkpoints",
+                "url": f"{up.files_url}/files/m/model.safetensors",
+                "sha256": stored.sha256,
+            },
+        ],
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(FETCH), "--plan", str(plan)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     seen_sizes = set()
     while proc.poll() is None:
         seen_sizes.add(dest.stat().st_size)
@@ -170,13 +230,23 @@ def test_wrong_file_in_place_is_replaced_and_partial_bytes_never_visible(
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == stored.sha256
 
 
-def test_corrupt_download_is_discarded_and_never_reaches_models(tmp_path: Path, model_upstreams: Upstreams) -> None:
+def test_corrupt_download_is_discarded_and_never_reaches_models(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
     up = model_upstreams
     stored = up.add_hf("org/sd", "m.safetensors", 500_000)
     up.corrupt.add("hf:m.safetensors")
-    plan = plan_for(tmp_path, up, [
-        {"filename": "m.safetensors", "folder": "checkpoints", "url": up.hf_resolve_url("org/sd", "m.safetensors")},
-    ])
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {
+                "filename": "m.safetensors",
+                "folder": "checkpoints",
+                "url": up.hf_resolve_url("org/sd", "m.safetensors"),
+            },
+        ],
+    )
     # No sha256 in the manifest: the hash the Hub publishes (X-Linked-Etag) is checked.
     rc, out, err, rows = run_fetch(plan)
     assert rc == 1
@@ -188,9 +258,13 @@ def test_corrupt_download_is_discarded_and_never_reaches_models(tmp_path: Path, 
 def test_hash_is_computed_when_the_manifest_has_none(tmp_path: Path, model_upstreams: Upstreams) -> None:
     up = model_upstreams
     stored = up.add_file("x/vae.pt", 123_457)
-    plan = plan_for(tmp_path, up, [
-        {"filename": "vae.pt", "folder": "vae", "url": f"{up.files_url}/files/x/vae.pt"},
-    ])
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {"filename": "vae.pt", "folder": "vae", "url": f"{up.files_url}/files/x/vae.pt"},
+        ],
+    )
     rc, out, err, rows = run_fetch(plan)
     assert rc == 0
     assert rows[0]["sha256"] == stored.sha256
@@ -212,14 +286,24 @@ def test_unsafe_names_are_refused_on_the_host_too(tmp_path: Path, model_upstream
     assert not any(up.stats.bytes_sent.values())
 
 
-def test_tokens_stay_out_of_output_and_off_redirect_targets(tmp_path: Path, model_upstreams: Upstreams) -> None:
+def test_tokens_stay_out_of_output_and_off_redirect_targets(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
     up = model_upstreams
     up.add_hf("org/flux-gated", "ae.safetensors", 50_000, gated=True)
     up.add_civitai(5, "l.safetensors", 50_000)
-    plan = plan_for(tmp_path, up, [
-        {"filename": "ae.safetensors", "folder": "vae", "url": up.hf_resolve_url("org/flux-gated", "ae.safetensors")},
-        {"filename": "l.safetensors", "folder": "loras", "url": "civitai:5"},
-    ])
+    plan = plan_for(
+        tmp_path,
+        up,
+        [
+            {
+                "filename": "ae.safetensors",
+                "folder": "vae",
+                "url": up.hf_resolve_url("org/flux-gated", "ae.safetensors"),
+            },
+            {"filename": "l.safetensors", "folder": "loras", "url": "civitai:5"},
+        ],
+    )
     rc, out, err, rows = run_fetch(plan, tokens(up), HUB_MODES["stdlib"])
     assert rc == 0, err
     assert up.hf_token not in out + err and up.civitai_token not in out + err
@@ -246,8 +330,14 @@ def test_several_files_download_in_parallel(tmp_path: Path, model_upstreams: Ups
 def test_redirect_to_a_local_file_is_refused(tmp_path: Path, model_upstreams: Upstreams) -> None:
     up = model_upstreams
     up.redirects["evil.pt"] = "file:///etc/passwd"
-    rc, out, err, rows = run_fetch(plan_for(tmp_path, up, [
-        {"filename": "evil.pt", "folder": "vae", "url": f"{up.files_url}/files/evil.pt"},
-    ]))
+    rc, out, err, rows = run_fetch(
+        plan_for(
+            tmp_path,
+            up,
+            [
+                {"filename": "evil.pt", "folder": "vae", "url": f"{up.files_url}/files/evil.pt"},
+            ],
+        )
+    )
     assert rc == 1 and "non-HTTP location" in rows[0]["error"]
     assert not (models(tmp_path) / "vae/evil.pt").exists()

@@ -69,7 +69,9 @@ def test_resume_from_a_part_ending_mid_block_reuses_every_byte_and_verifies(
     assert rows[0]["bytes_reused"] == kept
     assert rows[0]["bytes_fetched"] == len(data) - kept
     assert (tmp_path / "data/models/checkpoints/m.safetensors").read_bytes() == data
-    assert ("GET", "/files/m.safetensors") in [(m, p) for m, p, h in up.stats.requests if h.get("Range", "").startswith(f"bytes={kept}-")]
+    assert ("GET", "/files/m.safetensors") in [
+        (m, p) for m, p, h in up.stats.requests if h.get("Range", "").startswith(f"bytes={kept}-")
+    ]
     assert not part.exists()
 
 
@@ -84,8 +86,13 @@ def test_disk_refusing_writes_midway_fails_cleanly_and_keeps_models_clean(
         # Writes past 2 MiB fail with EFBIG (Python ignores SIGXFSZ), like a full disk would.
         resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, resource.RLIM_INFINITY))
 
-    proc = subprocess.run([sys.executable, str(FETCH), "--plan", str(plan)], capture_output=True, text=True,
-                          timeout=60, preexec_fn=small_disk)
+    proc = subprocess.run(
+        [sys.executable, str(FETCH), "--plan", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_disk,
+    )
     assert proc.returncode == 1
     row = json.loads(proc.stdout.split("RESULT ", 1)[1])[0]
     assert row["status"] == "failed" and "File too large" in row["error"], row

@@ -45,13 +45,19 @@ def workflow(text_nodes: dict[str, str]) -> dict[str, Any]:
     The packs' STRING nodes build SaveImage's ``filename_prefix``: their code must run.
     """
     wf: dict[str, Any] = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0x336699}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0x336699},
+        },
     }
     image: list[Any] = ["1", 0]
     for i, name in enumerate(UPSCALERS):
         loader, upscale = str(30 + 2 * i), str(31 + 2 * i)
         wf[loader] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": name}}
-        wf[upscale] = {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": [loader, 0], "image": image}}
+        wf[upscale] = {
+            "class_type": "ImageUpscaleWithModel",
+            "inputs": {"upscale_model": [loader, 0], "image": image},
+        }
         image = [upscale, 0]
     previous: Any = "tiers"
     for cls, node_id in text_nodes.items():
@@ -102,8 +108,12 @@ def real_world_pack(root: Path, version: str = "1.0.0") -> Path:
     return work
 
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t.invalid",
+}
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +137,31 @@ def tiers(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         wf = root / "workflows"
         wf.mkdir()
         (wf / "tiered.json").write_text(json.dumps(workflow({"TierNodeA": "20", "TierNodeB": "21"})))
-        (wf / "overrides.yaml").write_text(yaml.safe_dump({
-            "nodes": {
-                "TierNodeA": {"repo": f"https://github.com/testorg/{PACK_A}", "version": "1.0.0"},
-                "TierNodeB": {"repo": f"https://github.com/testorg/{PACK_B}"},
-                "TierNodeBroken": {"repo": f"https://github.com/testorg/{BROKEN}"},
-            },
-            "models": {
-                UPSCALERS[0]: {"folder": "upscale_models", "url": up.hf_resolve_url("org/upscale", UPSCALERS[0])},
-                UPSCALERS[1]: {"folder": "upscale_models", "url": up.hf_resolve_url("org/gated", UPSCALERS[1])},
-                UPSCALERS[2]: {"folder": "upscale_models", "url": "https://civitai.com/models/9?modelVersionId=4242"},
-            },
-        }))
+        (wf / "overrides.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "nodes": {
+                        "TierNodeA": {"repo": f"https://github.com/testorg/{PACK_A}", "version": "1.0.0"},
+                        "TierNodeB": {"repo": f"https://github.com/testorg/{PACK_B}"},
+                        "TierNodeBroken": {"repo": f"https://github.com/testorg/{BROKEN}"},
+                    },
+                    "models": {
+                        UPSCALERS[0]: {
+                            "folder": "upscale_models",
+                            "url": up.hf_resolve_url("org/upscale", UPSCALERS[0]),
+                        },
+                        UPSCALERS[1]: {
+                            "folder": "upscale_models",
+                            "url": up.hf_resolve_url("org/gated", UPSCALERS[1]),
+                        },
+                        UPSCALERS[2]: {
+                            "folder": "upscale_models",
+                            "url": "https://civitai.com/models/9?modelVersionId=4242",
+                        },
+                    },
+                }
+            )
+        )
         broken_wf = root / "broken-workflows"
         broken_wf.mkdir()
         (broken_wf / "broken.json").write_text(json.dumps(workflow({"TierNodeBroken": "20"})))
@@ -187,8 +210,12 @@ def run_prompt(host: Host, graph: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_change(
-    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
-    tokens: None, tmp_path: Path,
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
+    tokens: None,
+    tmp_path: Path,
 ) -> None:
     inv = write_inventory(list(fleet_hosts.values()), tmp_path / "inventory.py")
     result = run(str(inv), "deploy-all", tiers["data"])
@@ -207,7 +234,10 @@ def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_chang
         assert all(m in json.dumps(info["UpscaleModelLoader"]["input"]) for m in UPSCALERS)
         # The requirement landed in the persistent venv, install.py ran, the tokens file is gone.
         lay_root = host.data_root
-        assert host.exec(f"ls {lay_root}/venv/lib/python3*/site-packages | grep -c '^tierdep'").stdout.strip() == "2"
+        assert (
+            host.exec(f"ls {lay_root}/venv/lib/python3*/site-packages | grep -c '^tierdep'").stdout.strip()
+            == "2"
+        )
         assert host.exec(f"test -f {lay_root}/custom_nodes/{PACK_A}/install-ran", check=False).returncode == 0
         assert host.exec("ls -A ~/.comfyfleet-secrets", check=False).stdout.strip() == ""
         out = run_prompt(host, workflow({"TierNodeA": "20", "TierNodeB": "21"}))
@@ -232,21 +262,50 @@ def test_deploy_all_converges_two_hosts_runs_the_workflow_and_reruns_as_no_chang
 
 
 def test_both_doors_report_nodes_and_storage_without_leaking_tokens(
-    fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tmp_path: Path,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     """`comfyfleet common` and `pyinfra ... deploy/common.py` on the hosts the acceptance test converged."""
     inv = write_inventory(list(fleet_hosts.values()), tmp_path / "inventory.py", **tiers["data"])
     env = {**os.environ, "HF_TOKEN": tiers["up"].hf_token, "CIVITAI_API_TOKEN": tiers["up"].civitai_token}
     bin_dir = Path(sys.executable).parent
-    cli = subprocess.run([str(bin_dir / "comfyfleet"), "common", str(inv), "--list-installed-nodes"],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    cli = subprocess.run(
+        [str(bin_dir / "comfyfleet"), "common", str(inv), "--list-installed-nodes"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert PACK_A in cli.stdout and PACK_B in cli.stdout
-    cli = subprocess.run([str(bin_dir / "comfyfleet"), "common", str(inv), "--storage-report"],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    cli = subprocess.run(
+        [str(bin_dir / "comfyfleet"), "common", str(inv), "--storage-report"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert cli.returncode == 0 and "free on data root" in cli.stdout, cli.stdout + cli.stderr
-    raw = subprocess.run([str(bin_dir / "pyinfra"), "-y", str(inv), "deploy/common.py", "-v", "--data", "task=download-models"],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    raw = subprocess.run(
+        [
+            str(bin_dir / "pyinfra"),
+            "-y",
+            str(inv),
+            "deploy/common.py",
+            "-v",
+            "--data",
+            "task=download-models",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert raw.returncode == 0, raw.stdout + raw.stderr
     assert "3 model file(s) in place" in raw.stdout + raw.stderr, raw.stdout + raw.stderr
     for out in (cli.stdout + cli.stderr, raw.stdout + raw.stderr):
@@ -254,8 +313,12 @@ def test_both_doors_report_nodes_and_storage_without_leaking_tokens(
 
 
 def test_update_nodes_is_a_no_op_until_upstream_moves(
-    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
-    tokens: None, tmp_path: Path,
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
+    tokens: None,
+    tmp_path: Path,
 ) -> None:
     host = fleet_hosts["lambda1"]
     inv = write_inventory([host], tmp_path / "inventory.py")
@@ -264,13 +327,17 @@ def test_update_nodes_is_a_no_op_until_upstream_moves(
     assert first.status == "no change", (first.changed, first.reason)
     # A new commit on the unpinned pack's default branch.
     work = tmp_path / "work"
-    subprocess.run(["git", "clone", "-q", str(fleet.upstreams.repos / f"testorg/{PACK_B}.git"), str(work)], check=True)
+    subprocess.run(
+        ["git", "clone", "-q", str(fleet.upstreams.repos / f"testorg/{PACK_B}.git"), str(work)], check=True
+    )
     (work / "NEWS.md").write_text("newer\n")
     env = {**os.environ, **GIT_ENV}
     subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", "newer"], check=True, env=env)
     subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "HEAD"], check=True)
-    newest = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    newest = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     moved = by_host(run(str(inv), "update", data))["lambda1"]
     assert moved.status == "changed", moved.reason
     rows = {r[1]: r for r in moved.report.sections["node packs"].rows}
@@ -294,15 +361,21 @@ def test_pack_that_fails_to_import_is_named_with_its_error(
 
 
 def test_rolling_one_stops_at_a_broken_host_and_leaves_the_next_untouched(
-    fleet: Fleet, fleet_hosts: dict[str, Host], start_host: Callable[..., Host],
-    write_inventory: Callable[..., Path], tiers: dict[str, Any], tokens: None, tmp_path: Path,
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    start_host: Callable[..., Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
+    tokens: None,
+    tmp_path: Path,
 ) -> None:
     assert fleet.comfyui is not None
     broken = start_host(name="tierbroken")
     third = start_host(name="tierthird")
     try:
         inv = write_inventory(
-            [fleet_hosts["lambda1"], broken, third], tmp_path / "inventory.py",
+            [fleet_hosts["lambda1"], broken, third],
+            tmp_path / "inventory.py",
             host_data={"tierbroken": {"comfyui_ref": fleet.comfyui.broken_ref}},
         )
         result = run(str(inv), "deploy-all", tiers["data"], RunOptions(rolling=1))
@@ -312,15 +385,22 @@ def test_rolling_one_stops_at_a_broken_host_and_leaves_the_next_untouched(
         assert hosts["tierthird"].status == "skipped"
         assert result.exit_code == 1
         # Untouched: nothing of comfyfleet's on the third host.
-        assert third.exec(f"test -e {third.data_root}/ComfyUI || test -e {third.data_root}/.comfyfleet",
-                          check=False).returncode != 0
+        assert (
+            third.exec(
+                f"test -e {third.data_root}/ComfyUI || test -e {third.data_root}/.comfyfleet", check=False
+            ).returncode
+            != 0
+        )
     finally:
         fleet.remove_host("tierbroken")
         fleet.remove_host("tierthird")
 
 
 def test_dry_run_of_deploy_all_changes_nothing(
-    fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any], tokens: None,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
+    tokens: None,
     tmp_path: Path,
 ) -> None:
     host = fleet_hosts["lambda1"]
@@ -336,39 +416,63 @@ PUBLIC_PACK_MIRROR = Path("/work/.mirror/pythongosssss+ComfyUI-Custom-Scripts/re
 
 
 def test_a_public_node_pack_from_the_local_mirror_installs_imports_and_runs(
-    fleet: Fleet, fleet_hosts: dict[str, Host], write_inventory: Callable[..., Path], tiers: dict[str, Any],
+    fleet: Fleet,
+    fleet_hosts: dict[str, Host],
+    write_inventory: Callable[..., Path],
+    tiers: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     """pythongosssss/ComfyUI-Custom-Scripts as published, served from the local git upstream."""
     assert fleet.comfyui is not None
     if not fleet.comfyui.real:
-        pytest.skip("needs real ComfyUI (COMFYFLEET_TEST_COMFYUI): the pack imports tqdm, which ComfyUI's own"
-                    " requirements provide and the stand-in's runtime image does not have")
+        pytest.skip(
+            "needs real ComfyUI (COMFYFLEET_TEST_COMFYUI): the pack imports tqdm, which ComfyUI's own"
+            " requirements provide and the stand-in's runtime image does not have"
+        )
     if not (PUBLIC_PACK_MIRROR / "HEAD").exists():
-        pytest.skip(f"needs a fetched mirror of pythongosssss/ComfyUI-Custom-Scripts at {PUBLIC_PACK_MIRROR}"
-                    " (the search tool's fetch); GitHub is unreachable from here")
+        pytest.skip(
+            f"needs a fetched mirror of pythongosssss/ComfyUI-Custom-Scripts at {PUBLIC_PACK_MIRROR}"
+            " (the search tool's fetch); GitHub is unreachable from here"
+        )
     work = tmp_path / "ComfyUI-Custom-Scripts"
     work.mkdir()
     archive = subprocess.run(["git", "-C", str(PUBLIC_PACK_MIRROR), "archive", "HEAD"], capture_output=True)
     if archive.returncode != 0:
-        pytest.skip(f"the mirror at {PUBLIC_PACK_MIRROR} lacks files of its HEAD: {archive.stderr.decode()[-200:]}")
+        pytest.skip(
+            f"the mirror at {PUBLIC_PACK_MIRROR} lacks files of its HEAD: {archive.stderr.decode()[-200:]}"
+        )
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive.stdout, check=True)
     # master: the upstream's bare repositories point HEAD there.
     subprocess.run(["git", "init", "-q", "-b", "master", str(work)], check=True)
     subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(work), "commit", "-q", "-m", "ComfyUI-Custom-Scripts at the mirror's HEAD"],
-                   check=True, env={**os.environ, **GIT_ENV})
+    subprocess.run(
+        ["git", "-C", str(work), "commit", "-q", "-m", "ComfyUI-Custom-Scripts at the mirror's HEAD"],
+        check=True,
+        env={**os.environ, **GIT_ENV},
+    )
     repo_path = "pythongosssss/ComfyUI-Custom-Scripts.git"
     if not (fleet.upstreams.repos / repo_path).exists():
         fleet.upstreams.publish(repo_path, work)
     wf = tmp_path / "workflows"
     wf.mkdir()
-    graph = {"1": {"class_type": "StringFunction|pysssss",
-                   "inputs": {"action": "append", "tidy_tags": "yes", "text_a": "a lighthouse", "text_b": "at dusk"}}}
+    graph = {
+        "1": {
+            "class_type": "StringFunction|pysssss",
+            "inputs": {"action": "append", "tidy_tags": "yes", "text_a": "a lighthouse", "text_b": "at dusk"},
+        }
+    }
     (wf / "public.json").write_text(json.dumps(graph))
-    (wf / "overrides.yaml").write_text(yaml.safe_dump({
-        "nodes": {"StringFunction|pysssss": {"repo": "https://github.com/pythongosssss/ComfyUI-Custom-Scripts"}},
-    }))
+    (wf / "overrides.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "nodes": {
+                    "StringFunction|pysssss": {
+                        "repo": "https://github.com/pythongosssss/ComfyUI-Custom-Scripts"
+                    }
+                },
+            }
+        )
+    )
     host = fleet_hosts["lambda1"]
     inv = write_inventory([host], tmp_path / "inventory.py")
     data = {**tiers["data"], "workflows_dir": str(wf)}

@@ -17,15 +17,21 @@ from comfyfleet.devkit.fleet.upstreams import node_pack_files
 from comfyfleet.devkit.upstreams.pypi import PackageIndex
 from tiers.helpers import INSTALL_NODES, write_plan
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t.invalid", "GIT_CONFIG_NOSYSTEM": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
     import os
 
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env={**os.environ, **GIT_ENV}
+    ).stdout.strip()
 
 
 def make_pack(root: Path, name: str, versions: list[str], **kwargs: Any) -> tuple[str, dict[str, str]]:
@@ -35,8 +41,14 @@ def make_pack(root: Path, name: str, versions: list[str], **kwargs: Any) -> tupl
     git("init", "-q", "-b", "master", str(work))
     commits = {}
     for v in versions:
-        for rel, text in node_pack_files(name, kwargs.get("classes", [f"{name}Node"]), kwargs.get("requirements"),
-                                         kwargs.get("install_py", False), kwargs.get("broken", False), v).items():
+        for rel, text in node_pack_files(
+            name,
+            kwargs.get("classes", [f"{name}Node"]),
+            kwargs.get("requirements"),
+            kwargs.get("install_py", False),
+            kwargs.get("broken", False),
+            v,
+        ).items():
             (work / rel).write_text(text)
         git("add", "-A", cwd=work)
         git("commit", "-q", "-m", v, cwd=work)
@@ -66,21 +78,41 @@ def runtime_venv(tmp_path_factory: pytest.TempPathFactory, index: PackageIndex) 
     venv = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--index-url", index.url,
-                    "torch==2.5.1"], check=True, timeout=300)
+    subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--index-url",
+            index.url,
+            "torch==2.5.1",
+        ],
+        check=True,
+        timeout=300,
+    )
     return py
 
 
 def installed(py: Path, name: str) -> str | None:
-    proc = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({name!r}))"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(py), "-c", f"import importlib.metadata as m; print(m.version({name!r}))"],
+        capture_output=True,
+        text=True,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def run_plan(tmp_path: Path, plan: dict[str, Any], mode: str) -> tuple[int, dict[str, Any], str]:
     path = write_plan(tmp_path / f"plan-{mode}.json", plan)
-    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), mode],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(INSTALL_NODES), "--plan", str(path), mode],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tagged = {}
     for line in proc.stdout.splitlines():
         word, _, rest = line.partition(" ")
@@ -90,20 +122,39 @@ def run_plan(tmp_path: Path, plan: dict[str, Any], mode: str) -> tuple[int, dict
 
 
 def base_plan(tmp_path: Path, py: Path, index: PackageIndex, packs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"custom_nodes_dir": str(tmp_path / "custom_nodes"), "state_dir": str(tmp_path / "state"),
-            "comfyui_dir": str(tmp_path / "ComfyUI"), "python": [str(py)], "cm_cli": None,
-            "pip_args": ["--index-url", index.url], "protected": ["torch", "torchvision", "torchaudio", "numpy"],
-            "packs": packs}
+    return {
+        "custom_nodes_dir": str(tmp_path / "custom_nodes"),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        "python": [str(py)],
+        "cm_cli": None,
+        "pip_args": ["--index-url", index.url],
+        "protected": ["torch", "torchvision", "torchaudio", "numpy"],
+        "packs": packs,
+    }
 
 
 def test_git_install_pins_version_installs_requirements_without_touching_torch_and_runs_install_py(
     tmp_path: Path, runtime_venv: Path, index: PackageIndex
 ) -> None:
-    url, commits = make_pack(tmp_path, "PackReq", ["1.0.0", "1.1.0"], requirements=["torch>=2.6", "tinydep==1.0"],
-                             install_py=True)
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "packreq", "repo": url, "version": "1.0.0", "dir": "PackReq", "registry": True, "provides": ["PackReqNode"]},
-    ])
+    url, commits = make_pack(
+        tmp_path, "PackReq", ["1.0.0", "1.1.0"], requirements=["torch>=2.6", "tinydep==1.0"], install_py=True
+    )
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "packreq",
+                "repo": url,
+                "version": "1.0.0",
+                "dir": "PackReq",
+                "registry": True,
+                "provides": ["PackReqNode"],
+            },
+        ],
+    )
     rc, out, err = run_plan(tmp_path, plan, "install")
     assert rc == 0, err
     row = out["RESULT"][0]
@@ -133,9 +184,21 @@ def test_requirement_that_would_swap_torch_fails_the_pack_and_torch_stays(
     tmp_path: Path, runtime_venv: Path, index: PackageIndex
 ) -> None:
     url, _ = make_pack(tmp_path, "Greedy", ["1.0.0"], requirements=["greedy==1.0"])
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "greedy", "repo": url, "version": None, "dir": "Greedy", "registry": False, "provides": []},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "greedy",
+                "repo": url,
+                "version": None,
+                "dir": "Greedy",
+                "registry": False,
+                "provides": [],
+            },
+        ],
+    )
     rc, out, err = run_plan(tmp_path, plan, "install")
     assert rc == 1
     row = out["RESULT"][0]
@@ -145,9 +208,18 @@ def test_requirement_that_would_swap_torch_fails_the_pack_and_torch_stays(
     assert installed(runtime_venv, "greedy") is None
 
 
-def test_local_modifications_are_never_overwritten(tmp_path: Path, runtime_venv: Path, index: PackageIndex) -> None:
+def test_local_modifications_are_never_overwritten(
+    tmp_path: Path, runtime_venv: Path, index: PackageIndex
+) -> None:
     url, commits = make_pack(tmp_path, "Edited", ["1.0.0", "2.0.0"])
-    pack = {"id": "edited", "repo": url, "version": commits["1.0.0"], "dir": "Edited", "registry": False, "provides": []}
+    pack = {
+        "id": "edited",
+        "repo": url,
+        "version": commits["1.0.0"],
+        "dir": "Edited",
+        "registry": False,
+        "provides": [],
+    }
     plan = base_plan(tmp_path, runtime_venv, index, [pack])
     assert run_plan(tmp_path, plan, "install")[0] == 0
     init = tmp_path / "custom_nodes/Edited/__init__.py"
@@ -162,9 +234,21 @@ def test_local_modifications_are_never_overwritten(tmp_path: Path, runtime_venv:
 
 def test_unknown_commit_fails_with_the_fix(tmp_path: Path, runtime_venv: Path, index: PackageIndex) -> None:
     url, _ = make_pack(tmp_path, "Pinned", ["1.0.0"])
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "pinned", "repo": url, "version": "deadbeef" * 5, "dir": "Pinned", "registry": False, "provides": []},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "pinned",
+                "repo": url,
+                "version": "deadbeef" * 5,
+                "dir": "Pinned",
+                "registry": False,
+                "provides": [],
+            },
+        ],
+    )
     rc, out, _ = run_plan(tmp_path, plan, "install")
     assert rc == 1 and "is not in" in out["RESULT"][0]["error"]
 
@@ -185,10 +269,21 @@ def test_cm_cli_path_command_level(tmp_path: Path, runtime_venv: Path, index: Pa
     (cm / "__init__.py").write_text("")
     (cm / "__main__.py").write_text(fake)
     py = [str(runtime_venv)]
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "comfyui-kjnodes", "repo": "file:///nonexistent/ComfyUI-KJNodes.git", "version": "1.1.7",
-         "dir": "comfyui-kjnodes", "registry": True, "provides": []},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "comfyui-kjnodes",
+                "repo": "file:///nonexistent/ComfyUI-KJNodes.git",
+                "version": "1.1.7",
+                "dir": "comfyui-kjnodes",
+                "registry": True,
+                "provides": [],
+            },
+        ],
+    )
     # The runtime's Python, with the cm_cli package importable (PYTHONPATH through env(1)).
     plan["python"] = ["env", f"PYTHONPATH={cm.parent}", *py]
     plan["cm_cli"] = ["env", f"PYTHONPATH={cm.parent}", *py, "-m", "cm_cli"]
@@ -196,8 +291,14 @@ def test_cm_cli_path_command_level(tmp_path: Path, runtime_venv: Path, index: Pa
     assert rc == 0, err
     row = out["RESULT"][0]
     assert row["method"] == "manager" and "registry version 1.1.7 through cm-cli" == row["why"]
-    assert json.loads(record.read_text()) == ["install", "comfyui-kjnodes@1.1.7", "--no-deps", "--exit-on-fail",
-                                              "--mode", "remote"]
+    assert json.loads(record.read_text()) == [
+        "install",
+        "comfyui-kjnodes@1.1.7",
+        "--no-deps",
+        "--exit-on-fail",
+        "--mode",
+        "remote",
+    ]
     # Already at that registry version: nothing to do, cm-cli is not called again.
     record.unlink()
     rc, out, _ = run_plan(tmp_path, plan, "check")
@@ -249,11 +350,18 @@ def test_verify_names_the_failed_pack_with_its_import_error(tmp_path: Path) -> N
     try:
         log = tmp_path / "comfyui.log"
         log.write_text(COMFY_LOG)
-        plan = {"custom_nodes_dir": str(tmp_path), "state_dir": str(tmp_path), "python": [sys.executable],
-                "object_info_url": f"http://127.0.0.1:{server.server_address[1]}/object_info",
-                "log_command": ["cat", str(log)], "core_classes": ["KSampler"],
-                "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]},
-                          {"id": "broken", "dir": "BrokenPack", "provides": ["BrokenNode"]}]}
+        plan = {
+            "custom_nodes_dir": str(tmp_path),
+            "state_dir": str(tmp_path),
+            "python": [sys.executable],
+            "object_info_url": f"http://127.0.0.1:{server.server_address[1]}/object_info",
+            "log_command": ["cat", str(log)],
+            "core_classes": ["KSampler"],
+            "packs": [
+                {"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]},
+                {"id": "broken", "dir": "BrokenPack", "provides": ["BrokenNode"]},
+            ],
+        }
         rc, out, err = run_plan(tmp_path, plan, "verify")
     finally:
         server.shutdown()
@@ -270,9 +378,21 @@ def test_update_moves_unpinned_packs_to_the_newest_commit_and_then_changes_nothi
     tmp_path: Path, runtime_venv: Path, index: PackageIndex
 ) -> None:
     url, commits = make_pack(tmp_path, "Moving", ["1.0.0"])
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "moving", "repo": url, "version": None, "dir": "Moving", "registry": False, "provides": []},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "moving",
+                "repo": url,
+                "version": None,
+                "dir": "Moving",
+                "registry": False,
+                "provides": [],
+            },
+        ],
+    )
     assert run_plan(tmp_path, plan, "install")[0] == 0
     work = tmp_path / "work" / "Moving"
     (work / "NEWS.md").write_text("2.0\n")
@@ -284,14 +404,24 @@ def test_update_moves_unpinned_packs_to_the_newest_commit_and_then_changes_nothi
     _, out, _ = run_plan(tmp_path, plan, "check")
     assert out["CHECK"][0]["needs"] == []
     path = write_plan(tmp_path / "plan-fetch.json", plan)
-    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
-                          capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == [f"at {commits['1.0.0'][:12]}, wants {newest[:12]}"]
+    proc = subprocess.run(
+        [sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == [
+        f"at {commits['1.0.0'][:12]}, wants {newest[:12]}"
+    ]
     rc, out, err = run_plan(tmp_path, plan, "update")
     assert rc == 0, err
     assert out["RESULT"][0]["commit"] == newest
-    proc = subprocess.run([sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(INSTALL_NODES), "--plan", str(path), "check", "--fetch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(proc.stdout.split("CHECK ", 1)[1])[0]["needs"] == []
 
 
@@ -301,9 +431,21 @@ def test_clone_whose_default_branch_is_missing_fails_at_install_with_the_fix(
     """A bare repo whose HEAD names a branch it lacks: git clone exits 0 with an empty folder."""
     url, _ = make_pack(tmp_path, "NoHead", ["1.0.0"])
     git("symbolic-ref", "HEAD", "refs/heads/gone", cwd=tmp_path / "NoHead.git")
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "nohead", "repo": url, "version": None, "dir": "NoHead", "registry": False, "provides": ["NoHeadNode"]},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "nohead",
+                "repo": url,
+                "version": None,
+                "dir": "NoHead",
+                "registry": False,
+                "provides": ["NoHeadNode"],
+            },
+        ],
+    )
     rc, out, err = run_plan(tmp_path, plan, "install")
     assert rc == 1, err
     row = out["RESULT"][0]
@@ -320,7 +462,7 @@ def test_clone_whose_default_branch_is_missing_fails_at_install_with_the_fix(
 # UnifiedManager._cnr_install): unpack into get_default_custom_nodes_path()/<id>, where that
 # path is ComfyUI's folder_paths.get_folder_paths("custom_nodes")[0]. The registry download is
 # what this stand-in leaves out.
-CM_CLI_STANDIN = '''
+CM_CLI_STANDIN = """
 import os, sys
 import folder_paths
 
@@ -333,7 +475,7 @@ os.makedirs(install_path, exist_ok=True)
 with open(os.path.join(install_path, "pyproject.toml"), "w") as f:
     f.write(f'[project]\\nversion = "{version}"\\n')
 open(os.path.join(install_path, ".tracking"), "w").close()
-'''
+"""
 
 
 def test_cm_cli_installs_land_in_the_base_directory_comfyui_loads(
@@ -352,10 +494,21 @@ def test_cm_cli_installs_land_in_the_base_directory_comfyui_loads(
     cm.mkdir(parents=True)
     (cm / "__init__.py").write_text("")
     (cm / "__main__.py").write_text(CM_CLI_STANDIN)
-    plan = base_plan(tmp_path, runtime_venv, index, [
-        {"id": "comfyui-kjnodes", "repo": "file:///nonexistent/ComfyUI-KJNodes.git", "version": "1.1.7",
-         "dir": "ComfyUI-KJNodes", "registry": True, "provides": []},
-    ])
+    plan = base_plan(
+        tmp_path,
+        runtime_venv,
+        index,
+        [
+            {
+                "id": "comfyui-kjnodes",
+                "repo": "file:///nonexistent/ComfyUI-KJNodes.git",
+                "version": "1.1.7",
+                "dir": "ComfyUI-KJNodes",
+                "registry": True,
+                "provides": [],
+            },
+        ],
+    )
     plan["custom_nodes_dir"] = str(data_nodes)
     env = ["env", f"COMFYUI_PATH={comfy}", f"PYTHONPATH={cm.parent}"]
     plan["python"] = [*env, str(runtime_venv)]

@@ -25,16 +25,32 @@ from comfyfleet.secrets import Tokens, load_tokens
 
 WORKFLOW = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
-    "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0],
-                                                  "clip": ["4", 1], "strength_model": 1.0, "strength_clip": 1.0}},
+    "10": {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "lora_name": "detail.safetensors",
+            "model": ["4", 0],
+            "clip": ["4", 1],
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    },
     "11": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
     "9": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "x"}},
 }
-OVERRIDES = {"models": {
-    "sd15.safetensors": {"folder": "checkpoints", "url": "https://huggingface.co/org/sd15/resolve/main/sd15.safetensors"},
-    "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/api/download/models/4242"},
-    "ae.safetensors": {"folder": "vae", "url": "https://huggingface.co/org/gated/resolve/main/ae.safetensors"},
-}}
+OVERRIDES = {
+    "models": {
+        "sd15.safetensors": {
+            "folder": "checkpoints",
+            "url": "https://huggingface.co/org/sd15/resolve/main/sd15.safetensors",
+        },
+        "detail.safetensors": {"folder": "loras", "url": "https://civitai.com/api/download/models/4242"},
+        "ae.safetensors": {
+            "folder": "vae",
+            "url": "https://huggingface.co/org/gated/resolve/main/ae.safetensors",
+        },
+    }
+}
 
 
 @pytest.fixture
@@ -52,8 +68,13 @@ def setup(tmp_path: Path, upstreams_factory: Upstreams, monkeypatch: pytest.Monk
     monkeypatch.setenv("CIVITAI_API_TOKEN", up.civitai_token)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    data = {"workflow": str(wf / "txt2img.json"), "workflows_dir": str(wf), "data_root": str(tmp_path / "data"),
-            "hf_endpoint": up.hf_url, "civitai_endpoint": up.civitai_url}
+    data = {
+        "workflow": str(wf / "txt2img.json"),
+        "workflows_dir": str(wf),
+        "data_root": str(tmp_path / "data"),
+        "hf_endpoint": up.hf_url,
+        "civitai_endpoint": up.civitai_url,
+    }
     return {"up": up, "data": data, "root": tmp_path / "data", "wf": wf, "home": tmp_path / "home"}
 
 
@@ -64,7 +85,9 @@ def test_download_models_task_converges_records_hashes_and_keeps_tokens_out(
     lock = setup["wf"] / "comfyfleet.lock.yaml"
     # The shape `comfyfleet analyze workflows/ --out workflows/comfyfleet.lock.yaml` writes.
     entry = {"filename": "sd15.safetensors", "folder": "checkpoints", "sha256": None}
-    lock.write_text(yaml.safe_dump({"lock": {"models": [entry]}, "manifests": {"txt2img": {"models": [entry]}}}))
+    lock.write_text(
+        yaml.safe_dump({"lock": {"models": [entry]}, "manifests": {"txt2img": {"models": [entry]}}})
+    )
     caplog.set_level(logging.DEBUG)
     result = run("@local", "download-models", data)
     host = result.hosts[0]
@@ -100,15 +123,27 @@ def test_gated_model_without_token_fails_naming_model_and_variable(
 
 def test_unsafe_model_name_is_refused_before_anything_reaches_the_host(setup: dict[str, Any]) -> None:
     bad = dict(WORKFLOW)
-    bad["12"] = {"class_type": "LoraLoader", "inputs": {"lora_name": "x$(touch /tmp/pwned).safetensors",
-                                                        "model": ["4", 0], "clip": ["4", 1],
-                                                        "strength_model": 1.0, "strength_clip": 1.0}}
+    bad["12"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "lora_name": "x$(touch /tmp/pwned).safetensors",
+            "model": ["4", 0],
+            "clip": ["4", 1],
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    }
     path = setup["wf"] / "bad.json"
     path.write_text(json.dumps(bad))
     message = refusal(setup["data"], path)
-    assert "bad.json: node 12: model name 'x$(touch /tmp/pwned).safetensors' contains shell metacharacters" in message
+    assert (
+        "bad.json: node 12: model name 'x$(touch /tmp/pwned).safetensors' contains shell metacharacters"
+        in message
+    )
     assert not setup["root"].exists()  # no folder, no plan, no script: nothing was sent
-    path.write_text(json.dumps({**WORKFLOW, "11": {"class_type": "VAELoader", "inputs": {"vae_name": "../../x.pt"}}}))
+    path.write_text(
+        json.dumps({**WORKFLOW, "11": {"class_type": "VAELoader", "inputs": {"vae_name": "../../x.pt"}}})
+    )
     assert "node 11: model name '../../x.pt' contains '..'" in refusal(setup["data"], path)
     assert not setup["root"].exists()
 
@@ -134,7 +169,9 @@ def test_organize_cleanup_and_storage_report(setup: dict[str, Any]) -> None:
 
     org = run("@local", "organize-models", data).hosts[0]
     assert org.status == "changed", org.reason
-    assert (models / "checkpoints/sd15.safetensors").is_file() and not (models / "loras/sd15.safetensors").exists()
+    assert (models / "checkpoints/sd15.safetensors").is_file() and not (
+        models / "loras/sd15.safetensors"
+    ).exists()
     assert run("@local", "organize-models", data).hosts[0].status == "no change"
 
     listed = run("@local", "cleanup-models", data).hosts[0]
@@ -149,7 +186,10 @@ def test_organize_cleanup_and_storage_report(setup: dict[str, Any]) -> None:
     (models / "loras/new.safetensors").write_bytes(b"z" * 10)
     deleted = run("@local", "cleanup-models", {**data, "yes": True, "cleanup_plan": plan_id}).hosts[0]
     assert deleted.status == "changed", deleted.reason
-    assert not (models / "upscale_models/old.pth").exists() and not (models / "loras/unused.safetensors").exists()
+    assert (
+        not (models / "upscale_models/old.pth").exists()
+        and not (models / "loras/unused.safetensors").exists()
+    )
     assert (models / "loras/new.safetensors").exists()
     (models / "loras/new.safetensors").unlink()
     again = run("@local", "cleanup-models", {**data, "yes": True, "cleanup_plan": plan_id}).hosts[0]
@@ -170,9 +210,15 @@ def test_needed_models_refuses_folder_and_url_tricks() -> None:
     from comfyfleet.manifest import Manifest, ModelRef
 
     ok = ModelRef(filename="a.safetensors", folder="checkpoints", url="https://example.org/a.safetensors")
-    assert needed_models([Manifest(workflow="w", source="w.json", format="api", models=[ok])])[0].filename == "a.safetensors"
-    for bad in (ok.model_copy(update={"folder": "../etc"}), ok.model_copy(update={"url": "https://x/$(id)`"}),
-                ok.model_copy(update={"filename": "/abs.safetensors"})):
+    assert (
+        needed_models([Manifest(workflow="w", source="w.json", format="api", models=[ok])])[0].filename
+        == "a.safetensors"
+    )
+    for bad in (
+        ok.model_copy(update={"folder": "../etc"}),
+        ok.model_copy(update={"url": "https://x/$(id)`"}),
+        ok.model_copy(update={"filename": "/abs.safetensors"}),
+    ):
         with pytest.raises(BadInput, match="w.json"):
             needed_models([Manifest(workflow="w", source="w.json", format="api", models=[bad])])
 

@@ -24,7 +24,9 @@ def up(tmp_path: Path) -> Upstreams:
     return u
 
 
-def test_huggingface_hub_reads_metadata_and_downloads_through_hf_endpoint(up: Upstreams, tmp_path: Path) -> None:
+def test_huggingface_hub_reads_metadata_and_downloads_through_hf_endpoint(
+    up: Upstreams, tmp_path: Path
+) -> None:
     with up:
         url = hf_hub_url("org/sd", "m.safetensors", endpoint=up.hf_url)
         meta = get_hf_file_metadata(url, endpoint=up.hf_url)
@@ -36,7 +38,9 @@ def test_huggingface_hub_reads_metadata_and_downloads_through_hf_endpoint(up: Up
         assert Path(path).read_bytes() == b'{"a": 1}'
         with pytest.raises(hf_errors.GatedRepoError):
             get_hf_file_metadata(hf_hub_url("org/gated", "g.safetensors", endpoint=up.hf_url), token=False)
-        meta = get_hf_file_metadata(hf_hub_url("org/gated", "g.safetensors", endpoint=up.hf_url), token=up.hf_token)
+        meta = get_hf_file_metadata(
+            hf_hub_url("org/gated", "g.safetensors", endpoint=up.hf_url), token=up.hf_token
+        )
         assert meta.size == 1000
 
 
@@ -48,10 +52,15 @@ def test_range_requests_and_civitai_token_flow(up: Upstreams) -> None:
         assert part.headers["Content-Range"] == "bytes 1000-4095/4096"
         assert client.get(url, headers={"Range": "bytes=5000-"}).status_code == 416
         assert client.get(f"{up.civitai_url}/api/download/models/7").status_code == 401
-        assert client.get(f"{up.civitai_url}/api/download/models/7",
-                          headers={"Authorization": "Bearer nope"}).status_code == 403
-        ok = client.get(f"{up.civitai_url}/api/download/models/7",
-                        headers={"Authorization": f"Bearer {up.civitai_token}"})
+        assert (
+            client.get(
+                f"{up.civitai_url}/api/download/models/7", headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 403
+        )
+        ok = client.get(
+            f"{up.civitai_url}/api/download/models/7", headers={"Authorization": f"Bearer {up.civitai_token}"}
+        )
         assert ok.status_code == 307 and "X-Amz-Signature" in ok.headers["Location"]
         body = client.get(ok.headers["Location"]).content
         info = client.get(f"{up.civitai_url}/api/v1/model-versions/7").json()

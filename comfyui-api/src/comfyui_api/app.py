@@ -144,9 +144,12 @@ class Service:
             checks["comfyui"]["error"] = self.comfy.last_error
         live = self.live()
         # Stopped workflows still count as loaded (the service works); their models are not required.
-        checks["workflows"] = {"ok": not self.load_errors and bool(self.endpoints),
-                               "served": sorted(live), "stopped": sorted(set(self.endpoints) - set(live)),
-                               "errors": self.load_errors}
+        checks["workflows"] = {
+            "ok": not self.load_errors and bool(self.endpoints),
+            "served": sorted(live),
+            "stopped": sorted(set(self.endpoints) - set(live)),
+            "errors": self.load_errors,
+        }
         missing: list[dict[str, str]] = []
         if self.comfy.up:
             classes = {ep.graph[n]["class_type"] for ep in live.values() for n, _, _ in ep.model_inputs}
@@ -159,12 +162,15 @@ class Service:
                     info[c] = self.comfy.object_info.get(c, {})
             for ep in live.values():
                 for nid, iname, value in ep.model_inputs:
-                    spec = ((info.get(ep.graph[nid]["class_type"]) or {}).get("input") or {})
+                    spec = (info.get(ep.graph[nid]["class_type"]) or {}).get("input") or {}
                     entry = (spec.get("required") or {}).get(iname) or (spec.get("optional") or {}).get(iname)
                     options: list[Any] = []
                     if entry:
-                        options = entry[0] if isinstance(entry[0], list) else (
-                            (entry[1] or {}).get("options", []) if len(entry) > 1 else [])
+                        options = (
+                            entry[0]
+                            if isinstance(entry[0], list)
+                            else ((entry[1] or {}).get("options", []) if len(entry) > 1 else [])
+                        )
                     if value not in options:
                         missing.append({"workflow": ep.name, "node": nid, "input": iname, "file": value})
         checks["models"] = {"ok": self.comfy.up and not missing, "missing": missing}
@@ -180,8 +186,12 @@ class Service:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        json.dumps(data, separators=(",", ":")),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def _problem(status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -211,13 +221,24 @@ def create_app(settings: Settings) -> Starlette:
         if not caller(request.scope).authenticated:
             # Enough for a load balancer; versions, paths and workflows need a key.
             return _json({"status": "ok", "service": "comfyui-api"})
-        return _json({"status": "ok", "service": "comfyui-api", "version": __version__,
-                      "build": settings.build_info, "python": platform.python_version(),
-                      "uptime_s": round(time.time() - svc.started, 3),
-                      "comfyui": {"url": settings.comfyui_url, "reachable": svc.comfy.up,
-                                  "version": (svc.comfy.system_stats.get("system") or {}).get("comfyui_version")},
-                      "workflows": sorted(svc.live()), "stopped": sorted(svc.stopped()),
-                      "jobs_in_flight": svc.jobs.queue_depth()})
+        return _json(
+            {
+                "status": "ok",
+                "service": "comfyui-api",
+                "version": __version__,
+                "build": settings.build_info,
+                "python": platform.python_version(),
+                "uptime_s": round(time.time() - svc.started, 3),
+                "comfyui": {
+                    "url": settings.comfyui_url,
+                    "reachable": svc.comfy.up,
+                    "version": (svc.comfy.system_stats.get("system") or {}).get("comfyui_version"),
+                },
+                "workflows": sorted(svc.live()),
+                "stopped": sorted(svc.stopped()),
+                "jobs_in_flight": svc.jobs.queue_depth(),
+            }
+        )
 
     async def ready(request: Request) -> Response:
         result = await svc.readiness()
@@ -241,8 +262,12 @@ def create_app(settings: Settings) -> Starlette:
         return Response(found[0], media_type=found[1], headers={"cache-control": "public, max-age=3600"})
 
     async def list_workflows(request: Request) -> Response:
-        return _json({name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
-                      for name, ep in sorted(svc.live().items())})
+        return _json(
+            {
+                name: {"summary": ep.summary, "schema": ep.request_schema(), "outputs": ep.output_nodes}
+                for name, ep in sorted(svc.live().items())
+            }
+        )
 
     async def read_json(request: Request) -> Any:
         try:
@@ -253,34 +278,69 @@ def create_app(settings: Settings) -> Starlette:
     def envelope(body: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if not isinstance(body, dict):
             return {}, [{"loc": ["body"], "msg": "body must be a JSON object", "type": "type_error"}]
-        errors = [{"loc": ["body", k], "msg": f"unknown field {k!r}; allowed: {', '.join(sorted(ENVELOPE_KEYS))}",
-                   "type": "extra_forbidden"} for k in body if k not in ENVELOPE_KEYS]
+        errors = [
+            {
+                "loc": ["body", k],
+                "msg": f"unknown field {k!r}; allowed: {', '.join(sorted(ENVELOPE_KEYS))}",
+                "type": "extra_forbidden",
+            }
+            for k in body
+            if k not in ENVELOPE_KEYS
+        ]
         if not isinstance(body.get("async", False), bool):
-            errors.append({"loc": ["body", "async"], "msg": "async must be true or false", "type": "bool_type"})
+            errors.append(
+                {"loc": ["body", "async"], "msg": "async must be true or false", "type": "bool_type"}
+            )
         if body.get("outputs", settings.output_mode) not in ("base64", "url"):
-            errors.append({"loc": ["body", "outputs"], "msg": "outputs must be 'base64' or 'url'", "type": "enum"})
+            errors.append(
+                {"loc": ["body", "outputs"], "msg": "outputs must be 'base64' or 'url'", "type": "enum"}
+            )
         hook = body.get("webhook")
         if hook is not None:
             if not isinstance(hook, str) or not hook.startswith(("http://", "https://")):
-                errors.append({"loc": ["body", "webhook"], "msg": "webhook must be an http(s) URL", "type": "url"})
+                errors.append(
+                    {"loc": ["body", "webhook"], "msg": "webhook must be an http(s) URL", "type": "url"}
+                )
             elif not settings.webhook_secret:
-                errors.append({"loc": ["body", "webhook"], "type": "unsupported",
-                               "msg": "webhooks need a signing secret: start the service with --webhook-secret-file"})
+                errors.append(
+                    {
+                        "loc": ["body", "webhook"],
+                        "type": "unsupported",
+                        "msg": "webhooks need a signing secret: start the service with --webhook-secret-file",
+                    }
+                )
         return body, errors
 
     async def check_webhook(body: dict[str, Any]) -> list[dict[str, Any]]:
         hook = body.get("webhook")
         why = await outbound.check_url(hook, allow) if isinstance(hook, str) else None
-        return [] if why is None else [{"loc": ["body", "webhook"], "type": "url", "msg": f"webhook URL {why}"}]
+        return (
+            [] if why is None else [{"loc": ["body", "webhook"], "type": "url", "msg": f"webhook URL {why}"}]
+        )
 
-    async def run_job(request: Request, workflow: str, params: dict[str, Any], graph: dict[str, Any],
-                      body: dict[str, Any], ep: Endpoint | None) -> Response:
+    async def run_job(
+        request: Request,
+        workflow: str,
+        params: dict[str, Any],
+        graph: dict[str, Any],
+        body: dict[str, Any],
+        ep: Endpoint | None,
+    ) -> Response:
         try:
-            job = await svc.jobs.submit(workflow, params, graph, caller(request.scope).key_id,
-                                        body.get("outputs", settings.output_mode), body.get("webhook"))
+            job = await svc.jobs.submit(
+                workflow,
+                params,
+                graph,
+                caller(request.scope).key_id,
+                body.get("outputs", settings.output_mode),
+                body.get("webhook"),
+            )
         except KeyBusy:
-            return _problem(429, f"this key has {settings.max_jobs_per_key} jobs in flight; retry when one "
-                                 "finishes", retry)
+            return _problem(
+                429,
+                f"this key has {settings.max_jobs_per_key} jobs in flight; retry when one finishes",
+                retry,
+            )
         except QueueFull:
             return _problem(429, f"more than {settings.queue_limit} jobs in flight; retry later", retry)
         except ComfyUnavailable as exc:
@@ -295,8 +355,12 @@ def create_app(settings: Settings) -> Starlette:
             # Nobody is waiting for it any more: stop it rather than let it hold the GPU.
             with contextlib.suppress(ComfyUnavailable):
                 await svc.jobs.cancel(job)
-            return _problem(504, f"job did not finish within {settings.sync_timeout_s:g}s and was cancelled; "
-                                 "send it with \"async\": true for long jobs", id=job.id)
+            return _problem(
+                504,
+                f"job did not finish within {settings.sync_timeout_s:g}s and was cancelled; "
+                'send it with "async": true for long jobs',
+                id=job.id,
+            )
         return _json(await svc.jobs.view(job), _job_status_code(job))
 
     def rejected(exc: ComfyRejected, ep: Endpoint | None) -> Response:
@@ -309,17 +373,29 @@ def create_app(settings: Settings) -> Starlette:
             for e in entry.get("errors", []):
                 name = by_input.get((str(nid), str((e.get("extra_info") or {}).get("input_name"))))
                 if name is not None:
-                    errors.append({"loc": ["body", "input", name], "type": e.get("type"),
-                                   "msg": f"{e.get('message')}: {e.get('details')}"})
+                    errors.append(
+                        {
+                            "loc": ["body", "input", name],
+                            "type": e.get("type"),
+                            "msg": f"{e.get('message')}: {e.get('details')}",
+                        }
+                    )
         if errors:
             return _problem(422, errors)
-        return _problem(502, "ComfyUI rejected the workflow (is everything it needs installed?)", comfyui=body)
+        return _problem(
+            502, "ComfyUI rejected the workflow (is everything it needs installed?)", comfyui=body
+        )
 
     async def run_workflow(request: Request) -> Response:
         if request.path_params["name"] in svc.stopped():
-            return _json({"detail": f"workflow {request.path_params['name']!r} is stopped on this host (its "
-                                    "deployment was stopped; `comfyfleet deployments start` serves it again)",
-                          "status": "stopped"}, 404)
+            return _json(
+                {
+                    "detail": f"workflow {request.path_params['name']!r} is stopped on this host (its "
+                    "deployment was stopped; `comfyfleet deployments start` serves it again)",
+                    "status": "stopped",
+                },
+                404,
+            )
         ep = svc.endpoints.get(request.path_params["name"])
         if ep is None:
             if not svc.comfy.up and not svc.endpoints:
@@ -337,7 +413,9 @@ def create_app(settings: Settings) -> Starlette:
             by_input = {(p.node_id, p.input): p.name for p in ep.params.values()}
             touched = {ep.params[n].node_id for n in given if n in ep.params}
             for nid, iname, msg in limits.over_limits(graph, touched, settings):
-                errors.append({"loc": ["body", "input", by_input.get((nid, iname), iname)], "type": "limit", "msg": msg})
+                errors.append(
+                    {"loc": ["body", "input", by_input.get((nid, iname), iname)], "type": "limit", "msg": msg}
+                )
         errors += await check_webhook(body)
         if errors:
             return _problem(422, errors)
@@ -351,20 +429,33 @@ def create_app(settings: Settings) -> Starlette:
 
     async def raw_prompt(request: Request) -> Response:
         if not caller(request.scope).admin:
-            return _problem(403, "raw /prompt graphs need an admin key (a 'KEY admin' line in the key file); "
-                                 "use POST /workflows/<name>")
+            return _problem(
+                403,
+                "raw /prompt graphs need an admin key (a 'KEY admin' line in the key file); "
+                "use POST /workflows/<name>",
+            )
         try:
             body = await read_json(request)
         except _BadRequest as bad:
             return bad.response
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), dict) or not body["prompt"]:
-            return _problem(422, [{"loc": ["body", "prompt"], "type": "missing",
-                                   "msg": "prompt must be an API-format graph: {node_id: {class_type, inputs}}"}])
+            return _problem(
+                422,
+                [
+                    {
+                        "loc": ["body", "prompt"],
+                        "type": "missing",
+                        "msg": "prompt must be an API-format graph: {node_id: {class_type, inputs}}",
+                    }
+                ],
+            )
         graph = body.pop("prompt")
         body.setdefault("input", None)
         body, errors = envelope(body)
-        errors += [{"loc": ["body", "prompt", nid, "inputs", iname], "type": "limit", "msg": msg}
-                   for nid, iname, msg in limits.over_limits(graph, None, settings)]
+        errors += [
+            {"loc": ["body", "prompt", nid, "inputs", iname], "type": "limit", "msg": msg}
+            for nid, iname, msg in limits.over_limits(graph, None, settings)
+        ]
         errors += await check_webhook(body)
         if errors:
             return _problem(422, errors)
@@ -374,17 +465,42 @@ def create_app(settings: Settings) -> Starlette:
         form = await request.form(max_files=1, max_fields=10)
         image = form.get("image")
         if image is None or isinstance(image, str):
-            return _problem(422, [{"loc": ["body", "image"], "type": "missing", "msg": "send the file as multipart field 'image'"}])
+            return _problem(
+                422,
+                [
+                    {
+                        "loc": ["body", "image"],
+                        "type": "missing",
+                        "msg": "send the file as multipart field 'image'",
+                    }
+                ],
+            )
         data = await image.read()
         ext = guess_image_extension(data)
         if ext is None:
-            return _problem(422, [{"loc": ["body", "image"], "type": "image", "msg": "not a PNG, JPEG, WebP or GIF image"}])
+            return _problem(
+                422,
+                [{"loc": ["body", "image"], "type": "image", "msg": "not a PNG, JPEG, WebP or GIF image"}],
+            )
         name = str(image.filename or "upload" + ext).rsplit("/", 1)[-1]
         subfolder = str(form.get("subfolder") or "")
         who = caller(request.scope)
-        if (not safe_input_name(name) or (subfolder and not safe_input_name(subfolder))
-                or tenancy.annotated(name) or str(form.get("type") or "input") != "input"):
-            return _problem(422, [{"loc": ["body", "image"], "type": "path", "msg": "file name and subfolder must stay inside the input folder"}])
+        if (
+            not safe_input_name(name)
+            or (subfolder and not safe_input_name(subfolder))
+            or tenancy.annotated(name)
+            or str(form.get("type") or "input") != "input"
+        ):
+            return _problem(
+                422,
+                [
+                    {
+                        "loc": ["body", "image"],
+                        "type": "path",
+                        "msg": "file name and subfolder must stay inside the input folder",
+                    }
+                ],
+            )
         overwrite = str(form.get("overwrite", "false")).lower() in ("1", "true")
         where = "/".join(p for p in (tenancy.input_folder(who), subfolder) if p)
         try:
@@ -404,7 +520,9 @@ def create_app(settings: Settings) -> Starlette:
     async def get_job(request: Request) -> Response:
         job = find_job(request)
         if job is None:
-            return _problem(404, "no such job (jobs are kept in memory for the latest ones; see GET /executions)")
+            return _problem(
+                404, "no such job (jobs are kept in memory for the latest ones; see GET /executions)"
+            )
         return _json(await svc.jobs.view(job), 200)
 
     async def delete_job(request: Request) -> Response:
@@ -450,7 +568,13 @@ def create_app(settings: Settings) -> Starlette:
                 try:
                     return datetime.fromisoformat(v).timestamp()
                 except ValueError:
-                    errors.append({"loc": ["query", key], "type": "datetime", "msg": f"{key} must be unix seconds or ISO 8601"})
+                    errors.append(
+                        {
+                            "loc": ["query", key],
+                            "type": "datetime",
+                            "msg": f"{key} must be unix seconds or ISO 8601",
+                        }
+                    )
                     return None
 
         since, until = when("since"), when("until")
@@ -458,13 +582,23 @@ def create_app(settings: Settings) -> Starlette:
             limit = min(max(int(q.get("limit", 50)), 1), 500)
             offset = max(int(q.get("offset", 0)), 0)
         except ValueError:
-            errors.append({"loc": ["query", "limit"], "type": "int_type", "msg": "limit and offset must be integers"})
+            errors.append(
+                {"loc": ["query", "limit"], "type": "int_type", "msg": "limit and offset must be integers"}
+            )
             limit, offset = 50, 0
         if errors:
             return _problem(422, errors)
         who = caller(request.scope)
-        rows = await asyncio.to_thread(svc.store.query, q.get("workflow"), q.get("status"), since, until,
-                                       q.get("key_id") if who.admin else who.key_id, limit, offset)
+        rows = await asyncio.to_thread(
+            svc.store.query,
+            q.get("workflow"),
+            q.get("status"),
+            since,
+            until,
+            q.get("key_id") if who.admin else who.key_id,
+            limit,
+            offset,
+        )
         return _json({"executions": rows, "limit": limit, "offset": offset})
 
     routes = [
@@ -484,12 +618,18 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = svc
-    app.add_middleware(SecurityMiddleware, keys=settings.api_keys, required=settings.auth_required(),
-                       rate_per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst,
-                       max_body=settings.max_body_bytes, admin_keys=settings.admin_keys,
-                       trusted_proxies=settings.trusted_proxies,
-                       auth_failures_per_minute=settings.auth_failures_per_minute,
-                       local_only=not settings.auth_required() and is_loopback(settings.host))
+    app.add_middleware(
+        SecurityMiddleware,
+        keys=settings.api_keys,
+        required=settings.auth_required(),
+        rate_per_minute=settings.rate_limit_per_minute,
+        burst=settings.rate_limit_burst,
+        max_body=settings.max_body_bytes,
+        admin_keys=settings.admin_keys,
+        trusted_proxies=settings.trusted_proxies,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
+        local_only=not settings.auth_required() and is_loopback(settings.host),
+    )
     return app
 
 
@@ -507,4 +647,3 @@ class _BadRequest(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__("bad request")
         self.response = response
-

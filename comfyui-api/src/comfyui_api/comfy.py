@@ -110,8 +110,14 @@ class ComfyClient:
         backoff = 0.1
         while True:
             try:
-                async with websockets.connect(self.ws_url, max_size=None, open_timeout=3, ping_interval=10,
-                                              ping_timeout=10, compression=None) as ws:
+                async with websockets.connect(
+                    self.ws_url,
+                    max_size=None,
+                    open_timeout=3,
+                    ping_interval=10,
+                    ping_timeout=10,
+                    compression=None,
+                ) as ws:
                     self._ws = ws
                     backoff = 0.1
                     await self._connected()
@@ -142,8 +148,12 @@ class ComfyClient:
             raise ConnectionError(f"ComfyUI answered the websocket but not /object_info: {exc}") from exc
         self.up = True
         self.connects += 1
-        log.info("connected to ComfyUI %s at %s (%d node classes)",
-                 (self.system_stats.get("system") or {}).get("comfyui_version", "?"), self.base_url, len(self.object_info))
+        log.info(
+            "connected to ComfyUI %s at %s (%d node classes)",
+            (self.system_stats.get("system") or {}).get("comfyui_version", "?"),
+            self.base_url,
+            len(self.object_info),
+        )
         for cb in self.on_connect:
             await cb()
         if self.connects > 1 and self.trackers:
@@ -154,7 +164,7 @@ class ComfyClient:
         data = frame.get("data") or {}
         if kind == "status":
             # Broadcast on every queue change: ComfyUI's depth, other clients' prompts included.
-            info = ((data.get("status") or {}).get("exec_info") or {})
+            info = (data.get("status") or {}).get("exec_info") or {}
             self.queue_remaining = int(info.get("queue_remaining") or 0)
             return
         pid = data.get("prompt_id")
@@ -191,15 +201,25 @@ class ComfyClient:
             if t.outputs or not self._expects_outputs(t):
                 t.finish("success")
         elif kind == "execution_error":
-            t.finish("error", {"type": "execution_error", **{k: data.get(k) for k in (
-                "node_id", "node_type", "exception_type", "exception_message", "traceback")}})
+            t.finish(
+                "error",
+                {
+                    "type": "execution_error",
+                    **{
+                        k: data.get(k)
+                        for k in ("node_id", "node_type", "exception_type", "exception_message", "traceback")
+                    },
+                },
+            )
         elif kind == "execution_interrupted":
             t.finish("interrupted", {"type": "execution_interrupted", "node_id": data.get("node_id")})
         if t.on_event is not None and kind is not None:
             t.on_event(t, kind)
 
     def _expects_outputs(self, t: Tracker) -> bool:
-        return any((self.object_info.get(n.get("class_type", "")) or {}).get("output_node") for n in t.graph.values())
+        return any(
+            (self.object_info.get(n.get("class_type", "")) or {}).get("output_node") for n in t.graph.values()
+        )
 
     async def _complete_from_history(self, t: Tracker) -> None:
         try:
@@ -224,7 +244,9 @@ class ComfyClient:
                 t.finish("interrupted", {"type": "execution_interrupted", "node_id": data.get("node_id")})
                 return
             if name == "execution_error":
-                error.update({k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message")})
+                error.update(
+                    {k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message")}
+                )
         t.finish("error", error)
 
     async def _reconcile(self) -> None:
@@ -245,7 +267,11 @@ class ComfyClient:
                 self._from_history(t, entry)
             elif t.attempts <= self.resubmit_after_restart:
                 t.attempts += 1
-                log.warning("ComfyUI lost prompt %s (restart?); submitting it again (attempt %d)", t.prompt_id, t.attempts)
+                log.warning(
+                    "ComfyUI lost prompt %s (restart?); submitting it again (attempt %d)",
+                    t.prompt_id,
+                    t.attempts,
+                )
                 try:
                     await self._post_prompt(t)
                 except ComfyRejected as exc:
@@ -253,8 +279,13 @@ class ComfyClient:
                 except ComfyUnavailable:
                     t.attempts -= 1
             else:
-                t.finish("lost", {"type": "comfyui_restarted",
-                                  "message": "ComfyUI restarted and lost this job; submit it again"})
+                t.finish(
+                    "lost",
+                    {
+                        "type": "comfyui_restarted",
+                        "message": "ComfyUI restarted and lost this job; submit it again",
+                    },
+                )
 
     def track(self, graph: dict[str, Any]) -> Tracker:
         pid = str(uuid.uuid4())
@@ -325,7 +356,9 @@ class ComfyClient:
             if any(item[1] == prompt_id for item in q.get("queue_pending", [])):
                 await self.http.post("/queue", json={"delete": [prompt_id]})
                 q = await self.queue()
-                if not any(item[1] == prompt_id for item in q.get("queue_running", []) + q.get("queue_pending", [])):
+                if not any(
+                    item[1] == prompt_id for item in q.get("queue_running", []) + q.get("queue_pending", [])
+                ):
                     return "deleted"
             await self.http.post("/interrupt", json={"prompt_id": prompt_id})
             return "interrupted"
@@ -334,18 +367,23 @@ class ComfyClient:
 
     async def view(self, filename: str, subfolder: str, kind: str) -> tuple[bytes, str]:
         try:
-            r = await self.http.get("/view", params={"filename": filename, "subfolder": subfolder, "type": kind})
+            r = await self.http.get(
+                "/view", params={"filename": filename, "subfolder": subfolder, "type": kind}
+            )
         except httpx.TransportError as exc:
             raise ComfyUnavailable(str(exc)) from exc
         r.raise_for_status()
         return r.content, r.headers.get("content-type", "application/octet-stream")
 
-    async def upload_image(self, name: str, data: bytes, content_type: str, subfolder: str = "",
-                           overwrite: bool = True) -> dict[str, Any]:
+    async def upload_image(
+        self, name: str, data: bytes, content_type: str, subfolder: str = "", overwrite: bool = True
+    ) -> dict[str, Any]:
         try:
-            r = await self.http.post("/upload/image", files={"image": (name, data, content_type)},
-                                     data={"overwrite": "true" if overwrite else "false", "type": "input",
-                                           "subfolder": subfolder})
+            r = await self.http.post(
+                "/upload/image",
+                files={"image": (name, data, content_type)},
+                data={"overwrite": "true" if overwrite else "false", "type": "input", "subfolder": subfolder},
+            )
         except httpx.TransportError as exc:
             raise ComfyUnavailable(str(exc)) from exc
         r.raise_for_status()

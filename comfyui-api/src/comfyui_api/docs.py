@@ -18,33 +18,78 @@ from typing import Any
 from comfyui_api.workflows import Endpoint
 
 _ERROR = {"type": "object", "properties": {"detail": {}}}
-_VALIDATION = {"type": "object", "properties": {"detail": {"type": "array", "items": {
-    "type": "object", "properties": {"loc": {"type": "array", "items": {"type": "string"}},
-                                     "msg": {"type": "string"}, "type": {"type": "string"}}}}}}
-_OUTPUT = {"type": "object", "properties": {
-    "node": {"type": "string"}, "kind": {"type": "string", "description": "images, gifs, audio, video, latents, ..."},
-    "filename": {"type": "string"}, "subfolder": {"type": "string"}, "type": {"type": "string"},
-    "content_type": {"type": "string"}, "size": {"type": "integer"},
-    "base64": {"type": "string", "description": "file bytes (outputs=base64)"},
-    "url": {"type": "string", "description": "download URL served by this API (outputs=url)"},
-    "value": {"description": "non-file output values (e.g. text)"}}}
-_JOB = {"type": "object", "properties": {
-    "id": {"type": "string"}, "workflow": {"type": "string"},
-    "status": {"type": "string", "enum": ["queued", "running", "cancelling", "completed", "failed", "cancelled"]},
-    "prompt_id": {"type": "string"}, "created_at": {"type": "number"}, "started_at": {"type": "number"},
-    "finished_at": {"type": "number"}, "duration_ms": {"type": "number"},
-    "progress": {"type": "object"}, "error": {"type": "object"},
-    "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}},
-    "webhook": {"type": "object"}}}
+_VALIDATION = {
+    "type": "object",
+    "properties": {
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "node": {"type": "string"},
+        "kind": {"type": "string", "description": "images, gifs, audio, video, latents, ..."},
+        "filename": {"type": "string"},
+        "subfolder": {"type": "string"},
+        "type": {"type": "string"},
+        "content_type": {"type": "string"},
+        "size": {"type": "integer"},
+        "base64": {"type": "string", "description": "file bytes (outputs=base64)"},
+        "url": {"type": "string", "description": "download URL served by this API (outputs=url)"},
+        "value": {"description": "non-file output values (e.g. text)"},
+    },
+}
+_JOB = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "workflow": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["queued", "running", "cancelling", "completed", "failed", "cancelled"],
+        },
+        "prompt_id": {"type": "string"},
+        "created_at": {"type": "number"},
+        "started_at": {"type": "number"},
+        "finished_at": {"type": "number"},
+        "duration_ms": {"type": "number"},
+        "progress": {"type": "object"},
+        "error": {"type": "object"},
+        "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}},
+        "webhook": {"type": "object"},
+    },
+}
 
 
 def _envelope(input_schema: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": False, "properties": {
-        "input": input_schema,
-        "async": {"type": "boolean", "default": False, "description": "answer 202 with a job id at once"},
-        "outputs": {"type": "string", "enum": ["base64", "url"], "description": "how output files are returned"},
-        "webhook": {"type": "string", "format": "uri",
-                    "description": "POSTed when the job ends, signed per Standard Webhooks"}}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "input": input_schema,
+            "async": {"type": "boolean", "default": False, "description": "answer 202 with a job id at once"},
+            "outputs": {
+                "type": "string",
+                "enum": ["base64", "url"],
+                "description": "how output files are returned",
+            },
+            "webhook": {
+                "type": "string",
+                "format": "uri",
+                "description": "POSTed when the job ends, signed per Standard Webhooks",
+            },
+        },
+    }
 
 
 def _responses(sync: bool = True) -> dict[str, Any]:
@@ -55,8 +100,10 @@ def _responses(sync: bool = True) -> dict[str, Any]:
         "202": {"description": "accepted (async); poll GET /jobs/{id}", **job},
         "401": {"description": "missing or invalid API key", **err},
         "413": {"description": "request body too large", **err},
-        "422": {"description": "invalid request; detail names the field",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationError"}}}},
+        "422": {
+            "description": "invalid request; detail names the field",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationError"}}},
+        },
         "429": {"description": "rate limit or queue limit reached; see Retry-After", **err},
         "500": {"description": "the workflow failed in ComfyUI", **job},
         "503": {"description": "ComfyUI unreachable; see Retry-After", **err},
@@ -68,80 +115,207 @@ def openapi(endpoints: dict[str, Endpoint], version: str) -> dict[str, Any]:
     """OpenAPI 3.1 for every workflow endpoint and the fixed routes."""
     paths: dict[str, Any] = {}
     for name, ep in sorted(endpoints.items()):
-        paths[f"/workflows/{name}"] = {"post": {
-            "operationId": f"run_{name.replace('-', '_')}", "summary": ep.summary,
-            "description": _description(ep), "tags": ["workflows"],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{_schema_name(name)}Request"},
-                "example": _example(ep)}}},
-            "responses": _responses()}}
-    paths["/prompt"] = {"post": {"operationId": "run_raw_prompt", "tags": ["advanced"],
-                                 "summary": "Run an API-format graph as is",
-                                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                                     "type": "object", "required": ["prompt"],
-                                     "properties": {"prompt": {"type": "object"}, "async": {"type": "boolean"},
-                                                    "outputs": {"type": "string", "enum": ["base64", "url"]},
-                                                    "webhook": {"type": "string"}}}}}},
-                                 "responses": {**_responses(), "400": {"description": "ComfyUI rejected the graph ({error, node_errors})"}}}}
+        paths[f"/workflows/{name}"] = {
+            "post": {
+                "operationId": f"run_{name.replace('-', '_')}",
+                "summary": ep.summary,
+                "description": _description(ep),
+                "tags": ["workflows"],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{_schema_name(name)}Request"},
+                            "example": _example(ep),
+                        }
+                    },
+                },
+                "responses": _responses(),
+            }
+        }
+    paths["/prompt"] = {
+        "post": {
+            "operationId": "run_raw_prompt",
+            "tags": ["advanced"],
+            "summary": "Run an API-format graph as is",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["prompt"],
+                            "properties": {
+                                "prompt": {"type": "object"},
+                                "async": {"type": "boolean"},
+                                "outputs": {"type": "string", "enum": ["base64", "url"]},
+                                "webhook": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                **_responses(),
+                "400": {"description": "ComfyUI rejected the graph ({error, node_errors})"},
+            },
+        }
+    }
     paths["/jobs/{job_id}"] = {
-        "get": {"operationId": "get_job", "tags": ["jobs"], "summary": "Job status, progress and outputs",
-                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
-                              "404": {"description": "unknown job"}}},
-        "delete": {"operationId": "cancel_job", "tags": ["jobs"], "summary": "Cancel (ComfyUI queue delete or interrupt)",
-                   "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                   "responses": {"200": {"description": "cancelled"}, "409": {"description": "already finished"}}}}
-    paths["/jobs/{job_id}/outputs/{index}"] = {"get": {"operationId": "get_job_output", "tags": ["jobs"],
-                                                       "summary": "Download one output file",
-                                                       "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                                                                      {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                                                       "responses": {"200": {"description": "file bytes"}}}}
-    paths["/upload/image"] = {"post": {
-        "operationId": "upload_image", "tags": ["advanced"], "summary": "Upload an image into ComfyUI's input folder",
-        "description": "Pass the answer's `name` (`subfolder/name` when a subfolder was given) as a workflow's "
-                       "image input.",
-        "requestBody": {"content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"], "properties": {
-                "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP or GIF"},
-                "subfolder": {"type": "string", "default": "", "description": "inside ComfyUI's input folder"},
-                "overwrite": {"type": "boolean", "default": False,
-                              "description": "replace a file of that name (else a free name is chosen)"}}}}}},
-        "responses": {"200": {"description": "where the file is", "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"name": {"type": "string"}, "subfolder": {"type": "string"},
-                                             "type": {"type": "string"}}}}}}}}}
-    paths["/executions"] = {"get": {"operationId": "list_executions", "tags": ["log"], "summary": "Execution log",
-                                    "parameters": [{"name": n, "in": "query", "schema": {"type": t}} for n, t in (
-                                        ("workflow", "string"), ("status", "string"), ("since", "string"),
-                                        ("until", "string"), ("limit", "integer"), ("offset", "integer"))],
-                                    "responses": {"200": {"description": "rows, newest first"}}}}
-    for p, summary in (("/health", "Process up; version and build"), ("/ready", "ComfyUI reachable, models present, warmed up"),
-                       ("/workflows", "Every workflow with its request schema")):
-        paths[p] = {"get": {"operationId": p.strip("/"), "tags": ["service"], "summary": summary,
-                            "responses": {"200": {"description": "ok"}, "503": {"description": "not ready"}}}}
-    schemas: dict[str, Any] = {"Job": _JOB, "Output": _OUTPUT, "Error": _ERROR, "ValidationError": _VALIDATION}
+        "get": {
+            "operationId": "get_job",
+            "tags": ["jobs"],
+            "summary": "Job status, progress and outputs",
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "the job",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
+                },
+                "404": {"description": "unknown job"},
+            },
+        },
+        "delete": {
+            "operationId": "cancel_job",
+            "tags": ["jobs"],
+            "summary": "Cancel (ComfyUI queue delete or interrupt)",
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "cancelled"}, "409": {"description": "already finished"}},
+        },
+    }
+    paths["/jobs/{job_id}/outputs/{index}"] = {
+        "get": {
+            "operationId": "get_job_output",
+            "tags": ["jobs"],
+            "summary": "Download one output file",
+            "parameters": [
+                {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}},
+            ],
+            "responses": {"200": {"description": "file bytes"}},
+        }
+    }
+    paths["/upload/image"] = {
+        "post": {
+            "operationId": "upload_image",
+            "tags": ["advanced"],
+            "summary": "Upload an image into ComfyUI's input folder",
+            "description": "Pass the answer's `name` (`subfolder/name` when a subfolder was given) as a workflow's "
+            "image input.",
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image"],
+                            "properties": {
+                                "image": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "description": "PNG, JPEG, WebP or GIF",
+                                },
+                                "subfolder": {
+                                    "type": "string",
+                                    "default": "",
+                                    "description": "inside ComfyUI's input folder",
+                                },
+                                "overwrite": {
+                                    "type": "boolean",
+                                    "default": False,
+                                    "description": "replace a file of that name (else a free name is chosen)",
+                                },
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "200": {
+                    "description": "where the file is",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "subfolder": {"type": "string"},
+                                    "type": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    }
+    paths["/executions"] = {
+        "get": {
+            "operationId": "list_executions",
+            "tags": ["log"],
+            "summary": "Execution log",
+            "parameters": [
+                {"name": n, "in": "query", "schema": {"type": t}}
+                for n, t in (
+                    ("workflow", "string"),
+                    ("status", "string"),
+                    ("since", "string"),
+                    ("until", "string"),
+                    ("limit", "integer"),
+                    ("offset", "integer"),
+                )
+            ],
+            "responses": {"200": {"description": "rows, newest first"}},
+        }
+    }
+    for p, summary in (
+        ("/health", "Process up; version and build"),
+        ("/ready", "ComfyUI reachable, models present, warmed up"),
+        ("/workflows", "Every workflow with its request schema"),
+    ):
+        paths[p] = {
+            "get": {
+                "operationId": p.strip("/"),
+                "tags": ["service"],
+                "summary": summary,
+                "responses": {"200": {"description": "ok"}, "503": {"description": "not ready"}},
+            }
+        }
+    schemas: dict[str, Any] = {
+        "Job": _JOB,
+        "Output": _OUTPUT,
+        "Error": _ERROR,
+        "ValidationError": _VALIDATION,
+    }
     for name, ep in endpoints.items():
         schemas[f"{_schema_name(name)}Request"] = _envelope(ep.request_schema())
-    return {"openapi": "3.1.0",
-            "info": {"title": "ComfyUI workflows API", "version": version,
-                     "description": "One endpoint per workflow in workflows/, derived from the workflow JSON."},
-            "paths": paths,
-            "components": {"schemas": schemas,
-                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-            "security": [{"bearer": []}]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ComfyUI workflows API",
+            "version": version,
+            "description": "One endpoint per workflow in workflows/, derived from the workflow JSON.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
 
 
 def _schema_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
 
 
-
-
 def _description(ep: Endpoint) -> str:
     parts = [ep.description] if ep.description else []
     images = [p.name for p in ep.params.values() if p.kind == "image"]
     if images:
-        parts.append(f"Image inputs ({', '.join(images)}): an http(s) URL, base64, a data: URI, or the `name` that "
-                     "`POST /upload/image` returned for a file you uploaded.")
+        parts.append(
+            f"Image inputs ({', '.join(images)}): an http(s) URL, base64, a data: URI, or the `name` that "
+            "`POST /upload/image` returned for a file you uploaded."
+        )
     return "\n\n".join(parts)
 
 
@@ -213,10 +387,14 @@ def asset(name: str) -> tuple[bytes, str] | None:
     relative, content_type = ASSETS[name]
     spec = importlib.util.find_spec(SWAGGER_UI_PACKAGE)
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
-        raise AssetsMissing(f"Swagger UI's files are missing: install the {SWAGGER_UI_PACKAGE} package "
-                            "(comfyui-api depends on it; scripts/build-binary vendors it)")
+        raise AssetsMissing(
+            f"Swagger UI's files are missing: install the {SWAGGER_UI_PACKAGE} package "
+            "(comfyui-api depends on it; scripts/build-binary vendors it)"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], *relative.split("/"))
     try:
         return spec.loader.get_data(path), content_type  # type: ignore[attr-defined]
     except OSError as exc:
-        raise AssetsMissing(f"Swagger UI's file {relative} is missing from {SWAGGER_UI_PACKAGE}: {exc}") from None
+        raise AssetsMissing(
+            f"Swagger UI's file {relative} is missing from {SWAGGER_UI_PACKAGE}: {exc}"
+        ) from None

@@ -60,8 +60,10 @@ class FastPoster:
 
     async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
         """(status, body) of POST path; FastPostError when the server cannot be reached."""
-        head = (f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         for attempt in (1, 2):
             conn = self._take()
             reused = conn is not None

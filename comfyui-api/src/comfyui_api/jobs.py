@@ -55,10 +55,14 @@ class Job:
         status = self.status
         if status == "queued" and self.tracker is not None and self.tracker.status == "running":
             status = "running"
-        d: dict[str, Any] = {"id": self.id, "workflow": self.workflow, "status": status,
-                             "created_at": self.created_at,
-                             "started_at": self.started_at or (self.tracker.started_at if self.tracker else None),
-                             "finished_at": self.finished_at}
+        d: dict[str, Any] = {
+            "id": self.id,
+            "workflow": self.workflow,
+            "status": status,
+            "created_at": self.created_at,
+            "started_at": self.started_at or (self.tracker.started_at if self.tracker else None),
+            "finished_at": self.finished_at,
+        }
         t = self.tracker
         if t is not None:
             d["prompt_id"] = t.prompt_id
@@ -109,8 +113,15 @@ class JobManager:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    async def submit(self, workflow: str, params: dict[str, Any], graph: dict[str, Any], key_id: str | None,
-                     output_mode: str, webhook: str | None = None) -> Job:
+    async def submit(
+        self,
+        workflow: str,
+        params: dict[str, Any],
+        graph: dict[str, Any],
+        key_id: str | None,
+        output_mode: str,
+        webhook: str | None = None,
+    ) -> Job:
         """Queue a graph in ComfyUI; QueueFull / ComfyUnavailable / ComfyRejected say why not."""
         if self.queue_depth() >= self.settings.queue_limit:
             raise QueueFull()
@@ -118,8 +129,15 @@ class JobManager:
             raise KeyBusy()
         if not self.comfy.up:
             raise ComfyUnavailable(self.comfy.last_error)
-        job = Job(id=self.settings.job_id_prefix + uuid.uuid4().hex, workflow=workflow, params=params, graph=graph,
-                  key_id=key_id, output_mode=output_mode, webhook=webhook)
+        job = Job(
+            id=self.settings.job_id_prefix + uuid.uuid4().hex,
+            workflow=workflow,
+            params=params,
+            graph=graph,
+            key_id=key_id,
+            output_mode=output_mode,
+            webhook=webhook,
+        )
         outputs.place(graph, job.id, job.created_at)
         job.tracker = self.comfy.track(graph)
         self._count(key_id, 1)
@@ -135,9 +153,17 @@ class JobManager:
             if old.status not in FINAL:
                 break
             self.jobs.pop(old_id)
-        self.store.insert({"id": job.id, "workflow": workflow, "key_id": key_id,
-                           "params": {k: _short(v) for k, v in params.items()}, "status": "queued",
-                           "prompt_id": job.tracker.prompt_id, "created_at": job.created_at})
+        self.store.insert(
+            {
+                "id": job.id,
+                "workflow": workflow,
+                "key_id": key_id,
+                "params": {k: _short(v) for k, v in params.items()},
+                "status": "queued",
+                "prompt_id": job.tracker.prompt_id,
+                "created_at": job.created_at,
+            }
+        )
         self.spawn(self._follow(job))
         return job
 
@@ -155,8 +181,12 @@ class JobManager:
         if job.status == "completed":
             bucket = self.settings.object_store is not None
             d["outputs"] = await self.files.render(
-                job.outputs, "url" if bucket else job.output_mode,
-                lambda i: job.files[i]["url"] if bucket else f"{self.settings.public_url}/jobs/{job.id}/outputs/{i}")
+                job.outputs,
+                "url" if bucket else job.output_mode,
+                lambda i: (
+                    job.files[i]["url"] if bucket else f"{self.settings.public_url}/jobs/{job.id}/outputs/{i}"
+                ),
+            )
         return d
 
     async def _follow(self, job: Job) -> None:
@@ -182,14 +212,27 @@ class JobManager:
             self._count(job.key_id, -1)
             job.finished_at = time.time()
             job.done.set()
-        self.store.update(job.id, status=job.status, error=job.error, started_at=job.started_at,
-                          finished_at=job.finished_at, duration_ms=(job.finished_at - job.created_at) * 1000,
-                          outputs=job.files)
+        self.store.update(
+            job.id,
+            status=job.status,
+            error=job.error,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            duration_ms=(job.finished_at - job.created_at) * 1000,
+            outputs=job.files,
+        )
         if job.webhook:
             event = {"completed": "job.completed", "cancelled": "job.cancelled"}.get(job.status, "job.failed")
             job.webhook_result = await webhooks.deliver(
-                self.outbound, job.webhook, self.settings.webhook_secret, event, await self.view(job),
-                self.settings.webhook_max_attempts, self.settings.webhook_backoff_s, self.settings.webhook_timeout_s)
+                self.outbound,
+                job.webhook,
+                self.settings.webhook_secret,
+                event,
+                await self.view(job),
+                self.settings.webhook_max_attempts,
+                self.settings.webhook_backoff_s,
+                self.settings.webhook_timeout_s,
+            )
 
     async def _collect(self, job: Job) -> None:
         """Record ComfyUI's outputs as file references (read when a response needs them)."""
@@ -200,7 +243,9 @@ class JobManager:
         if self.settings.object_store is not None:  # the deployment's bucket: upload now, hand out its URLs
             for i, ref in enumerate(job.files):
                 data, ctype = await self.files.read(ref)
-                ref["url"] = await self.settings.object_store.upload(f"{job.id}/{i}-{ref['filename']}", data, ctype)
+                ref["url"] = await self.settings.object_store.upload(
+                    f"{job.id}/{i}-{ref['filename']}", data, ctype
+                )
 
     async def read_output(self, ref: dict[str, Any]) -> tuple[bytes, str]:
         """Bytes of one output file (FileNotFoundError when retention deleted it)."""
@@ -232,8 +277,13 @@ def _without_traceback(job: Job, error: dict[str, Any]) -> dict[str, Any]:
     if not trace:
         return error
     log_id = "err_" + uuid.uuid4().hex[:12]
-    log.error("job %s (%s) failed [%s]: %s", job.id, job.workflow, log_id,
-              "".join(trace) if isinstance(trace, list) else trace)
+    log.error(
+        "job %s (%s) failed [%s]: %s",
+        job.id,
+        job.workflow,
+        log_id,
+        "".join(trace) if isinstance(trace, list) else trace,
+    )
     return {**{k: v for k, v in error.items() if k != "traceback"}, "log_id": log_id}
 
 

@@ -96,7 +96,9 @@ class Buckets:
         if bucket is None:
             if len(self.items) > 10000:
                 now = time.monotonic()
-                self.items = {k: b for k, b in self.items.items() if b.tokens + (now - b.stamp) * b.rate < b.burst}
+                self.items = {
+                    k: b for k, b in self.items.items() if b.tokens + (now - b.stamp) * b.rate < b.burst
+                }
             bucket = self.items[name] = TokenBucket(self.rate, self.burst)
         return bucket
 
@@ -142,9 +144,19 @@ def _loopback_host(value: str) -> bool:
 class SecurityMiddleware:
     """Checks keys, throttles and local-mode guards before the app sees a request; caps bodies (413)."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], required: bool, rate_per_minute: int, burst: int,
-                 max_body: int, admin_keys: list[str] | None = None, trusted_proxies: list[str] | None = None,
-                 auth_failures_per_minute: int = 10, local_only: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: list[str],
+        required: bool,
+        rate_per_minute: int,
+        burst: int,
+        max_body: int,
+        admin_keys: list[str] | None = None,
+        trusted_proxies: list[str] | None = None,
+        auth_failures_per_minute: int = 10,
+        local_only: bool = False,
+    ) -> None:
         self.app = app
         admin = set(admin_keys or [])
         self.keys = {k.encode(): (key_id(k), k in admin) for k in [*keys, *sorted(admin - set(keys))]}
@@ -194,8 +206,12 @@ class SecurityMiddleware:
         guessing = self.failures.items.get(address)
         if guessing is not None and guessing.wait() > 0 and _header(scope, b"authorization") is not None:
             # Throttled for wrong keys: every key from this address waits, the right one too.
-            await _reject(send, 429, "too many wrong API keys from this address; wait and retry",
-                          {"retry-after": str(max(1, math.ceil(guessing.wait())))})
+            await _reject(
+                send,
+                429,
+                "too many wrong API keys from this address; wait and retry",
+                {"retry-after": str(max(1, math.ceil(guessing.wait())))},
+            )
             return
         ident = self._identify(scope) if self.keys else None
         if ident is False:
@@ -206,16 +222,24 @@ class SecurityMiddleware:
             # Keyless service: the operator on loopback is trusted like an admin; nobody else is.
             who = Caller(None, not self.required and self.local_only, not self.required, address)
         if self.required and path not in OPEN_PATHS and not who.authenticated:
-            await _reject(send, 401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                          {"www-authenticate": "Bearer"})
+            await _reject(
+                send,
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                {"www-authenticate": "Bearer"},
+            )
             return
         scope.setdefault("state", {})["caller"] = who
         # Only requests that create work count; polling GET /jobs/{id} stays cheap and unlimited.
         if method in ("POST", "PUT", "PATCH", "DELETE") and path not in OPEN_PATHS:
             wait = self.work.get(who.key_id or address).take()
             if wait > 0:
-                await _reject(send, 429, "rate limit exceeded for this API key",
-                              {"retry-after": str(max(1, math.ceil(wait)))})
+                await _reject(
+                    send,
+                    429,
+                    "rate limit exceeded for this API key",
+                    {"retry-after": str(max(1, math.ceil(wait)))},
+                )
                 return
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
@@ -250,8 +274,14 @@ class SecurityMiddleware:
         if method in ("POST", "PUT", "PATCH", "DELETE"):
             ctype = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
             length = _header(scope, b"content-length")
-            has_body = (length is not None and length.strip() not in ("", "0")) or _header(scope, b"transfer-encoding")
-            wanted = ("application/json", "multipart/form-data") if path == "/upload/image" else ("application/json",)
+            has_body = (length is not None and length.strip() not in ("", "0")) or _header(
+                scope, b"transfer-encoding"
+            )
+            wanted = (
+                ("application/json", "multipart/form-data")
+                if path == "/upload/image"
+                else ("application/json",)
+            )
             if has_body and ctype not in wanted:
                 return 415, f"send the body as {' or '.join(wanted)}"
         return None

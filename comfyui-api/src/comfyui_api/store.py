@@ -37,8 +37,20 @@ CREATE INDEX IF NOT EXISTS executions_created ON executions (created_at);
 CREATE INDEX IF NOT EXISTS executions_workflow ON executions (workflow, created_at);
 """
 log = logging.getLogger("comfyui_api.store")
-COLUMNS = ("id", "workflow", "key_id", "params", "status", "error", "prompt_id", "created_at", "started_at",
-           "finished_at", "duration_ms", "outputs")
+COLUMNS = (
+    "id",
+    "workflow",
+    "key_id",
+    "params",
+    "status",
+    "error",
+    "prompt_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "outputs",
+)
 
 
 class ExecutionLog:
@@ -52,11 +64,16 @@ class ExecutionLog:
             _private_file(path)
         self._write = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False)
         # WAL + synchronous=NORMAL: no fsync per commit; a crash loses at most the last rows.
-        self._write.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" if path is not None else "")
+        self._write.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" if path is not None else ""
+        )
         self._write.executescript(SCHEMA)
         self._write.commit()
-        self._read = self._write if path is None else sqlite3.connect(self.path, timeout=busy_timeout_s,
-                                                                      check_same_thread=False)
+        self._read = (
+            self._write
+            if path is None
+            else sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False)
+        )
         self._lock = threading.Lock()
         self.failures = 0
         self._thread = threading.Thread(target=self._writer, name="execution-log", daemon=True)
@@ -76,7 +93,9 @@ class ExecutionLog:
                 backoff = 0.05
             except Exception as exc:  # locked, disk full, ...: keep the rows, try again later
                 self.failures += 1
-                log.warning("execution log %s: cannot write yet (%s); retrying in %.1fs", self.path, exc, backoff)
+                log.warning(
+                    "execution log %s: cannot write yet (%s); retrying in %.1fs", self.path, exc, backoff
+                )
                 if self._closing:
                     return
                 time.sleep(backoff)
@@ -101,12 +120,21 @@ class ExecutionLog:
 
     def insert(self, row: dict[str, Any]) -> None:
         values = tuple(_col(row.get(c)) for c in COLUMNS)
-        self._pending.append((f"INSERT OR REPLACE INTO executions ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})", values))
+        self._pending.append(
+            (
+                f"INSERT OR REPLACE INTO executions ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})",
+                values,
+            )
+        )
 
     def update(self, job_id: str, **fields: Any) -> None:
         cols = [c for c in fields if c in COLUMNS]
-        self._pending.append((f"UPDATE executions SET {', '.join(c + '=?' for c in cols)} WHERE id=?",
-                     (*(_col(fields[c]) for c in cols), job_id)))
+        self._pending.append(
+            (
+                f"UPDATE executions SET {', '.join(c + '=?' for c in cols)} WHERE id=?",
+                (*(_col(fields[c]) for c in cols), job_id),
+            )
+        )
 
     def flush(self) -> None:
         """Write everything queued so far (readers call this to see their own rows); errors leave them queued."""
@@ -115,12 +143,25 @@ class ExecutionLog:
         except sqlite3.Error as exc:
             log.warning("execution log %s: cannot write yet (%s)", self.path, exc)
 
-    def query(self, workflow: str | None = None, status: str | None = None, since: float | None = None,
-              until: float | None = None, key_id: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    def query(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        key_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         self.flush()
         where, args = [], []
-        for col, op, val in (("workflow", "=", workflow), ("status", "=", status), ("created_at", ">=", since),
-                             ("created_at", "<", until), ("key_id", "=", key_id)):
+        for col, op, val in (
+            ("workflow", "=", workflow),
+            ("status", "=", status),
+            ("created_at", ">=", since),
+            ("created_at", "<", until),
+            ("key_id", "=", key_id),
+        ):
             if val is not None:
                 where.append(f"{col} {op} ?")
                 args.append(val)

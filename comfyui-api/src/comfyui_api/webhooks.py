@@ -48,18 +48,33 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: int =
     return False
 
 
-async def deliver(client: httpx.AsyncClient, url: str, secret: str, event_type: str, data: dict[str, Any],
-                  max_attempts: int, backoff_s: float, timeout_s: float) -> dict[str, Any]:
+async def deliver(
+    client: httpx.AsyncClient,
+    url: str,
+    secret: str,
+    event_type: str,
+    data: dict[str, Any],
+    max_attempts: int,
+    backoff_s: float,
+    timeout_s: float,
+) -> dict[str, Any]:
     """POST one event until a 2xx answer or attempts run out; returns what happened."""
     msg_id = "msg_" + uuid.uuid4().hex
-    body = json.dumps({"type": event_type, "timestamp": datetime.now(timezone.utc).isoformat(),
-                       "data": data}, separators=(",", ":")).encode()
+    body = json.dumps(
+        {"type": event_type, "timestamp": datetime.now(timezone.utc).isoformat(), "data": data},
+        separators=(",", ":"),
+    ).encode()
     last = ""
     where = _redacted(url)
     for attempt in range(1, max_attempts + 1):
         ts = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(ts),
-                   "webhook-signature": sign(secret, msg_id, ts, body), "user-agent": "comfyui-api"}
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(secret, msg_id, ts, body),
+            "user-agent": "comfyui-api",
+        }
         try:
             r = await client.post(url, content=body, headers=headers, timeout=timeout_s)
             if 200 <= r.status_code < 300:

@@ -60,7 +60,13 @@ PATHLIKE_INPUT = re.compile(r"(filename|prefix|path|dir|folder)", re.I)
 
 def safe_relative_path(value: str) -> bool:
     """A relative path that stays inside whatever folder it is joined to."""
-    if not value or "\x00" in value or "\\" in value or value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+    if (
+        not value
+        or "\x00" in value
+        or "\\" in value
+        or value.startswith("/")
+        or re.match(r"^[A-Za-z]:", value)
+    ):
         return False
     return all(part not in ("..",) for part in value.split("/"))
 
@@ -89,8 +95,11 @@ class Param:
     def json_schema(self) -> dict[str, Any]:
         s: dict[str, Any]
         if self.kind == "image":
-            s = {"type": "string", "description": (self.description + " " if self.description else "")
-                 + "An http(s) URL, a data: URI or plain base64 of the image, or the name of a file in ComfyUI's input folder."}
+            s = {
+                "type": "string",
+                "description": (self.description + " " if self.description else "")
+                + "An http(s) URL, a data: URI or plain base64 of the image, or the name of a file in ComfyUI's input folder.",
+            }
         else:
             s = {"type": self.kind, "description": self.description}
         if self.default is not None:
@@ -135,7 +144,9 @@ def load_graph(path: Path, object_info: dict[str, Any]) -> Conversion:
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowError(f"{path}: cannot read ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise WorkflowError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise WorkflowError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except RecursionError:
         raise WorkflowError(f"{path}: JSON nested too deeply to be a workflow") from None
     data = unwrap(data)
@@ -151,7 +162,9 @@ def load_graph(path: Path, object_info: dict[str, Any]) -> Conversion:
         return Conversion({str(k): v for k, v in data.items()})
     if not isinstance(data, dict):
         raise WorkflowError(f"{path}: top-level JSON is not an object; export the workflow from ComfyUI")
-    raise WorkflowError(f"{path}: neither API format (node id → {{class_type, inputs}}) nor UI format ('nodes' list)")
+    raise WorkflowError(
+        f"{path}: neither API format (node id → {{class_type, inputs}}) nor UI format ('nodes' list)"
+    )
 
 
 def _consumers(graph: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
@@ -163,7 +176,9 @@ def _consumers(graph: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def _text_role(graph: dict[str, Any], node_id: str, consumers: dict[str, list[tuple[str, str]]]) -> str | None:
+def _text_role(
+    graph: dict[str, Any], node_id: str, consumers: dict[str, list[tuple[str, str]]]
+) -> str | None:
     """'positive' or 'negative' when the node's conditioning reaches a sampler input of that name."""
     seen = {node_id}
     frontier = [node_id]
@@ -241,8 +256,9 @@ def exposed_params(conversion: Conversion, object_info: dict[str, Any]) -> list[
     return params
 
 
-def make_param(name: str, graph: dict[str, Any], object_info: dict[str, Any], nid: str, input_name: str,
-               desc: str = "") -> Param:
+def make_param(
+    name: str, graph: dict[str, Any], object_info: dict[str, Any], nid: str, input_name: str, desc: str = ""
+) -> Param:
     node = graph[nid]
     default = (node.get("inputs") or {}).get(input_name)
     info = object_info.get(node.get("class_type", "")) or {}
@@ -275,24 +291,42 @@ def make_param(name: str, graph: dict[str, Any], object_info: dict[str, Any], ni
     return p
 
 
-_OVERRIDE_KEYS = {"rename", "hidden", "node", "input", "description", "default", "minimum", "maximum", "enum", "required"}
+_OVERRIDE_KEYS = {
+    "rename",
+    "hidden",
+    "node",
+    "input",
+    "description",
+    "default",
+    "minimum",
+    "maximum",
+    "enum",
+    "required",
+}
 
 
-def apply_overrides(params: list[Param], graph: dict[str, Any], object_info: dict[str, Any], path: Path,
-                    doc: Any) -> tuple[dict[str, Param], str, str]:
+def apply_overrides(
+    params: list[Param], graph: dict[str, Any], object_info: dict[str, Any], path: Path, doc: Any
+) -> tuple[dict[str, Param], str, str]:
     """Apply a <name>.api.yaml: rename / hide / expose / constrain; every mistake names the file and key."""
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise WorkflowError(f"{path}: must be a mapping with 'inputs:' (and optional 'summary', 'description')")
+        raise WorkflowError(
+            f"{path}: must be a mapping with 'inputs:' (and optional 'summary', 'description')"
+        )
     unknown = set(doc) - {"summary", "description", "inputs"}
     if unknown:
-        raise WorkflowError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: summary, description, inputs")
+        raise WorkflowError(
+            f"{path}: unknown key(s) {sorted(unknown)}; allowed: summary, description, inputs"
+        )
     by_name = {p.name: p for p in params}
     for key, rule in (doc.get("inputs") or {}).items():
         where = f"{path}: inputs.{key}"
         if not isinstance(rule, dict):
-            raise WorkflowError(f"{where}: must be a mapping (rename, hidden, node, input, minimum, maximum, enum, ...)")
+            raise WorkflowError(
+                f"{where}: must be a mapping (rename, hidden, node, input, minimum, maximum, enum, ...)"
+            )
         bad = set(rule) - _OVERRIDE_KEYS
         if bad:
             raise WorkflowError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(_OVERRIDE_KEYS)}")
@@ -305,8 +339,10 @@ def apply_overrides(params: list[Param], graph: dict[str, Any], object_info: dic
             by_name.pop(key, None)
             by_name[key] = make_param(key, graph, object_info, nid, iname)
         if key not in by_name:
-            raise WorkflowError(f"{where}: no derived input named {key!r}; known: {sorted(by_name)} "
-                                "(to expose another node input give node: and input:)")
+            raise WorkflowError(
+                f"{where}: no derived input named {key!r}; known: {sorted(by_name)} "
+                "(to expose another node input give node: and input:)"
+            )
         p = by_name[key]
         for attr in ("description", "default", "minimum", "maximum", "enum", "required"):
             if attr in rule:
@@ -337,8 +373,10 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
     for nid in sorted(graph, key=_node_order):
         ctype = graph[nid].get("class_type")
         if ctype not in object_info:
-            raise WorkflowError(f"{path}: node {nid} ({ctype}) is not installed in ComfyUI; "
-                                "install its node pack, then restart")
+            raise WorkflowError(
+                f"{path}: node {nid} ({ctype}) is not installed in ComfyUI; "
+                "install its node pack, then restart"
+            )
     params = exposed_params(conversion, object_info) or derive_params(graph, object_info)
     override_path = path.with_name(name + ".api.yaml")
     summary, description = "", ""
@@ -350,7 +388,9 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
         by_name, summary, description = apply_overrides(params, graph, object_info, override_path, doc)
     else:
         by_name = {p.name: p for p in params}
-    outputs = [nid for nid, n in graph.items() if (object_info.get(n.get("class_type", "")) or {}).get("output_node")]
+    outputs = [
+        nid for nid, n in graph.items() if (object_info.get(n.get("class_type", "")) or {}).get("output_node")
+    ]
     if not outputs:
         raise WorkflowError(f"{path}: no output node (SaveImage, PreviewImage, ...); ComfyUI would refuse it")
     models = []
@@ -358,19 +398,34 @@ def build_endpoint(path: Path, object_info: dict[str, Any]) -> Endpoint:
         info = object_info.get(node.get("class_type", "")) or {}
         for iname, v in (node.get("inputs") or {}).items():
             spec = _spec(info, iname)
-            if isinstance(v, str) and v.lower().endswith(MODEL_EXTENSIONS) and spec and _combo_options(*spec) is not None:
+            if (
+                isinstance(v, str)
+                and v.lower().endswith(MODEL_EXTENSIONS)
+                and spec
+                and _combo_options(*spec) is not None
+            ):
                 models.append((nid, iname, v))
-    return Endpoint(name=name, graph=graph, params=by_name, source=str(path),
-                    summary=summary or f"Run workflow {name}", description=description,
-                    output_nodes=outputs, model_inputs=models)
+    return Endpoint(
+        name=name,
+        graph=graph,
+        params=by_name,
+        source=str(path),
+        summary=summary or f"Run workflow {name}",
+        description=description,
+        output_nodes=outputs,
+        model_inputs=models,
+    )
 
 
 def workflow_files(directory: Path) -> list[Path]:
     """Workflow JSON files of a folder (generated lock/manifest files excluded)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob("*.json")
-                  if not p.name.startswith(".") and not p.name.endswith((".lock.json", ".manifest.json")))
+    return sorted(
+        p
+        for p in directory.glob("*.json")
+        if not p.name.startswith(".") and not p.name.endswith((".lock.json", ".manifest.json"))
+    )
 
 
 def validate_request(ep: Endpoint, body: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -383,8 +438,13 @@ def validate_request(ep: Endpoint, body: Any) -> tuple[dict[str, Any], list[dict
     values: dict[str, Any] = {}
     for key in body:
         if key not in ep.params:
-            errors.append({"loc": ["body", "input", key], "type": "extra_forbidden",
-                           "msg": f"unknown field {key!r}; this workflow accepts: {', '.join(sorted(ep.params)) or 'nothing'}"})
+            errors.append(
+                {
+                    "loc": ["body", "input", key],
+                    "type": "extra_forbidden",
+                    "msg": f"unknown field {key!r}; this workflow accepts: {', '.join(sorted(ep.params)) or 'nothing'}",
+                }
+            )
     for name, p in ep.params.items():
         loc = ["body", "input", name]
         if name not in body:
@@ -413,8 +473,13 @@ def validate_request(ep: Endpoint, body: Any) -> tuple[dict[str, Any], list[dict
             errors.append({"loc": loc, "type": "string_type", "msg": f"{name} must be a string"})
             continue
         if p.kind == "string" and PATHLIKE_INPUT.search(p.input) and not safe_relative_path(v):
-            errors.append({"loc": loc, "type": "path",
-                           "msg": f"{name} must be a relative path without '..' (it names a file under ComfyUI's folders)"})
+            errors.append(
+                {
+                    "loc": loc,
+                    "type": "path",
+                    "msg": f"{name} must be a relative path without '..' (it names a file under ComfyUI's folders)",
+                }
+            )
             continue
         if p.enum is not None and v not in p.enum:
             shown = ", ".join(map(str, p.enum[:20])) + (" ..." if len(p.enum) > 20 else "")

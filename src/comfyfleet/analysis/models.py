@@ -163,7 +163,10 @@ def resolve_models(
         if problems:
             result.unresolved.append(
                 UnresolvedModel(
-                    filename=ref.filename, folder=ref.folder, node_ids=list(ref.node_ids), reason="; ".join(problems)
+                    filename=ref.filename,
+                    folder=ref.folder,
+                    node_ids=list(ref.node_ids),
+                    reason="; ".join(problems),
                 )
             )
     return result

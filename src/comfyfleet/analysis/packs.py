@@ -313,7 +313,9 @@ def _repo_from_metadata(meta: dict[str, str], ctype: str, index: KnowledgeIndex)
         found = index.pack_by_repo(aux_id)
         if found is not None:
             return _MetaRepo(index.packs[found].repo, cnr_id or index.packs[found].registry_id, known=True)
-        return _MetaRepo(f"https://github.com/{aux_id.strip('/')}", cnr_id or aux_id.rsplit("/", 1)[-1].lower())
+        return _MetaRepo(
+            f"https://github.com/{aux_id.strip('/')}", cnr_id or aux_id.rsplit("/", 1)[-1].lower()
+        )
     return _MetaRepo(None, cnr_id or aux_id or "")
 
 

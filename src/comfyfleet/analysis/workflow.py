@@ -133,14 +133,20 @@ def _parse_ui(
     parsed = ParsedWorkflow(format="ui")
     for flat in graph.nodes.values():
         if flat.kind == "virtual":
-            parsed.skipped.append(SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason="frontend-only"))
+            parsed.skipped.append(
+                SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason="frontend-only")
+            )
             if flat.class_type in _NOTE_TYPES:
                 values = flat.node.get("widgets_values")
-                parsed.notes.extend(v for v in values if isinstance(v, str)) if isinstance(values, list) else None
+                parsed.notes.extend(v for v in values if isinstance(v, str)) if isinstance(
+                    values, list
+                ) else None
             continue
         reason = {MODE_MUTED: "muted", MODE_BYPASSED: "bypassed"}.get(flat.mode)
         if reason is not None:
-            parsed.skipped.append(SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason=reason))
+            parsed.skipped.append(
+                SkippedNode(node_id=flat.exec_id, class_type=flat.class_type, reason=reason)
+            )
             continue
         if flat.kind in ("subgraph", "group"):
             continue

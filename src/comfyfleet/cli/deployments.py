@@ -71,16 +71,38 @@ def list_(
     """
     deployments = _registry().deployments(active_only=active, environment=env)
     if not deployments:
-        out.print("no deployments" + (" matching the filters" if active or env else "") +
-                  ": ship one with `comfyfleet ship WORKFLOW --to TARGET`")
+        out.print(
+            "no deployments"
+            + (" matching the filters" if active or env else "")
+            + ": ship one with `comfyfleet ship WORKFLOW --to TARGET`"
+        )
         return
     table = Table(title="deployments")
-    for col in ("name", "env", "workflow", "status", "target", "endpoint", "deployed (UTC)", "runs", "errors"):
+    for col in (
+        "name",
+        "env",
+        "workflow",
+        "status",
+        "target",
+        "endpoint",
+        "deployed (UTC)",
+        "runs",
+        "errors",
+    ):
         table.add_column(col, justify="right" if col in ("runs", "errors") else "left")
     for d in deployments:
         more = f" (+{len(d.endpoints) - 1})" if len(d.endpoints) > 1 else ""
-        table.add_row(d.name, d.environment, d.workflow, _status(d.status), d.target, d.endpoint_url + more,
-                      _when(d.deployed_at), str(d.execution_count), str(d.error_count))
+        table.add_row(
+            d.name,
+            d.environment,
+            d.workflow,
+            _status(d.status),
+            d.target,
+            d.endpoint_url + more,
+            _when(d.deployed_at),
+            str(d.execution_count),
+            str(d.error_count),
+        )
     out.print(table)
 
 
@@ -96,10 +118,18 @@ def show(name: str, env: str | None = EnvOption) -> None:
     table.add_column("key", style="bold")
     table.add_column("value")
     rows = [
-        ("id", str(d.id)), ("name", d.name), ("environment", d.environment), ("workflow", d.workflow),
-        ("workflow file", d.workflow_path), ("manifest hash", d.manifest_hash), ("target", d.target),
-        ("status", _status(d.status)), ("deployed at", d.deployed_at), ("stopped at", d.stopped_at or "-"),
-        ("executions", str(d.execution_count)), ("errors", str(d.error_count)),
+        ("id", str(d.id)),
+        ("name", d.name),
+        ("environment", d.environment),
+        ("workflow", d.workflow),
+        ("workflow file", d.workflow_path),
+        ("manifest hash", d.manifest_hash),
+        ("target", d.target),
+        ("status", _status(d.status)),
+        ("deployed at", d.deployed_at),
+        ("stopped at", d.stopped_at or "-"),
+        ("executions", str(d.execution_count)),
+        ("errors", str(d.error_count)),
     ]
     if d.last_error:
         rows.append(("last error", d.last_error))
@@ -130,13 +160,23 @@ def _switch(name: str, env: str | None, enabled: bool) -> Deployment:
     failed = {host: cause for host, (ok, cause, _s) in results.items() if not ok}
     steps = [StepRecord(kind, host, ok, 1, seconds, cause) for host, (ok, cause, seconds) in results.items()]
     summary = "ok" if not failed else "; ".join(f"{h}: {c}" for h, c in failed.items())
-    reg.record_history(name=d.name, environment=d.environment, kind=kind, trigger="cli",
-                       started_at=started, ok=not failed, summary=summary, steps=steps,
-                       manifest_hash=d.manifest_hash)
+    reg.record_history(
+        name=d.name,
+        environment=d.environment,
+        kind=kind,
+        trigger="cli",
+        started_at=started,
+        ok=not failed,
+        summary=summary,
+        steps=steps,
+        manifest_hash=d.manifest_hash,
+    )
     if failed:
         for host, cause in failed.items():
             err.print(f"{kind} {d.name} ({d.environment}) failed on host {host}: {cause}", markup=False)
-        err.print(f"status left as {d.status}: fix the host and run `comfyfleet deployments {kind} {d.name}` again")
+        err.print(
+            f"status left as {d.status}: fix the host and run `comfyfleet deployments {kind} {d.name}` again"
+        )
         raise typer.Exit(1)
     return reg.set_status(d.id, "active" if enabled else "inactive") or d
 
@@ -148,8 +188,10 @@ def stop(name: str, env: str | None = EnvOption) -> None:
     Example: comfyfleet deployments stop portraits
     """
     d = _switch(name, env, enabled=False)
-    out.print(f"stopped {d.name} ({d.environment}): {d.workflow} no longer served on "
-              f"{len(d.endpoints)} host(s); `comfyfleet deployments start {d.name}` serves it again")
+    out.print(
+        f"stopped {d.name} ({d.environment}): {d.workflow} no longer served on "
+        f"{len(d.endpoints)} host(s); `comfyfleet deployments start {d.name}` serves it again"
+    )
 
 
 @app.command()
@@ -171,7 +213,9 @@ def verify(name: str, env: str | None = EnvOption) -> None:
     reg = _registry()
     d = reg.get(name, env)
     if d.status == "inactive":
-        raise BadInput(f"{d.name} ({d.environment}) is stopped: `comfyfleet deployments start {d.name}` first")
+        raise BadInput(
+            f"{d.name} ({d.environment}) is stopped: `comfyfleet deployments start {d.name}` first"
+        )
     outcome = run_scheduled(reg, d.id, "run", trigger="cli", kind="verify")
     if outcome is None:
         raise BadInput(f"{d.name} ({d.environment}) was stopped or deleted meanwhile")
@@ -225,19 +269,42 @@ def _history_table(entries: list[HistoryEntry], title: str, steps: bool = True) 
         result = "[green]ok[/]" if h.ok else "[red]failed[/]"
         total = _seconds_between(h.started_at, h.finished_at)
         detail = "" if h.ok else h.summary
-        table.add_row(_when(h.started_at), h.kind, h.trigger, result, "total" if h.steps else "-", "",
-                      "", f"{total:.2f}" if total is not None else "", detail, end_section=not steps or not h.steps)
+        table.add_row(
+            _when(h.started_at),
+            h.kind,
+            h.trigger,
+            result,
+            "total" if h.steps else "-",
+            "",
+            "",
+            f"{total:.2f}" if total is not None else "",
+            detail,
+            end_section=not steps or not h.steps,
+        )
         if steps:
             for i, s in enumerate(h.steps):
                 mark = "" if s.ok else "[red]✗[/] "
-                table.add_row("", "", "", "", mark + s.step, s.host, str(s.attempts), f"{s.seconds:.2f}",
-                              s.error or "", end_section=i == len(h.steps) - 1)
+                table.add_row(
+                    "",
+                    "",
+                    "",
+                    "",
+                    mark + s.step,
+                    s.host,
+                    str(s.attempts),
+                    f"{s.seconds:.2f}",
+                    s.error or "",
+                    end_section=i == len(h.steps) - 1,
+                )
     return table
 
 
 @app.command()
-def history(name: str, env: str | None = EnvOption,
-            limit: int = typer.Option(50, "--limit", "-n", min=1, help="most recent runs to show")) -> None:
+def history(
+    name: str,
+    env: str | None = EnvOption,
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="most recent runs to show"),
+) -> None:
     """Ship runs, verifications, scheduled runs, stops and starts, newest first, with every step.
 
     Example: comfyfleet deployments history portraits -n 10
@@ -273,8 +340,9 @@ def schedule_add(
     reg = _registry()
     d = reg.get(name, env)
     s = add_schedule(reg, d, action.value, cron=cron, every=every)
-    out.print(f"schedule #{s.id}: {s.action} of {d.name} ({d.environment}) {s.when}; "
-              "`comfyfleet watch` runs it")
+    out.print(
+        f"schedule #{s.id}: {s.action} of {d.name} ({d.environment}) {s.when}; `comfyfleet watch` runs it"
+    )
 
 
 @schedule_app.command("list")

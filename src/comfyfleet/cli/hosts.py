@@ -38,8 +38,12 @@ DryRun = typer.Option(False, "--dry-run", help="show what would change, change n
 # Numbers are parsed here rather than by typer so a bad value gives our one-line error.
 Parallel = typer.Option(None, "--parallel", metavar="N", help="at most N hosts at once")
 Serial = typer.Option(False, "--serial", help="one host after another")
-Rolling = typer.Option(None, "--rolling", metavar="N", help="N hosts at a time; each batch healthy before the next")
-FailPercent = typer.Option(None, "--fail-percent", metavar="P", help="stop when more than P percent of hosts failed")
+Rolling = typer.Option(
+    None, "--rolling", metavar="N", help="N hosts at a time; each batch healthy before the next"
+)
+FailPercent = typer.Option(
+    None, "--fail-percent", metavar="P", help="stop when more than P percent of hosts failed"
+)
 InventoryData = typer.Option(None, "--inventory-data", help="host data override key=value (repeatable)")
 
 
@@ -88,21 +92,41 @@ def common(
     restart_comfyui: bool = typer.Option(False, "--restart-comfyui", help="same as --restart comfyui"),
     restart_api_only: bool = typer.Option(False, "--restart-api-only", help="restart only the API service"),
     update_comfyui_core: bool = typer.Option(
-        False, "--update-comfyui-core", help="move ComfyUI to REF (default: the inventory's), roll back if unhealthy"
+        False,
+        "--update-comfyui-core",
+        help="move ComfyUI to REF (default: the inventory's), roll back if unhealthy",
     ),
     update: str | None = typer.Option(None, "--update", help="comfyui | nodes | manager | api"),
-    update_binary: bool = typer.Option(False, "--update-binary", help="upload the API artifact if it changed"),
-    verify_endpoints: bool = typer.Option(False, "--verify-endpoints", help="health, ready, one run per workflow"),
-    install_nodes: str | None = typer.Option(None, "--install-nodes", help="workflow whose node packs to install"),
+    update_binary: bool = typer.Option(
+        False, "--update-binary", help="upload the API artifact if it changed"
+    ),
+    verify_endpoints: bool = typer.Option(
+        False, "--verify-endpoints", help="health, ready, one run per workflow"
+    ),
+    install_nodes: str | None = typer.Option(
+        None, "--install-nodes", help="workflow whose node packs to install"
+    ),
     install_missing: bool = typer.Option(False, "--install-missing", help="node packs of every workflow"),
-    list_installed_nodes: bool = typer.Option(False, "--list-installed-nodes", help="packs, commits, import state"),
-    download_models: str | None = typer.Option(None, "--download-models", help="workflow whose models to fetch"),
+    list_installed_nodes: bool = typer.Option(
+        False, "--list-installed-nodes", help="packs, commits, import state"
+    ),
+    download_models: str | None = typer.Option(
+        None, "--download-models", help="workflow whose models to fetch"
+    ),
     organize_models: bool = typer.Option(False, "--organize-models", help="move models to the right folders"),
     cleanup_models: bool = typer.Option(False, "--cleanup-models", help="list unreferenced models"),
-    yes: bool = typer.Option(False, "--yes", help="with --cleanup-models --plan ID: delete that reviewed list"),
-    plan: str | None = typer.Option(None, "--plan", help="with --cleanup-models --yes: the id a listing printed"),
-    storage_report: bool = typer.Option(False, "--storage-report", help="sizes per folder, largest files, free"),
-    deploy_all: bool = typer.Option(False, "--deploy-all", help="ComfyUI, nodes, models, API, restart, verify"),
+    yes: bool = typer.Option(
+        False, "--yes", help="with --cleanup-models --plan ID: delete that reviewed list"
+    ),
+    plan: str | None = typer.Option(
+        None, "--plan", help="with --cleanup-models --yes: the id a listing printed"
+    ),
+    storage_report: bool = typer.Option(
+        False, "--storage-report", help="sizes per folder, largest files, free"
+    ),
+    deploy_all: bool = typer.Option(
+        False, "--deploy-all", help="ComfyUI, nodes, models, API, restart, verify"
+    ),
     dry_run: bool = DryRun,
     parallel: str | None = Parallel,
     serial: bool = Serial,
@@ -140,7 +164,13 @@ def common(
     pick("--list-installed-nodes", list_installed_nodes, "list-installed-nodes")
     pick("--download-models", download_models, "download-models", workflow=download_models)
     pick("--organize-models", organize_models, "organize-models")
-    pick("--cleanup-models", cleanup_models, "cleanup-models", yes=yes, **({"cleanup_plan": plan} if plan else {}))
+    pick(
+        "--cleanup-models",
+        cleanup_models,
+        "cleanup-models",
+        yes=yes,
+        **({"cleanup_plan": plan} if plan else {}),
+    )
     pick("--storage-report", storage_report, "storage-report")
     pick("--deploy-all", deploy_all, "deploy-all")
 

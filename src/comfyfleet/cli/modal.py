@@ -27,35 +27,69 @@ _defaults = ModalOptions()
 @modal_app.command("generate")
 def generate(
     workflows: Annotated[list[Path], typer.Argument(help="workflow JSON files or folders")],
-    app: Annotated[str, typer.Option("--app", help="Modal app name (also the endpoint's label)")] = DEFAULT_APP_NAME,
-    gpu: Annotated[str, typer.Option("--gpu", help="Modal GPU type, e.g. L40S, A100-80GB, H100")] = DEFAULT_GPU,
+    app: Annotated[
+        str, typer.Option("--app", help="Modal app name (also the endpoint's label)")
+    ] = DEFAULT_APP_NAME,
+    gpu: Annotated[
+        str, typer.Option("--gpu", help="Modal GPU type, e.g. L40S, A100-80GB, H100")
+    ] = DEFAULT_GPU,
     out_file: Annotated[Path, typer.Option("--out", help="where to write the app file")] = DEFAULT_OUT,
-    base_image: Annotated[str, typer.Option(help="pinned base image (the hosts' runtime image)")] = _defaults.base_image,
+    base_image: Annotated[
+        str, typer.Option(help="pinned base image (the hosts' runtime image)")
+    ] = _defaults.base_image,
     comfyui_repo: Annotated[str, typer.Option(help="ComfyUI git repository")] = _defaults.comfyui_repo,
     comfyui_ref: Annotated[str, typer.Option(help="ComfyUI tag, branch or commit")] = _defaults.comfyui_ref,
-    scaledown_window: Annotated[int, typer.Option(help="seconds an idle container stays up")] = _defaults.scaledown_window,
-    max_containers: Annotated[int, typer.Option(help="most GPU containers at once")] = _defaults.max_containers,
-    concurrency: Annotated[int, typer.Option(help="requests one container takes at once")] = _defaults.max_concurrent_requests,
+    scaledown_window: Annotated[
+        int, typer.Option(help="seconds an idle container stays up")
+    ] = _defaults.scaledown_window,
+    max_containers: Annotated[
+        int, typer.Option(help="most GPU containers at once")
+    ] = _defaults.max_containers,
+    concurrency: Annotated[
+        int, typer.Option(help="requests one container takes at once")
+    ] = _defaults.max_concurrent_requests,
     timeout: Annotated[int, typer.Option(help="seconds one request may run")] = _defaults.request_timeout,
-    memory_snapshot: Annotated[bool, typer.Option(help="start ComfyUI before a (GPU) memory snapshot: faster cold starts, alpha")] = False,
+    memory_snapshot: Annotated[
+        bool, typer.Option(help="start ComfyUI before a (GPU) memory snapshot: faster cold starts, alpha")
+    ] = False,
     volume: Annotated[str | None, typer.Option(help="models volume name [default: <app>-models]")] = None,
     api_secret: Annotated[str, typer.Option(help="Modal secret holding the API keys")] = _defaults.api_secret,
-    civitai_secret: Annotated[str, typer.Option(help="Modal secret holding CIVITAI_API_TOKEN")] = _defaults.civitai_secret,
-    hf_secret: Annotated[str | None, typer.Option(help="Modal secret holding HF_TOKEN (for gated repos)")] = None,
-    api_source: Annotated[Path | None, typer.Option(help="comfyui-api source folder [default: this checkout's]")] = None,
-    allow_unresolved: Annotated[bool, typer.Option(help="write the app even when a node or model is unresolved")] = False,
+    civitai_secret: Annotated[
+        str, typer.Option(help="Modal secret holding CIVITAI_API_TOKEN")
+    ] = _defaults.civitai_secret,
+    hf_secret: Annotated[
+        str | None, typer.Option(help="Modal secret holding HF_TOKEN (for gated repos)")
+    ] = None,
+    api_source: Annotated[
+        Path | None, typer.Option(help="comfyui-api source folder [default: this checkout's]")
+    ] = None,
+    allow_unresolved: Annotated[
+        bool, typer.Option(help="write the app even when a node or model is unresolved")
+    ] = False,
 ) -> None:
     """Write one readable Modal app file for the workflows (image, model volume, API service).
 
     Example: comfyfleet modal generate workflows/ --gpu A100-80GB --out deploy/modal_app.py
     """
     options = ModalOptions(
-        app_name=app, gpu=gpu, base_image=base_image, comfyui_repo=comfyui_repo, comfyui_ref=comfyui_ref,
-        scaledown_window=scaledown_window, max_containers=max_containers, max_concurrent_requests=concurrency,
-        request_timeout=timeout, memory_snapshot=memory_snapshot, volume_name=volume, api_secret=api_secret,
-        civitai_secret=civitai_secret, hf_secret=hf_secret,
+        app_name=app,
+        gpu=gpu,
+        base_image=base_image,
+        comfyui_repo=comfyui_repo,
+        comfyui_ref=comfyui_ref,
+        scaledown_window=scaledown_window,
+        max_containers=max_containers,
+        max_concurrent_requests=concurrency,
+        request_timeout=timeout,
+        memory_snapshot=memory_snapshot,
+        volume_name=volume,
+        api_secret=api_secret,
+        civitai_secret=civitai_secret,
+        hf_secret=hf_secret,
     )
-    generated = generate_app(workflows, options, out_file, api_source=api_source, allow_unresolved=allow_unresolved)
+    generated = generate_app(
+        workflows, options, out_file, api_source=api_source, allow_unresolved=allow_unresolved
+    )
     out.print(f"wrote {generated.path} (app {generated.app_name}: {', '.join(generated.workflows)})")
     out.print(f"next: comfyfleet modal deploy {generated.path}")
 
@@ -63,9 +97,13 @@ def generate(
 @modal_app.command("deploy")
 def deploy(
     app_file: Annotated[Path, typer.Argument(help="app file from `comfyfleet modal generate`")] = DEFAULT_OUT,
-    models: Annotated[bool, typer.Option(help="fill the models volume (modal run FILE::download_models)")] = True,
+    models: Annotated[
+        bool, typer.Option(help="fill the models volume (modal run FILE::download_models)")
+    ] = True,
     verify: Annotated[bool, typer.Option(help="check /health and run one generation per workflow")] = True,
-    health_timeout: Annotated[float, typer.Option(help="seconds to wait for the first /health (cold start)")] = 900,
+    health_timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the first /health (cold start)")
+    ] = 900,
 ) -> None:
     """Deploy the app with `modal deploy`, fill its model volume, then verify the endpoint.
 
@@ -73,7 +111,10 @@ def deploy(
     """
     try:
         report = modal_deploy.deploy(
-            app_file, echo=lambda line: err.print(line, markup=False), models=models, verify=verify,
+            app_file,
+            echo=lambda line: err.print(line, markup=False),
+            models=models,
+            verify=verify,
             health_timeout=health_timeout,
         )
     except HostFailure as exc:
@@ -99,7 +140,9 @@ def _app_name(app_file: Path, app: str | None) -> str:
 @modal_app.command("stop")
 def stop(
     app_file: Annotated[Path, typer.Argument(help="app file (its APP_NAME is stopped)")] = DEFAULT_OUT,
-    app: Annotated[str | None, typer.Option("--app", help="app name instead of reading it from the file")] = None,
+    app: Annotated[
+        str | None, typer.Option("--app", help="app name instead of reading it from the file")
+    ] = None,
 ) -> None:
     """Stop the deployed app (`modal app stop`): its containers end, the model volume stays.
 
@@ -114,7 +157,9 @@ def stop(
 @modal_app.command("status")
 def status(
     app_file: Annotated[Path, typer.Argument(help="app file (its APP_NAME is shown)")] = DEFAULT_OUT,
-    app: Annotated[str | None, typer.Option("--app", help="app name instead of reading it from the file")] = None,
+    app: Annotated[
+        str | None, typer.Option("--app", help="app name instead of reading it from the file")
+    ] = None,
 ) -> None:
     """Show the app's deployments as Modal lists them (`modal app list`).
 

@@ -49,8 +49,12 @@ class RichReporter:
         # (runner.parallel_ssh), and a thread started across that patch fails at exit. The
         # display is redrawn on every event instead.
         self.progress = Progress(
-            SpinnerColumn(finished_text=""), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=console, transient=False, auto_refresh=False,
+            SpinnerColumn(finished_text=""),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            auto_refresh=False,
         )
         self._tasks: dict[tuple[str, str], TaskID] = {}
 
@@ -71,11 +75,15 @@ class RichReporter:
             self._tasks[(step, host)] = self.progress.add_task(self._label(step, host), total=None)
         self.progress.refresh()
 
-    def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None:
+    def attempt_failed(
+        self, step: str, host: str, attempt: int, error: BaseException, retry_in: float
+    ) -> None:
         """Say why an attempt failed and when the next one starts."""
         self.progress.console.print(
             f"  [yellow]{step} {host}: attempt {attempt} failed: {describe(error)}; "
-            f"retrying in {retry_in:.1f}s[/]", markup=True, highlight=False,
+            f"retrying in {retry_in:.1f}s[/]",
+            markup=True,
+            highlight=False,
         )
 
     def note(self, step: str, host: str, message: str) -> None:
@@ -89,7 +97,9 @@ class RichReporter:
             return
         mark = "[green]✓[/]" if ok else "[red]✗[/]"
         tail = "" if ok else f" [red]{error}[/]"
-        self.progress.update(task, description=f"{mark} {self._label(step, host)}{tail}", total=1, completed=1)
+        self.progress.update(
+            task, description=f"{mark} {self._label(step, host)}{tail}", total=1, completed=1
+        )
         self.progress.refresh()
 
 
@@ -103,8 +113,13 @@ def result_table(result: PipelineResult, title: str) -> Table:
             verdict = "[dim]skipped[/]"
         else:
             verdict = "[green]ok[/]" if r.ok else "[red]failed[/]"
-        table.add_row(r.step, r.host, verdict, str(r.attempts) if not r.skipped else "",
-                      f"{r.seconds:.2f}" if not r.skipped else "")
+        table.add_row(
+            r.step,
+            r.host,
+            verdict,
+            str(r.attempts) if not r.skipped else "",
+            f"{r.seconds:.2f}" if not r.skipped else "",
+        )
     table.add_section()
     table.add_row("total", "", "[green]ok[/]" if result.ok else "[red]failed[/]", "", f"{result.seconds:.2f}")
     return table
@@ -112,7 +127,9 @@ def result_table(result: PipelineResult, title: str) -> Table:
 
 def ship(
     workflow: Annotated[Path, typer.Argument(help="workflow JSON file (UI or API format)")],
-    to: Annotated[str, typer.Option("--to", help="IP or host name, inventory file, or group in it; or modal")],
+    to: Annotated[
+        str, typer.Option("--to", help="IP or host name, inventory file, or group in it; or modal")
+    ],
     env: Annotated[Env, typer.Option("--env", help="environment the deployment belongs to")] = Env.dev,
     name: Annotated[
         str | None, typer.Option("--name", help="deployment name (default: the workflow's file name)")
@@ -125,8 +142,10 @@ def ship(
     registry = Registry()
     ctx = prepare_ship(workflow, to, env.value, name, registry)
     steps = standard_steps(ctx, registry)
-    out.print(f"shipping {ctx.workflow_path} as {ctx.name} ({ctx.environment}) to {ctx.target}: "
-              f"{', '.join(ctx.hosts) or 'modal'}")
+    out.print(
+        f"shipping {ctx.workflow_path} as {ctx.name} ({ctx.environment}) to {ctx.target}: "
+        f"{', '.join(ctx.hosts) or 'modal'}"
+    )
     try:
         with hold_hosts(ctx.hosts, f"shipping {ctx.name} ({ctx.environment})"), RichReporter(out) as reporter:
             outcome = run_ship(ctx, steps, registry, reporter)
@@ -137,19 +156,25 @@ def ship(
     failure = outcome.result.failure
     if failure is not None:
         err.print(f"ship failed: {failure}", markup=False, soft_wrap=True)
-        err.print("whatever served before this ship is still serving; "
-                  f"see `comfyfleet deployments history {ctx.name} --env {ctx.environment}`")
+        err.print(
+            "whatever served before this ship is still serving; "
+            f"see `comfyfleet deployments history {ctx.name} --env {ctx.environment}`"
+        )
         raise typer.Exit(2 if failure.bad_input else 1)
     dep = outcome.deployment
     if dep is not None:
         for e in dep.endpoints:
             out.print(f"[green]serving[/] {e.url}  ({e.host})")
             if e.api_key_file:
-                out.print(f"  API key: {e.api_key_file}  (send it as: Authorization: Bearer <key>)", markup=False)
+                out.print(
+                    f"  API key: {e.api_key_file}  (send it as: Authorization: Bearer <key>)", markup=False
+                )
 
 
 def watch(
-    refresh: Annotated[float, typer.Option("--refresh", min=0.5, help="seconds between registry re-reads")] = 5.0,
+    refresh: Annotated[
+        float, typer.Option("--refresh", min=0.5, help="seconds between registry re-reads")
+    ] = 5.0,
 ) -> None:
     """Run the deployments' schedules (health checks, warmups, runs) until Ctrl-C or SIGTERM.
 
@@ -159,7 +184,9 @@ def watch(
 
     def on_event(event: RunEvent) -> None:
         s = event.schedule
-        label = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {s.action} {s.deployment} ({s.environment})"
+        label = (
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {s.action} {s.deployment} ({s.environment})"
+        )
         if event.error is not None:
             err.print(f"{label}: crashed: {event.error}", markup=False)
         elif event.outcome is None:

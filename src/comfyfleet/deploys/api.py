@@ -56,7 +56,9 @@ def local_artifact(data: Any) -> Path:
     given = data.get("api_binary")
     path = Path(str(given)) if given else REPO_ROOT / "dist" / "comfyui-api.pyz"
     if not path.is_file():
-        raise BadInput(f"{path}: no comfyui-api artifact; build it with scripts/build-binary (or set api_binary)")
+        raise BadInput(
+            f"{path}: no comfyui-api artifact; build it with scripts/build-binary (or set api_binary)"
+        )
     return path
 
 
@@ -67,25 +69,39 @@ def local_workflow_files(data: Any) -> dict[str, Path]:
         raise BadInput(f"{folder}: workflows folder not found; set workflows_dir")
     out = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and WORKFLOW_FILE.match(p.name) and not p.name.endswith((".lock.json", ".manifest.json")):
+        if (
+            p.is_file()
+            and WORKFLOW_FILE.match(p.name)
+            and not p.name.endswith((".lock.json", ".manifest.json"))
+        ):
             out[p.name] = p
     return out
 
 
-def api_spec(cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str,
-             extra: tuple[str, ...] = ()) -> docker.ContainerSpec:
+def api_spec(
+    cfg: HostConfig, paths: ApiPaths, artifact_sha256: str, listen: str, extra: tuple[str, ...] = ()
+) -> docker.ContainerSpec:
     """The comfyui-api container: the runtime image's python3 running the uploaded .pyz."""
     lay = cfg.layout
     command = (
-        "python3", paths.pyz,
-        "--comfyui-url", cfg.comfyui_url,
-        "--workflows", paths.workflows,
-        "--disabled-dir", paths.disabled,
-        "--host", listen,
-        "--port", str(cfg.api_port),
-        "--db", paths.db,
-        "--api-key-file", paths.keys,
-        "--comfyui-output-dir", lay.output,
+        "python3",
+        paths.pyz,
+        "--comfyui-url",
+        cfg.comfyui_url,
+        "--workflows",
+        paths.workflows,
+        "--disabled-dir",
+        paths.disabled,
+        "--host",
+        listen,
+        "--port",
+        str(cfg.api_port),
+        "--db",
+        paths.db,
+        "--api-key-file",
+        paths.keys,
+        "--comfyui-output-dir",
+        lay.output,
         *extra,
     )
     return docker.ContainerSpec(
@@ -113,24 +129,38 @@ def deploy_api() -> None:
     files.put(name="comfyui-api artifact", src=str(artifact), dest=paths.pyz, mode="644")
     changed = []
     for name, local in workflows.items():
-        changed.append(files.put(name=f"workflow {name}", src=str(local), dest=f"{paths.workflows}/{name}",
-                                 mode="644"))
-    changed.append(stale_workflows(name="Stale workflow files", directory=paths.workflows, keep=list(workflows)))
+        changed.append(
+            files.put(name=f"workflow {name}", src=str(local), dest=f"{paths.workflows}/{name}", mode="644")
+        )
+    changed.append(
+        stale_workflows(name="Stale workflow files", directory=paths.workflows, keep=list(workflows))
+    )
     keys_file = cfg.api_keys_file
     if keys_file and not Path(str(keys_file)).is_file():
         raise BadInput(f"host {host.name}: api_keys_file {keys_file} not found")
-    changed.append(api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None))
+    changed.append(
+        api_keys(name="API keys", path=paths.keys, local_file=str(keys_file) if keys_file else None)
+    )
     # Job ids name the host (the gateway routes /jobs/<id> by it); outputs may go to a bucket.
     extra: tuple[str, ...] = ("--job-id-prefix", job_prefix(host.name))
     if cfg.object_store_file:
         changed.append(object_store_file(host.name, cfg.object_store_file, f"{paths.dir}/object-store.json"))
         extra += ("--object-store", f"{paths.dir}/object-store.json")
-    ctr = docker.container(name="comfyui-api container", spec=api_spec(cfg, paths, sha, cfg.api_listen, extra))
+    ctr = docker.container(
+        name="comfyui-api container", spec=api_spec(cfg, paths, sha, cfg.api_listen, extra)
+    )
     # Endpoints are built at start: new workflows or keys need a restart (unless recreated anyway).
-    docker.restart(name="Restart comfyui-api for new workflows", container=cfg.layout.api_container,
-                   _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change())
-    docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                     container=cfg.layout.api_container, timeout=cfg.health_timeout)
+    docker.restart(
+        name="Restart comfyui-api for new workflows",
+        container=cfg.layout.api_container,
+        _if=lambda: any(op.did_change() for op in changed) and not ctr.did_change(),
+    )
+    docker.wait_http(
+        name="comfyui-api health",
+        url=f"http://127.0.0.1:{cfg.api_port}/health",
+        container=cfg.layout.api_container,
+        timeout=cfg.health_timeout,
+    )
 
 
 def fetch_key_deploy(local_files: Mapping[str, str]) -> Callable[[], None]:
@@ -146,7 +176,9 @@ def fetch_key_deploy(local_files: Mapping[str, str]) -> Callable[[], None]:
         if cfg.api_keys_file or local is None:
             host.noop("the API keys come from api_keys_file: nothing to fetch")
             return
-        fetch_api_key(name="Fetch the generated API key", remote_path=ApiPaths.for_config(cfg).keys, local_path=local)
+        fetch_api_key(
+            name="Fetch the generated API key", remote_path=ApiPaths.for_config(cfg).keys, local_path=local
+        )
 
     fetch_key.__name__ = "fetch-api-key"  # type: ignore[attr-defined]
     return cast(Callable[[], None], fetch_key)

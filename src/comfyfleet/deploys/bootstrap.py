@@ -25,7 +25,9 @@ def provision(provider: str | None = None) -> None:
     """Bootstrap the current host for ``provider`` and deploy the ComfyUI runtime on it."""
     given = host.data.get("provider")
     if provider and given and given != provider:
-        raise BadInput(f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run")
+        raise BadInput(
+            f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run"
+        )
     cfg = host_config(host, provider)
     requests = [(ContainerHost, {"user": cfg.ssh_user}), *runtime_facts(cfg, cfg.comfyui_ref)]
     if cfg.block_device:
@@ -33,7 +35,9 @@ def provision(provider: str | None = None) -> None:
     prefetch.prefetch(name="Read host state", requests=requests)
     docker.engine(name="Docker Engine", user=cfg.ssh_user, apt_url=cfg.docker_apt_url)
     docker.nvidia_toolkit(
-        name="NVIDIA container toolkit", version=cfg.nvidia_toolkit_version, apt_url=cfg.nvidia_apt_url,
+        name="NVIDIA container toolkit",
+        version=cfg.nvidia_toolkit_version,
+        apt_url=cfg.nvidia_apt_url,
         user=cfg.ssh_user,
     )
     block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount)
@@ -45,5 +49,7 @@ def bootstrap_task() -> None:
     """Provider bootstrap for the provider named in the host data (``--data provider=...``)."""
     provider = host.data.get("provider")
     if not provider:
-        raise BadInput(f"host {host.name}: no provider: pass --provider lambda|datacrunch or set provider in its data")
+        raise BadInput(
+            f"host {host.name}: no provider: pass --provider lambda|datacrunch or set provider in its data"
+        )
     provision(provider)

@@ -48,8 +48,11 @@ def deploy_all() -> None:
     scripts = ["install_nodes.py", "fetch_models.py"]
     plans = {"nodes": node_plan(cfg, packs, core), "models": model_plan(cfg, models)}
     # One round trip reads the runtime's facts and the staged files with the tier checks.
-    prefetch.prefetch(name="Read host state", requests=[*runtime_facts(cfg, cfg.comfyui_ref),
-                                                        staged_facts(cfg, scripts, plans)], _sudo=cfg.sudo)
+    prefetch.prefetch(
+        name="Read host state",
+        requests=[*runtime_facts(cfg, cfg.comfyui_ref), staged_facts(cfg, scripts, plans)],
+        _sudo=cfg.sudo,
+    )
     deploy_runtime(prefetched=True)
     staged = stage(cfg, scripts, plans, "Host scripts and plans")
     nodes = install_nodes(manifests, finish=False, staged=staged)
@@ -92,7 +95,9 @@ def update_task() -> None:
     """``--data update=comfyui|nodes|manager|api`` moves one component (``component`` works too)."""
     component = str(host.data.get("update") or host.data.get("component") or "")
     if component not in UPDATE_COMPONENTS:
-        raise BadInput(f"host {host.name}: update must be one of {', '.join(UPDATE_COMPONENTS)} (got {component!r})")
+        raise BadInput(
+            f"host {host.name}: update must be one of {', '.join(UPDATE_COMPONENTS)} (got {component!r})"
+        )
     cfg = host_config(host)
     if component == "comfyui":
         update_core(cfg.ref or cfg.comfyui_ref)  # type: ignore[call-arg, arg-type]  # pyinfra's @deploy typing

@@ -116,7 +116,9 @@ def needed_models(manifests: list[Manifest]) -> list[ModelRef]:
             if have is None:
                 out[key] = ref.model_copy(update={"filename": key[1]})
             elif ref.sha256 and have.sha256 and ref.sha256.lower() != have.sha256.lower():
-                raise BadInput(f"{m.source}: {key[0]}/{key[1]} has two different sha256 values across workflows")
+                raise BadInput(
+                    f"{m.source}: {key[0]}/{key[1]} has two different sha256 values across workflows"
+                )
             else:
                 have.url = have.url or ref.url
                 have.sha256 = have.sha256 or ref.sha256
@@ -142,8 +144,14 @@ def model_plan(cfg: HostConfig, models: list[ModelRef]) -> dict[str, Any]:
         "civitai_endpoint": data.get("civitai_endpoint"),
         "parallel": parallel,
         "items": [
-            {"filename": m.filename, "folder": m.folder, "url": m.url, "sha256": (m.sha256 or "").lower() or None,
-             "size": m.size, "record_hash": m.sha256 is None}
+            {
+                "filename": m.filename,
+                "folder": m.folder,
+                "url": m.url,
+                "sha256": (m.sha256 or "").lower() or None,
+                "size": m.size,
+                "record_hash": m.sha256 is None,
+            }
             for m in models
         ],
     }
@@ -175,7 +183,10 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
     check = probed_or_fact(("python3", script_path, "--plan", plan_path, *MODELS_CHECK))
     rows = check.get("CHECK")
     if rows is None:
-        yield fail("; ".join(check.get("error", [])) or "fetch_models.py --check gave no answer (python3 on the host?)")
+        yield fail(
+            "; ".join(check.get("error", []))
+            or "fetch_models.py --check gave no answer (python3 on the host?)"
+        )
         return
     if all(r["state"] == "ok" for r in rows):
         host.noop(f"{count} model file(s) in place")
@@ -190,8 +201,15 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
     home = host.get_fact(Home, _sudo=False) or "/root"
     secrets_dir = f"{home}/.comfyfleet-secrets"
     secrets_file = f"{secrets_dir}/tokens-{uuid.uuid4().hex}.json"
-    yield StringCommand("sh", "-c", QuoteString(_SECRETS_FILE), "comfyfleet", QuoteString(secrets_dir),
-                        QuoteString(secrets_file), _sudo=False)
+    yield StringCommand(
+        "sh",
+        "-c",
+        QuoteString(_SECRETS_FILE),
+        "comfyfleet",
+        QuoteString(secrets_dir),
+        QuoteString(secrets_file),
+        _sudo=False,
+    )
     yield FileUploadCommand(StringIO(json.dumps(payload)), secrets_file, _sudo=False)
     yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
 
@@ -204,9 +222,17 @@ def report_downloads(step: OperationMeta, lock_file: str | None) -> Generator[An
         report(host).table(
             "models",
             ["file", "status", "via", "MB fetched", "MB resumed", "sha256"],
-            [[f"{r['folder']}/{r['filename']}", r["status"], r.get("via", "-"),
-              f"{r.get('bytes_fetched', 0) / 1e6:.1f}", f"{r.get('bytes_reused', 0) / 1e6:.1f}",
-              (r.get("sha256") or "")[:16]] for r in rows],
+            [
+                [
+                    f"{r['folder']}/{r['filename']}",
+                    r["status"],
+                    r.get("via", "-"),
+                    f"{r.get('bytes_fetched', 0) / 1e6:.1f}",
+                    f"{r.get('bytes_reused', 0) / 1e6:.1f}",
+                    (r.get("sha256") or "")[:16],
+                ]
+                for r in rows
+            ],
         )
         if lock_file:
             recorded = record_hashes(Path(lock_file), rows)
@@ -249,19 +275,32 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
     cfg = host_config(host)
     models = needed_models(manifests)
     missing_url = [m for m in models if not m.url]
-    paths = staged or stage(cfg, ["fetch_models.py"], {"models": model_plan(cfg, models)}, "Model scripts and plan")
-    step = fetch(name="Model files", script_path=paths["fetch_models.py"], plan_path=paths["models"],
-                 count=len(models), token_names=sorted(tokens_needed(models)), _sudo=cfg.sudo)
+    paths = staged or stage(
+        cfg, ["fetch_models.py"], {"models": model_plan(cfg, models)}, "Model scripts and plan"
+    )
+    step = fetch(
+        name="Model files",
+        script_path=paths["fetch_models.py"],
+        plan_path=paths["models"],
+        count=len(models),
+        token_names=sorted(tokens_needed(models)),
+        _sudo=cfg.sudo,
+    )
     report_downloads(name="Model report", step=step, lock_file=_lock_file())
     if missing_url:
-        report(host).note("no download URL for: " + ", ".join(f"{m.folder}/{m.filename}" for m in missing_url)
-                          + " (add url: in workflows/overrides.yaml)")
+        report(host).note(
+            "no download URL for: "
+            + ", ".join(f"{m.folder}/{m.filename}" for m in missing_url)
+            + " (add url: in workflows/overrides.yaml)"
+        )
     return step
 
 
 def _lock_file() -> str:
     data = host.data
-    return str(data.get("lock_file") or Path(str(data.get("workflows_dir") or "workflows")) / "comfyfleet.lock.yaml")
+    return str(
+        data.get("lock_file") or Path(str(data.get("workflows_dir") or "workflows")) / "comfyfleet.lock.yaml"
+    )
 
 
 def _manifests(one: bool) -> list[Manifest]:
@@ -281,9 +320,13 @@ def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
     models = needed_models(manifests)
     # Names a workflow uses whose folder analysis could not tell: never "unreferenced".
     anywhere = sorted({normalize_model_name(u.filename) for m in manifests for u in m.unresolved.models})
-    plan = {"models_dir": cfg.layout.models, "data_root": cfg.layout.root,
-            "referenced": [{"folder": m.folder, "filename": m.filename, "sha256": m.sha256} for m in models],
-            "referenced_anywhere": anywhere, "cleanup_plans_dir": f"{cfg.layout.state}/cleanup-plans"}
+    plan = {
+        "models_dir": cfg.layout.models,
+        "data_root": cfg.layout.root,
+        "referenced": [{"folder": m.folder, "filename": m.filename, "sha256": m.sha256} for m in models],
+        "referenced_anywhere": anywhere,
+        "cleanup_plans_dir": f"{cfg.layout.state}/cleanup-plans",
+    }
     paths = stage(cfg, ["model_files.py"], {"model-files": plan}, "Model folder scripts and plan")
     return paths["model_files.py"], paths["model-files"]
 
@@ -291,7 +334,9 @@ def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
 @operation()
 def organize(script_path: str, plan_path: str) -> Generator[Any, None, None]:
     """Move referenced files that sit in the wrong folder to the manifest's folder (never overwrites)."""
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "organize", "--check"))
+    state = host.get_fact(
+        HostsideJson, argv=("python3", script_path, "--plan", plan_path, "organize", "--check")
+    )
     result = state.get("ORGANIZE")
     if result is None:
         yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
@@ -321,8 +366,16 @@ def cleanup(script_path: str, plan_path: str, plan_id: str | None) -> Generator[
       exactly the files of that saved list (a file changed since is skipped and named)
     """
     if plan_id:
-        yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--delete",
-                            "--plan-id", QuoteString(plan_id))
+        yield StringCommand(
+            "python3",
+            script_path,
+            "--plan",
+            plan_path,
+            "cleanup",
+            "--delete",
+            "--plan-id",
+            QuoteString(plan_id),
+        )
         report(host).note(f"deleted the files of reviewed cleanup plan {plan_id} (changed ones are skipped)")
         return
     state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "cleanup"))
@@ -330,16 +383,22 @@ def cleanup(script_path: str, plan_path: str, plan_id: str | None) -> Generator[
     if result is None:
         yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
         return
-    report(host).table("unreferenced models", ["file", "MB"],
-                       [[f["file"], f"{f['size'] / 1e6:.1f}"] for f in result["files"]])
+    report(host).table(
+        "unreferenced models",
+        ["file", "MB"],
+        [[f["file"], f"{f['size'] / 1e6:.1f}"] for f in result["files"]],
+    )
     if not result["files"]:
         host.noop("no unreferenced model files")
         return
-    report(host).note(f"cleanup plan {result['plan_id']}: {len(result['files'])} file(s), "
-                      f"{result['bytes'] / 1e6:.1f} MB; to delete exactly these: --cleanup-models --yes "
-                      f"--plan {result['plan_id']} (pyinfra: --data cleanup_plan={result['plan_id']})")
-    yield StringCommand("python3", script_path, "--plan", plan_path, "cleanup", "--save-plan",
-                        QuoteString(result["plan_id"]))
+    report(host).note(
+        f"cleanup plan {result['plan_id']}: {len(result['files'])} file(s), "
+        f"{result['bytes'] / 1e6:.1f} MB; to delete exactly these: --cleanup-models --yes "
+        f"--plan {result['plan_id']} (pyinfra: --data cleanup_plan={result['plan_id']})"
+    )
+    yield StringCommand(
+        "python3", script_path, "--plan", plan_path, "cleanup", "--save-plan", QuoteString(result["plan_id"])
+    )
 
 
 @task("cleanup-models")
@@ -349,11 +408,17 @@ def cleanup_models_task() -> None:
     plan_id = str(host.data.get("cleanup_plan") or "") or None
     yes = str(host.data.get("yes", "")).lower() in ("1", "true", "yes")
     if yes and not plan_id:
-        raise BadInput("cleanup-models --yes needs --plan ID (from a listing run): only a reviewed list is deleted")
+        raise BadInput(
+            "cleanup-models --yes needs --plan ID (from a listing run): only a reviewed list is deleted"
+        )
     if plan_id and not re.fullmatch(r"[0-9a-f]{16}", plan_id):
-        raise BadInput(f"cleanup plan {plan_id!r}: give the 16-character id a --cleanup-models listing printed")
+        raise BadInput(
+            f"cleanup plan {plan_id!r}: give the 16-character id a --cleanup-models listing printed"
+        )
     script_path, plan_path = _admin_plan(cfg)
-    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id, _sudo=cfg.sudo)
+    cleanup(
+        name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id, _sudo=cfg.sudo
+    )
 
 
 @operation()
@@ -365,15 +430,25 @@ def storage(script_path: str, plan_path: str) -> Generator[Any, None, None]:
         yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
         return
     gb = 1e9
-    report(host).table("models per folder", ["folder", "files", "GB"],
-                       [[f["folder"], f["files"], f"{f['bytes'] / gb:.2f}"] for f in r["folders"]])
-    report(host).table("largest model files", ["file", "GB", "referenced"],
-                       [[f["file"], f"{f['bytes'] / gb:.2f}", "yes" if f["referenced"] else "no"] for f in r["largest"]])
-    report(host).table("storage", ["what", "files", "GB"], [
-        ["referenced", r["referenced"]["files"], f"{r['referenced']['bytes'] / gb:.2f}"],
-        ["unreferenced", r["unreferenced"]["files"], f"{r['unreferenced']['bytes'] / gb:.2f}"],
-        ["free on data root", "-", f"{r['free_bytes'] / gb:.2f} of {r['total_bytes'] / gb:.2f}"],
-    ])
+    report(host).table(
+        "models per folder",
+        ["folder", "files", "GB"],
+        [[f["folder"], f["files"], f"{f['bytes'] / gb:.2f}"] for f in r["folders"]],
+    )
+    report(host).table(
+        "largest model files",
+        ["file", "GB", "referenced"],
+        [[f["file"], f"{f['bytes'] / gb:.2f}", "yes" if f["referenced"] else "no"] for f in r["largest"]],
+    )
+    report(host).table(
+        "storage",
+        ["what", "files", "GB"],
+        [
+            ["referenced", r["referenced"]["files"], f"{r['referenced']['bytes'] / gb:.2f}"],
+            ["unreferenced", r["unreferenced"]["files"], f"{r['unreferenced']['bytes'] / gb:.2f}"],
+            ["free on data root", "-", f"{r['free_bytes'] / gb:.2f} of {r['total_bytes'] / gb:.2f}"],
+        ],
+    )
     host.noop("storage report")
 
 

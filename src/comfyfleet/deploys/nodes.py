@@ -90,7 +90,9 @@ def load_manifests(workflow: str | None, workflows_dir: str = "workflows") -> li
     target = workflow or workflows_dir
     path = Path(target)
     if not path.exists():
-        raise BadInput(f"{target}: no such workflow file or folder (give --install-nodes FILE or add workflows/)")
+        raise BadInput(
+            f"{target}: no such workflow file or folder (give --install-nodes FILE or add workflows/)"
+        )
     # Every host of a run asks for the same analysis: keyed by the files' names and mtimes.
     watched = sorted(path.rglob("*")) if path.is_dir() else [path, *sorted(path.parent.glob("*.yaml"))]
     key = (str(path.resolve()), *(f"{p}:{p.stat().st_mtime_ns}" for p in watched if p.is_file()))
@@ -165,7 +167,7 @@ def clone_url(repo: str, mirrors: dict[str, str]) -> str:
     url = repo
     for prefix in sorted(mirrors, key=len, reverse=True):
         if repo.startswith(prefix):
-            url = mirrors[prefix] + repo[len(prefix):]
+            url = mirrors[prefix] + repo[len(prefix) :]
             break
     if not re.match(r"^(https?|ssh|file)://[A-Za-z0-9._~:/?#@%+=,-]+$|^git@[A-Za-z0-9._~:/%+=,-]+$", url):
         raise BadInput(f"node pack repo {repo!r} is not a git URL comfyfleet can clone")
@@ -198,8 +200,16 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
         "comfyui_dir": lay.comfyui,
         "python": runtime_python(cfg),
         "cm_cli": [
-            "docker", "exec", "-i", "-e", f"COMFYUI_PATH={lay.comfyui}", lay.comfyui_container,
-            f"{lay.venv}/bin/python", "-c", CM_CLI_LAUNCHER, lay.custom_nodes,
+            "docker",
+            "exec",
+            "-i",
+            "-e",
+            f"COMFYUI_PATH={lay.comfyui}",
+            lay.comfyui_container,
+            f"{lay.venv}/bin/python",
+            "-c",
+            CM_CLI_LAUNCHER,
+            lay.custom_nodes,
         ],
         "use_manager": "never" if via == "git" else "auto",
         "pip_args": pip_args,
@@ -296,7 +306,9 @@ def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
 
 
 @operation()
-def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = None) -> Generator[Any, None, None]:
+def sync_files(
+    files: dict[str, bytes], probes: list[tuple[str, ...]] | None = None
+) -> Generator[Any, None, None]:
     """Make each remote path hold these bytes (mode 644); no change when all already do.
 
     + files: remote path -> content (host-side scripts and JSON plans, nothing secret)
@@ -308,7 +320,9 @@ def sync_files(files: dict[str, bytes], probes: list[tuple[str, ...]] | None = N
     remote = state["hashes"]
     stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
     if not stale:
-        host_run(host).probes = {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
+        host_run(host).probes = {
+            argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)
+        }
         host.noop(f"{len(files)} file(s) up to date")
         return
     host_run(host).probes = {}
@@ -322,7 +336,9 @@ NODES_CHECK = ("check", "--verify")
 MODELS_CHECK = ("--check",)
 
 
-def staged_facts(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]) -> prefetch.FactRequest:
+def staged_facts(
+    cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
+) -> prefetch.FactRequest:
     """The fact :func:`stage` reads, with the same arguments, for a caller's :func:`prefetch.prefetch`."""
     files, probes = _stage_plan(cfg, scripts, plans)[1:]
     return StagedFiles, {"paths": tuple(sorted(files)), "probes": tuple(tuple(p) for p in probes)}
@@ -360,8 +376,11 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
 
 # --- operations ---------------------------------------------------------------------------
 
+
 @operation()
-def node_packs(script_path: str, plan_path: str, packs: int, update: bool = False) -> Generator[Any, None, None]:
+def node_packs(
+    script_path: str, plan_path: str, packs: int, update: bool = False
+) -> Generator[Any, None, None]:
     """Bring the plan's node packs to their pinned versions (no change when all already are).
 
     + script_path: ``install_nodes.py`` on the host
@@ -375,7 +394,10 @@ def node_packs(script_path: str, plan_path: str, packs: int, update: bool = Fals
     if "VERIFY" in state:
         host_run(host).verified = state
     if "CHECK" not in state:
-        yield fail("; ".join(state.get("error", [])) or "install_nodes.py check gave no answer (python3 on the host?)")
+        yield fail(
+            "; ".join(state.get("error", []))
+            or "install_nodes.py check gave no answer (python3 on the host?)"
+        )
         return
     todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
     if not todo:
@@ -392,8 +414,18 @@ def report_packs(install: OperationMeta) -> Generator[Any, None, None]:
         report(host).table(
             "node packs",
             ["pack", "folder", "via", "why", "commit", "changes", "warnings"],
-            [[r["id"], r["dir"], r.get("method", ""), r.get("why", ""), (r.get("commit") or "")[:12],
-              "; ".join(r.get("changed", [])) or "-", "; ".join(r.get("warnings", []))] for r in result],
+            [
+                [
+                    r["id"],
+                    r["dir"],
+                    r.get("method", ""),
+                    r.get("why", ""),
+                    (r.get("commit") or "")[:12],
+                    "; ".join(r.get("changed", [])) or "-",
+                    "; ".join(r.get("warnings", [])),
+                ]
+                for r in result
+            ],
         )
     host.noop("reported node packs")
     return
@@ -418,9 +450,19 @@ def verify_classes(
     if result is None:
         yield fail("; ".join(state.get("error", [])) or "could not read /object_info")
         return
-    rows = [[p["id"], p["dir"], "yes" if not p["missing"] else "NO", ", ".join(p["missing"]) or "-",
-             p.get("error", "")] for p in result["packs"]]
-    report(host).table("node classes in /object_info", ["pack", "folder", "loaded", "missing", "import error"], rows)
+    rows = [
+        [
+            p["id"],
+            p["dir"],
+            "yes" if not p["missing"] else "NO",
+            ", ".join(p["missing"]) or "-",
+            p.get("error", ""),
+        ]
+        for p in result["packs"]
+    ]
+    report(host).table(
+        "node classes in /object_info", ["pack", "folder", "loaded", "missing", "import error"], rows
+    )
     problems = [f"pack {p['id']} failed to import: {p.get('error')}" for p in result["packs"] if p["missing"]]
     if result["missing_core"]:
         problems.append(f"core classes missing: {', '.join(result['missing_core'])} (raise comfyui_ref)")
@@ -436,16 +478,31 @@ def verify_classes(
 def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
     """Restart ComfyUI (and wait for health) only when ``when`` changed something."""
     lay = cfg.layout
-    docker.restart(name="Restart ComfyUI for new nodes", container=lay.comfyui_container,
-                   _if=when.did_change, _sudo=cfg.sudo)
-    comfyui.wait_healthy(name="ComfyUI health after restart", url=cfg.comfyui_url, container=lay.comfyui_container,
-                         timeout=cfg.health_timeout, _if=when.did_change, _sudo=cfg.sudo)
+    docker.restart(
+        name="Restart ComfyUI for new nodes",
+        container=lay.comfyui_container,
+        _if=when.did_change,
+        _sudo=cfg.sudo,
+    )
+    comfyui.wait_healthy(
+        name="ComfyUI health after restart",
+        url=cfg.comfyui_url,
+        container=lay.comfyui_container,
+        timeout=cfg.health_timeout,
+        _if=when.did_change,
+        _sudo=cfg.sudo,
+    )
 
 
 def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
     """Check /object_info against the plan uploaded by :func:`install_nodes` (same run)."""
-    verify_classes(name="Verify node classes", script_path=f"{cfg.layout.state}/bin/install_nodes.py",
-                   plan_path=f"{cfg.layout.state}/plans/nodes.json", reuse_check=install, _sudo=cfg.sudo)
+    verify_classes(
+        name="Verify node classes",
+        script_path=f"{cfg.layout.state}/bin/install_nodes.py",
+        plan_path=f"{cfg.layout.state}/plans/nodes.json",
+        reuse_check=install,
+        _sudo=cfg.sudo,
+    )
 
 
 @tier_deploy("Custom nodes")
@@ -459,10 +516,17 @@ def install_nodes(
     """
     cfg = host_config(host)
     packs, core = needed_packs(manifests)
-    paths = staged or stage(cfg, ["install_nodes.py"], {"nodes": node_plan(cfg, packs, core)},
-                            "Node pack scripts and plan")
-    inst = node_packs(name="Node packs", script_path=paths["install_nodes.py"], plan_path=paths["nodes"],
-                      packs=len(packs), update=update, _sudo=cfg.sudo)
+    paths = staged or stage(
+        cfg, ["install_nodes.py"], {"nodes": node_plan(cfg, packs, core)}, "Node pack scripts and plan"
+    )
+    inst = node_packs(
+        name="Node packs",
+        script_path=paths["install_nodes.py"],
+        plan_path=paths["nodes"],
+        packs=len(packs),
+        update=update,
+        _sudo=cfg.sudo,
+    )
     report_packs(name="Node pack report", install=inst)
     if finish:
         restart_and_wait(cfg, inst)
@@ -508,8 +572,18 @@ def list_packs(script_path: str, plan_path: str) -> Generator[Any, None, None]:
     report(host).table(
         "installed node packs",
         ["pack", "repo", "commit", "modified", "imported", "via", "error"],
-        [[r["dir"], r["repo"], r["commit"][:12], "yes" if r["modified"] else "no", imported[r.get("imported")],
-          r["via"], r.get("error", "")] for r in rows],
+        [
+            [
+                r["dir"],
+                r["repo"],
+                r["commit"][:12],
+                "yes" if r["modified"] else "no",
+                imported[r.get("imported")],
+                r["via"],
+                r.get("error", ""),
+            ]
+            for r in rows
+        ],
     )
     host.noop(f"{len(rows)} node pack(s) listed")
 
@@ -519,5 +593,9 @@ def list_installed_nodes_task() -> None:
     """Every pack in custom_nodes/ with its repo, commit, local changes and import state."""
     cfg = host_config(host)
     paths = stage(cfg, ["install_nodes.py"], {"nodes-list": node_plan(cfg, [], [])}, "Node pack scripts")
-    list_packs(name="List node packs", script_path=paths["install_nodes.py"], plan_path=paths["nodes-list"],
-               _sudo=cfg.sudo)
+    list_packs(
+        name="List node packs",
+        script_path=paths["install_nodes.py"],
+        plan_path=paths["nodes-list"],
+        _sudo=cfg.sudo,
+    )

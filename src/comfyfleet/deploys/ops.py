@@ -31,13 +31,22 @@ def restart(component: str) -> None:
     lay = cfg.layout
     if component in ("comfyui", "all"):
         docker.restart(name="Restart ComfyUI", container=lay.comfyui_container)
-        comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                             timeout=cfg.health_timeout)
+        comfyui.wait_healthy(
+            name="ComfyUI health",
+            url=cfg.comfyui_url,
+            container=lay.comfyui_container,
+            timeout=cfg.health_timeout,
+        )
     if component in ("api", "all"):
         # A host without the API service yet reports that and carries on (restart is a noop).
         api = docker.restart(name="Restart comfyui-api", container=lay.api_container)
-        docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                         container=lay.api_container, timeout=cfg.health_timeout, _if=api.did_change)
+        docker.wait_http(
+            name="comfyui-api health",
+            url=f"http://127.0.0.1:{cfg.api_port}/health",
+            container=lay.api_container,
+            timeout=cfg.health_timeout,
+            _if=api.did_change,
+        )
 
 
 @task("restart")
@@ -56,17 +65,34 @@ def update_core(ref: str) -> None:
     """
     cfg = host_config(host)
     lay = cfg.layout
-    core = comfyui.checkout(name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref,
-                            record_to=lay.state)
-    env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
-                             image=cfg.runtime_image)
-    docker.restart(name="Restart ComfyUI", container=lay.comfyui_container,
-                   _if=lambda: core.did_change() or env.did_change())
-    health = comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                                  timeout=cfg.health_timeout, _ignore_errors=True)
-    comfyui.rollback(name="Roll back ComfyUI core", path=lay.comfyui, container=lay.comfyui_container,
-                     state_dir=lay.state, url=cfg.comfyui_url, ref=ref, timeout=cfg.health_timeout,
-                     _if=health.did_error)
+    core = comfyui.checkout(
+        name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref, record_to=lay.state
+    )
+    env = comfyui.python_env(
+        name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui, image=cfg.runtime_image
+    )
+    docker.restart(
+        name="Restart ComfyUI",
+        container=lay.comfyui_container,
+        _if=lambda: core.did_change() or env.did_change(),
+    )
+    health = comfyui.wait_healthy(
+        name="ComfyUI health",
+        url=cfg.comfyui_url,
+        container=lay.comfyui_container,
+        timeout=cfg.health_timeout,
+        _ignore_errors=True,
+    )
+    comfyui.rollback(
+        name="Roll back ComfyUI core",
+        path=lay.comfyui,
+        container=lay.comfyui_container,
+        state_dir=lay.state,
+        url=cfg.comfyui_url,
+        ref=ref,
+        timeout=cfg.health_timeout,
+        _if=health.did_error,
+    )
 
 
 @task("update-comfyui-core")

@@ -37,11 +37,21 @@ def park_new_nodes(before: Mapping[str, list[str]], stamp: str) -> Callable[[], 
         if host.name not in before:
             host.noop("no snapshot of custom_nodes: nothing to put back")
             return
-        park_new_node_folders(name="Park node packs the ship added", path=lay.custom_nodes,
-                              parked=f"{lay.state}/parked-nodes/{stamp}", before=before)
-        restart_if_down(name="Restart ComfyUI if it is down", url=cfg.comfyui_url, container=lay.comfyui_container)
-        comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                             timeout=cfg.health_timeout)
+        park_new_node_folders(
+            name="Park node packs the ship added",
+            path=lay.custom_nodes,
+            parked=f"{lay.state}/parked-nodes/{stamp}",
+            before=before,
+        )
+        restart_if_down(
+            name="Restart ComfyUI if it is down", url=cfg.comfyui_url, container=lay.comfyui_container
+        )
+        comfyui.wait_healthy(
+            name="ComfyUI health",
+            url=cfg.comfyui_url,
+            container=lay.comfyui_container,
+            timeout=cfg.health_timeout,
+        )
 
     put_back.__name__ = "put-back-nodes"  # type: ignore[attr-defined]
     return cast(Callable[[], None], put_back)

@@ -21,7 +21,10 @@ def runtime_facts(cfg: HostConfig, ref: str) -> list[prefetch.FactRequest]:
         (MissingDirectories, {"paths": tuple(lay.directories)}),
         (GitCheckout, {"path": lay.comfyui, "ref": ref}),
         (MissingInputFiles, {"source": f"{lay.comfyui}/input", "target": lay.input}),
-        (PythonEnv, {"venv": lay.venv, "requirements": f"{lay.comfyui}/requirements.txt", "image": cfg.runtime_image}),
+        (
+            PythonEnv,
+            {"venv": lay.venv, "requirements": f"{lay.comfyui}/requirements.txt", "image": cfg.runtime_image},
+        ),
         (DockerContainer, {"container": lay.comfyui_container}),
         (HttpStatus, {"url": f"{cfg.comfyui_url}/system_stats"}),
     ]
@@ -54,19 +57,28 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     user_link = files.link(
         name="ComfyUI user folder on the data root", path=f"{lay.comfyui}/user", target=lay.user, _sudo=sudo
     )
-    comfyui.seed_inputs(name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input,
-                        _sudo=sudo)
-    env = comfyui.python_env(name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui,
-                             image=cfg.runtime_image, _sudo=sudo)
+    comfyui.seed_inputs(
+        name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input, _sudo=sudo
+    )
+    env = comfyui.python_env(
+        name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui, image=cfg.runtime_image, _sudo=sudo
+    )
     ctr = comfyui.runtime_container(name="ComfyUI container", cfg=cfg, _sudo=sudo)
     docker.restart(
         name="Restart ComfyUI for new code",
         container=lay.comfyui_container,
-        _if=lambda: (core.did_change() or env.did_change() or user_link.did_change()) and not ctr.did_change(),
+        _if=lambda: (
+            (core.did_change() or env.did_change() or user_link.did_change()) and not ctr.did_change()
+        ),
         _sudo=sudo,
     )
-    comfyui.wait_healthy(name="ComfyUI health", url=cfg.comfyui_url, container=lay.comfyui_container,
-                         timeout=cfg.health_timeout, _sudo=sudo)
+    comfyui.wait_healthy(
+        name="ComfyUI health",
+        url=cfg.comfyui_url,
+        container=lay.comfyui_container,
+        timeout=cfg.health_timeout,
+        _sudo=sudo,
+    )
 
 
 @task("runtime")

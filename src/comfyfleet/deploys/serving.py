@@ -34,8 +34,12 @@ def serving_deploy(workflow: str, served: bool) -> Any:
     def switch() -> None:
         cfg = host_config(host)
         api_dir = f"{cfg.layout.root}/api"
-        moved = parked(name=f"{'Serve' if served else 'Park'} workflow {workflow}", api_dir=api_dir,
-                       workflow=workflow, served=served)
+        moved = parked(
+            name=f"{'Serve' if served else 'Park'} workflow {workflow}",
+            api_dir=api_dir,
+            workflow=workflow,
+            served=served,
+        )
         marker(name=f"Stop marker of {workflow}", api_dir=api_dir, workflow=workflow, stopped=not served)
         # update-binary uploads the whole local workflows folder, stopped workflows included; the
         # API ignores them by marker, and parking them again keeps hosts with an older API right.
@@ -46,8 +50,13 @@ def serving_deploy(workflow: str, served: bool) -> Any:
 
         # Endpoints are built at start: only the API restarts, and only when files moved.
         docker.restart(name="Restart comfyui-api", container=cfg.layout.api_container, _if=changed)
-        docker.wait_http(name="comfyui-api health", url=f"http://127.0.0.1:{cfg.api_port}/health",
-                         container=cfg.layout.api_container, timeout=cfg.health_timeout, _if=changed)
+        docker.wait_http(
+            name="comfyui-api health",
+            url=f"http://127.0.0.1:{cfg.api_port}/health",
+            container=cfg.layout.api_container,
+            timeout=cfg.health_timeout,
+            _if=changed,
+        )
 
     switch.__name__ = f"{'serve' if served else 'stop'}-{workflow}"  # type: ignore[attr-defined]
     return switch

@@ -23,7 +23,7 @@ from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from comfyfleet.runner import run
 
 MODEL_BYTES = 256 * 1024  # small: the ship's own time is measured, not the transfer
-KJNODES_BODY = '''
+KJNODES_BODY = """
 CATEGORY = "KJNodes/image"
 RETURN_TYPES = ("IMAGE", "INT", "INT", "INT")
 RETURN_NAMES = ("image", "width", "height", "count")
@@ -35,11 +35,11 @@ def INPUT_TYPES(cls):
 
 def run(self, image):
     return (image, 64, 64, 1)
-'''
+"""
 # A node class whose import ends the ComfyUI process: it then cannot start at all.
-CRASHING_BODY = '''
+CRASHING_BODY = """
 raise SystemExit("ComfyUI-Crashing: exits the process on import, on purpose")
-'''
+"""
 
 
 # Example workflows that cannot generate on a real ComfyUI here, and why.
@@ -64,8 +64,12 @@ class ShipFleet:
 
     def start(self) -> ShipFleet:
         self.artifact = self.root / "dist" / "comfyui-api.pyz"
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(self.artifact)],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build-binary"), "--out", str(self.artifact)],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
         # The operator's API key: installed on the hosts by update-binary, read by ship.
         self.api_keys = self.root / "api-keys"
         self.api_keys.write_text(secrets.token_urlsafe(32) + "\n")
@@ -78,17 +82,28 @@ class ShipFleet:
         # a real ComfyUI needs the 2 GB weights, see REAL_COMFYUI_SKIPS); the upscale model is
         # a real tiny x4 RealESRGAN-Compact network that real ComfyUI loads and runs on CPU.
         for repo, filename, data in (
-            ("Comfy-Org/stable-diffusion-v1-5-archive", "v1-5-pruned-emaonly-fp16.safetensors", self.model_bytes),
+            (
+                "Comfy-Org/stable-diffusion-v1-5-archive",
+                "v1-5-pruned-emaonly-fp16.safetensors",
+                self.model_bytes,
+            ),
             ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors", self.model_bytes),
-            ("Comfy-Org/Real-ESRGAN_repackaged", "RealESRGAN_x4plus.safetensors",
-             compact_upscaler_safetensors(4, scale=4)),
+            (
+                "Comfy-Org/Real-ESRGAN_repackaged",
+                "RealESRGAN_x4plus.safetensors",
+                compact_upscaler_safetensors(4, scale=4),
+            ),
         ):
             self.up.add_hf(repo, filename, data)
         # A child process, not threads: loading an inventory file imports pyinfra's CLI
         # module, which monkey-patches threading with gevent in this process.
         self.up.start_process()
-        self.fleet.make_node_pack_repo("ComfyUI-KJNodes", classes={"GetImageSizeAndCount": KJNODES_BODY},
-                                       owner="kijai", versions=("1.1.7",))
+        self.fleet.make_node_pack_repo(
+            "ComfyUI-KJNodes",
+            classes={"GetImageSizeAndCount": KJNODES_BODY},
+            owner="kijai",
+            versions=("1.1.7",),
+        )
         return self
 
     def stop(self) -> None:

@@ -86,8 +86,18 @@ class Standin:
         if not example.exists():
             example.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.comfy_dir / "input" / "example.png", example)
-        cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--cpu",
-               "--base-directory", str(self.base_dir), *self.extra_args]
+        cmd = [
+            self.python,
+            "main.py",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--cpu",
+            "--base-directory",
+            str(self.base_dir),
+            *self.extra_args,
+        ]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)

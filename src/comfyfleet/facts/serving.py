@@ -19,8 +19,14 @@ class ServingFiles(FactBase):
         paths = [f"{d}/{workflow}{s}" for d in ("workflows", "stopped") for s in SUFFIXES]
         paths.append(f"disabled/{workflow}")
         return StringCommand(
-            "sh", "-c", QuoteString('cd "$1" 2>/dev/null || exit 0; shift; for p; do [ -e "$p" ] && echo "$p"; done; true'),
-            "comfyfleet", QuoteString(api_dir), *(QuoteString(p) for p in paths),
+            "sh",
+            "-c",
+            QuoteString(
+                'cd "$1" 2>/dev/null || exit 0; shift; for p; do [ -e "$p" ] && echo "$p"; done; true'
+            ),
+            "comfyfleet",
+            QuoteString(api_dir),
+            *(QuoteString(p) for p in paths),
         )
 
     def process(self, output: list[str]) -> list[str]:
@@ -35,8 +41,10 @@ class LiveStoppedFiles(FactBase):
         return []
 
     def command(self, api_dir: str) -> StringCommand:
-        body = ('cd "$1/disabled" 2>/dev/null || exit 0; for n in *; do [ -f "$n" ] || continue; '
-                'for s in .json .api.yaml; do [ -e "../workflows/$n$s" ] && echo "$n$s"; done; done; true')
+        body = (
+            'cd "$1/disabled" 2>/dev/null || exit 0; for n in *; do [ -f "$n" ] || continue; '
+            'for s in .json .api.yaml; do [ -e "../workflows/$n$s" ] && echo "$n$s"; done; done; true'
+        )
         return StringCommand("sh", "-c", QuoteString(body), "comfyfleet", QuoteString(api_dir))
 
     def process(self, output: list[str]) -> list[str]:

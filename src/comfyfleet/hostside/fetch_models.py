@@ -226,7 +226,9 @@ class Resolver:
     """Turns manifest URLs into Sources (HF, CivitAI, any http/https URL)."""
 
     def __init__(self, plan: dict[str, Any], secrets: dict[str, str]) -> None:
-        self.hf_endpoint = (plan.get("hf_endpoint") or os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
+        self.hf_endpoint = (
+            plan.get("hf_endpoint") or os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT
+        ).rstrip("/")
         self.civitai_endpoint = (
             plan.get("civitai_endpoint") or os.environ.get("CIVITAI_ENDPOINT") or CIVITAI_DEFAULT_ENDPOINT
         ).rstrip("/")
@@ -257,8 +259,9 @@ class Resolver:
         quoted = "/".join(urllib.parse.quote(p) for p in path.split("/"))
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         url = f"{self.hf_endpoint}/{prefix}{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/{quoted}"
-        req = urllib.request.Request(url, method="HEAD", headers={**headers, "User-Agent": USER_AGENT,
-                                                                  "Accept-Encoding": "identity"})
+        req = urllib.request.Request(
+            url, method="HEAD", headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        )
         try:
             with _opener.open(req, timeout=30) as resp:
                 answer, location = resp.headers, url
@@ -267,15 +270,23 @@ class Resolver:
             if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
                 answer, location = exc.headers, urllib.parse.urljoin(url, exc.headers["Location"])
             else:
-                raise FetchError(self._hf_refusal(name, repo_id, revision, path, url, exc.code, exc.headers)) from None
+                raise FetchError(
+                    self._hf_refusal(name, repo_id, revision, path, url, exc.code, exc.headers)
+                ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(f"{name}: cannot reach {self.hf_endpoint}: {exc}") from None
         etag = (answer.get("X-Linked-Etag") or answer.get("ETag") or "").removeprefix("W/").strip('"')
         size = answer.get("X-Linked-Size") or (answer.get("Content-Length") if location == url else None)
         # The Authorization header goes only to the hub itself, not to a CDN it redirects to.
         same_host = urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(url).netloc
-        return Source(location, headers if same_host else {}, etag.lower() if _HEX64.match(etag) else None,
-                      int(size) if size and size.isdigit() else None, "huggingface", self._gated(name, repo_id))
+        return Source(
+            location,
+            headers if same_host else {},
+            etag.lower() if _HEX64.match(etag) else None,
+            int(size) if size and size.isdigit() else None,
+            "huggingface",
+            self._gated(name, repo_id),
+        )
 
     def _hf_refusal(
         self, name: str, repo_id: str, revision: str, path: str, url: str, code: int, headers: Any
@@ -292,7 +303,9 @@ class Resolver:
     def _gated(self, name: str, repo_id: str) -> str:
         if self.hf_token:
             return f"{name}: Hugging Face repo {repo_id} is gated and HF_TOKEN has no access to it: accept its terms on huggingface.co"
-        return f"{name}: Hugging Face repo {repo_id} is gated or private: set HF_TOKEN on the operator's machine"
+        return (
+            f"{name}: Hugging Face repo {repo_id} is gated or private: set HF_TOKEN on the operator's machine"
+        )
 
     def _civitai(self, item: dict[str, Any], kind: str, ident: str) -> Source:
         name = item["filename"]
@@ -319,10 +332,14 @@ class Resolver:
             if not self.civitai_token
             else f"{name}: CivitAI refused CIVITAI_API_TOKEN for model version {ident}"
         )
-        return Source(f"{self.civitai_endpoint}/api/download/models/{ident}", headers, sha, None, "civitai", hint)
+        return Source(
+            f"{self.civitai_endpoint}/api/download/models/{ident}", headers, sha, None, "civitai", hint
+        )
 
     def _civitai_json(self, path: str, headers: dict[str, str], name: str) -> dict[str, Any]:
-        req = urllib.request.Request(self.civitai_endpoint + path, headers={**headers, "User-Agent": USER_AGENT})
+        req = urllib.request.Request(
+            self.civitai_endpoint + path, headers={**headers, "User-Agent": USER_AGENT}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return dict(json.load(resp))
@@ -355,7 +372,9 @@ def open_following(
     for _ in range(10):
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise FetchError(f"{name}: only http(s) downloads are allowed, not {redact(url)}")
-        req = urllib.request.Request(url, headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+        req = urllib.request.Request(
+            url, headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        )
         try:
             return _opener.open(req, timeout=60), url, headers
         except urllib.error.HTTPError as exc:
@@ -363,7 +382,9 @@ def open_following(
                 new = urllib.parse.urljoin(url, exc.headers["Location"])
                 if urllib.parse.urlsplit(new).scheme not in ("http", "https"):
                     exc.close()
-                    raise FetchError(f"{name}: {redact(url)} redirects to a non-HTTP location; refused") from None
+                    raise FetchError(
+                        f"{name}: {redact(url)} redirects to a non-HTTP location; refused"
+                    ) from None
                 if urllib.parse.urlsplit(new).netloc != urllib.parse.urlsplit(url).netloc:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 exc.close()
@@ -686,8 +707,17 @@ class _RangedJob:
     """
 
     def __init__(
-        self, url: str, headers: dict[str, str], fd: int, path: str, total: int, segment: int, done: set[int],
-        slots: HostSlots, workers: int, on_bytes: Any,
+        self,
+        url: str,
+        headers: dict[str, str],
+        fd: int,
+        path: str,
+        total: int,
+        segment: int,
+        done: set[int],
+        slots: HostSlots,
+        workers: int,
+        on_bytes: Any,
     ) -> None:
         self.url = url
         parts = urllib.parse.urlsplit(url)
@@ -711,7 +741,10 @@ class _RangedJob:
 
     def run(self, checkpoint: Any) -> str:
         """Hash the segments in order while the workers fetch them; ``checkpoint()`` after each one."""
-        threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(min(self.workers, len(self.todo)))]
+        threads = [
+            threading.Thread(target=self._worker, daemon=True)
+            for _ in range(min(self.workers, len(self.todo)))
+        ]
         for t in threads:
             t.start()
         h = hashlib.sha256()
@@ -804,12 +837,21 @@ class _RangedJob:
             try:
                 if conn is None:
                     conn = _connect(self.url)
-                conn.request("GET", self.target, headers={**self.headers, "Range": f"bytes={start}-{start + length - 1}"})
+                conn.request(
+                    "GET",
+                    self.target,
+                    headers={**self.headers, "Range": f"bytes={start}-{start + length - 1}"},
+                )
                 resp = conn.getresponse()
-                if resp.status != 206 or resp.headers.get("Content-Range") != f"bytes {start}-{start + length - 1}/{self.total}":
+                if (
+                    resp.status != 206
+                    or resp.headers.get("Content-Range") != f"bytes {start}-{start + length - 1}/{self.total}"
+                ):
                     conn.close()
-                    raise FetchError(f"server answered {resp.status} ({resp.headers.get('Content-Range')}) to a range "
-                                     f"request for bytes {start}-{start + length - 1} of {redact(self.url)}")
+                    raise FetchError(
+                        f"server answered {resp.status} ({resp.headers.get('Content-Range')}) to a range "
+                        f"request for bytes {start}-{start + length - 1} of {redact(self.url)}"
+                    )
                 n = 0
                 while n < length:
                     r = resp.readinto(view[n:length])
@@ -902,7 +944,12 @@ class Fetcher:
 
     def fetch(self, item: dict[str, Any]) -> dict[str, Any]:
         name = item["filename"]
-        result: dict[str, Any] = {"filename": name, "folder": item["folder"], "bytes_fetched": 0, "bytes_reused": 0}
+        result: dict[str, Any] = {
+            "filename": name,
+            "folder": item["folder"],
+            "bytes_fetched": 0,
+            "bytes_reused": 0,
+        }
         try:
             state = self.check(item)
             if state["state"] == "ok":
@@ -928,7 +975,9 @@ class Fetcher:
             result.update(status="failed", error=f"{name}: {exc}")
         return result
 
-    def _transfer(self, src: Source, part: str, want: str | None, item: dict[str, Any], result: dict[str, Any]) -> str:
+    def _transfer(
+        self, src: Source, part: str, want: str | None, item: dict[str, Any], result: dict[str, Any]
+    ) -> str:
         """Bytes into part (resuming what an earlier run left), returning their sha256.
 
         A file counts as complete only when its length is proven: the Content-Range /
@@ -965,10 +1014,17 @@ class Fetcher:
                 _save_json(meta_path, state)
             except _Cut as exc:
                 cut = str(exc)
-        raise FetchError(f"{name}: {cut or 'the server keeps refusing the download range'}; run again to resume")
+        raise FetchError(
+            f"{name}: {cut or 'the server keeps refusing the download range'}; run again to resume"
+        )
 
     def _attempt(
-        self, src: Source, part: str, state: dict[str, Any], expected: int | None, item: dict[str, Any],
+        self,
+        src: Source,
+        part: str,
+        state: dict[str, Any],
+        expected: int | None,
+        item: dict[str, Any],
         result: dict[str, Any],
     ) -> str:
         """One try: resume a segmented .part, or stream; a large file's first stretch decides whether to split.
@@ -985,7 +1041,9 @@ class Fetcher:
         small = expected is not None and expected - have < self.parallel_min
         stretch_end = (have // self.segment + 1) * self.segment
         if ranged:
-            headers["Range"] = f"bytes={have}-{have}"  # one byte: does the server still serve ranges, and the length
+            headers["Range"] = (
+                f"bytes={have}-{have}"  # one byte: does the server still serve ranges, and the length
+            )
         elif self.connections > 1 and not small:
             headers["Range"] = f"bytes={have}-{stretch_end - 1}"
         elif have:
@@ -994,7 +1052,9 @@ class Fetcher:
         with resp:
             total = _range_total(resp)
             if resp.status == 206 and total is not None and expected is not None and total != expected:
-                raise FetchError(f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}")
+                raise FetchError(
+                    f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}"
+                )
             if ranged:
                 if resp.status != 206 or total is None:
                     raise StaleRange()  # the server stopped serving ranges: the segments on disk cannot be completed
@@ -1018,8 +1078,16 @@ class Fetcher:
         return digest
 
     def _stream(
-        self, resp: Any, part: str, have: int, expected: int | None, item: dict[str, Any], result: dict[str, Any],
-        url: str, headers: dict[str, str], upto: int | None = None,
+        self,
+        resp: Any,
+        part: str,
+        have: int,
+        expected: int | None,
+        item: dict[str, Any],
+        result: dict[str, Any],
+        url: str,
+        headers: dict[str, str],
+        upto: int | None = None,
     ) -> str:
         """One connection from have to the end (or to ``upto``); raises _Cut when the body ends early."""
         name = item["filename"]
@@ -1039,9 +1107,13 @@ class Fetcher:
                     h.update(block)
                     remaining -= len(block)
         length = resp.headers.get("Content-Length")
-        total = _range_total(resp) or (have + int(length) if length and length.isdigit() else None) or expected
+        total = (
+            _range_total(resp) or (have + int(length) if length and length.isdigit() else None) or expected
+        )
         if expected is not None and total != expected:
-            raise FetchError(f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}")
+            raise FetchError(
+                f"{name}: server says {total} bytes, the source's metadata or the lock says {expected}"
+            )
         key = f"{item['folder']}/{item['filename']}"
         self.progress.start(key, total, have)
         result["bytes_reused"] = have
@@ -1078,11 +1150,19 @@ class Fetcher:
         with resp:
             if resp.status == 206:
                 return False
-        raise FetchError(f"{name}: the server sent no length and serves no ranges, so a complete download cannot be "
-                         "told from a cut one: add size: or sha256: for it in workflows/overrides.yaml")
+        raise FetchError(
+            f"{name}: the server sent no length and serves no ranges, so a complete download cannot be "
+            "told from a cut one: add size: or sha256: for it in workflows/overrides.yaml"
+        )
 
     def _ranged(
-        self, url: str, headers: dict[str, str], part: str, state: dict[str, Any], total: int, item: dict[str, Any],
+        self,
+        url: str,
+        headers: dict[str, str],
+        part: str,
+        state: dict[str, Any],
+        total: int,
+        item: dict[str, Any],
         result: dict[str, Any],
     ) -> str:
         """Several connections, one segment each at a time, hashed in order as they arrive."""
@@ -1107,9 +1187,18 @@ class Fetcher:
         self.progress.start(key, total, reused)
         with open(part, "r+b" if os.path.exists(part) else "w+b") as out:
             out.truncate(total)
-            job = _RangedJob(url, {k: v for k, v in headers.items() if k.lower() != "range"}, out.fileno(), part,
-                             total, segment, done, self.slots, min(self.connections, _segments(total, segment)),
-                             lambda n: self.progress.add(key, n))
+            job = _RangedJob(
+                url,
+                {k: v for k, v in headers.items() if k.lower() != "range"},
+                out.fileno(),
+                part,
+                total,
+                segment,
+                done,
+                self.slots,
+                min(self.connections, _segments(total, segment)),
+                lambda n: self.progress.add(key, n),
+            )
             try:
                 digest = job.run(lambda: _save_json(meta_path, {**state, "done": sorted(job.written)}))
             finally:
@@ -1153,7 +1242,9 @@ def read_secrets(args: argparse.Namespace) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch model files of a comfyfleet plan.")
     parser.add_argument("--plan", required=True)
-    parser.add_argument("--secrets-stdin", action="store_true", help="read a JSON object of tokens from stdin")
+    parser.add_argument(
+        "--secrets-stdin", action="store_true", help="read a JSON object of tokens from stdin"
+    )
     parser.add_argument("--check", action="store_true", help="only report what is missing or wrong")
     parser.add_argument("--parallel", type=int, default=None)
     args = parser.parse_args(argv)
@@ -1169,7 +1260,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rows.append(fetcher.check(item))
             except FetchError as exc:
-                rows.append({"filename": item.get("filename"), "folder": item.get("folder"), "state": "unsafe", "reason": str(exc)})
+                rows.append(
+                    {
+                        "filename": item.get("filename"),
+                        "folder": item.get("folder"),
+                        "state": "unsafe",
+                        "reason": str(exc),
+                    }
+                )
         fetcher.cache.save()
         print("CHECK " + json.dumps(rows), flush=True)
         return 0

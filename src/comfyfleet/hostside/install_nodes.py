@@ -45,7 +45,9 @@ class PackError(Exception):
     """A pack could not be installed; the message says why and what to do."""
 
 
-def run(argv: list[str], cwd: str | None = None, timeout: float = _TIMEOUT, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], cwd: str | None = None, timeout: float = _TIMEOUT, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, input=input)
 
 
@@ -131,7 +133,9 @@ class Installer:
         self.nodes_dir: str = plan["custom_nodes_dir"]
         self.state_dir = os.path.join(plan["state_dir"], "nodes")
         self.python: list[str] = list(plan.get("python") or [sys.executable])
-        self.protected = {norm_name(p) for p in plan.get("protected", ["torch", "torchvision", "torchaudio", "numpy"])}
+        self.protected = {
+            norm_name(p) for p in plan.get("protected", ["torch", "torchvision", "torchaudio", "numpy"])
+        }
         self._manager: bool | None = None
         self._pins: dict[str, str] | None = None
 
@@ -175,7 +179,9 @@ class Installer:
             )
             proc = run([*self.python, "-c", code, *sorted(self.protected)], timeout=120)
             if proc.returncode != 0:
-                raise PackError(f"the runtime's Python does not run: {tail(proc.stderr)} (is the ComfyUI container up?)")
+                raise PackError(
+                    f"the runtime's Python does not run: {tail(proc.stderr)} (is the ComfyUI container up?)"
+                )
             self._pins = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
         return self._pins
 
@@ -243,7 +249,9 @@ class Installer:
         git(path, "fetch", "--quiet", "--tags", "--force", "origin")
         if version:
             return self.local_target(path, version, head)
-        return git(path, "rev-parse", "refs/remotes/origin/HEAD", check=False) or git(path, "rev-parse", "FETCH_HEAD")
+        return git(path, "rev-parse", "refs/remotes/origin/HEAD", check=False) or git(
+            path, "rev-parse", "FETCH_HEAD"
+        )
 
     def local_target(self, path: str, version: str | None, head: str) -> str | None:
         """The commit version names, resolved without the network (None: not known locally)."""
@@ -326,7 +334,9 @@ class Installer:
                     "does not exist; pin a version (tag or commit) in the manifest or overrides"
                 )
         elif st["origin"] and st["origin"] != pack["repo"]:
-            out.setdefault("warnings", []).append(f"origin is {st['origin']}, the manifest says {pack['repo']}")
+            out.setdefault("warnings", []).append(
+                f"origin is {st['origin']}, the manifest says {pack['repo']}"
+            )
         want = self.local_target(path, version, st["head"])
         if update and not is_commit(version):
             want = self.fetched_target(path, version, st["head"])
@@ -378,7 +388,9 @@ class Installer:
             name = norm_name(m.group(1))
             if name in self.protected:
                 have = pins.get(name, "not installed")
-                out.setdefault("warnings", []).append(f"kept the runtime's {name} ({have}); pack asks {line!r}")
+                out.setdefault("warnings", []).append(
+                    f"kept the runtime's {name} ({have}); pack asks {line!r}"
+                )
                 continue
             keep.append(line.split(" #", 1)[0].strip())
         if not keep:
@@ -389,8 +401,18 @@ class Installer:
         with open(constraints, "w") as f:
             f.write("".join(f"{name}=={ver}\n" for name, ver in sorted(pins.items())))
         argv = [
-            *self.python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-            "--progress-bar", "off", "-c", constraints, *self.plan.get("pip_args", []), *keep,
+            *self.python,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            "-c",
+            constraints,
+            *self.plan.get("pip_args", []),
+            *keep,
         ]
         proc = run(argv)
         if proc.returncode != 0:
@@ -423,13 +445,17 @@ def list_packs(nodes_dir: str, installer: Installer) -> list[dict[str, Any]]:
         if name.startswith((".", "__")) or not os.path.isdir(path) or name.endswith(".disabled"):
             continue
         st = pack_state(path)
-        rows.append({
-            "dir": name,
-            "repo": st.get("origin") or "",
-            "commit": st.get("head") or st.get("registry_version") or "",
-            "modified": bool(st.get("dirty")),
-            "via": "git" if st["git"] else ("cm-cli" if os.path.exists(os.path.join(path, ".tracking")) else "copy"),
-        })
+        rows.append(
+            {
+                "dir": name,
+                "repo": st.get("origin") or "",
+                "commit": st.get("head") or st.get("registry_version") or "",
+                "modified": bool(st.get("dirty")),
+                "via": "git"
+                if st["git"]
+                else ("cm-cli" if os.path.exists(os.path.join(path, ".tracking")) else "copy"),
+            }
+        )
     return rows
 
 
@@ -457,7 +483,7 @@ def import_errors(log: str) -> dict[str, str]:
                 folder = folder[:-3]
             detail = m.group(2).strip()
             # The traceback just above names the exception type; keep its last line.
-            for prev in reversed(lines[max(0, i - 40):i]):
+            for prev in reversed(lines[max(0, i - 40) : i]):
                 if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception)\b", prev.strip()):
                     detail = prev.strip()
                     break
@@ -482,10 +508,17 @@ def verify(plan: dict[str, Any]) -> dict[str, Any]:
     packs = []
     for pack in plan.get("packs", []):
         missing = sorted(c for c in pack.get("provides", []) if c not in info)
-        row = {"id": pack["id"], "dir": pack["dir"], "missing": missing,
-               "imported": f"custom_nodes.{pack['dir']}" in modules or (pack["dir"] not in failures and not missing)}
+        row = {
+            "id": pack["id"],
+            "dir": pack["dir"],
+            "missing": missing,
+            "imported": f"custom_nodes.{pack['dir']}" in modules
+            or (pack["dir"] not in failures and not missing),
+        }
         if missing:
-            row["error"] = failures.get(pack["dir"]) or "classes absent from /object_info and no import error in the log"
+            row["error"] = (
+                failures.get(pack["dir"]) or "classes absent from /object_info and no import error in the log"
+            )
         packs.append(row)
     missing_core = sorted(c for c in plan.get("core_classes", []) if c not in info)
     return {"packs": packs, "missing_core": missing_core, "import_failures": failures, "classes": len(info)}
@@ -496,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True)
     parser.add_argument("mode", choices=["install", "update", "check", "list", "verify"])
     parser.add_argument("--verify", action="store_true", help="check: also verify when nothing is to do")
-    parser.add_argument("--fetch", action="store_true", help="check: fetch unpinned packs (what update would do)")
+    parser.add_argument(
+        "--fetch", action="store_true", help="check: fetch unpinned packs (what update would do)"
+    )
     args = parser.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
@@ -522,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = list_packs(plan["custom_nodes_dir"], installer)
         if plan.get("object_info_url"):
             try:
-                result = verify({**plan, "packs": [{"id": r["dir"], "dir": r["dir"], "provides": []} for r in rows]})
+                result = verify(
+                    {**plan, "packs": [{"id": r["dir"], "dir": r["dir"], "provides": []} for r in rows]}
+                )
                 failed = result["import_failures"]
                 loaded = {p["dir"] for p in result["packs"] if p["imported"]}
                 for r in rows:
@@ -544,18 +581,27 @@ def main(argv: list[str] | None = None) -> int:
         print("VERIFY " + json.dumps(result), flush=True)
         for row in result["packs"]:
             if row["missing"]:
-                print(f"error: pack {row['id']} ({row['dir']}) failed to load: {row['error']}; "
-                      f"missing classes: {', '.join(row['missing'])}", file=sys.stderr)
+                print(
+                    f"error: pack {row['id']} ({row['dir']}) failed to load: {row['error']}; "
+                    f"missing classes: {', '.join(row['missing'])}",
+                    file=sys.stderr,
+                )
         if result["missing_core"]:
-            print(f"error: core classes missing from /object_info: {', '.join(result['missing_core'])} "
-                  "(ComfyUI too old for this workflow? raise comfyui_ref)", file=sys.stderr)
+            print(
+                f"error: core classes missing from /object_info: {', '.join(result['missing_core'])} "
+                "(ComfyUI too old for this workflow? raise comfyui_ref)",
+                file=sys.stderr,
+            )
         return 1 if any(r["missing"] for r in result["packs"]) or result["missing_core"] else 0
     results = [installer.install(p, update=args.mode == "update") for p in plan.get("packs", [])]
     for r in results:
         if r["status"] == "failed":
             print(f"error: pack {r['id']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['status']}: {r['id']} via {r.get('method')} ({r.get('why')}) {'; '.join(r['changed'])}", file=sys.stderr)
+            print(
+                f"{r['status']}: {r['id']} via {r.get('method')} ({r.get('why')}) {'; '.join(r['changed'])}",
+                file=sys.stderr,
+            )
     print("RESULT " + json.dumps(results), flush=True)
     return 1 if any(r["status"] == "failed" for r in results) else 0
 

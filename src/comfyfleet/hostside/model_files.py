@@ -50,7 +50,12 @@ def walk(models_dir: str, folders: tuple[str, ...] = ()) -> list[tuple[str, str,
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
                 path = os.path.join(root, name)
-                if name in _IGNORED or name.startswith(".") or os.path.islink(path) or not os.path.isfile(path):
+                if (
+                    name in _IGNORED
+                    or name.startswith(".")
+                    or os.path.islink(path)
+                    or not os.path.isfile(path)
+                ):
                     continue
                 full = os.path.relpath(path, models_dir).replace(os.sep, "/")
                 owner = next((f for f in nested if full.startswith(f + "/")), folder)
@@ -79,13 +84,19 @@ def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
             conflicts.append({"file": f"{folder}/{filename}", "reason": "unsafe path"})
             continue
         base = filename.rsplit("/", 1)[-1]
-        strays = [(f, r) for f, r, _ in files if f != folder and (r == filename or r.rsplit("/", 1)[-1] == base)]
-        strays += [(f, r) for f, r, _ in files if f == folder and r != filename and r.rsplit("/", 1)[-1] == base]
+        strays = [
+            (f, r) for f, r, _ in files if f != folder and (r == filename or r.rsplit("/", 1)[-1] == base)
+        ]
+        strays += [
+            (f, r) for f, r, _ in files if f == folder and r != filename and r.rsplit("/", 1)[-1] == base
+        ]
         if not strays:
             continue
         if os.path.exists(target):
             for f, r in strays:
-                conflicts.append({"file": f"{f}/{r}", "reason": f"{folder}/{filename} exists already: left in place"})
+                conflicts.append(
+                    {"file": f"{f}/{r}", "reason": f"{folder}/{filename} exists already: left in place"}
+                )
             continue
         want = (ref.get("sha256") or "").lower()
         if want:
@@ -93,7 +104,9 @@ def organize(plan: dict[str, Any], apply: bool) -> dict[str, Any]:
             matching = [(f, r) for f, r in strays if file_sha256(os.path.join(models_dir, f, r)) == want]
             for f, r in strays:
                 if (f, r) not in matching:
-                    conflicts.append({"file": f"{f}/{r}", "reason": f"same name as {folder}/{filename}, other content"})
+                    conflicts.append(
+                        {"file": f"{f}/{r}", "reason": f"same name as {folder}/{filename}, other content"}
+                    )
             strays = matching
             if not strays:
                 continue
@@ -141,7 +154,13 @@ def cleanup_list(plan: dict[str, Any]) -> dict[str, Any]:
         st = os.lstat(os.path.join(models_dir, folder, rel))
         files.append({"file": f"{folder}/{rel}", "size": size, "mtime_ns": st.st_mtime_ns})
     plan_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    return {"files": files, "bytes": sum(f["size"] for f in files), "plan_id": plan_id, "deleted": [], "skipped": []}
+    return {
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+        "plan_id": plan_id,
+        "deleted": [],
+        "skipped": [],
+    }
 
 
 def _plan_path(plan: dict[str, Any], plan_id: str) -> str:
@@ -154,7 +173,9 @@ def save_plan(plan: dict[str, Any], plan_id: str) -> dict[str, Any]:
     """Keep the list the operator was shown, if it is still the one with that id."""
     listed = cleanup_list(plan)
     if listed["plan_id"] != plan_id:
-        raise SystemExit(f"the unreferenced files changed while they were listed (plan {plan_id}): list them again")
+        raise SystemExit(
+            f"the unreferenced files changed while they were listed (plan {plan_id}): list them again"
+        )
     path = _plan_path(plan, plan_id)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -171,7 +192,9 @@ def delete_plan(plan: dict[str, Any], plan_id: str) -> dict[str, Any]:
         with open(path) as f:
             files = json.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"no reviewed cleanup plan {plan_id} on this host: list with --cleanup-models first") from None
+        raise SystemExit(
+            f"no reviewed cleanup plan {plan_id} on this host: list with --cleanup-models first"
+        ) from None
     deleted, skipped = [], []
     for entry in files:
         target = os.path.join(models_dir, entry["file"])
@@ -188,8 +211,13 @@ def delete_plan(plan: dict[str, Any], plan_id: str) -> dict[str, Any]:
             os.unlink(target)
             deleted.append(entry["file"])
     os.unlink(path)
-    return {"files": files, "bytes": sum(f["size"] for f in files), "plan_id": plan_id, "deleted": deleted,
-            "skipped": skipped}
+    return {
+        "files": files,
+        "bytes": sum(f["size"] for f in files),
+        "plan_id": plan_id,
+        "deleted": deleted,
+        "skipped": skipped,
+    }
 
 
 def storage(plan: dict[str, Any], top: int = 10) -> dict[str, Any]:

@@ -7,6 +7,7 @@ generation per served workflow with its defaults, and the 404 "stopped" answer o
 stopped one. Prints one line ``VERIFY {json}``; the API key is read here, never passed.
 comfyfleet.operations.api judges the result.
 """
+
 import base64
 import glob
 import json
@@ -21,8 +22,12 @@ base = "http://127.0.0.1:" + port
 key = ""
 if os.path.exists(keyfile):
     key = next((ln.split()[0] for ln in open(keyfile) if ln.strip() and not ln.startswith("#")), "")
+
+
 def call(method, path, body=None, t=30.0):
-    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(
+        base + path, method=method, data=None if body is None else json.dumps(body).encode()
+    )
     req.add_header("content-type", "application/json")
     if key:
         req.add_header("authorization", "Bearer " + key)
@@ -37,9 +42,12 @@ def call(method, path, body=None, t=30.0):
             return e.code, raw.decode(errors="replace")[:300]
     except Exception as e:
         return 0, f"{type(e).__name__}: {e}"
+
+
 def why(body, limit=2000):
     # Every message of an error body, the cause included: ComfyUI puts it last (node_errors' details).
     parts = []
+
     def walk(v, key=""):
         if isinstance(v, dict):
             for k, x in v.items():
@@ -49,9 +57,12 @@ def why(body, limit=2000):
                 walk(x, key)
         elif isinstance(v, str) and v.strip() and key not in ("type", "status", "id") and v not in parts:
             parts.append(v.strip())
+
     walk(body)
     text = " | ".join(parts) if parts else json.dumps(body)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 out = {"health": None, "ready": None, "workflows": []}
 out["health"] = call("GET", "/health")
 deadline = time.time() + timeout
@@ -62,16 +73,29 @@ while True:
     time.sleep(2)
 status, spec = call("GET", "/openapi.json")
 paths = spec.get("paths", {}) if status == 200 and isinstance(spec, dict) else {}
-names = set(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(wfdir, "*.json"))
-            if not p.endswith((".lock.json", ".manifest.json")))
+names = set(
+    os.path.basename(p)[:-5]
+    for p in glob.glob(os.path.join(wfdir, "*.json"))
+    if not p.endswith((".lock.json", ".manifest.json"))
+)
 stopped = set(n for n in (os.listdir(disdir) if os.path.isdir(disdir) else []) if not n.startswith("."))
 for name in sorted(names | stopped):
-    row = {"name": name, "schema": "/workflows/" + name in paths, "status": None, "outputs": 0, "bytes": 0,
-           "seconds": None, "error": "", "stopped": name in stopped}
+    row = {
+        "name": name,
+        "schema": "/workflows/" + name in paths,
+        "status": None,
+        "outputs": 0,
+        "bytes": 0,
+        "seconds": None,
+        "error": "",
+        "stopped": name in stopped,
+    }
     if row["stopped"]:
         # Not generated with; checked to answer 404 "stopped" (an API that ignores markers would serve it).
         row["status"], body = call("POST", "/workflows/" + name, {"input": {"no_such_input": 0}})
-        row["error"] = "" if isinstance(body, dict) and body.get("status") == "stopped" else json.dumps(body)[:300]
+        row["error"] = (
+            "" if isinstance(body, dict) and body.get("status") == "stopped" else json.dumps(body)[:300]
+        )
     elif row["schema"]:
         t0 = time.time()
         row["status"], job = call("POST", "/workflows/" + name, {"input": {}}, timeout)

@@ -29,7 +29,11 @@ API_KEY_ENV = "COMFYFLEET_API_KEY"  # the key callers send as Bearer (same varia
 SERVICE_CLASS = "ComfyUIService"
 
 # Secret (by the variable the app reads) -> the operator's environment variable holding its value.
-_TOKEN_SOURCES = {"CIVITAI_API_TOKEN": "CIVITAI_API_TOKEN", "HF_TOKEN": "HF_TOKEN", "COMFYUI_API_KEYS": API_KEY_ENV}
+_TOKEN_SOURCES = {
+    "CIVITAI_API_TOKEN": "CIVITAI_API_TOKEN",
+    "HF_TOKEN": "HF_TOKEN",
+    "COMFYUI_API_KEYS": API_KEY_ENV,
+}
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,13 @@ def module_constants(path: Path) -> dict[str, Any]:
     try:
         tree = ast.parse(path.read_text(), filename=str(path))
     except OSError as exc:
-        raise BadInput(f"{path}: cannot read the Modal app file ({exc.strerror}); run comfyfleet modal generate") from None
+        raise BadInput(
+            f"{path}: cannot read the Modal app file ({exc.strerror}); run comfyfleet modal generate"
+        ) from None
     except SyntaxError as exc:
-        raise BadInput(f"{path}:{exc.lineno}: not valid Python; regenerate it with comfyfleet modal generate") from None
+        raise BadInput(
+            f"{path}:{exc.lineno}: not valid Python; regenerate it with comfyfleet modal generate"
+        ) from None
     found: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -84,8 +92,9 @@ def read_app_facts(path: Path) -> AppFacts:
     )
 
 
-def sync_secrets(facts: AppFacts, cli: ModalCli, environ: dict[str, str] | None = None,
-                 echo: Echo | None = None) -> list[str]:
+def sync_secrets(
+    facts: AppFacts, cli: ModalCli, environ: dict[str, str] | None = None, echo: Echo | None = None
+) -> list[str]:
     """Create or refresh the app's Modal secrets from the operator's tokens; BadInput when one is missing.
 
     A secret whose value the operator has (COMFYFLEET_API_KEY, CIVITAI_API_TOKEN, HF_TOKEN,
@@ -135,11 +144,15 @@ def deploy_app(facts: AppFacts, cli: ModalCli, echo: Echo | None = None, timeout
         urls = cli.function_web_urls(f"{facts.app_name}/{SERVICE_CLASS}")
         url = urls[0] if urls else None
     if url is None:
-        raise HostFailure(f"modal deploy {facts.path} succeeded but reported no web endpoint for {SERVICE_CLASS}.api")
+        raise HostFailure(
+            f"modal deploy {facts.path} succeeded but reported no web endpoint for {SERVICE_CLASS}.api"
+        )
     return Deployed(url=url, dashboard_url=parse_dashboard_url(result.output), output=result.output)
 
 
-def fill_models_volume(facts: AppFacts, cli: ModalCli, echo: Echo | None = None, timeout: float = 6 * 3600) -> None:
+def fill_models_volume(
+    facts: AppFacts, cli: ModalCli, echo: Echo | None = None, timeout: float = 6 * 3600
+) -> None:
     """`modal run FILE::download_models`: fetch what the volume lacks (present files are kept)."""
     if facts.models:
         cli.run_function(facts.path, "download_models", echo=echo, timeout=timeout)
@@ -207,8 +220,9 @@ def _detail(exc: ApiError) -> str:
     return (exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail))[:300].strip()
 
 
-def _generate(api: ApiClient, workflow: str, api_key: str | None, timeout: float,
-              sleep: Callable[[float], None]) -> Check:
+def _generate(
+    api: ApiClient, workflow: str, api_key: str | None, timeout: float, sleep: Callable[[float], None]
+) -> Check:
     name = f"generate {workflow}"
     if not api_key:
         return Check(name, False, f"skipped: set {API_KEY_ENV} to the key the app's API secret holds", 0.0)
@@ -219,7 +233,9 @@ def _generate(api: ApiClient, workflow: str, api_key: str | None, timeout: float
             break
         except ApiUnavailable as exc:
             if exc.status not in (429, 503):
-                return Check(name, False, f"{exc.status or ''} {_detail(exc)}".strip(), time.monotonic() - started)
+                return Check(
+                    name, False, f"{exc.status or ''} {_detail(exc)}".strip(), time.monotonic() - started
+                )
             # Busy or (re)connecting to ComfyUI: the API says when to come back.
             sleep(min(exc.retry_after or 5.0, 30.0))
         except ApiError as exc:

@@ -26,7 +26,9 @@ _URL_CHARS = r"[A-Za-z0-9._~%/:?#\[\]@!$&'*+,;=-]"
 _URL = re.compile(rf"https?://{_URL_CHARS}+")
 _ANNOTATION = r"(\s+(\(label truncated\)|\(label stolen\)|\(unauthenticated\)|🔑))*"
 _CONTINUATION = re.compile(rf"^({_URL_CHARS}+){_ANNOTATION}\s*$")
-_NAMED = re.compile(r"(?:Created (?:web function|web endpoint for|Web Function URL for|function)\s+|^)([A-Za-z_][\w.*]*)\s*(?:=>|->)\s*$")
+_NAMED = re.compile(
+    r"(?:Created (?:web function|web endpoint for|Web Function URL for|function)\s+|^)([A-Za-z_][\w.*]*)\s*(?:=>|->)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ def parse_web_endpoints(output: str) -> list[WebEndpoint]:
     found: list[WebEndpoint] = []
     current = ""
     for line in _lines(output):
-        created = re.search(r"Created (?:web function|web endpoint for|Web Function URL for|function)\s+([A-Za-z_][\w.*]*)", line)
+        created = re.search(
+            r"Created (?:web function|web endpoint for|Web Function URL for|function)\s+([A-Za-z_][\w.*]*)",
+            line,
+        )
         if created:
             current = created.group(1).rstrip(".")
         for match in _URL.finditer(line):

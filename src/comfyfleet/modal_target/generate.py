@@ -118,7 +118,9 @@ def _pack_entry(pack: NodePack) -> dict[str, Any]:
     """The pack as the host installer's plan names it (same folder, clone URL and version)."""
     where = f"node pack {pack.id!r}"
     if not _PACK_REPO.match(pack.repo) or "/../" in pack.repo + "/" or "/./" in pack.repo + "/":
-        raise BadInput(f"{where}: repo {pack.repo!r} is not an https git URL; fix it in workflows/overrides.yaml")
+        raise BadInput(
+            f"{where}: repo {pack.repo!r} is not an https git URL; fix it in workflows/overrides.yaml"
+        )
     if pack.version is not None and not _VERSION.match(pack.version):
         raise BadInput(f"{where}: version {pack.version!r} is not a registry version, tag or commit")
     return {
@@ -156,17 +158,27 @@ def _model_entry(model: ModelRef) -> dict[str, Any]:
     }
 
 
-def check_lock(lock: Lock, allow_unresolved: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def check_lock(
+    lock: Lock, allow_unresolved: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Node pack and model entries for the app, or BadInput for what would make it fail on Modal."""
     if lock.conflicts:
         c = lock.conflicts[0]
         versions = "; ".join(f"{v} for {', '.join(ws)}" for v, ws in c.versions.items())
-        raise BadInput(f"node pack {c.repo}: workflows need different versions ({versions}); pin one in workflows/overrides.yaml")
+        raise BadInput(
+            f"node pack {c.repo}: workflows need different versions ({versions}); pin one in workflows/overrides.yaml"
+        )
     if lock.unresolved and not allow_unresolved:
-        what = [f"node class {n.class_type} (node {', '.join(n.node_ids) or '?'}): {n.reason}" for n in lock.unresolved.nodes]
+        what = [
+            f"node class {n.class_type} (node {', '.join(n.node_ids) or '?'}): {n.reason}"
+            for n in lock.unresolved.nodes
+        ]
         what += [f"model {m.filename}: {m.reason}" for m in lock.unresolved.models]
-        raise BadInput(f"unresolved: {what[0]}" + (f" (and {len(what) - 1} more)" if len(what) > 1 else "")
-                       + "; fix workflows/overrides.yaml or pass --allow-unresolved")
+        raise BadInput(
+            f"unresolved: {what[0]}"
+            + (f" (and {len(what) - 1} more)" if len(what) > 1 else "")
+            + "; fix workflows/overrides.yaml or pass --allow-unresolved"
+        )
     packs = [_pack_entry(p) for p in sorted(lock.custom_nodes, key=lambda p: p.repo)]
     seen: dict[str, str] = {}
     for pack in packs:
@@ -245,7 +257,9 @@ def render_app(
     packs, models = check_lock(inputs.lock, allow_unresolved)
     api_dir = api_source or default_api_source()
     if not (api_dir / "pyproject.toml").is_file():
-        raise BadInput(f"{api_dir}: no comfyui-api package here (pyproject.toml missing); pass --api-source DIR")
+        raise BadInput(
+            f"{api_dir}: no comfyui-api package here (pyproject.toml missing); pass --api-source DIR"
+        )
     for name, path in inputs.workflow_files.items():
         if not path.is_file():
             raise BadInput(f"{path}: workflow file not found (for {name})")
@@ -261,7 +275,9 @@ def render_app(
     return template.render(
         app_name=options.app_name,
         options=options,
-        sources=", ".join(_shown(p, root) for n, p in sorted(inputs.workflow_files.items()) if n.endswith(".json")),
+        sources=", ".join(
+            _shown(p, root) for n, p in sorted(inputs.workflow_files.items()) if n.endswith(".json")
+        ),
         recipe=hashlib.sha256(Path(str(template.filename)).read_bytes()).hexdigest()[:16],
         out_name=_shown(out_path, root),
         node_packs=packs,

@@ -30,7 +30,9 @@ _NOT_LOGGED_IN = re.compile(
     r"|Token validation failed|invalid (token|credentials)|Modal profile '.*' was not found|UNAUTHENTICATED",
     re.IGNORECASE,
 )
-LOGIN_HINT = "modal is not logged in: run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET), then retry"
+LOGIN_HINT = (
+    "modal is not logged in: run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET), then retry"
+)
 INSTALL_HINT = "the `modal` command is not installed: pip install modal==1.6.4, then run `modal token new`"
 
 Echo = Callable[[str], None]
@@ -82,14 +84,21 @@ class ModalCli:
         base.setdefault("PYTHONIOENCODING", "utf-8")
         self.env = base
 
-    def run(self, args: Sequence[str], echo: Echo | None = None, timeout: float | None = None,
-            check: bool = True) -> CliResult:
+    def run(
+        self, args: Sequence[str], echo: Echo | None = None, timeout: float | None = None, check: bool = True
+    ) -> CliResult:
         """Run `modal ARGS...`, echoing each output line; BadInput when modal is not logged in."""
         argv = (self.executable, *args)
         try:
             proc = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, text=True, encoding="utf-8", errors="replace",
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
             )
         except FileNotFoundError:
             raise BadInput(INSTALL_HINT) from None
@@ -122,15 +131,18 @@ class ModalCli:
         try:
             return json.loads(text[start:]) if start >= 0 else None
         except ValueError:
-            raise HostFailure(f"modal {' '.join(args[:2])} --json printed something else: {result.tail()}") from None
+            raise HostFailure(
+                f"modal {' '.join(args[:2])} --json printed something else: {result.tail()}"
+            ) from None
 
     # -- the commands comfyfleet uses ------------------------------------------------
 
     def deploy(self, app_file: Path, echo: Echo | None = None, timeout: float | None = None) -> CliResult:
         return self.run(["deploy", str(app_file)], echo=echo, timeout=timeout)
 
-    def run_function(self, app_file: Path, function: str, echo: Echo | None = None,
-                     timeout: float | None = None) -> CliResult:
+    def run_function(
+        self, app_file: Path, function: str, echo: Echo | None = None, timeout: float | None = None
+    ) -> CliResult:
         return self.run(["run", f"{app_file}::{function}"], echo=echo, timeout=timeout)
 
     def stop_app(self, app_name: str) -> CliResult:

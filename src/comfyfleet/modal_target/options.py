@@ -57,7 +57,9 @@ class ModalOptions:
         if not _GPU.match(self.gpu):
             raise BadInput(f"--gpu {self.gpu!r}: use a Modal GPU type such as L40S, A100-80GB, H100:2 or any")
         if not _IMAGE_TAG.match(self.base_image) or ":" not in self.base_image.split("/")[-1]:
-            raise BadInput(f"--base-image {self.base_image!r}: use a pinned registry tag such as {DEFAULT_RUNTIME_IMAGE}")
+            raise BadInput(
+                f"--base-image {self.base_image!r}: use a pinned registry tag such as {DEFAULT_RUNTIME_IMAGE}"
+            )
         if not _HTTPS_REPO.match(self.comfyui_repo):
             raise BadInput(f"--comfyui-repo {self.comfyui_repo!r}: use an https git URL")
         if not _GIT_REF.match(self.comfyui_ref) or ".." in self.comfyui_ref:

@@ -40,8 +40,14 @@ class ApiPaths:
     @classmethod
     def for_config(cls, cfg: HostConfig) -> ApiPaths:
         d = f"{cfg.layout.root}/api"
-        return cls(dir=d, pyz=f"{d}/comfyui-api.pyz", workflows=f"{d}/workflows", db=f"{d}/executions.sqlite3",
-                   keys=f"{d}/api-keys", disabled=f"{d}/disabled")
+        return cls(
+            dir=d,
+            pyz=f"{d}/comfyui-api.pyz",
+            workflows=f"{d}/workflows",
+            db=f"{d}/executions.sqlite3",
+            keys=f"{d}/api-keys",
+            disabled=f"{d}/disabled",
+        )
 
 
 @operation()
@@ -99,9 +105,16 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
     + timeout: seconds to wait for /ready and for each generation
     """
     paths = ApiPaths.for_config(cfg)
-    command = script('docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" "$7" 2>&1',
-                     cfg.layout.api_container, VERIFY_SCRIPT, cfg.api_port, paths.keys, paths.workflows,
-                     timeout, paths.disabled)
+    command = script(
+        'docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" "$7" 2>&1',
+        cfg.layout.api_container,
+        VERIFY_SCRIPT,
+        cfg.api_port,
+        paths.keys,
+        paths.workflows,
+        timeout,
+        paths.disabled,
+    )
     answer: dict[str, Any] = {}
 
     # pyinfra hands `state` and `host` to a callback by these parameter names.
@@ -118,15 +131,23 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
     result = answer
     rep = report(host)
     if "error" in result:
-        yield fail(f"verify-endpoints: could not run the checks in {cfg.layout.api_container}: {result['error']}")
+        yield fail(
+            f"verify-endpoints: could not run the checks in {cfg.layout.api_container}: {result['error']}"
+        )
         return
     problems = []
     hstatus, health = result["health"]
     rstatus, ready = result["ready"]
-    rows = [["/health", "ok" if hstatus == 200 else f"HTTP {hstatus}",
-             f"version {health.get('version')} commit {str((health.get('build') or {}).get('commit', '?'))[:12]}"
-             if isinstance(health, dict) else str(health)[:120]],
-            ["/ready", "ok" if rstatus == 200 else f"HTTP {rstatus}", _ready_detail(ready)]]
+    rows = [
+        [
+            "/health",
+            "ok" if hstatus == 200 else f"HTTP {hstatus}",
+            f"version {health.get('version')} commit {str((health.get('build') or {}).get('commit', '?'))[:12]}"
+            if isinstance(health, dict)
+            else str(health)[:120],
+        ],
+        ["/ready", "ok" if rstatus == 200 else f"HTTP {rstatus}", _ready_detail(ready)],
+    ]
     rep.table("comfyui-api", ["check", "result", "detail"], rows)
     if hstatus != 200:
         problems.append(f"/health answered {hstatus}")
@@ -137,34 +158,67 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
         if w.get("stopped"):
             # A stopped deployment is not a failure; one that is still served is.
             held = not w["schema"] and w["status"] == 404
-            wf_rows.append([w["name"], "NO" if not w["schema"] else "yes (stopped)", w["status"] or "-", 0, 0, "-",
-                            "stopped" if held else f"stopped but still served: {w['error']}".strip()])
+            wf_rows.append(
+                [
+                    w["name"],
+                    "NO" if not w["schema"] else "yes (stopped)",
+                    w["status"] or "-",
+                    0,
+                    0,
+                    "-",
+                    "stopped" if held else f"stopped but still served: {w['error']}".strip(),
+                ]
+            )
             if not held:
-                problems.append(f"workflow {w['name']} is marked stopped but the API still serves it "
-                                "(update the API with update-binary)")
+                problems.append(
+                    f"workflow {w['name']} is marked stopped but the API still serves it "
+                    "(update the API with update-binary)"
+                )
             continue
         ok = w["schema"] and w["status"] == 200 and w["bytes"] > 0
-        wf_rows.append([w["name"], "yes" if w["schema"] else "NO", w["status"] or "-", w["outputs"], w["bytes"],
-                        w["seconds"] if w["seconds"] is not None else "-", "ok" if ok else (w["error"] or "no output")])
+        wf_rows.append(
+            [
+                w["name"],
+                "yes" if w["schema"] else "NO",
+                w["status"] or "-",
+                w["outputs"],
+                w["bytes"],
+                w["seconds"] if w["seconds"] is not None else "-",
+                "ok" if ok else (w["error"] or "no output"),
+            ]
+        )
         if not ok:
-            problems.append(f"workflow {w['name']}: " + ("no endpoint in /openapi.json" if not w["schema"]
-                                                         else f"HTTP {w['status']} {w['error']}".strip()))
+            problems.append(
+                f"workflow {w['name']}: "
+                + (
+                    "no endpoint in /openapi.json"
+                    if not w["schema"]
+                    else f"HTTP {w['status']} {w['error']}".strip()
+                )
+            )
     if not result["workflows"]:
         problems.append("no workflows deployed to the API")
-    rep.table("workflow endpoints", ["workflow", "schema", "HTTP", "outputs", "bytes", "seconds", "result"], wf_rows)
+    rep.table(
+        "workflow endpoints", ["workflow", "schema", "HTTP", "outputs", "bytes", "seconds", "result"], wf_rows
+    )
     if problems:
         yield fail("verify-endpoints: " + "; ".join(problems))
     else:
         stopped = sum(1 for w in result["workflows"] if w.get("stopped"))
-        host.noop(f"{len(wf_rows) - stopped} workflow endpoint(s) served and generating"
-                  + (f", {stopped} stopped" if stopped else ""))
+        host.noop(
+            f"{len(wf_rows) - stopped} workflow endpoint(s) served and generating"
+            + (f", {stopped} stopped" if stopped else "")
+        )
 
 
 def _ready_detail(ready: Any) -> str:
     if not isinstance(ready, dict):
         return str(ready)[:200]
-    failed = [f"{k}: {json.dumps({x: y for x, y in v.items() if x != 'ok'})[:200]}"
-              for k, v in (ready.get("checks") or {}).items() if not v.get("ok")]
+    failed = [
+        f"{k}: {json.dumps({x: y for x, y in v.items() if x != 'ok'})[:200]}"
+        for k, v in (ready.get("checks") or {}).items()
+        if not v.get("ok")
+    ]
     return "; ".join(failed) or "ready"
 
 

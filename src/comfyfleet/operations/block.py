@@ -146,11 +146,15 @@ def _plan(facts: dict[str, Any], device: str, mount_point: str, label: str) -> G
     if probe.get("PTTYPE") and not probe.get("TYPE"):
         raise VolumeProblem(f"{dev} has a partition table: give the partition as block_device")
     if blank and probe.get("READ") != "ok":
-        raise VolumeProblem(f"{dev}: blkid found nothing but its first block cannot be read, so it is not known"
-                            " to be blank: not formatted; check that the volume is attached")
+        raise VolumeProblem(
+            f"{dev}: blkid found nothing but its first block cannot be read, so it is not known"
+            " to be blank: not formatted; check that the volume is attached"
+        )
     if blank and probe.get("SIGNATURES") != "0":
-        raise VolumeProblem(f"{dev}: blkid found nothing but wipefs finds signatures ({probe.get('SIGNATURES')}):"
-                            f" not formatted; inspect it with `wipefs {dev}`")
+        raise VolumeProblem(
+            f"{dev}: blkid found nothing but wipefs finds signatures ({probe.get('SIGNATURES')}):"
+            f" not formatted; inspect it with `wipefs {dev}`"
+        )
     do_format = blank
 
     if do_format:

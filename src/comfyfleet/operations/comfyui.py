@@ -220,7 +220,9 @@ def wait_healthy(url: str, container: str, timeout: int = 300) -> Generator[Any,
 
 
 @operation(is_idempotent=False)
-def rollback(path: str, container: str, state_dir: str, url: str, ref: str, timeout: int = 300) -> Generator[Any, None, None]:
+def rollback(
+    path: str, container: str, state_dir: str, url: str, ref: str, timeout: int = 300
+) -> Generator[Any, None, None]:
     """Go back to the recorded commit, restart, wait for health, and fail naming what happened.
 
     Always ends in an error: it only runs after an update failed its health check, and

@@ -21,7 +21,13 @@ DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
 NVIDIA_KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.asc"
-DOCKER_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
+DOCKER_PACKAGES = (
+    "docker-ce",
+    "docker-ce-cli",
+    "containerd.io",
+    "docker-buildx-plugin",
+    "docker-compose-plugin",
+)
 NVIDIA_PACKAGES = (
     "nvidia-container-toolkit",
     "nvidia-container-toolkit-base",
@@ -93,7 +99,9 @@ def engine(user: str, apt_url: str = "https://download.docker.com/linux") -> Gen
     facts = prefetch.fact(ContainerHost, user=user)
     have_docker = bool(facts.get("docker_cli") or facts.get("docker_io") or facts.get("docker_ce"))
     if have_docker:
-        kind = "docker.io" if facts.get("docker_io") else "docker-ce" if facts.get("docker_ce") else "docker CLI"
+        kind = (
+            "docker.io" if facts.get("docker_io") else "docker-ce" if facts.get("docker_ce") else "docker CLI"
+        )
         host.noop(f"docker already installed ({kind}): Docker's apt repository not added")
     else:
         if not facts.get("os_id") or not facts.get("os_codename"):
@@ -158,7 +166,9 @@ def nvidia_toolkit(
         host.noop(f"nvidia-container-toolkit {version} installed")
     else:
         if not facts.get("nvidia_sources"):
-            yield script(_NVIDIA_REPO_SCRIPT, apt_url, facts.get("arch") or "amd64", NVIDIA_KEYRING, NVIDIA_SOURCES)
+            yield script(
+                _NVIDIA_REPO_SCRIPT, apt_url, facts.get("arch") or "amd64", NVIDIA_KEYRING, NVIDIA_SOURCES
+            )
         yield "DEBIAN_FRONTEND=noninteractive apt-get update -q"
         yield _apt_install(*(f"{p}={version}" for p in NVIDIA_PACKAGES))
 

@@ -87,26 +87,42 @@ def status(cfg: HostConfig) -> Generator[Any, None, None]:
         stats = None
     if stats:
         system = stats.get("system", {})
-        health.append(["ComfyUI", "healthy", f"version {system.get('comfyui_version', '?')}, "
-                       f"python {str(system.get('python_version', '?')).split()[0]}"])
+        health.append(
+            [
+                "ComfyUI",
+                "healthy",
+                f"version {system.get('comfyui_version', '?')}, "
+                f"python {str(system.get('python_version', '?')).split()[0]}",
+            ]
+        )
         for dev in stats.get("devices", []):
             health.append(["device", dev.get("name", "?"), f"vram free {_size(dev.get('vram_free'))}"])
     else:
         health.append(["ComfyUI", "DOWN", f"{cfg.comfyui_url}/system_stats does not answer"])
     api_code = "".join(out.get("api", [])).strip()
-    health.append(["comfyui-api", "healthy" if api_code == "200" else "not running",
-                   f"port {cfg.api_port}: HTTP {api_code or 'none'}"])
+    health.append(
+        [
+            "comfyui-api",
+            "healthy" if api_code == "200" else "not running",
+            f"port {cfg.api_port}: HTTP {api_code or 'none'}",
+        ]
+    )
     rep.table("health", ["service", "state", "detail"], health)
 
     gpus = [line.split(", ") for line in out.get("gpu", []) if line.strip()]
-    rep.table("gpu", ["index", "name", "util %", "mem used MiB", "mem total MiB"],
-              gpus or [["-", "no NVIDIA GPU (nvidia-smi not found)", "", "", ""]])
+    rep.table(
+        "gpu",
+        ["index", "name", "util %", "mem used MiB", "mem total MiB"],
+        gpus or [["-", "no NVIDIA GPU (nvidia-smi not found)", "", "", ""]],
+    )
 
     disk = (out.get("disk") or [""])[0].split()
     mem = (out.get("memory") or [""])[0].split()
     usage = []
     if len(disk) >= 5:
-        usage.append(["data root", lay.root, f"{_size(disk[2])} used of {_size(disk[1])}, {_size(disk[3])} free"])
+        usage.append(
+            ["data root", lay.root, f"{_size(disk[2])} used of {_size(disk[1])}, {_size(disk[3])} free"]
+        )
     usage.append(["models", lay.models, _size((out.get("models") or ["0"])[0])])
     if len(mem) == 3:
         usage.append(["memory", "", f"{_size(mem[1])} used of {_size(mem[0])}, {_size(mem[2])} available"])
@@ -127,7 +143,9 @@ def logs(cfg: HostConfig, lines: int = 200, export_dir: str | None = None) -> Ge
     + export_dir: folder on the operator's machine; ``<dir>/<host>.log`` is written
     """
     lay = cfg.layout
-    out = host.get_fact(ScriptSections, body=_LOGS_SCRIPT, args=(lines, lay.comfyui_container, lay.api_container))
+    out = host.get_fact(
+        ScriptSections, body=_LOGS_SCRIPT, args=(lines, lay.comfyui_container, lay.api_container)
+    )
     rep = report(host)
     for name in (lay.comfyui_container, lay.api_container):
         text = "\n".join(out.get(name, []))
@@ -141,8 +159,10 @@ def logs(cfg: HostConfig, lines: int = 200, export_dir: str | None = None) -> Ge
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", host.name)
         target = folder / f"{safe}.log"
         target.write_text(
-            "".join(f"===== {name} (last {lines} lines) =====\n" + "\n".join(out.get(name, [])) + "\n"
-                    for name in (lay.comfyui_container, lay.api_container))
+            "".join(
+                f"===== {name} (last {lines} lines) =====\n" + "\n".join(out.get(name, [])) + "\n"
+                for name in (lay.comfyui_container, lay.api_container)
+            )
         )
         rep.note(f"logs written to {target}")
     host.noop("logs collected")

@@ -28,7 +28,9 @@ def record_node_folders(path: str, store: MutableMapping[str, list[str]]) -> Gen
 
 
 @operation(is_idempotent=False)
-def park_new_node_folders(path: str, parked: str, before: Mapping[str, list[str]]) -> Generator[Any, None, None]:
+def park_new_node_folders(
+    path: str, parked: str, before: Mapping[str, list[str]]
+) -> Generator[Any, None, None]:
     """Move the pack folders that are not in the host's snapshot out of custom_nodes/.
 
     + path: the custom_nodes folder

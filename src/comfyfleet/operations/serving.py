@@ -23,8 +23,11 @@ def repark(api_dir: str, keep: str) -> Generator[Any, None, None]:
     + api_dir: ``<data_root>/api`` on the host
     + keep: the workflow being served now (its marker is being removed)
     """
-    back = [f for f in host.get_fact(LiveStoppedFiles, api_dir=api_dir)
-            if f not in (f"{keep}{s}" for s in SUFFIXES)]
+    back = [
+        f
+        for f in host.get_fact(LiveStoppedFiles, api_dir=api_dir)
+        if f not in (f"{keep}{s}" for s in SUFFIXES)
+    ]
     if not back:
         host.noop("no stopped workflow is back in workflows/")
         return
@@ -73,14 +76,19 @@ def marker(api_dir: str, workflow: str, stopped: bool) -> Generator[Any, None, N
     present = set(host.get_fact(ServingFiles, api_dir=api_dir, workflow=workflow))
     commands: list[StringCommand] = []
     if stopped and f"disabled/{workflow}" not in present:
-        commands += [StringCommand("mkdir", "-p", QuoteString(f"{api_dir}/disabled")),
-                     StringCommand("touch", QuoteString(path))]
+        commands += [
+            StringCommand("mkdir", "-p", QuoteString(f"{api_dir}/disabled")),
+            StringCommand("touch", QuoteString(path)),
+        ]
     if not stopped:
         if f"disabled/{workflow}" in present:
             commands.append(StringCommand("rm", "-f", QuoteString(path)))
         # A ship re-uploaded the workflow while it was stopped: the live file is the newer one.
-        commands += [StringCommand("rm", "-f", QuoteString(f"{api_dir}/stopped/{workflow}{s}"))
-                     for s in SUFFIXES if f"workflows/{workflow}{s}" in present and f"stopped/{workflow}{s}" in present]
+        commands += [
+            StringCommand("rm", "-f", QuoteString(f"{api_dir}/stopped/{workflow}{s}"))
+            for s in SUFFIXES
+            if f"workflows/{workflow}{s}" in present and f"stopped/{workflow}{s}" in present
+        ]
     if not commands:
         host.noop(f"stop marker of {workflow} {'present' if stopped else 'absent'}")
         return

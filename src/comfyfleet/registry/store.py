@@ -220,8 +220,12 @@ class Registry:
         if not endpoints:
             raise ValueError("a deployment needs at least one endpoint")
         now = utcnow()
-        encoded = json.dumps([{"host": e.host, "url": e.url, **({"api_key_file": e.api_key_file}
-                                                                 if e.api_key_file else {})} for e in endpoints])
+        encoded = json.dumps(
+            [
+                {"host": e.host, "url": e.url, **({"api_key_file": e.api_key_file} if e.api_key_file else {})}
+                for e in endpoints
+            ]
+        )
         with self._tx() as conn:
             conn.execute(
                 """
@@ -235,8 +239,17 @@ class Registry:
                     status = 'active', deployed_at = excluded.deployed_at,
                     stopped_at = NULL, last_error = NULL
                 """,
-                (name, environment, workflow, workflow_path, manifest_hash, target,
-                 endpoints[0].url, encoded, now),
+                (
+                    name,
+                    environment,
+                    workflow,
+                    workflow_path,
+                    manifest_hash,
+                    target,
+                    endpoints[0].url,
+                    encoded,
+                    now,
+                ),
             )
             row = conn.execute(
                 "SELECT * FROM deployments WHERE name = ? AND environment = ?", (name, environment)
@@ -387,8 +400,17 @@ class Registry:
                                      ok, summary, manifest_hash)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
-                (name, environment, kind, trigger, started_at, finished_at or utcnow(),
-                 int(ok), summary, manifest_hash),
+                (
+                    name,
+                    environment,
+                    kind,
+                    trigger,
+                    started_at,
+                    finished_at or utcnow(),
+                    int(ok),
+                    summary,
+                    manifest_hash,
+                ),
             )
             history_id = int(cur.lastrowid or 0)
             conn.executemany(
@@ -405,10 +427,7 @@ class Registry:
 
     def history(self, name: str, environment: str, *, limit: int | None = None) -> list[HistoryEntry]:
         """Runs of one deployment, newest first, each with its steps in order."""
-        sql = (
-            "SELECT * FROM history WHERE name = ? AND environment = ? "
-            "ORDER BY started_at DESC, id DESC"
-        )
+        sql = "SELECT * FROM history WHERE name = ? AND environment = ? ORDER BY started_at DESC, id DESC"
         args: list[object] = [name, environment]
         if limit is not None:
             sql += " LIMIT ?"
@@ -424,13 +443,22 @@ class Registry:
                     list(steps),
                 ):
                     steps[s["history_id"]].append(
-                        StepRecord(s["step"], s["host"], bool(s["ok"]), s["attempts"], s["seconds"], s["error"])
+                        StepRecord(
+                            s["step"], s["host"], bool(s["ok"]), s["attempts"], s["seconds"], s["error"]
+                        )
                     )
         return [
             HistoryEntry(
-                id=r["id"], name=r["name"], environment=r["environment"], kind=r["kind"],
-                trigger=r["trigger"], started_at=r["started_at"], finished_at=r["finished_at"],
-                ok=bool(r["ok"]), summary=r["summary"], manifest_hash=r["manifest_hash"],
+                id=r["id"],
+                name=r["name"],
+                environment=r["environment"],
+                kind=r["kind"],
+                trigger=r["trigger"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                ok=bool(r["ok"]),
+                summary=r["summary"],
+                manifest_hash=r["manifest_hash"],
                 steps=tuple(steps[r["id"]]),
             )
             for r in rows
@@ -482,9 +510,14 @@ class Registry:
         with self._read() as conn:
             return [
                 Schedule(
-                    id=r["id"], deployment_id=r["deployment_id"], deployment=r["deployment"],
-                    environment=r["environment"], action=r["action"], cron=r["cron"],
-                    interval_seconds=r["interval_seconds"], created_at=r["created_at"],
+                    id=r["id"],
+                    deployment_id=r["deployment_id"],
+                    deployment=r["deployment"],
+                    environment=r["environment"],
+                    action=r["action"],
+                    cron=r["cron"],
+                    interval_seconds=r["interval_seconds"],
+                    created_at=r["created_at"],
                 )
                 for r in conn.execute(sql, args).fetchall()
             ]
@@ -494,17 +527,29 @@ class Registry:
         with self._tx() as conn:
             cur = conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
             if cur.rowcount == 0:
-                raise BadInput(f"no schedule with id {schedule_id}: see `comfyfleet deployments schedule list`")
+                raise BadInput(
+                    f"no schedule with id {schedule_id}: see `comfyfleet deployments schedule list`"
+                )
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:
-    endpoints = tuple(Endpoint(e["host"], e["url"], e.get("api_key_file"))
-                      for e in json.loads(row["endpoints"] or "[]"))
+    endpoints = tuple(
+        Endpoint(e["host"], e["url"], e.get("api_key_file")) for e in json.loads(row["endpoints"] or "[]")
+    )
     return Deployment(
-        id=row["id"], name=row["name"], environment=row["environment"], workflow=row["workflow"],
-        workflow_path=row["workflow_path"], manifest_hash=row["manifest_hash"], target=row["target"],
-        endpoint_url=row["endpoint_url"], endpoints=endpoints, status=row["status"],
-        deployed_at=row["deployed_at"], stopped_at=row["stopped_at"],
-        execution_count=row["execution_count"], error_count=row["error_count"],
+        id=row["id"],
+        name=row["name"],
+        environment=row["environment"],
+        workflow=row["workflow"],
+        workflow_path=row["workflow_path"],
+        manifest_hash=row["manifest_hash"],
+        target=row["target"],
+        endpoint_url=row["endpoint_url"],
+        endpoints=endpoints,
+        status=row["status"],
+        deployed_at=row["deployed_at"],
+        stopped_at=row["stopped_at"],
+        execution_count=row["execution_count"],
+        error_count=row["error_count"],
         last_error=row["last_error"],
     )

@@ -71,7 +71,11 @@ def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
 def usable_key_files(ctx: ShipContext) -> dict[str, str]:
     """Each host's key file: its ``api_keys_file``, or the key ship fetched from it once that arrived."""
     fetched = ctx.data.get("fetched_key_files") or {}
-    return {h: p for h, p in (ctx.data.get("api_key_files") or {}).items() if h not in fetched or Path(p).is_file()}
+    return {
+        h: p
+        for h, p in (ctx.data.get("api_key_files") or {}).items()
+        if h not in fetched or Path(p).is_file()
+    }
 
 
 @contextmanager

@@ -66,9 +66,7 @@ def task_step(
     def run(ctx: ShipContext, hosts: Sequence[str]) -> HostOutcomes:
         if preflight is not None:
             preflight()
-        specs: HostSpecs = [
-            (n, {**d}) for n, d in ctx.data.get("specs", []) if n in hosts
-        ]
+        specs: HostSpecs = [(n, {**d}) for n, d in ctx.data.get("specs", []) if n in hosts]
         outcomes: dict[str, BaseException | None] = dict.fromkeys(hosts)
         for task, data_for in tasks:
             live = [(n, {**d, **data_for(ctx)}) for n, d in specs if outcomes[n] is None]
@@ -81,13 +79,14 @@ def task_step(
                     continue
                 reason = f"{label}: {hr.reason or hr.status}"
                 if hr.status == "unreachable":
-                    outcomes[hr.host] = Retryable(f"{label}: host unreachable: {hr.reason or 'no connection'}")
+                    outcomes[hr.host] = Retryable(
+                        f"{label}: host unreachable: {hr.reason or 'no connection'}"
+                    )
                 else:
                     outcomes[hr.host] = HostFailure(reason)
         return outcomes
 
     return Step(name, run, timeout, backoff, inline=True)
-
 
 
 def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict[str, str]]:
@@ -104,15 +103,19 @@ def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict
         for hr in result.hosts:
             if hr.ok:
                 moved = [c for c in hr.changed if "Park" in c]
-                notes[hr.host] = ("put back: node packs the ship added were moved to "
-                                  f".comfyfleet/parked-nodes/{stamp}/, ComfyUI answers again") if moved else \
-                    "nothing to put back: no node pack was added, ComfyUI answers"
+                notes[hr.host] = (
+                    (
+                        "put back: node packs the ship added were moved to "
+                        f".comfyfleet/parked-nodes/{stamp}/, ComfyUI answers again"
+                    )
+                    if moved
+                    else "nothing to put back: no node pack was added, ComfyUI answers"
+                )
             else:
                 notes[hr.host] = f"putting back failed: {hr.reason or hr.status}"
         return notes
 
     return compensate
-
 
 
 # -- the standard ship ----------------------------------------------------------------
@@ -149,20 +152,27 @@ def standard_steps(
         [(nodes_snapshot(before), _workflow_data), *((t, _workflow_data) for t in HOST_TASKS["install"])],
         # Model bytes dominate; the budget is for a large checkpoint on a slow link. All tier
         # tasks are checked before the first one runs, so a missing one touches no host.
-        timeout=3 * 3600, run_task=run_task, preflight=lambda: check_tasks(every_task),
+        timeout=3 * 3600,
+        run_task=run_task,
+        preflight=lambda: check_tasks(every_task),
     )
     return [
         analyze_step(analyze),
         # A pack that keeps ComfyUI from starting must not take the running workflows down with it.
         replace(install, on_failure=put_back_nodes(run_task)),
-        task_step("api", [*((t, _workflow_data) for t in HOST_TASKS["api"]),
-                          # A ship serves the workflow even if it had been stopped before.
-                          (serving_deploy(ctx.workflow, True), _workflow_data),
-                          # A key the host generated comes to this machine for the checks and for the user.
-                          (fetch_key_deploy(ctx.data.get("fetched_key_files") or {}), _workflow_data)],
-                  timeout=600, run_task=run_task),
+        task_step(
+            "api",
+            [
+                *((t, _workflow_data) for t in HOST_TASKS["api"]),
+                # A ship serves the workflow even if it had been stopped before.
+                (serving_deploy(ctx.workflow, True), _workflow_data),
+                # A key the host generated comes to this machine for the checks and for the user.
+                (fetch_key_deploy(ctx.data.get("fetched_key_files") or {}), _workflow_data),
+            ],
+            timeout=600,
+            run_task=run_task,
+        ),
         health_step(),
         generate_step(),
         record_step(registry),
     ]
-

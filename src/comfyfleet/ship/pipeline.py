@@ -162,7 +162,9 @@ class Reporter(Protocol):
 
     def step_started(self, step: str, hosts: Sequence[str]) -> None: ...
 
-    def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None: ...
+    def attempt_failed(
+        self, step: str, host: str, attempt: int, error: BaseException, retry_in: float
+    ) -> None: ...
 
     def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None: ...
 
@@ -175,7 +177,9 @@ class NullReporter:
     def step_started(self, step: str, hosts: Sequence[str]) -> None:
         """Nothing to show."""
 
-    def attempt_failed(self, step: str, host: str, attempt: int, error: BaseException, retry_in: float) -> None:
+    def attempt_failed(
+        self, step: str, host: str, attempt: int, error: BaseException, retry_in: float
+    ) -> None:
         """Nothing to show."""
 
     def host_finished(self, step: str, host: str, ok: bool, seconds: float, error: str | None) -> None:
@@ -242,8 +246,9 @@ def describe(exc: BaseException) -> str:
     return f"{kind}: {text}" if text else kind
 
 
-def _outcomes(step: Step, hosts: list[str], out: Mapping[str, BaseException | None] | None
-              ) -> dict[str, BaseException | None]:
+def _outcomes(
+    step: Step, hosts: list[str], out: Mapping[str, BaseException | None] | None
+) -> dict[str, BaseException | None]:
     out = out or {}
     result = {h: out[h] for h in hosts if h in out}
     for h in hosts:
@@ -364,8 +369,9 @@ def run_pipeline(
     return PipelineResult(results, failure, time.monotonic() - started)
 
 
-def _compensate(step: Step, ctx: ShipContext, done: dict[str, StepResult], failure: Failure,
-                rep: Reporter) -> Failure:
+def _compensate(
+    step: Step, ctx: ShipContext, done: dict[str, StepResult], failure: Failure, rep: Reporter
+) -> Failure:
     """Run a failed step's compensation and add what it did to the failure report."""
     assert step.on_failure is not None
     failed = [h for h, r in done.items() if not r.ok]
@@ -379,5 +385,6 @@ def _compensate(step: Step, ctx: ShipContext, done: dict[str, StepResult], failu
             r = done[host]
             done[host] = StepResult(r.step, r.host, r.ok, r.attempts, r.seconds, f"{r.error}; {note}")
     own = notes.get(failure.host)
-    return Failure(failure.step, failure.host, f"{failure.cause}; {own}", failure.bad_input) if own else failure
-
+    return (
+        Failure(failure.step, failure.host, f"{failure.cause}; {own}", failure.bad_input) if own else failure
+    )

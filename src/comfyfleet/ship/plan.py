@@ -38,7 +38,8 @@ def unresolved_message(manifest: Any, path: Path) -> str | None:
     if not problems:
         return None
     return (
-        f"{path}: {len(problems)} unresolved, nothing was deployed: " + "; ".join(problems)
+        f"{path}: {len(problems)} unresolved, nothing was deployed: "
+        + "; ".join(problems)
         + f" (add them to {path.parent / 'overrides.yaml'} and ship again)"
     )
 
@@ -66,7 +67,6 @@ def analyze_step(analyze: AnalyzeFn | None = None, timeout: float = 60) -> Step:
     return Step("analyze", here(run), timeout, local=True)
 
 
-
 # -- planning a ship: the target's hosts and where their API answers ------------------
 
 HostSpecs = list[tuple[str, dict[str, Any]]]
@@ -74,8 +74,11 @@ HostSpecs = list[tuple[str, dict[str, Any]]]
 
 def api_key_files(specs: HostSpecs) -> dict[str, str]:
     """Each host's ``api_keys_file`` (the keys update-binary installs there), as absolute paths."""
-    return {name: str(Path(str(data["api_keys_file"])).resolve()) for name, data in specs
-            if data.get("api_keys_file")}
+    return {
+        name: str(Path(str(data["api_keys_file"])).resolve())
+        for name, data in specs
+        if data.get("api_keys_file")
+    }
 
 
 def served_folder(host: str, data: Mapping[str, Any], workflow: Path) -> str:
@@ -145,8 +148,9 @@ def prepare_ship(
     for host, path in ctx.data["api_key_files"].items():
         read_api_key(path, host)  # a missing or empty key file stops the ship before any host is touched
     # Hosts without api_keys_file generate their own key: the api step copies it here over SSH.
-    ctx.data["fetched_key_files"] = {n: str(fetched_key_file(n)) for n, _ in specs
-                                     if n not in ctx.data["api_key_files"]}
+    ctx.data["fetched_key_files"] = {
+        n: str(fetched_key_file(n)) for n, _ in specs if n not in ctx.data["api_key_files"]
+    }
     ctx.data["api_key_files"].update(ctx.data["fetched_key_files"])
     return ctx
 
@@ -156,7 +160,6 @@ def fetched_key_file(host: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", host).strip("._")[:60] or "host"
     digest = hashlib.sha256(host.encode()).hexdigest()[:8]
     return state_dir() / "api-keys" / f"{slug}-{digest}.key"
-
 
 
 # -- one change at a time per host ----------------------------------------------------
@@ -193,4 +196,3 @@ def hold_hosts(hosts: Sequence[str], what: str) -> Iterator[None]:
     finally:
         for fd in held:
             os.close(fd)
-

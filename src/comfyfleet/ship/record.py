@@ -42,7 +42,9 @@ def record_step(registry: Registry) -> Step:
         if ctx.manifest is None:
             raise RuntimeError("nothing to record: the analyze step did not produce a manifest")
         key_files = usable_key_files(ctx)
-        endpoints = [Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow), key_files.get(h)) for h in ctx.hosts]
+        endpoints = [
+            Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow), key_files.get(h)) for h in ctx.hosts
+        ]
         ctx.deployment = registry.upsert_deployment(
             name=ctx.name,
             environment=ctx.environment,
@@ -88,4 +90,3 @@ def run_ship(
     result = run_pipeline(steps, ctx, reporter, sleep)
     history_id = record_run(registry, ctx, result, kind=kind, trigger=trigger, started_at=started_at)
     return ShipOutcome(result, history_id, ctx.deployment if result.ok else None)
-

@@ -47,8 +47,10 @@ def _modal_serving(deployment: Deployment, served: bool) -> ServingResult:
     started = time.monotonic()
     try:
         if served:
-            modal_deploy.deploy_app(modal_deploy.read_app_facts(modal_app_file(deployment.name,
-                                                                               deployment.environment)), ModalCli())
+            modal_deploy.deploy_app(
+                modal_deploy.read_app_facts(modal_app_file(deployment.name, deployment.environment)),
+                ModalCli(),
+            )
         else:
             modal_deploy.stop_app(modal_app_name(deployment.name, deployment.environment), ModalCli())
     except (BadInput, HostFailure) as exc:

@@ -38,8 +38,14 @@ def main() -> int:
         print(scenario.get("run_output", "✓ App completed."))
         return _log(scenario, call, scenario.get("run_rc", 0))
     if head == ["secret", "list"]:
-        print(json.dumps([{"name": n, "created_at": "2026-11-01 10:00 UTC", "created_by": "op",
-                           "last_used_at": "-"} for n in scenario.get("secrets", [])]))
+        print(
+            json.dumps(
+                [
+                    {"name": n, "created_at": "2026-11-01 10:00 UTC", "created_by": "op", "last_used_at": "-"}
+                    for n in scenario.get("secrets", [])
+                ]
+            )
+        )
         return _log(scenario, call, 0)
     if head == ["secret", "create"]:
         path = argv[argv.index("--from-json") + 1]

@@ -49,7 +49,9 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
     if validate_fn is not None:
         import inspect
 
-        validate_args = [p for p in inspect.signature(validate_fn).parameters if p not in ("s", "self", "cls")]
+        validate_args = [
+            p for p in inspect.signature(validate_fn).parameters if p not in ("s", "self", "cls")
+        ]
     checked: dict[str, Any] = {}
     all_specs = list(types.get("required", {}).items()) + [
         (k, v) for k, v in types.get("optional", {}).items() if k in inputs
@@ -60,33 +62,63 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
         extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
         if x not in inputs:
             if x in required:
-                errors.append({"type": "required_input_missing", "message": "Required input is missing",
-                               "details": f"{x}", "extra_info": {"input_name": x}})
+                errors.append(
+                    {
+                        "type": "required_input_missing",
+                        "message": "Required input is missing",
+                        "details": f"{x}",
+                        "extra_info": {"input_name": x},
+                    }
+                )
                 valid = False
             continue
         val = inputs[x]
         if isinstance(val, list):
             if len(val) != 2 or str(val[0]) not in prompt:
-                errors.append({"type": "bad_linked_input", "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
-                               "details": f"{x}", "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val}})
+                errors.append(
+                    {
+                        "type": "bad_linked_input",
+                        "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                        "details": f"{x}",
+                        "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val},
+                    }
+                )
                 valid = False
                 continue
             o_id, o_slot = str(val[0]), val[1]
             o_class = nodes.NODE_CLASS_MAPPINGS[prompt[o_id]["class_type"]]
             if not isinstance(o_slot, int) or o_slot >= len(o_class.RETURN_TYPES):
-                errors.append({"type": "bad_linked_input", "message": "Bad linked input, output slot out of range",
-                               "details": f"{x}", "extra_info": {"input_name": x, "received_value": val}})
+                errors.append(
+                    {
+                        "type": "bad_linked_input",
+                        "message": "Bad linked input, output slot out of range",
+                        "details": f"{x}",
+                        "extra_info": {"input_name": x, "received_value": val},
+                    }
+                )
                 valid = False
                 continue
             received = o_class.RETURN_TYPES[o_slot]
             declared = "COMBO" if isinstance(input_type, list) else input_type
-            if declared != "*" and received != "*" and received != declared and not (
-                isinstance(received, list) and declared == "COMBO"
+            if (
+                declared != "*"
+                and received != "*"
+                and received != declared
+                and not (isinstance(received, list) and declared == "COMBO")
             ):
-                errors.append({"type": "return_type_mismatch", "message": "Return type mismatch between linked nodes",
-                               "details": f"{x}, received_type({received}) mismatch input_type({declared})",
-                               "extra_info": {"input_name": x, "input_config": list(spec), "received_type": received,
-                                              "linked_node": val}})
+                errors.append(
+                    {
+                        "type": "return_type_mismatch",
+                        "message": "Return type mismatch between linked nodes",
+                        "details": f"{x}, received_type({received}) mismatch input_type({declared})",
+                        "extra_info": {
+                            "input_name": x,
+                            "input_config": list(spec),
+                            "received_type": received,
+                            "linked_node": val,
+                        },
+                    }
+                )
                 valid = False
                 continue
             r = validate_inputs(prompt, o_id, validated)
@@ -103,23 +135,43 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
             elif input_type == "BOOLEAN":
                 val = bool(val)
         except Exception as ex:
-            errors.append({"type": "invalid_input_type",
-                           "message": f"Failed to convert an input value to a {input_type} value",
-                           "details": f"{x}, {val}, {ex}",
-                           "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val,
-                                          "exception_message": str(ex)}})
+            errors.append(
+                {
+                    "type": "invalid_input_type",
+                    "message": f"Failed to convert an input value to a {input_type} value",
+                    "details": f"{x}, {val}, {ex}",
+                    "extra_info": {
+                        "input_name": x,
+                        "input_config": list(spec),
+                        "received_value": val,
+                        "exception_message": str(ex),
+                    },
+                }
+            )
             valid = False
             continue
         checked[x] = val
         if input_type in ("INT", "FLOAT"):
             if "min" in extra and val < extra["min"]:
-                errors.append({"type": "value_smaller_than_min", "message": f"Value {val} smaller than min of {extra['min']}",
-                               "details": f"{x}", "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val}})
+                errors.append(
+                    {
+                        "type": "value_smaller_than_min",
+                        "message": f"Value {val} smaller than min of {extra['min']}",
+                        "details": f"{x}",
+                        "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val},
+                    }
+                )
                 valid = False
                 continue
             if "max" in extra and val > extra["max"]:
-                errors.append({"type": "value_bigger_than_max", "message": f"Value {val} bigger than max of {extra['max']}",
-                               "details": f"{x}", "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val}})
+                errors.append(
+                    {
+                        "type": "value_bigger_than_max",
+                        "message": f"Value {val} bigger than max of {extra['max']}",
+                        "details": f"{x}",
+                        "extra_info": {"input_name": x, "input_config": list(spec), "received_value": val},
+                    }
+                )
                 valid = False
                 continue
         if x in validate_args:
@@ -133,9 +185,14 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
                     input_config = None
                 else:
                     list_info = str(options)
-                errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                               "details": f"{x}: '{val}' not in {list_info}",
-                               "extra_info": {"input_name": x, "input_config": input_config, "received_value": val}})
+                errors.append(
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": f"{x}: '{val}' not in {list_info}",
+                        "extra_info": {"input_name": x, "input_config": input_config, "received_value": val},
+                    }
+                )
                 valid = False
     if validate_fn is not None and valid:
         args = {a: checked.get(a, inputs.get(a)) for a in validate_args if a in inputs}
@@ -143,8 +200,14 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
         if ret is not True:
             for x in args:
                 details = f"{x}" + ("" if ret is False else f" - {ret}")
-                errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",
-                               "details": details, "extra_info": {"input_name": x}})
+                errors.append(
+                    {
+                        "type": "custom_validation_failed",
+                        "message": "Custom validation failed for node",
+                        "details": details,
+                        "extra_info": {"input_name": x},
+                    }
+                )
             valid = False
     result = (valid and not errors, errors, item)
     validated[item] = result
@@ -154,31 +217,72 @@ def validate_inputs(prompt: dict, item: str, validated: dict) -> tuple[bool, lis
 def validate_prompt(prompt: Any) -> tuple[bool, dict | None, list[str], dict]:
     """(valid, error, outputs to execute, node_errors) for an API-format graph."""
     if not isinstance(prompt, dict):
-        return False, {"type": "invalid_prompt", "message": "Prompt is not a dictionary", "details": "",
-                       "extra_info": {}}, [], {}
+        return (
+            False,
+            {
+                "type": "invalid_prompt",
+                "message": "Prompt is not a dictionary",
+                "details": "",
+                "extra_info": {},
+            },
+            [],
+            {},
+        )
     outputs = set()
     for x, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
-            return False, {"type": "invalid_prompt",
-                           "message": "Cannot execute because a node is missing the class_type property.",
-                           "details": f"Node ID '#{x}'", "extra_info": {}}, [], {}
+            return (
+                False,
+                {
+                    "type": "invalid_prompt",
+                    "message": "Cannot execute because a node is missing the class_type property.",
+                    "details": f"Node ID '#{x}'",
+                    "extra_info": {},
+                },
+                [],
+                {},
+            )
         class_type = node["class_type"]
         class_ = nodes.NODE_CLASS_MAPPINGS.get(class_type)
         if class_ is None:
             if missing_node_style() == "invalid_prompt":
-                return False, {"type": "invalid_prompt",
-                               "message": f"Cannot execute because node {class_type} does not exist.",
-                               "details": f"Node ID '#{x}'", "extra_info": {}}, [], {}
+                return (
+                    False,
+                    {
+                        "type": "invalid_prompt",
+                        "message": f"Cannot execute because node {class_type} does not exist.",
+                        "details": f"Node ID '#{x}'",
+                        "extra_info": {},
+                    },
+                    [],
+                    {},
+                )
             title = (node.get("_meta") or {}).get("title", class_type)
-            return False, {"type": "missing_node_type",
-                           "message": f"Node '{title}' not found. The custom node may not be installed.",
-                           "details": f"Node ID '#{x}'",
-                           "extra_info": {"node_id": x, "class_type": class_type, "node_title": title}}, [], {}
+            return (
+                False,
+                {
+                    "type": "missing_node_type",
+                    "message": f"Node '{title}' not found. The custom node may not be installed.",
+                    "details": f"Node ID '#{x}'",
+                    "extra_info": {"node_id": x, "class_type": class_type, "node_title": title},
+                },
+                [],
+                {},
+            )
         if getattr(class_, "OUTPUT_NODE", False) is True:
             outputs.add(x)
     if not outputs:
-        return False, {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
-                       "extra_info": {}}, [], {}
+        return (
+            False,
+            {
+                "type": "prompt_no_outputs",
+                "message": "Prompt has no outputs",
+                "details": "",
+                "extra_info": {},
+            },
+            [],
+            {},
+        )
     good_outputs: list[str] = []
     node_errors: dict[str, dict] = {}
     validated: dict = {}
@@ -187,9 +291,21 @@ def validate_prompt(prompt: Any) -> tuple[bool, dict | None, list[str], dict]:
             ok, _, _ = validate_inputs(prompt, o, validated)
         except Exception as ex:
             logging.error(traceback.format_exc())
-            validated[o] = (False, [{"type": "exception_during_validation", "message": "Exception when validating node",
-                                      "details": str(ex), "extra_info": {"exception_type": type(ex).__name__,
-                                                                          "traceback": traceback.format_tb(ex.__traceback__)}}], o)
+            validated[o] = (
+                False,
+                [
+                    {
+                        "type": "exception_during_validation",
+                        "message": "Exception when validating node",
+                        "details": str(ex),
+                        "extra_info": {
+                            "exception_type": type(ex).__name__,
+                            "traceback": traceback.format_tb(ex.__traceback__),
+                        },
+                    }
+                ],
+                o,
+            )
             ok = False
         if ok:
             good_outputs.append(o)
@@ -197,14 +313,27 @@ def validate_prompt(prompt: Any) -> tuple[bool, dict | None, list[str], dict]:
         logging.error(f"Failed to validate prompt for output {o}:")
         for node_id, (nvalid, reasons, _) in validated.items():
             if nvalid is not True and reasons:
-                entry = node_errors.setdefault(node_id, {"errors": reasons, "dependent_outputs": [],
-                                                         "class_type": prompt[node_id]["class_type"]})
+                entry = node_errors.setdefault(
+                    node_id,
+                    {"errors": reasons, "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]},
+                )
                 if o not in entry["dependent_outputs"]:
                     entry["dependent_outputs"].append(o)
     if not good_outputs:
-        details = "\n".join(f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"])
-        return False, {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                       "details": details, "extra_info": {}}, [], node_errors
+        details = "\n".join(
+            f"{e['message']}: {e['details']}" for ne in node_errors.values() for e in ne["errors"]
+        )
+        return (
+            False,
+            {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": details,
+                "extra_info": {},
+            },
+            [],
+            node_errors,
+        )
     return True, None, good_outputs, node_errors
 
 
@@ -243,7 +372,12 @@ class PromptQueue:
             prompt = self.currently_running.pop(item_id)
             if len(self.history) > MAXIMUM_HISTORY_SIZE:
                 self.history.pop(next(iter(self.history)))
-            self.history[prompt[1]] = {"prompt": list(prompt), "outputs": outputs, "status": status, "meta": meta}
+            self.history[prompt[1]] = {
+                "prompt": list(prompt),
+                "outputs": outputs,
+                "status": status,
+                "meta": meta,
+            }
             self.server.queue_updated()
 
     def get_current_queue(self) -> tuple[list, list]:
@@ -273,15 +407,19 @@ class PromptQueue:
         with self.mutex:
             return [x[1] for x in self.currently_running.values()]
 
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1) -> dict:
+    def get_history(
+        self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1
+    ) -> dict:
         with self.mutex:
             if prompt_id is not None:
-                return {prompt_id: copy.deepcopy(self.history[prompt_id])} if prompt_id in self.history else {}
+                return (
+                    {prompt_id: copy.deepcopy(self.history[prompt_id])} if prompt_id in self.history else {}
+                )
             keys = list(self.history)
             if offset < 0 and max_items is not None:
                 offset = len(keys) - max_items
             offset = max(offset, 0)
-            keys = keys[offset:] if max_items is None else keys[offset:offset + max_items]
+            keys = keys[offset:] if max_items is None else keys[offset : offset + max_items]
             return {k: copy.deepcopy(self.history[k]) for k in keys}
 
     def wipe_history(self) -> None:
@@ -323,14 +461,21 @@ class PromptExecutor:
     def _keep_ui(self, node_id: str, ui: dict) -> None:
         """Record a node's UI output in the prompt's history entry, as ComfyUI does."""
         self.history_result["outputs"][node_id] = ui
-        self.history_result["meta"][node_id] = {"node_id": node_id, "display_node": node_id,
-                                               "parent_node": None, "real_node_id": node_id}
+        self.history_result["meta"][node_id] = {
+            "node_id": node_id,
+            "display_node": node_id,
+            "parent_node": None,
+            "real_node_id": node_id,
+        }
 
     def _send_executed(self, node_id: str, ui: dict | None, prompt_id: str) -> None:
         """The `executed` websocket message to the prompt's client, if it has one."""
         if self.server.client_id is not None:
-            self.server.send_sync("executed", {"node": node_id, "display_node": node_id, "output": ui,
-                                               "prompt_id": prompt_id}, self.server.client_id)
+            self.server.send_sync(
+                "executed",
+                {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
+                self.server.client_id,
+            )
 
     def _signature(self, prompt: dict, node_id: str, memo: dict) -> str:
         if node_id in memo:
@@ -403,16 +548,22 @@ class PromptExecutor:
                     continue
                 self.server.last_node_id = node_id
                 if self.server.client_id is not None:
-                    self.server.send_sync("executing", {"node": node_id, "display_node": node_id,
-                                                        "prompt_id": prompt_id}, self.server.client_id)
+                    self.server.send_sync(
+                        "executing",
+                        {"node": node_id, "display_node": node_id, "prompt_id": prompt_id},
+                        self.server.client_id,
+                    )
                 current_inputs = self._inputs(prompt, node_id, class_, results, extra_data)
                 if delay and not getattr(class_, "STANDIN_OWN_DELAY", False):
                     model_management.interruptible_sleep(delay)
                 model_management.throw_exception_if_processing_interrupted()
                 comfy_utils.set_progress_bar_global_hook(
                     lambda value, total, preview, nid, _n=node_id: self.server.send_sync(
-                        "progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": nid or _n},
-                        self.server.client_id))
+                        "progress",
+                        {"value": value, "max": total, "prompt_id": prompt_id, "node": nid or _n},
+                        self.server.client_id,
+                    )
+                )
                 obj = class_()
                 ret = getattr(obj, class_.FUNCTION)(**current_inputs)
                 ui = None
@@ -430,24 +581,43 @@ class PromptExecutor:
         except model_management.InterruptProcessingException:
             logging.info("Processing interrupted")
             self.success = False
-            self.add_message("execution_interrupted", {"prompt_id": prompt_id, "node_id": current,
-                                                       "node_type": prompt[current]["class_type"] if current else None,
-                                                       "executed": executed}, broadcast=True)
+            self.add_message(
+                "execution_interrupted",
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": current,
+                    "node_type": prompt[current]["class_type"] if current else None,
+                    "executed": executed,
+                },
+                broadcast=True,
+            )
             return
         except Exception as ex:
             tb = traceback.format_tb(ex.__traceback__)
             logging.error(f"!!! Exception during processing !!! {ex}")
             logging.error("".join(traceback.format_exception(type(ex), ex, ex.__traceback__)))
             self.success = False
-            self.add_message("execution_error", {
-                "prompt_id": prompt_id, "node_id": current,
-                "node_type": prompt[current]["class_type"] if current else None,
-                "executed": executed, "exception_message": str(ex), "exception_type": type(ex).__module__ + "." + type(ex).__name__
-                if type(ex).__module__ != "builtins" else type(ex).__name__,
-                "traceback": tb,
-                "current_inputs": {k: [_json_safe(v)] for k, v in current_inputs.items() if not isinstance(v, (list, dict))},
-                "current_outputs": {},
-            }, broadcast=False)
+            self.add_message(
+                "execution_error",
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": current,
+                    "node_type": prompt[current]["class_type"] if current else None,
+                    "executed": executed,
+                    "exception_message": str(ex),
+                    "exception_type": type(ex).__module__ + "." + type(ex).__name__
+                    if type(ex).__module__ != "builtins"
+                    else type(ex).__name__,
+                    "traceback": tb,
+                    "current_inputs": {
+                        k: [_json_safe(v)]
+                        for k, v in current_inputs.items()
+                        if not isinstance(v, (list, dict))
+                    },
+                    "current_outputs": {},
+                },
+                broadcast=False,
+            )
             return
         finally:
             comfy_utils.set_progress_bar_global_hook(None)
@@ -498,10 +668,16 @@ def prompt_worker(q: PromptQueue, server: Any) -> None:
         started = time.perf_counter()
         e.execute(item[2], prompt_id, item[3], item[4])
         status_str = "success" if e.success else "error"
-        q.task_done(item_id, e.history_result["outputs"],
-                    {"status_str": status_str, "completed": e.success,
-                     "messages": [list(m) for m in e.status_messages]},
-                    e.history_result["meta"])
+        q.task_done(
+            item_id,
+            e.history_result["outputs"],
+            {
+                "status_str": status_str,
+                "completed": e.success,
+                "messages": [list(m) for m in e.status_messages],
+            },
+            e.history_result["meta"],
+        )
         if server.client_id is not None:
             server.send_sync("executing", {"node": None, "prompt_id": prompt_id}, server.client_id)
         logging.info(f"Prompt executed in {time.perf_counter() - started:.2f} seconds")

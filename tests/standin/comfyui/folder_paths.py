@@ -220,7 +220,9 @@ def get_save_image_path(
     """ComfyUI's naming: '<prefix>_<counter:05>_.png' with the next free counter."""
     import re
 
-    filename_prefix = filename_prefix.replace("%width%", str(image_width)).replace("%height%", str(image_height))
+    filename_prefix = filename_prefix.replace("%width%", str(image_width)).replace(
+        "%height%", str(image_height)
+    )
     subfolder = os.path.dirname(os.path.normpath(filename_prefix))
     filename = os.path.basename(os.path.normpath(filename_prefix))
     full_output_folder = os.path.join(output_dir, subfolder)

@@ -29,15 +29,24 @@ import folder_paths  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ComfyUI's comfy/cli_args.py that deployments use; unknown ones are refused as there."""
     p = argparse.ArgumentParser()
-    p.add_argument("--listen", type=str, default="127.0.0.1", metavar="IP", nargs="?", const="0.0.0.0,::",
-                   help="Comma-separated IP addresses to listen on (no value: 0.0.0.0,::).")
+    p.add_argument(
+        "--listen",
+        type=str,
+        default="127.0.0.1",
+        metavar="IP",
+        nargs="?",
+        const="0.0.0.0,::",
+        help="Comma-separated IP addresses to listen on (no value: 0.0.0.0,::).",
+    )
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--tls-keyfile", type=str)
     p.add_argument("--tls-certfile", type=str)
     p.add_argument("--enable-cors-header", type=str, default=None, metavar="ORIGIN", nargs="?", const="*")
     p.add_argument("--max-upload-size", type=float, default=100)
     p.add_argument("--base-directory", type=str, default=None)
-    p.add_argument("--extra-model-paths-config", type=str, default=None, metavar="PATH", nargs="+", action="append")
+    p.add_argument(
+        "--extra-model-paths-config", type=str, default=None, metavar="PATH", nargs="+", action="append"
+    )
     p.add_argument("--output-directory", type=str, default=None)
     p.add_argument("--temp-directory", type=str, default=None)
     p.add_argument("--input-directory", type=str, default=None)
@@ -55,22 +64,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whitelist-custom-nodes", type=str, nargs="+", default=[])
     p.add_argument("--disable-api-nodes", action="store_true")
     p.add_argument("--multi-user", action="store_true")
-    p.add_argument("--verbose", type=str, default="INFO", const="DEBUG", nargs="?",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument(
+        "--verbose",
+        type=str,
+        default="INFO",
+        const="DEBUG",
+        nargs="?",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    )
     p.add_argument("--log-stdout", action="store_true")
     p.add_argument("--dont-print-server", action="store_true")
     p.add_argument("--quick-test-for-ci", action="store_true")
     p.add_argument("--front-end-version", type=str, default="comfyanonymous/ComfyUI@latest")
     p.add_argument("--front-end-root", type=str, default=None)
     p.add_argument("--database-url", type=str, default=None)
-    for flag in ("--normalvram", "--novram", "--gpu-only", "--disable-smart-memory", "--force-fp16", "--force-fp32",
-                 "--fp16-vae", "--bf16-vae", "--fp32-vae", "--cpu-vae", "--use-sage-attention",
-                 "--use-pytorch-cross-attention", "--use-split-cross-attention", "--use-quad-cross-attention",
-                 "--use-flash-attention", "--disable-xformers", "--windows-standalone-build", "--disable-metadata",
-                 "--enable-compress-response-body", "--cuda-malloc", "--disable-cuda-malloc", "--deterministic",
-                 "--cache-ram", "--async-offload", "--disable-async-offload", "--disable-pinned-memory",
-                 "--disable-mmap", "--mmap-torch-files"):
-        p.add_argument(flag, action="store_true", help="accepted for compatibility; no effect in the stand-in")
+    for flag in (
+        "--normalvram",
+        "--novram",
+        "--gpu-only",
+        "--disable-smart-memory",
+        "--force-fp16",
+        "--force-fp32",
+        "--fp16-vae",
+        "--bf16-vae",
+        "--fp32-vae",
+        "--cpu-vae",
+        "--use-sage-attention",
+        "--use-pytorch-cross-attention",
+        "--use-split-cross-attention",
+        "--use-quad-cross-attention",
+        "--use-flash-attention",
+        "--disable-xformers",
+        "--windows-standalone-build",
+        "--disable-metadata",
+        "--enable-compress-response-body",
+        "--cuda-malloc",
+        "--disable-cuda-malloc",
+        "--deterministic",
+        "--cache-ram",
+        "--async-offload",
+        "--disable-async-offload",
+        "--disable-pinned-memory",
+        "--disable-mmap",
+        "--mmap-torch-files",
+    ):
+        p.add_argument(
+            flag, action="store_true", help="accepted for compatibility; no effect in the stand-in"
+        )
     p.add_argument("--reserve-vram", type=float, default=None)
     p.add_argument("--preview-size", type=int, default=512)
     p.add_argument("--cache-lru", type=int, default=0)
@@ -162,8 +202,12 @@ def apply_directories(args: argparse.Namespace) -> None:
     for group in args.extra_model_paths_config or []:
         for config_path in group:
             load_extra_path_config(config_path)
-    for d in (folder_paths.get_output_directory(), folder_paths.get_input_directory(),
-              folder_paths.get_temp_directory(), folder_paths.get_user_directory()):
+    for d in (
+        folder_paths.get_output_directory(),
+        folder_paths.get_input_directory(),
+        folder_paths.get_temp_directory(),
+        folder_paths.get_user_directory(),
+    ):
         os.makedirs(d, exist_ok=True)
 
 
@@ -185,8 +229,11 @@ async def run(server, addresses: list[str], port: int, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.verbose), format="%(message)s",
-                        stream=sys.stdout if args.log_stdout else sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, args.verbose),
+        format="%(message)s",
+        stream=sys.stdout if args.log_stdout else sys.stderr,
+    )
     if os.environ.get("COMFYUI_STANDIN_FAIL_START"):
         logging.error(os.environ["COMFYUI_STANDIN_FAIL_START"])
         sys.exit(1)

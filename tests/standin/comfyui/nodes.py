@@ -37,7 +37,10 @@ class CheckpointLoaderSimple:
     def INPUT_TYPES(s):
         return {
             "required": {
-                "ckpt_name": (folder_paths.get_filename_list("checkpoints"), {"tooltip": "The name of the checkpoint (model) to load."}),
+                "ckpt_name": (
+                    folder_paths.get_filename_list("checkpoints"),
+                    {"tooltip": "The name of the checkpoint (model) to load."},
+                ),
             }
         }
 
@@ -56,7 +59,10 @@ class CLIPTextEncode:
     def INPUT_TYPES(s):
         return {
             "required": {
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": "The text to be encoded."}),
+                "text": (
+                    "STRING",
+                    {"multiline": True, "dynamicPrompts": True, "tooltip": "The text to be encoded."},
+                ),
                 "clip": ("CLIP", {"tooltip": "The CLIP model used for encoding the text."}),
             }
         }
@@ -87,7 +93,9 @@ class EmptyLatentImage:
     CATEGORY = "latent"
 
     def generate(self, width, height, batch_size=1):
-        return ({"samples": {"batch": batch_size, "width": width, "height": height, "colours": [0] * batch_size}},)
+        return (
+            {"samples": {"batch": batch_size, "width": width, "height": height, "colours": [0] * batch_size}},
+        )
 
 
 class KSampler:
@@ -98,7 +106,10 @@ class KSampler:
         return {
             "required": {
                 "model": ("MODEL",),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "seed": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True},
+                ),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
                 "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 "sampler_name": (_Samplers.SAMPLERS,),
@@ -114,7 +125,9 @@ class KSampler:
     FUNCTION = "sample"
     CATEGORY = "sampling"
 
-    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+    def sample(
+        self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0
+    ):
         delay = float(os.environ.get("COMFYUI_STANDIN_NODE_DELAY", "0") or 0)
         pbar = ProgressBar(steps)
         for _ in range(steps):
@@ -170,7 +183,16 @@ class VAEEncode:
 
     def encode(self, vae, pixels):
         colours = [_colour_of(hashlib.sha256(p.rgb).hexdigest()) for p in pixels]
-        return ({"samples": {"batch": len(pixels), "width": pixels[0].width, "height": pixels[0].height, "colours": colours}},)
+        return (
+            {
+                "samples": {
+                    "batch": len(pixels),
+                    "width": pixels[0].width,
+                    "height": pixels[0].height,
+                    "colours": colours,
+                }
+            },
+        )
 
 
 class LoraLoader:
@@ -192,7 +214,10 @@ class LoraLoader:
 
     def load_lora(self, model, clip, lora_name, strength_model, strength_clip):
         lora = _model("loras", lora_name)
-        return ({"model": {**model["model"], "name": model["model"]["name"] + "+" + lora_name}, "lora": lora}, clip)
+        return (
+            {"model": {**model["model"], "name": model["model"]["name"] + "+" + lora_name}, "lora": lora},
+            clip,
+        )
 
 
 class UNETLoader:
@@ -214,8 +239,24 @@ class UNETLoader:
 
 
 _CLIP_TYPES = [
-    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos", "lumina2",
-    "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
+    "stable_diffusion",
+    "stable_cascade",
+    "sd3",
+    "stable_audio",
+    "mochi",
+    "ltxv",
+    "pixart",
+    "cosmos",
+    "lumina2",
+    "wan",
+    "hidream",
+    "chroma",
+    "ace",
+    "omnigen2",
+    "qwen_image",
+    "hunyuan_image",
+    "flux2",
+    "ovis",
 ]
 
 
@@ -246,7 +287,19 @@ class DualCLIPLoader:
             "required": {
                 "clip_name1": (names,),
                 "clip_name2": (names,),
-                "type": (["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5", "kandinsky5_image"],),
+                "type": (
+                    [
+                        "sdxl",
+                        "sd3",
+                        "flux",
+                        "hunyuan_video",
+                        "hidream",
+                        "hunyuan_image",
+                        "hunyuan_video_15",
+                        "kandinsky5",
+                        "kandinsky5_image",
+                    ],
+                ),
             },
             "optional": {"device": (["default", "cpu"], {"advanced": True})},
         }
@@ -267,7 +320,10 @@ class UpscaleModelLoader:
     def INPUT_TYPES(s):
         return {
             "required": {
-                "model_name": ("COMBO", {"multiselect": False, "options": folder_paths.get_filename_list("upscale_models")}),
+                "model_name": (
+                    "COMBO",
+                    {"multiselect": False, "options": folder_paths.get_filename_list("upscale_models")},
+                ),
             }
         }
 
@@ -363,7 +419,9 @@ class ImageScaleBy:
     CATEGORY = "image/upscaling"
 
     def upscale(self, image, upscale_method, scale_by):
-        return ([i.resized(max(1, round(i.width * scale_by)), max(1, round(i.height * scale_by))) for i in image],)
+        return (
+            [i.resized(max(1, round(i.width * scale_by)), max(1, round(i.height * scale_by))) for i in image],
+        )
 
 
 class ImageInvert:
@@ -383,7 +441,11 @@ class LoadImage:
     @classmethod
     def INPUT_TYPES(s):
         input_dir = folder_paths.get_input_directory()
-        files = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))] if os.path.isdir(input_dir) else []
+        files = (
+            [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
+            if os.path.isdir(input_dir)
+            else []
+        )
         files = folder_paths.filter_files_content_types(files, ["image"])
         return {"required": {"image": (sorted(files), {"image_upload": True})}}
 
@@ -422,7 +484,10 @@ class SaveImage:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The images to save."}),
-                "filename_prefix": ("STRING", {"default": "ComfyUI", "tooltip": "The prefix for the file to save."}),
+                "filename_prefix": (
+                    "STRING",
+                    {"default": "ComfyUI", "tooltip": "The prefix for the file to save."},
+                ),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -463,7 +528,10 @@ class PreviewImage(SaveImage):
 
     @classmethod
     def INPUT_TYPES(s):
-        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+        return {
+            "required": {"images": ("IMAGE",)},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
 
 
 class SaveLatent:
@@ -472,7 +540,10 @@ class SaveLatent:
     @classmethod
     def INPUT_TYPES(s):
         return {
-            "required": {"samples": ("LATENT",), "filename_prefix": ("STRING", {"default": "latents/ComfyUI"})},
+            "required": {
+                "samples": ("LATENT",),
+                "filename_prefix": ("STRING", {"default": "latents/ComfyUI"}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
@@ -564,7 +635,9 @@ def load_custom_node(module_path: str, module_parent: str = "custom_nodes") -> b
         LOADED_MODULE_DIRS[module_name] = os.path.abspath(module_path)
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
         if mappings is None:
-            logging.warning(f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS.")
+            logging.warning(
+                f"Skip {module_path} module for custom nodes due to the lack of NODE_CLASS_MAPPINGS."
+            )
             return False
         for name, cls in mappings.items():
             if name not in NODE_CLASS_MAPPINGS:

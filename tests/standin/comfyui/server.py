@@ -82,14 +82,19 @@ class PromptServer:
 
     def queue_updated(self) -> None:
         assert self.prompt_queue is not None
-        self.send_sync("status", {"status": {"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}}})
+        self.send_sync(
+            "status", {"status": {"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}}}
+        )
 
     async def publish_loop(self) -> None:
         while True:
             event, data, sid = await self.messages.get()
             message = json.dumps({"type": event, "data": data})
-            targets = [self.sockets[sid]] if sid is not None and sid in self.sockets else (
-                list(self.sockets.values()) if sid is None else [])
+            targets = (
+                [self.sockets[sid]]
+                if sid is not None and sid in self.sockets
+                else (list(self.sockets.values()) if sid is None else [])
+            )
             for ws in targets:
                 try:
                     await ws.send_str(message)
@@ -108,7 +113,10 @@ class PromptServer:
             self.sockets[sid] = ws
             try:
                 assert self.prompt_queue is not None
-                status = {"status": {"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}}, "sid": sid}
+                status = {
+                    "status": {"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}},
+                    "sid": sid,
+                }
                 await ws.send_str(json.dumps({"type": "status", "data": status}))
                 if self.client_id == sid and self.last_node_id is not None:
                     await ws.send_str(json.dumps({"type": "executing", "data": {"node": self.last_node_id}}))
@@ -125,7 +133,9 @@ class PromptServer:
 
         @routes.get("/embeddings")
         async def get_embeddings(request: web.Request) -> web.Response:
-            return web.json_response([os.path.splitext(f)[0] for f in folder_paths.get_filename_list("embeddings")])
+            return web.json_response(
+                [os.path.splitext(f)[0] for f in folder_paths.get_filename_list("embeddings")]
+            )
 
         @routes.get("/models")
         async def list_model_types(request: web.Request) -> web.Response:
@@ -200,33 +210,56 @@ class PromptServer:
             content_type = mimetypes.guess_type(file)[0] or "application/octet-stream"
             with open(file, "rb") as f:
                 body = f.read()
-            return web.Response(body=body, content_type=content_type,
-                                headers={"Content-Disposition": f'filename="{os.path.basename(file)}"'})
+            return web.Response(
+                body=body,
+                content_type=content_type,
+                headers={"Content-Disposition": f'filename="{os.path.basename(file)}"'},
+            )
 
         @routes.get("/system_stats")
         async def system_stats(request: web.Request) -> web.Response:
             total, free = _ram()
-            return web.json_response({
-                "system": {
-                    "os": sys.platform, "ram_total": total, "ram_free": free,
-                    "comfyui_version": __version__, "required_frontend_version": "1.34.9",
-                    "installed_templates_version": None,
-                    "python_version": sys.version, "pytorch_version": "none (stand-in)",
-                    "embedded_python": os.path.split(os.path.split(sys.executable)[0])[1] == "python_embeded",
-                    "argv": sys.argv,
-                },
-                "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": total, "vram_free": free,
-                             "torch_vram_total": total, "torch_vram_free": free}],
-            })
+            return web.json_response(
+                {
+                    "system": {
+                        "os": sys.platform,
+                        "ram_total": total,
+                        "ram_free": free,
+                        "comfyui_version": __version__,
+                        "required_frontend_version": "1.34.9",
+                        "installed_templates_version": None,
+                        "python_version": sys.version,
+                        "pytorch_version": "none (stand-in)",
+                        "embedded_python": os.path.split(os.path.split(sys.executable)[0])[1]
+                        == "python_embeded",
+                        "argv": sys.argv,
+                    },
+                    "devices": [
+                        {
+                            "name": "cpu",
+                            "type": "cpu",
+                            "index": None,
+                            "vram_total": total,
+                            "vram_free": free,
+                            "torch_vram_total": total,
+                            "torch_vram_free": free,
+                        }
+                    ],
+                }
+            )
 
         @routes.get("/features")
         async def features(request: web.Request) -> web.Response:
-            return web.json_response({"supports_preview_metadata": True, "max_upload_size": 100 * 1024 * 1024})
+            return web.json_response(
+                {"supports_preview_metadata": True, "max_upload_size": 100 * 1024 * 1024}
+            )
 
         @routes.get("/prompt")
         async def get_prompt(request: web.Request) -> web.Response:
             assert self.prompt_queue is not None
-            return web.json_response({"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}})
+            return web.json_response(
+                {"exec_info": {"queue_remaining": self.prompt_queue.get_tasks_remaining()}}
+            )
 
         @routes.get("/object_info")
         async def get_object_info(request: web.Request) -> web.Response:
@@ -235,7 +268,9 @@ class PromptServer:
                 try:
                     out[x] = node_info(x)
                 except Exception:
-                    logging.exception(f"[ERROR] An error occurred while retrieving information for the '{x}' node.")
+                    logging.exception(
+                        f"[ERROR] An error occurred while retrieving information for the '{x}' node."
+                    )
             return web.json_response(out)
 
         @routes.get("/object_info/{node_class}")
@@ -251,8 +286,11 @@ class PromptServer:
             assert self.prompt_queue is not None
             max_items = request.rel_url.query.get("max_items")
             offset = int(request.rel_url.query.get("offset", -1))
-            return web.json_response(self.prompt_queue.get_history(
-                max_items=int(max_items) if max_items is not None else None, offset=offset))
+            return web.json_response(
+                self.prompt_queue.get_history(
+                    max_items=int(max_items) if max_items is not None else None, offset=offset
+                )
+            )
 
         @routes.get("/history/{prompt_id}")
         async def get_history_prompt_id(request: web.Request) -> web.Response:
@@ -271,8 +309,18 @@ class PromptServer:
             try:
                 json_data = await request.json()
             except (json.JSONDecodeError, UnicodeDecodeError):
-                return web.json_response({"error": {"type": "invalid_prompt", "message": "Invalid JSON body",
-                                                    "details": "", "extra_info": {}}, "node_errors": {}}, status=400)
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "invalid_prompt",
+                            "message": "Invalid JSON body",
+                            "details": "",
+                            "extra_info": {},
+                        },
+                        "node_errors": {},
+                    },
+                    status=400,
+                )
             if not isinstance(json_data, dict):
                 json_data = {}
             number = self.number
@@ -282,13 +330,18 @@ class PromptServer:
                 number = -number
             self.number += 1
             if "prompt" not in json_data:
-                error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
-                         "extra_info": {}}
+                error = {
+                    "type": "no_prompt",
+                    "message": "No prompt provided",
+                    "details": "No prompt provided",
+                    "extra_info": {},
+                }
                 return web.json_response({"error": error, "node_errors": {}}, status=400)
             prompt = json_data["prompt"]
             prompt_id = str(json_data.get("prompt_id") or uuid.uuid4())
             valid, error, outputs, node_errors = await asyncio.get_running_loop().run_in_executor(
-                None, execution.validate_prompt, prompt)
+                None, execution.validate_prompt, prompt
+            )
             if not valid:
                 logging.warning(f"invalid prompt: {error and error.get('message')}")
                 return web.json_response({"error": error, "node_errors": node_errors}, status=400)

@@ -37,14 +37,19 @@ class Image:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def encode_png(img: Image, text: dict[str, str] | None = None, compress_level: int = 4) -> bytes:
     """A valid 8-bit RGB PNG, with optional tEXt chunks (ComfyUI stores prompt/workflow there)."""
     stride = img.width * 3
     raw = b"".join(b"\x00" + img.rgb[y * stride : (y + 1) * stride] for y in range(img.height))
-    parts = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", struct.pack(">IIBBBBB", img.width, img.height, 8, 2, 0, 0, 0))]
+    parts = [
+        b"\x89PNG\r\n\x1a\n",
+        _chunk(b"IHDR", struct.pack(">IIBBBBB", img.width, img.height, 8, 2, 0, 0, 0)),
+    ]
     for key, value in (text or {}).items():
         parts.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1", "replace")))
     parts.append(_chunk(b"IDAT", zlib.compress(raw, compress_level)))

@@ -67,7 +67,11 @@ class GitHandler(BaseHTTPRequestHandler):
         if self.headers.get("Git-Protocol"):
             env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
         proc = subprocess.Popen(
-            [self.git, "http-backend"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            [self.git, "http-backend"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         )
         assert proc.stdin and proc.stdout
         proc.stdin.write(body)

@@ -101,11 +101,15 @@ class Host:
         data.update(self.extra)
         return data
 
-    def exec(self, command: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, command: str, user: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run a shell command inside the host with ``docker exec`` (for assertions, not deploys)."""
         if self.container is None:
             raise RuntimeError(f"host {self.name} has no container (it is the unreachable one)")
-        return run(["docker", "exec", "-u", user or self.ssh_user, self.container, "sh", "-c", command], check=check)
+        return run(
+            ["docker", "exec", "-u", user or self.ssh_user, self.container, "sh", "-c", command], check=check
+        )
 
     def ssh(self, command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a command over real SSH as the host's ssh user, as pyinfra would reach it."""

@@ -49,7 +49,14 @@ HOST_PACKAGES = [
     "docker.io",
     "gnupg",
 ]
-RUNTIME_PACKAGES = ["python3-aiohttp", "python3-venv", "python3-pip", "python3-yaml", "git", "ca-certificates"]
+RUNTIME_PACKAGES = [
+    "python3-aiohttp",
+    "python3-venv",
+    "python3-pip",
+    "python3-yaml",
+    "git",
+    "ca-certificates",
+]
 
 # Runs inside the fresh root filesystem (chroot) once per image build.
 HOST_SETUP = r"""
@@ -259,7 +266,9 @@ def _checkout_requirements(checkout: Path) -> str:
         text = run(["git", "-C", str(checkout), "show", "HEAD:requirements.txt"]).stdout
     # torch and torchvision come pinned from TORCH_PINS; no torchaudio matches those pins on
     # PyPI, and ComfyUI needs it only for its optional audio nodes (they log an import error).
-    keep = [line for line in text.splitlines() if not re.match(r"^\s*torch(vision|audio)?\s*([<>=!~;\[]|$)", line)]
+    keep = [
+        line for line in text.splitlines() if not re.match(r"^\s*torch(vision|audio)?\s*([<>=!~;\[]|$)", line)
+    ]
     return "\n".join(keep) + "\n"
 
 
@@ -289,7 +298,10 @@ def _pip_mounts() -> tuple[list[str], dict[str, str]]:
 
 def runtime_recipe() -> dict[str, object]:
     """Everything that decides the runtime image's content."""
-    recipe: dict[str, object] = {"base": f"{HOST_REPO}:{recipe_hash(host_recipe())}", "packages": RUNTIME_PACKAGES}
+    recipe: dict[str, object] = {
+        "base": f"{HOST_REPO}:{recipe_hash(host_recipe())}",
+        "packages": RUNTIME_PACKAGES,
+    }
     checkout = comfyui_checkout()
     if checkout is not None:
         recipe["torch"] = TORCH_PINS
@@ -330,7 +342,19 @@ def runtime_image(log: list[str] | None = None) -> str:
         docker("rm", "-f", name, check=False)
         try:
             # Host network: apt and pip reach the package registries exactly as this machine does.
-            docker("run", "--name", name, "--network", "host", *extra, base, "/bin/sh", "-c", script, timeout=3600)
+            docker(
+                "run",
+                "--name",
+                name,
+                "--network",
+                "host",
+                *extra,
+                base,
+                "/bin/sh",
+                "-c",
+                script,
+                timeout=3600,
+            )
             docker(
                 "commit",
                 "--change", f"LABEL comfyfleet.recipe={tag}",

@@ -70,7 +70,20 @@ class Fleet:
         run(["mount", "--bind", str(self.root), str(self.root)])
         run(["mount", "--make-rshared", str(self.root)])
         (self.root / "ssh").mkdir(mode=0o700)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"comfyfleet-fleet-{self.id}", "-f", str(self.ssh_key)])
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"comfyfleet-fleet-{self.id}",
+                "-f",
+                str(self.ssh_key),
+            ]
+        )
         self.upstreams = GitUpstreams(self.root)
         self.upstreams.start(detach=self.persistent)
         self.comfyui = self.upstreams.make_comfyui_repo(images.comfyui_checkout())
@@ -103,7 +116,9 @@ class Fleet:
         self._save()
         for attempt in range(3):
             try:
-                start_container(host, self.host_image, self.authorized_key, {LABEL: self.id, "comfyfleet.host": name})
+                start_container(
+                    host, self.host_image, self.authorized_key, {LABEL: self.id, "comfyfleet.host": name}
+                )
                 break
             except RuntimeError as exc:
                 # Another session may have taken the port between our pick and sshd's bind.
@@ -221,7 +236,8 @@ class Fleet:
         """
         path = Path(path) if path is not None else self.root / "inventory.py"
         entries = [
-            (h.name, self.host_data(h, **group_data, **dict((host_data or {}).get(h.name, {})))) for h in hosts
+            (h.name, self.host_data(h, **group_data, **dict((host_data or {}).get(h.name, {}))))
+            for h in hosts
         ]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
@@ -356,7 +372,9 @@ def down_all(stale_only: bool = False) -> list[str]:
             continue
         done += cleanup(Path(state["root"]), state["id"])
     # Containers labelled by a fleet whose directory is already gone.
-    labels = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", f'{{{{.Label "{LABEL}"}}}}', check=False)
+    labels = docker(
+        "ps", "-a", "--filter", f"label={LABEL}", "--format", f'{{{{.Label "{LABEL}"}}}}', check=False
+    )
     for fleet_id in sorted(set(labels.split())):
         root = BASE / f"cf-fleet-{fleet_id}"
         if not root.exists():

@@ -264,8 +264,17 @@ class BackendProcess:
     ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="oracle-backend-"))
         (self._dir / "object_info.json").write_text(json.dumps(object_info))
-        self._args = [sys.executable, "-m", "comfyfleet.devkit.oracle.backend", "--static", str(static_dir),
-                      "--object-info", str(self._dir / "object_info.json"), "--port-file", str(self._dir / "port")]
+        self._args = [
+            sys.executable,
+            "-m",
+            "comfyfleet.devkit.oracle.backend",
+            "--static",
+            str(static_dir),
+            "--object-info",
+            str(self._dir / "object_info.json"),
+            "--port-file",
+            str(self._dir / "port"),
+        ]
         for name, folder in (extensions or {}).items():
             self._args += ["--extension", f"{name}={folder}"]
         self._proc: subprocess.Popen[bytes] | None = None

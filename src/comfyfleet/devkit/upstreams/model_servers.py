@@ -94,7 +94,9 @@ def _store(path: Path) -> StoredFile:
 class Upstreams:
     """The three servers on one loopback port each, sharing a data directory and counters."""
 
-    def __init__(self, root: Path, hf_token: str = "hf_test_token", civitai_token: str = "civitai_test_token"):
+    def __init__(
+        self, root: Path, hf_token: str = "hf_test_token", civitai_token: str = "civitai_test_token"
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hf_token = hf_token
@@ -127,14 +129,18 @@ class Upstreams:
             path.write_bytes(data)
         return path
 
-    def add_hf(self, repo: str, filename: str, data: bytes | int, rev: str = "main", gated: bool = False) -> StoredFile:
+    def add_hf(
+        self, repo: str, filename: str, data: bytes | int, rev: str = "main", gated: bool = False
+    ) -> StoredFile:
         stored = _store(self._write(f"hf/{repo}/{rev}/{filename}", data))
         self.hf_files[(repo, rev, filename)] = stored
         if gated:
             self.hf_gated.add(repo)
         return stored
 
-    def add_civitai(self, version_id: int, name: str, data: bytes | int, model_id: int | None = None) -> StoredFile:
+    def add_civitai(
+        self, version_id: int, name: str, data: bytes | int, model_id: int | None = None
+    ) -> StoredFile:
         stored = _store(self._write(f"civitai/{version_id}/{name}", data))
         self.civitai[str(version_id)] = (name, stored, model_id or version_id + 100000)
         return stored
@@ -166,13 +172,20 @@ class Upstreams:
         """Serve from a child process instead of threads (for test processes where gevent
         monkey-patches threading, as pyinfra's CLI module does). Content added so far is
         served; counters and fault injection stay with threaded servers."""
-        config = {"hf_token": self.hf_token, "civitai_token": self.civitai_token, "gated": sorted(self.hf_gated),
-                  "connection_rate": self.connection_rate}
+        config = {
+            "hf_token": self.hf_token,
+            "civitai_token": self.civitai_token,
+            "gated": sorted(self.hf_gated),
+            "connection_rate": self.connection_rate,
+        }
         (self.root / "upstreams.json").write_text(json.dumps(config))
         ports = self.root / "ports.json"
         ports.unlink(missing_ok=True)
-        self._process = subprocess.Popen([sys.executable, __file__, str(self.root), "--ports-file", str(ports)],
-                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, str(self.root), "--ports-file", str(ports)],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while not ports.exists():
             if time.monotonic() > deadline or self._process.poll() is not None:
@@ -279,12 +292,14 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
                 token = self._token()
                 if token is None:
                     return self._error(
-                        401, f"Access to model {repo} is restricted. You must be authenticated to access it.",
+                        401,
+                        f"Access to model {repo} is restricted. You must be authenticated to access it.",
                         {**headers, "X-Error-Code": "GatedRepo"},
                     )
                 if token != up.hf_token:
                     return self._error(
-                        403, f"Access to model {repo} is restricted and you are not in the authorized list.",
+                        403,
+                        f"Access to model {repo} is restricted and you are not in the authorized list.",
                         {**headers, "X-Error-Code": "GatedRepo"},
                     )
             stored = up.hf_files.get((repo, rev, filename))
@@ -292,13 +307,19 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "Entry not found", {**headers, "X-Error-Code": "EntryNotFound"})
             if filename.endswith(LFS_SUFFIXES):
                 location = f"{up.cdn_base('hf')}/cdn/{stored.sha256}/{urllib.parse.quote(filename)}?X-Amz-Signature=abc"
-                return self._redirect(302, location, {
-                    **headers,
-                    "X-Linked-Etag": f'"{stored.sha256}"',
-                    "X-Linked-Size": str(stored.size),
-                    "ETag": f'"{stored.git_oid}"',
-                })
-            self._send_file(stored, head, key=f"hf:{filename}", extra={**headers, "ETag": f'"{stored.git_oid}"'})
+                return self._redirect(
+                    302,
+                    location,
+                    {
+                        **headers,
+                        "X-Linked-Etag": f'"{stored.sha256}"',
+                        "X-Linked-Size": str(stored.size),
+                        "ETag": f'"{stored.git_oid}"',
+                    },
+                )
+            self._send_file(
+                stored, head, key=f"hf:{filename}", extra={**headers, "ETag": f'"{stored.git_oid}"'}
+            )
 
         def _civitai(self, path: str, query: dict[str, list[str]], head: bool) -> None:
             m = re.match(r"^/api/v1/model-versions/(\d+)$", path)
@@ -307,18 +328,32 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
                 if entry is None:
                     return self._json(404, {"error": "Model version not found"})
                 name, stored, model_id = entry
-                return self._json(200, {
-                    "id": int(m.group(1)), "modelId": model_id, "name": "v1",
-                    "downloadUrl": f"{up.civitai_url}/api/download/models/{m.group(1)}",
-                    "files": [{
-                        "name": name, "type": "Model", "primary": True, "sizeKB": stored.size / 1024,
-                        "hashes": {"SHA256": stored.sha256.upper()},
+                return self._json(
+                    200,
+                    {
+                        "id": int(m.group(1)),
+                        "modelId": model_id,
+                        "name": "v1",
                         "downloadUrl": f"{up.civitai_url}/api/download/models/{m.group(1)}",
-                    }],
-                })
+                        "files": [
+                            {
+                                "name": name,
+                                "type": "Model",
+                                "primary": True,
+                                "sizeKB": stored.size / 1024,
+                                "hashes": {"SHA256": stored.sha256.upper()},
+                                "downloadUrl": f"{up.civitai_url}/api/download/models/{m.group(1)}",
+                            }
+                        ],
+                    },
+                )
             m = re.match(r"^/api/v1/models/(\d+)$", path)
             if m:
-                versions = [{"id": int(v), "name": "v1"} for v, (_, _, mid) in up.civitai.items() if str(mid) == m.group(1)]
+                versions = [
+                    {"id": int(v), "name": "v1"}
+                    for v, (_, _, mid) in up.civitai.items()
+                    if str(mid) == m.group(1)
+                ]
                 if not versions:
                     return self._json(404, {"error": "Model not found"})
                 return self._json(200, {"id": int(m.group(1)), "modelVersions": versions})
@@ -329,12 +364,20 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
                     return self._json(404, {"error": "Model version not found"})
                 token = self._token() or query.get("token", [None])[0]
                 if token is None:
-                    return self._json(401, {"error": "Unauthorized", "message": "The creator of this asset requires you to be logged in to download it"})
+                    return self._json(
+                        401,
+                        {
+                            "error": "Unauthorized",
+                            "message": "The creator of this asset requires you to be logged in to download it",
+                        },
+                    )
                 if token != up.civitai_token:
                     return self._json(403, {"error": "Forbidden"})
                 name, stored, _ = entry
-                location = (f"{up.cdn_base('civitai')}/files/{m.group(1)}/{urllib.parse.quote(name)}"
-                            f"?X-Amz-Expires=86400&X-Amz-Signature=deadbeef")
+                location = (
+                    f"{up.cdn_base('civitai')}/files/{m.group(1)}/{urllib.parse.quote(name)}"
+                    f"?X-Amz-Expires=86400&X-Amz-Signature=deadbeef"
+                )
                 return self._redirect(307, location, {})
             m = re.match(r"^/files/(\d+)/(.+)$", path)
             if m and m.group(1) in up.civitai:
@@ -342,8 +385,12 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Authorization"):
                     # A real presigned S3 URL rejects a second credential.
                     return self._error(400, "Only one auth mechanism allowed")
-                return self._send_file(stored, head, key=f"civitai:{name}",
-                                       extra={"Content-Disposition": f'attachment; filename="{name}"'})
+                return self._send_file(
+                    stored,
+                    head,
+                    key=f"civitai:{name}",
+                    extra={"Content-Disposition": f'attachment; filename="{name}"'},
+                )
             self._json(404, {"error": "not found"})
 
         def _plain(self, path: str, head: bool) -> None:
@@ -386,7 +433,9 @@ def _make_handler(up: Upstreams, kind: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def _send_file(self, stored: StoredFile, head: bool, key: str, extra: dict[str, str] | None = None) -> None:
+        def _send_file(
+            self, stored: StoredFile, head: bool, key: str, extra: dict[str, str] | None = None
+        ) -> None:
             size = stored.size
             start, end = 0, size - 1
             rng = None if key in up.no_ranges else self.headers.get("Range")
@@ -500,7 +549,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Serve local Hugging Face / CivitAI / file upstreams.")
     parser.add_argument("directory", nargs="?", default=".")
     parser.add_argument("--ports-file", help="write the base URLs here (JSON) once listening")
-    parser.add_argument("--throttle-mbps", type=float, default=None, help="pace every file answer, per connection")
+    parser.add_argument(
+        "--throttle-mbps", type=float, default=None, help="pace every file answer, per connection"
+    )
     args = parser.parse_args(argv)
     upstreams = serve_directory(Path(args.directory))
     if args.throttle_mbps:

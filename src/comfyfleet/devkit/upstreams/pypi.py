@@ -34,7 +34,9 @@ def _record_line(path: str, data: bytes) -> str:
     return f"{path},sha256={digest},{len(data)}"
 
 
-def build_wheel(directory: Path, name: str, version: str, requires: list[str] | None = None, code: str = "") -> Path:
+def build_wheel(
+    directory: Path, name: str, version: str, requires: list[str] | None = None, code: str = ""
+) -> Path:
     """Write ``name-version-py3-none-any.whl`` importing as ``name`` (dashes → underscores)."""
     directory.mkdir(parents=True, exist_ok=True)
     module = name.replace("-", "_")
@@ -43,8 +45,7 @@ def build_wheel(directory: Path, name: str, version: str, requires: list[str] | 
         f"{module}/__init__.py": (code or f"__version__ = {version!r}\n").encode(),
         f"{dist}.dist-info/METADATA": (
             "Metadata-Version: 2.1\n"
-            f"Name: {name}\nVersion: {version}\n"
-            + "".join(f"Requires-Dist: {r}\n" for r in requires or [])
+            f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires or [])
         ).encode(),
         f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: comfyfleet-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
@@ -113,8 +114,19 @@ class PackageIndex:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(self.directory), str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(self.directory),
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while True:
