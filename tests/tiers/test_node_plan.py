@@ -14,9 +14,9 @@ from comfyfleet.deploys.nodes import (
     load_manifests,
     needed_packs,
     pack_dir,
-    parse_tagged,
 )
 from comfyfleet.errors import BadInput
+from comfyfleet.facts.hostside import parse_tagged
 from comfyfleet.manifest import Manifest, NodePack, Unresolved, UnresolvedNode
 
 

@@ -49,15 +49,14 @@ from pyinfra.facts.server import Home
 from comfyfleet.context import report
 from comfyfleet.deploys.nodes import (
     MODELS_CHECK,
-    HostsideJson,
     load_manifests,
-    parse_tagged,
     probed_or_fact,
     stage,
     tier_deploy,
 )
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
+from comfyfleet.facts.hostside import HostsideJson, parse_tagged
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
