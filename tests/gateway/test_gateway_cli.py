@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comfyfleet.deploys.gateway import gateway_settings
+import pytest
+
+from comfyfleet.deploys.gateway import backend_for, gateway_settings
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway import inventory_with_gateway
 
@@ -54,3 +56,10 @@ def test_bad_gateway_settings_name_the_host(tmp_path: Path) -> None:
             assert "gateway host gw" in str(exc) and message in str(exc)
         else:
             raise AssertionError(f"{data} accepted")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:3000\n    external-check command /bin/sh", "gpu 1", "@local"])
+def test_a_backend_address_that_is_not_an_ip_or_host_name_is_refused(address: str) -> None:
+    """Host data reaches haproxy.cfg: an address carrying config text never gets there."""
+    with pytest.raises(BadInput, match="gateway address"):
+        backend_for("gpu1", {"gateway_address": address})

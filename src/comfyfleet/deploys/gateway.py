@@ -40,6 +40,7 @@ from pyinfra.operations import apt
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway_config import Backend, GatewaySettings, render, server_name
+from comfyfleet.inventory import address_problem
 from comfyfleet.operations import haproxy
 
 GATEWAY_GROUP = "gateway"
@@ -97,6 +98,14 @@ def backend_for(name: str, data: dict[str, Any]) -> Backend:
     slots = _int(data, "gpu_slots", 1, f"host {name}")
     port = _int(data, "api_port", 3000, f"host {name}") if "api_port" in data else 3000
     address = str(data.get("gateway_address") or data.get("ssh_hostname") or name)
+    # The address is written into haproxy.cfg: only an IP or a host name, never config text.
+    problem = (
+        "is a pyinfra connector, not a network address"
+        if address.startswith("@")
+        else address_problem(address)
+    )
+    if problem:
+        raise BadInput(f"host {name}: gateway address {address!r} {problem}; set gateway_address")
     return Backend(name=server_name(name), address=address, port=port, slots=slots)
 
 
