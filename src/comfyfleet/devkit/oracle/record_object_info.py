@@ -6,8 +6,9 @@ Usage (ComfyUI started with /work/start-comfyui.sh or `python main.py --cpu --li
         --out tests/data/comfyui-0.8.0/object_info.json.gz \
         --source "ComfyUI v0.8.0, fork pollockjj/ComfyUI commit fc0cb10b" [--pack REPO@COMMIT ...]
 
-The file is written with sorted keys and a fixed gzip mtime so that recording the same server twice
-gives the same bytes. Model-file lists in combo inputs are whatever the server's models/ folders held
+The file keeps ComfyUI's own key order (never sorted: the frontend takes widget order and dynamic
+combos from the order of each node's inputs) and a fixed gzip mtime, so that recording the same server
+twice gives the same bytes. Model-file lists in combo inputs are whatever the server's models/ folders held
 (an empty checkout: none).
 """
 
@@ -29,7 +30,7 @@ def fetch_json(url: str) -> object:
 
 def write_gz_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    raw = json.dumps(data, separators=(",", ":")).encode()
     with (
         open(path, "wb") as fh,
         gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=9) as gz,
