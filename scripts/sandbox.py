@@ -8,7 +8,10 @@ What it does, with the same commands an operator runs against a rented machine:
 
 1. starts one DataCrunch-style host on this machine (a container with sshd on a
    127.0.0.1 port, a real loop device as its block volume; comfyfleet.devkit.fleet),
-2. `comfyfleet analyze workflows/`,
+2. `comfyfleet analyze` of the sandbox's workflows: the examples in workflows/ that a real ComfyUI runs
+   here on CPU (`upscale`: a real tiny RealESRGAN-Compact model served locally; `swatch`: core
+   nodes only). The SD1.5 examples (`txt2img`, `lora_txt2img`) need 2 GB of weights and are not
+   part of the sandbox run,
 3. `comfyfleet bootstrap INVENTORY` (volume formatted because it is empty, mounted by
    UUID, directory layout, ComfyUI at its pinned ref, runtime container),
 4. `comfyfleet common INVENTORY --deploy-all` (custom node packs, models, the API
@@ -20,7 +23,7 @@ Offline, the upstreams are local mirrors and say so: the ComfyUI repository is t
 ComfyUI stand-in (tests/standin/comfyui), or the real ComfyUI checkout that
 COMFYFLEET_TEST_COMFYUI names, served over git smart HTTP, github.com node packs
 come from a local git mirror (host data `git_mirrors`), huggingface.co models from a local
-Hugging Face-compatible server (host data `hf_endpoint`) holding small placeholder files.
+Hugging Face-compatible server (host data `hf_endpoint`) holding the tiny real upscale model.
 Against real hosts, none of this is used: see README.md.
 """
 
@@ -34,7 +37,7 @@ import tempfile
 from pathlib import Path
 
 from comfyfleet.devkit.fleet import Fleet, FleetUnavailable
-from comfyfleet.devkit.ship_fleet import ShipFleet
+from comfyfleet.devkit.ship_fleet import ShipFleet, cpu_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,22 +65,24 @@ def main() -> int:
         )
         fleet.up()
         host = fleet.add_host("sandbox1", provider="datacrunch", volume=True)
-        ship = ShipFleet(fleet, scratch).start()
+        ship = ShipFleet(fleet, scratch, examples=cpu_examples()).start()
         inventory = ship.inventory([host], scratch / "inventory.py")
         print(
             f"sandbox: host {host.name} at 127.0.0.1:{host.ssh_port} (ssh user {host.ssh_user}), "
             f"volume {host.block_device}; inventory {inventory}"
         )
         comfyui = fleet.comfyui
-        label = (
-            "ComfyUI (real, from COMFYFLEET_TEST_COMFYUI)" if comfyui and comfyui.real else "ComfyUI stand-in"
-        )
+        if comfyui and comfyui.real:
+            label = f"ComfyUI {comfyui.default_ref} (real, from COMFYFLEET_TEST_COMFYUI)"
+        else:
+            label = "ComfyUI stand-in (tests/standin/comfyui)"
         print(
             f"sandbox: offline mirrors: {label} {comfyui.url if comfyui else '-'}, "
             f"Hugging Face {ship.up.hf_url}, github.com -> {fleet.upstreams.base_url}"
         )
 
-        step("analyze the workflows", "analyze", "workflows/")
+        print(f"sandbox: workflows {', '.join(cpu_examples())} (copied to {ship.workflows})")
+        step("analyze the workflows", "analyze", str(ship.workflows))
         step("bootstrap the host (DataCrunch: volume, docker, ComfyUI runtime)", "bootstrap", str(inventory))
         step("converge: nodes, models, API service", "common", str(inventory), "--deploy-all")
         step(

@@ -193,7 +193,7 @@ def test_fake_modal_deploy_runs_deploy_models_and_verifies(
     done = fake.run("deploy", str(app_file), env={"COMFYFLEET_API_KEY": API_KEY})
     assert done.returncode == 0, done.stdout + done.stderr
     assert endpoint.url in done.stdout
-    for workflow in ("lora_txt2img", "txt2img", "upscale"):
+    for workflow in ("lora_txt2img", "swatch", "txt2img", "upscale"):
         assert f"generate {workflow}" in done.stdout
     assert "FAILED" not in done.stdout
     calls = [c["argv"] for c in fake.calls()]
@@ -210,6 +210,7 @@ def test_fake_modal_deploy_runs_deploy_models_and_verifies(
     posts = [c for c in endpoint.calls if c[0] == "POST"]
     assert sorted(p[1] for p in posts) == [
         "/workflows/lora_txt2img",
+        "/workflows/swatch",
         "/workflows/txt2img",
         "/workflows/upscale",
     ]

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,25 @@ REAL_COMFYUI_SKIPS = {
 }
 
 
+def cpu_examples() -> list[str]:
+    """The example workflows a real ComfyUI runs here on CPU with the local upstreams (the sandbox's set)."""
+    return sorted(p.stem for p in (ROOT / "workflows").glob("*.json") if p.stem not in REAL_COMFYUI_SKIPS)
+
+
 class ShipFleet:
     """Upstreams for the example workflows plus helpers to make hosts ready for a ship."""
 
-    def __init__(self, fleet: Fleet, root: Path, model_bytes: int = MODEL_BYTES) -> None:
-        """``model_bytes``: size of each placeholder file (SD1.5 checkpoint, LoRA)."""
+    def __init__(
+        self,
+        fleet: Fleet,
+        root: Path,
+        model_bytes: int = MODEL_BYTES,
+        examples: Sequence[str] | None = None,
+    ) -> None:
+        """``model_bytes``: size of each placeholder file (SD1.5 checkpoint, LoRA); ``examples``: the
+        workflows/ files (by name) the hosts serve, default all of them."""
         self.fleet = fleet
+        self.examples = examples
         self.model_bytes = model_bytes
         self.root = root
         self.workflows = root / "workflows"
@@ -76,7 +90,9 @@ class ShipFleet:
         self.api_keys.chmod(0o600)
         self.workflows.mkdir(parents=True, exist_ok=True)
         for f in (ROOT / "workflows").iterdir():
-            if f.suffix in (".json", ".yaml"):
+            if f.suffix == ".yaml" or (
+                f.suffix == ".json" and (self.examples is None or f.stem in self.examples)
+            ):
                 shutil.copy(f, self.workflows / f.name)
         # Placeholder bytes for the SD1.5 checkpoint and LoRA (the stand-in does not load them;
         # a real ComfyUI needs the 2 GB weights, see REAL_COMFYUI_SKIPS); the upscale model is
