@@ -100,7 +100,7 @@ def test_frontend_prompts_are_valid_for_the_recorded_object_info(
     frontend_results: dict[str, OracleResult], object_info: dict[str, Any]
 ) -> None:
     """Every template whose node types ComfyUI 0.8.0 has becomes a prompt its backend would accept."""
-    assert len(frontend_results) == 222  # 220 templates + 2 UI workflows in workflows/
+    assert len(frontend_results) == 223  # 220 templates + 3 UI workflows in workflows/
     bad = {}
     for name, res in frontend_results.items():
         if res.missing_nodes:
