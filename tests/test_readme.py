@@ -10,6 +10,7 @@ import pytest
 
 from comfyfleet.devkit.fleet.images import comfyui_checkout
 from comfyfleet.devkit.ship_fleet import REAL_COMFYUI_SKIPS, cpu_examples
+from comfyfleet.inventory import DEFAULT_COMFYUI_REF, DEFAULT_NVIDIA_TOOLKIT_VERSION, DEFAULT_RUNTIME_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,17 @@ def test_sandbox_examples_are_the_ones_a_real_comfyui_runs_on_cpu() -> None:
     assert set(REAL_COMFYUI_SKIPS) == {"txt2img", "lora_txt2img"}
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "`txt2img` and `lora_txt2img` are not part of the sandbox run" in readme
+
+
+def test_readme_names_the_default_versions_and_how_to_move_a_fleet() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for key, value in (
+        ("comfyui_ref", DEFAULT_COMFYUI_REF),
+        ("runtime_image", DEFAULT_RUNTIME_IMAGE),
+        ("nvidia_toolkit_version", DEFAULT_NVIDIA_TOOLKIT_VERSION),
+    ):
+        assert f"`{value}` (`{key}`" in readme, f"README must name the default {key} {value}"
+    assert f"--update-comfyui-core {DEFAULT_COMFYUI_REF} --rolling 1" in readme
 
 
 @pytest.mark.fleet
