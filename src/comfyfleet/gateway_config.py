@@ -20,6 +20,14 @@ What the rendered configuration does
       ``GET``/``HEAD`` requests are also retried after an empty or 502/503 answer. A ``POST``
       whose host died mid-request is not replayed (it may have run): the client gets 502
       with a JSON body saying so.
+    - the relay: clients keep their (TLS) connections open, but HAProxy 2.6 answers a request
+      that was not the first on its client connection, and whose host died before answering,
+      by closing that connection without a word ("the client is required to retry", even for
+      a POST; ``http_wait_for_response`` in src/http_ana.c, fixed upstream in 3.0 for fresh
+      server connections only). So the client-facing frontend hands each request over a fresh
+      local connection (``relay``, a unix socket next to the admin socket) to the frontend in
+      front of the GPU hosts; there every request is the first on its connection and on its
+      host connection, so a dead host always gives a retry (GET/HEAD) or a clear 502 (POST).
     - async jobs: comfyui-api on each host prefixes its job ids with ``<server>-``
       (``--job-id-prefix``); ``/jobs/<server>-...`` goes to that host, or answers 503 naming
       the host while it is down.
@@ -31,10 +39,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from comfyfleet.errors import BadInput
 
 BACKEND = "fleet"
+RELAY = "relay"
 _NAME = re.compile(r"[^a-z0-9-]+")
 
 
@@ -74,6 +84,11 @@ def server_name(host_name: str) -> str:
 def job_prefix(host_name: str) -> str:
     """What comfyui-api on that host starts its job ids with."""
     return server_name(host_name) + "-"
+
+
+def relay_socket(settings: GatewaySettings) -> str:
+    """The local socket between the client-facing frontend and the one in front of the GPU hosts."""
+    return str(PurePosixPath(settings.runtime_socket).parent / "fleet-relay.sock")
 
 
 def _problem(status: int, detail: str) -> str:
@@ -127,12 +142,25 @@ def render(backends: list[Backend], settings: GatewaySettings) -> str:
             f"    http-request return status 503 content-type application/json {retry} string {gone}"
             f" if {{ path_beg /jobs/{b.name}- }} !{{ srv_is_up({BACKEND}/{b.name}) }}"
         )
+    relay = relay_socket(s)
     lines += [
+        f"    default_backend {RELAY}",
+        "",
+        "# One fresh local connection per request (see comfyfleet.gateway_config: the relay).",
+        f"backend {RELAY}",
+        "    http-reuse never",
+        "    option http-server-close",
+        f"    timeout server {s.queue_timeout_s + s.job_timeout_s + 10}s",
+        f"    server relay unix@{relay}",
+        "",
+        f"frontend {BACKEND}-hosts",
+        f"    bind unix@{relay} mode 600",
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
         "    balance leastconn",
-        "    option http-keep-alive",
+        # Each request on its own host connection: never one the host may have closed meanwhile.
+        "    option http-server-close",
         "    option httpchk",
         # HTTP/1.1 with a Host: a keyless comfyui-api on loopback answers only requests addressed to localhost.
         "    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host localhost",

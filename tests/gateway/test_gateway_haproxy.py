@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -34,12 +35,18 @@ class FakeHost:
         self.name = name
         self.delay_s = delay_s
         self.ready = True
+        # "reset": read the request, then drop the connection with a TCP RST (a killed process with
+        # unread data); "close": read it, then close without answering (a process killed mid-job).
+        self.dies: str | None = None
+        self.died = 0
         self.in_flight = 0
         self.max_in_flight = 0
         lock = threading.Lock()
         host = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as comfyui-api (uvicorn) answers
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -51,6 +58,16 @@ class FakeHost:
                     return
                 length = int(self.headers.get("content-length") or 0)
                 self.rfile.read(length)
+                if host.dies:
+                    with lock:
+                        host.died += 1
+                    if host.dies == "reset":
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 with lock:
                     host.in_flight += 1
                     host.max_in_flight = max(host.max_in_flight, host.in_flight)
@@ -221,3 +238,32 @@ def test_names_and_collisions() -> None:
         render([Backend("gpu-1", "10.0.0.1", 3000), Backend("gpu-1", "10.0.0.2", 3000)], GatewaySettings())
     with pytest.raises(BadInput, match="no letters or digits"):
         server_name("__")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_host_dying_mid_request_gets_retried_gets_and_clear_502_posts_on_kept_alive_connections(
+    tmp_path: Path, hosts: list[FakeHost], how: str
+) -> None:
+    """A client keeps its connection to the gateway open (as every HTTP client does) while a host dies
+    with a request on it: a GET is answered by another host; a POST is not replayed (it may have run)
+    and gets a 502 with a JSON body saying so, never a connection closed without an answer."""
+    for h in hosts:
+        h.delay_s = 0
+    gw = LocalGateway(tmp_path, hosts)
+    try:
+        hosts[0].dies = how  # its /ready still passes: only requests show it is broken
+        with httpx.Client(base_url=gw.url, timeout=10) as client:
+            for _ in range(6):  # kept alive: every request after the first is "not first" for HAProxy
+                got = client.get("/workflows")
+                assert got.status_code == 200 and got.json()["host"] == "h2", got.text
+            gw.runtime.set_state("h1", "ready")  # back in rotation if an error marked it down
+            wait(lambda: gw.runtime.server("h1").state == "up")
+            answers = [client.post("/workflows/x", json={"i": i}) for i in range(6)]
+    finally:
+        gw.stop()
+    assert hosts[0].died >= 2  # requests did reach the dying host
+    failed = [a for a in answers if a.status_code != 200]
+    assert failed, "no POST landed on the dying host"
+    for a in failed:
+        assert a.status_code == 502 and "it was not retried (it may have run)" in a.json()["detail"], a.text
+    assert {a.json()["host"] for a in answers if a.status_code == 200} == {"h2"}
