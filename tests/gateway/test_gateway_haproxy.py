@@ -24,6 +24,7 @@ import pytest
 from local_ca import make_ca_and_server_pem
 
 from comfyfleet.errors import BadInput
+from comfyfleet.facts.haproxy import GatewayServers, GatewayView, ServerView
 from comfyfleet.gateway_config import Backend, GatewaySettings, render, server_name
 from comfyfleet.haproxy_runtime import Runtime
 
@@ -267,3 +268,47 @@ def test_host_dying_mid_request_gets_retried_gets_and_clear_502_posts_on_kept_al
     for a in failed:
         assert a.status_code == 502 and "it was not retried (it may have run)" in a.json()["detail"], a.text
     assert {a.json()["host"] for a in answers if a.status_code == 200} == {"h2"}
+
+
+def test_status_view_shows_in_flight_queued_draining_and_down(tmp_path: Path, hosts: list[FakeHost]) -> None:
+    """What `--status` shows for the gateway, read by the same shell command the deploy runs over SSH
+    (``GatewayServers``: socat on the admin socket) from a real HAProxy."""
+    fact = GatewayServers()
+
+    def read() -> GatewayView:
+        command = fact.command(str(tmp_path / "admin.sock")).get_raw_value()
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10).stdout
+        return fact.process(out.splitlines())
+
+    def view() -> dict[str, ServerView]:
+        return {v.name: v for v in read().servers}
+
+    for h in hosts:
+        h.delay_s = 1.0
+    gw = LocalGateway(tmp_path, hosts)
+    try:
+        assert {n: (v.state, v.in_flight, v.queued) for n, v in view().items()} == {
+            "h1": ("up", 0, 0),
+            "h2": ("up", 0, 0),
+        }
+        with ThreadPoolExecutor(6) as pool:
+            burst = [pool.submit(httpx.post, f"{gw.url}/workflows/x", timeout=30) for _ in range(6)]
+            wait(lambda: read().waiting >= 2)  # 2 running, the rest wait for whichever host is free first
+            busy = read()
+            assert all(v.in_flight == 1 for v in busy.servers), busy  # one generation per GPU
+            assert all(b.result().status_code == 200 for b in burst)
+            # A job's own requests wait for their host: /jobs/h1-... while h1 is busy.
+            h1_busy = pool.submit(httpx.post, f"{gw.url}/workflows/x", timeout=30)
+            wait(lambda: view()["h1"].in_flight + view()["h2"].in_flight == 1)
+            busy_host = next(n for n, v in view().items() if v.in_flight == 1)
+            job = pool.submit(httpx.get, f"{gw.url}/jobs/{busy_host}-abc", timeout=30)
+            wait(lambda: view()[busy_host].queued == 1)
+            assert job.result().json()["host"] == busy_host and h1_busy.result().status_code == 200
+        assert read().waiting == 0 and all(v.in_flight == 0 and v.queued == 0 for v in view().values())
+        gw.runtime.set_state("h2", "drain")
+        assert view()["h2"].state == "draining"
+        hosts[0].stop()  # the host is gone: the next health check fails to connect
+        wait(lambda: view()["h1"].state == "down")
+        assert view()["h1"].check.startswith("L4")  # L4CON / L4TOUT: nothing answers on its port
+    finally:
+        gw.stop()
