@@ -42,6 +42,8 @@ osd pool default min size = 1
 osd pool default pg num = 8
 osd pool default pgp num = 8
 osd crush chooseleaf type = 0
+osd crush update on start = false
+osd class update on start = false
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon data avail crit = 0
@@ -102,8 +104,9 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
         )
         step("ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(d / "monmap"))
         daemon("ceph-mon", *c, "-i", "a")
-        osd_id = step("ceph", *c, "--connect-timeout", "30", "osd", "create").strip()
-        step("ceph-osd", *c, "-i", osd_id, "--mkfs")
+        osd_uuid = str(uuid.uuid4())
+        osd_id = step("ceph", *c, "--connect-timeout", "30", "osd", "create", osd_uuid).strip()
+        step("ceph-osd", *c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
         step("ceph", *c, "osd", "crush", "add", f"osd.{osd_id}", "1", "root=default", "host=localhost")
         daemon("ceph-osd", *c, "-i", osd_id)
         daemon("radosgw", *c, "-n", "client.rgw")
