@@ -37,7 +37,8 @@ class FakeHost:
         self.delay_s = delay_s
         self.ready = True
         # "reset": read the request, then drop the connection with a TCP RST (a killed process with
-        # unread data); "close": read it, then close without answering (a process killed mid-job).
+        # unread data); "close": read it, then close without answering (a process killed mid-job);
+        # "cut": answer headers and the start of the body, then close.
         self.dies: str | None = None
         self.died = 0
         self.in_flight = 0
@@ -62,6 +63,13 @@ class FakeHost:
                 if host.dies:
                     with lock:
                         host.died += 1
+                    if host.dies == "cut":  # killed between its headers and the rest of its body
+                        self.send_response(200)
+                        self.send_header("content-type", "application/json")
+                        self.send_header("content-length", "1000")
+                        self.end_headers()
+                        self.wfile.write(b'{"host": "')
+                        self.wfile.flush()
                     if host.dies == "reset":
                         self.connection.setsockopt(
                             socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -241,7 +249,7 @@ def test_names_and_collisions() -> None:
         server_name("__")
 
 
-@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("how", ["close", "reset", "cut"])
 def test_host_dying_mid_request_gets_retried_gets_and_clear_502_posts_on_kept_alive_connections(
     tmp_path: Path, hosts: list[FakeHost], how: str
 ) -> None:
