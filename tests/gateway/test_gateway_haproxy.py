@@ -88,9 +88,10 @@ class FakeHost:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a HEAD answer has the GET's Content-Length and no body
+                    self.wfile.write(body)
 
-            do_GET = do_POST = _answer
+            do_GET = do_POST = do_HEAD = _answer
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
@@ -197,6 +198,8 @@ def test_not_ready_host_leaves_rotation_and_comes_back(tmp_path: Path, hosts: li
         hosts[0].ready = hosts[1].ready = True
         wait(lambda: all(v.state == "up" for v in gw.runtime.servers()))
         assert {httpx.get(f"{gw.url}/workflows").json()["host"] for _ in range(10)} == {"h1", "h2"}
+        head = httpx.head(f"{gw.url}/workflows")  # Content-Length and no body is not a cut answer
+        assert head.status_code == 200 and int(head.headers["content-length"]) > 0
     finally:
         gw.stop()
 
