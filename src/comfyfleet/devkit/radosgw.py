@@ -12,7 +12,7 @@ monitor's store) and radosgw's beast frontend. About 15 s to the first answer, ~
 from __future__ import annotations
 
 import hashlib
-import secrets
+import json
 import shutil
 import subprocess
 import time
@@ -74,9 +74,9 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
     for sub in ("mon", "osd", "run", "log"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     (d / "keyring").touch()
-    mon_port, rgw_port = free_port(), free_port()
+    mon_port, rgw_port, fsid = free_port(), free_port(), str(uuid.uuid4())
     conf = d / "ceph.conf"
-    conf.write_text(_CONF.format(fsid=uuid.uuid4(), mon_port=mon_port, rgw_port=rgw_port, d=d))
+    conf.write_text(_CONF.format(fsid=fsid, mon_port=mon_port, rgw_port=rgw_port, d=d))
     c = ["-c", str(conf)]
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -99,7 +99,7 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
             "a",
             f"v1:127.0.0.1:{mon_port}",
             "--fsid",
-            _fsid(conf),
+            fsid,
             str(d / "monmap"),
         )
         step("ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(d / "monmap"))
@@ -110,7 +110,6 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
         step("ceph", *c, "osd", "crush", "add", f"osd.{osd_id}", "1", "root=default", "host=localhost")
         daemon("ceph-osd", *c, "-i", osd_id)
         daemon("radosgw", *c, "-n", "client.rgw")
-        access, secret = "CF" + secrets.token_hex(9).upper(), secrets.token_hex(20)
         endpoint = f"http://127.0.0.1:{rgw_port}"
         deadline = time.monotonic() + timeout_s
         while True:
@@ -121,16 +120,11 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"radosgw did not answer on {endpoint}: see {d / 'log'}") from None
                 time.sleep(0.2)
-        step(
-            "radosgw-admin",
-            *c,
-            "user",
-            "create",
-            "--uid=comfyfleet",
-            "--display-name=comfyfleet",
-            f"--access-key={access}",
-            f"--secret-key={secret}",
+        # radosgw-admin makes the keys (a secret on a command line would show in `ps`).
+        made = json.loads(
+            step("radosgw-admin", *c, "user", "create", "--uid=comfyfleet", "--display-name=comfyfleet")
         )
+        access, secret = made["keys"][0]["access_key"], made["keys"][0]["secret_key"]
         server = S3Server(endpoint=endpoint, bucket=bucket, access_key=access, secret_key=secret)
         _create_bucket(server)
         yield server
@@ -143,10 +137,6 @@ def radosgw(directory: Path, bucket: str = "renders", timeout_s: float = 90) -> 
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-def _fsid(conf: Path) -> str:
-    return conf.read_text().split("fsid = ", 1)[1].split("\n", 1)[0]
 
 
 def _create_bucket(server: S3Server) -> None:
