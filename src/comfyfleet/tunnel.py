@@ -36,7 +36,6 @@ from comfyfleet.pyinfra_compat import ssh_client
 
 CONNECT_TIMEOUT = 15.0
 """Seconds for the SSH handshake (TCP connect, banner, authentication)."""
-WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
 
 
 class TunnelError(Exception):
@@ -74,8 +73,8 @@ class SshRoute:
     key_password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def for_host(cls, name: str, data: Mapping[str, Any], api_listen: str, api_port: int) -> SshRoute:
-        """The route to a host from its (validated) inventory data and its API's address and port."""
+    def for_host(cls, name: str, data: Mapping[str, Any], api_host: str, api_port: int) -> SshRoute:
+        """The route to a host from its (validated) inventory data and where its API answers on it."""
 
         def text(key: str) -> str | None:
             value = data.get(key)
@@ -88,7 +87,7 @@ class SshRoute:
             host=name,
             hostname=text("ssh_hostname") or name,
             api_port=int(api_port),
-            api_host=WILDCARDS.get(api_listen, api_listen),
+            api_host=api_host,
             port=int(data["ssh_port"]) if data.get("ssh_port") else None,
             user=text("ssh_user"),
             key=text("ssh_key"),

@@ -1,17 +1,38 @@
-"""Secrets: the API key file never shows in pyinfra's --diff output.
+"""Secrets: key files never shown by --diff; the Bearer key never over plain HTTP off the host.
 
-Real pyinfra CLI (``pyinfra -y --diff @local deploy.py``) runs the api_keys operation against
-this machine, as an operator's `--diff` run would against a host: creating the key file,
-then changing it. (Webhook URLs in logs and the Bearer key over plain HTTP belong to the
-comfyui-api catalogue.)
+- Real pyinfra CLI (``pyinfra -y --diff @local deploy.py``) runs the api_keys operation against
+  this machine, as an operator's `--diff` run would against a host: creating the key file,
+  then changing it.
+- On the real SSH test fleet (``-m fleet``): tunnels to several hosts at once, their errors and
+  their cleanup; a ship and a verify to a host whose API binds 127.0.0.5 only (not reachable
+  from the operator's side) pass through SSH, while a listener on the address ship used to call
+  with the key (http://<ssh address>:<api_port>) records nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import pytest
+from comfyui_api.client import ApiClient, ApiUnavailable, Output
+
+from comfyfleet.devkit.fleet import Fleet, Host
+from comfyfleet.devkit.ship_fleet import ShipFleet
+from comfyfleet.devkit.standin import free_port
+from comfyfleet.registry import Registry
+from comfyfleet.tunnel import SshRoute, TunnelError, open_tunnel
+
+from .conftest import wait_for
 
 DEPLOY = """
 from comfyfleet.deploys.api import api_keys
@@ -48,3 +69,204 @@ def test_api_key_file_never_shows_in_pyinfra_diff(tmp_path: Path) -> None:
     assert "API keys" in out
     assert first not in out and second not in out
     assert "key-" not in out
+
+
+# -- the Bearer key never crosses plain HTTP off the host (real SSH test fleet) --------------
+
+HIDDEN = "127.0.0.5"
+"""Where a fleet host's API binds: its own address, not the SSH address the operator uses."""
+
+
+class Recorder:
+    """Raw TCP listener recording every byte sent to it (whatever protocol); answers 503."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.received: list[bytes] = []
+        self.sock = socket.create_server((host, port))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 503 Busy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                except OSError:
+                    self.received.append(b"")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+class HealthApi(BaseHTTPRequestHandler):
+    """A stand-in API service (named as one): answers /health with the Authorization it got."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"status": "ok", "auth": self.headers.get("authorization")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+def open_sockets() -> int:
+    """Sockets this process holds open now."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # the directory's own descriptor, gone by now
+            pass
+    return count
+
+
+@pytest.mark.fleet
+def test_tunnels_reach_many_hosts_at_once_name_the_failing_host_and_close(
+    start_host: Callable[..., Host], fleet: Fleet
+) -> None:
+    """Several real SSH hosts in parallel: each request rides its host's tunnel; errors name the host;
+    after the block no SSH connection, socket or thread is left."""
+    server = ThreadingHTTPServer((HIDDEN, 0), HealthApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    hosts = [start_host(name=f"tunnel{i}") for i in (1, 2, 3)]
+    dead = start_host(name="tunneldead", unreachable=True)
+    key = "tunnel-key-" + "9" * 30
+    try:
+        threads_before, sockets_before = set(threading.enumerate()), open_sockets()
+
+        def call(h: Host) -> dict[str, Any]:
+            route = SshRoute.for_host(h.name, h.data(), HIDDEN, port)
+            with (
+                open_tunnel(route) as tunnel,
+                ApiClient(tunnel.base_url, key, transport=tunnel.transport) as api,
+            ):
+                first, second = api.health(), api.health()  # the second rides a kept-alive channel
+                # An output URL naming another address does not ride the tunnel (nor carry the key there).
+                with pytest.raises(ApiUnavailable, match=f"host {h.name}: the SSH tunnel only reaches"):
+                    api.download(Output("x.png", url="http://127.0.0.1:1/x.png"))
+                return {"first": first, "second": second}
+
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            answers = list(pool.map(call, hosts))
+        assert all(a["first"]["auth"] == a["second"]["auth"] == f"Bearer {key}" for a in answers)
+        wait_for(lambda: set(threading.enumerate()) <= threads_before, timeout=5)
+        wait_for(lambda: open_sockets() <= sockets_before, timeout=5)
+
+        # Errors name the host: nothing listening (worth a retry), an unknown host key (not).
+        with pytest.raises(
+            TunnelError, match=r"host tunneldead: no SSH tunnel to its API \(.*could not connect"
+        ) as gone:
+            with open_tunnel(SshRoute.for_host(dead.name, dead.data(), HIDDEN, port), timeout=5):
+                pass
+        assert gone.value.retry
+        empty = fleet.root / "empty_known_hosts"
+        empty.write_text("")
+        stranger = SshRoute.for_host(
+            "tunnel1", {**hosts[0].data(), "ssh_known_hosts_file": str(empty)}, HIDDEN, port
+        )
+        with pytest.raises(TunnelError, match="host tunnel1: no SSH tunnel to its API .*host key") as unknown:
+            with open_tunnel(stranger, timeout=5):
+                pass
+        assert not unknown.value.retry
+        # A port nothing listens on at the host: the client's error names the host, and it is retried.
+        closed = SshRoute.for_host("tunnel2", hosts[1].data(), HIDDEN, free_port())
+        with (
+            open_tunnel(closed) as tunnel,
+            ApiClient(tunnel.base_url, key, transport=tunnel.transport) as api,
+        ):
+            with pytest.raises(
+                ApiUnavailable, match=r"host tunnel2: through SSH, http://127\.0\.0\.5:\d+ did not"
+            ):
+                api.health()
+        wait_for(lambda: set(threading.enumerate()) <= threads_before, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        for h in (*hosts, dead):
+            fleet.remove_host(h.name)
+
+
+@pytest.fixture(scope="module")
+def hidden_api(
+    fleet: Fleet, start_host: Callable[..., Host], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A bootstrapped fleet host whose API binds 127.0.0.5 only, and a recorder on the address ship
+    would call directly (http://<ssh_hostname>:<api_port>, here 127.0.0.1)."""
+    root = tmp_path_factory.mktemp("tunnel-ship")
+    env = ShipFleet(fleet, root).start()
+    host = start_host(name="hiddenapi")
+    recorder = Recorder("127.0.0.1", host.api_port)
+    try:
+        inventory = env.inventory([host], root / "inventory.py", api_listen=HIDDEN)
+        env.bootstrap(inventory)
+        ctx = {
+            "env": env,
+            "host": host,
+            "inventory": inventory,
+            "state": root / "state",
+            "recorder": recorder,
+        }
+        workflow = env.workflows / "upscale.json"
+        ctx["shipped"] = comfyfleet(ctx, "ship", str(workflow), "--to", str(inventory), "--env", "prod")
+        yield ctx
+    finally:
+        recorder.close()
+        fleet.remove_host("hiddenapi")
+        env.stop()
+
+
+def comfyfleet(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfleet.cli.main", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.fleet
+def test_ship_and_verify_reach_an_api_not_reachable_directly(hidden_api: dict[str, Any]) -> None:
+    """The host's API is not reachable from the operator's side: ship and verify pass through SSH."""
+    host: Host = hidden_api["host"]
+    shipped = hidden_api["shipped"]
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert f"serving http://127.0.0.1:{host.api_port}/workflows/upscale" in shipped.stdout
+    dep = Registry(hidden_api["state"] / "deployments.sqlite3").get("upscale", "prod")
+    ssh = dict(dep.endpoints[0].ssh or {})
+    assert ssh["api_host"] == HIDDEN and ssh["port"] == host.ssh_port and "password" not in ssh
+    verified = comfyfleet(hidden_api, "deployments", "verify", "upscale", "--env", "prod")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    history = Registry(hidden_api["state"] / "deployments.sqlite3").history("upscale", "prod")
+    assert [h.kind for h in history][:2] == ["verify", "ship"] and all(h.ok for h in history[:2])
+
+
+@pytest.mark.fleet
+def test_bearer_key_never_reaches_the_hosts_direct_address(hidden_api: dict[str, Any]) -> None:
+    """Attack: listen on http://<host>:<api_port> (what ship used to call with the key) during ship,
+    verify and a scheduled check: nothing arrives there, and the key shows in no output."""
+    checked = comfyfleet(hidden_api, "deployments", "verify", "upscale", "--env", "prod")
+    shipped = hidden_api["shipped"]
+    assert shipped.returncode == 0 and checked.returncode == 0, checked.stdout + checked.stderr
+    key = hidden_api["env"].api_keys.read_text().strip()
+    recorder: Recorder = hidden_api["recorder"]
+    assert not any(b"authorization" in r.lower() for r in recorder.received), recorder.received
+    assert recorder.received == []  # nothing at all went to the direct address
+    assert key not in shipped.stdout + shipped.stderr + checked.stdout + checked.stderr

@@ -65,7 +65,7 @@ def api_route_for(name: str, data: Mapping[str, Any]) -> SshRoute | None:
     if name.startswith("@") and not name.startswith("@ssh/"):
         return None  # pyinfra's @local (this machine) and other connectors without SSH
     cfg = validate_host_data(name, dict(data))
-    return SshRoute.for_host(name, data, cfg.api_listen, cfg.api_port)
+    return SshRoute.for_host(name, data, cfg.api_local_address, cfg.api_port)
 
 
 def read_api_key(path: str | Path, host: str) -> str:
