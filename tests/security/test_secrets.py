@@ -7,6 +7,8 @@
   their cleanup; a ship and a verify to a host whose API binds 127.0.0.5 only (not reachable
   from the operator's side) pass through SSH, while a listener on the address ship used to call
   with the key (http://<ssh address>:<api_port>) records nothing.
+- Webhook URLs (they often carry tokens) in a real comfyui-api process: its log file, its
+  answers, job views, execution log and database show at most scheme://host:port/….
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from comfyui_api.client import ApiClient, ApiUnavailable, Output
 
@@ -32,7 +35,7 @@ from comfyfleet.devkit.standin import free_port
 from comfyfleet.registry import Registry
 from comfyfleet.tunnel import SshRoute, TunnelError, open_tunnel
 
-from .conftest import wait_for
+from .conftest import ALICE, PUBLIC, WORKFLOWS, Api, Site, auth, wait_for
 
 DEPLOY = """
 from comfyfleet.deploys.api import api_keys
@@ -270,3 +273,120 @@ def test_bearer_key_never_reaches_the_hosts_direct_address(hidden_api: dict[str,
     assert not any(b"authorization" in r.lower() for r in recorder.received), recorder.received
     assert recorder.received == []  # nothing at all went to the direct address
     assert key not in shipped.stdout + shipped.stderr + checked.stdout + checked.stderr
+
+
+# -- webhook URLs (they often carry tokens) never reach logs or error texts -----------------
+
+
+class Answer500(BaseHTTPRequestHandler):
+    """A webhook receiver that fails every delivery (so the API logs the attempt)."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(500)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+
+def _job_when_delivered(api: Api, job_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        job = httpx.get(f"{api.url}/jobs/{job_id}", headers=auth(ALICE), timeout=10).json()
+        return job if job.get("webhook") else None
+
+    return wait_for(done, timeout=30)
+
+
+def test_webhook_tokens_never_reach_the_api_log_or_error_texts(
+    fresh_api: Callable[..., Api], public: Site
+) -> None:
+    """A real comfyui-api process, its real log file: webhook URLs with tokens in the path, query,
+    fragment and userinfo, delivered, failing (500, nothing listening) and refused; the log shows
+    scheme://host:port/… only, and no answer, job view, execution log or database holds a token."""
+    api = fresh_api("--allow-outbound", f"{PUBLIC}/32")
+    failing = ThreadingHTTPServer((PUBLIC, 0), Answer500)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    closed = free_port()
+    tokens = {
+        name: f"tok{name}" + "Z" * 20 for name in ("path", "query", "frag", "user", "ok", "loop", "500")
+    }
+    try:
+        hooks = {
+            "ok": f"{public.url}/delivered-hook?token={tokens['ok']}",
+            "500": f"http://{PUBLIC}:{failing.server_address[1]}/hooks/{tokens['500']}",
+            "closed": f"http://{PUBLIC}:{closed}/hooks/{tokens['path']}/x?sig={tokens['query']}#{tokens['frag']}",
+        }
+        jobs = {}
+        for name, hook in hooks.items():
+            r = api.run(ALICE, "tiny", {"input": {"color": 301}, "async": True, "webhook": hook})
+            assert r.status_code == 202, r.text
+            jobs[name] = _job_when_delivered(api, r.json()["id"])
+        assert jobs["ok"]["webhook"]["delivered"] is True
+        assert any(
+            h[1] == f"/delivered-hook?token={tokens['ok']}" for h in public.hits
+        )  # the receiver gets it
+        assert (
+            jobs["500"]["webhook"]["delivered"] is False and jobs["closed"]["webhook"]["delivered"] is False
+        )
+        refused = [
+            api.run(ALICE, "tiny", {"input": {"color": 302}, "webhook": hook})
+            for hook in (
+                f"http://someone:{tokens['user']}@{PUBLIC}:{public.port}/hook",
+                f"http://127.0.0.1:{public.port}/hook?token={tokens['loop']}",
+            )
+        ]
+        assert [r.status_code for r in refused] == [422, 422], [r.text for r in refused]
+        executions = httpx.get(f"{api.url}/executions", headers=auth(ALICE), timeout=10).text
+    finally:
+        failing.shutdown()
+        failing.server_close()
+    log = api.log()
+    # The failed deliveries are in the log, by scheme://host:port/… only.
+    assert f"to http://{PUBLIC}:{failing.server_address[1]}/… failed: HTTP 500" in log, log
+    assert f"to http://{PUBLIC}:{closed}/… failed" in log, log
+    texts = {
+        "log": log,
+        "job views": json.dumps(jobs),
+        "refusals": " ".join(r.text for r in refused),
+        "executions": executions,
+        "database": b"".join(p.read_bytes() for p in api.tmp.glob("api.sqlite3*")).decode("latin-1"),
+    }
+    for where, text in texts.items():
+        leaked = [t for t in tokens.values() if t in text]
+        assert not leaked, f"{where} holds webhook tokens {leaked}"
+
+
+def test_plain_http_api_url_to_another_machine_is_refused_before_any_host(tmp_path: Path) -> None:
+    """An inventory pointing ship at http://<other machine> (a key would cross it in clear text):
+    `comfyfleet ship` stops with one line naming the host and exit 2, before touching anything."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(
+        "hosts = [('gpu-1', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1, "
+        "'api_url': 'http://203.0.113.7:3000'})]\n"
+    )
+    workflow = tmp_path / "wf" / "tiny.json"
+    workflow.parent.mkdir()
+    workflow.write_text(json.dumps(WORKFLOWS["tiny"]))
+    done = comfyfleet({"state": tmp_path / "state"}, "ship", str(workflow), "--to", str(inventory))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "host gpu-1: api_url http://203.0.113.7:3000 is plain HTTP" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_ssh_route_recorded_for_watch_holds_no_password() -> None:
+    """What the registry keeps to let `watch` tunnel: address, user, key path; never a password."""
+    route = SshRoute.for_host(
+        "gpu-1",
+        {
+            "ssh_hostname": "198.51.100.4",
+            "ssh_user": "ubuntu",
+            "ssh_password": "pw-SECRET",
+            "ssh_key_password": "kp-SECRET",
+        },
+        "127.0.0.1",
+        3000,
+    )
+    assert "SECRET" not in json.dumps(route.record()) and "SECRET" not in repr(route)
+    assert SshRoute.from_record("gpu-1", route.record()).hostname == "198.51.100.4"
