@@ -32,7 +32,7 @@ import httpcore
 import httpx
 import paramiko
 
-from comfyfleet.pyinfra_compat import ssh_client
+from comfyfleet.pyinfra_compat import forget_known_hosts, ssh_client
 
 CONNECT_TIMEOUT = 15.0
 """Seconds for the SSH handshake (TCP connect, banner, authentication)."""
@@ -214,6 +214,8 @@ class Tunnel:
 
 def _connect(route: SshRoute, timeout: float) -> paramiko.SSHClient:
     where = f"{route.user + '@' if route.user else ''}{route.hostname}:{route.port or 22}"
+    # pyinfra memoizes known_hosts per process: `watch` runs for days, hosts get rebuilt.
+    forget_known_hosts()
     try:
         return ssh_client(
             route.hostname,

@@ -32,7 +32,8 @@ from comfyui_api.client import ApiClient, ApiUnavailable, Output
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import ShipFleet
 from comfyfleet.devkit.standin import free_port
-from comfyfleet.registry import Registry
+from comfyfleet.registry import Endpoint, Registry
+from comfyfleet.schedules import run_scheduled
 from comfyfleet.tunnel import SshRoute, TunnelError, open_tunnel
 
 from .conftest import ALICE, PUBLIC, WORKFLOWS, Api, Site, auth, wait_for
@@ -390,3 +391,28 @@ def test_ssh_route_recorded_for_watch_holds_no_password() -> None:
     )
     assert "SECRET" not in json.dumps(route.record()) and "SECRET" not in repr(route)
     assert SshRoute.from_record("gpu-1", route.record()).hostname == "198.51.100.4"
+
+
+def test_deployment_recorded_without_an_ssh_route_is_not_called_with_the_key(tmp_path: Path) -> None:
+    """A deployment recorded before ship tunnelled (no SSH route, plain-HTTP URL to another machine):
+    a scheduled check fails with what to do instead of sending the key in clear text."""
+    registry = Registry(tmp_path / "deployments.sqlite3")
+    keys = tmp_path / "keys"
+    keys.write_text("operator-key-" + "4" * 30 + "\n")
+    dep = registry.upsert_deployment(
+        name="old",
+        environment="prod",
+        workflow="tiny",
+        workflow_path=str(tmp_path / "tiny.json"),
+        manifest_hash="0" * 64,
+        target="inventory.py",
+        endpoints=[Endpoint("gpu-1", "http://203.0.113.9:3000/workflows/tiny", str(keys))],
+    )
+    outcome = run_scheduled(registry, dep.id, "health")
+    assert outcome is not None and outcome.result.failure is not None
+    assert outcome.result.failure.host == "gpu-1"
+    assert (
+        "plain HTTP" in outcome.result.failure.cause
+        and "ship the deployment again" in outcome.result.failure.cause
+    )
+    assert outcome.result.results[-1].attempts == 1  # refused, not retried
