@@ -44,7 +44,7 @@ api_binary             ``dist/comfyui-api.pyz``                    tier 1: the a
 workflows_dir          ``workflows``                               local folder whose workflows the API serves
 api_listen             ``0.0.0.0``                                 address the API binds on the host
 api_keys_file          none (a key is generated on the host)       local file of API keys to install
-api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
+api_url                ``http://<ssh address>:<api_port>``         the endpoint URL; checks call https:// directly, else via SSH
 verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
 deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
 git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
