@@ -224,17 +224,8 @@ class Registry:
         if not endpoints:
             raise ValueError("a deployment needs at least one endpoint")
         now = utcnow()
-        encoded = json.dumps(
-            [
-                {
-                    "host": e.host,
-                    "url": e.url,
-                    **({"api_key_file": e.api_key_file} if e.api_key_file else {}),
-                    **({"ssh": dict(e.ssh)} if e.ssh else {}),
-                }
-                for e in endpoints
-            ]
-        )
+        kept = ("host", "url", "api_key_file", "ssh")  # fields left out when empty
+        encoded = json.dumps([{f: getattr(e, f) for f in kept if getattr(e, f)} for e in endpoints])
         with self._tx() as conn:
             conn.execute(
                 """
