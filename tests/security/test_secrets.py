@@ -416,3 +416,22 @@ def test_deployment_recorded_without_an_ssh_route_is_not_called_with_the_key(tmp
         and "ship the deployment again" in outcome.result.failure.cause
     )
     assert outcome.result.results[-1].attempts == 1  # refused, not retried
+
+
+def test_output_url_on_another_origin_never_gets_the_api_key(api: Api) -> None:
+    """An output URL on another origin (a bucket, or a service answering with someone else's URL):
+    the client fetches it without the Bearer key; the service's own output URLs still get it."""
+    bucket = ThreadingHTTPServer((PUBLIC, 0), HealthApi)  # answers with the Authorization it got
+    threading.Thread(target=bucket.serve_forever, daemon=True).start()
+    try:
+        with ApiClient(api.url, ALICE) as client:
+            elsewhere = client.download(
+                Output("x.png", url=f"http://{PUBLIC}:{bucket.server_address[1]}/x.png")
+            )
+            own = client.run("tiny", {"color": 303})
+            data = client.download(own.outputs[0])
+    finally:
+        bucket.shutdown()
+        bucket.server_close()
+    assert json.loads(elsewhere)["auth"] is None
+    assert data.startswith(b"\x89PNG")  # the service's own URL: with the key, as before
