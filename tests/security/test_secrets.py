@@ -160,9 +160,12 @@ def test_tunnels_reach_many_hosts_at_once_name_the_failing_host_and_close(
                 ApiClient(tunnel.base_url, key, transport=tunnel.transport) as api,
             ):
                 first, second = api.health(), api.health()  # the second rides a kept-alive channel
-                # An output URL naming another address does not ride the tunnel (nor carry the key there).
-                with pytest.raises(ApiUnavailable, match=f"host {h.name}: the SSH tunnel only reaches"):
-                    api.download(Output("x.png", url="http://127.0.0.1:1/x.png"))
+                # The tunnel reaches the host's API only: a URL naming any other address is refused.
+                with httpx.Client(transport=tunnel.transport) as raw:
+                    with pytest.raises(
+                        httpx.ConnectError, match=f"host {h.name}: the SSH tunnel only reaches"
+                    ):
+                        raw.get(f"http://{HIDDEN}:{free_port()}/x")
                 return {"first": first, "second": second}
 
         with ThreadPoolExecutor(len(hosts)) as pool:
@@ -248,7 +251,7 @@ def comfyfleet(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[s
 
 @pytest.mark.fleet
 def test_ship_and_verify_reach_an_api_not_reachable_directly(hidden_api: dict[str, Any]) -> None:
-    """The host's API is not reachable from the operator's side: ship and verify pass through SSH."""
+    """The host's API is not reachable from the operator's side: ship, verify and call pass through SSH."""
     host: Host = hidden_api["host"]
     shipped = hidden_api["shipped"]
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
@@ -258,6 +261,10 @@ def test_ship_and_verify_reach_an_api_not_reachable_directly(hidden_api: dict[st
     assert ssh["api_host"] == HIDDEN and ssh["port"] == host.ssh_port and "password" not in ssh
     verified = comfyfleet(hidden_api, "deployments", "verify", "upscale", "--env", "prod")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    out = hidden_api["state"] / "called"
+    called = comfyfleet(hidden_api, "call", "upscale", "--env", "prod", "--out", str(out))
+    assert called.returncode == 0, called.stdout + called.stderr
+    assert [p.read_bytes()[:4] for p in out.iterdir()] == [b"\x89PNG"]
     history = Registry(hidden_api["state"] / "deployments.sqlite3").history("upscale", "prod")
     assert [h.kind for h in history][:2] == ["verify", "ship"] and all(h.ok for h in history[:2])
 
@@ -265,8 +272,12 @@ def test_ship_and_verify_reach_an_api_not_reachable_directly(hidden_api: dict[st
 @pytest.mark.fleet
 def test_bearer_key_never_reaches_the_hosts_direct_address(hidden_api: dict[str, Any]) -> None:
     """Attack: listen on http://<host>:<api_port> (what ship used to call with the key) during ship,
-    verify and a scheduled check: nothing arrives there, and the key shows in no output."""
+    verify (a scheduled check's path) and call: nothing arrives there, and the key shows in no output."""
     checked = comfyfleet(hidden_api, "deployments", "verify", "upscale", "--env", "prod")
+    called = comfyfleet(
+        hidden_api, "call", "upscale", "--env", "prod", "--out", str(hidden_api["state"] / "c2")
+    )
+    assert called.returncode == 0, called.stdout + called.stderr
     shipped = hidden_api["shipped"]
     assert shipped.returncode == 0 and checked.returncode == 0, checked.stdout + checked.stderr
     key = hidden_api["env"].api_keys.read_text().strip()
