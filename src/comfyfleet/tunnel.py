@@ -23,6 +23,7 @@ names the host (:class:`TunnelError`; ``retry`` says whether trying again may he
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -80,20 +81,24 @@ class SshRoute:
             value = data.get(key)
             return None if value is None or value == "" else str(value)
 
+        def path(key: str) -> str | None:  # recorded for `watch`, which may run from another folder
+            value = text(key)
+            return None if value is None else os.path.abspath(os.path.expanduser(value))
+
         strict = data.get("ssh_strict_host_key_checking")
         if isinstance(strict, bool):  # an inventory may say True/False for yes/no
             strict = "yes" if strict else "no"
         return cls(
             host=name,
-            hostname=text("ssh_hostname") or name,
+            hostname=text("ssh_hostname") or name.removeprefix("@ssh/"),
             api_port=int(api_port),
             api_host=api_host,
             port=int(data["ssh_port"]) if data.get("ssh_port") else None,
             user=text("ssh_user"),
-            key=text("ssh_key"),
-            known_hosts_file=text("ssh_known_hosts_file"),
+            key=path("ssh_key"),
+            known_hosts_file=path("ssh_known_hosts_file"),
             strict_host_key_checking=None if strict is None else str(strict),
-            config_file=text("ssh_config_file"),
+            config_file=path("ssh_config_file"),
             password=text("ssh_password"),
             key_password=text("ssh_key_password"),
         )
