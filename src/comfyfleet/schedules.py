@@ -141,7 +141,9 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
     if key:
         ctx.data["api_key"] = key
     ctx.data["api_key_files"] = {e.host: e.api_key_file for e in deployment.endpoints if e.api_key_file}
-    ctx.data["ssh_routes"] = {e.host: SshRoute.from_record(e.host, e.ssh) for e in deployment.endpoints if e.ssh}
+    ctx.data["ssh_routes"] = {
+        e.host: SshRoute.from_record(e.host, e.ssh) for e in deployment.endpoints if e.ssh
+    }
     return ctx
 
 
