@@ -38,17 +38,17 @@ def test_only_workflow_files_are_synced(tmp_path: Path) -> None:
         "notes.txt",
     ):
         (tmp_path / name).write_text("{}")
-    assert sorted(local_workflow_files({"workflows_dir": str(tmp_path)})) == [
+    assert sorted(local_workflow_files(str(tmp_path))) == [
         "txt2img.api.yaml",
         "txt2img.json",
     ]
     with pytest.raises(BadInput, match="workflows folder not found"):
-        local_workflow_files({"workflows_dir": str(tmp_path / "missing")})
+        local_workflow_files(str(tmp_path / "missing"))
 
 
 def test_missing_artifact_says_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="scripts/build-binary"):
-        local_artifact({"api_binary": str(tmp_path / "nope.pyz")})
+        local_artifact(str(tmp_path / "nope.pyz"))
 
 
 def test_spec_points_the_api_at_the_stop_markers() -> None:

@@ -126,22 +126,13 @@ def needed_models(manifests: list[Manifest]) -> list[ModelRef]:
 
 def model_plan(cfg: HostConfig, models: list[ModelRef]) -> dict[str, Any]:
     lay = cfg.layout
-    data = host.data
-    for key in ("hf_endpoint", "civitai_endpoint"):
-        value = data.get(key)
-        if value and not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", str(value)):
-            raise BadInput(f"host {host.name}: {key} must be an http(s) URL (got {value!r})")
-    try:
-        parallel = max(1, min(16, int(data.get("models_parallel") or 3)))
-    except (TypeError, ValueError):
-        raise BadInput(f"host {host.name}: models_parallel must be a number") from None
     return {
         "models_dir": lay.models,
         "staging_dir": f"{lay.state}/downloads",
         "state_file": f"{lay.state}/model-hashes.json",
-        "hf_endpoint": data.get("hf_endpoint"),
-        "civitai_endpoint": data.get("civitai_endpoint"),
-        "parallel": parallel,
+        "hf_endpoint": cfg.hf_endpoint,
+        "civitai_endpoint": cfg.civitai_endpoint,
+        "parallel": cfg.models_parallel,
         "items": [
             {
                 "filename": m.filename,
@@ -283,9 +274,8 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
         plan_path=paths["models"],
         count=len(models),
         token_names=sorted(tokens_needed(models)),
-        _sudo=cfg.sudo,
     )
-    report_downloads(name="Model report", step=step, lock_file=_lock_file())
+    report_downloads(name="Model report", step=step, lock_file=cfg.lock_path)
     if missing_url:
         report(host).note(
             "no download URL for: "
@@ -295,17 +285,9 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
     return step
 
 
-def _lock_file() -> str:
-    data = host.data
-    return str(
-        data.get("lock_file") or Path(str(data.get("workflows_dir") or "workflows")) / "comfyfleet.lock.yaml"
-    )
-
-
 def _manifests(one: bool) -> list[Manifest]:
-    data = host.data
-    workflow = data.get("workflow") if one else None
-    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+    cfg = host_config(host)
+    return load_manifests(cfg.workflow if one else None, cfg.workflows_dir)
 
 
 @task("download-models")
@@ -354,7 +336,7 @@ def organize_models_task() -> None:
     """Move model files to the folders the manifests say."""
     cfg = host_config(host)
     script_path, plan_path = _admin_plan(cfg)
-    organize(name="Organize models", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)
+    organize(name="Organize models", script_path=script_path, plan_path=plan_path)
 
 
 @operation()
@@ -404,9 +386,8 @@ def cleanup(script_path: str, plan_path: str, plan_id: str | None) -> Generator[
 def cleanup_models_task() -> None:
     """Lists and saves a cleanup plan; ``--data cleanup_plan=ID`` deletes exactly that reviewed plan."""
     cfg = host_config(host)
-    plan_id = str(host.data.get("cleanup_plan") or "") or None
-    yes = str(host.data.get("yes", "")).lower() in ("1", "true", "yes")
-    if yes and not plan_id:
+    plan_id = cfg.cleanup_plan or None
+    if cfg.yes and not plan_id:
         raise BadInput(
             "cleanup-models --yes needs --plan ID (from a listing run): only a reviewed list is deleted"
         )
@@ -415,9 +396,7 @@ def cleanup_models_task() -> None:
             f"cleanup plan {plan_id!r}: give the 16-character id a --cleanup-models listing printed"
         )
     script_path, plan_path = _admin_plan(cfg)
-    cleanup(
-        name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id, _sudo=cfg.sudo
-    )
+    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id)
 
 
 @operation()
@@ -456,4 +435,4 @@ def storage_report_task() -> None:
     """Sizes per folder, largest files, referenced vs unreferenced, free space on the data root."""
     cfg = host_config(host)
     script_path, plan_path = _admin_plan(cfg)
-    storage(name="Storage report", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)
+    storage(name="Storage report", script_path=script_path, plan_path=plan_path)

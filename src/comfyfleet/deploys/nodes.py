@@ -152,16 +152,6 @@ def pack_dir(pack: NodePack) -> str:
     return name
 
 
-def git_mirrors(value: Any) -> dict[str, str]:
-    """``git_mirrors`` host data as a dict (accepts a dict or ``a=b,c=d`` text)."""
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    pairs = [p.split("=", 1) for p in str(value).split(",") if "=" in p]
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def clone_url(repo: str, mirrors: dict[str, str]) -> str:
     """The URL to clone: mirrors applied (longest prefix first), always ending in .git."""
     url = repo
@@ -183,17 +173,8 @@ def runtime_python(cfg: HostConfig) -> list[str]:
 def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[str, Any]:
     """The JSON plan ``install_nodes.py`` carries out on the host."""
     lay = cfg.layout
-    data = host.data
-    mirrors = git_mirrors(data.get("git_mirrors"))
-    pip_args: list[str] = []
-    if data.get("pip_index_url"):
-        index = str(data.get("pip_index_url"))
-        if not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", index):
-            raise BadInput(f"host {host.name}: pip_index_url must be an http(s) URL (got {index!r})")
-        pip_args = ["--index-url", index]
-    via = str(data.get("node_install_via") or "auto")
-    if via not in ("auto", "git"):
-        raise BadInput(f"host {host.name}: node_install_via must be auto or git (got {via!r})")
+    mirrors = cfg.git_mirrors
+    pip_args = ["--index-url", cfg.pip_index_url] if cfg.pip_index_url else []
     return {
         "custom_nodes_dir": lay.custom_nodes,
         "state_dir": lay.state,
@@ -211,7 +192,7 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
             CM_CLI_LAUNCHER,
             lay.custom_nodes,
         ],
-        "use_manager": "never" if via == "git" else "auto",
+        "use_manager": "never" if cfg.node_install_via == "git" else "auto",
         "pip_args": pip_args,
         "protected": list(PROTECTED),
         "object_info_url": f"{cfg.comfyui_url}/object_info",
@@ -307,7 +288,7 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
     Returns remote paths by script name and plan name.
     """
     paths, files, probes = _stage_plan(cfg, scripts, plans)
-    sync_files(name=name, files=files, probes=probes, _sudo=cfg.sudo)
+    sync_files(name=name, files=files, probes=probes)
     return paths
 
 
@@ -419,7 +400,6 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
         name="Restart ComfyUI for new nodes",
         container=lay.comfyui_container,
         _if=when.did_change,
-        _sudo=cfg.sudo,
     )
     comfyui.wait_healthy(
         name="ComfyUI health after restart",
@@ -427,7 +407,6 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
         container=lay.comfyui_container,
         timeout=cfg.health_timeout,
         _if=when.did_change,
-        _sudo=cfg.sudo,
     )
 
 
@@ -438,7 +417,6 @@ def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
         script_path=f"{cfg.layout.state}/bin/install_nodes.py",
         plan_path=f"{cfg.layout.state}/plans/nodes.json",
         reuse_check=install,
-        _sudo=cfg.sudo,
     )
 
 
@@ -462,7 +440,6 @@ def install_nodes(
         plan_path=paths["nodes"],
         packs=len(packs),
         update=update,
-        _sudo=cfg.sudo,
     )
     report_packs(name="Node pack report", install=inst)
     if finish:
@@ -472,11 +449,11 @@ def install_nodes(
 
 
 def _manifests_from_data(all_workflows: bool) -> list[Manifest]:
-    data = host.data
-    workflow = None if all_workflows else data.get("workflow")
+    cfg = host_config(host)
+    workflow = None if all_workflows else cfg.workflow
     if not all_workflows and not workflow:
         raise BadInput("install-nodes needs a workflow: --install-nodes FILE (or --data workflow=FILE)")
-    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+    return load_manifests(workflow, cfg.workflows_dir)
 
 
 @task("install-nodes")
@@ -534,5 +511,4 @@ def list_installed_nodes_task() -> None:
         name="List node packs",
         script_path=paths["install_nodes.py"],
         plan_path=paths["nodes-list"],
-        _sudo=cfg.sudo,
     )

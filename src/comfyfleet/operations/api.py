@@ -20,7 +20,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, Host, QuoteString, S
 from pyinfra.facts.files import File, FindFiles, Sha256File
 
 from comfyfleet.context import report
-from comfyfleet.inventory import HostConfig
+from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.shell import fail, script
 
 VERIFY_SCRIPT = (Path(__file__).resolve().parents[1] / "hostside" / "verify_endpoints.py").read_text()
@@ -242,7 +242,7 @@ def fetch_api_key(remote_path: str, local_path: str) -> Generator[Any, None, Non
     command = StringCommand("cat", QuoteString(remote_path))
 
     def fetch(state: State, host: Host) -> bool:  # pyinfra passes these by name
-        ok, output = host.run_shell_command(command, _sudo=bool(host.data.get("_sudo")))
+        ok, output = host.run_shell_command(command, _sudo=host_config(host).sudo)
         key = next((ln.strip() for ln in output.stdout_lines if ln.strip() and not ln.startswith("#")), "")
         if not ok or not key:
             report(host).note(f"no API key could be read from {remote_path}")
