@@ -9,7 +9,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from comfyui_api import __version__, object_store
+from comfyui_api import __version__, object_store, verify
 from comfyui_api.settings import ConfigError, Settings, read_key_file
 
 
@@ -27,7 +27,8 @@ def build_info() -> dict[str, str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="comfyui-api",
-        description="Serve every workflow in a folder as POST /workflows/<name> in front of ComfyUI.",
+        description="Serve every workflow in a folder as POST /workflows/<name> in front of ComfyUI. "
+        "`comfyui-api verify --help`: check a running service from its host.",
         epilog="example: python3 comfyui-api.pyz --comfyui-url http://127.0.0.1:8188 --workflows ./workflows "
         "--host 0.0.0.0 --port 3000 --db ./api.sqlite3 --api-key-file ./api-keys",
     )
@@ -180,6 +181,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        sys.exit(verify.main(argv[1:]))
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
