@@ -7,6 +7,7 @@ import json
 import logging
 import pkgutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from comfyui_api import __version__, object_store, verify
@@ -24,6 +25,11 @@ def build_info() -> dict[str, str]:
     return {"version": __version__, "build": "development"}
 
 
+# Each option's dest is its Settings field and its default that field's default: Settings is the
+# one definition. Options that are not a field as given are converted in settings_from_args.
+D = Settings()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="comfyui-api",
@@ -32,19 +38,23 @@ def parser() -> argparse.ArgumentParser:
         epilog="example: python3 comfyui-api.pyz --comfyui-url http://127.0.0.1:8188 --workflows ./workflows "
         "--host 0.0.0.0 --port 3000 --db ./api.sqlite3 --api-key-file ./api-keys",
     )
-    p.add_argument("--comfyui-url", default="http://127.0.0.1:8188", help="ComfyUI's base URL")
-    p.add_argument("--workflows", type=Path, default=Path("workflows"), help="folder of workflow JSON files")
+    p.add_argument("--comfyui-url", default=D.comfyui_url, help="ComfyUI's base URL")
+    p.add_argument(
+        "--workflows",
+        dest="workflows_dir",
+        type=Path,
+        default=D.workflows_dir,
+        help="folder of workflow JSON files",
+    )
     p.add_argument(
         "--disabled-dir",
         type=Path,
         help="folder of stop markers: a file named <workflow> here makes that endpoint answer 404 "
         "(checked each second, no restart needed)",
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (beyond loopback needs API keys)"
-    )
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--db", type=Path, default=Path("comfyui-api.sqlite3"), help="SQLite execution log")
+    p.add_argument("--host", default=D.host, help="address to listen on (beyond loopback needs API keys)")
+    p.add_argument("--port", type=int, default=D.port)
+    p.add_argument("--db", dest="db_path", type=Path, default=D.db_path, help="SQLite execution log")
     p.add_argument(
         "--api-key-file",
         type=Path,
@@ -55,23 +65,62 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve beyond loopback without API keys (not recommended)",
     )
-    p.add_argument("--rate-limit", type=int, default=120, help="requests per minute per API key")
-    p.add_argument("--rate-burst", type=int, default=30, help="requests a key may send at once")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 beyond)")
     p.add_argument(
-        "--sync-timeout", type=float, default=600.0, help="seconds a sync request waits (504 beyond)"
+        "--rate-limit",
+        dest="rate_limit_per_minute",
+        type=int,
+        default=D.rate_limit_per_minute,
+        help="requests per minute per API key",
     )
-    p.add_argument("--queue-limit", type=int, default=64, help="jobs in flight before 429")
-    p.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds on 503/429")
-    p.add_argument("--outputs", choices=["base64", "url"], default="base64", help="default output mode")
+    p.add_argument(
+        "--rate-burst",
+        dest="rate_limit_burst",
+        type=int,
+        default=D.rate_limit_burst,
+        help="requests a key may send at once",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=D.max_body_bytes / 1024 / 1024,
+        help="largest request body (413 beyond)",
+    )
+    p.add_argument(
+        "--sync-timeout",
+        dest="sync_timeout_s",
+        type=float,
+        default=D.sync_timeout_s,
+        help="seconds a sync request waits (504 beyond)",
+    )
+    p.add_argument("--queue-limit", type=int, default=D.queue_limit, help="jobs in flight before 429")
+    p.add_argument(
+        "--retry-after",
+        dest="retry_after_s",
+        type=int,
+        default=D.retry_after_s,
+        help="Retry-After seconds on 503/429",
+    )
+    p.add_argument(
+        "--outputs",
+        dest="output_mode",
+        choices=["base64", "url"],
+        default=D.output_mode,
+        help="default output mode",
+    )
     p.add_argument(
         "--comfyui-output-dir", type=Path, help="ComfyUI's output folder, read directly when on this host"
     )
-    p.add_argument("--public-url", default="", help="base URL used in output download links")
+    p.add_argument("--public-url", default=D.public_url, help="base URL used in output download links")
     p.add_argument("--webhook-secret-file", type=Path, help="file holding the whsec_... signing secret")
-    p.add_argument("--webhook-attempts", type=int, default=5)
     p.add_argument(
-        "--webhook-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)"
+        "--webhook-attempts", dest="webhook_max_attempts", type=int, default=D.webhook_max_attempts
+    )
+    p.add_argument(
+        "--webhook-backoff",
+        dest="webhook_backoff_s",
+        type=float,
+        default=D.webhook_backoff_s,
+        help="first retry delay in seconds (doubles)",
     )
     p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
     p.add_argument(
@@ -83,35 +132,48 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trusted-proxy",
+        dest="trusted_proxies",
         action="append",
         default=[],
         metavar="CIDR",
         help="believe X-Forwarded-For from this reverse proxy address (repeatable)",
     )
     p.add_argument(
-        "--max-jobs-per-key", type=int, default=8, help="jobs one key may have in flight (429 beyond)"
+        "--max-jobs-per-key",
+        type=int,
+        default=D.max_jobs_per_key,
+        help="jobs one key may have in flight (429 beyond)",
     )
     p.add_argument(
-        "--max-fetches-per-key", type=int, default=4, help="image URL downloads one key may run at once"
+        "--max-fetches-per-key",
+        type=int,
+        default=D.max_fetches_per_key,
+        help="image URL downloads one key may run at once",
     )
     p.add_argument(
-        "--fetch-deadline", type=float, default=20.0, help="seconds one image URL download may take"
+        "--fetch-deadline",
+        dest="fetch_deadline_s",
+        type=float,
+        default=D.fetch_deadline_s,
+        help="seconds one image URL download may take",
     )
-    p.add_argument("--max-steps", type=int, default=150, help="largest 'steps' a caller may ask for")
-    p.add_argument("--max-batch", type=int, default=16, help="largest 'batch_size' a caller may ask for")
+    p.add_argument("--max-steps", type=int, default=D.max_steps, help="largest 'steps' a caller may ask for")
     p.add_argument(
-        "--max-pixels", type=int, default=4096 * 4096, help="largest width x height a caller may ask for"
+        "--max-batch", type=int, default=D.max_batch, help="largest 'batch_size' a caller may ask for"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=D.max_pixels, help="largest width x height a caller may ask for"
     )
     p.add_argument(
         "--auth-failures-per-minute",
         type=int,
-        default=10,
+        default=D.auth_failures_per_minute,
         help="wrong keys one address may send per minute before it is answered 429",
     )
     p.add_argument(
         "--output-retention-hours",
         type=float,
-        default=24.0,
+        default=D.output_retention_hours,
         help="delete served outputs (ComfyUI's output/api/) older than this; 0 keeps them "
         "(needs --comfyui-output-dir)",
     )
@@ -119,7 +181,9 @@ def parser() -> argparse.ArgumentParser:
         "--warmup", action="store_true", help="run every workflow once at start; /ready waits for it"
     )
     p.add_argument(
-        "--job-id-prefix", default="", help="start every job id with this (a gateway routes by it)"
+        "--job-id-prefix",
+        default=D.job_id_prefix,
+        help="start every job id with this (a gateway routes by it)",
     )
     p.add_argument(
         "--object-store", type=Path, help="JSON file: S3-compatible bucket for outputs (holds credentials)"
@@ -130,8 +194,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from parsed options: every option named after a field as given, the rest converted."""
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     scoped = read_key_file(args.api_key_file) if args.api_key_file else []
-    keys = [k for k, _ in scoped]
     secret = ""
     if args.webhook_secret_file:
         try:
@@ -140,44 +205,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise ConfigError(
                 f"{args.webhook_secret_file}: cannot read webhook secret ({exc.strerror or exc})"
             ) from None
-    return Settings(
-        comfyui_url=args.comfyui_url,
-        workflows_dir=args.workflows,
-        disabled_dir=args.disabled_dir,
-        host=args.host,
-        port=args.port,
-        db_path=args.db,
-        api_keys=keys,
+    converted = dict(
+        api_keys=[k for k, _ in scoped],
+        admin_keys=[k for k, scope in scoped if scope == "admin"],
         require_api_key=False if args.allow_unauthenticated else None,
-        rate_limit_per_minute=args.rate_limit,
-        rate_limit_burst=args.rate_burst,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        sync_timeout_s=args.sync_timeout,
-        queue_limit=args.queue_limit,
-        retry_after_s=args.retry_after,
-        output_mode=args.outputs,
-        comfyui_output_dir=args.comfyui_output_dir,
         public_url=args.public_url.rstrip("/"),
         webhook_secret=secret,
-        webhook_max_attempts=args.webhook_attempts,
-        webhook_backoff_s=args.webhook_backoff,
         allow_url_inputs=not args.no_url_inputs,
-        warmup=args.warmup,
         build_info=build_info(),
-        admin_keys=[k for k, scope in scoped if scope == "admin"],
-        allow_outbound=args.allow_outbound,
-        trusted_proxies=args.trusted_proxy,
-        max_jobs_per_key=args.max_jobs_per_key,
-        max_fetches_per_key=args.max_fetches_per_key,
-        fetch_deadline_s=args.fetch_deadline,
-        max_steps=args.max_steps,
-        max_batch=args.max_batch,
-        max_pixels=args.max_pixels,
-        auth_failures_per_minute=args.auth_failures_per_minute,
-        output_retention_hours=args.output_retention_hours,
-        job_id_prefix=args.job_id_prefix,
         object_store=object_store.load(args.object_store) if args.object_store else None,
     )
+    return Settings(**{**given, **converted})
 
 
 def main(argv: list[str] | None = None) -> None:
