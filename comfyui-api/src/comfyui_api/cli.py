@@ -25,9 +25,42 @@ def build_info() -> dict[str, str]:
     return {"version": __version__, "build": "development"}
 
 
-# Each option's dest is its Settings field and its default that field's default: Settings is the
-# one definition. Options that are not a field as given are converted in settings_from_args.
-D = Settings()
+# (flag, Settings field, help): the option sets that field, and its default is the field's default
+# (its type too). Settings is the one definition; the other options are converted in settings_from_args.
+FIELDS = [
+    ("--comfyui-url", "comfyui_url", "ComfyUI's base URL"),
+    ("--workflows", "workflows_dir", "folder of workflow JSON files"),
+    ("--host", "host", "address to listen on (beyond loopback needs API keys)"),
+    ("--port", "port", "port to listen on"),
+    ("--db", "db_path", "SQLite execution log"),
+    ("--rate-limit", "rate_limit_per_minute", "requests per minute per API key"),
+    ("--rate-burst", "rate_limit_burst", "requests a key may send at once"),
+    ("--sync-timeout", "sync_timeout_s", "seconds a sync request waits (504 beyond)"),
+    ("--queue-limit", "queue_limit", "jobs in flight before 429"),
+    ("--retry-after", "retry_after_s", "Retry-After seconds on 503/429"),
+    ("--webhook-attempts", "webhook_max_attempts", "deliveries tried per webhook"),
+    ("--webhook-backoff", "webhook_backoff_s", "first retry delay in seconds (doubles)"),
+    ("--max-jobs-per-key", "max_jobs_per_key", "jobs one key may have in flight (429 beyond)"),
+    ("--max-fetches-per-key", "max_fetches_per_key", "image URL downloads one key may run at once"),
+    ("--fetch-deadline", "fetch_deadline_s", "seconds one image URL download may take"),
+    ("--max-steps", "max_steps", "largest 'steps' a caller may ask for"),
+    ("--max-batch", "max_batch", "largest 'batch_size' a caller may ask for"),
+    ("--max-pixels", "max_pixels", "largest width x height a caller may ask for"),
+    ("--auth-failures-per-minute", "auth_failures_per_minute", "wrong keys one address may send per minute "
+     "before it is answered 429"),
+    ("--output-retention-hours", "output_retention_hours", "delete served outputs (ComfyUI's output/api/) "
+     "older than this; 0 keeps them (needs --comfyui-output-dir)"),
+    ("--job-id-prefix", "job_id_prefix", "start every job id with this (a gateway routes by it)"),
+]  # fmt: skip
+PATHS = [
+    ("--disabled-dir", "disabled_dir", "folder of stop markers: a file named <workflow> here makes that "
+     "endpoint answer 404 (checked each second, no restart needed)"),
+    ("--comfyui-output-dir", "comfyui_output_dir", "ComfyUI's output folder, read directly when on this host"),
+]  # fmt: skip
+LISTS = [
+    ("--allow-outbound", "allow_outbound", "let image URLs and webhooks reach this non-public network too"),
+    ("--trusted-proxy", "trusted_proxies", "believe X-Forwarded-For from this reverse proxy address"),
+]  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,23 +71,28 @@ def parser() -> argparse.ArgumentParser:
         epilog="example: python3 comfyui-api.pyz --comfyui-url http://127.0.0.1:8188 --workflows ./workflows "
         "--host 0.0.0.0 --port 3000 --db ./api.sqlite3 --api-key-file ./api-keys",
     )
-    p.add_argument("--comfyui-url", default=D.comfyui_url, help="ComfyUI's base URL")
+    defaults = Settings()
+    for flag, name, text in FIELDS:
+        default = getattr(defaults, name)
+        p.add_argument(flag, dest=name, type=type(default), default=default, help=text)
+    for flag, name, text in PATHS:
+        p.add_argument(flag, dest=name, type=Path, help=text)
+    for flag, name, text in LISTS:
+        p.add_argument(
+            flag, dest=name, action="append", default=[], metavar="CIDR", help=text + " (repeatable)"
+        )
     p.add_argument(
-        "--workflows",
-        dest="workflows_dir",
-        type=Path,
-        default=D.workflows_dir,
-        help="folder of workflow JSON files",
+        "--outputs",
+        dest="output_mode",
+        choices=["base64", "url"],
+        default=defaults.output_mode,
+        help="default output mode",
     )
+    p.add_argument("--public-url", default=defaults.public_url, help="base URL used in output download links")
     p.add_argument(
-        "--disabled-dir",
-        type=Path,
-        help="folder of stop markers: a file named <workflow> here makes that endpoint answer 404 "
-        "(checked each second, no restart needed)",
+        "--warmup", action="store_true", help="run every workflow once at start; /ready waits for it"
     )
-    p.add_argument("--host", default=D.host, help="address to listen on (beyond loopback needs API keys)")
-    p.add_argument("--port", type=int, default=D.port)
-    p.add_argument("--db", dest="db_path", type=Path, default=D.db_path, help="SQLite execution log")
+    # Converted: read from files, inverted, scaled.
     p.add_argument(
         "--api-key-file",
         type=Path,
@@ -66,125 +104,13 @@ def parser() -> argparse.ArgumentParser:
         help="serve beyond loopback without API keys (not recommended)",
     )
     p.add_argument(
-        "--rate-limit",
-        dest="rate_limit_per_minute",
-        type=int,
-        default=D.rate_limit_per_minute,
-        help="requests per minute per API key",
-    )
-    p.add_argument(
-        "--rate-burst",
-        dest="rate_limit_burst",
-        type=int,
-        default=D.rate_limit_burst,
-        help="requests a key may send at once",
-    )
-    p.add_argument(
         "--max-body-mb",
         type=float,
-        default=D.max_body_bytes / 1024 / 1024,
+        default=defaults.max_body_bytes / 2**20,
         help="largest request body (413 beyond)",
     )
-    p.add_argument(
-        "--sync-timeout",
-        dest="sync_timeout_s",
-        type=float,
-        default=D.sync_timeout_s,
-        help="seconds a sync request waits (504 beyond)",
-    )
-    p.add_argument("--queue-limit", type=int, default=D.queue_limit, help="jobs in flight before 429")
-    p.add_argument(
-        "--retry-after",
-        dest="retry_after_s",
-        type=int,
-        default=D.retry_after_s,
-        help="Retry-After seconds on 503/429",
-    )
-    p.add_argument(
-        "--outputs",
-        dest="output_mode",
-        choices=["base64", "url"],
-        default=D.output_mode,
-        help="default output mode",
-    )
-    p.add_argument(
-        "--comfyui-output-dir", type=Path, help="ComfyUI's output folder, read directly when on this host"
-    )
-    p.add_argument("--public-url", default=D.public_url, help="base URL used in output download links")
     p.add_argument("--webhook-secret-file", type=Path, help="file holding the whsec_... signing secret")
-    p.add_argument(
-        "--webhook-attempts", dest="webhook_max_attempts", type=int, default=D.webhook_max_attempts
-    )
-    p.add_argument(
-        "--webhook-backoff",
-        dest="webhook_backoff_s",
-        type=float,
-        default=D.webhook_backoff_s,
-        help="first retry delay in seconds (doubles)",
-    )
     p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
-    p.add_argument(
-        "--allow-outbound",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="let image URLs and webhooks reach this non-public network too (repeatable)",
-    )
-    p.add_argument(
-        "--trusted-proxy",
-        dest="trusted_proxies",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="believe X-Forwarded-For from this reverse proxy address (repeatable)",
-    )
-    p.add_argument(
-        "--max-jobs-per-key",
-        type=int,
-        default=D.max_jobs_per_key,
-        help="jobs one key may have in flight (429 beyond)",
-    )
-    p.add_argument(
-        "--max-fetches-per-key",
-        type=int,
-        default=D.max_fetches_per_key,
-        help="image URL downloads one key may run at once",
-    )
-    p.add_argument(
-        "--fetch-deadline",
-        dest="fetch_deadline_s",
-        type=float,
-        default=D.fetch_deadline_s,
-        help="seconds one image URL download may take",
-    )
-    p.add_argument("--max-steps", type=int, default=D.max_steps, help="largest 'steps' a caller may ask for")
-    p.add_argument(
-        "--max-batch", type=int, default=D.max_batch, help="largest 'batch_size' a caller may ask for"
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=D.max_pixels, help="largest width x height a caller may ask for"
-    )
-    p.add_argument(
-        "--auth-failures-per-minute",
-        type=int,
-        default=D.auth_failures_per_minute,
-        help="wrong keys one address may send per minute before it is answered 429",
-    )
-    p.add_argument(
-        "--output-retention-hours",
-        type=float,
-        default=D.output_retention_hours,
-        help="delete served outputs (ComfyUI's output/api/) older than this; 0 keeps them "
-        "(needs --comfyui-output-dir)",
-    )
-    p.add_argument(
-        "--warmup", action="store_true", help="run every workflow once at start; /ready waits for it"
-    )
-    p.add_argument(
-        "--job-id-prefix",
-        default=D.job_id_prefix,
-        help="start every job id with this (a gateway routes by it)",
-    )
     p.add_argument(
         "--object-store", type=Path, help="JSON file: S3-compatible bucket for outputs (holds credentials)"
     )
