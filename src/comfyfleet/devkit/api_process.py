@@ -16,7 +16,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import comfyui_api
 import httpx
 
-from comfyfleet.devkit.standin import free_port, stop_process
+from comfyfleet.devkit.standin import free_port, start_process, stop_process
 
 API_SRC = Path(comfyui_api.__file__).resolve().parents[1]
 """The folder holding the ``comfyui_api`` package the children import (also without an install)."""
@@ -51,22 +50,17 @@ class ApiProcess:
 
     def start(self, ready: Callable[[str], object], timeout: float = 20.0) -> None:
         """Start it and wait until ``ready(url)`` is true (HTTP errors and non-JSON count as not yet)."""
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "PYTHONPATH": str(API_SRC)}
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited {self.proc.returncode}: {self.log()}")
+
+        def probe() -> object:
             try:
-                if ready(self.url):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"API did not get ready in {timeout:g}s: {self.log()}")
+                return ready(self.url)
+            except httpx.HTTPError:
+                return False
+
+        env = {**os.environ, "PYTHONPATH": str(API_SRC)}
+        self.proc = start_process(
+            self.cmd, self.log_path, probe, timeout, f"comfyui-api on {self.url}", env=env
+        )
 
     def stop(self) -> None:
         stop_process(self.proc)
