@@ -26,29 +26,26 @@ node_install_via    ``auto``           ``auto`` (cm-cli when usable) | ``git``
 
 from __future__ import annotations
 
-import hashlib
 import json
-import posixpath
 import re
-from collections.abc import Callable, Generator
-from io import BytesIO
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
 from comfyfleet.analysis import analyze_paths
-from comfyfleet.context import host_run, report
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.facts import prefetch
-from comfyfleet.facts.hostside import HostsideJson, StagedFiles, parse_tagged
+from comfyfleet.facts.hostside import StagedFiles
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
-from comfyfleet.shell import fail
+from comfyfleet.operations.hostside import MODELS_CHECK, NODES_CHECK, sync_files
+from comfyfleet.operations.packs import list_packs, node_packs, report_packs, verify_classes
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
@@ -215,45 +212,6 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
 # --- host-side scripts --------------------------------------------------------------------
 
 
-def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
-    """What ``argv`` answered in this run's staging probe, else run it now (one round trip)."""
-    answer = host_run(host).probes.pop(argv, None)
-    if answer is not None:
-        return answer
-    return host.get_fact(HostsideJson, argv=argv)
-
-
-@operation()
-def sync_files(
-    files: dict[str, bytes], probes: list[tuple[str, ...]] | None = None
-) -> Generator[Any, None, None]:
-    """Make each remote path hold these bytes (mode 644); no change when all already do.
-
-    + files: remote path -> content (host-side scripts and JSON plans, nothing secret)
-    + probes: read-only commands answered in the same round trip when nothing is stale
-    """
-    probe_list = tuple(tuple(p) for p in probes or [])
-    # Prefetched with the runtime's facts by deploy-all (valid while nothing changed), else read now.
-    state = prefetch.fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
-    remote = state["hashes"]
-    stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
-    if not stale:
-        host_run(host).probes = {
-            argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)
-        }
-        host.noop(f"{len(files)} file(s) up to date")
-        return
-    host_run(host).probes = {}
-    yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
-    for path, data in sorted(stale.items()):
-        yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
-    yield StringCommand("chmod", "644", *(QuoteString(p) for p in sorted(stale)))
-
-
-NODES_CHECK = ("check", "--verify")
-MODELS_CHECK = ("--check",)
-
-
 def staged_facts(
     cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
 ) -> prefetch.FactRequest:
@@ -290,104 +248,6 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
     paths, files, probes = _stage_plan(cfg, scripts, plans)
     sync_files(name=name, files=files, probes=probes)
     return paths
-
-
-# --- operations ---------------------------------------------------------------------------
-
-
-@operation()
-def node_packs(
-    script_path: str, plan_path: str, packs: int, update: bool = False
-) -> Generator[Any, None, None]:
-    """Bring the plan's node packs to their pinned versions (no change when all already are).
-
-    + script_path: ``install_nodes.py`` on the host
-    + plan_path: the JSON plan on the host
-    + packs: how many packs the plan names (for the no-op message)
-    + update: move unpinned packs to their latest commit
-    """
-    # update: fetch first (in the check), so a pack already at its newest commit is no change.
-    mode = (*NODES_CHECK, "--fetch") if update else NODES_CHECK
-    state = probed_or_fact(("python3", script_path, "--plan", plan_path, *mode))
-    if "VERIFY" in state:
-        host_run(host).verified = state
-    if "CHECK" not in state:
-        yield fail(
-            "; ".join(state.get("error", []))
-            or "install_nodes.py check gave no answer (python3 on the host?)"
-        )
-        return
-    todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
-    if not todo:
-        host.noop(f"{packs} node pack(s) {'up to date' if update else 'at their pinned versions'}")
-        return
-    yield StringCommand("python3", script_path, "--plan", plan_path, "update" if update else "install")
-
-
-@operation()
-def report_packs(install: OperationMeta) -> Generator[Any, None, None]:
-    """Show how each pack was installed (path used and why), from the install step's output."""
-    if install.is_complete() and install.did_change():
-        result = parse_tagged(install.stdout_lines).get("RESULT", [])
-        report(host).table(
-            "node packs",
-            ["pack", "folder", "via", "why", "commit", "changes", "warnings"],
-            [
-                [
-                    r["id"],
-                    r["dir"],
-                    r.get("method", ""),
-                    r.get("why", ""),
-                    (r.get("commit") or "")[:12],
-                    "; ".join(r.get("changed", [])) or "-",
-                    "; ".join(r.get("warnings", [])),
-                ]
-                for r in result
-            ],
-        )
-    host.noop("reported node packs")
-    return
-    yield
-
-
-@operation()
-def verify_classes(
-    script_path: str, plan_path: str, reuse_check: OperationMeta | None = None
-) -> Generator[Any, None, None]:
-    """Every needed class type is in /object_info; else fail naming each pack and its import error.
-
-    + reuse_check: the install step; when it changed nothing, the verification its check ran is used
-    """
-    # When the install step found nothing to do, its check already verified (same run, no restart since).
-    reusable = reuse_check is not None and reuse_check.is_complete() and not reuse_check.did_change()
-    run = host_run(host)
-    state, run.verified = (run.verified if reusable else None), None
-    if state is None:
-        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
-    result = state.get("VERIFY")
-    if result is None:
-        yield fail("; ".join(state.get("error", [])) or "could not read /object_info")
-        return
-    rows = [
-        [
-            p["id"],
-            p["dir"],
-            "yes" if not p["missing"] else "NO",
-            ", ".join(p["missing"]) or "-",
-            p.get("error", ""),
-        ]
-        for p in result["packs"]
-    ]
-    report(host).table(
-        "node classes in /object_info", ["pack", "folder", "loaded", "missing", "import error"], rows
-    )
-    problems = [f"pack {p['id']} failed to import: {p.get('error')}" for p in result["packs"] if p["missing"]]
-    if result["missing_core"]:
-        problems.append(f"core classes missing: {', '.join(result['missing_core'])} (raise comfyui_ref)")
-    if problems:
-        yield fail("; ".join(problems))
-        return
-    host.noop(f"all {sum(len(p.get('missing', [])) == 0 for p in result['packs'])} pack(s) loaded")
 
 
 # --- deploys ------------------------------------------------------------------------------
@@ -472,34 +332,6 @@ def install_missing_task() -> None:
 def update_nodes_task() -> None:
     """Fetch every pack; pinned ones stay at their pins, unpinned ones move to their latest commit."""
     install_nodes(_manifests_from_data(all_workflows=True), update=True)
-
-
-@operation()
-def list_packs(script_path: str, plan_path: str) -> Generator[Any, None, None]:
-    """Report every folder in custom_nodes/: repo, commit, locally modified, imported (no change)."""
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "list"))
-    rows = state.get("LIST")
-    if rows is None:
-        yield fail("; ".join(state.get("error", [])) or "could not list custom nodes")
-        return
-    imported = {True: "yes", False: "NO", None: "?"}
-    report(host).table(
-        "installed node packs",
-        ["pack", "repo", "commit", "modified", "imported", "via", "error"],
-        [
-            [
-                r["dir"],
-                r["repo"],
-                r["commit"][:12],
-                "yes" if r["modified"] else "no",
-                imported[r.get("imported")],
-                r["via"],
-                r.get("error", ""),
-            ]
-            for r in rows
-        ],
-    )
-    host.noop(f"{len(rows)} node pack(s) listed")
 
 
 @task("list-installed-nodes")
