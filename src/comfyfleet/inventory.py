@@ -8,7 +8,9 @@ naming the host and the key. This is the one schema of host data: every key a ti
 the CLI reads is a field here, and any other key is refused before a command runs, with the
 closest known key as a suggestion (``api_prot`` → "did you mean api_port?"). pyinfra's own
 keys pass: connector settings (``ssh_*``, ...) and global arguments (``_sudo``, ...). ``_sudo``
-itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`).
+itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`): pyinfra
+takes a global argument missing from an operation call from host data, so no call passes it.
+URLs (apt, pip index, HF, CivitAI) must be http(s); ``hf_endpoint`` and the like lose a trailing ``/``.
 
 Keys and defaults (provider defaults in :data:`PROVIDER_DEFAULTS` apply first):
 
@@ -47,17 +49,17 @@ api_keys_file          none (a key is generated on the host)       local file of
 api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
 verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
 deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
-git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
+git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` (or ``a=b,c=d``)
 pip_index_url          none                                        tier 2: ``--index-url`` for packs' requirements
 node_install_via       ``auto``                                    tier 2: ``auto`` (cm-cli when usable) | ``git``
 hf_endpoint            none                                        tier 3: Hugging Face endpoint (a mirror)
 civitai_endpoint       none                                        tier 3: CivitAI API base (a mirror)
-models_parallel        ``3``                                       tier 3: files downloaded at once per host
+models_parallel        ``3``                                       tier 3: files downloaded at once per host (1-16)
 lock_file              ``<workflows_dir>/comfyfleet.lock.yaml``    tier 3: where computed hashes are recorded
 task                   ``status``                                  the task a run executes (``--data task=...``)
 workflow               none                                        a workflow file or folder the task works on
 update                 none                                        ``update``: comfyui | nodes | manager | api
-yes                    none                                        ``cleanup-models``: really delete
+yes                    ``false``                                   ``cleanup-models``: really delete
 cleanup_plan           none                                        ``cleanup-models``: the reviewed plan id to delete
 object_store_file      none                                        local JSON file: outputs to an S3-compatible bucket
 gpu_slots              ``1``                                       gateway: generations a host runs at once

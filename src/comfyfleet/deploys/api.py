@@ -1,20 +1,7 @@
 """Tier 1: the comfyui-api service on a host — artifact, workflows, API keys, container, verification.
 
-Host data read here (besides :mod:`comfyfleet.inventory`'s ``api_port``):
-
-==================  ==============================  ==============================================
-key                 default                         meaning
-==================  ==============================  ==============================================
-api_binary          ``dist/comfyui-api.pyz``        the artifact built by ``scripts/build-binary``
-workflows_dir       ``workflows``                   local folder whose ``*.json`` / ``*.api.yaml``
-                                                    become the API's endpoints
-api_listen          ``0.0.0.0``                     address the API binds on the host
-api_keys_file       none                            local file of API keys to install; without it
-                                                    one random key is generated on the host
-                                                    (root-only ``<data_root>/api/api-keys``)
-verify_timeout      ``600``                         seconds ``verify-endpoints`` waits for /ready
-                                                    and for each generation
-==================  ==============================  ==============================================
+Host data: ``api_binary``, ``workflows_dir``, ``api_listen``, ``api_keys_file``, ``verify_timeout``
+(:mod:`comfyfleet.inventory` documents and validates every key).
 
 Everything lives in ``<data_root>/api``: ``comfyui-api.pyz``, ``workflows/``,
 ``executions.sqlite3``, ``api-keys`` and ``disabled/`` (stop markers: the API does not serve a

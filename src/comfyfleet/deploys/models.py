@@ -14,20 +14,9 @@ Tokens (``HF_TOKEN``, ``CIVITAI_API_TOKEN``) are read here (:mod:`comfyfleet.sec
 and uploaded only when something must be downloaded, as a file in a 0700 folder of the
 SSH user, read by the script from standard input and deleted by the same command.
 
-Host data read here:
-
-==================  ===============  ===========================================================
-key                 default          meaning
-==================  ===============  ===========================================================
-workflow            none             ``download-models``: one workflow (else every workflow)
-workflows_dir       ``workflows``    folder of workflows (and of the lock that records hashes)
-hf_endpoint         none             Hugging Face endpoint on the host (a mirror); the host's own
-                                     ``HF_ENDPOINT`` applies otherwise
-civitai_endpoint    none             CivitAI API base (a mirror)
-models_parallel     ``3``            files downloaded at once per host
-cleanup_plan        (none)           ``cleanup-models``: delete exactly this reviewed plan (id from a listing)
-lock_file           ``<workflows_dir>/comfyfleet.lock.yaml``: computed hashes are recorded there
-==================  ===============  ===========================================================
+Host data: ``workflow``, ``workflows_dir``, ``hf_endpoint``, ``civitai_endpoint``,
+``models_parallel``, ``cleanup_plan``, ``yes``, ``lock_file`` (:mod:`comfyfleet.inventory`
+documents and validates every key).
 """
 
 from __future__ import annotations

@@ -10,18 +10,9 @@ torchaudio and numpy pinned by a constraints file (lines naming them are skipped
 then every class type the workflows need must appear in ``/object_info``, and packs that
 failed to import are reported with the error from the ComfyUI log.
 
-Host data read here (besides :mod:`comfyfleet.inventory`'s keys):
-
-==================  =================  ==========================================================
-key                 default            meaning
-==================  =================  ==========================================================
-workflow            none               workflow file (``install-nodes``; else every workflow)
-workflows_dir       ``workflows``      folder of workflows for ``install-missing`` / deploy-all
-git_mirrors         none               ``{"https://github.com/": "http://mirror/"}`` URL prefixes
-                                       rewritten before cloning (also ``a=b,c=d`` text)
-pip_index_url       none               ``--index-url`` for packs' requirements (a local mirror)
-node_install_via    ``auto``           ``auto`` (cm-cli when usable) | ``git``
-==================  =================  ==========================================================
+Host data: ``workflow``, ``workflows_dir``, ``git_mirrors``, ``pip_index_url``,
+``node_install_via`` (:mod:`comfyfleet.inventory` documents and validates every key). The
+operations are in :mod:`comfyfleet.operations.packs` and :mod:`comfyfleet.operations.hostside`.
 """
 
 from __future__ import annotations
