@@ -6,10 +6,10 @@
 /health, /ready (waited for up to ``--timeout`` s), every workflow's path in /openapi.json,
 one generation per served workflow with its defaults (outputs inline: counted and measured),
 and the 404 "stopped" answer of every stopped workflow (a file of its name in the disabled
-folder; none of those generates). Prints one line ``VERIFY {json}``: ``health`` and ``ready``
-as ``[status, body]``, ``workflows`` one row each (``name schema status outputs bytes seconds
-error stopped``). The key is read from its file here and sent to loopback only: it never
-appears in argv or output. comfyfleet's ``verify-endpoints`` runs this on each host (in the
+folder; none of those generates), on this host's service (``--host``, default 127.0.0.1). Prints
+one line ``VERIFY {json}``: ``health`` and ``ready`` as ``[status, body]``, ``workflows`` one row
+each (``name schema status outputs bytes seconds error stopped``). The key is read from its file
+here and sent only to this host's own service: it never appears in argv or output. comfyfleet's ``verify-endpoints`` runs this on each host (in the
 API container) and judges the result.
 """
 
@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
         prog="comfyui-api verify",
         description="Check the service on this host: health, ready, one generation per workflow.",
     )
-    p.add_argument("--port", type=int, default=3000, help="the service's port on 127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="the address the service answers on, on this host")
+    p.add_argument("--port", type=int, default=3000, help="the service's port")
     p.add_argument("--api-key-file", type=Path, help="the service's key file (the first key is used)")
     p.add_argument("--workflows", type=Path, default=Path("workflows"), help="the service's workflows folder")
     p.add_argument("--disabled-dir", type=Path, help="the service's stop markers folder")
@@ -134,7 +135,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print("VERIFY " + json.dumps({"error": str(exc)}), flush=True)
         return 2
-    with ApiClient(f"http://127.0.0.1:{args.port}", key, timeout=30.0) as api:
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    # The service runs on this very host (its own address when not bound to loopback): plain HTTP is local.
+    with ApiClient(f"http://{host}:{args.port}", key, timeout=30.0, allow_plain_http=True) as api:
         result = check(api, args.workflows, args.disabled_dir, args.timeout)
     print("VERIFY " + json.dumps(result), flush=True)
     return 0

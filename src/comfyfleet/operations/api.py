@@ -105,8 +105,8 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
     """
     paths = ApiPaths.for_config(cfg)
     command = script(
-        'docker exec "$1" python3 -I -S "$2" verify --port "$3" --api-key-file "$4" --workflows "$5" '
-        '--timeout "$6" --disabled-dir "$7" 2>&1',
+        'docker exec "$1" python3 -I -S "$2" verify --host "$8" --port "$3" --api-key-file "$4" '
+        '--workflows "$5" --timeout "$6" --disabled-dir "$7" 2>&1',
         cfg.layout.api_container,
         paths.pyz,
         cfg.api_port,
@@ -114,6 +114,7 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
         paths.workflows,
         timeout,
         paths.disabled,
+        cfg.api_local_address,
     )
     answer: dict[str, Any] = {}
 
