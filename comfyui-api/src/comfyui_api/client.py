@@ -167,6 +167,10 @@ class ApiClient:
             raise ApiUnavailable(503, not_ready_detail(checks), body, _retry_after(resp))
         return ready_for(workflow, checks, body)
 
+    def openapi(self) -> dict[str, Any]:
+        """GET /openapi.json: the service's OpenAPI document (a path per served workflow)."""
+        return _json(self._send("GET", "/openapi.json"))
+
     def workflows(self) -> dict[str, Any]:
         """GET /workflows: each served workflow's summary, input schema and output nodes."""
         return _json(self._send("GET", "/workflows"))
