@@ -8,8 +8,8 @@ comfyfleet.deploys.tasks). The `comfyfleet common` CLI runs the same tasks.
 from pyinfra import host, inventory
 
 from comfyfleet.deploys.tasks import run_task
-from comfyfleet.inventory import pyinfra_cli_errors, validate_inventory
+from comfyfleet.inventory import host_config, pyinfra_cli_errors, validate_inventory
 
 with pyinfra_cli_errors():
     validate_inventory(inventory)  # every host, before any command runs on any of them
-    run_task(host.data.get("task", "status"))
+    run_task(host_config(host).task or "status")

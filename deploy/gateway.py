@@ -7,9 +7,10 @@ HAProxy on the gateway host, its backends generated from the GPU hosts of the gr
 from pyinfra import host, inventory
 
 from comfyfleet.deploys.gateway import GATEWAY_GROUP, backend_for, deploy_gateway
-from comfyfleet.inventory import pyinfra_cli_errors
+from comfyfleet.inventory import host_config, pyinfra_cli_errors, validate_inventory
 
 with pyinfra_cli_errors():
+    validate_inventory(inventory)  # every host, before any command; sets each host's `_sudo`
     if host in inventory.get_group(GATEWAY_GROUP, []):
-        gpu = inventory.get_group(str(host.data.get("gateway_backend_group", "gpu")), [])
+        gpu = inventory.get_group(host_config(host).gateway_backend_group, [])
         deploy_gateway(backends=[backend_for(h.name, h.data.dict()) for h in gpu])

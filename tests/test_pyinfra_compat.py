@@ -15,6 +15,7 @@ from pyinfra.operations import files, server
 
 from comfyfleet import pyinfra_compat as compat
 from comfyfleet.context import host_run, report
+from comfyfleet.inventory import run_data
 
 
 def test_a_real_local_run_exposes_what_comfyfleet_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -50,3 +51,20 @@ def test_known_hosts_memo_and_inner_generators_are_where_comfyfleet_looks() -> N
     assert callable(getattr(files.put, "_inner", None)), "@operation keeps the generator as _inner"
     commands = list(compat.inner_commands(server.shell, commands=["echo one", "echo two"]))
     assert [str(c) for c in commands] == ["echo one", "echo two"]
+
+
+def test_sudo_from_host_data_reaches_every_operation_that_does_not_pass_it() -> None:
+    # comfyfleet sets `_sudo` once per host (inventory.run_data) and never passes it (ARCHITECTURE.md):
+    # pyinfra's pop_global_arguments must keep taking a missing global argument from host data.
+    data = run_data("@local", {"ssh_user": "ubuntu"})
+    assert data["_sudo"] is True
+    inventory = Inventory(([("@local", data)], {}))
+    state = State(inventory, Config())
+    compat.connect_all(state)
+    (host,) = list(inventory)
+    add_op(state, server.shell, name="privileged", commands=["true"])
+    add_op(state, server.shell, name="as the ssh user", commands=["true"], _sudo=False)
+    first, second = state.get_op_order()
+    assert compat.op_arguments(state, host, first)["_sudo"] is True, "host data `_sudo` as the default"
+    assert compat.op_arguments(state, host, second)["_sudo"] is False, "an explicit argument wins"
+    compat.disconnect_all(state)

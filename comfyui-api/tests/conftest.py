@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comfyfleet.devkit.standin import Standin, free_port, stop_process
+from comfyfleet.devkit.api_process import ApiProcess
+from comfyfleet.devkit.standin import Standin, free_port  # noqa: F401 - tests import free_port from here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +96,7 @@ def write_workflows(directory: Path, files: dict[str, object]) -> Path:
     return directory
 
 
-class Api:
+class Api(ApiProcess):
     """One comfyui-api process (python -m comfyui_api, or a .pyz) on a free loopback port."""
 
     def __init__(
@@ -111,60 +110,27 @@ class Api:
         host: str = "127.0.0.1",
         open_outbound: bool = True,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        runner = [python or sys.executable] + ([str(pyz)] if pyz else ["-m", "comfyui_api"])
-        self.cmd = [
-            *runner,
-            "--comfyui-url",
-            comfy_url,
-            "--workflows",
-            str(workflows),
-            "--host",
-            host,
-            "--port",
-            str(self.port),
-            "--db",
-            str(db),
-            "--webhook-backoff",
-            "0.1",
-            *(extra or []),
-        ]
+        args = ["--comfyui-url", comfy_url, "--workflows", str(workflows), "--host", host]
+        args += ["--db", str(db), "--webhook-backoff", "0.1", *(extra or [])]
         if open_outbound:
             # These tests' image servers and webhook receivers live on loopback; tests/security keeps it closed.
-            self.cmd += ["--allow-outbound", "127.0.0.0/8"]
-        self.log_path = db.with_suffix(".log")
-        self.proc: subprocess.Popen | None = None
+            args += ["--allow-outbound", "127.0.0.0/8"]
+        super().__init__(args, db.with_suffix(".log"), python=python, pyz=pyz)
+        self.wait_workflows = True
 
-    def start(self, wait_workflows: bool = True) -> Api:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited {self.proc.returncode}: {self.log()}")
-            try:
-                h = httpx.get(self.url + "/health", timeout=1).json()
-                if not wait_workflows:
-                    return self
-                if "comfyui" in h and (h["workflows"] or h["comfyui"]["reachable"]):
-                    return self
-                # Keys required: /health is minimal without one, /ready says whether workflows loaded.
-                if "comfyui" not in h and httpx.get(self.url + "/ready", timeout=1).json().get("ready"):
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"API did not start: {self.log()}")
+    def start(self, wait_workflows: bool = True) -> Api:  # type: ignore[override]
+        self.wait_workflows = wait_workflows
+        super().start(self._started)
+        return self
 
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def _started(self, url: str) -> bool:
+        h = httpx.get(url + "/health", timeout=1).json()
+        if not self.wait_workflows:
+            return True
+        if "comfyui" in h:
+            return bool(h["workflows"] or h["comfyui"]["reachable"])
+        # Keys required: /health is minimal without one, /ready says whether workflows loaded.
+        return bool(httpx.get(url + "/ready", timeout=1).json().get("ready"))
 
     def __enter__(self) -> Api:
         return self.start()

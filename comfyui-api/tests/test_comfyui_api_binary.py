@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,8 @@ def test_artifact_serves_with_a_bare_python(version: str, pyz: Path, comfy: Comf
         r = httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 0x123456}}, timeout=30)
         assert r.status_code == 200, r.text
         assert base64.b64decode(r.json()["outputs"][0]["base64"])[:4] == b"\x89PNG"
+        # What verify-endpoints runs on a host: the same file's `verify` (the one client, vendored httpx).
+        verify = [python, "-I", "-S", str(pyz), "verify", "--port", str(api.port), "--workflows", str(wf)]
+        said = subprocess.run(verify, capture_output=True, text=True, timeout=120).stdout
+        [row] = json.loads(said.split("VERIFY ", 1)[1])["workflows"]
+        assert row["name"] == "tiny" and row["status"] == 200 and row["bytes"] > 0, said

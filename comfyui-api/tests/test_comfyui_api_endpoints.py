@@ -14,6 +14,8 @@ import httpx
 import pytest
 from conftest import EXAMPLES, INVERT, REAL_COMFYUI, ROOT, TINY, Api, Comfy, write_workflows
 
+from comfyfleet.devkit.api_process import png as make_png
+
 
 def png_info(data: bytes) -> tuple[int, int, tuple[int, int, int]]:
     """Width, height and first pixel of an 8-bit RGB PNG (filter byte 0 on row 0, as ComfyUI writes)."""
@@ -126,7 +128,7 @@ def test_outputs_as_urls_served_by_the_api(api: Api) -> None:
 @pytest.fixture(scope="module")
 def image_server() -> object:
     """A loopback HTTP server handing out a PNG and a non-image."""
-    png = _png_bytes()
+    png = make_png()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -146,26 +148,8 @@ def image_server() -> object:
     srv.shutdown()
 
 
-def _png_bytes(color: tuple[int, int, int] = (10, 200, 30), size: int = 8) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    raw = b"".join(b"\x00" + bytes(color) * size for _ in range(size))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_load_image_inputs_url_base64_and_filename(api: Api, image_server: str) -> None:
-    png = _png_bytes()
+    png = make_png()
     expect = (255 - 10, 255 - 200, 255 - 30)
     for value in (
         base64.b64encode(png).decode(),
@@ -187,7 +171,7 @@ def test_load_image_inputs_url_base64_and_filename(api: Api, image_server: str) 
 
 
 def test_upload_image_then_use_it_by_name(api: Api) -> None:
-    png = _png_bytes((0, 0, 0), 4)
+    png = make_png((0, 0, 0), 4)
     r = httpx.post(
         api.url + "/upload/image", files={"image": ("up.png", png, "image/png")}, data={"overwrite": "true"}
     )

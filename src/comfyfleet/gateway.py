@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from pyinfra import host
-
 from comfyfleet.deploys.gateway import GATEWAY_GROUP, SOCKET, backend_for
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway_config import BACKEND, Backend, server_name
@@ -51,9 +49,8 @@ def gateway_targets(inventory_file: str) -> tuple[list[HostSpec], list[Backend]]
 
 def _state_task(server: str, state: str, wait: str, timeout_s: int) -> Callable[[], None]:
     def set_state() -> None:
-        sudo = host.data.get("ssh_user", "root") != "root"
         haproxy.server_state(
-            name=f"{server}: {state}", socket=SOCKET, backend=BACKEND, server=server, state=state, _sudo=sudo
+            name=f"{server}: {state}", socket=SOCKET, backend=BACKEND, server=server, state=state
         )
         haproxy.wait_server(
             name=f"{server}: wait {wait}",
@@ -62,7 +59,6 @@ def _state_task(server: str, state: str, wait: str, timeout_s: int) -> Callable[
             server=server,
             until=wait,
             timeout_s=timeout_s,
-            _sudo=sudo,
         )
 
     return set_state

@@ -8,7 +8,9 @@ naming the host and the key. This is the one schema of host data: every key a ti
 the CLI reads is a field here, and any other key is refused before a command runs, with the
 closest known key as a suggestion (``api_prot`` → "did you mean api_port?"). pyinfra's own
 keys pass: connector settings (``ssh_*``, ...) and global arguments (``_sudo``, ...). ``_sudo``
-itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`).
+itself is set once per host from its config (:func:`validate_inventory`, :func:`run_data`): pyinfra
+takes a global argument missing from an operation call from host data, so no call passes it.
+URLs (apt, pip index, HF, CivitAI) must be http(s); ``hf_endpoint`` and the like lose a trailing ``/``.
 
 Keys and defaults (provider defaults in :data:`PROVIDER_DEFAULTS` apply first):
 
@@ -44,20 +46,20 @@ api_binary             ``dist/comfyui-api.pyz``                    tier 1: the a
 workflows_dir          ``workflows``                               local folder whose workflows the API serves
 api_listen             ``0.0.0.0``                                 address the API binds on the host
 api_keys_file          none (a key is generated on the host)       local file of API keys to install
-api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
+api_url                ``http://<ssh address>:<api_port>``         the endpoint URL; checks call https:// directly, else via SSH
 verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
 deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
-git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
+git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` (or ``a=b,c=d``)
 pip_index_url          none                                        tier 2: ``--index-url`` for packs' requirements
 node_install_via       ``auto``                                    tier 2: ``auto`` (cm-cli when usable) | ``git``
 hf_endpoint            none                                        tier 3: Hugging Face endpoint (a mirror)
 civitai_endpoint       none                                        tier 3: CivitAI API base (a mirror)
-models_parallel        ``3``                                       tier 3: files downloaded at once per host
+models_parallel        ``3``                                       tier 3: files downloaded at once per host (1-16)
 lock_file              ``<workflows_dir>/comfyfleet.lock.yaml``    tier 3: where computed hashes are recorded
 task                   ``status``                                  the task a run executes (``--data task=...``)
 workflow               none                                        a workflow file or folder the task works on
 update                 none                                        ``update``: comfyui | nodes | manager | api
-yes                    none                                        ``cleanup-models``: really delete
+yes                    ``false``                                   ``cleanup-models``: really delete
 cleanup_plan           none                                        ``cleanup-models``: the reviewed plan id to delete
 object_store_file      none                                        local JSON file: outputs to an S3-compatible bucket
 gpu_slots              ``1``                                       gateway: generations a host runs at once
@@ -82,6 +84,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,6 +123,16 @@ _REPO = re.compile(r"^(https?://|ssh://|git@|file://|/)[A-Za-z0-9._~:/?#@%+=,-]+
 _PREFIX = re.compile(r"^[a-z0-9][a-z0-9_.-]*$|^$")
 
 
+def git_mirrors(value: Any) -> dict[str, str]:
+    """``git_mirrors`` host data as a dict (accepts a dict or ``a=b,c=d`` text)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = [p.split("=", 1) for p in str(value).split(",") if "=" in p]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def _abs_path(value: str, what: str) -> str:
     if not _ABS_PATH.match(value) or "/../" in f"{value}/" or "//" in value:
         raise ValueError(f"{what} must be an absolute path of letters, digits and ._+@- (got {value!r})")
@@ -154,25 +167,25 @@ class HostConfig(BaseModel):
     export_dir: str | None = None
     # Tier 1, the API service, and how the operator's machine reaches it (comfyfleet.deploys.api).
     api_binary: str | None = None
-    workflows_dir: str | None = None
+    workflows_dir: str = "workflows"
     api_listen: str = "0.0.0.0"
     api_keys_file: str | None = None
     api_url: str | None = None
     verify_timeout: int = Field(default=600, ge=1, le=86400)
-    deploy_api: str | bool = "auto"
+    deploy_api: Literal["auto"] | bool = "auto"
     # Tiers 2-3: node packs and models (comfyfleet.deploys.nodes, comfyfleet.deploys.models).
-    git_mirrors: dict[str, str] | str | None = None
+    git_mirrors: dict[str, str] = Field(default_factory=dict)
     pip_index_url: str | None = None
-    node_install_via: str | None = None
+    node_install_via: Literal["auto", "git"] = "auto"
     hf_endpoint: str | None = None
     civitai_endpoint: str | None = None
-    models_parallel: int | None = None
+    models_parallel: int = Field(default=3, ge=1, le=16)
     lock_file: str | None = None
     # What one run was asked to do (set by `comfyfleet common`, ship, or --data on pyinfra's CLI).
     task: str | None = None
     workflow: str | None = None
-    update: str | None = None
-    yes: bool | str | None = None
+    update: Literal["comfyui", "nodes", "manager", "api"] | None = None
+    yes: bool = False
     cleanup_plan: str | None = None
     # Outputs in an S3-compatible bucket (comfyfleet.deploys.object_store).
     object_store_file: str | None = None
@@ -216,6 +229,11 @@ class HostConfig(BaseModel):
             raise ValueError(f"must be 'auto' or a /dev/... path (got {v!r})")
         return v
 
+    @field_validator("git_mirrors", mode="before")
+    @classmethod
+    def _mirrors(cls, v: Any) -> Any:
+        return git_mirrors(v)
+
     @field_validator("comfyui_repo")
     @classmethod
     def _repo(cls, v: str) -> str:
@@ -257,9 +275,11 @@ class HostConfig(BaseModel):
             raise ValueError(f"must be lower-case letters, digits and ._- (got {v!r})")
         return v
 
-    @field_validator("docker_apt_url", "nvidia_apt_url")
+    @field_validator("docker_apt_url", "nvidia_apt_url", "pip_index_url", "hf_endpoint", "civitai_endpoint")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", v):
             raise ValueError(f"must be an http(s) URL (got {v!r})")
         return v.rstrip("/")
@@ -282,6 +302,15 @@ class HostConfig(BaseModel):
             raise ValueError("comfyui_port and api_port must differ")
         return self
 
+    def given(self, key: str) -> bool:
+        """The host data (or the provider's defaults) set ``key``: it is not the field's default."""
+        return key in self.model_fields_set
+
+    @property
+    def lock_path(self) -> str:
+        """Where tier 3 records computed hashes: ``lock_file``, else the workflows folder's lock."""
+        return self.lock_file or str(Path(self.workflows_dir) / "comfyfleet.lock.yaml")
+
     @property
     def sudo(self) -> bool:
         """Privileged commands go through sudo unless pyinfra logs in as root."""
@@ -294,10 +323,17 @@ class HostConfig(BaseModel):
     @property
     def comfyui_url(self) -> str:
         """Where ComfyUI answers, seen from the host itself."""
-        addr = "127.0.0.1" if self.comfyui_listen in ("0.0.0.0", "::") else self.comfyui_listen
-        if ":" in addr:
-            addr = f"[{addr}]"
-        return f"http://{addr}:{self.comfyui_port}"
+        return _local_url(self.comfyui_listen, self.comfyui_port)
+
+    @property
+    def api_local_address(self) -> str:
+        """The address the API service answers on, seen from the host itself (an SSH tunnel's far end)."""
+        return _local_address(self.api_listen)
+
+    @property
+    def api_local_url(self) -> str:
+        """Where the API service answers, seen from the host itself."""
+        return _local_url(self.api_listen, self.api_port)
 
 
 @dataclass(frozen=True)
@@ -390,7 +426,12 @@ _PYINFRA_PREFIXES = ("ssh_", "_", "winrm_", "docker_", "chroot_", "vagrant_", "t
 
 def validate_host_data(name: str, data: dict[str, Any], provider: str | None = None) -> HostConfig:
     """Validate one host's data dict; raise BadInput naming the host and the key."""
-    prov = provider or data.get("provider") or "generic"
+    named = data.get("provider")
+    if provider and named and named != provider:
+        raise BadInput(
+            f"host {name}: provider is {named!r} in the host data but the {provider} deploy was run"
+        )
+    prov = provider or named or "generic"
     if prov not in PROVIDER_DEFAULTS:
         raise BadInput(f"host {name}: provider {prov!r} is unknown: use lambda, datacrunch or generic")
     for key in data:
@@ -402,7 +443,8 @@ def validate_host_data(name: str, data: dict[str, Any], provider: str | None = N
     _check_connection_data(name, data)
     merged: dict[str, Any] = dict(PROVIDER_DEFAULTS[prov])
     merged.update({k: v for k, v in data.items() if k in _KNOWN and v is not None})
-    merged["provider"] = prov
+    if provider or named:
+        merged["provider"] = prov  # unnamed, it stays a default: HostConfig.given("provider") is False
     try:
         return HostConfig(**merged)
     except ValidationError as exc:
@@ -430,7 +472,7 @@ def host_config(host: Host, provider: str | None = None) -> HostConfig:
     """The validated config of a pyinfra host (kept in the run's context, see :mod:`comfyfleet.context`)."""
     run = host_run(host)
     cfg = run.config
-    if cfg is None or (provider and cfg.provider != provider and not host.data.get("provider")):
+    if cfg is None or (provider and cfg.provider != provider):
         cfg = run.config = validate_host_data(host.name, host.data.dict(), provider)
     return cfg
 
@@ -463,3 +505,13 @@ def pyinfra_cli_errors() -> Iterator[None]:
         yield
     except BadInput as exc:
         raise InventoryError(str(exc)) from None
+
+
+def _local_address(listen: str) -> str:
+    """The address a service bound to ``listen`` answers on from the host itself."""
+    return "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+
+
+def _local_url(listen: str, port: int) -> str:
+    addr = _local_address(listen)
+    return f"http://[{addr}]:{port}" if ":" in addr else f"http://{addr}:{port}"

@@ -156,6 +156,10 @@ def test_update_binary_restart_and_verify_on_two_hosts(
             assert row[1] == "yes" and row[2] == "200" and int(row[4]) > 0 and row[6] == "ok", row
         checks = {r[0]: r[1] for r in h.report.sections["comfyui-api"].rows}
         assert checks == {"/health": "ok", "/ready": "ok"}
+        # `comfyui-api verify` read the key on the host: it is in nothing the operator's side got back.
+        host = next(x for x in hosts if x.name == name)
+        key = host.exec(f"cat {host.data_root}/api/api-keys", user="root").stdout.strip()
+        assert len(key) >= 16 and key not in repr(h), "the API key left the host"
 
     # A new artifact: uploaded, the API container recreated, ComfyUI's left alone.
     changed_pyz = tmp_path / "changed.pyz"

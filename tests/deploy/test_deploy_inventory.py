@@ -73,6 +73,14 @@ def test_provider_defaults_apply_and_host_data_wins() -> None:
         ({"component": "everything"}, "host gpu1: component: "),
         ({"provider": "datacrunch", "data_root": "/opt/cf"}, "must be under block_mount /mnt/data"),
         ({"api_port": 8188}, "comfyui_port and api_port must differ"),
+        ({"models_parallel": 50}, "host gpu1: models_parallel: "),
+        ({"models_paralel": 4}, "unknown key 'models_paralel': did you mean models_parallel?"),
+        ({"node_install_via": "pip"}, "host gpu1: node_install_via: "),
+        ({"pip_index_url": "ftp://mirror;id"}, "host gpu1: pip_index_url: must be an http(s) URL"),
+        ({"hf_endpoint": "http://x/$(id)"}, "host gpu1: hf_endpoint: must be an http(s) URL"),
+        ({"deploy_api": "sometimes"}, "host gpu1: deploy_api: "),
+        ({"update": "everything"}, "host gpu1: update: "),
+        ({"yes": "maybe"}, "host gpu1: yes: "),
     ],
 )
 def test_invalid_host_data_names_host_and_key(data: dict, message: str) -> None:
@@ -179,3 +187,31 @@ def test_host_config_cache_is_keyed_by_the_real_host_not_pyinfra_s_proxy() -> No
         getattr(key, "name", None) == "@local" and key.data.get("data_root") == "/tmp/cf-a"
         for key in context._RUNS.keys()
     )
+
+
+def test_tier_keys_are_parsed_once_into_their_types() -> None:
+    cfg = inv.validate_host_data(
+        "h",
+        {"git_mirrors": "https://github.com/=http://m/,https://gitlab.com/=http://g/", "deploy_api": "false"}
+        | {
+            "yes": "true",
+            "models_parallel": "4",
+            "hf_endpoint": "http://127.0.0.1:9000/",
+            "workflows_dir": "wf",
+        },
+    )
+    assert cfg.git_mirrors == {"https://github.com/": "http://m/", "https://gitlab.com/": "http://g/"}
+    assert cfg.deploy_api is False and cfg.yes is True and cfg.models_parallel == 4
+    assert cfg.hf_endpoint == "http://127.0.0.1:9000" and cfg.lock_path == "wf/comfyfleet.lock.yaml"
+    defaults = inv.validate_host_data("h", {})
+    assert (defaults.deploy_api, defaults.node_install_via, defaults.models_parallel) == ("auto", "auto", 3)
+    assert not defaults.given("provider") and inv.validate_host_data("h", {"provider": "lambda"}).given(
+        "provider"
+    )
+
+
+def test_a_deploy_for_another_provider_than_the_host_data_names_is_refused() -> None:
+    with pytest.raises(
+        BadInput, match="host h: provider is 'datacrunch' in the host data but the lambda deploy"
+    ):
+        inv.validate_host_data("h", {"provider": "datacrunch"}, "lambda")

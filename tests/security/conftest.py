@@ -10,13 +10,8 @@ rewrite, so DNS answers can change between a check and a connect (DNS rebinding)
 from __future__ import annotations
 
 import json
-import os
-import struct
-import subprocess
-import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from comfyfleet.devkit.standin import Standin, free_port, stop_process
+from comfyfleet.devkit.api_process import ApiProcess, png
+from comfyfleet.devkit.standin import Standin
 
-ROOT = Path(__file__).resolve().parents[2]
 ALICE, BOB, ADMIN = "alice-" + "a" * 26, "bob-" + "b" * 28, "admin-" + "c" * 26
 SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="
 PUBLIC = "127.0.0.2"  # allowed by the API's --allow-outbound: stands for a public address
@@ -104,24 +99,6 @@ WORKFLOWS: dict[str, Any] = {
 }
 
 
-def png(color: tuple[int, int, int] = (10, 200, 30), size: int = 8) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    raw = b"".join(b"\x00" + bytes(color) * size for _ in range(size))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
@@ -186,7 +163,7 @@ class Site:
         self.server.server_close()
 
 
-class Api:
+class Api(ApiProcess):
     """comfyui-api started as the hosts run it (python -m comfyui_api), in its own mount namespace."""
 
     def __init__(
@@ -198,8 +175,7 @@ class Api:
         hosts: str = "127.0.0.1 localhost\n",
     ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        self.tmp, self.port, self.comfy = tmp, free_port(), comfy
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp, self.comfy = tmp, comfy
         self.hosts = tmp / "hosts"
         self.hosts.write_text(hosts)
         self.db = tmp / "api.sqlite3"
@@ -208,56 +184,16 @@ class Api:
         for name, graph in WORKFLOWS.items():
             (wf / f"{name}.json").write_text(json.dumps(graph))
         (tmp / "secret").write_text(SECRET)
-        args = [
-            sys.executable,
-            "-m",
-            "comfyui_api",
-            "--comfyui-url",
-            comfy.url,
-            "--workflows",
-            str(wf),
-            "--port",
-            str(self.port),
-            "--db",
-            str(self.db),
-            "--webhook-secret-file",
-            str(tmp / "secret"),
-            "--webhook-attempts",
-            "1",
-            "--comfyui-output-dir",
-            str(comfy.base_dir / "output"),
-            *extra,
-        ]
+        args = ["--comfyui-url", comfy.url, "--workflows", str(wf), "--db", str(self.db)]
+        args += ["--webhook-secret-file", str(tmp / "secret"), "--webhook-attempts", "1"]
+        args += ["--comfyui-output-dir", str(comfy.base_dir / "output"), *extra]
         if keys:
             (tmp / "keys").write_text(f"# callers\n{ALICE}\n{BOB}\n{ADMIN} admin\n")
             args += ["--api-key-file", str(tmp / "keys")]
         # Its own /etc/hosts: the tests decide what names resolve to, and may change it mid-request.
-        self.cmd = [
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            'mount --bind "$0" /etc/hosts && exec "$@"',
-            str(self.hosts),
-            *args,
-        ]
-        self.log_path = tmp / "api.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited {self.proc.returncode}: {self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).json().get("ready"):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"API did not get ready: {self.log()}")
+        wrap = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(self.hosts)]
+        super().__init__(args, tmp / "api.log", wrap=wrap)
+        self.start(lambda url: httpx.get(url + "/ready", timeout=1).json().get("ready"), timeout=30)
 
     def run(self, key: str | None, workflow: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
         return httpx.post(
@@ -267,12 +203,6 @@ class Api:
             timeout=kw.pop("timeout", 30),
             **kw,
         )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        stop_process(self.proc)
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from comfyfleet.devkit.standin import Standin, free_port, stop_process
+from comfyfleet.devkit.api_process import ApiProcess
+from comfyfleet.devkit.standin import Standin
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -52,8 +50,8 @@ class RealApi:
         for name, text in (extra_workflows or {}).items():
             (self.workflows / name).write_text(text)
         self.comfy = Standin(root / "comfyui")
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.api: ApiProcess | None = None
+        self.port = 0
 
     @property
     def url(self) -> str:
@@ -65,37 +63,13 @@ class RealApi:
         for folder, names in EXAMPLE_MODELS.items():
             for name in names:
                 (self.comfy.models(folder) / name).write_bytes(b"\0" * 64)
-        log = (self.root / "api.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "comfyui_api",
-                "--comfyui-url",
-                self.comfy.url,
-                "--workflows",
-                str(self.workflows),
-                "--port",
-                str(self.port),
-                "--db",
-                str(self.root / "api.sqlite3"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"comfyui-api did not start: {(self.root / 'api.log').read_text()[-2000:]}")
+        args = ["--comfyui-url", self.comfy.url, "--workflows", str(self.workflows)]
+        self.api = ApiProcess([*args, "--db", str(self.root / "api.sqlite3")], self.root / "api.log")
+        self.port = self.api.port
+        self.api.start(lambda url: httpx.get(f"{url}/health", timeout=1).status_code == 200, timeout=30)
+        return self
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.api is not None:
+            self.api.stop()
         self.comfy.stop()

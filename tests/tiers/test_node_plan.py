@@ -10,13 +10,13 @@ import yaml
 
 from comfyfleet.deploys.nodes import (
     clone_url,
-    git_mirrors,
     load_manifests,
     needed_packs,
     pack_dir,
 )
 from comfyfleet.errors import BadInput
 from comfyfleet.facts.hostside import parse_tagged
+from comfyfleet.inventory import git_mirrors
 from comfyfleet.manifest import Manifest, NodePack, Unresolved, UnresolvedNode
 
 

@@ -7,9 +7,10 @@ import json
 import logging
 import pkgutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from comfyui_api import __version__, object_store
+from comfyui_api import __version__, object_store, verify
 from comfyui_api.settings import ConfigError, Settings, read_key_file
 
 
@@ -24,26 +25,74 @@ def build_info() -> dict[str, str]:
     return {"version": __version__, "build": "development"}
 
 
+# (flag, Settings field, help): the option sets that field, and its default is the field's default
+# (its type too). Settings is the one definition; the other options are converted in settings_from_args.
+FIELDS = [
+    ("--comfyui-url", "comfyui_url", "ComfyUI's base URL"),
+    ("--workflows", "workflows_dir", "folder of workflow JSON files"),
+    ("--host", "host", "address to listen on (beyond loopback needs API keys)"),
+    ("--port", "port", "port to listen on"),
+    ("--db", "db_path", "SQLite execution log"),
+    ("--rate-limit", "rate_limit_per_minute", "requests per minute per API key"),
+    ("--rate-burst", "rate_limit_burst", "requests a key may send at once"),
+    ("--sync-timeout", "sync_timeout_s", "seconds a sync request waits (504 beyond)"),
+    ("--queue-limit", "queue_limit", "jobs in flight before 429"),
+    ("--retry-after", "retry_after_s", "Retry-After seconds on 503/429"),
+    ("--webhook-attempts", "webhook_max_attempts", "deliveries tried per webhook"),
+    ("--webhook-backoff", "webhook_backoff_s", "first retry delay in seconds (doubles)"),
+    ("--max-jobs-per-key", "max_jobs_per_key", "jobs one key may have in flight (429 beyond)"),
+    ("--max-fetches-per-key", "max_fetches_per_key", "image URL downloads one key may run at once"),
+    ("--fetch-deadline", "fetch_deadline_s", "seconds one image URL download may take"),
+    ("--max-steps", "max_steps", "largest 'steps' a caller may ask for"),
+    ("--max-batch", "max_batch", "largest 'batch_size' a caller may ask for"),
+    ("--max-pixels", "max_pixels", "largest width x height a caller may ask for"),
+    ("--auth-failures-per-minute", "auth_failures_per_minute", "wrong keys one address may send per minute "
+     "before it is answered 429"),
+    ("--output-retention-hours", "output_retention_hours", "delete served outputs (ComfyUI's output/api/) "
+     "older than this; 0 keeps them (needs --comfyui-output-dir)"),
+    ("--job-id-prefix", "job_id_prefix", "start every job id with this (a gateway routes by it)"),
+]  # fmt: skip
+PATHS = [
+    ("--disabled-dir", "disabled_dir", "folder of stop markers: a file named <workflow> here makes that "
+     "endpoint answer 404 (checked each second, no restart needed)"),
+    ("--comfyui-output-dir", "comfyui_output_dir", "ComfyUI's output folder, read directly when on this host"),
+]  # fmt: skip
+LISTS = [
+    ("--allow-outbound", "allow_outbound", "let image URLs and webhooks reach this non-public network too"),
+    ("--trusted-proxy", "trusted_proxies", "believe X-Forwarded-For from this reverse proxy address"),
+]  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="comfyui-api",
-        description="Serve every workflow in a folder as POST /workflows/<name> in front of ComfyUI.",
+        description="Serve every workflow in a folder as POST /workflows/<name> in front of ComfyUI. "
+        "`comfyui-api verify --help`: check a running service from its host.",
         epilog="example: python3 comfyui-api.pyz --comfyui-url http://127.0.0.1:8188 --workflows ./workflows "
         "--host 0.0.0.0 --port 3000 --db ./api.sqlite3 --api-key-file ./api-keys",
     )
-    p.add_argument("--comfyui-url", default="http://127.0.0.1:8188", help="ComfyUI's base URL")
-    p.add_argument("--workflows", type=Path, default=Path("workflows"), help="folder of workflow JSON files")
+    defaults = Settings()
+    for flag, name, text in FIELDS:
+        default = getattr(defaults, name)
+        p.add_argument(flag, dest=name, type=type(default), default=default, help=text)
+    for flag, name, text in PATHS:
+        p.add_argument(flag, dest=name, type=Path, help=text)
+    for flag, name, text in LISTS:
+        p.add_argument(
+            flag, dest=name, action="append", default=[], metavar="CIDR", help=text + " (repeatable)"
+        )
     p.add_argument(
-        "--disabled-dir",
-        type=Path,
-        help="folder of stop markers: a file named <workflow> here makes that endpoint answer 404 "
-        "(checked each second, no restart needed)",
+        "--outputs",
+        dest="output_mode",
+        choices=["base64", "url"],
+        default=defaults.output_mode,
+        help="default output mode",
     )
+    p.add_argument("--public-url", default=defaults.public_url, help="base URL used in output download links")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (beyond loopback needs API keys)"
+        "--warmup", action="store_true", help="run every workflow once at start; /ready waits for it"
     )
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--db", type=Path, default=Path("comfyui-api.sqlite3"), help="SQLite execution log")
+    # Converted: read from files, inverted, scaled.
     p.add_argument(
         "--api-key-file",
         type=Path,
@@ -54,72 +103,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve beyond loopback without API keys (not recommended)",
     )
-    p.add_argument("--rate-limit", type=int, default=120, help="requests per minute per API key")
-    p.add_argument("--rate-burst", type=int, default=30, help="requests a key may send at once")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 beyond)")
     p.add_argument(
-        "--sync-timeout", type=float, default=600.0, help="seconds a sync request waits (504 beyond)"
-    )
-    p.add_argument("--queue-limit", type=int, default=64, help="jobs in flight before 429")
-    p.add_argument("--retry-after", type=int, default=5, help="Retry-After seconds on 503/429")
-    p.add_argument("--outputs", choices=["base64", "url"], default="base64", help="default output mode")
-    p.add_argument(
-        "--comfyui-output-dir", type=Path, help="ComfyUI's output folder, read directly when on this host"
-    )
-    p.add_argument("--public-url", default="", help="base URL used in output download links")
-    p.add_argument("--webhook-secret-file", type=Path, help="file holding the whsec_... signing secret")
-    p.add_argument("--webhook-attempts", type=int, default=5)
-    p.add_argument(
-        "--webhook-backoff", type=float, default=1.0, help="first retry delay in seconds (doubles)"
-    )
-    p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
-    p.add_argument(
-        "--allow-outbound",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="let image URLs and webhooks reach this non-public network too (repeatable)",
-    )
-    p.add_argument(
-        "--trusted-proxy",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="believe X-Forwarded-For from this reverse proxy address (repeatable)",
-    )
-    p.add_argument(
-        "--max-jobs-per-key", type=int, default=8, help="jobs one key may have in flight (429 beyond)"
-    )
-    p.add_argument(
-        "--max-fetches-per-key", type=int, default=4, help="image URL downloads one key may run at once"
-    )
-    p.add_argument(
-        "--fetch-deadline", type=float, default=20.0, help="seconds one image URL download may take"
-    )
-    p.add_argument("--max-steps", type=int, default=150, help="largest 'steps' a caller may ask for")
-    p.add_argument("--max-batch", type=int, default=16, help="largest 'batch_size' a caller may ask for")
-    p.add_argument(
-        "--max-pixels", type=int, default=4096 * 4096, help="largest width x height a caller may ask for"
-    )
-    p.add_argument(
-        "--auth-failures-per-minute",
-        type=int,
-        default=10,
-        help="wrong keys one address may send per minute before it is answered 429",
-    )
-    p.add_argument(
-        "--output-retention-hours",
+        "--max-body-mb",
         type=float,
-        default=24.0,
-        help="delete served outputs (ComfyUI's output/api/) older than this; 0 keeps them "
-        "(needs --comfyui-output-dir)",
+        default=defaults.max_body_bytes / 2**20,
+        help="largest request body (413 beyond)",
     )
-    p.add_argument(
-        "--warmup", action="store_true", help="run every workflow once at start; /ready waits for it"
-    )
-    p.add_argument(
-        "--job-id-prefix", default="", help="start every job id with this (a gateway routes by it)"
-    )
+    p.add_argument("--webhook-secret-file", type=Path, help="file holding the whsec_... signing secret")
+    p.add_argument("--no-url-inputs", action="store_true", help="refuse image inputs given as URLs")
     p.add_argument(
         "--object-store", type=Path, help="JSON file: S3-compatible bucket for outputs (holds credentials)"
     )
@@ -129,8 +120,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from parsed options: every option named after a field as given, the rest converted."""
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     scoped = read_key_file(args.api_key_file) if args.api_key_file else []
-    keys = [k for k, _ in scoped]
     secret = ""
     if args.webhook_secret_file:
         try:
@@ -139,47 +131,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise ConfigError(
                 f"{args.webhook_secret_file}: cannot read webhook secret ({exc.strerror or exc})"
             ) from None
-    return Settings(
-        comfyui_url=args.comfyui_url,
-        workflows_dir=args.workflows,
-        disabled_dir=args.disabled_dir,
-        host=args.host,
-        port=args.port,
-        db_path=args.db,
-        api_keys=keys,
+    converted = dict(
+        api_keys=[k for k, _ in scoped],
+        admin_keys=[k for k, scope in scoped if scope == "admin"],
         require_api_key=False if args.allow_unauthenticated else None,
-        rate_limit_per_minute=args.rate_limit,
-        rate_limit_burst=args.rate_burst,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        sync_timeout_s=args.sync_timeout,
-        queue_limit=args.queue_limit,
-        retry_after_s=args.retry_after,
-        output_mode=args.outputs,
-        comfyui_output_dir=args.comfyui_output_dir,
         public_url=args.public_url.rstrip("/"),
         webhook_secret=secret,
-        webhook_max_attempts=args.webhook_attempts,
-        webhook_backoff_s=args.webhook_backoff,
         allow_url_inputs=not args.no_url_inputs,
-        warmup=args.warmup,
         build_info=build_info(),
-        admin_keys=[k for k, scope in scoped if scope == "admin"],
-        allow_outbound=args.allow_outbound,
-        trusted_proxies=args.trusted_proxy,
-        max_jobs_per_key=args.max_jobs_per_key,
-        max_fetches_per_key=args.max_fetches_per_key,
-        fetch_deadline_s=args.fetch_deadline,
-        max_steps=args.max_steps,
-        max_batch=args.max_batch,
-        max_pixels=args.max_pixels,
-        auth_failures_per_minute=args.auth_failures_per_minute,
-        output_retention_hours=args.output_retention_hours,
-        job_id_prefix=args.job_id_prefix,
         object_store=object_store.load(args.object_store) if args.object_store else None,
     )
+    return Settings(**{**given, **converted})
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        sys.exit(verify.main(argv[1:]))
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,20 +1,7 @@
 """Tier 1: the comfyui-api service on a host — artifact, workflows, API keys, container, verification.
 
-Host data read here (besides :mod:`comfyfleet.inventory`'s ``api_port``):
-
-==================  ==============================  ==============================================
-key                 default                         meaning
-==================  ==============================  ==============================================
-api_binary          ``dist/comfyui-api.pyz``        the artifact built by ``scripts/build-binary``
-workflows_dir       ``workflows``                   local folder whose ``*.json`` / ``*.api.yaml``
-                                                    become the API's endpoints
-api_listen          ``0.0.0.0``                     address the API binds on the host
-api_keys_file       none                            local file of API keys to install; without it
-                                                    one random key is generated on the host
-                                                    (root-only ``<data_root>/api/api-keys``)
-verify_timeout      ``600``                         seconds ``verify-endpoints`` waits for /ready
-                                                    and for each generation
-==================  ==============================  ==============================================
+Host data: ``api_binary``, ``workflows_dir``, ``api_listen``, ``api_keys_file``, ``verify_timeout``
+(:mod:`comfyfleet.inventory` documents and validates every key).
 
 Everything lives in ``<data_root>/api``: ``comfyui-api.pyz``, ``workflows/``,
 ``executions.sqlite3``, ``api-keys`` and ``disabled/`` (stop markers: the API does not serve a
@@ -30,7 +17,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -51,10 +38,9 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 WORKFLOW_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(\.json|\.api\.yaml)$")
 
 
-def local_artifact(data: Any) -> Path:
-    """The .pyz to upload; BadInput saying how to build it when absent."""
-    given = data.get("api_binary")
-    path = Path(str(given)) if given else REPO_ROOT / "dist" / "comfyui-api.pyz"
+def local_artifact(given: str | None) -> Path:
+    """The .pyz to upload (host data ``api_binary``); BadInput saying how to build it when absent."""
+    path = Path(given) if given else REPO_ROOT / "dist" / "comfyui-api.pyz"
     if not path.is_file():
         raise BadInput(
             f"{path}: no comfyui-api artifact; build it with scripts/build-binary (or set api_binary)"
@@ -62,9 +48,9 @@ def local_artifact(data: Any) -> Path:
     return path
 
 
-def local_workflow_files(data: Any) -> dict[str, Path]:
+def local_workflow_files(workflows_dir: str) -> dict[str, Path]:
     """Workflow files the API serves (name → local path); anything else in the folder stays local."""
-    folder = Path(str(data.get("workflows_dir") or "workflows"))
+    folder = Path(workflows_dir)
     if not folder.is_dir():
         raise BadInput(f"{folder}: workflows folder not found; set workflows_dir")
     out = {}
@@ -120,9 +106,9 @@ def api_spec(
 def deploy_api() -> None:
     """Upload the artifact (only when changed), sync workflows, keys, run the container, wait for /health."""
     cfg = host_config(host)
-    artifact = local_artifact(host.data)
+    artifact = local_artifact(cfg.api_binary)
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    workflows = local_workflow_files(host.data)
+    workflows = local_workflow_files(cfg.workflows_dir)
     paths = ApiPaths.for_config(cfg)
     files.directory(name="API folder", path=paths.dir, mode="755")
     files.directory(name="API workflows folder", path=paths.workflows, mode="755")
@@ -157,7 +143,7 @@ def deploy_api() -> None:
     )
     docker.wait_http(
         name="comfyui-api health",
-        url=f"http://127.0.0.1:{cfg.api_port}/health",
+        url=f"{cfg.api_local_url}/health",
         container=cfg.layout.api_container,
         timeout=cfg.health_timeout,
     )

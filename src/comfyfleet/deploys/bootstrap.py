@@ -23,12 +23,7 @@ from comfyfleet.operations import block, docker
 @deploy("Provider bootstrap")
 def provision(provider: str | None = None) -> None:
     """Bootstrap the current host for ``provider`` and deploy the ComfyUI runtime on it."""
-    given = host.data.get("provider")
-    if provider and given and given != provider:
-        raise BadInput(
-            f"host {host.name}: provider is {given!r} in the host data but the {provider} deploy was run"
-        )
-    cfg = host_config(host, provider)
+    cfg = host_config(host, provider)  # a different provider in the host data: BadInput
     requests = [(ContainerHost, {"user": cfg.ssh_user}), *runtime_facts(cfg, cfg.comfyui_ref)]
     if cfg.block_device:
         requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
@@ -47,9 +42,9 @@ def provision(provider: str | None = None) -> None:
 @task("bootstrap")
 def bootstrap_task() -> None:
     """Provider bootstrap for the provider named in the host data (``--data provider=...``)."""
-    provider = host.data.get("provider")
-    if not provider:
+    cfg = host_config(host)
+    if not cfg.given("provider"):
         raise BadInput(
             f"host {host.name}: no provider: pass --provider lambda|datacrunch or set provider in its data"
         )
-    provision(provider)
+    provision(cfg.provider)

@@ -41,7 +41,7 @@ UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
 def deploy_all() -> None:
     """ComfyUI core, nodes, models, API, restart, verify: one converging pass."""
     cfg = host_config(host)
-    manifests = load_manifests(None, str(host.data.get("workflows_dir") or "workflows"))
+    manifests = load_manifests(None, cfg.workflows_dir)
     # Refuse bad input (unsafe model names, unresolved classes) before anything runs.
     packs, core = needed_packs(manifests)
     models = needed_models(manifests)
@@ -51,7 +51,6 @@ def deploy_all() -> None:
     prefetch.prefetch(
         name="Read host state",
         requests=[*runtime_facts(cfg, cfg.comfyui_ref), staged_facts(cfg, scripts, plans)],
-        _sudo=cfg.sudo,
     )
     deploy_runtime(prefetched=True)
     staged = stage(cfg, scripts, plans, "Host scripts and plans")
@@ -72,12 +71,12 @@ def api_step() -> Callable[[], None] | None:
     """
     tasks.load_all()
     api = tasks.TASKS.get("update-binary")
-    mode = str(host.data.get("deploy_api", "auto")).lower()
-    if mode in ("false", "no", "0") or api is None:
+    cfg = host_config(host)
+    if cfg.deploy_api is False or api is None:
         return None
-    if mode == "auto":
+    if cfg.deploy_api == "auto":
         try:
-            local_artifact(host.data)
+            local_artifact(cfg.api_binary)
         except BadInput as exc:
             report(host).note(f"API service skipped: {exc}")
             return None
@@ -93,18 +92,18 @@ def deploy_all_task() -> None:
 @task("update")
 def update_task() -> None:
     """``--data update=comfyui|nodes|manager|api`` moves one component (``component`` works too)."""
-    component = str(host.data.get("update") or host.data.get("component") or "")
+    cfg = host_config(host)
+    component = cfg.update or (cfg.component if cfg.given("component") else "")
     if component not in UPDATE_COMPONENTS:
         raise BadInput(
             f"host {host.name}: update must be one of {', '.join(UPDATE_COMPONENTS)} (got {component!r})"
         )
-    cfg = host_config(host)
     if component == "comfyui":
         update_core(cfg.ref or cfg.comfyui_ref)  # type: ignore[call-arg, arg-type]  # pyinfra's @deploy typing
     elif component in ("nodes", "manager"):
         # ComfyUI-Manager is a node pack (or the pip package pinned by ComfyUI itself): the
         # packs update covers the first, a runtime deploy reinstalls the second.
-        install_nodes(load_manifests(None, str(host.data.get("workflows_dir") or "workflows")), update=True)
+        install_nodes(load_manifests(None, cfg.workflows_dir), update=True)
     else:
         tasks.load_all()
         api = tasks.TASKS.get("update-binary")

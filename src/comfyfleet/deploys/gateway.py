@@ -40,7 +40,7 @@ from pyinfra.operations import apt
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway_config import Backend, GatewaySettings, render, server_name
-from comfyfleet.inventory import address_problem
+from comfyfleet.inventory import address_problem, host_config
 from comfyfleet.operations import haproxy
 
 GATEWAY_GROUP = "gateway"
@@ -115,24 +115,19 @@ def deploy_gateway(backends: list[Backend] | None = None) -> None:
 
     ``backends`` default to the ``gateway_backends`` data the CLI passes (a list of Backend fields).
     """
-    data = host.data
+    cfg = host_config(host)
     if backends is None:
-        backends = [Backend(**b) for b in data.get("gateway_backends") or []]
+        backends = [Backend(**b) for b in cfg.gateway_backends or []]
     if not backends:
         raise BadInput(
             f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)"
         )
-    settings = gateway_settings(host.name, data)
-    sudo = data.get("ssh_user", "root") != "root"
-    apt.packages(
-        name="HAProxy and socat", packages=["haproxy", "socat"], update=True, cache_time=3600, _sudo=sudo
-    )
-    cert = data.get("gateway_cert_file")
+    settings = gateway_settings(host.name, cfg.model_dump())
+    apt.packages(name="HAProxy and socat", packages=["haproxy", "socat"], update=True, cache_time=3600)
+    cert = cfg.gateway_cert_file
     if cert:
-        haproxy.certificate(
-            name="gateway certificate", pem=read_pem(str(cert), f"gateway host {host.name}"), _sudo=sudo
-        )
-    haproxy.config(name="gateway configuration", content=render(backends, settings), _sudo=sudo)
+        haproxy.certificate(name="gateway certificate", pem=read_pem(str(cert), f"gateway host {host.name}"))
+    haproxy.config(name="gateway configuration", content=render(backends, settings))
 
 
 def deploy_gateway_task() -> None:
@@ -143,6 +138,4 @@ def deploy_gateway_task() -> None:
 @task("gateway-status")
 def gateway_status_task() -> None:
     """The gateway's view of each GPU host: up / draining / down, in flight, queued."""
-    haproxy.show_servers(
-        name="gateway view", socket=SOCKET, _sudo=host.data.get("ssh_user", "root") != "root"
-    )
+    haproxy.show_servers(name="gateway view", socket=SOCKET)

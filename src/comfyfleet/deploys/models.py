@@ -14,20 +14,9 @@ Tokens (``HF_TOKEN``, ``CIVITAI_API_TOKEN``) are read here (:mod:`comfyfleet.sec
 and uploaded only when something must be downloaded, as a file in a 0700 folder of the
 SSH user, read by the script from standard input and deleted by the same command.
 
-Host data read here:
-
-==================  ===============  ===========================================================
-key                 default          meaning
-==================  ===============  ===========================================================
-workflow            none             ``download-models``: one workflow (else every workflow)
-workflows_dir       ``workflows``    folder of workflows (and of the lock that records hashes)
-hf_endpoint         none             Hugging Face endpoint on the host (a mirror); the host's own
-                                     ``HF_ENDPOINT`` applies otherwise
-civitai_endpoint    none             CivitAI API base (a mirror)
-models_parallel     ``3``            files downloaded at once per host
-cleanup_plan        (none)           ``cleanup-models``: delete exactly this reviewed plan (id from a listing)
-lock_file           ``<workflows_dir>/comfyfleet.lock.yaml``: computed hashes are recorded there
-==================  ===============  ===========================================================
+Host data: ``workflow``, ``workflows_dir``, ``hf_endpoint``, ``civitai_endpoint``,
+``models_parallel``, ``cleanup_plan``, ``yes``, ``lock_file`` (:mod:`comfyfleet.inventory`
+documents and validates every key).
 """
 
 from __future__ import annotations
@@ -47,18 +36,14 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
 from comfyfleet.context import report
-from comfyfleet.deploys.nodes import (
-    MODELS_CHECK,
-    load_manifests,
-    probed_or_fact,
-    stage,
-    tier_deploy,
-)
+from comfyfleet.deploys.nodes import load_manifests, stage, tier_deploy
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
-from comfyfleet.facts.hostside import HostsideJson, parse_tagged
+from comfyfleet.facts.hostside import parse_tagged
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
+from comfyfleet.operations.hostside import MODELS_CHECK, probed_or_fact
+from comfyfleet.operations.model_files import cleanup, organize, storage
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
 from comfyfleet.secrets import load_tokens
 from comfyfleet.shell import fail, script
@@ -126,22 +111,13 @@ def needed_models(manifests: list[Manifest]) -> list[ModelRef]:
 
 def model_plan(cfg: HostConfig, models: list[ModelRef]) -> dict[str, Any]:
     lay = cfg.layout
-    data = host.data
-    for key in ("hf_endpoint", "civitai_endpoint"):
-        value = data.get(key)
-        if value and not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", str(value)):
-            raise BadInput(f"host {host.name}: {key} must be an http(s) URL (got {value!r})")
-    try:
-        parallel = max(1, min(16, int(data.get("models_parallel") or 3)))
-    except (TypeError, ValueError):
-        raise BadInput(f"host {host.name}: models_parallel must be a number") from None
     return {
         "models_dir": lay.models,
         "staging_dir": f"{lay.state}/downloads",
         "state_file": f"{lay.state}/model-hashes.json",
-        "hf_endpoint": data.get("hf_endpoint"),
-        "civitai_endpoint": data.get("civitai_endpoint"),
-        "parallel": parallel,
+        "hf_endpoint": cfg.hf_endpoint,
+        "civitai_endpoint": cfg.civitai_endpoint,
+        "parallel": cfg.models_parallel,
         "items": [
             {
                 "filename": m.filename,
@@ -283,9 +259,8 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
         plan_path=paths["models"],
         count=len(models),
         token_names=sorted(tokens_needed(models)),
-        _sudo=cfg.sudo,
     )
-    report_downloads(name="Model report", step=step, lock_file=_lock_file())
+    report_downloads(name="Model report", step=step, lock_file=cfg.lock_path)
     if missing_url:
         report(host).note(
             "no download URL for: "
@@ -295,17 +270,9 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
     return step
 
 
-def _lock_file() -> str:
-    data = host.data
-    return str(
-        data.get("lock_file") or Path(str(data.get("workflows_dir") or "workflows")) / "comfyfleet.lock.yaml"
-    )
-
-
 def _manifests(one: bool) -> list[Manifest]:
-    data = host.data
-    workflow = data.get("workflow") if one else None
-    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+    cfg = host_config(host)
+    return load_manifests(cfg.workflow if one else None, cfg.workflows_dir)
 
 
 @task("download-models")
@@ -330,83 +297,20 @@ def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
     return paths["model_files.py"], paths["model-files"]
 
 
-@operation()
-def organize(script_path: str, plan_path: str) -> Generator[Any, None, None]:
-    """Move referenced files that sit in the wrong folder to the manifest's folder (never overwrites)."""
-    state = host.get_fact(
-        HostsideJson, argv=("python3", script_path, "--plan", plan_path, "organize", "--check")
-    )
-    result = state.get("ORGANIZE")
-    if result is None:
-        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
-        return
-    rows = [[m["from"], m["to"], "move"] for m in result["moves"]]
-    rows += [[c["file"], "-", c["reason"]] for c in result["conflicts"]]
-    report(host).table("organize models", ["file", "to", "action"], rows)
-    if not result["moves"]:
-        host.noop("every referenced model is in its folder")
-        return
-    yield StringCommand("python3", script_path, "--plan", plan_path, "organize")
-
-
 @task("organize-models")
 def organize_models_task() -> None:
     """Move model files to the folders the manifests say."""
     cfg = host_config(host)
     script_path, plan_path = _admin_plan(cfg)
-    organize(name="Organize models", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)
-
-
-@operation()
-def cleanup(script_path: str, plan_path: str, plan_id: str | None) -> Generator[Any, None, None]:
-    """List model files no workflow references and keep that list as a plan; delete only a reviewed plan.
-
-    + plan_id: None lists (and saves the list on the host under its id); an id deletes
-      exactly the files of that saved list (a file changed since is skipped and named)
-    """
-    if plan_id:
-        yield StringCommand(
-            "python3",
-            script_path,
-            "--plan",
-            plan_path,
-            "cleanup",
-            "--delete",
-            "--plan-id",
-            QuoteString(plan_id),
-        )
-        report(host).note(f"deleted the files of reviewed cleanup plan {plan_id} (changed ones are skipped)")
-        return
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "cleanup"))
-    result = state.get("CLEANUP")
-    if result is None:
-        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
-        return
-    report(host).table(
-        "unreferenced models",
-        ["file", "MB"],
-        [[f["file"], f"{f['size'] / 1e6:.1f}"] for f in result["files"]],
-    )
-    if not result["files"]:
-        host.noop("no unreferenced model files")
-        return
-    report(host).note(
-        f"cleanup plan {result['plan_id']}: {len(result['files'])} file(s), "
-        f"{result['bytes'] / 1e6:.1f} MB; to delete exactly these: --cleanup-models --yes "
-        f"--plan {result['plan_id']} (pyinfra: --data cleanup_plan={result['plan_id']})"
-    )
-    yield StringCommand(
-        "python3", script_path, "--plan", plan_path, "cleanup", "--save-plan", QuoteString(result["plan_id"])
-    )
+    organize(name="Organize models", script_path=script_path, plan_path=plan_path)
 
 
 @task("cleanup-models")
 def cleanup_models_task() -> None:
     """Lists and saves a cleanup plan; ``--data cleanup_plan=ID`` deletes exactly that reviewed plan."""
     cfg = host_config(host)
-    plan_id = str(host.data.get("cleanup_plan") or "") or None
-    yes = str(host.data.get("yes", "")).lower() in ("1", "true", "yes")
-    if yes and not plan_id:
+    plan_id = cfg.cleanup_plan or None
+    if cfg.yes and not plan_id:
         raise BadInput(
             "cleanup-models --yes needs --plan ID (from a listing run): only a reviewed list is deleted"
         )
@@ -415,40 +319,7 @@ def cleanup_models_task() -> None:
             f"cleanup plan {plan_id!r}: give the 16-character id a --cleanup-models listing printed"
         )
     script_path, plan_path = _admin_plan(cfg)
-    cleanup(
-        name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id, _sudo=cfg.sudo
-    )
-
-
-@operation()
-def storage(script_path: str, plan_path: str) -> Generator[Any, None, None]:
-    """Per-folder sizes, the largest files, referenced vs unreferenced, free space (a report)."""
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "report"))
-    r = state.get("REPORT")
-    if r is None:
-        yield fail("; ".join(state.get("error", [])) or "model_files.py gave no answer")
-        return
-    gb = 1e9
-    report(host).table(
-        "models per folder",
-        ["folder", "files", "GB"],
-        [[f["folder"], f["files"], f"{f['bytes'] / gb:.2f}"] for f in r["folders"]],
-    )
-    report(host).table(
-        "largest model files",
-        ["file", "GB", "referenced"],
-        [[f["file"], f"{f['bytes'] / gb:.2f}", "yes" if f["referenced"] else "no"] for f in r["largest"]],
-    )
-    report(host).table(
-        "storage",
-        ["what", "files", "GB"],
-        [
-            ["referenced", r["referenced"]["files"], f"{r['referenced']['bytes'] / gb:.2f}"],
-            ["unreferenced", r["unreferenced"]["files"], f"{r['unreferenced']['bytes'] / gb:.2f}"],
-            ["free on data root", "-", f"{r['free_bytes'] / gb:.2f} of {r['total_bytes'] / gb:.2f}"],
-        ],
-    )
-    host.noop("storage report")
+    cleanup(name="Clean up models", script_path=script_path, plan_path=plan_path, plan_id=plan_id)
 
 
 @task("storage-report")
@@ -456,4 +327,4 @@ def storage_report_task() -> None:
     """Sizes per folder, largest files, referenced vs unreferenced, free space on the data root."""
     cfg = host_config(host)
     script_path, plan_path = _admin_plan(cfg)
-    storage(name="Storage report", script_path=script_path, plan_path=plan_path, _sudo=cfg.sudo)
+    storage(name="Storage report", script_path=script_path, plan_path=plan_path)

@@ -10,45 +10,33 @@ torchaudio and numpy pinned by a constraints file (lines naming them are skipped
 then every class type the workflows need must appear in ``/object_info``, and packs that
 failed to import are reported with the error from the ComfyUI log.
 
-Host data read here (besides :mod:`comfyfleet.inventory`'s keys):
-
-==================  =================  ==========================================================
-key                 default            meaning
-==================  =================  ==========================================================
-workflow            none               workflow file (``install-nodes``; else every workflow)
-workflows_dir       ``workflows``      folder of workflows for ``install-missing`` / deploy-all
-git_mirrors         none               ``{"https://github.com/": "http://mirror/"}`` URL prefixes
-                                       rewritten before cloning (also ``a=b,c=d`` text)
-pip_index_url       none               ``--index-url`` for packs' requirements (a local mirror)
-node_install_via    ``auto``           ``auto`` (cm-cli when usable) | ``git``
-==================  =================  ==========================================================
+Host data: ``workflow``, ``workflows_dir``, ``git_mirrors``, ``pip_index_url``,
+``node_install_via`` (:mod:`comfyfleet.inventory` documents and validates every key). The
+operations are in :mod:`comfyfleet.operations.packs` and :mod:`comfyfleet.operations.hostside`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import posixpath
 import re
-from collections.abc import Callable, Generator
-from io import BytesIO
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
 from comfyfleet.analysis import analyze_paths
-from comfyfleet.context import host_run, report
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.facts import prefetch
-from comfyfleet.facts.hostside import HostsideJson, StagedFiles, parse_tagged
+from comfyfleet.facts.hostside import StagedFiles
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
-from comfyfleet.shell import fail
+from comfyfleet.operations.hostside import MODELS_CHECK, NODES_CHECK, sync_files
+from comfyfleet.operations.packs import list_packs, node_packs, report_packs, verify_classes
 
 HOSTSIDE = Path(__file__).resolve().parents[1] / "hostside"
 PROTECTED = ("torch", "torchvision", "torchaudio", "numpy")
@@ -152,16 +140,6 @@ def pack_dir(pack: NodePack) -> str:
     return name
 
 
-def git_mirrors(value: Any) -> dict[str, str]:
-    """``git_mirrors`` host data as a dict (accepts a dict or ``a=b,c=d`` text)."""
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    pairs = [p.split("=", 1) for p in str(value).split(",") if "=" in p]
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def clone_url(repo: str, mirrors: dict[str, str]) -> str:
     """The URL to clone: mirrors applied (longest prefix first), always ending in .git."""
     url = repo
@@ -183,17 +161,8 @@ def runtime_python(cfg: HostConfig) -> list[str]:
 def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[str, Any]:
     """The JSON plan ``install_nodes.py`` carries out on the host."""
     lay = cfg.layout
-    data = host.data
-    mirrors = git_mirrors(data.get("git_mirrors"))
-    pip_args: list[str] = []
-    if data.get("pip_index_url"):
-        index = str(data.get("pip_index_url"))
-        if not re.match(r"^https?://[A-Za-z0-9._~:/%+-]+$", index):
-            raise BadInput(f"host {host.name}: pip_index_url must be an http(s) URL (got {index!r})")
-        pip_args = ["--index-url", index]
-    via = str(data.get("node_install_via") or "auto")
-    if via not in ("auto", "git"):
-        raise BadInput(f"host {host.name}: node_install_via must be auto or git (got {via!r})")
+    mirrors = cfg.git_mirrors
+    pip_args = ["--index-url", cfg.pip_index_url] if cfg.pip_index_url else []
     return {
         "custom_nodes_dir": lay.custom_nodes,
         "state_dir": lay.state,
@@ -211,7 +180,7 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
             CM_CLI_LAUNCHER,
             lay.custom_nodes,
         ],
-        "use_manager": "never" if via == "git" else "auto",
+        "use_manager": "never" if cfg.node_install_via == "git" else "auto",
         "pip_args": pip_args,
         "protected": list(PROTECTED),
         "object_info_url": f"{cfg.comfyui_url}/object_info",
@@ -232,45 +201,6 @@ def node_plan(cfg: HostConfig, packs: list[NodePack], core: list[str]) -> dict[s
 
 
 # --- host-side scripts --------------------------------------------------------------------
-
-
-def probed_or_fact(argv: tuple[str, ...]) -> dict[str, Any]:
-    """What ``argv`` answered in this run's staging probe, else run it now (one round trip)."""
-    answer = host_run(host).probes.pop(argv, None)
-    if answer is not None:
-        return answer
-    return host.get_fact(HostsideJson, argv=argv)
-
-
-@operation()
-def sync_files(
-    files: dict[str, bytes], probes: list[tuple[str, ...]] | None = None
-) -> Generator[Any, None, None]:
-    """Make each remote path hold these bytes (mode 644); no change when all already do.
-
-    + files: remote path -> content (host-side scripts and JSON plans, nothing secret)
-    + probes: read-only commands answered in the same round trip when nothing is stale
-    """
-    probe_list = tuple(tuple(p) for p in probes or [])
-    # Prefetched with the runtime's facts by deploy-all (valid while nothing changed), else read now.
-    state = prefetch.fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
-    remote = state["hashes"]
-    stale = {p: data for p, data in files.items() if remote.get(p) != hashlib.sha256(data).hexdigest()}
-    if not stale:
-        host_run(host).probes = {
-            argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)
-        }
-        host.noop(f"{len(files)} file(s) up to date")
-        return
-    host_run(host).probes = {}
-    yield StringCommand("mkdir", "-p", *sorted({QuoteString(posixpath.dirname(p)) for p in stale}, key=str))
-    for path, data in sorted(stale.items()):
-        yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
-    yield StringCommand("chmod", "644", *(QuoteString(p) for p in sorted(stale)))
-
-
-NODES_CHECK = ("check", "--verify")
-MODELS_CHECK = ("--check",)
 
 
 def staged_facts(
@@ -307,106 +237,8 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
     Returns remote paths by script name and plan name.
     """
     paths, files, probes = _stage_plan(cfg, scripts, plans)
-    sync_files(name=name, files=files, probes=probes, _sudo=cfg.sudo)
+    sync_files(name=name, files=files, probes=probes)
     return paths
-
-
-# --- operations ---------------------------------------------------------------------------
-
-
-@operation()
-def node_packs(
-    script_path: str, plan_path: str, packs: int, update: bool = False
-) -> Generator[Any, None, None]:
-    """Bring the plan's node packs to their pinned versions (no change when all already are).
-
-    + script_path: ``install_nodes.py`` on the host
-    + plan_path: the JSON plan on the host
-    + packs: how many packs the plan names (for the no-op message)
-    + update: move unpinned packs to their latest commit
-    """
-    # update: fetch first (in the check), so a pack already at its newest commit is no change.
-    mode = (*NODES_CHECK, "--fetch") if update else NODES_CHECK
-    state = probed_or_fact(("python3", script_path, "--plan", plan_path, *mode))
-    if "VERIFY" in state:
-        host_run(host).verified = state
-    if "CHECK" not in state:
-        yield fail(
-            "; ".join(state.get("error", []))
-            or "install_nodes.py check gave no answer (python3 on the host?)"
-        )
-        return
-    todo = {row["dir"]: row["needs"] for row in state["CHECK"] if row["needs"]}
-    if not todo:
-        host.noop(f"{packs} node pack(s) {'up to date' if update else 'at their pinned versions'}")
-        return
-    yield StringCommand("python3", script_path, "--plan", plan_path, "update" if update else "install")
-
-
-@operation()
-def report_packs(install: OperationMeta) -> Generator[Any, None, None]:
-    """Show how each pack was installed (path used and why), from the install step's output."""
-    if install.is_complete() and install.did_change():
-        result = parse_tagged(install.stdout_lines).get("RESULT", [])
-        report(host).table(
-            "node packs",
-            ["pack", "folder", "via", "why", "commit", "changes", "warnings"],
-            [
-                [
-                    r["id"],
-                    r["dir"],
-                    r.get("method", ""),
-                    r.get("why", ""),
-                    (r.get("commit") or "")[:12],
-                    "; ".join(r.get("changed", [])) or "-",
-                    "; ".join(r.get("warnings", [])),
-                ]
-                for r in result
-            ],
-        )
-    host.noop("reported node packs")
-    return
-    yield
-
-
-@operation()
-def verify_classes(
-    script_path: str, plan_path: str, reuse_check: OperationMeta | None = None
-) -> Generator[Any, None, None]:
-    """Every needed class type is in /object_info; else fail naming each pack and its import error.
-
-    + reuse_check: the install step; when it changed nothing, the verification its check ran is used
-    """
-    # When the install step found nothing to do, its check already verified (same run, no restart since).
-    reusable = reuse_check is not None and reuse_check.is_complete() and not reuse_check.did_change()
-    run = host_run(host)
-    state, run.verified = (run.verified if reusable else None), None
-    if state is None:
-        state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "verify"))
-    result = state.get("VERIFY")
-    if result is None:
-        yield fail("; ".join(state.get("error", [])) or "could not read /object_info")
-        return
-    rows = [
-        [
-            p["id"],
-            p["dir"],
-            "yes" if not p["missing"] else "NO",
-            ", ".join(p["missing"]) or "-",
-            p.get("error", ""),
-        ]
-        for p in result["packs"]
-    ]
-    report(host).table(
-        "node classes in /object_info", ["pack", "folder", "loaded", "missing", "import error"], rows
-    )
-    problems = [f"pack {p['id']} failed to import: {p.get('error')}" for p in result["packs"] if p["missing"]]
-    if result["missing_core"]:
-        problems.append(f"core classes missing: {', '.join(result['missing_core'])} (raise comfyui_ref)")
-    if problems:
-        yield fail("; ".join(problems))
-        return
-    host.noop(f"all {sum(len(p.get('missing', [])) == 0 for p in result['packs'])} pack(s) loaded")
 
 
 # --- deploys ------------------------------------------------------------------------------
@@ -419,7 +251,6 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
         name="Restart ComfyUI for new nodes",
         container=lay.comfyui_container,
         _if=when.did_change,
-        _sudo=cfg.sudo,
     )
     comfyui.wait_healthy(
         name="ComfyUI health after restart",
@@ -427,7 +258,6 @@ def restart_and_wait(cfg: HostConfig, when: OperationMeta) -> None:
         container=lay.comfyui_container,
         timeout=cfg.health_timeout,
         _if=when.did_change,
-        _sudo=cfg.sudo,
     )
 
 
@@ -438,7 +268,6 @@ def verify_nodes(cfg: HostConfig, install: OperationMeta | None = None) -> None:
         script_path=f"{cfg.layout.state}/bin/install_nodes.py",
         plan_path=f"{cfg.layout.state}/plans/nodes.json",
         reuse_check=install,
-        _sudo=cfg.sudo,
     )
 
 
@@ -462,7 +291,6 @@ def install_nodes(
         plan_path=paths["nodes"],
         packs=len(packs),
         update=update,
-        _sudo=cfg.sudo,
     )
     report_packs(name="Node pack report", install=inst)
     if finish:
@@ -472,11 +300,11 @@ def install_nodes(
 
 
 def _manifests_from_data(all_workflows: bool) -> list[Manifest]:
-    data = host.data
-    workflow = None if all_workflows else data.get("workflow")
+    cfg = host_config(host)
+    workflow = None if all_workflows else cfg.workflow
     if not all_workflows and not workflow:
         raise BadInput("install-nodes needs a workflow: --install-nodes FILE (or --data workflow=FILE)")
-    return load_manifests(workflow, str(data.get("workflows_dir") or "workflows"))
+    return load_manifests(workflow, cfg.workflows_dir)
 
 
 @task("install-nodes")
@@ -497,34 +325,6 @@ def update_nodes_task() -> None:
     install_nodes(_manifests_from_data(all_workflows=True), update=True)
 
 
-@operation()
-def list_packs(script_path: str, plan_path: str) -> Generator[Any, None, None]:
-    """Report every folder in custom_nodes/: repo, commit, locally modified, imported (no change)."""
-    state = host.get_fact(HostsideJson, argv=("python3", script_path, "--plan", plan_path, "list"))
-    rows = state.get("LIST")
-    if rows is None:
-        yield fail("; ".join(state.get("error", [])) or "could not list custom nodes")
-        return
-    imported = {True: "yes", False: "NO", None: "?"}
-    report(host).table(
-        "installed node packs",
-        ["pack", "repo", "commit", "modified", "imported", "via", "error"],
-        [
-            [
-                r["dir"],
-                r["repo"],
-                r["commit"][:12],
-                "yes" if r["modified"] else "no",
-                imported[r.get("imported")],
-                r["via"],
-                r.get("error", ""),
-            ]
-            for r in rows
-        ],
-    )
-    host.noop(f"{len(rows)} node pack(s) listed")
-
-
 @task("list-installed-nodes")
 def list_installed_nodes_task() -> None:
     """Every pack in custom_nodes/ with its repo, commit, local changes and import state."""
@@ -534,5 +334,4 @@ def list_installed_nodes_task() -> None:
         name="List node packs",
         script_path=paths["install_nodes.py"],
         plan_path=paths["nodes-list"],
-        _sudo=cfg.sudo,
     )

@@ -43,41 +43,34 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     """
     cfg = host_config(host)
     lay = cfg.layout
-    sudo = cfg.sudo
     ref = ref or cfg.comfyui_ref
     if not prefetched:
-        prefetch.prefetch(name="Read host state", requests=runtime_facts(cfg, ref), _sudo=sudo)
-    comfyui.directories(name="Data folders", paths=lay.directories, _sudo=sudo)
-    core = comfyui.checkout(
-        name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref, _sudo=sudo
-    )
+        prefetch.prefetch(name="Read host state", requests=runtime_facts(cfg, ref))
+    comfyui.directories(name="Data folders", paths=lay.directories)
+    core = comfyui.checkout(name="ComfyUI core checkout", path=lay.comfyui, repo=cfg.comfyui_repo, ref=ref)
     # ComfyUI keeps its database at <checkout>/user/comfyui.db whatever --base-directory says
     # (settings go to <data root>/user): one user/ folder on the data root holds both, and
     # survives re-clones and container recreation. Without it: "Failed to initialize database".
     user_link = files.link(
-        name="ComfyUI user folder on the data root", path=f"{lay.comfyui}/user", target=lay.user, _sudo=sudo
+        name="ComfyUI user folder on the data root", path=f"{lay.comfyui}/user", target=lay.user
     )
-    comfyui.seed_inputs(
-        name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input, _sudo=sudo
-    )
+    comfyui.seed_inputs(name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input)
     env = comfyui.python_env(
-        name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui, image=cfg.runtime_image, _sudo=sudo
+        name="ComfyUI Python env", venv=lay.venv, comfyui=lay.comfyui, image=cfg.runtime_image
     )
-    ctr = comfyui.runtime_container(name="ComfyUI container", cfg=cfg, _sudo=sudo)
+    ctr = comfyui.runtime_container(name="ComfyUI container", cfg=cfg)
     docker.restart(
         name="Restart ComfyUI for new code",
         container=lay.comfyui_container,
         _if=lambda: (
             (core.did_change() or env.did_change() or user_link.did_change()) and not ctr.did_change()
         ),
-        _sudo=sudo,
     )
     comfyui.wait_healthy(
         name="ComfyUI health",
         url=cfg.comfyui_url,
         container=lay.comfyui_container,
         timeout=cfg.health_timeout,
-        _sudo=sudo,
     )
 
 

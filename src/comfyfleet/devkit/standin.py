@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from comfyfleet.devkit import STANDIN_DIR
@@ -26,6 +27,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_process(
+    cmd: list[str],
+    log_path: Path,
+    ready: Callable[[], object],
+    timeout: float,
+    what: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server child process (output appended to ``log_path``) and wait until ``ready()`` is true.
+
+    ``ready`` raising OSError or ValueError (refused, not JSON yet) counts as not yet; a child that
+    exits, or is not ready after ``timeout`` s, raises RuntimeError with the end of its log.
+    """
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if ready():
+                return proc
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    stop_process(proc)
+    raise RuntimeError(f"{what} did not get ready within {timeout:g}s:\n{_tail(log_path)}")
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10) -> None:
@@ -99,21 +135,14 @@ class Standin:
             *self.extra_args,
         ]
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stand-in exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/system_stats", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"stand-in did not answer on {self.url} within {timeout}s:\n{self.log()}")
+
+        def answers() -> bool:
+            with urllib.request.urlopen(self.url + "/system_stats", timeout=1) as r:
+                return r.status == 200
+
+        what = f"stand-in on {self.url}"
+        self.proc = start_process(cmd, self.log_path, answers, timeout, what, cwd=self.comfy_dir, env=env)
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace_s=5)

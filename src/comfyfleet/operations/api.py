@@ -1,8 +1,9 @@
 """The comfyui-api service on a host: its files' layout, key file, workflow files, endpoint verification.
 
-``verify_endpoints`` runs the checks of ``hostside/verify_endpoints.py`` inside the API
-container when the operation executes (never while operations are planned, so a dry run
-generates nothing) and reads their output back to judge it and fill the host's report.
+``verify_endpoints`` runs ``comfyui-api verify`` (:mod:`comfyui_api.verify`, built on the one
+client) from the host's own .pyz inside the API container when the operation executes (never
+while operations are planned, so a dry run generates nothing), and reads its ``VERIFY`` line back
+to judge it and fill the host's report. The API key stays on the host: the command reads it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, Host, QuoteString, S
 from pyinfra.facts.files import File, FindFiles, Sha256File
 
 from comfyfleet.context import report
-from comfyfleet.inventory import HostConfig
+from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.shell import fail, script
-
-VERIFY_SCRIPT = (Path(__file__).resolve().parents[1] / "hostside" / "verify_endpoints.py").read_text()
 
 
 @dataclass(frozen=True)
@@ -106,14 +105,16 @@ def verify_endpoints(cfg: HostConfig, timeout: int) -> Generator[Any, None, None
     """
     paths = ApiPaths.for_config(cfg)
     command = script(
-        'docker exec "$1" python3 -c "$2" "$3" "$4" "$5" "$6" "$7" 2>&1',
+        'docker exec "$1" python3 -I -S "$2" verify --host "$8" --port "$3" --api-key-file "$4" '
+        '--workflows "$5" --timeout "$6" --disabled-dir "$7" 2>&1',
         cfg.layout.api_container,
-        VERIFY_SCRIPT,
+        paths.pyz,
         cfg.api_port,
         paths.keys,
         paths.workflows,
         timeout,
         paths.disabled,
+        cfg.api_local_address,
     )
     answer: dict[str, Any] = {}
 
@@ -227,7 +228,10 @@ def verify_result(lines: list[str]) -> dict[str, Any]:
     for line in lines:
         if line.startswith("VERIFY "):
             return dict(json.loads(line[7:]))
-    return {"error": "\n".join(lines[-20:]) or "no output from the verification"}
+    said = "\n".join(lines[-20:])
+    if "invalid choice" in said or "unrecognized arguments: verify" in said:
+        said += "\n(the host's comfyui-api.pyz predates `verify`: run update-binary)"
+    return {"error": said or "no output from the verification"}
 
 
 @operation(is_idempotent=False)
@@ -242,7 +246,7 @@ def fetch_api_key(remote_path: str, local_path: str) -> Generator[Any, None, Non
     command = StringCommand("cat", QuoteString(remote_path))
 
     def fetch(state: State, host: Host) -> bool:  # pyinfra passes these by name
-        ok, output = host.run_shell_command(command, _sudo=bool(host.data.get("_sudo")))
+        ok, output = host.run_shell_command(command, _sudo=host_config(host).sudo)
         key = next((ln.strip() for ln in output.stdout_lines if ln.strip() and not ln.startswith("#")), "")
         if not ok or not key:
             report(host).note(f"no API key could be read from {remote_path}")

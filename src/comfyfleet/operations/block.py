@@ -119,7 +119,7 @@ def volume(device: str | None, mount_point: str, label: str = "comfyfleet") -> G
 
     .. code:: python
 
-        block.volume(device="auto", mount_point="/mnt/data", _sudo=True)
+        block.volume(device="auto", mount_point="/mnt/data")
     """
     if not device:
         host.noop("no block volume configured")

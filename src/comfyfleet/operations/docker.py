@@ -94,7 +94,7 @@ def engine(user: str, apt_url: str = "https://download.docker.com/linux") -> Gen
 
     .. code:: python
 
-        docker.engine(user="ubuntu", _sudo=True)
+        docker.engine(user="ubuntu")  # sudo comes from host data (`_sudo`)
     """
     facts = prefetch.fact(ContainerHost, user=user)
     have_docker = bool(facts.get("docker_cli") or facts.get("docker_io") or facts.get("docker_ce"))
@@ -151,7 +151,7 @@ def nvidia_toolkit(
 
     .. code:: python
 
-        docker.nvidia_toolkit(version="1.17.8-1", _sudo=True)
+        docker.nvidia_toolkit(version="1.17.8-1")
     """
     facts = prefetch.fact(ContainerHost, user=user)
     if not facts.get("nvidia_smi"):
