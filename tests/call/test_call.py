@@ -188,6 +188,10 @@ def test_failure_on_the_host_exits_1(tmp_path: Path) -> None:
     assert "call failed" in r.stderr and "503" in r.stderr, r.stderr
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
     state = tmp_path / "state"
     deploy(state, keyed_api, "slow")
@@ -207,6 +211,9 @@ def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As on a terminal: a suite started in the background (`cmd &`, nohup) ignores SIGINT,
+        # and a child would inherit that and never see the Ctrl-C.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 60
