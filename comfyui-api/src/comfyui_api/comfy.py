@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import websockets
@@ -366,6 +368,20 @@ class ComfyClient:
             raise ComfyUnavailable(str(exc)) from exc
 
     async def view(self, filename: str, subfolder: str, kind: str) -> tuple[bytes, str]:
+        """An output file's bytes from ComfyUI's /view (HTTPStatusError when it answers an error)."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        if self.fast is not None:
+            # The API without ComfyUI's output folder on its disk: one lean round trip per file.
+            try:
+                status, body = await self.fast.get("/view?" + urlencode(params))
+            except FastPostError as exc:
+                raise ComfyUnavailable(str(exc)) from exc
+            if status != 200:
+                req = httpx.Request("GET", f"{self.base_url}/view", params=params)
+                raise httpx.HTTPStatusError(
+                    f"/view answered {status}", request=req, response=httpx.Response(status)
+                )
+            return body, mimetypes.guess_type(filename)[0] or "application/octet-stream"
         try:
             r = await self.http.get(
                 "/view", params={"filename": filename, "subfolder": subfolder, "type": kind}
