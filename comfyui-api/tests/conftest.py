@@ -52,6 +52,32 @@ NODE_CLASS_MAPPINGS = {"GetImageSizeAndCount": GetImageSizeAndCount}
 """
 
 
+# ComfyUI ships custom_nodes/websocket_image_save.py in its checkout; the stand-in's version of it.
+WEBSOCKET_IMAGE_SAVE = """
+import time
+from comfy.utils import ProgressBar
+
+class SaveImageWebsocket:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"images": ("IMAGE",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    CATEGORY = "api/image"
+    def save_images(self, images):
+        pbar = ProgressBar(len(images))
+        for step, image in enumerate(images):
+            pbar.update_absolute(step, len(images), ("PNG", image, None))
+        return {}
+    @classmethod
+    def IS_CHANGED(s, images):
+        return time.time()
+
+NODE_CLASS_MAPPINGS = {"SaveImageWebsocket": SaveImageWebsocket}
+"""
+
+
 class Comfy:
     """Where the tests' ComfyUI answers, and (stand-in only) the process to restart."""
 
@@ -75,6 +101,7 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     (s.models("loras") / "Hyper-SD15-8steps-CFG-lora.safetensors").write_bytes(b"weights")
     (s.models("upscale_models") / "RealESRGAN_x4plus.safetensors").write_bytes(b"weights")
     s.add_custom_node("ComfyUI-KJNodes", KJNODES)
+    s.add_custom_node("websocket_image_save", WEBSOCKET_IMAGE_SAVE)
     with s:
         yield Comfy(s.url, s)
 

@@ -62,7 +62,7 @@ def file_refs(node_outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 if (
                     isinstance(item, dict)
                     and "filename" in item
-                    and item.get("type") in ("output", "temp", "input")
+                    and item.get("type") in ("output", "temp", "input", "websocket")
                 ):
                     out.append(
                         {
@@ -92,6 +92,11 @@ class Outputs:
     async def read(self, ref: dict[str, Any]) -> tuple[bytes, str]:
         """Bytes of one output file; FileNotFoundError when it is gone (deleted by retention)."""
         ctype = self.content_type(ref)
+        if ref["type"] == "websocket":  # SaveImageWebsocket: the bytes came with the frames, no file
+            held = self.comfy.ws_file(ref["filename"])
+            if held is None:
+                raise FileNotFoundError(ref["filename"])
+            return held
         root = self.root
         if root is not None and ref["type"] == "output":
             # Names come from ComfyUI's own 'executed' frames; still, never leave the folder.
