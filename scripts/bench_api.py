@@ -44,13 +44,18 @@ TARGET_PILE_RATIO = 1.1
 TARGET_NO_SHARED_FS_ADDED_MS = 1.0
 
 
-def graph(color: int) -> dict:
+def graph(color: int, over_websocket: bool = False) -> dict:
+    save = (
+        {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}
+        if over_websocket
+        else {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}
+    )
     return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color},
         },
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+        "2": save,
     }
 
 
@@ -135,14 +140,15 @@ class Direct:
 
 
 class ThroughApi:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, workflow: str = "bench") -> None:
         self.http = httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32))
+        self.workflow = workflow
 
     async def start(self) -> None:
         pass
 
     async def run(self, color: int) -> bytes:
-        r = await self.http.post("/workflows/bench", json={"input": {"color": color}})
+        r = await self.http.post(f"/workflows/{self.workflow}", json={"input": {"color": color}})
         r.raise_for_status()
         return base64.b64decode(r.json()["outputs"][0]["base64"])
 
@@ -260,20 +266,28 @@ async def measure(
     return res, ok
 
 
-async def shared_vs_not(shared_url: str, remote_url: str, n: int) -> dict[str, list[float]]:
-    """Sequential latency through an API reading ComfyUI's output folder and one that cannot, alternating."""
+async def shared_vs_not(shared_url: str, remote_url: str, n: int, websocket: bool) -> dict[str, list[float]]:
+    """Sequential latency through an API reading ComfyUI's output folder and one that cannot, in turns.
+
+    "remote": SaveImage, the file fetched from ComfyUI's /view; "websocket" (when ComfyUI has
+    SaveImageWebsocket): the image comes with the websocket frames, no file at all.
+    """
     colours = Colours()
-    shared, remote = ThroughApi(shared_url), ThroughApi(remote_url)
-    samples: dict[str, list[float]] = {"shared": [], "remote": []}
+    clients = {"shared": ThroughApi(shared_url), "remote": ThroughApi(remote_url)}
+    if websocket:
+        clients["websocket"] = ThroughApi(remote_url, "benchws")
+    samples: dict[str, list[float]] = {k: [] for k in clients}
+    order = list(clients)
     try:
-        for i in range(20 + n):  # the first 20 pairs warm connections and caches
-            for c in (shared, remote) if i % 2 == 0 else (remote, shared):
-                dt = await timed(c, colours)
+        for i in range(20 + n):  # the first 20 rounds warm connections and caches
+            for name in order:
+                dt = await timed(clients[name], colours)
                 if i >= 20:
-                    samples["shared" if c is shared else "remote"].append(dt)
+                    samples[name].append(dt)
+            order = order[1:] + order[:1]
     finally:
-        await shared.close()
-        await remote.close()
+        for c in clients.values():
+            await c.close()
     return samples
 
 
@@ -340,7 +354,7 @@ def main() -> int:
     ap.add_argument("--pile-rounds", type=int, default=8, help="blocks per state (empty, piled up)")
     args = ap.parse_args()
 
-    from comfyfleet.devkit.standin import Standin, free_port
+    from comfyfleet.devkit.standin import WEBSOCKET_IMAGE_SAVE, Standin, free_port
 
     procs: list[subprocess.Popen] = []
     standin = None
@@ -350,11 +364,14 @@ def main() -> int:
             if args.comfyui_url:
                 comfy_url, out_dir = args.comfyui_url.rstrip("/"), args.comfyui_output_dir
             else:
-                standin = Standin(tmpdir / "comfy").start()
+                standin = Standin(tmpdir / "comfy")
+                standin.add_custom_node("websocket_image_save", WEBSOCKET_IMAGE_SAVE)
+                standin.start()
                 comfy_url, out_dir = standin.url, tmpdir / "comfy" / "output"
             wf = tmpdir / "workflows"
             wf.mkdir()
             (wf / "bench.json").write_text(json.dumps(graph(0)))
+            (wf / "benchws.json").write_text(json.dumps(graph(0, over_websocket=True)))
             port = free_port()
             runner = [sys.executable, str(args.pyz)] if args.pyz else [sys.executable, "-m", "comfyui_api"]
             cmd = [
@@ -406,7 +423,8 @@ def main() -> int:
                     comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids, args.rounds
                 )
             )
-            remote = asyncio.run(shared_vs_not(api_url, remote_url, args.n)) if remote_url else None
+            has_ws = "SaveImageWebsocket" in httpx.get(comfy_url + "/object_info/SaveImageWebsocket").text
+            remote = asyncio.run(shared_vs_not(api_url, remote_url, args.n, has_ws)) if remote_url else None
             pile = None
             if args.pile and out_dir is not None:
                 pile = asyncio.run(
@@ -461,11 +479,24 @@ def main() -> int:
         p90s = {k: pct(v, 90) * 1000 for k, v in remote.items()}
         added = p50s["remote"] - p50s["shared"]
         remote_ok = added <= TARGET_NO_SHARED_FS_ADDED_MS
-        print(f"without a shared filesystem (n={args.n} each, alternating; outputs from ComfyUI's /view):")
-        print(f"  API reading the output folder  p50 {p50s['shared']:.3f} ms   p90 {p90s['shared']:.3f} ms")
-        print(f"  API without it                 p50 {p50s['remote']:.3f} ms   p90 {p90s['remote']:.3f} ms")
+        print(f"without a shared filesystem (n={args.n} each, in turns):")
         print(
-            f"  added p50 {added:+.3f} ms (target <= +{TARGET_NO_SHARED_FS_ADDED_MS} ms): "
+            f"  SaveImage, API reads the output folder  p50 {p50s['shared']:.3f} ms   p90 {p90s['shared']:.3f} ms"
+        )
+        print(
+            f"  SaveImage, API fetches ComfyUI's /view  p50 {p50s['remote']:.3f} ms   p90 {p90s['remote']:.3f} ms"
+        )
+        if "websocket" in p50s:
+            print(
+                f"  SaveImageWebsocket, image in the frames p50 {p50s['websocket']:.3f} ms   "
+                f"p90 {p90s['websocket']:.3f} ms   ({p50s['websocket'] - p50s['shared']:+.3f} ms vs the folder)"
+            )
+        else:
+            print(
+                "  SaveImageWebsocket: not in this ComfyUI (its checkout ships custom_nodes/websocket_image_save.py)"
+            )
+        print(
+            f"  /view added p50 {added:+.3f} ms (target <= +{TARGET_NO_SHARED_FS_ADDED_MS} ms): "
             f"{'met' if remote_ok else 'MISSED'}"
         )
     ok = ok and remote_ok

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comfyfleet.devkit.standin import Standin, free_port, stop_process
+from comfyfleet.devkit.standin import WEBSOCKET_IMAGE_SAVE, Standin, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,32 +49,6 @@ class GetImageSizeAndCount:
         return (image, image[0].width, image[0].height, len(image))
 
 NODE_CLASS_MAPPINGS = {"GetImageSizeAndCount": GetImageSizeAndCount}
-"""
-
-
-# ComfyUI ships custom_nodes/websocket_image_save.py in its checkout; the stand-in's version of it.
-WEBSOCKET_IMAGE_SAVE = """
-import time
-from comfy.utils import ProgressBar
-
-class SaveImageWebsocket:
-    @classmethod
-    def INPUT_TYPES(s):
-        return {"required": {"images": ("IMAGE",)}}
-    RETURN_TYPES = ()
-    FUNCTION = "save_images"
-    OUTPUT_NODE = True
-    CATEGORY = "api/image"
-    def save_images(self, images):
-        pbar = ProgressBar(len(images))
-        for step, image in enumerate(images):
-            pbar.update_absolute(step, len(images), ("PNG", image, None))
-        return {}
-    @classmethod
-    def IS_CHANGED(s, images):
-        return time.time()
-
-NODE_CLASS_MAPPINGS = {"SaveImageWebsocket": SaveImageWebsocket}
 """
 
 
