@@ -109,6 +109,8 @@ class ComfyClient:
         self.ws_files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._ws_bytes = 0
         self._executing: tuple[str | None, str | None] = (None, None)
+        # Called with (node id, output) for every 'executed' frame of a tracked prompt.
+        self.on_output: Callable[[str, dict[str, Any]], None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._ws_loop(), name="comfyui-websocket")
@@ -232,6 +234,8 @@ class ComfyClient:
         if kind == "executed":
             if data.get("output") is not None:
                 t.outputs[str(data.get("node"))] = data["output"]
+                if self.on_output is not None:
+                    self.on_output(str(data.get("node")), data["output"])
         elif kind == "progress":
             t.progress = {"value": data.get("value"), "max": data.get("max"), "node": data.get("node")}
         elif kind == "executing":

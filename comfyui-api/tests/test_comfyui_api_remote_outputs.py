@@ -1,7 +1,9 @@
-"""Outputs over ComfyUI's websocket: SaveImageWebsocket images arrive with the frames, no /view, no file.
+"""Outputs for an API without ComfyUI's output folder (a separate host, Modal volumes).
 
-Runs against the stand-in (which sends binary frames as ComfyUI 0.8.0 does) and, with
-COMFYFLEET_TEST_COMFYUI_URL, against a real ComfyUI (its checkout ships the node).
+SaveImageWebsocket images arrive with the websocket frames (no /view, no file): against the
+stand-in (which sends binary frames as ComfyUI 0.8.0 does) and, with
+COMFYFLEET_TEST_COMFYUI_URL, against a real ComfyUI (its checkout ships the node). Files
+SaveImage writes are fetched from /view as soon as their 'executed' frame names them.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import importlib.util
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 from comfyui_api.comfy import ComfyClient
-from conftest import ROOT, Api, Comfy, write_workflows
+from conftest import ROOT, Api, Comfy, needs_standin, wait_for, write_workflows
+
+from comfyfleet.devkit.standin import Standin
 
 COLOUR = 0x3366CC
 
@@ -99,3 +104,30 @@ def test_type_1_frames_belong_to_the_node_comfyui_says_it_executes() -> None:
     assert got["status"] == "success"  # finished at execution_success: no /history round trip
     assert list(got["outputs"]) == ["2"]
     assert got["held"] == [(b"\x89PNG first", "image/png"), (b"\x89PNG second", "image/png")]
+
+
+@needs_standin
+def test_files_are_fetched_while_comfyui_still_runs_the_prompt(tmp_path: Path) -> None:
+    two_saves = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "a"}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
+    }
+    wf = write_workflows(tmp_path / "workflows", {"two.json": two_saves})
+    standin = Standin(tmp_path / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "1.0"})  # 1 s per node
+    output = standin.base_dir / "output"
+    with standin, Api(standin.url, wf, tmp_path / "api.sqlite3") as api:  # no --comfyui-output-dir
+        job = httpx.post(api.url + "/workflows/two", json={"input": {}, "async": True}).json()["id"]
+        first = wait_for(lambda: next(output.rglob("*.png"), None), timeout=30)
+        # At least one node (1 s) is still to run. Half a second is the API's to fetch the file ...
+        time.sleep(0.5)
+        first.unlink()  # ... before it is gone from ComfyUI's disk.
+        done = wait_for(
+            lambda: (j := httpx.get(f"{api.url}/jobs/{job}").json())["status"] == "completed" and j,
+            timeout=30,
+        )
+    shown = {o["filename"]: o for o in done["outputs"]}
+    assert set(shown) == {first.name, next(output.rglob("*.png")).name}
+    assert "expired" not in shown[first.name], "the file was only asked for after the prompt finished"
+    assert base64.b64decode(shown[first.name]["base64"])[:8] == b"\x89PNG\r\n\x1a\n"
