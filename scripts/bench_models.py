@@ -14,7 +14,10 @@ Cases, each with ``--runs`` interleaved runs (the order rotates; dirty pages are
 before each timed run) and min/median wall time reported:
 
 (a) plain loopback, output on tmpfs (/dev/shm) and on disk. Target: ours ≥ 0.9× warm
-    ``curl -o`` (median MB/s) on both.
+    ``curl -o`` (median MB/s) on both. Printed beside it: ``curl -o && sync`` (the bytes on the
+    disk, as ours has them before its rename), CPU seconds per client, and the ceiling when
+    the cores are saturated by other work: wall time then follows CPU seconds, and a verified
+    download needs curl's copies plus the sha256 (``cpu(curl) / (cpu(curl) + cpu(sha256))``).
 (b) the server paced per connection (``--throttle-mbps``, default 20 MB/s, like a WAN link
     from a CDN). Targets: ours ≥ 3× a single curl stream and ≥ 1.0× huggingface_hub.
 
