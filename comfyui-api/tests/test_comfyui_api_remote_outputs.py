@@ -115,13 +115,13 @@ def test_files_are_fetched_while_comfyui_still_runs_the_prompt(tmp_path: Path) -
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
     }
     wf = write_workflows(tmp_path / "workflows", {"two.json": two_saves})
-    standin = Standin(tmp_path / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "1.0"})  # 1 s per node
+    standin = Standin(tmp_path / "comfy", env={"COMFYUI_STANDIN_NODE_DELAY": "2.0"})  # 2 s per node
     output = standin.base_dir / "output"
     with standin, Api(standin.url, wf, tmp_path / "api.sqlite3") as api:  # no --comfyui-output-dir
         job = httpx.post(api.url + "/workflows/two", json={"input": {}, "async": True}).json()["id"]
         first = wait_for(lambda: next(output.rglob("*.png"), None), timeout=30)
-        # At least one node (1 s) is still to run. Half a second is the API's to fetch the file ...
-        time.sleep(0.5)
+        # At least one node (2 s) is still to run. A second is the API's to fetch the file ...
+        time.sleep(1.0)
         first.unlink()  # ... before it is gone from ComfyUI's disk.
         done = wait_for(
             lambda: (j := httpx.get(f"{api.url}/jobs/{job}").json())["status"] == "completed" and j,
