@@ -106,6 +106,26 @@ def test_slow_first_stretch_starts_the_other_segments_before_it_ends(
     assert sent_when_parallel and sent_when_parallel[0] < 3 * MIB, sent_when_parallel
 
 
+def test_resumed_part_on_a_slow_link_splits_without_fetching_anything_twice(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
+    up = model_upstreams
+    stored = up.add_file("big.safetensors", 8 * MIB)
+    part = tmp_path / "staging/checkpoints/big.safetensors.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(Path(stored.path).read_bytes()[:12345])  # a cut single stream, mid-segment
+    Path(f"{part}.json").write_text(
+        json.dumps({"url": f"{up.files_url}/files/big.safetensors", "sha256": None})
+    )
+    up.connection_rate = 4 * MIB
+    rows = fetch(plan(tmp_path, up, ["big.safetensors"], connections_per_file=4, segment_bytes=2 * MIB))
+    assert rows[0]["status"] == "downloaded" and rows[0]["sha256"] == stored.sha256
+    assert rows[0]["bytes_reused"] == 12345
+    asked = ranges_asked(up, "big.safetensors")
+    assert asked[0] == f"bytes=12345-{2 * MIB - 1}" and len(asked) == len(set(asked)) == 4
+    assert up.stats.bytes_sent["files:big.safetensors"] == 8 * MIB - 12345
+
+
 def test_fast_link_stays_on_one_connection(tmp_path: Path, model_upstreams: Upstreams) -> None:
     up = model_upstreams
     stored = up.add_file("big.safetensors", 12 * MIB)

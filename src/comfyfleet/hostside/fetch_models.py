@@ -1250,8 +1250,8 @@ class Fetcher:
                 finally:
                     sink.close()
                     os.fsync(out.fileno())
-        if upto is None:
-            self.progress.finish(key)  # a first stretch: more of the file follows
+        if upto is None:  # with upto, a first stretch: more of the file follows
+            self.progress.finish(key)
         result["bytes_fetched"] = result.get("bytes_fetched", 0) + got
         end = have + got
         if upto is not None and end != upto:
@@ -1323,8 +1323,8 @@ class Fetcher:
         _save_json(meta_path, state)
         key = f"{item['folder']}/{item['filename']}"
         reused = sum(min(segment, total - i * segment) for i in done)
-        result["bytes_reused"] = reused
-        if owned is None:
+        if owned is None:  # else the caller's stream has counted what it resumed from
+            result["bytes_reused"] = reused
             self.progress.start(key, total, reused)
         out = open(part, "r+b" if os.path.exists(part) else "w+b")  # noqa: SIM115 - closed by finish()
         try:
