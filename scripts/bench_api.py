@@ -32,9 +32,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import websockets
+from comfyui_api.fastpost import FastPoster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,17 +269,43 @@ async def measure(
     return res, ok
 
 
-async def shared_vs_not(shared_url: str, remote_url: str, n: int, websocket: bool) -> dict[str, list[float]]:
+class ViewOnly:
+    """GET one existing output from ComfyUI's /view over a kept-alive socket (what the API adds, at least)."""
+
+    def __init__(self, comfy_url: str, query: str) -> None:
+        self.poster = FastPoster(comfy_url)
+        self.path = "/view?" + query
+
+    @classmethod
+    async def of(cls, api_url: str, comfy_url: str) -> ViewOnly:
+        async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+            out = (await http.post("/workflows/bench", json={"input": {"color": 1}})).json()["outputs"][0]
+        return cls(comfy_url, urlencode({k: out[k] for k in ("filename", "subfolder", "type")}))
+
+    async def run(self, color: int) -> bytes:
+        status, body = await self.poster.get(self.path)
+        assert status == 200, status
+        return body
+
+    async def close(self) -> None:
+        await self.poster.close()
+
+
+async def shared_vs_not(
+    shared_url: str, remote_url: str, n: int, websocket: bool, comfy_url: str
+) -> dict[str, list[float]]:
     """Sequential latency through an API reading ComfyUI's output folder and one that cannot, in turns.
 
     "remote": SaveImage, the file fetched from ComfyUI's /view; "websocket" (when ComfyUI has
     SaveImageWebsocket): the image comes with the websocket frames, no file at all.
     """
     colours = Colours()
-    clients = {"shared": ThroughApi(shared_url), "remote": ThroughApi(remote_url)}
+    clients: dict[str, Any] = {"shared": ThroughApi(shared_url), "remote": ThroughApi(remote_url)}
     if websocket:
         clients["websocket"] = ThroughApi(remote_url, "benchws")
     samples: dict[str, list[float]] = {k: [] for k in clients}
+    clients["view"] = await ViewOnly.of(shared_url, comfy_url)  # ComfyUI's /view alone: the floor
+    samples["view"] = []
     order = list(clients)
     try:
         for i in range(20 + n):  # the first 20 rounds warm connections and caches
@@ -424,7 +453,11 @@ def main() -> int:
                 )
             )
             has_ws = "SaveImageWebsocket" in httpx.get(comfy_url + "/object_info/SaveImageWebsocket").text
-            remote = asyncio.run(shared_vs_not(api_url, remote_url, args.n, has_ws)) if remote_url else None
+            remote = (
+                asyncio.run(shared_vs_not(api_url, remote_url, args.n, has_ws, comfy_url))
+                if remote_url
+                else None
+            )
             pile = None
             if args.pile and out_dir is not None:
                 pile = asyncio.run(
@@ -485,6 +518,10 @@ def main() -> int:
         )
         print(
             f"  SaveImage, API fetches ComfyUI's /view  p50 {p50s['remote']:.3f} ms   p90 {p90s['remote']:.3f} ms"
+        )
+        print(
+            f"  ComfyUI's /view alone (kept-alive socket)  p50 {p50s['view']:.3f} ms   p90 {p90s['view']:.3f} ms"
+            "   (the least a fetch over /view adds)"
         )
         if "websocket" in p50s:
             print(
