@@ -19,7 +19,8 @@ error in ``log`` and standard output in ``result``, and writes ``status.json`` (
 start and end times) when it ends, whatever the end.
 
 ``status`` prints one line ``JOB {json}``: ``state`` none | running | done | failed | lost
-(its process is gone without a status: killed, or the host rebooted), the plan's sha256,
+(its process is gone without a status: killed, or the host rebooted), the plan's sha256
+(``same_plan`` with ``--plan``: whether the job is for that plan),
 the live per-file progress, timestamps, and when finished the downloader's ``RESULT`` rows
 and its error lines.
 """
@@ -109,6 +110,11 @@ def start(args: argparse.Namespace) -> int:
             have = (_read_json(os.path.join(job, STARTED)) or {}).get("plan_sha256")
             if have != want:
                 _emit({"state": "busy", "pid": pid, "plan_sha256": have})
+                print(
+                    f"another model download (pid {pid}, another plan) is running on this host: "
+                    "let it finish (it is followed with the models-wait task), then run again",
+                    file=sys.stderr,
+                )
                 return 3
             _emit({"state": "running", "attached": True, "pid": pid, "plan_sha256": want})
             return 0
@@ -182,6 +188,11 @@ def status(args: argparse.Namespace) -> int:
     job = os.path.abspath(args.job_dir)
     started = _read_json(os.path.join(job, STARTED)) or {}
     out: dict[str, Any] = {"plan_sha256": started.get("plan_sha256"), "started": started.get("started")}
+    if args.plan:
+        try:
+            out["same_plan"] = _plan_sha(args.plan) == started.get("plan_sha256")
+        except OSError:
+            out["same_plan"] = False
     out["progress"] = _read_json(os.path.join(job, PROGRESS)) or {}
     pid = _alive(job)
     done = _read_json(os.path.join(job, STATUS))
@@ -225,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fetch", required=True)
     p = sub.add_parser("status")
     p.add_argument("--job-dir", required=True)
+    p.add_argument("--plan", help="say whether the job runs (ran) this plan: same_plan")
     args = parser.parse_args(argv)
     os.umask(0o022)
     return {"start": start, "run": run, "status": status}[args.cmd](args)
