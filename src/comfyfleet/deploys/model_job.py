@@ -109,15 +109,12 @@ def _job_line(lines: list[str]) -> dict[str, Any] | None:
 
 
 def progress_text(progress: dict[str, Any]) -> str:
-    """``checkpoints/a 312/512 MB 39.8 MB/s; loras/b done 256 MB``: every stream, one line."""
+    """``checkpoints/a 312/512 MB 39.8 MB/s; loras/b done 256/256 MB 41.0 MB/s``: every stream, one line."""
     parts = []
     for key, p in sorted(progress.items()):
-        mb = p.get("bytes", 0) / 1e6
-        if p.get("done"):
-            parts.append(f"{key} done {mb:.0f} MB")
-            continue
         total = f"/{p['total'] / 1e6:.0f}" if p.get("total") else ""
-        parts.append(f"{key} {mb:.0f}{total} MB {p.get('rate', 0) / 1e6:.1f} MB/s")
+        done = " done" if p.get("done") else ""
+        parts.append(f"{key}{done} {p.get('bytes', 0) / 1e6:.0f}{total} MB {p.get('rate', 0) / 1e6:.1f} MB/s")
     return "; ".join(parts) or "starting"
 
 
@@ -156,12 +153,12 @@ def wait_download(cfg: HostConfig, count: int, lock_path: str | None) -> Generat
             if job is None:
                 answer["error"] = "; ".join(output.stderr_lines[-3:]) or "model_job.py status gave no answer"
                 return True
-            if job["state"] != "running":
-                break
             line = progress_text(job.get("progress") or {})
-            if line != shown:
+            if line != shown and (job["state"] == "running" or job.get("progress")):
                 progress_log.info("[%s] models: %s", host.name, line)
                 shown = line
+            if job["state"] != "running":
+                break
             gevent.sleep(POLL_SECONDS)
         answer["job"] = job
         if job["state"] == "done" and job.get("same_plan"):
