@@ -48,7 +48,7 @@ from comfyfleet.operations import block, comfyui
 from comfyfleet.shell import fail
 
 SCRIPTS = ["fetch_models.py", "model_job.py"]
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 progress_log = logging.getLogger("comfyfleet.progress")
 """One line per host and poll while models download: every file's MB done/total and MB/s."""
 
