@@ -14,7 +14,7 @@ and refused. The plan is copied into the job folder, so the running job's plan i
 Tokens come from ``--secrets-file`` (deleted as soon as it is read) and reach the downloader
 on its standard input, never argv or the environment.
 
-``run`` (the detached process) runs the downloader with ``--progress-file``, its standard
+``run`` (the detached process, at nice 10) runs the downloader with ``--progress-file``, its standard
 error in ``log`` and standard output in ``result``, and writes ``status.json`` (exit code,
 start and end times) when it ends, whatever the end.
 
@@ -45,6 +45,7 @@ RESULT = "result"
 STATUS = "status.json"
 PROGRESS = "progress.json"
 STARTED = "started.json"
+NICE = 10
 
 
 def _read_json(path: str) -> Any:
@@ -149,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
     """The detached runner: the downloader, then the status file."""
     job = os.path.abspath(args.job_dir)
     secrets = sys.stdin.buffer.read()
+    # The tiers running beside the download (pip installs, container starts) are the critical
+    # path while bytes arrive: the download yields the CPU to them (a network-bound download
+    # barely notices; a CPU-starved host finishes the tiers first).
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     started = time.time()
     rc: int | None = None
     error = None
