@@ -41,11 +41,11 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.block import BlockVolume
 from comfyfleet.facts.comfyui import MissingDirectories
-from comfyfleet.facts.hostside import parse_tagged
+from comfyfleet.facts.hostside import HostsideJson, parse_tagged
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest
 from comfyfleet.operations import block, comfyui
-from comfyfleet.shell import fail
+from comfyfleet.shell import fail, script
 
 SCRIPTS = ["fetch_models.py", "model_job.py"]
 POLL_SECONDS = 0.5
@@ -103,11 +103,6 @@ def start_download(cfg: HostConfig, count: int, token_names: list[str]) -> Gener
     yield StringCommand(*argv)
 
 
-def _job_line(lines: list[str]) -> dict[str, Any] | None:
-    rows = parse_tagged(lines).get("JOB")
-    return rows if isinstance(rows, dict) else None
-
-
 def progress_text(progress: dict[str, Any]) -> str:
     """``checkpoints/a 312/512 MB 39.8 MB/s; loras/b done 256/256 MB 41.0 MB/s``: every stream, one line."""
     parts = []
@@ -122,81 +117,93 @@ def progress_text(progress: dict[str, Any]) -> str:
 def wait_download(cfg: HostConfig, count: int, lock_path: str | None) -> Generator[Any, None, None]:
     """Follow the host's download job until it ends; fail with the downloader's error.
 
+    No change when no job of this plan is running (it finished before, or nothing had to
+    be fetched): its outcome, or the files in place, are read without running anything.
+
     + cfg: the host's config (the job folder, the plan)
     + count: how many files the plan names
     + lock_path: where computed hashes are recorded
     """
-    status = StringCommand(
+    status = (
         "python3",
-        QuoteString(_script(cfg, "model_job.py")),
+        _script(cfg, "model_job.py"),
         "status",
         "--job-dir",
-        QuoteString(job_dir(cfg)),
+        job_dir(cfg),
         "--plan",
-        QuoteString(_plan_path(cfg)),
+        _plan_path(cfg),
     )
-    check = StringCommand(
-        "python3",
-        QuoteString(_script(cfg, "fetch_models.py")),
-        "--plan",
-        QuoteString(_plan_path(cfg)),
-        *MODELS_CHECK,
-    )
-    answer: dict[str, Any] = {}
+    check = ("python3", _script(cfg, "fetch_models.py"), "--plan", _plan_path(cfg), *MODELS_CHECK)
+    now = host.get_fact(HostsideJson, argv=status)
+    job = now.get("JOB")
+    if job is None:
+        yield fail(
+            "; ".join(now.get("error", [])) or "model_job.py status gave no answer (python3 on the host?)"
+        )
+        return
+    answer: dict[str, Any] = {"job": job}
+    if job["state"] == "running":
+        status_command = script('"$@"', *status)
+        check_command = script('"$@"', *check)
 
-    # pyinfra hands `state` and `host` to a callback by these parameter names.
-    def follow(state: State, host: Host) -> bool:
-        shown = ""
-        while True:
-            ok, output = host.run_shell_command(status, _sudo=cfg.sudo)
-            job = _job_line(output.stdout_lines) if ok else None
-            if job is None:
-                answer["error"] = "; ".join(output.stderr_lines[-3:]) or "model_job.py status gave no answer"
-                return True
-            line = progress_text(job.get("progress") or {})
-            if line != shown and (job["state"] == "running" or job.get("progress")):
-                progress_log.info("[%s] models: %s", host.name, line)
-                shown = line
-            if job["state"] != "running":
-                break
-            gevent.sleep(POLL_SECONDS)
-        answer["job"] = job
-        if job["state"] == "done" and job.get("same_plan"):
+        # pyinfra hands `state` and `host` to a callback by these parameter names.
+        def follow(state: State, host: Host) -> bool:
+            shown = ""
+            while True:
+                ok, output = host.run_shell_command(status_command, _sudo=cfg.sudo)
+                line = parse_tagged(output.stdout_lines).get("JOB") if ok else None
+                if line is None:
+                    answer["error"] = (
+                        "; ".join(output.stderr_lines[-3:]) or "model_job.py status gave no answer"
+                    )
+                    return True
+                text = progress_text(line.get("progress") or {})
+                if text != shown and (line["state"] == "running" or line.get("progress")):
+                    progress_log.info("[%s] models: %s", host.name, text)
+                    shown = text
+                if line["state"] != "running":
+                    break
+                gevent.sleep(POLL_SECONDS)
+            answer["job"] = line
+            if not (line["state"] == "done" and line.get("same_plan")):
+                _, out = host.run_shell_command(check_command, _sudo=cfg.sudo)
+                answer["check"] = parse_tagged(out.stdout_lines).get("CHECK")
             return True
-        # No job of this plan ran to its end here: the files must already be in place.
-        _, out = host.run_shell_command(check, _sudo=cfg.sudo)
-        answer["check"] = parse_tagged(out.stdout_lines).get("CHECK")
-        return True
 
-    yield FunctionCommand(follow, (), {})
-    if not answer:
+        yield FunctionCommand(follow, (), {})
+        if "error" in answer:
+            yield fail(f"model downloads: {answer['error']}")
+            return
+        job = answer["job"]
+    elif not (job["state"] == "done" and job.get("same_plan")):
+        answer["check"] = host.get_fact(HostsideJson, argv=check).get("CHECK")
+    problem = _verdict(job, answer.get("check"), count, lock_path)
+    if problem:
+        yield fail(problem)
         return
-    job = answer.get("job") or {}
-    if "error" in answer:
-        yield fail(f"model downloads: {answer['error']}")
-        return
+    host.noop(f"{count} model file(s) in place")
+
+
+def _verdict(
+    job: dict[str, Any], rows: list[dict[str, Any]] | None, count: int, lock_path: str | None
+) -> str:
+    """What failed (one line), or "" when every file is in place (then reported)."""
     if job.get("same_plan") and job["state"] == "failed":
         errors = job.get("errors") or [f"the downloader exited with {job.get('rc')}"]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        yield fail(f"model download failed: {errors[0]}{more}")
-        return
+        return f"model download failed: {errors[0]}{more}"
     if job.get("same_plan") and job["state"] == "done":
         show_downloads(job.get("result") or [], lock_path)
-        return
-    rows = answer.get("check") or []
-    missing = [f"{r['folder']}/{r['filename']}" for r in rows if r.get("state") != "ok"]
-    if not rows or missing:
-        why = (
-            "its download stopped before the end (killed, or the host restarted)"
-            if job.get("state") == "lost"
-            else "no download of this plan is running"
-        )
-        yield fail(
-            f"model files missing: {', '.join(missing) or 'unknown (no check answer)'}: {why}; "
-            "run again to resume"
-        )
-        return
-    report(host).note(f"{count} model file(s) in place")
+        return ""
+    missing = [f"{r['folder']}/{r['filename']}" for r in rows or [] if r.get("state") != "ok"]
+    if rows and not missing:
+        return ""
+    why = (
+        "its download stopped before the end (killed, or the host restarted)"
+        if job.get("state") == "lost"
+        else "no download of this plan is running"
+    )
+    return f"model files missing: {', '.join(missing) or 'unknown (no check answer)'}: {why}; run again to resume"
 
 
 def prepare_data_root(
