@@ -52,14 +52,23 @@ FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
 Span = tuple[str, float, float]
 
 
-def timed_task_runner(t0: float, spans: list[Span]) -> Callable[[Any, Any, dict[str, Any]], Any]:
-    """runner.run for ship's host steps, recording each task's start and end (seconds after t0)."""
+def timed_task_runner(
+    t0: float, spans: list[Span], serial: bool = False
+) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """runner.run for ship's host steps, recording each task's start and end (seconds after t0).
+
+    ``serial``: the way before the pipeline, one tier after the other: the downloads are
+    waited for right after they start, before bootstrap, nodes and the API.
+    """
 
     def run_task(specs: Any, task: Any, data: dict[str, Any]) -> Any:
         label = task if isinstance(task, str) else getattr(task, "__name__", "deploy")
         start = time.perf_counter() - t0
         try:
-            return run(specs, task, data=data)
+            result = run(specs, task, data=data)
+            if serial and label == "models-start" and all(h.ok for h in result.hosts):
+                result = run(specs, "models-wait", data=data)
+            return result
         finally:
             spans.append((label, start, time.perf_counter() - t0))
 
@@ -75,7 +84,9 @@ def host_job(host: Host) -> dict[str, Any]:
     }
 
 
-def cold_deploy(env: ShipFleet, host: Host, root: Path, registry: Registry) -> dict[str, Any]:
+def cold_deploy(
+    env: ShipFleet, host: Host, root: Path, registry: Registry, serial: bool = False
+) -> dict[str, Any]:
     """`ship --bootstrap` on a bare host; the total, the host's download span, the timeline."""
     inventory = env.inventory([host], root / f"inventory-{host.name}.py")
     spans: list[Span] = []
@@ -85,7 +96,9 @@ def cold_deploy(env: ShipFleet, host: Host, root: Path, registry: Registry) -> d
         env.workflows / f"{WORKFLOW}.json", str(inventory), "dev", f"cold-{host.name}", registry
     )
     ctx.data["bootstrap"] = True
-    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=timed_task_runner(t0, spans)), registry)
+    outcome = run_ship(
+        ctx, standard_steps(ctx, registry, run_task=timed_task_runner(t0, spans, serial)), registry
+    )
     total = time.perf_counter() - t0
     if not outcome.result.ok:
         raise SystemExit(f"ship failed on {host.name}: {outcome.result.failure}")
@@ -173,6 +186,11 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="model bytes in total, GiB (default 1)")
     parser.add_argument("--mbps", type=float, default=40.0, help="MB/s per connection (default 40)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--serial-too",
+        action="store_true",
+        help="also time the tiers one after the other (download first, then the rest) on a third bare host",
+    )
     args = parser.parse_args()
     if args.gib <= 0 or args.mbps <= 0 or args.runs < 1:
         print("error: --gib and --mbps must be positive, --runs 1 or more", file=sys.stderr)
@@ -181,6 +199,7 @@ def main() -> int:
     per_file = int(args.gib * 2**30) // len(MODELS)
     downloads: list[float] = []
     colds: list[dict[str, Any]] = []
+    serials: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         root = Path(tmp)
         os.environ["COMFYFLEET_STATE_DIR"] = str(root / "state")
@@ -217,6 +236,14 @@ def main() -> int:
                     flush=True,
                 )
                 print(timeline(c), flush=True)
+                if args.serial_too:
+                    host = fleet.add_host(f"serial{i}")
+                    serials.append(cold_deploy(env, host, root, registry, serial=True)["total"])
+                    fleet.remove_host(host.name)
+                    print(
+                        f"run {i + 1}: the same ship, tiers one after the other: {serials[-1]:.1f} s",
+                        flush=True,
+                    )
         finally:
             if env is not None:
                 env.stop()
@@ -229,6 +256,8 @@ def main() -> int:
     print(f"{'  download starts (on the host)':<34}{stats([c['dl_start'] for c in colds]):>30}")
     print(f"{'  download on the host':<34}{stats([c['dl_end'] - c['dl_start'] for c in colds]):>30}")
     print(f"{'  after the download ends':<34}{stats([c['total'] - c['dl_end'] for c in colds]):>30}")
+    if serials:
+        print(f"{'tiers one after the other':<34}{stats(serials):>30}")
     print(
         f"cold deploy / download alone per run: {', '.join(f'{r:.2f}x' for r in ratios)} (target <= {TARGET})"
     )
