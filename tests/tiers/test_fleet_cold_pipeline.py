@@ -160,6 +160,27 @@ def resumed_rows(host: Host) -> list[dict[str, Any]]:
     raise AssertionError("no RESULT line from the downloader")
 
 
+def test_ship_bootstrap_to_a_bare_volume_host_downloads_onto_the_mounted_volume(
+    cold: dict[str, Any], start_host: Callable[..., Host]
+) -> None:
+    env: ShipFleet = cold["env"]
+    host = start_host(name="coldvol", provider="datacrunch", volume=True)
+    try:
+        inventory = env.inventory([host], cold["root"] / "inventory-vol.py")
+        shipped = cli(
+            cold, "ship", str(env.workflows / "lora_txt2img.json"), "--to", str(inventory), "--bootstrap"
+        )
+        assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+        assert f"serving http://127.0.0.1:{host.api_port}/workflows/lora_txt2img" in shipped.stdout
+        # The volume was mounted before the first byte: the files are on it, not hidden under it.
+        assert host.exec(f"mountpoint -q {host.block_mount}", check=False).returncode == 0
+        on_volume = host.exec(f"stat -c %s {host.data_root}/models/{CHECKPOINT}", check=False).stdout.strip()
+        assert on_volume == str(MODEL_BYTES)
+        assert job_files(host)["rc"] == 0
+    finally:
+        env.fleet.remove_host("coldvol")
+
+
 def test_failed_download_fails_the_ship_with_the_downloaders_line(cold: dict[str, Any]) -> None:
     workflows: Path = cold["env"].workflows
     overrides = yaml.safe_load((workflows / "overrides.yaml").read_text())

@@ -59,7 +59,7 @@ def deploy_all() -> None:
     )
     # The model bytes are the long pole: they start first (detached on the host) and only
     # the end of the run waits for them; ComfyUI, nodes and the API never need them.
-    comfyui.directories(name="Data folders", paths=cfg.layout.directories, _sudo=cfg.sudo)
+    comfyui.directories(name="Data folders", paths=cfg.layout.directories)
     staged = stage(cfg, scripts, plans, "Host scripts and plans")
     start_models(manifests, staged=staged)
     deploy_runtime(prefetched=True)

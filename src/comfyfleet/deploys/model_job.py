@@ -217,11 +217,11 @@ def prepare_data_root(
     ]
     if cfg.block_device:
         requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
-    prefetch.prefetch(name="Read host state for downloads", requests=requests, _sudo=cfg.sudo)
+    prefetch.prefetch(name="Read host state for downloads", requests=requests)
     if cfg.block_device:
         # The data root lives on the volume: bytes written before the mount would be hidden by it.
         block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount)
-    comfyui.directories(name="Data folders", paths=lay.directories, _sudo=cfg.sudo)
+    comfyui.directories(name="Data folders", paths=lay.directories)
     return stage(cfg, scripts, plans, "Host scripts and plans")
 
 
@@ -241,7 +241,6 @@ def start_models(manifests: list[Manifest], staged: dict[str, str] | None = None
         cfg=cfg,
         count=len(models),
         token_names=sorted(tokens_needed(models)),
-        _sudo=cfg.sudo,
     )
     missing_url = [m for m in models if not m.url]
     if missing_url:
@@ -261,7 +260,6 @@ def wait_models(manifests: list[Manifest]) -> None:
         cfg=cfg,
         count=len(needed_models(manifests)),
         lock_path=lock_file(),
-        _sudo=cfg.sudo,
     )
 
 
