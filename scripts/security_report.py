@@ -4,7 +4,8 @@
 Each tests/security/test_<category>.py holds one test per attack; a passing test is an
 attack handled, anything else (failed, error, skipped) is not. A category without a file
 yet is listed as "not covered" and counts as a miss. Ends with one line: targets met or
-missed (exit 1 on a miss).
+missed (exit 1 on a miss). The secrets category includes attacks over the real SSH test fleet
+(``-m fleet``: tunnels, a ship to an API not reachable directly); they run here like the rest.
 
     .venv/bin/python scripts/security_report.py            # the whole catalogue
     .venv/bin/python scripts/security_report.py -k ssrf    # extra arguments go to pytest

@@ -8,8 +8,9 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 # chromium + fonts-liberation: the headless browser Playwright drives for the /docs tests and the
 # frontend oracle (tests/oracle); lvm2: the LVM volume attack tests; haproxy, socat, openssl: the fleet gateway's tests; nodejs + npm:
-# s3rver for the object-store tests.
-for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux lvm2 iproute2 curl git rsync chromium fonts-liberation haproxy socat openssl; do
+# s3rver for the object-store tests; radosgw + ceph-mon + ceph-osd: Ceph's S3 server, the real one those tests
+# upload to (comfyfleet.devkit.radosgw).
+for pkg in docker.io debootstrap openssh-client e2fsprogs util-linux lvm2 iproute2 curl git rsync chromium fonts-liberation haproxy socat openssl radosgw ceph-mon ceph-osd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 # npm comes with the machine's Node.js where there is one (NodeSource's nodejs conflicts with Debian's npm).

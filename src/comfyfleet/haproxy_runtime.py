@@ -11,7 +11,7 @@ import socket
 import time
 from pathlib import Path
 
-from comfyfleet.facts.haproxy import ServerView, parse_show_stat
+from comfyfleet.facts.haproxy import GatewayView, ServerView, parse_view
 from comfyfleet.gateway_config import BACKEND
 
 
@@ -36,8 +36,11 @@ class Runtime:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
+    def view(self) -> GatewayView:
+        return parse_view(self.command("show stat"), self.backend)
+
     def servers(self) -> list[ServerView]:
-        return parse_show_stat(self.command("show stat"), self.backend)
+        return self.view().servers
 
     def server(self, name: str) -> ServerView:
         for view in self.servers():

@@ -44,7 +44,7 @@ api_binary             ``dist/comfyui-api.pyz``                    tier 1: the a
 workflows_dir          ``workflows``                               local folder whose workflows the API serves
 api_listen             ``0.0.0.0``                                 address the API binds on the host
 api_keys_file          none (a key is generated on the host)       local file of API keys to install
-api_url                ``http://<ssh address>:<api_port>``         where ship reaches the API (a proxy or TLS)
+api_url                ``http://<ssh address>:<api_port>``         the endpoint URL; checks call https:// directly, else via SSH
 verify_timeout         ``600``                                     ``verify-endpoints``: seconds for /ready, each generation
 deploy_api             ``auto``                                    ``deploy-all`` runs tier 1: auto | true | false
 git_mirrors            none                                        tier 2: ``{url prefix: mirror prefix}`` for packs
@@ -294,10 +294,17 @@ class HostConfig(BaseModel):
     @property
     def comfyui_url(self) -> str:
         """Where ComfyUI answers, seen from the host itself."""
-        addr = "127.0.0.1" if self.comfyui_listen in ("0.0.0.0", "::") else self.comfyui_listen
-        if ":" in addr:
-            addr = f"[{addr}]"
-        return f"http://{addr}:{self.comfyui_port}"
+        return _local_url(self.comfyui_listen, self.comfyui_port)
+
+    @property
+    def api_local_address(self) -> str:
+        """The address the API service answers on, seen from the host itself (an SSH tunnel's far end)."""
+        return _local_address(self.api_listen)
+
+    @property
+    def api_local_url(self) -> str:
+        """Where the API service answers, seen from the host itself."""
+        return _local_url(self.api_listen, self.api_port)
 
 
 @dataclass(frozen=True)
@@ -463,3 +470,13 @@ def pyinfra_cli_errors() -> Iterator[None]:
         yield
     except BadInput as exc:
         raise InventoryError(str(exc)) from None
+
+
+def _local_address(listen: str) -> str:
+    """The address a service bound to ``listen`` answers on from the host itself."""
+    return "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+
+
+def _local_url(listen: str, port: int) -> str:
+    addr = _local_address(listen)
+    return f"http://[{addr}]:{port}" if ":" in addr else f"http://{addr}:{port}"

@@ -2,7 +2,8 @@
 
 comfyfleet drives pyinfra from Python (:mod:`comfyfleet.runner`) and reads a few things
 pyinfra does not publish: the real Host behind the ``host`` proxy, each operation's metadata
-while a run executes, the known_hosts memo, and the inner generator of a stock operation.
+while a run executes, the known_hosts memo, the inner generator of a stock operation, and its
+SSH client (ssh_config, known hosts, host-key policy) for tunnels.
 ``tests/test_pyinfra_compat.py`` checks each of these against the installed pyinfra, so an
 upgrade that moves one fails there, loudly, naming it, instead of somewhere in a deploy.
 """
@@ -16,7 +17,7 @@ from pyinfra.api import Host, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_host_op, run_ops
-from pyinfra.connectors.sshuserclient.client import get_host_keys
+from pyinfra.connectors.sshuserclient.client import SSHClient, get_host_keys
 from pyinfra.context import ContextObject, ctx_host, ctx_state
 from pyinfra.operations import files
 
@@ -34,6 +35,7 @@ __all__ = [
     "real_host",
     "run_host_op",
     "run_ops",
+    "ssh_client",
 ]
 
 
@@ -100,3 +102,47 @@ def inner_commands(op: Any, *args: Any, **kwargs: Any) -> Generator[Any, None, N
 def put_file_commands(src: str, dest: str, mode: str) -> Generator[Any, None, None]:
     """The commands of pyinfra's ``files.put`` inside another operation."""
     yield from inner_commands(files.put, src=src, dest=dest, mode=mode)
+
+
+def ssh_client(
+    hostname: str,
+    *,
+    port: int | None,
+    user: str | None,
+    key: str | None,
+    key_password: str | None,
+    password: str | None,
+    known_hosts_file: str | None,
+    strict_host_key_checking: str | None,
+    config_file: str | None,
+    timeout: float,
+) -> SSHClient:
+    """A paramiko client connected to a host as pyinfra's SSH connector connects to it.
+
+    pyinfra's own client class: the same ssh_config lookup, known_hosts file(s) and
+    host-key policy (``accept-new`` when not set, pyinfra's default), the key file
+    (then no agent and no key search) or else the agent and ~/.ssh keys. Raises paramiko's
+    and the socket's errors; the caller names the host.
+    """
+    kwargs: dict[str, Any] = {"timeout": timeout, "banner_timeout": timeout, "auth_timeout": timeout}
+    if port:
+        kwargs["port"] = int(port)
+    if user:
+        kwargs["username"] = user
+    if password:
+        kwargs["password"] = password
+    if key:
+        kwargs.update(key_filename=key, passphrase=key_password, allow_agent=False, look_for_keys=False)
+    client = SSHClient()
+    try:
+        client.connect(
+            hostname,
+            _pyinfra_ssh_config_file=config_file,
+            _pyinfra_ssh_known_hosts_file=known_hosts_file,
+            _pyinfra_ssh_strict_host_key_checking=strict_host_key_checking or "accept-new",
+            **kwargs,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client

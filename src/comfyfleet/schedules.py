@@ -48,6 +48,7 @@ from comfyfleet.ship import (
     judged,
     run_ship,
 )
+from comfyfleet.tunnel import SshRoute
 
 _EVERY = re.compile(r"^\s*(\d+)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)?\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -124,7 +125,8 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
     API keys are read from the key files the ship recorded per host (``api_keys_file`` in
     the host's data), else ``api_key`` / $COMFYFLEET_API_KEY; the registry never stores keys.
     The inventory is not loaded here: the endpoints recorded at ship time are what is
-    checked, so a check needs no SSH and no inventory file.
+    checked, through the SSH route recorded with each (:mod:`comfyfleet.tunnel`), so a
+    check needs no inventory file and the key never crosses plain HTTP off the host.
     """
     ctx = ShipContext(
         workflow_path=Path(deployment.workflow_path),
@@ -139,6 +141,9 @@ def context_for(deployment: Deployment, api_key: str | None = None) -> ShipConte
     if key:
         ctx.data["api_key"] = key
     ctx.data["api_key_files"] = {e.host: e.api_key_file for e in deployment.endpoints if e.api_key_file}
+    ctx.data["ssh_routes"] = {
+        e.host: SshRoute.from_record(e.host, e.ssh) for e in deployment.endpoints if e.ssh
+    }
     return ctx
 
 

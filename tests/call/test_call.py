@@ -93,7 +93,9 @@ def test_call_a_target_with_an_image_file(keyed_api: KeyedApi, tmp_path: Path) -
     inventory = tmp_path / "inventory.py"
     port = keyed_api.url.rsplit(":", 1)[1]
     inventory.write_text(
-        f"hosts = [('127.0.0.1', {{'api_port': {port}, 'api_keys_file': {str(keyed_api.key_file)!r}}})]\n"
+        # api_url on loopback: called directly (a host is otherwise reached through its SSH).
+        f"hosts = [('127.0.0.1', {{'api_port': {port}, 'api_url': {keyed_api.url!r},"
+        f" 'api_keys_file': {str(keyed_api.key_file)!r}}})]\n"
     )
     red = tmp_path / "red.png"
     red.write_bytes(encode_png(Image.solid(8, 6, 0xFF0000)))

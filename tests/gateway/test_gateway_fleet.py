@@ -4,15 +4,16 @@ in front of two GPU hosts running comfyui-api + the ComfyUI stand-in (real pyinf
 One module-scoped fleet (the deploys cost minutes): HTTPS with a CA made here, one key set
 passed through, async job results reachable whichever host ran them, the capacity limit, a
 rolling `--restart-api-only` drained through the gateway under load with no failed request,
-failover when a host's API dies, the gateway's view in `gateway status`, and outputs uploaded
-to s3rver (npm's fake S3 server, a test double; its SigV4 is checked against botocore in
-comfyui-api/tests/test_object_store_s3rver.py).
+failover when a host's API dies, the gateway's view in `common INVENTORY --status` and `gateway
+status` (draining, busy with requests waiting, down), and outputs uploaded to a real S3 server
+(Ceph's radosgw, comfyfleet.devkit.radosgw).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ from local_ca import make_ca_and_server_pem
 
 from comfyfleet.deploys.gateway import deploy_gateway
 from comfyfleet.devkit.fleet import Fleet, Host
-from comfyfleet.devkit.s3rver import S3Server, s3rver
+from comfyfleet.devkit.radosgw import radosgw
+from comfyfleet.devkit.s3rver import S3Server
 from comfyfleet.gateway import gateway_targets
+from comfyfleet.operations.haproxy import WAITING_ROW
 from comfyfleet.runner import run
 
 pytestmark = pytest.mark.fleet
@@ -80,6 +84,22 @@ class Setup:
             base_url=self.url, verify=self.tls, timeout=60, headers={"authorization": f"Bearer {KEY}"}, **kw
         )
 
+    def cli_view(self, *args: str) -> dict[str, list[str]]:
+        """The gateway table the CLI prints: host -> [host, state, in flight, queued, last check]."""
+        cli = run_cli(*args)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        lines = cli.stdout.splitlines()
+        start = max(i for i, line in enumerate(lines) if line.strip() == "gateway")
+        rows = {}
+        for line in lines[start + 1 :]:
+            cells = [c.strip() for c in re.split("[\u2502\u2503]", line)[1:-1]]
+            if len(cells) == 5 and cells[0] not in ("", "host"):
+                rows[cells[0]] = cells
+        return rows
+
+    def all_up(self) -> bool:
+        return all(r[1] == "up" for name, r in self.view().items() if name != WAITING_ROW)
+
     def view(self) -> dict[str, list[str]]:
         result = run(gateway_targets(str(self.inventory))[0], "gateway-status")
         assert result.ok, [(h.host, h.reason) for h in result.hosts]
@@ -112,7 +132,7 @@ def gw(
     port = _free_port()
     gateway = start_host(name="gw1", provider="lambda")
     hosts = [fleet_hosts["lambda1"], fleet_hosts["dc1"]]
-    with s3rver(tmp / "s3") as s3:
+    with radosgw(tmp / "s3") as s3:
         store = s3.write_config(tmp / "object-store.json", prefix="fleet/")
         inv = write_inventory(
             [*hosts, gateway],
@@ -138,7 +158,7 @@ def gw(
         assert cli.returncode == 0, cli.stdout + cli.stderr
         setup = Setup(inv, f"https://127.0.0.1:{port}", ca, hosts, gateway, s3)
         deadline = time.monotonic() + 60
-        while not all(r[1] == "up" for r in setup.view().values()):
+        while not setup.all_up():
             assert time.monotonic() < deadline, setup.view()
             time.sleep(1)
         yield setup
@@ -232,13 +252,39 @@ def test_rolling_restart_drains_through_the_gateway_without_failed_requests(gw: 
             t.join()
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert failures == [] and count[0] > 0
-    assert all(r[1] == "up" for r in gw.view().values())
+    assert gw.all_up()
 
 
 def test_failover_when_a_hosts_api_dies(gw: Setup) -> None:
     victim = gw.hosts[0]
     container = f"{victim.container_prefix}comfyui-api"
-    victim.exec(f"docker stop -t 1 {container}", user="root")
+    answers: dict[str, list[str]] = {"GET": [], "POST": []}
+    stop = threading.Event()
+
+    def client_loop(method: str) -> None:
+        # One kept-alive connection per client, no retry of its own: what the gateway answers counts.
+        with gw.client() as c:
+            while not stop.is_set():
+                try:
+                    r = c.get("/health") if method == "GET" else c.post("/workflows/tiny", json={"input": {}})
+                    detail = r.json().get("detail", "") if r.status_code != 200 else ""
+                    answers[method].append(f"{r.status_code} {detail}".strip())
+                except httpx.HTTPError as exc:
+                    answers[method].append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.05 if method == "GET" else 0.25)  # POSTs under the per-key rate limit
+
+    loops = [threading.Thread(target=client_loop, args=(m,)) for m in ("GET", "GET", "POST", "POST")]
+    for t in loops:
+        t.start()
+    time.sleep(1.5)
+    victim.exec(f"docker kill {container}", user="root")  # SIGKILL with requests under way
+    time.sleep(3)
+    stop.set()
+    for t in loops:
+        t.join()
+    assert answers["GET"] and set(answers["GET"]) == {"200"}, answers["GET"]  # retried on dc1
+    unclear = [a for a in answers["POST"] if a != "200" and "it was not retried (it may have run)" not in a]
+    assert answers["POST"] and not unclear, answers["POST"]  # 200, or a clear 502 when it may have run
     try:
         with gw.client() as c:
             answers = [c.post("/workflows/tiny", json={"input": {}}) for _ in range(6)]
@@ -247,10 +293,47 @@ def test_failover_when_a_hosts_api_dies(gw: Setup) -> None:
             gone = c.get("/jobs/lambda1-0123456789abcdef0123456789abcdef")
             assert gone.status_code == 503 and "host lambda1" in gone.json()["detail"]
             assert gone.headers["retry-after"] == "5"
-        assert gw.view()["lambda1"][1] == "down"
+        rows = gw.cli_view("gateway", "status", str(gw.inventory))
+        assert rows["lambda1"][1] == "down" and rows["dc1"][1] == "up", rows
     finally:
         victim.exec(f"docker start {container}", user="root")
     deadline = time.monotonic() + 60
     while gw.view()["lambda1"][1] != "up":
         assert time.monotonic() < deadline
         time.sleep(1)
+
+
+def test_status_shows_the_gateways_view_draining_then_busy_with_requests_waiting(gw: Setup) -> None:
+    """`comfyfleet common INVENTORY --status` ends with the gateway's view; `gateway status` shows it alone."""
+    inv = str(gw.inventory)
+    drained = run_cli("gateway", "drain", inv, "dc1")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    try:
+        rows = gw.cli_view("common", f"{inv}:gpu", "--status")
+        assert rows["dc1"][1:4] == ["draining", "0", "0"] and rows["lambda1"][1] == "up", rows
+    finally:
+        ready = run_cli("gateway", "ready", inv, "dc1")
+        assert ready.returncode == 0, ready.stdout + ready.stderr
+    # ComfyUI frozen on both hosts (docker pause; their APIs stay ready) while 5 generations arrive:
+    # one runs on each host, the other 3 wait at the gateway for whichever host frees up first.
+    comfyui = [(h, f"{h.container_prefix}comfyui") for h in gw.hosts]
+    for h, container in comfyui:
+        h.exec(f"docker pause {container}", user="root")
+    with ThreadPoolExecutor(5) as pool:
+        try:
+
+            def generate(_: int) -> int:
+                with gw.client() as c:
+                    return c.post("/workflows/tiny", json={"input": {}}).status_code
+
+            burst = [pool.submit(generate, i) for i in range(5)]
+            deadline = time.monotonic() + 30
+            while gw.view()[WAITING_ROW][3] != "3":
+                assert time.monotonic() < deadline, gw.view()
+            rows = gw.cli_view("gateway", "status", inv)
+        finally:
+            for h, container in comfyui:
+                h.exec(f"docker unpause {container}", user="root")
+        assert [b.result() for b in burst] == [200] * 5
+    assert rows["lambda1"][1:3] == ["up", "1"] and rows["dc1"][1:3] == ["up", "1"], rows
+    assert rows[WAITING_ROW][3] == "3", rows

@@ -53,7 +53,9 @@ def ship_ctx(workflow: Path, server: ApiServer, registry: Registry, name: str | 
         "dev",
         name,
         registry,
-        resolve=lambda target: [("gpu-1", {"ssh_hostname": "127.0.0.1", "api_port": server.port})],
+        # api_url on loopback: the checks call the test API directly (hosts are otherwise reached
+        # through SSH, tests/security/test_secrets.py).
+        resolve=lambda target: [("gpu-1", {"api_port": server.port, "api_url": server.url})],
     )
 
 
@@ -218,7 +220,7 @@ def test_api_key_from_the_hosts_key_file_reaches_the_api_and_never_the_registry(
         resolve=lambda t: [
             (
                 "gpu-1",
-                {"ssh_hostname": "127.0.0.1", "api_port": api_server.port, "api_keys_file": str(key_file)},
+                {"api_port": api_server.port, "api_url": api_server.url, "api_keys_file": str(key_file)},
             )
         ],
     )

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from comfyui_api.webhooks import redact_url
 from comfyui_api.webhooks import verify as verify_webhook
 
 __all__ = ["ApiClient", "ApiError", "ApiUnavailable", "Output", "Result", "verify_webhook"]
@@ -246,7 +247,21 @@ class ApiClient:
             return output.data
         if not output.url:
             raise ApiError(0, f"output {output.filename} has neither data nor a download URL")
+        url = httpx.URL(output.url)
+        if url.is_absolute_url and _origin(url) != _origin(self._http.base_url):
+            return self._fetch_elsewhere(url, timeout)
         return self._send("GET", output.url, timeout=timeout).content
+
+    def _fetch_elsewhere(self, url: httpx.URL, timeout: float | None) -> bytes:
+        """An output on another origin (the deployment's bucket, presigned): fetched without the API
+        key, and not through this client's transport (an SSH tunnel reaches the service only)."""
+        where = redact_url(str(url))
+        try:
+            with httpx.Client(timeout=self._http.timeout, follow_redirects=True) as other:
+                resp = other.get(url, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+        except httpx.HTTPError as exc:
+            raise ApiUnavailable(0, f"GET {where}: {type(exc).__name__}") from exc
+        return _checked(resp).content
 
     def save(self, output: Output, directory: str | Path) -> Path:
         """Write an output into ``directory`` under its own base name; the path written."""
@@ -397,6 +412,10 @@ def _error(resp: httpx.Response) -> ApiError:
     if resp.status_code in RETRYABLE:
         return ApiUnavailable(resp.status_code, _detail_of(resp), _body(resp), _retry_after(resp))
     return ApiError(resp.status_code, _detail_of(resp), _body(resp))
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 def _checked(resp: httpx.Response) -> httpx.Response:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ import httpx
 from comfyui_api.outbound import is_blocked
 
 log = logging.getLogger("comfyui_api.webhooks")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def secret_key(secret: str) -> bytes:
@@ -65,7 +67,7 @@ async def deliver(
         separators=(",", ":"),
     ).encode()
     last = ""
-    where = _redacted(url)
+    where = redact_url(url)
     for attempt in range(1, max_attempts + 1):
         ts = int(time.time())
         headers = {
@@ -85,14 +87,20 @@ async def deliver(
             last, detail = "the receiver could not be reached", f"{type(exc).__name__}: {exc}"
             if is_blocked(exc):
                 last = detail = "the receiver is not a public address (refused by the outbound policy)"
+        detail = redact_urls(detail)  # an error's text may quote the URL (or one it was sent on to)
         log.warning("webhook %s attempt %d/%d to %s failed: %s", msg_id, attempt, max_attempts, where, detail)
         if attempt < max_attempts:
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
     return {"id": msg_id, "delivered": False, "attempts": max_attempts, "error": last}
 
 
-def _redacted(url: str) -> str:
-    """scheme://host[:port]/… of a webhook URL: paths and queries often carry tokens."""
+def redact_urls(text: str) -> str:
+    """``text`` with every URL in it cut down to scheme://host[:port]/… (see :func:`redact_url`)."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/… of a webhook URL: userinfo, paths, queries and fragments often carry tokens."""
     try:
         u = httpx.URL(url)
         return f"{u.scheme}://{u.host}{':' + str(u.port) if u.port else ''}/…"

@@ -2,8 +2,11 @@
 
 The service is found the way `ship` addresses it: a deployment in the registry serving the
 workflow (its endpoint and key file), or a target (`--target`, as ship's `--to`) whose host
-data give the API address and key file, or an API URL (`--host http://...`). Inputs are
-checked against the workflow's schema from `GET /workflows` before anything runs.
+data give the API address and key file, or an API URL (`--host http://...`). A host is
+reached as ship reaches it: through its SSH (the deployment's recorded route, the target's
+SSH settings), so the key never crosses plain HTTP; an https:// ``api_url`` or a given URL
+directly. Inputs are checked against the workflow's schema from `GET /workflows` before
+anything runs.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 import mimetypes
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from comfyui_api.client import ApiClient, ApiError, ApiUnavailable, Output, Result
@@ -25,7 +29,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from comfyfleet.errors import BadInput
 from comfyfleet.registry import Deployment, Registry
 from comfyfleet.schedules import api_base
-from comfyfleet.ship import API_KEY_ENV, api_base_for, read_api_key, resolve_target
+from comfyfleet.ship import API_KEY_ENV, api_base_for, api_route_for, read_api_key, resolve_target
+from comfyfleet.tunnel import SshRoute, TunnelError, open_tunnel
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -38,11 +43,13 @@ def register(app: typer.Typer) -> None:
 
 @dataclass(frozen=True)
 class Service:
-    """Where a workflow is called: the host's name (for messages), its API base URL and key."""
+    """Where a workflow is called: the host's name (for messages), its API base URL and key,
+    and the SSH route its requests take (None: the URL is called directly)."""
 
     host: str
     base_url: str
     api_key: str | None
+    route: SshRoute | None = None
 
 
 def find_service(
@@ -60,7 +67,8 @@ def find_service(
                 raise BadInput(f"target {target} has no host {host!r}: pass one of its hosts to --host")
         name, data = specs[0]
         key_file = data.get("api_keys_file")
-        return Service(name, api_base_for(name, data), read_api_key(key_file, name) if key_file else env_key)
+        key = read_api_key(key_file, name) if key_file else env_key
+        return Service(name, api_base_for(name, data), key, api_route_for(name, data))
     deployment = _deployment_for(workflow, env, registry)
     endpoints = [e for e in deployment.endpoints if host is None or e.host == host]
     if not endpoints:
@@ -71,7 +79,8 @@ def find_service(
         )
     endpoint = endpoints[0]
     key = read_api_key(endpoint.api_key_file, endpoint.host) if endpoint.api_key_file else env_key
-    return Service(endpoint.host, api_base(endpoint.url), key)
+    route = SshRoute.from_record(endpoint.host, endpoint.ssh) if endpoint.ssh else None
+    return Service(endpoint.host, api_base(endpoint.url), key, route)
 
 
 def _deployment_for(workflow: str, env: str | None, registry: Registry) -> Deployment:
@@ -165,7 +174,7 @@ def save_output(directory: Path, workflow: str, job_id: str, index: int, output:
     raise BadInput(f"{directory}: {stem}{ext} and 999 more names are taken: pass another --out")
 
 
-def _failure(exc: ApiError, service: Service, workflow: str) -> None:
+def _failure(exc: ApiError, service: Service, workflow: str) -> NoReturn:
     """Exit 2 for what the caller must change, 1 for what went wrong on the host."""
     detail = exc.detail
     if isinstance(detail, list):
@@ -251,28 +260,56 @@ def call(
     """
     name = Path(workflow).stem if workflow.endswith(".json") else workflow
     service = find_service(name, target, host, env, Registry())
-    try:
-        client = ApiClient(service.base_url, service.api_key, timeout=30.0)
-    except ValueError as exc:
-        raise BadInput(
-            f"host {service.host}: {exc}: set api_url to an https:// address in its data, or tunnel "
-            "(ssh -L 3000:127.0.0.1:3000 HOST) and pass --host http://127.0.0.1:3000"
-        ) from None
-    with client:
-        try:
-            result = _run(client, service, name, inputs or [], input_files or [], run_async, timeout)
-            saved = [
-                (save_output(out_dir, name, result.id, i, o, client.download(o)), o)
-                for i, o in enumerate(result.outputs)
-            ]
-        except ApiError as exc:
-            _failure(exc, service, name)
-            return
+    with ExitStack() as stack:
+        client = stack.enter_context(_client(service, stack))  # closed before the tunnel
+        result, saved = _call_and_save(
+            client, service, name, inputs, input_files, run_async, timeout, out_dir
+        )
     out.print(f"[green]{result.status}[/] {name} on {service.host}: job {result.id}")
     for path, output in saved:
         out.print(f"  {path}  ({path.stat().st_size} bytes, {output.content_type or 'file'})")
     for value in result.values:
         out.print(f"  value: {value}", markup=False)
+
+
+def _client(service: Service, stack: ExitStack) -> ApiClient:
+    """A client for the service: through its host's SSH tunnel (kept open by ``stack``), else directly."""
+    base, transport = service.base_url, None
+    if service.route is not None:
+        try:
+            tunnel = stack.enter_context(open_tunnel(service.route))
+        except TunnelError as exc:
+            raise BadInput(str(exc)) from None
+        base, transport = tunnel.base_url, tunnel.transport
+    try:
+        return ApiClient(base, service.api_key, timeout=30.0, transport=transport)
+    except ValueError as exc:
+        raise BadInput(
+            f"host {service.host}: {exc}: set api_url to an https:// address in its data, or tunnel "
+            "(ssh -L 3000:127.0.0.1:3000 HOST) and pass --host http://127.0.0.1:3000"
+        ) from None
+
+
+def _call_and_save(
+    client: ApiClient,
+    service: Service,
+    name: str,
+    inputs: list[str] | None,
+    input_files: list[str] | None,
+    run_async: bool,
+    timeout: float,
+    out_dir: Path,
+) -> tuple[Result, list[tuple[Path, Output]]]:
+    """Run the workflow and save its outputs; the service's errors as one line and an exit code."""
+    try:
+        result = _run(client, service, name, inputs or [], input_files or [], run_async, timeout)
+        saved = [
+            (save_output(out_dir, name, result.id, i, o, client.download(o)), o)
+            for i, o in enumerate(result.outputs)
+        ]
+    except ApiError as exc:
+        _failure(exc, service, name)
+    return result, saved
 
 
 def _run(

@@ -157,7 +157,7 @@ def deploy_api() -> None:
     )
     docker.wait_http(
         name="comfyui-api health",
-        url=f"http://127.0.0.1:{cfg.api_port}/health",
+        url=f"{cfg.api_local_url}/health",
         container=cfg.layout.api_container,
         timeout=cfg.health_timeout,
     )

@@ -42,7 +42,7 @@ def restart(component: str) -> None:
         api = docker.restart(name="Restart comfyui-api", container=lay.api_container)
         docker.wait_http(
             name="comfyui-api health",
-            url=f"http://127.0.0.1:{cfg.api_port}/health",
+            url=f"{cfg.api_local_url}/health",
             container=lay.api_container,
             timeout=cfg.health_timeout,
             _if=api.did_change,

@@ -52,7 +52,7 @@ def serving_deploy(workflow: str, served: bool) -> Any:
         docker.restart(name="Restart comfyui-api", container=cfg.layout.api_container, _if=changed)
         docker.wait_http(
             name="comfyui-api health",
-            url=f"http://127.0.0.1:{cfg.api_port}/health",
+            url=f"{cfg.api_local_url}/health",
             container=cfg.layout.api_container,
             timeout=cfg.health_timeout,
             _if=changed,

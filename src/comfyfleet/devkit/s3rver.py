@@ -27,8 +27,12 @@ ACCESS_KEY = SECRET_KEY = "S3RVER"
 
 @dataclass(frozen=True)
 class S3Server:
+    """An S3-compatible server on loopback with one bucket (s3rver here, radosgw in devkit/radosgw.py)."""
+
     endpoint: str
     bucket: str
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
 
     def store_config(self, prefix: str = "outputs/", **extra: object) -> dict[str, object]:
         """An object store file's content for comfyui-api pointing at this server."""
@@ -37,8 +41,8 @@ class S3Server:
             "bucket": self.bucket,
             "region": "us-east-1",
             "prefix": prefix,
-            "access_key_id": ACCESS_KEY,
-            "secret_access_key": SECRET_KEY,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
             **extra,
         }
 

@@ -23,15 +23,34 @@ class ServerView:
     check: str  # last health check result, e.g. "L7OK" or "L4CON"
 
 
-def parse_show_stat(text: str, backend: str = "fleet") -> list[ServerView]:
-    """Servers of ``backend`` in ``show stat`` CSV output (header line starts with '# ')."""
+@dataclass(frozen=True)
+class GatewayView:
+    """The gateway's view: each GPU host, and the requests waiting for whichever host frees up first.
+
+    A request that may go to any host waits in the backend's queue, not a host's (HAProxy puts a
+    request in a server's own queue only when it must go to that server: ``/jobs/<host>-...``).
+    """
+
+    servers: list[ServerView]
+    waiting: int  # in the backend's queue, for any host
+
+    def __bool__(self) -> bool:
+        return bool(self.servers)
+
+
+def parse_view(text: str, backend: str = "fleet") -> GatewayView:
+    """Servers and the backend's queue of ``backend`` in ``show stat`` CSV output."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith("# "):
-        return []
+        return GatewayView([], 0)
     rows = csv.DictReader([lines[0][2:], *lines[1:]])
     views = []
+    waiting = 0
     for row in rows:
-        if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND", None):
+        if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", None):
+            continue
+        if row.get("svname") == "BACKEND":
+            waiting = int(row.get("qcur") or 0)
             continue
         views.append(
             ServerView(
@@ -42,7 +61,7 @@ def parse_show_stat(text: str, backend: str = "fleet") -> list[ServerView]:
                 check=row.get("check_status") or "",
             )
         )
-    return views
+    return GatewayView(views, waiting)
 
 
 def _state(status: str) -> str:
@@ -56,12 +75,13 @@ def _state(status: str) -> str:
     return "down"
 
 
-class GatewayServers(FactBase[list[ServerView]]):
-    """The GPU hosts behind the gateway (empty when HAProxy's runtime socket does not answer)."""
+class GatewayServers(FactBase[GatewayView]):
+    """The GPU hosts behind the gateway and the requests waiting for any of them (no servers, false,
+    when HAProxy's runtime socket does not answer)."""
 
     @staticmethod
-    def default() -> list[ServerView]:
-        return []
+    def default() -> GatewayView:
+        return GatewayView([], 0)
 
     def requires_command(self, socket: str) -> str:
         return "socat"
@@ -69,5 +89,5 @@ class GatewayServers(FactBase[list[ServerView]]):
     def command(self, socket: str) -> StringCommand:
         return script(_SHOW_STAT, socket)
 
-    def process(self, output: list[str]) -> list[ServerView]:
-        return parse_show_stat("\n".join(output))
+    def process(self, output: list[str]) -> GatewayView:
+        return parse_view("\n".join(output))

@@ -22,6 +22,7 @@ from comfyfleet.shell import script
 CONFIG = "/etc/haproxy/haproxy.cfg"
 PEM = "/etc/haproxy/certs/fleet.pem"
 SOCKET = "/run/haproxy/admin.sock"
+WAITING_ROW = "(any host)"  # the status row of requests queued for whichever host frees up first
 
 # Validate the new file with haproxy itself before it replaces the running one, then reload
 # (systemd on a real host; Debian's init script where there is none, as in containers).
@@ -138,8 +139,10 @@ def wait_server(
 @operation()
 def show_servers(socket: str) -> Generator[Any, None, None]:
     """Put the gateway's view of every GPU host into the report: state, in flight, queued, last check."""
-    views = host.get_fact(GatewayServers, socket=socket)
-    rows = [[v.name, v.state, str(v.in_flight), str(v.queued), v.check] for v in views]
+    view = host.get_fact(GatewayServers, socket=socket)
+    rows = [[v.name, v.state, str(v.in_flight), str(v.queued), v.check] for v in view.servers]
+    if rows:
+        rows.append([WAITING_ROW, "-", "-", str(view.waiting), "-"])
     report(host).table(
         "gateway",
         ["host", "state", "in flight", "queued", "last check"],

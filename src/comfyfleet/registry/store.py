@@ -12,11 +12,12 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from comfyfleet.errors import BadInput
 from comfyfleet.registry.migrations import migrate
@@ -52,11 +53,14 @@ class Endpoint:
 
     ``api_key_file`` is the path of the operator's key file for that host (from its
     inventory data), so scheduled checks can authenticate; the key itself is never stored.
+    ``ssh`` is how checks reach the API through the host's SSH (``SshRoute.record()`` of
+    :mod:`comfyfleet.tunnel`: address, port, user, key path, known_hosts; no password).
     """
 
     host: str
     url: str
     api_key_file: str | None = None
+    ssh: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -220,12 +224,8 @@ class Registry:
         if not endpoints:
             raise ValueError("a deployment needs at least one endpoint")
         now = utcnow()
-        encoded = json.dumps(
-            [
-                {"host": e.host, "url": e.url, **({"api_key_file": e.api_key_file} if e.api_key_file else {})}
-                for e in endpoints
-            ]
-        )
+        kept = ("host", "url", "api_key_file", "ssh")  # fields left out when empty
+        encoded = json.dumps([{f: getattr(e, f) for f in kept if getattr(e, f)} for e in endpoints])
         with self._tx() as conn:
             conn.execute(
                 """
@@ -534,7 +534,8 @@ class Registry:
 
 def _deployment(row: sqlite3.Row) -> Deployment:
     endpoints = tuple(
-        Endpoint(e["host"], e["url"], e.get("api_key_file")) for e in json.loads(row["endpoints"] or "[]")
+        Endpoint(e["host"], e["url"], e.get("api_key_file"), e.get("ssh"))
+        for e in json.loads(row["endpoints"] or "[]")
     )
     return Deployment(
         id=row["id"],

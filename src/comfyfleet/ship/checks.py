@@ -1,5 +1,9 @@
 """The checks a ship (and a schedule) makes against a host's API service, through comfyui_api.client.
 
+Hosts are reached through an SSH tunnel (:mod:`comfyfleet.tunnel`): the Bearer key never
+crosses plain HTTP off the host. Only an ``api_url`` with https:// (a TLS proxy in front)
+is called directly; a plain-HTTP ``api_url`` to another machine is refused.
+
 ``health``: /health, then /ready judged for the shipped workflow; ``generate``: one real
 generation with the workflow's defaults, every output file downloaded and non-empty. The
 client's errors become the pipeline's: :class:`~comfyui_api.client.ApiUnavailable` (not
@@ -11,15 +15,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from comfyui_api.client import ApiClient, ApiError, ApiUnavailable
+from comfyui_api.client import ApiClient, ApiError, ApiUnavailable, secure_url
 
 from comfyfleet.errors import BadInput, HostFailure
 from comfyfleet.inventory import validate_host_data
 from comfyfleet.ship.pipeline import Backoff, Retryable, ShipContext, Step, each_host
+from comfyfleet.tunnel import CONNECT_TIMEOUT, SshRoute, TunnelError, open_tunnel
 
 API_KEY_ENV = "COMFYFLEET_API_KEY"
 T = TypeVar("T")
@@ -44,6 +49,25 @@ def api_base_for(name: str, data: Mapping[str, Any]) -> str:
     return f"http://{address}:{cfg.api_port}"
 
 
+def api_route_for(name: str, data: Mapping[str, Any]) -> SshRoute | None:
+    """How ship's checks reach a host's API: through SSH, or None for an https:// ``api_url``.
+
+    A plain-HTTP ``api_url`` to another machine would carry the API key in clear text: BadInput.
+    """
+    explicit = api_base_for(name, data) if data.get("api_url") else None
+    if explicit is not None:
+        if secure_url(explicit):
+            return None
+        raise BadInput(
+            f"host {name}: api_url {explicit} is plain HTTP to another machine and would carry the API key "
+            "in clear text: use an https:// address, or leave api_url out (ship then tunnels through SSH)"
+        )
+    if name.startswith("@") and not name.startswith("@ssh/"):
+        return None  # pyinfra's @local (this machine) and other connectors without SSH
+    cfg = validate_host_data(name, dict(data))
+    return SshRoute.for_host(name, data, cfg.api_local_address, cfg.api_port)
+
+
 def read_api_key(path: str | Path, host: str) -> str:
     """The first key of an API key file (`KEY` or `KEY admin` per line, '#' comments), for one host."""
     try:
@@ -56,16 +80,33 @@ def read_api_key(path: str | Path, host: str) -> str:
     return key
 
 
-def api_client(ctx: ShipContext, host: str, cap: float) -> ApiClient:
+@contextmanager
+def api_client(ctx: ShipContext, host: str, cap: float) -> Iterator[ApiClient]:
     """A client for one host's API service, its timeout bounded by the step's budget.
 
-    The key: the host's key file (read now, so a scheduled check sees a rotated key), else
+    Through the host's SSH tunnel (``ctx.data["ssh_routes"]``), opened here and closed when
+    the block ends; without a route (an https:// endpoint, Modal) directly. The key: the
+    host's key file (read now, so a scheduled check sees a rotated key), else
     $COMFYFLEET_API_KEY; none on a loopback-only service.
     """
     key_file = usable_key_files(ctx).get(host)
     key = read_api_key(key_file, host) if key_file else ctx.data.get("api_key")
-    # TODO(issue 11): reach hosts through an SSH tunnel so the key never crosses plain HTTP.
-    return ApiClient(ctx.endpoints[host], key, timeout=ctx.remaining(cap), allow_plain_http=True)
+    route: SshRoute | None = (ctx.data.get("ssh_routes") or {}).get(host)
+    with ExitStack() as stack:
+        if route is None:
+            base, transport = ctx.endpoints[host], None
+            if key and not secure_url(base):
+                raise HostFailure(
+                    f"{base} is plain HTTP to another machine and the API key must not cross it: ship the "
+                    "deployment again (ship then records how to reach the host through SSH), or use https://"
+                )
+        else:
+            try:
+                tunnel = stack.enter_context(open_tunnel(route, min(CONNECT_TIMEOUT, ctx.remaining(cap))))
+            except TunnelError as exc:
+                raise (Retryable(str(exc)) if exc.retry else HostFailure(str(exc))) from None
+            base, transport = tunnel.base_url, tunnel.transport
+        yield stack.enter_context(ApiClient(base, key, timeout=ctx.remaining(cap), transport=transport))
 
 
 def usable_key_files(ctx: ShipContext) -> dict[str, str]:

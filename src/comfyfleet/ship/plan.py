@@ -17,7 +17,7 @@ from comfyfleet import runner
 from comfyfleet.analysis import analyze_paths
 from comfyfleet.errors import BadInput
 from comfyfleet.registry import Registry, check_name, state_dir
-from comfyfleet.ship.checks import API_KEY_ENV, api_base_for, read_api_key
+from comfyfleet.ship.checks import API_KEY_ENV, api_base_for, api_route_for, read_api_key
 from comfyfleet.ship.pipeline import ShipContext, Step, here
 
 MODAL = "modal"
@@ -143,6 +143,9 @@ def prepare_ship(
     specs = [(n, {**d, "workflows_dir": served_folder(n, d, path)}) for n, d in resolve(target)]
     ctx.hosts = [n for n, _ in specs]
     ctx.endpoints = {n: api_base_for(n, d) for n, d in specs}
+    # The checks reach each host's API through its SSH (an https:// api_url directly).
+    routes = {n: api_route_for(n, d) for n, d in specs}
+    ctx.data["ssh_routes"] = {n: r for n, r in routes.items() if r is not None}
     ctx.data["specs"] = specs
     ctx.data["api_key_files"] = api_key_files(specs)
     for host, path in ctx.data["api_key_files"].items():

@@ -42,8 +42,15 @@ def record_step(registry: Registry) -> Step:
         if ctx.manifest is None:
             raise RuntimeError("nothing to record: the analyze step did not produce a manifest")
         key_files = usable_key_files(ctx)
+        routes = ctx.data.get("ssh_routes") or {}
         endpoints = [
-            Endpoint(h, workflow_url(ctx.endpoints[h], ctx.workflow), key_files.get(h)) for h in ctx.hosts
+            Endpoint(
+                h,
+                workflow_url(ctx.endpoints[h], ctx.workflow),
+                key_files.get(h),
+                routes[h].record() if h in routes else None,
+            )
+            for h in ctx.hosts
         ]
         ctx.deployment = registry.upsert_deployment(
             name=ctx.name,

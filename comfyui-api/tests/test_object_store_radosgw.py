@@ -1,12 +1,11 @@
-"""Outputs in object storage: SigV4 checked against botocore, storage against s3rver (a fake S3).
+"""Outputs in object storage, against a real S3 server: Ceph's radosgw (Debian 12's, 16.2).
 
-No real S3-compatible server is in the registries this machine reaches (no MinIO, versitygw or
-Garage binary on PyPI, npm or Debian bookworm; Ceph's radosgw needs a whole cluster). So:
-- the signatures are compared byte for byte with botocore's SigV4 signer, AWS's own
-  implementation (header-signed PUT and presigned GET);
-- the storage path (PUT, then download through the returned URL, also via comfyui-api) runs
-  against s3rver, npm's "fake S3 server", named as the test double it is: it stores and
-  serves objects over the S3 REST API but does not verify V4 signatures.
+- the storage path (signed PUT, then download through the returned presigned URL, also via
+  comfyui-api) runs against radosgw on a one-node Ceph (``comfyfleet.devkit.radosgw``), which
+  verifies Signature V4 as production Ceph does: a changed signature, an expired URL or a
+  wrong secret are refused;
+- the signatures are also compared byte for byte with botocore's SigV4 signer, AWS's own
+  implementation (header-signed PUT and presigned GET).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,16 +25,17 @@ import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from comfyui_api.object_store import ObjectStore, load
+from comfyui_api.object_store import ObjectStore, UploadFailed, load
 from comfyui_api.settings import ConfigError
 from conftest import TINY, Api, Comfy, write_workflows
 
-from comfyfleet.devkit.s3rver import S3Server, s3rver
+from comfyfleet.devkit.radosgw import radosgw
+from comfyfleet.devkit.s3rver import S3Server
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with s3rver(tmp_path_factory.mktemp("s3rver")) as server:
+    with radosgw(tmp_path_factory.mktemp("radosgw")) as server:
         yield server
 
 
@@ -47,12 +48,26 @@ def upload(store: ObjectStore, key: str, data: bytes) -> str:
     return asyncio.run(store.upload(key, data, "image/png"))
 
 
-def test_s3rver_fake_upload_returns_presigned_url_that_downloads_the_bytes(s3: S3Server) -> None:
+@pytest.mark.parametrize("key", ["job1/0-out put+1.png", "job1/ünï/cødé&=.webp"])
+def test_radosgw_upload_returns_presigned_url_that_downloads_the_bytes(s3: S3Server, key: str) -> None:
     store = store_for(s3)
-    url = upload(store, "job1/0-out put+1.png", b"\x89PNG fake bytes")
-    assert "X-Amz-Signature=" in url and "S3RVER" in url
+    url = upload(store, key, b"\x89PNG bytes of " + key.encode())
+    assert "X-Amz-Signature=" in url and s3.access_key in url and s3.secret_key not in url
     got = httpx.get(url)
-    assert got.status_code == 200 and got.content == b"\x89PNG fake bytes"
+    assert got.status_code == 200 and got.content == b"\x89PNG bytes of " + key.encode()
+    # The bucket is private: the same object without the signature, or with another one, is refused.
+    assert httpx.get(store.object_url(key)).status_code == 403
+    tampered = httpx.get(url[:-4] + ("0000" if not url.endswith("0000") else "1111"))
+    assert tampered.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in tampered.text
+
+
+def test_radosgw_refuses_an_expired_url_and_a_wrong_secret(s3: S3Server) -> None:
+    url = upload(store_for(s3, presign_expires_s=1), "job2/0.png", b"short-lived")
+    time.sleep(2.1)
+    assert httpx.get(url).status_code == 403
+    wrong = ObjectStore(**{**s3.store_config(), "secret_access_key": "not-the-secret"})  # type: ignore[arg-type]
+    with pytest.raises(UploadFailed, match="answered 403 SignatureDoesNotMatch"):
+        upload(wrong, "job2/1.png", b"x")
 
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -149,7 +164,7 @@ def test_bad_store_file_is_one_clear_error(tmp_path: Path, content: str, message
 
 
 def test_secret_never_in_repr(s3: S3Server) -> None:
-    assert "S3RVER" not in repr(store_for(s3)).replace("endpoint", "")
+    assert s3.secret_key not in repr(store_for(s3))
 
 
 def test_api_uploads_job_outputs_to_the_bucket(comfy: Comfy, s3: S3Server, tmp_path: Path) -> None:
@@ -168,7 +183,7 @@ def test_api_uploads_job_outputs_to_the_bucket(comfy: Comfy, s3: S3Server, tmp_p
         assert out["url"].startswith(f"{s3.endpoint}/{s3.bucket}/fleet/{body['id']}/0-")
         png = httpx.get(out["url"])
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
-        assert "S3RVER" not in api.log()
+        assert s3.secret_key not in api.log()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"endpoint": "http://x"}))
     failed = Api(comfy.url, wf, tmp_path / "api2.sqlite3", ["--object-store", str(bad)])
