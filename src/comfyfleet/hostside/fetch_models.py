@@ -411,6 +411,9 @@ class Progress:
         self.interval = interval
         self.lock = threading.Lock()
         self.active: dict[str, list[Any]] = {}
+        # --progress-file: every file's bytes/total/rate as JSON, rewritten each second.
+        self.file: str | None = None
+        self.files: dict[str, dict[str, Any]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -431,15 +434,49 @@ class Progress:
             secs = max(time.monotonic() - entry[2], 1e-6)
             mb = (entry[0] - entry[3]) / 1e6
             log(f"progress: {key} done {entry[0] / 1e6:.1f} MB ({mb / secs:.1f} MB/s)")
+            with self.lock:
+                self.files[key] = {
+                    "bytes": entry[0],
+                    "total": entry[1],
+                    "rate": mb * 1e6 / secs,
+                    "done": True,
+                }
+            self.write_file()
+
+    def write_file(self) -> None:
+        if not self.file:
+            return
+        now = time.monotonic()
+        with self.lock:
+            for key, (done, total, started, first) in self.active.items():
+                rate = (done - first) / max(now - started, 1e-6)
+                self.files[key] = {"bytes": done, "total": total, "rate": rate, "done": False}
+            data = json.dumps(self.files)
+        with contextlib.suppress(OSError):
+            with open(self.file + ".tmp", "w") as f:
+                f.write(data)
+            os.replace(self.file + ".tmp", self.file)
 
     def _run(self) -> None:
+        if self.file:
+            ticks = 0
+            step = max(1, round(self.interval))
+            while not self.stop.wait(1.0):
+                self.write_file()
+                ticks += 1
+                if ticks % step == 0:
+                    self._log_active()
+            return
         while not self.stop.wait(self.interval):
-            with self.lock:
-                rows = [(k, *v) for k, v in self.active.items()]
-            for key, done, total, started, first in rows:
-                rate = (done - first) / 1e6 / max(time.monotonic() - started, 1e-6)
-                pct = f"{100 * done / total:.0f}%" if total else f"{done / 1e6:.1f} MB"
-                log(f"progress: {key} {pct} {rate:.1f} MB/s")
+            self._log_active()
+
+    def _log_active(self) -> None:
+        with self.lock:
+            rows = [(k, *v) for k, v in self.active.items()]
+        for key, done, total, started, first in rows:
+            rate = (done - first) / 1e6 / max(time.monotonic() - started, 1e-6)
+            pct = f"{100 * done / total:.0f}%" if total else f"{done / 1e6:.1f} MB"
+            log(f"progress: {key} {pct} {rate:.1f} MB/s")
 
 
 def log(msg: str) -> None:
@@ -1387,6 +1424,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="only report what is missing or wrong")
     parser.add_argument("--parallel", type=int, default=None)
+    parser.add_argument(
+        "--progress-file", help="write every file's bytes/total/rate here (JSON, each second)"
+    )
     args = parser.parse_args(argv)
     os.umask(0o022)
     with open(args.plan) as f:
@@ -1412,12 +1452,14 @@ def main(argv: list[str] | None = None) -> int:
         print("CHECK " + json.dumps(rows), flush=True)
         return 0
     parallel = max(1, args.parallel or int(plan.get("parallel", 3)))
+    fetcher.progress.file = args.progress_file
     fetcher.progress.thread.start()
     import concurrent.futures  # here only: --check and startup do not pay for it
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(fetcher.fetch, items))
     fetcher.progress.stop.set()
+    fetcher.progress.write_file()
     fetcher.cache.save()
     for r in results:
         if r["status"] == "failed":
