@@ -32,24 +32,33 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import websockets
+from comfyui_api.fastpost import FastPoster
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_THROUGHPUT_RATIO = 0.9
 TARGET_PILE_RATIO = 1.1
+TARGET_NO_SHARED_FS_ADDED_MS = 1.0
 
 
-def graph(color: int) -> dict:
+def graph(color: int, over_websocket: bool = False) -> dict:
+    save = (
+        {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}
+        if over_websocket
+        else {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}
+    )
     return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color},
         },
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+        "2": save,
     }
 
 
@@ -134,14 +143,15 @@ class Direct:
 
 
 class ThroughApi:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, workflow: str = "bench") -> None:
         self.http = httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=32))
+        self.workflow = workflow
 
     async def start(self) -> None:
         pass
 
     async def run(self, color: int) -> bytes:
-        r = await self.http.post("/workflows/bench", json={"input": {"color": color}})
+        r = await self.http.post(f"/workflows/{self.workflow}", json={"input": {"color": color}})
         r.raise_for_status()
         return base64.b64decode(r.json()["outputs"][0]["base64"])
 
@@ -259,6 +269,57 @@ async def measure(
     return res, ok
 
 
+class ViewOnly:
+    """GET one existing output from ComfyUI's /view over a kept-alive socket (what the API adds, at least)."""
+
+    def __init__(self, comfy_url: str, query: str) -> None:
+        self.poster = FastPoster(comfy_url)
+        self.path = "/view?" + query
+
+    @classmethod
+    async def of(cls, api_url: str, comfy_url: str) -> ViewOnly:
+        async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+            out = (await http.post("/workflows/bench", json={"input": {"color": 1}})).json()["outputs"][0]
+        return cls(comfy_url, urlencode({k: out[k] for k in ("filename", "subfolder", "type")}))
+
+    async def run(self, color: int) -> bytes:
+        status, body = await self.poster.get(self.path)
+        assert status == 200, status
+        return body
+
+    async def close(self) -> None:
+        await self.poster.close()
+
+
+async def shared_vs_not(
+    shared_url: str, remote_url: str, n: int, websocket: bool, comfy_url: str
+) -> dict[str, list[float]]:
+    """Sequential latency through an API reading ComfyUI's output folder and one that cannot, in turns.
+
+    "remote": SaveImage, the file fetched from ComfyUI's /view; "websocket" (when ComfyUI has
+    SaveImageWebsocket): the image comes with the websocket frames, no file at all.
+    """
+    colours = Colours()
+    clients: dict[str, Any] = {"shared": ThroughApi(shared_url), "remote": ThroughApi(remote_url)}
+    if websocket:
+        clients["websocket"] = ThroughApi(remote_url, "benchws")
+    samples: dict[str, list[float]] = {k: [] for k in clients}
+    clients["view"] = await ViewOnly.of(shared_url, comfy_url)  # ComfyUI's /view alone: the floor
+    samples["view"] = []
+    order = list(clients)
+    try:
+        for i in range(20 + n):  # the first 20 rounds warm connections and caches
+            for name in order:
+                dt = await timed(clients[name], colours)
+                if i >= 20:
+                    samples[name].append(dt)
+            order = order[1:] + order[:1]
+    finally:
+        for c in clients.values():
+            await c.close()
+    return samples
+
+
 def make_pile(folder: Path, count: int, png: bytes) -> None:
     """count earlier outputs as each side leaves them: flat bench_NNNNN_.png, and one folder per API job."""
     day = folder / "api" / time.strftime("%Y-%m-%d/%H", time.gmtime())  # all in one hour: the worst case
@@ -322,7 +383,7 @@ def main() -> int:
     ap.add_argument("--pile-rounds", type=int, default=8, help="blocks per state (empty, piled up)")
     args = ap.parse_args()
 
-    from comfyfleet.devkit.standin import Standin, free_port
+    from comfyfleet.devkit.standin import WEBSOCKET_IMAGE_SAVE, Standin, free_port
 
     procs: list[subprocess.Popen] = []
     standin = None
@@ -332,11 +393,14 @@ def main() -> int:
             if args.comfyui_url:
                 comfy_url, out_dir = args.comfyui_url.rstrip("/"), args.comfyui_output_dir
             else:
-                standin = Standin(tmpdir / "comfy").start()
+                standin = Standin(tmpdir / "comfy")
+                standin.add_custom_node("websocket_image_save", WEBSOCKET_IMAGE_SAVE)
+                standin.start()
                 comfy_url, out_dir = standin.url, tmpdir / "comfy" / "output"
             wf = tmpdir / "workflows"
             wf.mkdir()
             (wf / "bench.json").write_text(json.dumps(graph(0)))
+            (wf / "benchws.json").write_text(json.dumps(graph(0, over_websocket=True)))
             port = free_port()
             runner = [sys.executable, str(args.pyz)] if args.pyz else [sys.executable, "-m", "comfyui_api"]
             cmd = [
@@ -358,16 +422,28 @@ def main() -> int:
                 "--rate-burst",
                 "100000",
             ]
+            remote_url = None
             if out_dir:
+                # A second API beside it without ComfyUI's output folder (a separate API host, Modal
+                # volumes): outputs come from ComfyUI over HTTP.
+                port2 = free_port()
+                cmd2 = list(cmd)
+                cmd2[cmd2.index("--port") + 1] = str(port2)
+                cmd2[cmd2.index("--db") + 1] = str(tmpdir / "api-remote.sqlite3")
+                procs.append(subprocess.Popen(cmd2, cwd=ROOT))
+                remote_url = f"http://127.0.0.1:{port2}"
                 cmd += ["--comfyui-output-dir", str(out_dir)]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT))
+            procs.insert(0, subprocess.Popen(cmd, cwd=ROOT))
             api_url = f"http://127.0.0.1:{port}"
-            wait_http(api_url + "/health")
-            deadline = time.monotonic() + 30
-            while "bench" not in httpx.get(api_url + "/health").json()["workflows"]:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the API did not load the bench workflow")
-                time.sleep(0.05)
+            for url in (api_url, remote_url):
+                if url is None:
+                    continue
+                wait_http(url + "/health")
+                deadline = time.monotonic() + 30
+                while "bench" not in httpx.get(url + "/health").json()["workflows"]:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the API did not load the bench workflow")
+                    time.sleep(0.05)
             pids = {"api": procs[0].pid}
             if standin is not None and standin.proc is not None:
                 pids["comfyui"] = standin.proc.pid
@@ -375,6 +451,12 @@ def main() -> int:
                 measure(
                     comfy_url, api_url, args.n, args.throughput_requests, args.concurrency, pids, args.rounds
                 )
+            )
+            has_ws = "SaveImageWebsocket" in httpx.get(comfy_url + "/object_info/SaveImageWebsocket").text
+            remote = (
+                asyncio.run(shared_vs_not(api_url, remote_url, args.n, has_ws, comfy_url))
+                if remote_url
+                else None
             )
             pile = None
             if args.pile and out_dir is not None:
@@ -422,6 +504,39 @@ def main() -> int:
         f"({res['added_p50_ms']:+.3f} ms); throughput >= {TARGET_THROUGHPUT_RATIO}x {'met' if tp_ok else 'MISSED'} "
         f"({res['ratio']:.2f}x)"
     )
+    remote_ok = False
+    if remote is None:
+        print("no-shared-filesystem case skipped (needs ComfyUI's output folder on this machine): MISSED")
+    else:
+        p50s = {k: statistics.median(v) * 1000 for k, v in remote.items()}
+        p90s = {k: pct(v, 90) * 1000 for k, v in remote.items()}
+        added = p50s["remote"] - p50s["shared"]
+        remote_ok = added <= TARGET_NO_SHARED_FS_ADDED_MS
+        print(f"without a shared filesystem (n={args.n} each, in turns):")
+        print(
+            f"  SaveImage, API reads the output folder  p50 {p50s['shared']:.3f} ms   p90 {p90s['shared']:.3f} ms"
+        )
+        print(
+            f"  SaveImage, API fetches ComfyUI's /view  p50 {p50s['remote']:.3f} ms   p90 {p90s['remote']:.3f} ms"
+        )
+        print(
+            f"  ComfyUI's /view alone (kept-alive socket)  p50 {p50s['view']:.3f} ms   p90 {p90s['view']:.3f} ms"
+            "   (the least a fetch over /view adds)"
+        )
+        if "websocket" in p50s:
+            print(
+                f"  SaveImageWebsocket, image in the frames p50 {p50s['websocket']:.3f} ms   "
+                f"p90 {p90s['websocket']:.3f} ms   ({p50s['websocket'] - p50s['shared']:+.3f} ms vs the folder)"
+            )
+        else:
+            print(
+                "  SaveImageWebsocket: not in this ComfyUI (its checkout ships custom_nodes/websocket_image_save.py)"
+            )
+        print(
+            f"  /view added p50 {added:+.3f} ms (target <= +{TARGET_NO_SHARED_FS_ADDED_MS} ms): "
+            f"{'met' if remote_ok else 'MISSED'}"
+        )
+    ok = ok and remote_ok
     if pile is None:
         print("pile-up case skipped (needs --pile > 0 and ComfyUI's output folder on this machine): MISSED")
         return 1
@@ -440,7 +555,8 @@ def main() -> int:
     )
     pile_ok = api_ratio <= TARGET_PILE_RATIO
     print(
-        f"targets {'met' if ok and pile_ok else 'MISSED'}: added p50, throughput (above); pile-up p50 <= "
+        f"targets {'met' if ok and pile_ok else 'MISSED'}: added p50, throughput, no shared filesystem "
+        f"(above); pile-up p50 <= "
         f"{TARGET_PILE_RATIO}x empty {'met' if pile_ok else 'MISSED'} ({api_ratio:.2f}x)"
     )
     return 0 if ok and pile_ok else 1

@@ -5,18 +5,17 @@ Starts the local SSH test fleet (comfyfleet.devkit.fleet) and the local Hugging 
 server (comfyfleet.devkit.upstreams) paced per connection (``--mbps``, a WAN link from a CDN),
 serving the ``lora_txt2img`` example's checkpoint and LoRA as placeholder files of ``--gib``
 GiB in total. Each run takes a new bare host and times what an operator runs on it:
-``comfyfleet bootstrap`` (provider bootstrap and the ComfyUI runtime), then ``comfyfleet ship``
-(analyze, node packs, model files, the API service, health, first generation, record), through
-the same functions the CLI calls. Phases printed: bootstrap+runtime (one task: provider
-bootstrap and ComfyUI runtime), nodes (install-nodes), models (download-models), api
-(update-binary), health, first image (the generate check), other (analysis, the node snapshot,
-serving switch, API key fetch, record).
+``comfyfleet ship --bootstrap`` (analysis, the model downloads started detached on the host,
+provider bootstrap and runtime, node packs, the API service, the wait for the downloads,
+health, first generation, record), through the same functions the CLI calls.
+
+Printed per run: the timeline of every host task and check (seconds from the start of the
+ship) and, from the host's own job files, when the download started and ended there, so
+the time left after the download (what bounds the ratio) is visible.
 
 The floor: the same model plan fetched on a bare host of its own by the same downloader
 (``hostside/fetch_models.py``, same parallelism), nothing else running. Target: cold deploy
-<= 1.1x that download (medians over ``--runs``). Today's pipeline runs the tiers one after the
-other, so the target is expected to be missed by the non-download phases; the line says by how
-much. The last line says met or missed; exit 1 on a miss.
+<= 1.1x that download, in every run. The last line says met or missed; exit 1 on a miss.
 
     .venv/bin/python scripts/bench_cold.py                  # 1 GiB at 40 MB/s per connection, 3 runs
     .venv/bin/python scripts/bench_cold.py --gib 2 --mbps 80 --runs 5
@@ -49,48 +48,72 @@ MODELS = (  # (repo, file, folder) of the workflow's model files, as its overrid
     ("Comfy-Org/stable-diffusion-v1-5-archive", "v1-5-pruned-emaonly-fp16.safetensors", "checkpoints"),
     ("ByteDance/Hyper-SD", "Hyper-SD15-8steps-CFG-lora.safetensors", "loras"),
 )
-PHASES = ("bootstrap+runtime", "nodes", "models", "api", "health", "first image", "other")
 FETCH = ROOT / "src" / "comfyfleet" / "hostside" / "fetch_models.py"
+Span = tuple[str, float, float]
 
 
-def timed_task_runner(phases: dict[str, float]) -> Callable[[Any, Any, dict[str, Any]], Any]:
-    """runner.run for ship's host steps, adding each task's seconds to its phase."""
-    names = {"install-nodes": "nodes", "download-models": "models"}
+def timed_task_runner(
+    t0: float, spans: list[Span], serial: bool = False
+) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """runner.run for ship's host steps, recording each task's start and end (seconds after t0).
+
+    ``serial``: the way before the pipeline, one tier after the other: the downloads are
+    waited for right after they start, before bootstrap, nodes and the API.
+    """
 
     def run_task(specs: Any, task: Any, data: dict[str, Any]) -> Any:
         label = task if isinstance(task, str) else getattr(task, "__name__", "deploy")
-        t0 = time.perf_counter()
+        start = time.perf_counter() - t0
         try:
-            return run(specs, task, data=data)
+            result = run(specs, task, data=data)
+            if serial and label == "models-start" and all(h.ok for h in result.hosts):
+                result = run(specs, "models-wait", data=data)
+            return result
         finally:
-            phase = names.get(label, "api" if label == "update-binary" else "other")
-            phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - t0
+            spans.append((label, start, time.perf_counter() - t0))
 
     return run_task
 
 
-def cold_deploy(env: ShipFleet, host: Host, root: Path, registry: Registry) -> dict[str, float]:
-    """Bootstrap and ship on a bare host; seconds per phase and the total."""
+def host_job(host: Host) -> dict[str, Any]:
+    """The download job's own record on the host: started/finished (epoch seconds), exit code."""
+    job = Path(host.data_root) / ".comfyfleet" / "model-job"
+    return {
+        **json.loads((job / "started.json").read_text()),
+        **json.loads((job / "status.json").read_text()),
+    }
+
+
+def cold_deploy(
+    env: ShipFleet, host: Host, root: Path, registry: Registry, serial: bool = False
+) -> dict[str, Any]:
+    """`ship --bootstrap` on a bare host; the total, the host's download span, the timeline."""
     inventory = env.inventory([host], root / f"inventory-{host.name}.py")
-    phases: dict[str, float] = {}
+    spans: list[Span] = []
+    wall0 = time.time()
     t0 = time.perf_counter()
-    boot = run(str(inventory), "bootstrap")
-    phases["bootstrap+runtime"] = time.perf_counter() - t0
-    if not boot.ok:
-        raise SystemExit(f"bootstrap failed on {host.name}: {[(h.status, h.reason) for h in boot.hosts]}")
     ctx = prepare_ship(
         env.workflows / f"{WORKFLOW}.json", str(inventory), "dev", f"cold-{host.name}", registry
     )
-    outcome = run_ship(ctx, standard_steps(ctx, registry, run_task=timed_task_runner(phases)), registry)
-    phases["total"] = time.perf_counter() - t0
+    ctx.data["bootstrap"] = True
+    outcome = run_ship(
+        ctx, standard_steps(ctx, registry, run_task=timed_task_runner(t0, spans, serial)), registry
+    )
+    total = time.perf_counter() - t0
     if not outcome.result.ok:
         raise SystemExit(f"ship failed on {host.name}: {outcome.result.failure}")
-    for r in outcome.result.results:
-        if r.step in ("health", "generate") and not r.skipped:
-            key = "health" if r.step == "health" else "first image"
-            phases[key] = phases.get(key, 0.0) + r.seconds
-    phases["other"] = phases["total"] - sum(v for k, v in phases.items() if k not in ("total", "other"))
-    return phases
+    ended = 0.0
+    for r in outcome.result.results:  # steps run one after another: each ends where the next starts
+        ended += r.seconds
+        if r.step in ("analyze", "health", "generate", "record"):
+            spans.append((r.step, ended - r.seconds, ended))
+    job = host_job(host)
+    return {
+        "total": total,
+        "dl_start": job["started"] - wall0,
+        "dl_end": job["finished"] - wall0,
+        "spans": sorted(spans, key=lambda s: s[1]),
+    }
 
 
 def download_alone(env: ShipFleet, host: Host, parallel: int) -> float:
@@ -152,11 +175,22 @@ def stats(values: list[float]) -> str:
     return f"min {min(values):7.1f}  median {statistics.median(values):7.1f}"
 
 
+def timeline(cold: dict[str, Any]) -> str:
+    rows = [f"    {'download job (host clock)':<26}{cold['dl_start']:7.1f} -> {cold['dl_end']:6.1f}"]
+    rows += [f"    {label:<26}{a:7.1f} -> {b:6.1f}" for label, a, b in cold["spans"]]
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="model bytes in total, GiB (default 1)")
     parser.add_argument("--mbps", type=float, default=40.0, help="MB/s per connection (default 40)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--serial-too",
+        action="store_true",
+        help="also time the tiers one after the other (download first, then the rest) on a third bare host",
+    )
     args = parser.parse_args()
     if args.gib <= 0 or args.mbps <= 0 or args.runs < 1:
         print("error: --gib and --mbps must be positive, --runs 1 or more", file=sys.stderr)
@@ -164,7 +198,8 @@ def main() -> int:
     parallel_ssh()  # as the CLI does: hosts' SSH I/O is gevent-aware
     per_file = int(args.gib * 2**30) // len(MODELS)
     downloads: list[float] = []
-    colds: list[dict[str, float]] = []
+    colds: list[dict[str, Any]] = []
+    serials: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         root = Path(tmp)
         os.environ["COMFYFLEET_STATE_DIR"] = str(root / "state")
@@ -193,30 +228,49 @@ def main() -> int:
                 host = fleet.add_host(f"cold{i}")
                 colds.append(cold_deploy(env, host, root, registry))
                 fleet.remove_host(host.name)
-                row = "  ".join(f"{p} {colds[-1].get(p, 0.0):.1f}" for p in PHASES)
+                c = colds[-1]
                 print(
-                    f"run {i + 1}: download alone {downloads[-1]:.1f} s; cold deploy {colds[-1]['total']:.1f} s "
-                    f"({row})",
+                    f"run {i + 1}: download alone {downloads[-1]:.1f} s; cold deploy {c['total']:.1f} s "
+                    f"({c['total'] / downloads[-1]:.2f}x); download on the host {c['dl_end'] - c['dl_start']:.1f} s "
+                    f"from {c['dl_start']:.1f} s; after it {c['total'] - c['dl_end']:.1f} s",
                     flush=True,
                 )
+                print(timeline(c), flush=True)
+                if args.serial_too:
+                    host = fleet.add_host(f"serial{i}")
+                    serials.append(cold_deploy(env, host, root, registry, serial=True)["total"])
+                    fleet.remove_host(host.name)
+                    print(
+                        f"run {i + 1}: the same ship, tiers one after the other: {serials[-1]:.1f} s",
+                        flush=True,
+                    )
         finally:
             if env is not None:
                 env.stop()
             fleet.down()
     totals = [c["total"] for c in colds]
-    print(f"{'':<28}{'seconds':>30}")
-    print(f"{'download alone (floor)':<28}{stats(downloads):>30}")
-    print(f"{'cold deploy, bare host':<28}{stats(totals):>30}")
-    for phase in PHASES:
-        print(f"{'  ' + phase:<28}{stats([c.get(phase, 0.0) for c in colds]):>30}")
-    ratio = statistics.median(totals) / statistics.median(downloads)
-    print(f"cold deploy / download alone (medians): {ratio:.2f}x (target <= {TARGET})")
-    if ratio <= TARGET:
-        print(f"targets met: cold deploy {ratio:.2f}x the download alone")
-        return 0
+    ratios = [c["total"] / d for c, d in zip(colds, downloads, strict=True)]
+    print(f"{'':<34}{'seconds':>30}")
+    print(f"{'download alone (floor)':<34}{stats(downloads):>30}")
+    print(f"{'cold deploy, bare host':<34}{stats(totals):>30}")
+    print(f"{'  download starts (on the host)':<34}{stats([c['dl_start'] for c in colds]):>30}")
+    print(f"{'  download on the host':<34}{stats([c['dl_end'] - c['dl_start'] for c in colds]):>30}")
+    print(f"{'  after the download ends':<34}{stats([c['total'] - c['dl_end'] for c in colds]):>30}")
+    if serials:
+        print(f"{'tiers one after the other':<34}{stats(serials):>30}")
     print(
-        f"targets missed: cold deploy {ratio:.2f}x the download alone (> {TARGET}x): the tiers run one "
-        "after the other, so bootstrap, runtime, nodes, api and the first image add to the download"
+        f"cold deploy / download alone per run: {', '.join(f'{r:.2f}x' for r in ratios)} (target <= {TARGET})"
+    )
+    worst = max(ratios)
+    if worst <= TARGET:
+        print(f"targets met: cold deploy <= {TARGET}x the download alone in every run (worst {worst:.2f}x)")
+        return 0
+    # What bounds it: the work that does not overlap the download (before it starts, after it ends).
+    before = statistics.median(c["dl_start"] for c in colds)
+    after = statistics.median(c["total"] - c["dl_end"] for c in colds)
+    print(
+        f"targets missed: cold deploy {worst:.2f}x the download alone in the worst run (> {TARGET}x); "
+        f"median {before:.1f} s before the download starts and {after:.1f} s after it ends"
     )
     return 1
 

@@ -78,19 +78,46 @@ def workflow() -> dict[str, object]:
 
 
 CPU: dict[str, list[float]] = {}
+HOSTS_CPU: dict[str, list[float]] = {}  # CPU seconds the test hosts' containers used per run
 
 
-def timed(argv: list[str], env: dict[str, str], runs: int, label: str = "") -> list[float]:
-    """Wall clock of ``runs`` runs of a command that must succeed (its own CPU seconds kept in CPU[label])."""
+def containers_cpu(prefix: str) -> float | None:
+    """CPU seconds used so far by this fleet's containers (cgroup v1 or v2), None when unreadable."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--no-trunc", "--filter", f"name=^/{prefix}"], capture_output=True, text=True
+    ).stdout.split()
+    total = 0.0
+    for cid in ids:
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        try:
+            if v1.exists():
+                total += int(v1.read_text()) / 1e9
+            else:
+                total += int(v2.read_text().split("usage_usec", 1)[1].split()[0]) / 1e6
+        except (OSError, IndexError, ValueError):
+            return None
+    return total if ids else None
+
+
+def timed(
+    argv: list[str], env: dict[str, str], runs: int, label: str = "", hosts: str | None = None
+) -> list[float]:
+    """Wall clock of ``runs`` runs of a command that must succeed (its own CPU seconds kept in CPU[label],
+    the CPU seconds of the containers named ``hosts``* in HOSTS_CPU[label])."""
     times = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        hosts_before = containers_cpu(hosts) if hosts else None
         t0 = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
         elapsed = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         CPU.setdefault(label, []).append(cpu)
+        hosts_after = containers_cpu(hosts) if hosts else None
+        if hosts_before is not None and hosts_after is not None:
+            HOSTS_CPU.setdefault(label, []).append(hosts_after - hosts_before)
         if proc.returncode != 0:
             raise SystemExit(f"re-run failed ({' '.join(argv[:3])}):\n{(proc.stdout + proc.stderr)[-3000:]}")
         times.append(elapsed)
@@ -271,11 +298,24 @@ def main() -> int:
                 inv_one if n == 1 else fleet.write_inventory(hosts[:n], work / f"inventory-{n}.py", **group)
             )
             width_times[n] = timed(
-                [str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, runs, f"{n}"
+                [str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"],
+                env,
+                runs,
+                f"{n}",
+                fleet.prefix,
+            )
+            hosts_cpu = HOSTS_CPU.get(str(n))
+            busy = (
+                f"; CPU of the {n} host containers (sshd + the no-op's commands): median "
+                f"{statistics.median(hosts_cpu):.2f} s, so CLI + hosts kept "
+                f"{(statistics.median(CPU[str(n)]) + statistics.median(hosts_cpu)) / statistics.median(width_times[n]):.2f}"
+                f" of {os.cpu_count()} cores busy"
+                if hosts_cpu
+                else ""
             )
             print(
                 f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
-                f"process: median {statistics.median(CPU[str(n)]):.2f} s",
+                f"process: median {statistics.median(CPU[str(n)]):.2f} s{busy} (load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
         if args.profile:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TARGET_FIRST_ATTEMPT = 1.0
 TARGET_SECONDS = 180.0
-STEPS = ("analyze", "install", "api", "health", "generate", "record")
+STEPS = ("analyze", "install", "api", "models", "health", "generate", "record")
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from comfyfleet.devkit.api_process import ApiProcess
-from comfyfleet.devkit.standin import Standin, free_port  # noqa: F401 - tests import free_port from here
+from comfyfleet.devkit.standin import WEBSOCKET_IMAGE_SAVE, Standin, free_port  # noqa: F401 - tests import free_port from here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +74,7 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     (s.models("loras") / "Hyper-SD15-8steps-CFG-lora.safetensors").write_bytes(b"weights")
     (s.models("upscale_models") / "RealESRGAN_x4plus.safetensors").write_bytes(b"weights")
     s.add_custom_node("ComfyUI-KJNodes", KJNODES)
+    s.add_custom_node("websocket_image_save", WEBSOCKET_IMAGE_SAVE)
     with s:
         yield Comfy(s.url, s)
 

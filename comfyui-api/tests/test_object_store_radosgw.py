@@ -29,8 +29,7 @@ from comfyui_api.object_store import ObjectStore, UploadFailed, load
 from comfyui_api.settings import ConfigError
 from conftest import TINY, Api, Comfy, write_workflows
 
-from comfyfleet.devkit.radosgw import radosgw
-from comfyfleet.devkit.s3rver import S3Server
+from comfyfleet.devkit.radosgw import S3Server, radosgw
 
 
 @pytest.fixture(scope="module")

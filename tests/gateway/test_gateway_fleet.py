@@ -31,8 +31,7 @@ from local_ca import make_ca_and_server_pem
 
 from comfyfleet.deploys.gateway import deploy_gateway
 from comfyfleet.devkit.fleet import Fleet, Host
-from comfyfleet.devkit.radosgw import radosgw
-from comfyfleet.devkit.s3rver import S3Server
+from comfyfleet.devkit.radosgw import S3Server, radosgw
 from comfyfleet.gateway import gateway_targets
 from comfyfleet.operations.haproxy import WAITING_ROW
 from comfyfleet.runner import run

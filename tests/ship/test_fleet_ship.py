@@ -106,7 +106,15 @@ def test_ship_each_example_first_time(shipping: dict[str, Any], name: str) -> No
     assert "Traceback" not in shipped.stderr and "Exception ignored" not in shipped.stderr
     hist = registry(shipping).history(name, "prod")[0]
     assert hist.ok and all(s.attempts == 1 for s in hist.steps), hist  # first attempt, every step
-    assert [s.step for s in hist.steps] == ["analyze", "install", "api", "health", "generate", "record"]
+    assert [s.step for s in hist.steps] == [
+        "analyze",
+        "install",
+        "api",
+        "models",
+        "health",
+        "generate",
+        "record",
+    ]
     SHIPPED.append(name)
 
 
@@ -141,7 +149,7 @@ def test_list_stop_start_delete_each_shipped_example(shipping: dict[str, Any]) -
         assert started.returncode == 0, started.stderr
         assert generate(shipping, name).status_code == 200
         history = cli(shipping, "deployments", "history", name)
-        for step in ("analyze", "install", "api", "health", "generate", "record", "stop", "start"):
+        for step in ("analyze", "install", "api", "models", "health", "generate", "record", "stop", "start"):
             assert step in history.stdout, (name, step)
 
     name = SHIPPED[0]

@@ -66,15 +66,18 @@ def test_each_example_ships_through_all_steps(
     ctx = ship_ctx(workflow, api_server, registry)
     runner = RecordingRunner()
     steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda names: None)
-    assert [s.name for s in steps] == ["analyze", "install", "api", "health", "generate", "record"]
+    assert [s.name for s in steps] == ["analyze", "install", "api", "models", "health", "generate", "record"]
     outcome = run_ship(ctx, steps, registry)
     assert outcome.result.ok, outcome.result.failure
+    # The downloads start first (detached on the host), are waited for only before the checks.
     assert [c[0] for c in runner.calls] == [
+        "models-start",
         "nodes-snapshot",
-        *HOST_TASKS["install"],
+        "install-nodes",
         *HOST_TASKS["api"],
         f"serve-{workflow.stem}",
         "fetch-api-key",
+        "models-wait",
     ]
     for _task, hosts, data in runner.calls:
         assert hosts == ["gpu-1"]
@@ -84,7 +87,15 @@ def test_each_example_ships_through_all_steps(
     assert dep.endpoint_url == f"http://127.0.0.1:{api_server.port}/workflows/{workflow.stem}"
     assert dep.manifest_hash == ctx.manifest.digest()
     hist = registry.history(workflow.stem, "dev")[0]
-    assert [s.step for s in hist.steps] == ["analyze", "install", "api", "health", "generate", "record"]
+    assert [s.step for s in hist.steps] == [
+        "analyze",
+        "install",
+        "api",
+        "models",
+        "health",
+        "generate",
+        "record",
+    ]
 
 
 def test_failed_install_names_the_host_and_operation_and_stops(
@@ -112,8 +123,13 @@ def test_failed_install_names_the_host_and_operation_and_stops(
         "the ship added were moved to .comfyfleet/parked-nodes/"
     )
     assert str(failure).endswith(", ComfyUI answers again")
-    # Models and API untouched; the packs the ship added are put back.
-    assert [c[0] for c in runner.calls] == ["nodes-snapshot", "install-nodes", "put-back-nodes"]
+    # The API untouched (the downloads had started); the packs the ship added are put back.
+    assert [c[0] for c in runner.calls] == [
+        "models-start",
+        "nodes-snapshot",
+        "install-nodes",
+        "put-back-nodes",
+    ]
     assert api_server.behaviour.calls == {}
     assert registry.find(EXAMPLES[0].stem) is None
 
@@ -124,7 +140,8 @@ def test_unreachable_host_is_retried_then_reported(api_server: ApiServer, regist
     steps = standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None)
     steps[1] = type(steps[1])(steps[1].name, steps[1].run, 10, type(steps[1].backoff)(3, 0.01), inline=True)
     outcome = run_ship(ctx, steps, registry)
-    assert [c[0] for c in runner.calls] == ["nodes-snapshot", "install-nodes"] * 3
+    # A retry starts the downloads again: on the host that attaches to the running job.
+    assert [c[0] for c in runner.calls] == ["models-start", "nodes-snapshot", "install-nodes"] * 3
     assert outcome.result.failure is not None
     assert "host unreachable: Connection refused (after 3 attempts)" in outcome.result.failure.cause
 

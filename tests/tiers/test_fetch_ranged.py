@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,56 @@ def test_slow_link_splits_into_segments_over_several_connections_and_verifies(
     assert f"bytes={12 * MIB}-{12 * MIB + 4}" in asked  # ... then every segment, the short last one too
     assert up.stats.peak == 4
     assert elapsed < 2.5, f"{elapsed:.1f}s: four connections at 4 MiB/s should beat one (3 s)"
+
+
+def test_slow_first_stretch_starts_the_other_segments_before_it_ends(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
+    up = model_upstreams
+    stored = up.add_file("big.safetensors", 16 * MIB)
+    up.connection_rate = 4 * MIB  # the first 4 MiB segment alone takes 1 s on its connection
+    sent_when_parallel: list[int] = []
+
+    def watch() -> None:  # how much had been sent when a second body first ran beside the first
+        deadline = time.monotonic() + 30
+        while not sent_when_parallel and time.monotonic() < deadline:
+            with up.stats.lock:
+                if up.stats.active >= 2:
+                    sent_when_parallel.append(up.stats.bytes_sent.get("files:big.safetensors", 0))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    rows = fetch(plan(tmp_path, up, ["big.safetensors"], connections_per_file=4, segment_bytes=4 * MIB))
+    watcher.join()
+    assert rows[0]["status"] == "downloaded" and rows[0]["sha256"] == stored.sha256
+    asked = ranges_asked(up, "big.safetensors")
+    # One request per segment: the first stretch is never asked for again, nothing else twice.
+    assert asked[0] == f"bytes=0-{4 * MIB - 1}" and len(asked) == len(set(asked)) == 4
+    assert up.stats.bytes_sent["files:big.safetensors"] == 16 * MIB
+    assert up.stats.peak == 4
+    # The other segments started while the first was far from done, not after it.
+    assert sent_when_parallel and sent_when_parallel[0] < 3 * MIB, sent_when_parallel
+
+
+def test_resumed_part_on_a_slow_link_splits_without_fetching_anything_twice(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
+    up = model_upstreams
+    stored = up.add_file("big.safetensors", 8 * MIB)
+    part = tmp_path / "staging/checkpoints/big.safetensors.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(Path(stored.path).read_bytes()[:12345])  # a cut single stream, mid-segment
+    Path(f"{part}.json").write_text(
+        json.dumps({"url": f"{up.files_url}/files/big.safetensors", "sha256": None})
+    )
+    up.connection_rate = 4 * MIB
+    rows = fetch(plan(tmp_path, up, ["big.safetensors"], connections_per_file=4, segment_bytes=2 * MIB))
+    assert rows[0]["status"] == "downloaded" and rows[0]["sha256"] == stored.sha256
+    assert rows[0]["bytes_reused"] == 12345
+    asked = ranges_asked(up, "big.safetensors")
+    assert asked[0] == f"bytes=12345-{2 * MIB - 1}" and len(asked) == len(set(asked)) == 4
+    assert up.stats.bytes_sent["files:big.safetensors"] == 8 * MIB - 12345
 
 
 def test_fast_link_stays_on_one_connection(tmp_path: Path, model_upstreams: Upstreams) -> None:

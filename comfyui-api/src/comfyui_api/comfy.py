@@ -4,6 +4,14 @@ Each submitted prompt gets a Tracker; websocket frames (executing, progress, exe
 execution_success/error/interrupted) update it by prompt id. When the websocket comes back
 after ComfyUI restarted, pending trackers are reconciled with /history and /queue: finished
 ones complete from history, lost ones are resubmitted (or fail when out of attempts).
+
+Binary frames: ComfyUI sends images handed to a progress bar to the prompt's client, type 4
+(``supports_preview_metadata``, announced by this client: metadata JSON with prompt_id and
+node_id, then the image) or type 1 (format code, then the image; attributed to the prompt and
+node ComfyUI last said it executes). Images from an output node (SaveImageWebsocket, which
+ComfyUI ships in custom_nodes/) are that node's outputs: held in memory (``ws_files``,
+oldest dropped past WS_FILES_BYTES) instead of a file to fetch over /view. Images from other
+nodes (sampler previews) are ignored.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import websockets
@@ -25,6 +35,9 @@ import websockets
 from comfyui_api.fastpost import FastPoster, FastPostError
 
 log = logging.getLogger("comfyui_api.comfy")
+# Output images that came over the websocket, kept until served (oldest dropped beyond this).
+WS_FILES_BYTES = 256 * 1024 * 1024
+FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 
 
 class ComfyUnavailable(Exception):
@@ -93,6 +106,11 @@ class ComfyClient:
         self.on_connect: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task | None = None
         self._ws: Any = None
+        self.ws_files: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._ws_bytes = 0
+        self._executing: tuple[str | None, str | None] = (None, None)
+        # Called with (node id, output) for every 'executed' frame of a tracked prompt.
+        self.on_output: Callable[[str, dict[str, Any]], None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._ws_loop(), name="comfyui-websocket")
@@ -120,11 +138,13 @@ class ComfyClient:
                 ) as ws:
                     self._ws = ws
                     backoff = 0.1
+                    await ws.send(FEATURE_FLAGS)  # must be the first frame ComfyUI reads
                     await self._connected()
                     async for message in ws:
                         if isinstance(message, bytes):
-                            continue  # binary frames are previews
-                        self._dispatch(json.loads(message))
+                            self._binary(message)
+                        else:
+                            self._dispatch(json.loads(message))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure means: down, retry
@@ -159,9 +179,37 @@ class ComfyClient:
         if self.connects > 1 and self.trackers:
             asyncio.create_task(self._reconcile())
 
+    def _binary(self, message: bytes) -> None:
+        """An image frame (type 4 with metadata, or type 1), routed like a JSON frame as 'image'."""
+        if len(message) < 8:
+            return
+        kind = int.from_bytes(message[:4], "big")
+        if kind == 4:
+            size = int.from_bytes(message[4:8], "big")
+            try:
+                meta = json.loads(message[8 : 8 + size])
+            except ValueError:
+                return
+            if not isinstance(meta, dict):
+                return
+            pid, node = meta.get("prompt_id"), meta.get("node_id")
+            ctype, body = str(meta.get("image_type") or "image/png"), message[8 + size :]
+        elif kind == 1:
+            pid, node = self._executing
+            ctype = "image/png" if int.from_bytes(message[4:8], "big") == 2 else "image/jpeg"
+            body = message[8:]
+        else:
+            return
+        if pid is not None and node is not None:
+            self._dispatch(
+                {"type": "image", "data": {"prompt_id": pid, "node": str(node), "type": ctype, "bytes": body}}
+            )
+
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         data = frame.get("data") or {}
+        if kind == "executing":
+            self._executing = (data.get("prompt_id"), data.get("node"))
         if kind == "status":
             # Broadcast on every queue change: ComfyUI's depth, other clients' prompts included.
             info = (data.get("status") or {}).get("exec_info") or {}
@@ -180,9 +228,14 @@ class ComfyClient:
         self._apply(t, kind, data)
 
     def _apply(self, t: Tracker, kind: str | None, data: dict[str, Any]) -> None:
+        if kind == "image":
+            self._image_output(t, data)
+            return
         if kind == "executed":
             if data.get("output") is not None:
                 t.outputs[str(data.get("node"))] = data["output"]
+                if self.on_output is not None:
+                    self.on_output(str(data.get("node")), data["output"])
         elif kind == "progress":
             t.progress = {"value": data.get("value"), "max": data.get("max"), "node": data.get("node")}
         elif kind == "executing":
@@ -215,6 +268,27 @@ class ComfyClient:
             t.finish("interrupted", {"type": "execution_interrupted", "node_id": data.get("node_id")})
         if t.on_event is not None and kind is not None:
             t.on_event(t, kind)
+
+    def _image_output(self, t: Tracker, data: dict[str, Any]) -> None:
+        """Keep an image from an output node as that node's output; drop sampler previews."""
+        node = data["node"]
+        class_type = (t.graph.get(node) or {}).get("class_type", "")
+        if not (self.object_info.get(class_type) or {}).get("output_node"):
+            return
+        images = t.outputs.setdefault(node, {}).setdefault("images", [])
+        ext = "png" if data["type"] == "image/png" else "jpg"
+        name = f"{t.prompt_id}-{node}-{len(images) + 1:05d}.{ext}"
+        body: bytes = data["bytes"]
+        self.ws_files[name] = (body, data["type"])
+        self._ws_bytes += len(body)
+        while self._ws_bytes > WS_FILES_BYTES and len(self.ws_files) > 1:
+            _old, (dropped, _ctype) = self.ws_files.popitem(last=False)
+            self._ws_bytes -= len(dropped)
+        images.append({"filename": name, "subfolder": "", "type": "websocket"})
+
+    def ws_file(self, name: str) -> tuple[bytes, str] | None:
+        """An output image that came over the websocket, while it is still held."""
+        return self.ws_files.get(name)
 
     def _expects_outputs(self, t: Tracker) -> bool:
         return any(
@@ -366,6 +440,20 @@ class ComfyClient:
             raise ComfyUnavailable(str(exc)) from exc
 
     async def view(self, filename: str, subfolder: str, kind: str) -> tuple[bytes, str]:
+        """An output file's bytes from ComfyUI's /view (HTTPStatusError when it answers an error)."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        if self.fast is not None:
+            # The API without ComfyUI's output folder on its disk: one lean round trip per file.
+            try:
+                status, body = await self.fast.get("/view?" + urlencode(params))
+            except FastPostError as exc:
+                raise ComfyUnavailable(str(exc)) from exc
+            if status != 200:
+                req = httpx.Request("GET", f"{self.base_url}/view", params=params)
+                raise httpx.HTTPStatusError(
+                    f"/view answered {status}", request=req, response=httpx.Response(status)
+                )
+            return body, mimetypes.guess_type(filename)[0] or "application/octet-stream"
         try:
             r = await self.http.get(
                 "/view", params={"filename": filename, "subfolder": subfolder, "type": kind}

@@ -1,4 +1,4 @@
-"""A minimal keep-alive HTTP/1.1 POST for the hot path (POST /prompt to ComfyUI on the same host).
+"""A minimal keep-alive HTTP/1.1 client for the hot path (POST /prompt, GET /view to ComfyUI).
 
 httpx costs about a millisecond of CPU per request here (its pool checks every idle
 connection's socket on each request); this sends one pre-serialised JSON body over a
@@ -64,6 +64,16 @@ class FastPoster:
             f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
+        return await self._exchange(head + body)
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of GET path (path already URL-encoded, query included)."""
+        return await self._exchange(
+            f"GET {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n\r\n".encode()
+        )
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request over a pooled connection (a fresh one when a reused one was stale)."""
         for attempt in (1, 2):
             conn = self._take()
             reused = conn is not None
@@ -73,7 +83,7 @@ class FastPoster:
                 except (OSError, asyncio.TimeoutError) as exc:
                     raise FastPostError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
             try:
-                conn.writer.write(head + body)
+                conn.writer.write(request)
                 status, payload, keep = await asyncio.wait_for(self._read(conn.reader), self.timeout)
             except _StaleConnection:
                 conn.close()

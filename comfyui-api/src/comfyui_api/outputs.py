@@ -9,7 +9,10 @@ every job) and, in the one hour folder the cutoff falls in, the job folders olde
 nothing outside `api/`, and no folder whose name is not a date or hour, is touched.
 
 Jobs keep only file references; base64 bodies are read from disk (or ComfyUI's /view)
-when a response is rendered, so finished jobs cost no output bytes in memory.
+when a response is rendered, so finished jobs cost no output bytes in memory. Without the
+output folder on this host, each file is requested from /view as soon as ComfyUI's
+'executed' frame names it, while ComfyUI finishes the prompt; the answer waits (at most
+PREFETCHED of them, oldest dropped) for the response that reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import mimetypes
 import os
 import shutil
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from comfyui_api.comfy import ComfyClient
 
 log = logging.getLogger("comfyui_api.outputs")
 API_FOLDER = "api"
+PREFETCHED = 64
 
 
 def job_folder(job_id: str, created_at: float) -> str:
@@ -62,7 +67,7 @@ def file_refs(node_outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 if (
                     isinstance(item, dict)
                     and "filename" in item
-                    and item.get("type") in ("output", "temp", "input")
+                    and item.get("type") in ("output", "temp", "input", "websocket")
                 ):
                     out.append(
                         {
@@ -85,6 +90,23 @@ class Outputs:
         self.comfy = comfy
         self.root = os.path.realpath(output_dir) if output_dir is not None else None
         self.retention_s = retention_hours * 3600
+        self._prefetched: OrderedDict[tuple[str, str, str], asyncio.Task] = OrderedDict()
+        if self.root is None and comfy is not None:
+            comfy.on_output = self.prefetch
+
+    def prefetch(self, node: str, output: dict[str, Any]) -> None:
+        """Start fetching the files one 'executed' frame names (no output folder on this host)."""
+        for ref in file_refs({node: output}):
+            if "filename" not in ref or ref["type"] == "websocket":
+                continue
+            key = (ref["type"], ref["subfolder"], ref["filename"])
+            if key in self._prefetched:
+                continue
+            task = asyncio.create_task(self.comfy.view(ref["filename"], ref["subfolder"], ref["type"]))
+            task.add_done_callback(_quiet)
+            self._prefetched[key] = task
+            while len(self._prefetched) > PREFETCHED:
+                self._prefetched.popitem(last=False)[1].cancel()
 
     def content_type(self, ref: dict[str, Any]) -> str:
         return mimetypes.guess_type(ref["filename"])[0] or "application/octet-stream"
@@ -92,6 +114,11 @@ class Outputs:
     async def read(self, ref: dict[str, Any]) -> tuple[bytes, str]:
         """Bytes of one output file; FileNotFoundError when it is gone (deleted by retention)."""
         ctype = self.content_type(ref)
+        if ref["type"] == "websocket":  # SaveImageWebsocket: the bytes came with the frames, no file
+            held = self.comfy.ws_file(ref["filename"])
+            if held is None:
+                raise FileNotFoundError(ref["filename"])
+            return held
         root = self.root
         if root is not None and ref["type"] == "output":
             # Names come from ComfyUI's own 'executed' frames; still, never leave the folder.
@@ -104,7 +131,10 @@ class Outputs:
                     return await asyncio.to_thread(Path(path).read_bytes), ctype
                 except OSError:
                     pass  # not on this disk after all: ask ComfyUI
+        early = self._prefetched.pop((ref["type"], ref["subfolder"], ref["filename"]), None)
         try:
+            if early is not None and not early.cancelled():
+                return await early
             return await self.comfy.view(ref["filename"], ref["subfolder"], ref["type"])
         except httpx.HTTPStatusError as exc:
             raise FileNotFoundError(ref["filename"]) from exc
@@ -173,6 +203,12 @@ class Outputs:
             except Exception:  # the sweep must outlive any one bad folder
                 log.exception("output retention sweep failed")
             await asyncio.sleep(interval)
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """A prefetch nobody read failed or was dropped: its reader (if any) asks again or sees the error."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _entries(folder: str) -> list[os.DirEntry[str]]:

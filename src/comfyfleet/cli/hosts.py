@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from comfyfleet.cli.output import out
+from comfyfleet.cli.output import out, show_progress
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway import drain_around, gateway_targets, inventory_with_gateway
 from comfyfleet.runner import HostResult, RunOptions, RunResult, check_options, parallel_ssh, run
@@ -191,6 +191,7 @@ def common(
     data = {**parse_data(inventory_data), **task_data, "task": task}
     opts = run_options(dry_run, parallel, serial, rolling, fail_percent)
     parallel_ssh()
+    show_progress()
     quiet_ssh_library()
     # Behind a gateway, a rolling batch is drained there first; --status adds the gateway's view.
     fleet_file = inventory_with_gateway(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NoReturn
 
 import typer
@@ -23,3 +24,19 @@ def fail(message: str, code: int = 1, *, soft_wrap: bool = False) -> NoReturn:
     err.print(message, markup=False, soft_wrap=soft_wrap)
     # The cause was just printed; chaining would only repeat it.
     raise typer.Exit(code) from None
+
+
+class _ProgressLines(logging.Handler):
+    """Live progress lines (``comfyfleet.progress``: model downloads) on stderr, as they come."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(record.getMessage(), markup=False, highlight=False, soft_wrap=True)
+
+
+def show_progress() -> None:
+    """Show the tiers' live progress lines (every download stream, each second) while a run lasts."""
+    log = logging.getLogger("comfyfleet.progress")
+    if not any(isinstance(h, _ProgressLines) for h in log.handlers):
+        log.addHandler(_ProgressLines())
+    log.setLevel(logging.INFO)
+    log.propagate = False

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from comfyfleet.cli.output import show_progress
 from comfyfleet.registry import Registry
 from comfyfleet.schedules import RunEvent, Watcher
 from comfyfleet.schedules import watch as run_watch
@@ -134,6 +135,13 @@ def ship(
     name: Annotated[
         str | None, typer.Option("--name", help="deployment name (default: the workflow's file name)")
     ] = None,
+    bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--bootstrap",
+            help="bare hosts: run the provider bootstrap too (the `provider` host data), behind the model downloads",
+        ),
+    ] = False,
 ) -> None:
     """Ship a workflow: analyze, install, update the API, check health, generate once, record.
 
@@ -141,7 +149,10 @@ def ship(
     """
     registry = Registry()
     ctx = prepare_ship(workflow, to, env.value, name, registry)
+    if bootstrap:
+        ctx.data["bootstrap"] = True
     steps = standard_steps(ctx, registry)
+    show_progress()
     out.print(
         f"shipping {ctx.workflow_path} as {ctx.name} ({ctx.environment}) to {ctx.target}: "
         f"{', '.join(ctx.hosts) or 'modal'}"

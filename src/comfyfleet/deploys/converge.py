@@ -1,9 +1,10 @@
-"""Convergence: ``deploy-all`` brings a fresh or drifted host to what the workflows need, in order.
+"""Convergence: ``deploy-all`` brings a fresh or drifted host to what the workflows need, as a pipeline.
 
-ComfyUI core at its pinned ref (the runtime deploy), the workflows' node packs, their
-model files, the API service (host data ``deploy_api``: auto | true | false), a restart
-when nodes changed, then the proof: every class type in ``/object_info``. Each step is
-idempotent, so a second run changes nothing. ``update`` moves one component.
+The workflows' model downloads start first, detached on the host (:mod:`comfyfleet.deploys.model_job`);
+meanwhile ComfyUI core at its pinned ref (the runtime deploy), the node packs, the API service
+(host data ``deploy_api``: auto | true | false), a restart when nodes changed and the proof
+(every class type in ``/object_info``); the run ends by waiting for the downloads. Each step
+is idempotent, so a second run changes nothing. ``update`` moves one component.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pyinfra import host
 from comfyfleet.context import report
 from comfyfleet.deploys import tasks
 from comfyfleet.deploys.api import local_artifact
-from comfyfleet.deploys.models import download_models, model_plan, needed_models
+from comfyfleet.deploys.model_job import SCRIPTS as MODEL_SCRIPTS
+from comfyfleet.deploys.model_job import start_models, wait_models
+from comfyfleet.deploys.models import model_plan, needed_models
 from comfyfleet.deploys.nodes import (
     install_nodes,
     load_manifests,
@@ -33,6 +36,7 @@ from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
 from comfyfleet.facts import prefetch
 from comfyfleet.inventory import host_config
+from comfyfleet.operations import comfyui
 
 UPDATE_COMPONENTS = ("comfyui", "nodes", "manager", "api")
 
@@ -45,22 +49,26 @@ def deploy_all() -> None:
     # Refuse bad input (unsafe model names, unresolved classes) before anything runs.
     packs, core = needed_packs(manifests)
     models = needed_models(manifests)
-    scripts = ["install_nodes.py", "fetch_models.py"]
+    scripts = ["install_nodes.py", *MODEL_SCRIPTS]
     plans = {"nodes": node_plan(cfg, packs, core), "models": model_plan(cfg, models)}
     # One round trip reads the runtime's facts and the staged files with the tier checks.
     prefetch.prefetch(
         name="Read host state",
         requests=[*runtime_facts(cfg, cfg.comfyui_ref), staged_facts(cfg, scripts, plans)],
     )
-    deploy_runtime(prefetched=True)
+    # The model bytes are the long pole: they start first (detached on the host) and only
+    # the end of the run waits for them; ComfyUI, nodes and the API never need them.
+    comfyui.directories(name="Data folders", paths=cfg.layout.directories)
     staged = stage(cfg, scripts, plans, "Host scripts and plans")
+    start_models(manifests, staged=staged)
+    deploy_runtime(prefetched=True)
     nodes = install_nodes(manifests, finish=False, staged=staged)
-    download_models(manifests, staged=staged)
     api = api_step()
     if api is not None:
         api()
     restart_and_wait(cfg, nodes)
     verify_nodes(cfg, nodes)
+    wait_models(manifests)
 
 
 def api_step() -> Callable[[], None] | None:

@@ -167,55 +167,74 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
         host.noop(f"{count} model file(s) in place")
         return
     argv = ["python3", script_path, "--plan", plan_path]
+    upload, secrets_file = token_upload(token_names)
+    if secrets_file is None:
+        yield StringCommand(*argv)
+        return
+    yield from upload
+    yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
+
+
+def token_upload(token_names: list[str]) -> tuple[list[Any], str | None]:
+    """Commands putting the tokens a plan needs into a fresh 0600 file of the SSH user, and its path.
+
+    ``([], None)`` when no token is set for those names. Whoever runs the plan reads the
+    file and deletes it (``--secrets-stdin`` after ``_FETCH_WITH_SECRETS``, ``model_job.py
+    --secrets-file``).
+    """
     tokens = load_tokens()
     payload = {k: v for k, v in tokens.values.items() if k in token_names}
     if not payload:
-        yield StringCommand(*argv)
-        return
+        return [], None
     # Uploaded as the SSH user (no sudo, so no world-readable temp copy) into its own 0700 folder.
     home = host.get_fact(Home, _sudo=False) or "/root"
     secrets_dir = f"{home}/.comfyfleet-secrets"
     secrets_file = f"{secrets_dir}/tokens-{uuid.uuid4().hex}.json"
-    yield StringCommand(
-        "sh",
-        "-c",
-        QuoteString(_SECRETS_FILE),
-        "comfyfleet",
-        QuoteString(secrets_dir),
-        QuoteString(secrets_file),
-        _sudo=False,
-    )
-    yield FileUploadCommand(StringIO(json.dumps(payload)), secrets_file, _sudo=False)
-    yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
+    return [
+        StringCommand(
+            "sh",
+            "-c",
+            QuoteString(_SECRETS_FILE),
+            "comfyfleet",
+            QuoteString(secrets_dir),
+            QuoteString(secrets_file),
+            _sudo=False,
+        ),
+        FileUploadCommand(StringIO(json.dumps(payload)), secrets_file, _sudo=False),
+    ], secrets_file
 
 
 @operation()
 def report_downloads(step: OperationMeta, lock_file: str | None) -> Generator[Any, None, None]:
     """Show what the download step did, and record computed hashes in the lock."""
     if step.is_complete() and step.did_change():
-        rows = parse_tagged(step.stdout_lines).get("RESULT", [])
-        report(host).table(
-            "models",
-            ["file", "status", "via", "MB fetched", "MB resumed", "sha256"],
-            [
-                [
-                    f"{r['folder']}/{r['filename']}",
-                    r["status"],
-                    r.get("via", "-"),
-                    f"{r.get('bytes_fetched', 0) / 1e6:.1f}",
-                    f"{r.get('bytes_reused', 0) / 1e6:.1f}",
-                    (r.get("sha256") or "")[:16],
-                ]
-                for r in rows
-            ],
-        )
-        if lock_file:
-            recorded = record_hashes(Path(lock_file), rows)
-            if recorded:
-                report(host).note(f"recorded {recorded} computed sha256 value(s) in {lock_file}")
+        show_downloads(parse_tagged(step.stdout_lines).get("RESULT", []), lock_file)
     host.noop("reported models")
     return
     yield
+
+
+def show_downloads(rows: list[dict[str, Any]], lock_file: str | None) -> None:
+    """The host's report of ``fetch_models.py``'s RESULT rows; computed hashes recorded in the lock."""
+    report(host).table(
+        "models",
+        ["file", "status", "via", "MB fetched", "MB resumed", "sha256"],
+        [
+            [
+                f"{r['folder']}/{r['filename']}",
+                r["status"],
+                r.get("via", "-"),
+                f"{r.get('bytes_fetched', 0) / 1e6:.1f}",
+                f"{r.get('bytes_reused', 0) / 1e6:.1f}",
+                (r.get("sha256") or "")[:16],
+            ]
+            for r in rows
+        ],
+    )
+    if lock_file:
+        recorded = record_hashes(Path(lock_file), rows)
+        if recorded:
+            report(host).note(f"recorded {recorded} computed sha256 value(s) in {lock_file}")
 
 
 def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
@@ -270,7 +289,7 @@ def download_models(manifests: list[Manifest], staged: dict[str, str] | None = N
     return step
 
 
-def _manifests(one: bool) -> list[Manifest]:
+def manifests_from_data(one: bool) -> list[Manifest]:
     cfg = host_config(host)
     return load_manifests(cfg.workflow if one else None, cfg.workflows_dir)
 
@@ -278,11 +297,11 @@ def _manifests(one: bool) -> list[Manifest]:
 @task("download-models")
 def download_models_task() -> None:
     """``--data workflow=FILE`` (default: every workflow in workflows/)."""
-    download_models(_manifests(one=True))
+    download_models(manifests_from_data(one=True))
 
 
 def _admin_plan(cfg: HostConfig) -> tuple[str, str]:
-    manifests = _manifests(one=False)
+    manifests = manifests_from_data(one=False)
     models = needed_models(manifests)
     # Names a workflow uses whose folder analysis could not tell: never "unreferenced".
     anywhere = sorted({normalize_model_name(u.filename) for m in manifests for u in m.unresolved.models})

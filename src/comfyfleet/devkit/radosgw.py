@@ -19,13 +19,41 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from comfyui_api.object_store import ObjectStore
 
-from comfyfleet.devkit.s3rver import S3Server
 from comfyfleet.devkit.standin import free_port
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server on loopback with one bucket and its credentials."""
+
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+
+    def store_config(self, prefix: str = "outputs/", **extra: object) -> dict[str, object]:
+        """An object store file's content for comfyui-api pointing at this server."""
+        return {
+            "endpoint": self.endpoint,
+            "bucket": self.bucket,
+            "region": "us-east-1",
+            "prefix": prefix,
+            "access_key_id": self.access_key,
+            "secret_access_key": self.secret_key,
+            **extra,
+        }
+
+    def write_config(self, path: Path, **extra: object) -> Path:
+        path.write_text(json.dumps(self.store_config(**extra)))  # type: ignore[arg-type]
+        path.chmod(0o600)
+        return path
+
 
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 

@@ -75,6 +75,33 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10) -> N
             proc.wait(5)
 
 
+# ComfyUI ships custom_nodes/websocket_image_save.py in its checkout (full images as binary websocket
+# frames, no file); the stand-in's version of it, for add_custom_node("websocket_image_save", ...).
+WEBSOCKET_IMAGE_SAVE = """
+import time
+from comfy.utils import ProgressBar
+
+class SaveImageWebsocket:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"images": ("IMAGE",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    CATEGORY = "api/image"
+    def save_images(self, images):
+        pbar = ProgressBar(len(images))
+        for step, image in enumerate(images):
+            pbar.update_absolute(step, len(images), ("PNG", image, None))
+        return {}
+    @classmethod
+    def IS_CHANGED(s, images):
+        return time.time()
+
+NODE_CLASS_MAPPINGS = {"SaveImageWebsocket": SaveImageWebsocket}
+"""
+
+
 class Standin:
     """One stand-in ComfyUI process with its own base directory; restartable on the same port."""
 

@@ -64,6 +64,9 @@ CONNECTIONS = 8
 HOST_CONNECTIONS = 16
 # Extra connections join only when the first one runs slower than this (MB/s).
 SPLIT_BELOW_MBPS = 60.0
+# ... measured over at least this long a part of the first stretch (a fast link finishes
+# the whole stretch sooner and is judged on all of it).
+_PROBE_SECONDS = 0.1
 # A cut connection is resumed this many times within one run before the item fails.
 _ATTEMPTS = 4
 USER_AGENT = "comfyfleet-fetch/1"
@@ -408,6 +411,9 @@ class Progress:
         self.interval = interval
         self.lock = threading.Lock()
         self.active: dict[str, list[Any]] = {}
+        # --progress-file: every file's bytes/total/rate as JSON, rewritten each second.
+        self.file: str | None = None
+        self.files: dict[str, dict[str, Any]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -417,7 +423,9 @@ class Progress:
 
     def add(self, key: str, n: int) -> None:
         with self.lock:
-            self.active[key][0] += n
+            entry = self.active.get(key)
+            if entry is not None:
+                entry[0] += n
 
     def finish(self, key: str) -> None:
         with self.lock:
@@ -426,15 +434,49 @@ class Progress:
             secs = max(time.monotonic() - entry[2], 1e-6)
             mb = (entry[0] - entry[3]) / 1e6
             log(f"progress: {key} done {entry[0] / 1e6:.1f} MB ({mb / secs:.1f} MB/s)")
+            with self.lock:
+                self.files[key] = {
+                    "bytes": entry[0],
+                    "total": entry[1],
+                    "rate": mb * 1e6 / secs,
+                    "done": True,
+                }
+            self.write_file()
+
+    def write_file(self) -> None:
+        if not self.file:
+            return
+        now = time.monotonic()
+        with self.lock:
+            for key, (done, total, started, first) in self.active.items():
+                rate = (done - first) / max(now - started, 1e-6)
+                self.files[key] = {"bytes": done, "total": total, "rate": rate, "done": False}
+            data = json.dumps(self.files)
+        with contextlib.suppress(OSError):
+            with open(self.file + ".tmp", "w") as f:
+                f.write(data)
+            os.replace(self.file + ".tmp", self.file)
 
     def _run(self) -> None:
+        if self.file:
+            ticks = 0
+            step = max(1, round(self.interval))
+            while not self.stop.wait(1.0):
+                self.write_file()
+                ticks += 1
+                if ticks % step == 0:
+                    self._log_active()
+            return
         while not self.stop.wait(self.interval):
-            with self.lock:
-                rows = [(k, *v) for k, v in self.active.items()]
-            for key, done, total, started, first in rows:
-                rate = (done - first) / 1e6 / max(time.monotonic() - started, 1e-6)
-                pct = f"{100 * done / total:.0f}%" if total else f"{done / 1e6:.1f} MB"
-                log(f"progress: {key} {pct} {rate:.1f} MB/s")
+            self._log_active()
+
+    def _log_active(self) -> None:
+        with self.lock:
+            rows = [(k, *v) for k, v in self.active.items()]
+        for key, done, total, started, first in rows:
+            rate = (done - first) / 1e6 / max(time.monotonic() - started, 1e-6)
+            pct = f"{100 * done / total:.0f}%" if total else f"{done / 1e6:.1f} MB"
+            log(f"progress: {key} {pct} {rate:.1f} MB/s")
 
 
 def log(msg: str) -> None:
@@ -738,18 +780,42 @@ class _RangedJob:
         for _ in range(max(4, 2 * self.workers)):
             self.free.put(mmap.mmap(-1, segment))
         self.direct = _open_direct(path)
+        self.threads: list[threading.Thread] = []
 
-    def run(self, checkpoint: Any) -> str:
-        """Hash the segments in order while the workers fetch them; ``checkpoint()`` after each one."""
-        threads = [
-            threading.Thread(target=self._worker, daemon=True)
-            for _ in range(min(self.workers, len(self.todo)))
-        ]
-        for t in threads:
+    def start(self, workers: int | None = None) -> None:
+        """Start the fetching threads (``workers`` of them, default all the job may use)."""
+        for _ in range(min(self.workers if workers is None else workers, len(self.todo))):
+            self.add_worker()
+
+    def add_worker(self) -> None:
+        if len(self.threads) < len(self.todo):
+            t = threading.Thread(target=self._worker, daemon=True)
+            self.threads.append(t)
             t.start()
-        h = hashlib.sha256()
+
+    def stop(self) -> None:
+        """Stop the workers (after a failure elsewhere) and close the O_DIRECT descriptor."""
+        with self.cond:
+            self.stopping = True
+            self.error = self.error or _Abort()
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
+        if self.direct is not None:
+            os.close(self.direct)
+            self.direct = None
+
+    def run(self, checkpoint: Any, h: Any = None, first: int = 0) -> str:
+        """Hash the segments in order while the workers fetch them; ``checkpoint()`` after each one.
+
+        ``h`` already holding the hash of the segments before ``first`` (fetched by a stream
+        of the caller's) continues from there.
+        """
+        if not self.threads:
+            self.start()
+        h = h or hashlib.sha256()
         try:
-            for i in range(_segments(self.total, self.segment)):
+            for i in range(first, _segments(self.total, self.segment)):
                 if i in self.before:
                     self._hash_from_disk(h, i)
                     continue
@@ -763,14 +829,7 @@ class _RangedJob:
                 self.free.put(buf)
                 checkpoint()
         finally:
-            with self.cond:
-                self.stopping = True
-                self.error = self.error or _Abort()
-                self.cond.notify_all()
-            for t in threads:
-                t.join()
-            if self.direct is not None:
-                os.close(self.direct)
+            self.stop()
         return h.hexdigest()
 
     def _hash_from_disk(self, h: Any, i: int) -> None:
@@ -885,6 +944,54 @@ class _RangedJob:
                 if fd == self.fd or exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 fd = self.fd  # accepted at open, refused at write: this segment goes through the page cache
+
+
+class _Ranged:
+    """A ranged download under way: ``finish`` hashes it to the end, ``abort`` stops it, keeping its segments."""
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        job: _RangedJob,
+        out: Any,
+        meta_path: str,
+        state: dict[str, Any],
+        key: str,
+        result: dict[str, Any],
+    ) -> None:
+        self.fetcher, self.job, self.out, self.meta_path = fetcher, job, out, meta_path
+        self.state, self.key, self.result = state, key, result
+
+    def _save(self) -> None:
+        self.state["done"] = sorted(self.job.written)
+        _save_json(self.meta_path, self.state)
+
+    def finish(self, h: Any = None, first: int = 0) -> str:
+        """Hash from segment ``first`` (``h`` holding everything before it) once the workers bring it."""
+        job = self.job
+        if first:
+            with job.cond:
+                job.written.add(first - 1)  # the caller's stream finished its segment
+            job.add_worker()
+        try:
+            digest = job.run(
+                lambda: _save_json(self.meta_path, {**self.state, "done": sorted(job.written)}), h, first
+            )
+            os.fsync(self.out.fileno())
+        finally:
+            self._save()
+            self.result["bytes_fetched"] = self.result.get("bytes_fetched", 0) + job.fetched
+            self.out.close()
+        self.fetcher.progress.finish(self.key)
+        return digest
+
+    def abort(self) -> None:
+        try:
+            self.job.stop()
+        finally:
+            self._save()
+            self.result["bytes_fetched"] = self.result.get("bytes_fetched", 0) + self.job.fetched
+            self.out.close()
 
 
 class Fetcher:
@@ -1063,8 +1170,32 @@ class Fetcher:
             if not (bounded and resp.status == 206 and total is not None and total > stretch_end):
                 return self._stream(resp, part, have, expected, item, result, url, headers)
             t0 = time.monotonic()
-            self._stream(resp, part, have, total, item, result, url, headers, upto=stretch_end)
+            split: list[_Ranged] = []
+
+            def watch(got: int) -> None:
+                # Paced below split_below after the first buffers: the other segments start
+                # now, over more connections, while this one finishes its stretch.
+                elapsed = time.monotonic() - t0
+                if split or elapsed < _PROBE_SECONDS:
+                    return
+                if got / elapsed < self.split_below:
+                    split.append(
+                        self._ranged_begin(
+                            url, headers, part, state, total, item, result, have // self.segment
+                        )
+                    )
+
+            try:
+                h = self._stream_hash(
+                    resp, part, have, total, item, result, url, headers, upto=stretch_end, watch=watch
+                )
+            except BaseException:
+                for job in split:
+                    job.abort()
+                raise
             rate = (stretch_end - have) / max(time.monotonic() - t0, 1e-6)
+        if split:
+            return split[0].finish(h, stretch_end // self.segment)
         if rate < self.split_below:
             return self._ranged(url, headers, part, state, total, item, result)
         headers["Range"] = f"bytes={stretch_end}-"
@@ -1087,9 +1218,27 @@ class Fetcher:
         result: dict[str, Any],
         url: str,
         headers: dict[str, str],
-        upto: int | None = None,
     ) -> str:
-        """One connection from have to the end (or to ``upto``); raises _Cut when the body ends early."""
+        return self._stream_hash(resp, part, have, expected, item, result, url, headers).hexdigest()
+
+    def _stream_hash(
+        self,
+        resp: Any,
+        part: str,
+        have: int,
+        expected: int | None,
+        item: dict[str, Any],
+        result: dict[str, Any],
+        url: str,
+        headers: dict[str, str],
+        upto: int | None = None,
+        watch: Any = None,
+    ) -> Any:
+        """One connection from have to the end (or to ``upto``); raises _Cut when the body ends early.
+
+        Returns the sha256 object over the file so far. ``watch(n)`` is called on the
+        receiving thread with the bytes fetched so far, after each buffer.
+        """
         name = item["filename"]
         status = resp.status
         if status == 200:
@@ -1118,19 +1267,28 @@ class Fetcher:
         self.progress.start(key, total, have)
         result["bytes_reused"] = have
         got = 0
+        seen = [0]
+
+        def on_bytes(n: int) -> None:
+            self.progress.add(key, n)
+            if watch is not None:
+                seen[0] += n
+                watch(seen[0])
+
         with self.slots.hold(url):
             with open(part, "r+b" if have else "wb") as out:
                 out.truncate(have)
                 sink = _Sink(out.fileno(), part, have)
                 try:
-                    got = _copy_hashing(resp, sink, h, lambda n: self.progress.add(key, n))
+                    got = _copy_hashing(resp, sink, h, on_bytes)
                 except _Cut as exc:
                     # Whole buffers already written stay on disk: the next attempt resumes after them.
                     raise _Cut(f"connection broke after {sink.offset} bytes ({exc})") from None
                 finally:
                     sink.close()
                     os.fsync(out.fileno())
-        self.progress.finish(key)
+        if upto is None:  # with upto, a first stretch: more of the file follows
+            self.progress.finish(key)
         result["bytes_fetched"] = result.get("bytes_fetched", 0) + got
         end = have + got
         if upto is not None and end != upto:
@@ -1139,7 +1297,7 @@ class Fetcher:
             raise _Cut(f"connection closed after {end} of {total} bytes")
         if total is None and not self._confirm_end(url, headers, end, name):
             raise _Cut(f"connection closed after {end} bytes and the server sent no length")
-        return h.hexdigest()
+        return h
 
     def _confirm_end(self, url: str, headers: dict[str, str], end: int, name: str) -> bool:
         """For a body without any length: the file ends at end only if a Range from there gets 416."""
@@ -1166,6 +1324,25 @@ class Fetcher:
         result: dict[str, Any],
     ) -> str:
         """Several connections, one segment each at a time, hashed in order as they arrive."""
+        return self._ranged_begin(url, headers, part, state, total, item, result).finish()
+
+    def _ranged_begin(
+        self,
+        url: str,
+        headers: dict[str, str],
+        part: str,
+        state: dict[str, Any],
+        total: int,
+        item: dict[str, Any],
+        result: dict[str, Any],
+        owned: int | None = None,
+    ) -> _Ranged:
+        """Open the .part at its full length and start the segment workers.
+
+        ``owned``: the caller's own stream is still fetching that segment of a single-stream
+        .part (the segments before it are whole on disk): workers start after it, with one
+        connection fewer until the caller hands its hash to ``finish``.
+        """
         meta_path = part + ".json"
         segment = int(state.get("segment") or self.segment)
         if "segment" in state and state.get("total") == total:
@@ -1178,15 +1355,18 @@ class Fetcher:
             # A single-stream .part: its whole segments are kept.
             have = os.path.getsize(part) if os.path.exists(part) else 0
             segment = self.segment
-            done = set(range(min(have, total) // segment))
+            done = set(range(owned if owned is not None else min(have, total) // segment))
         state.update(total=total, segment=segment, done=sorted(done))
         _save_json(meta_path, state)
         key = f"{item['folder']}/{item['filename']}"
         reused = sum(min(segment, total - i * segment) for i in done)
-        result["bytes_reused"] = reused
-        self.progress.start(key, total, reused)
-        with open(part, "r+b" if os.path.exists(part) else "w+b") as out:
+        if owned is None:  # else the caller's stream has counted what it resumed from
+            result["bytes_reused"] = reused
+            self.progress.start(key, total, reused)
+        out = open(part, "r+b" if os.path.exists(part) else "w+b")  # noqa: SIM115 - closed by finish()
+        try:
             out.truncate(total)
+            workers = min(self.connections, _segments(total, segment))
             job = _RangedJob(
                 url,
                 {k: v for k, v in headers.items() if k.lower() != "range"},
@@ -1194,20 +1374,17 @@ class Fetcher:
                 part,
                 total,
                 segment,
-                done,
+                done | ({owned} if owned is not None else set()),
                 self.slots,
-                min(self.connections, _segments(total, segment)),
+                workers,
                 lambda n: self.progress.add(key, n),
             )
-            try:
-                digest = job.run(lambda: _save_json(meta_path, {**state, "done": sorted(job.written)}))
-            finally:
-                state["done"] = sorted(job.written)
-                _save_json(meta_path, state)
-                result["bytes_fetched"] = job.fetched
-            os.fsync(out.fileno())
-        self.progress.finish(key)
-        return digest
+            job.written.discard(owned)  # type: ignore[arg-type]
+            job.start(workers - 1 if owned is not None else None)
+        except BaseException:
+            out.close()
+            raise
+        return _Ranged(self, job, out, meta_path, state, key, result)
 
     @staticmethod
     def _place(part: str, dest: str) -> None:
@@ -1247,6 +1424,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="only report what is missing or wrong")
     parser.add_argument("--parallel", type=int, default=None)
+    parser.add_argument(
+        "--progress-file", help="write every file's bytes/total/rate here (JSON, each second)"
+    )
     args = parser.parse_args(argv)
     os.umask(0o022)
     with open(args.plan) as f:
@@ -1272,12 +1452,14 @@ def main(argv: list[str] | None = None) -> int:
         print("CHECK " + json.dumps(rows), flush=True)
         return 0
     parallel = max(1, args.parallel or int(plan.get("parallel", 3)))
+    fetcher.progress.file = args.progress_file
     fetcher.progress.thread.start()
     import concurrent.futures  # here only: --check and startup do not pay for it
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(fetcher.fetch, items))
     fetcher.progress.stop.set()
+    fetcher.progress.write_file()
     fetcher.cache.save()
     for r in results:
         if r["status"] == "failed":

@@ -1,8 +1,10 @@
 """A ship to hosts: the tier tasks through the runner, the install's compensation, the standard steps.
 
     analyze   strict analysis here; anything unresolved stops the ship before any host
-    install   tiers 2-3 on the hosts: custom nodes, then models
+    install   model downloads started (detached on the host), then custom nodes (tiers 2-3;
+              ``ship --bootstrap``: the provider bootstrap between the two, for a bare host)
     api       tier 1: the API service with the new workflow (restarted only when it changed)
+    models    waits for the downloads to end (every file's progress shown); their error fails the ship
     health    /health and /ready on every host, retried while the service starts
     generate  one generation with the workflow's defaults; an output file must arrive
     record    the deployment in the registry
@@ -120,8 +122,15 @@ def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict
 
 # -- the standard ship ----------------------------------------------------------------
 
-HOST_TASKS = {"install": ("install-nodes", "download-models"), "api": ("update-binary",)}
-"""Tier tasks each host step runs, in order (tiers 2-3, then tier 1)."""
+HOST_TASKS = {
+    "install": ("models-start", "install-nodes"),
+    "api": ("update-binary",),
+    "models": ("models-wait",),
+}
+"""Tier tasks each host step runs, in order: the model downloads start first (detached on the
+host), nodes and the API run meanwhile, and the models step waits for the downloads to end."""
+BOOTSTRAP_TASK = "bootstrap"
+"""Run after ``models-start`` when ``ctx.data["bootstrap"]`` (``ship --bootstrap``: a bare host)."""
 
 
 def _workflow_data(ctx: ShipContext) -> dict[str, Any]:
@@ -142,14 +151,21 @@ def standard_steps(
     run_task: TaskRun = _runner_run,
     check_tasks: Callable[[Sequence[str]], None] = check_tasks_available,
 ) -> list[Step]:
-    """analyze → install (tiers 2-3) → api (tier 1) → health → generate → record."""
+    """analyze → install (tiers 2-3) → api (tier 1) → models → health → generate → record."""
     if ctx.target == MODAL:
         return modal_steps(ctx, registry, analyze=analyze)
     every_task = [t for group in HOST_TASKS.values() for t in group]
     before: dict[str, list[str]] = ctx.data.setdefault("nodes_before", {})
+    start, *rest = HOST_TASKS["install"]
+    bootstrap = [(BOOTSTRAP_TASK, _workflow_data)] if ctx.data.get("bootstrap") else []
     install = task_step(
         "install",
-        [(nodes_snapshot(before), _workflow_data), *((t, _workflow_data) for t in HOST_TASKS["install"])],
+        [
+            (start, _workflow_data),
+            *bootstrap,
+            (nodes_snapshot(before), _workflow_data),
+            *((t, _workflow_data) for t in rest),
+        ],
         # Model bytes dominate; the budget is for a large checkpoint on a slow link. All tier
         # tasks are checked before the first one runs, so a missing one touches no host.
         timeout=3 * 3600,
@@ -172,6 +188,8 @@ def standard_steps(
             timeout=600,
             run_task=run_task,
         ),
+        # The downloads started by the install step; the API and health never needed them.
+        task_step("models", [(t, _workflow_data) for t in HOST_TASKS["models"]], 3 * 3600, run_task=run_task),
         health_step(),
         generate_step(),
         record_step(registry),

@@ -468,6 +468,16 @@ class PromptExecutor:
             "real_node_id": node_id,
         }
 
+    def _progress(self, prompt_id: str, node_id: str, value: int, total: int, preview: object) -> None:
+        """A progress frame, then the image the bar carried (if any) as a binary frame (ComfyUI's hook)."""
+        self.server.send_sync(
+            "progress",
+            {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id},
+            self.server.client_id,
+        )
+        if preview is not None:
+            self.server.send_preview(preview, prompt_id, node_id)
+
     def _send_executed(self, node_id: str, ui: dict | None, prompt_id: str) -> None:
         """The `executed` websocket message to the prompt's client, if it has one."""
         if self.server.client_id is not None:
@@ -558,10 +568,8 @@ class PromptExecutor:
                     model_management.interruptible_sleep(delay)
                 model_management.throw_exception_if_processing_interrupted()
                 comfy_utils.set_progress_bar_global_hook(
-                    lambda value, total, preview, nid, _n=node_id: self.server.send_sync(
-                        "progress",
-                        {"value": value, "max": total, "prompt_id": prompt_id, "node": nid or _n},
-                        self.server.client_id,
+                    lambda value, total, preview, nid, _n=node_id: self._progress(
+                        prompt_id, nid or _n, value, total, preview
                     )
                 )
                 obj = class_()

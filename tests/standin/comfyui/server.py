@@ -8,6 +8,7 @@ import logging
 import mimetypes
 import os
 import platform
+import struct
 import sys
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ import folder_paths
 import nodes
 from aiohttp import web
 from comfyui_version import __version__
+from standin_image import encode_png
 
 
 def node_info(node_class: str) -> dict:
@@ -52,6 +54,15 @@ def _safe_subpath(base: str, *parts: str) -> str | None:
     return full
 
 
+BINARY = object()  # marks a queued binary frame (bytes already framed) among the JSON events
+# ComfyUI 0.8.0's comfy_api/feature_flags.py SERVER_FEATURE_FLAGS (max_upload_size at its 100 MB default).
+SERVER_FEATURES = {
+    "supports_preview_metadata": True,
+    "max_upload_size": 100 * 1024 * 1024,
+    "extension": {"manager": {"supports_v4": True}},
+}
+
+
 class PromptServer:
     """Routes, websocket clients and the hand-off of frames from the execution thread."""
 
@@ -59,6 +70,7 @@ class PromptServer:
         self.loop = loop
         self.messages: asyncio.Queue = asyncio.Queue()
         self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.feature_flags: dict[str, dict[str, Any]] = {}  # what each client said it supports
         self.client_id: str | None = None
         self.number = 0
         self.last_node_id: str | None = None
@@ -80,6 +92,32 @@ class PromptServer:
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         self.loop.call_soon_threadsafe(self.messages.put_nowait, (event, data, sid))
 
+    def send_preview(self, preview: Any, prompt_id: str, node_id: str) -> None:
+        """An image handed to a progress bar, as ComfyUI 0.8.0 sends it: a binary frame to the prompt's client.
+
+        Clients that announced ``supports_preview_metadata`` get type 4 (big-endian metadata
+        length, JSON with prompt_id and node_id, then the PNG); others type 1 (format 2 = PNG,
+        then the PNG). The PNG is written with compress_level 1, as ComfyUI's send_image does.
+        """
+        sid = self.client_id
+        _kind, image, _max_size = preview
+        png = encode_png(image, compress_level=1)
+        if self.feature_flags.get(sid or "", {}).get("supports_preview_metadata"):
+            meta = json.dumps(
+                {
+                    "node_id": node_id,
+                    "prompt_id": prompt_id,
+                    "display_node_id": node_id,
+                    "parent_node_id": None,
+                    "real_node_id": node_id,
+                    "image_type": "image/png",
+                }
+            ).encode()
+            frame = struct.pack(">II", 4, len(meta)) + meta + png
+        else:
+            frame = struct.pack(">II", 1, 2) + png
+        self.send_sync(BINARY, frame, sid)
+
     def queue_updated(self) -> None:
         assert self.prompt_queue is not None
         self.send_sync(
@@ -89,7 +127,7 @@ class PromptServer:
     async def publish_loop(self) -> None:
         while True:
             event, data, sid = await self.messages.get()
-            message = json.dumps({"type": event, "data": data})
+            message = data if event is BINARY else json.dumps({"type": event, "data": data})
             targets = (
                 [self.sockets[sid]]
                 if sid is not None and sid in self.sockets
@@ -97,7 +135,7 @@ class PromptServer:
             )
             for ws in targets:
                 try:
-                    await ws.send_str(message)
+                    await (ws.send_bytes(message) if event is BINARY else ws.send_str(message))
                 except (ConnectionError, RuntimeError) as e:
                     logging.warning(f"send error: {e}")
 
@@ -120,11 +158,23 @@ class PromptServer:
                 await ws.send_str(json.dumps({"type": "status", "data": status}))
                 if self.client_id == sid and self.last_node_id is not None:
                     await ws.send_str(json.dumps({"type": "executing", "data": {"node": self.last_node_id}}))
-                async for _msg in ws:
-                    pass  # Clients may send feature flags; nothing to answer.
+                first = True
+                async for msg in ws:
+                    # A first text frame {"type": "feature_flags", "data": {...}} is the client's
+                    # feature list; ComfyUI answers with its own.
+                    if first and msg.type == web.WSMsgType.TEXT:
+                        try:
+                            frame = json.loads(msg.data)
+                        except ValueError:
+                            frame = None
+                        if isinstance(frame, dict) and frame.get("type") == "feature_flags":
+                            self.feature_flags[sid] = dict(frame.get("data") or {})
+                            await ws.send_str(json.dumps({"type": "feature_flags", "data": SERVER_FEATURES}))
+                    first = False
             finally:
                 if self.sockets.get(sid) is ws:
                     self.sockets.pop(sid, None)
+                    self.feature_flags.pop(sid, None)
             return ws
 
         @routes.get("/")

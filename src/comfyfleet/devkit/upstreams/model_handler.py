@@ -292,11 +292,11 @@ def make_handler(up: Any, kind: str) -> type[BaseHTTPRequestHandler]:
             left = length
             while left:
                 block = f.read(min(step, left))
+                time.sleep(len(block) / rate)  # the block's time on the link, then it arrives whole
                 self.wfile.write(block)
                 self.wfile.flush()
                 up.stats.add(key, len(block))
                 left -= len(block)
-                time.sleep(len(block) / rate)
 
         def _send_corrupt(self, f: Any, start: int, length: int, key: str) -> None:
             f.seek(start)
