@@ -196,7 +196,7 @@ def _verdict(
         show_downloads(job.get("result") or [], lock_path)
         return ""
     missing = [f"{r['folder']}/{r['filename']}" for r in rows or [] if r.get("state") != "ok"]
-    if rows and not missing:
+    if rows is not None and not missing:  # every file in place (a workflow without models: none)
         return ""
     why = (
         "its download stopped before the end (killed, or the host restarted)"
