@@ -169,9 +169,7 @@ def test_sudo_is_host_data_never_an_operation_argument() -> None:
 
 
 def test_facts_live_in_facts_and_operations_in_operations() -> None:
-    # Tier 3's download operations are being reshaped by the cold-deploy pipeline (issue 14); they
-    # move to operations/ once it has landed. Nothing else may join this list.
-    pending = {"comfyfleet.deploys.models", "comfyfleet.deploys.model_job"}
+    pending: set[str] = set()
     misplaced = []
     for name, path in _modules().items():
         if (

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from comfyfleet.deploys.models import record_hashes
 from comfyfleet.devkit.upstreams.model_servers import Upstreams
+from comfyfleet.operations.downloads import record_hashes
 from security._host_fixtures import MODEL_FILES, fetch, run_hostside
 
 SIZE = 3 * 1024 * 1024 + 123

@@ -10,7 +10,7 @@ Model names come from untrusted workflow JSON: every one is checked with
 :func:`comfyfleet.safety.unsafe_model_name_reason` here, on the operator's machine,
 and a workflow with an unsafe name is refused (exit 2) before anything reaches a host.
 
-Tokens (``HF_TOKEN``, ``CIVITAI_API_TOKEN``) are read here (:mod:`comfyfleet.secrets`)
+Tokens (``HF_TOKEN``, ``CIVITAI_API_TOKEN``) are read by :mod:`comfyfleet.operations.downloads`
 and uploaded only when something must be downloaded, as a file in a 0700 folder of the
 SSH user, read by the script from standard input and deleted by the same command.
 
@@ -21,56 +21,27 @@ documents and validates every key).
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
-from collections.abc import Generator
-from io import StringIO
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Home
 
 from comfyfleet.context import report
 from comfyfleet.deploys.nodes import load_manifests, stage, tier_deploy
 from comfyfleet.deploys.tasks import task
 from comfyfleet.errors import BadInput
-from comfyfleet.facts.hostside import parse_tagged
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, ModelRef
-from comfyfleet.operations.hostside import MODELS_CHECK, probed_or_fact
+from comfyfleet.operations.downloads import fetch, report_downloads
 from comfyfleet.operations.model_files import cleanup, organize, storage
 from comfyfleet.safety import normalize_model_name, unsafe_model_name_reason
-from comfyfleet.secrets import load_tokens
-from comfyfleet.shell import fail, script
 
 # A models subfolder, nested up to four deep as packs register them (XLabs: ``xlabs/loras``).
 # Every segment starts with a letter, digit or underscore, so no ``.``/``..`` and no absolute path.
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
 _FOLDER = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,3}}$")
 _URL = re.compile(r"^(https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+|civitai:\d+)$")
-
-# An empty 0600 file in a 0700 folder of the SSH user, before any byte of a token is written.
-_SECRETS_FILE = r"""
-umask 077
-mkdir -p "$1" && chmod 700 "$1" || exit 1
-# Left over only if a connection died between upload and use: never keep them around.
-find "$1" -maxdepth 1 -name 'tokens-*.json' -mmin +10 -delete 2>/dev/null
-: > "$2" && chmod 600 "$2"
-"""
-
-# Reads the tokens file on stdin, deletes it whatever happens; the tokens never reach argv or env.
-_FETCH_WITH_SECRETS = r"""
-f=$1; shift
-"$@" --secrets-stdin < "$f"
-rc=$?
-rm -f "$f"
-exit $rc
-"""
 
 
 def needed_models(manifests: list[Manifest]) -> list[ModelRef]:
@@ -141,122 +112,6 @@ def tokens_needed(models: list[ModelRef]) -> set[str]:
         if url.startswith("civitai:") or re.match(r"^https://([a-z]+\.)?civitai\.com/", url):
             names.add("CIVITAI_API_TOKEN")
     return names
-
-
-# --- operations ---------------------------------------------------------------------------
-
-
-@operation()
-def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) -> Generator[Any, None, None]:
-    """Download what is missing or wrong (no change when every file is in place and verified).
-
-    + script_path: ``fetch_models.py`` on the host
-    + plan_path: its JSON plan
-    + count: how many files the plan names (for the no-op message)
-    + token_names: which tokens the plan's URLs may need (read on the operator's machine)
-    """
-    check = probed_or_fact(("python3", script_path, "--plan", plan_path, *MODELS_CHECK))
-    rows = check.get("CHECK")
-    if rows is None:
-        yield fail(
-            "; ".join(check.get("error", []))
-            or "fetch_models.py --check gave no answer (python3 on the host?)"
-        )
-        return
-    if all(r["state"] == "ok" for r in rows):
-        host.noop(f"{count} model file(s) in place")
-        return
-    argv = ["python3", script_path, "--plan", plan_path]
-    upload, secrets_file = token_upload(token_names)
-    if secrets_file is None:
-        yield StringCommand(*argv)
-        return
-    yield from upload
-    yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
-
-
-def token_upload(token_names: list[str]) -> tuple[list[Any], str | None]:
-    """Commands putting the tokens a plan needs into a fresh 0600 file of the SSH user, and its path.
-
-    ``([], None)`` when no token is set for those names. Whoever runs the plan reads the
-    file and deletes it (``--secrets-stdin`` after ``_FETCH_WITH_SECRETS``, ``model_job.py
-    --secrets-file``).
-    """
-    tokens = load_tokens()
-    payload = {k: v for k, v in tokens.values.items() if k in token_names}
-    if not payload:
-        return [], None
-    # Uploaded as the SSH user (no sudo, so no world-readable temp copy) into its own 0700 folder.
-    home = host.get_fact(Home, _sudo=False) or "/root"
-    secrets_dir = f"{home}/.comfyfleet-secrets"
-    secrets_file = f"{secrets_dir}/tokens-{uuid.uuid4().hex}.json"
-    return [
-        StringCommand(
-            "sh",
-            "-c",
-            QuoteString(_SECRETS_FILE),
-            "comfyfleet",
-            QuoteString(secrets_dir),
-            QuoteString(secrets_file),
-            _sudo=False,
-        ),
-        FileUploadCommand(StringIO(json.dumps(payload)), secrets_file, _sudo=False),
-    ], secrets_file
-
-
-@operation()
-def report_downloads(step: OperationMeta, lock_file: str | None) -> Generator[Any, None, None]:
-    """Show what the download step did, and record computed hashes in the lock."""
-    if step.is_complete() and step.did_change():
-        show_downloads(parse_tagged(step.stdout_lines).get("RESULT", []), lock_file)
-    host.noop("reported models")
-    return
-    yield
-
-
-def show_downloads(rows: list[dict[str, Any]], lock_file: str | None) -> None:
-    """The host's report of ``fetch_models.py``'s RESULT rows; computed hashes recorded in the lock."""
-    report(host).table(
-        "models",
-        ["file", "status", "via", "MB fetched", "MB resumed", "sha256"],
-        [
-            [
-                f"{r['folder']}/{r['filename']}",
-                r["status"],
-                r.get("via", "-"),
-                f"{r.get('bytes_fetched', 0) / 1e6:.1f}",
-                f"{r.get('bytes_reused', 0) / 1e6:.1f}",
-                (r.get("sha256") or "")[:16],
-            ]
-            for r in rows
-        ],
-    )
-    if lock_file:
-        recorded = record_hashes(Path(lock_file), rows)
-        if recorded:
-            report(host).note(f"recorded {recorded} computed sha256 value(s) in {lock_file}")
-
-
-def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
-    """Fill in sha256 for lock models that had none; returns how many were recorded."""
-    if not lock_file.is_file():
-        return 0
-    data = yaml.safe_load(lock_file.read_text()) or {}
-    computed = {(r["folder"], r["filename"]): r.get("sha256") for r in rows if r.get("sha256")}
-    # A bare lock, or what `comfyfleet analyze DIR --out` writes: {lock: {...}, manifests: {name: {...}}}.
-    model_lists = [data.get("models") or [], (data.get("lock") or {}).get("models") or []]
-    model_lists += [(m or {}).get("models") or [] for m in (data.get("manifests") or {}).values()]
-    count = 0
-    for model in (m for models in model_lists for m in models):
-        key = (model.get("folder"), normalize_model_name(str(model.get("filename", ""))))
-        if not model.get("sha256") and computed.get(key):
-            model["sha256"] = computed[key]
-            count += 1
-    if count:
-        tmp = lock_file.with_suffix(lock_file.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-        tmp.replace(lock_file)
-    return count
 
 
 @tier_deploy("Models")

@@ -2,19 +2,19 @@
 
 from comfyfleet.registry.migrations import SCHEMA_VERSION
 from comfyfleet.registry.paths import default_db_path, state_dir
-from comfyfleet.registry.store import (
+from comfyfleet.registry.records import (
     ACTIONS,
     STATUSES,
     Deployment,
     Endpoint,
     HistoryEntry,
-    Registry,
     Schedule,
     StepRecord,
     UnknownDeployment,
     check_name,
     utcnow,
 )
+from comfyfleet.registry.store import Registry
 
 __all__ = [
     "ACTIONS",

@@ -10,131 +10,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from comfyfleet.errors import BadInput
 from comfyfleet.registry.migrations import migrate
 from comfyfleet.registry.paths import default_db_path
-
-STATUSES = ("active", "inactive", "error")
-ACTIONS = ("health", "warmup", "run")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def utcnow() -> str:
-    """Current UTC time as ISO 8601 with microseconds, so history sorts by time."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def check_name(value: str, what: str = "deployment name") -> str:
-    """Refuse names that could not serve as a key or a path segment."""
-    if not _NAME.match(value or ""):
-        raise BadInput(
-            f"{what} {value!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
-
-
-class UnknownDeployment(BadInput):
-    """No deployment by that name (in that environment)."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where one host serves a deployment's workflow.
-
-    ``api_key_file`` is the path of the operator's key file for that host (from its
-    inventory data), so scheduled checks can authenticate; the key itself is never stored.
-    ``ssh`` is how checks reach the API through the host's SSH (``SshRoute.record()`` of
-    :mod:`comfyfleet.tunnel`: address, port, user, key path, known_hosts; no password).
-    """
-
-    host: str
-    url: str
-    api_key_file: str | None = None
-    ssh: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One workflow deployed to one target in one environment.
-
-    ``execution_count`` counts the generations comfyfleet ran on it (the ship's own, ``verify``,
-    scheduled warmups and runs) and ``error_count`` those that failed; callers' requests are
-    in each host's API execution log (``GET /executions``), which answers per API key.
-    """
-
-    id: int
-    name: str
-    environment: str
-    workflow: str
-    workflow_path: str
-    manifest_hash: str
-    target: str
-    endpoint_url: str
-    endpoints: tuple[Endpoint, ...]
-    status: str
-    deployed_at: str
-    stopped_at: str | None
-    execution_count: int
-    error_count: int
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """How one step went on one host (``host`` is "local" for steps run here)."""
-
-    step: str
-    host: str
-    ok: bool
-    attempts: int
-    seconds: float
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One ship run, verification, scheduled run, stop or start."""
-
-    id: int
-    name: str
-    environment: str
-    kind: str
-    trigger: str
-    started_at: str
-    finished_at: str
-    ok: bool
-    summary: str
-    manifest_hash: str | None
-    steps: tuple[StepRecord, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A recurring health check, warmup or workflow run of one deployment."""
-
-    id: int
-    deployment_id: int
-    deployment: str
-    environment: str
-    action: str
-    cron: str | None
-    interval_seconds: int | None
-    created_at: str
-
-    @property
-    def when(self) -> str:
-        """The trigger as a person writes it: a cron line or 'every Ns'."""
-        return self.cron if self.cron is not None else f"every {self.interval_seconds}s"
+from comfyfleet.registry.records import (
+    ACTIONS,
+    STATUSES,
+    Deployment,
+    Endpoint,
+    HistoryEntry,
+    Schedule,
+    StepRecord,
+    UnknownDeployment,
+    check_name,
+    deployment_from_row,
+    utcnow,
+)
 
 
 class Registry:
@@ -254,7 +150,7 @@ class Registry:
             row = conn.execute(
                 "SELECT * FROM deployments WHERE name = ? AND environment = ?", (name, environment)
             ).fetchone()
-        return _deployment(row)
+        return deployment_from_row(row)
 
     def find(self, name: str, environment: str | None = None) -> Deployment | None:
         """The deployment by that name, or None. Raises BadInput when the name is ambiguous."""
@@ -270,7 +166,7 @@ class Registry:
         if len(rows) > 1:
             envs = " and ".join(r["environment"] for r in rows)
             raise BadInput(f"deployment {name!r} exists in {envs}: pass --env to choose one")
-        return _deployment(rows[0]) if rows else None
+        return deployment_from_row(rows[0]) if rows else None
 
     def get(self, name: str, environment: str | None = None) -> Deployment:
         """The deployment by that name; a clear error when there is none."""
@@ -301,13 +197,13 @@ class Registry:
             args.append(environment)
         sql += " ORDER BY environment, name"
         with self._read() as conn:
-            return [_deployment(r) for r in conn.execute(sql, args).fetchall()]
+            return [deployment_from_row(r) for r in conn.execute(sql, args).fetchall()]
 
     def by_id(self, deployment_id: int) -> Deployment | None:
         """The deployment with that id, or None (it may have been deleted meanwhile)."""
         with self._read() as conn:
             row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-        return _deployment(row) if row else None
+        return deployment_from_row(row) if row else None
 
     def set_status(
         self,
@@ -348,7 +244,7 @@ class Registry:
                     (error, deployment_id),
                 )
             row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-        return _deployment(row)
+        return deployment_from_row(row)
 
     def count_executions(self, deployment_id: int, *, executions: int, errors: int) -> None:
         """Add to a deployment's execution and error counters."""
@@ -530,27 +426,3 @@ class Registry:
                 raise BadInput(
                     f"no schedule with id {schedule_id}: see `comfyfleet deployments schedule list`"
                 )
-
-
-def _deployment(row: sqlite3.Row) -> Deployment:
-    endpoints = tuple(
-        Endpoint(e["host"], e["url"], e.get("api_key_file"), e.get("ssh"))
-        for e in json.loads(row["endpoints"] or "[]")
-    )
-    return Deployment(
-        id=row["id"],
-        name=row["name"],
-        environment=row["environment"],
-        workflow=row["workflow"],
-        workflow_path=row["workflow_path"],
-        manifest_hash=row["manifest_hash"],
-        target=row["target"],
-        endpoint_url=row["endpoint_url"],
-        endpoints=endpoints,
-        status=row["status"],
-        deployed_at=row["deployed_at"],
-        stopped_at=row["stopped_at"],
-        execution_count=row["execution_count"],
-        error_count=row["error_count"],
-        last_error=row["last_error"],
-    )
