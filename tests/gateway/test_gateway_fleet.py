@@ -12,7 +12,6 @@ status` (draining, busy with requests waiting, down), and outputs uploaded to a 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import ssl
@@ -30,6 +29,7 @@ import pytest
 from local_ca import make_ca_and_server_pem
 
 from comfyfleet.deploys.gateway import deploy_gateway
+from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.radosgw import S3Server, radosgw
 from comfyfleet.gateway import gateway_targets
@@ -46,19 +46,6 @@ TINY = {
     },
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "gw"}},
 }
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The comfyfleet CLI in a child process: it monkey-patches gevent, which must not leak into pytest."""
-    res = subprocess.run(
-        [sys.executable, "-m", "comfyfleet.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
-        stdin=subprocess.DEVNULL,
-    )
-    return res
 
 
 def _free_port() -> int:

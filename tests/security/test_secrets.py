@@ -29,6 +29,7 @@ import httpx
 import pytest
 from comfyui_api.client import ApiClient, ApiUnavailable, Output
 
+from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import ShipFleet
 from comfyfleet.devkit.standin import free_port
@@ -238,15 +239,7 @@ def hidden_api(
 
 
 def comfyfleet(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "comfyfleet.cli.main", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_cli(*args, state_dir=ctx["state"])
 
 
 @pytest.mark.fleet

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import CRASHING_BODY, REAL_COMFYUI_SKIPS, ROOT, ShipFleet
 from comfyfleet.registry import Registry
@@ -48,15 +49,7 @@ def shipping(
 
 
 def cli(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "comfyfleet.cli.main", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    return run_cli(*args, state_dir=ctx["state"], timeout=1200)
 
 
 def registry(ctx: dict[str, Any]) -> Registry:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import REAL_COMFYUI_SKIPS, ShipFleet
 from comfyfleet.runner import RunResult, run
@@ -52,15 +52,7 @@ def cold(
 
 
 def cli(ctx: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COMFYFLEET_STATE_DIR": str(ctx["state"]), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "comfyfleet.cli.main", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_cli(*args, state_dir=ctx["state"])
 
 
 def job_dir(host: Host) -> Path:

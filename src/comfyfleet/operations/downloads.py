@@ -60,16 +60,10 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
     + count: how many files the plan names (for the no-op message)
     + token_names: which tokens the plan's URLs may need (read on the operator's machine)
     """
-    check = probed_or_fact(("python3", script_path, "--plan", plan_path, *MODELS_CHECK))
-    rows = check.get("CHECK")
-    if rows is None:
-        yield fail(
-            "; ".join(check.get("error", []))
-            or "fetch_models.py --check gave no answer (python3 on the host?)"
-        )
-        return
-    if all(r["state"] == "ok" for r in rows):
-        host.noop(f"{count} model file(s) in place")
+    problem = _missing_models(script_path, plan_path, count)
+    if problem is not None:
+        if problem:
+            yield fail(problem)
         return
     argv = ["python3", script_path, "--plan", plan_path]
     upload, secrets_file = token_upload(token_names)
@@ -78,6 +72,22 @@ def fetch(script_path: str, plan_path: str, count: int, token_names: list[str]) 
         return
     yield from upload
     yield script(_FETCH_WITH_SECRETS, secrets_file, *argv)
+
+
+def _missing_models(script_path: str, plan_path: str, count: int) -> str | None:
+    """``None`` when something must be downloaded; ``""`` when every file is in place (no-op
+    noted); else why the host's check could not tell (one line)."""
+    check = probed_or_fact(("python3", script_path, "--plan", plan_path, *MODELS_CHECK))
+    rows = check.get("CHECK")
+    if rows is None:
+        return (
+            "; ".join(check.get("error", []))
+            or "fetch_models.py --check gave no answer (python3 on the host?)"
+        )
+    if all(r["state"] == "ok" for r in rows):
+        host.noop(f"{count} model file(s) in place")
+        return ""
+    return None
 
 
 def token_upload(token_names: list[str]) -> tuple[list[Any], str | None]:
@@ -190,16 +200,10 @@ def start_download(cfg: HostConfig, count: int, token_names: list[str]) -> Gener
     + token_names: which tokens the plan's URLs may need (read on the operator's machine)
     """
     fetch = _script(cfg, "fetch_models.py")
-    check = probed_or_fact(("python3", fetch, "--plan", _plan_path(cfg), *MODELS_CHECK))
-    rows = check.get("CHECK")
-    if rows is None:
-        yield fail(
-            "; ".join(check.get("error", []))
-            or "fetch_models.py --check gave no answer (python3 on the host?)"
-        )
-        return
-    if all(r["state"] == "ok" for r in rows):
-        host.noop(f"{count} model file(s) in place")
+    problem = _missing_models(fetch, _plan_path(cfg), count)
+    if problem is not None:
+        if problem:
+            yield fail(problem)
         return
     argv: list[Any] = [
         "python3",
