@@ -35,6 +35,7 @@ from comfyfleet.facts.hostside import StagedFiles
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.manifest import Manifest, NodePack
 from comfyfleet.operations import comfyui, docker
+from comfyfleet.operations.downloads import job_status_argv
 from comfyfleet.operations.hostside import MODELS_CHECK, NODES_CHECK, sync_files
 from comfyfleet.operations.packs import list_packs, node_packs, report_packs, verify_classes
 
@@ -228,6 +229,8 @@ def _stage_plan(
         probes.append(("python3", paths["install_nodes.py"], "--plan", paths["nodes"], *NODES_CHECK))
     if "fetch_models.py" in paths and "models" in paths:
         probes.append(("python3", paths["fetch_models.py"], "--plan", paths["models"], *MODELS_CHECK))
+    if "model_job.py" in paths and "models" in paths:
+        probes.append(job_status_argv(cfg))
     return paths, files, probes
 
 

@@ -114,12 +114,14 @@ class ShipFleet:
         # A child process, not threads: loading an inventory file imports pyinfra's CLI
         # module, which monkey-patches threading with gevent in this process.
         self.up.start_process()
-        self.fleet.make_node_pack_repo(
-            "ComfyUI-KJNodes",
-            classes={"GetImageSizeAndCount": KJNODES_BODY},
-            owner="kijai",
-            versions=("1.1.7",),
-        )
+        # Test modules share one fleet session, and the pack is the same for each ShipFleet.
+        if not self.fleet.upstreams.has("kijai/ComfyUI-KJNodes.git"):
+            self.fleet.make_node_pack_repo(
+                "ComfyUI-KJNodes",
+                classes={"GetImageSizeAndCount": KJNODES_BODY},
+                owner="kijai",
+                versions=("1.1.7",),
+            )
         return self
 
     def stop(self) -> None:

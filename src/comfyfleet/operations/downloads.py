@@ -24,7 +24,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, Host, QuoteString, S
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
-from comfyfleet.context import report
+from comfyfleet.context import host_run, report
 from comfyfleet.facts.hostside import HostsideJson, parse_tagged
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations.hostside import MODELS_CHECK, probed_or_fact
@@ -191,6 +191,19 @@ def _plan_path(cfg: HostConfig) -> str:
     return f"{cfg.layout.state}/plans/models.json"
 
 
+def job_status_argv(cfg: HostConfig) -> tuple[str, ...]:
+    """The read-only status command of the host's download job (a staging probe too)."""
+    return (
+        "python3",
+        _script(cfg, "model_job.py"),
+        "status",
+        "--job-dir",
+        job_dir(cfg),
+        "--plan",
+        _plan_path(cfg),
+    )
+
+
 @operation()
 def start_download(cfg: HostConfig, count: int, token_names: list[str]) -> Generator[Any, None, None]:
     """Start the plan's downloads detached on the host (no change when every file is in place).
@@ -205,6 +218,8 @@ def start_download(cfg: HostConfig, count: int, token_names: list[str]) -> Gener
         if problem:
             yield fail(problem)
         return
+    # A job starts now: a status read before this moment no longer says anything.
+    host_run(host).probes.pop(job_status_argv(cfg), None)
     argv: list[Any] = [
         "python3",
         QuoteString(_script(cfg, "model_job.py")),
@@ -244,17 +259,10 @@ def wait_download(cfg: HostConfig, count: int, lock_path: str | None) -> Generat
     + count: how many files the plan names
     + lock_path: where computed hashes are recorded
     """
-    status = (
-        "python3",
-        _script(cfg, "model_job.py"),
-        "status",
-        "--job-dir",
-        job_dir(cfg),
-        "--plan",
-        _plan_path(cfg),
-    )
+    status = job_status_argv(cfg)
     check = ("python3", _script(cfg, "fetch_models.py"), "--plan", _plan_path(cfg), *MODELS_CHECK)
-    now = host.get_fact(HostsideJson, argv=status)
+    # Read in the staging round trip when nothing was started since (start_download drops it).
+    now = probed_or_fact(status)
     job = now.get("JOB")
     if job is None:
         yield fail(

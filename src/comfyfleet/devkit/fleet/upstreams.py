@@ -146,6 +146,10 @@ class GitUpstreams:
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path}"
 
+    def has(self, path: str) -> bool:
+        """Whether a repository was published at ``path`` (``owner/name.git``) in this session."""
+        return (self.repos / path).exists()
+
     def publish(self, path: str, worktree: Path, tags: Sequence[str] = ()) -> str:
         """Push every branch and tag of a work tree to a new bare repository at ``path``."""
         bare = self.repos / path
