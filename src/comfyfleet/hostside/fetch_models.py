@@ -29,24 +29,21 @@ failed.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+# Only what --check needs is imported here: it runs on every host on every deploy, so the
+# network, hashing and threading machinery is imported by the functions that use it
+# (tests/tiers/test_fetch_startup.py holds --check to that).
 import errno
-import hashlib
-import http.client
 import json
-import mmap
 import os
-import queue
 import re
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import http.client
+    from typing import Any
 
 CHUNK = 1024 * 1024
 # Download pipeline: buffers in flight (each CHUNK), the block size O_DIRECT writes
@@ -116,6 +113,7 @@ class HashCache:
         self.path = path
         self.lock = threading.Lock()
         self.data: dict[str, list[Any]] = {}
+        self.changed = False
         if path and os.path.exists(path):
             try:
                 with open(path) as f:
@@ -137,9 +135,11 @@ class HashCache:
         st = os.stat(path)
         with self.lock:
             self.data[path] = [st.st_size, st.st_mtime_ns, digest]
+            self.changed = True
 
     def save(self) -> None:
-        if not self.path:
+        """Write the cache back when a hash was computed (a no-op check writes nothing)."""
+        if not self.path or not self.changed:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
@@ -149,6 +149,8 @@ class HashCache:
 
 
 def file_sha256(path: str) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -164,12 +166,16 @@ def file_sha256(path: str) -> str:
 
 def redact(url: str) -> str:
     """The URL without its query string (presigned URLs and tokens live there)."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def parse_hf_url(url: str) -> tuple[str, str, str, str] | None:
     """(repo_type, repo_id, revision, path) for huggingface.co resolve/blob URLs."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.hostname not in ("huggingface.co", "hf.co", "www.huggingface.co"):
         return None
@@ -185,6 +191,8 @@ def parse_hf_url(url: str) -> tuple[str, str, str, str] | None:
 
 def parse_civitai(url: str) -> tuple[str, str] | None:
     """('version', id) or ('model', id) for civitai.com URLs and civitai:ID shorthands."""
+    import urllib.parse
+
     if url.startswith("civitai:"):
         return ("version", url.split(":", 1)[1]) if url.split(":", 1)[1].isdigit() else None
     parts = urllib.parse.urlsplit(url)
@@ -239,6 +247,8 @@ class Resolver:
         self.civitai_token = secrets.get("CIVITAI_API_TOKEN") or None
 
     def resolve(self, item: dict[str, Any]) -> Source:
+        import urllib.parse
+
         url = item.get("url") or ""
         hf = parse_hf_url(url)
         if hf:
@@ -257,6 +267,11 @@ class Resolver:
         of an LFS file, ``X-Linked-Size`` / ``Content-Length`` its size, ``Location`` the CDN.
         (Importing huggingface_hub for this one request cost ~0.8 s of every run.)
         """
+        import http.client
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
         name = item["filename"]
         headers = {"Authorization": f"Bearer {self.hf_token}"} if self.hf_token else {}
         quoted = "/".join(urllib.parse.quote(p) for p in path.split("/"))
@@ -266,7 +281,7 @@ class Resolver:
             url, method="HEAD", headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         )
         try:
-            with _opener.open(req, timeout=30) as resp:
+            with _opener().open(req, timeout=30) as resp:
                 answer, location = resp.headers, url
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -340,6 +355,9 @@ class Resolver:
         )
 
     def _civitai_json(self, path: str, headers: dict[str, str], name: str) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(
             self.civitai_endpoint + path, headers={**headers, "User-Agent": USER_AGENT}
         )
@@ -356,12 +374,23 @@ class Resolver:
 # transfer
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
-        return None
+_OPENER: list[Any] = []
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+def _opener() -> Any:
+    """A urllib opener that returns redirects instead of following them (built on first use)."""
+    import urllib.request
+
+    if not _OPENER:
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(
+                self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+            ) -> None:
+                return None
+
+        _OPENER.append(urllib.request.build_opener(NoRedirect))
+    return _OPENER[0]
 
 
 def open_following(
@@ -372,6 +401,11 @@ def open_following(
     Returns the response, the URL that answered and the headers sent to it (without the
     Authorization header when a redirect left the original host). 416 raises StaleRange.
     """
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     for _ in range(10):
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise FetchError(f"{name}: only http(s) downloads are allowed, not {redact(url)}")
@@ -379,7 +413,7 @@ def open_following(
             url, headers={**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         )
         try:
-            return _opener.open(req, timeout=60), url, headers
+            return _opener().open(req, timeout=60), url, headers
         except urllib.error.HTTPError as exc:
             if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
                 new = urllib.parse.urljoin(url, exc.headers["Location"])
@@ -452,10 +486,12 @@ class Progress:
                 rate = (done - first) / max(now - started, 1e-6)
                 self.files[key] = {"bytes": done, "total": total, "rate": rate, "done": False}
             data = json.dumps(self.files)
-        with contextlib.suppress(OSError):
+        try:
             with open(self.file + ".tmp", "w") as f:
                 f.write(data)
             os.replace(self.file + ".tmp", self.file)
+        except OSError:
+            pass  # progress is a courtesy: a full disk must not fail the download
 
     def _run(self) -> None:
         if self.file:
@@ -579,6 +615,8 @@ class _Stage:
     """
 
     def __init__(self, fn: Any, release: Any) -> None:
+        import queue
+
         self.fn = fn
         self.release = release
         self.inbox: queue.Queue[tuple[Any, int] | None] = queue.Queue()
@@ -609,6 +647,10 @@ def _copy_hashing(src: Any, sink: _Sink, h: Any, on_bytes: Any) -> int:
     GIL, so on two cores the download runs at the speed of its slowest stage instead of
     the sum of all three. Buffers of 1 MiB fit in L2 and keep the hash fast.
     """
+    import http.client
+    import mmap
+    import queue
+
     free: queue.Queue[Any] = queue.Queue()
     for _ in range(_BUFFERS):
         free.put(mmap.mmap(-1, CHUNK))  # anonymous mappings are page-aligned, as O_DIRECT needs
@@ -699,6 +741,9 @@ def _segments(total: int, segment: int) -> int:
 
 
 def _connect(url: str) -> http.client.HTTPConnection:
+    import http.client
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https":
         return http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=60)
@@ -714,6 +759,8 @@ class HostSlots:
         self._sems: dict[str, threading.BoundedSemaphore] = {}
 
     def _sem(self, url: str) -> threading.BoundedSemaphore:
+        import urllib.parse
+
         netloc = urllib.parse.urlsplit(url).netloc
         with self._lock:
             return self._sems.setdefault(netloc, threading.BoundedSemaphore(self.limit))
@@ -729,13 +776,20 @@ class HostSlots:
     def release(self, url: str) -> None:
         self._sem(url).release()
 
-    @contextlib.contextmanager
-    def hold(self, url: str) -> Iterator[None]:
-        self.acquire(url, lambda: True)
-        try:
-            yield
-        finally:
-            self.release(url)
+    def hold(self, url: str) -> _Held:
+        """``with slots.hold(url):`` one slot for the block."""
+        return _Held(self, url)
+
+
+class _Held:
+    def __init__(self, slots: HostSlots, url: str) -> None:
+        self.slots, self.url = slots, url
+
+    def __enter__(self) -> None:
+        self.slots.acquire(self.url, lambda: True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.slots.release(self.url)
 
 
 class _RangedJob:
@@ -761,6 +815,10 @@ class _RangedJob:
         workers: int,
         on_bytes: Any,
     ) -> None:
+        import mmap
+        import queue
+        import urllib.parse
+
         self.url = url
         parts = urllib.parse.urlsplit(url)
         self.target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -811,6 +869,8 @@ class _RangedJob:
         ``h`` already holding the hash of the segments before ``first`` (fetched by a stream
         of the caller's) continues from there.
         """
+        import hashlib
+
         if not self.threads:
             self.start()
         h = h or hashlib.sha256()
@@ -853,6 +913,8 @@ class _RangedJob:
             return self.todo[self.taken - 1]
 
     def _worker(self) -> None:
+        import queue
+
         if not self.slots.acquire(self.url, self._wanted):
             return
         conn: http.client.HTTPConnection | None = None
@@ -886,6 +948,8 @@ class _RangedJob:
             self.slots.release(self.url)
 
     def _fetch(self, conn: http.client.HTTPConnection | None, idx: int, buf: Any) -> tuple[Any, int]:
+        import http.client
+
         start = idx * self.segment
         length = min(self.segment, self.total - start)
         view = memoryview(buf)
@@ -1239,6 +1303,8 @@ class Fetcher:
         Returns the sha256 object over the file so far. ``watch(n)`` is called on the
         receiving thread with the bytes fetched so far, after each buffer.
         """
+        import hashlib
+
         name = item["filename"]
         status = resp.status
         if status == 200:
@@ -1408,7 +1474,7 @@ class Fetcher:
             pass
 
 
-def read_secrets(args: argparse.Namespace) -> dict[str, str]:
+def read_secrets(args: Any) -> dict[str, str]:
     if not args.secrets_stdin:
         return {}
     raw = sys.stdin.read()
@@ -1416,7 +1482,56 @@ def read_secrets(args: argparse.Namespace) -> dict[str, str]:
     return {k: str(v) for k, v in data.items() if k in ("HF_TOKEN", "CIVITAI_API_TOKEN") and v}
 
 
-def main(argv: list[str] | None = None) -> int:
+_FLAGS = {"--secrets-stdin": "secrets_stdin", "--check": "check"}
+_VALUES = {"--plan": "plan", "--parallel": "parallel", "--progress-file": "progress_file"}
+
+
+class Args:
+    """The parsed command line (the attributes argparse would give)."""
+
+    def __init__(self) -> None:
+        self.plan: str | None = None
+        self.secrets_stdin = False
+        self.check = False
+        self.parallel: int | None = None
+        self.progress_file: str | None = None
+
+
+def parse_args(argv: list[str]) -> Any:
+    """The spellings comfyfleet uses (``--opt value``, ``--opt=value``, flags), by hand.
+
+    Importing argparse costs every ``--check`` (run on every host on every deploy) more than
+    the check itself; anything else (``--help``, a typo, an abbreviation, a bad number) goes
+    to :func:`argparse_args`, which parses it as before or says what is wrong (exit 2).
+    """
+    args = Args()
+    rest = iter(argv)
+    for arg in rest:
+        name, eq, value = arg.partition("=")
+        if name in _FLAGS and not eq:
+            setattr(args, _FLAGS[name], True)
+            continue
+        if name not in _VALUES:
+            return argparse_args(argv)
+        if not eq:
+            value = next(rest, "-")
+            if value.startswith("-"):
+                return argparse_args(argv)
+        if name == "--parallel":
+            if not value.isdigit():
+                return argparse_args(argv)
+            args.parallel = int(value)
+        else:
+            setattr(args, _VALUES[name], value)
+    if args.plan is None:
+        return argparse_args(argv)
+    return args
+
+
+def argparse_args(argv: list[str]) -> Any:
+    """The full command-line parser: help, abbreviations and error messages."""
+    import argparse
+
     parser = argparse.ArgumentParser(description="Fetch model files of a comfyfleet plan.")
     parser.add_argument("--plan", required=True)
     parser.add_argument(
@@ -1427,7 +1542,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--progress-file", help="write every file's bytes/total/rate here (JSON, each second)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_parallel(fn: Any, items: list[Any], workers: int) -> list[Any]:
+    """[fn(item) for item in items], at most ``workers`` at a time, in threads.
+
+    (concurrent.futures would cost every download ~9 ms of imports; one item runs here.)
+    """
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    todo = iter(range(len(items)))
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None or errors:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # noqa: BLE001 - raised again on the calling thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(min(workers, len(items)) - 1)]
+    for t in threads:
+        t.start()
+    work()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     os.umask(0o022)
     with open(args.plan) as f:
         plan = json.load(f)
@@ -1454,10 +1605,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel = max(1, args.parallel or int(plan.get("parallel", 3)))
     fetcher.progress.file = args.progress_file
     fetcher.progress.thread.start()
-    import concurrent.futures  # here only: --check and startup do not pay for it
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        results = list(pool.map(fetcher.fetch, items))
+    results = run_parallel(fetcher.fetch, items, parallel)
     fetcher.progress.stop.set()
     fetcher.progress.write_file()
     fetcher.cache.save()
