@@ -21,7 +21,7 @@ import pytest
 from comfyfleet.devkit.upstreams.model_servers import Upstreams
 from tiers.helpers import FETCH, run_fetch, write_plan
 
-WRITE_MODES = {"o_direct": {}, "page_cache": {"COMFYFLEET_FETCH_NO_DIRECT": "1"}}
+WRITE_MODES = {"o_direct": {"COMFYFLEET_FETCH_DIRECT": "1"}, "page_cache": {}}
 
 
 def load_fetch() -> ModuleType:
@@ -154,6 +154,7 @@ def test_direct_write_refused_midway_falls_back_to_the_page_cache(tmp_path: Path
         return real_pwrite(fd, view, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setenv("COMFYFLEET_FETCH_DIRECT", "1")
     path.touch()
     probe = fm._open_direct(str(path))
     if probe is None:
@@ -166,26 +167,57 @@ def test_direct_write_refused_midway_falls_back_to_the_page_cache(tmp_path: Path
     assert digest == hashlib.sha256(data).hexdigest()
 
 
-def test_page_cache_writes_are_synced_in_the_background_while_downloading(
+def test_page_cache_writeback_starts_behind_the_writes_while_downloading(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     fm = load_fetch()
-    monkeypatch.setenv("COMFYFLEET_FETCH_NO_DIRECT", "1")
-    monkeypatch.setattr(fm, "_SYNC_STEP", 1024 * 1024)
-    real = os.fdatasync
-    synced: list[int] = []
+    monkeypatch.setattr(fm, "_WRITEBACK_STEP", 1024 * 1024)
+    real = os.posix_fadvise
+    started: list[tuple[int, int, int]] = []
 
-    def fdatasync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_size)
-        real(fd)
+    def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        started.append((offset, offset + length, os.fstat(fd).st_size))
+        real(fd, offset, length, advice)
 
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "posix_fadvise", posix_fadvise)
     data = pattern(6 * 1024 * 1024 + 5)
-    digest, got, _sink = copy(fm, tmp_path / "out.part", Paced(data))
+    digest, got, sink = copy(fm, tmp_path / "out.part", Paced(data))
+    assert sink.direct is None  # the page cache is the default
     assert digest == hashlib.sha256(data).hexdigest() and got == len(data)
     assert (tmp_path / "out.part").read_bytes() == data
-    # Some syncs ran before the end, so the fsync before rename had less to flush.
-    assert synced and min(synced) < len(data)
+    # Stretch after stretch, each handed to the disk while the file was still growing.
+    assert [(a, b) for a, b, _size in started] == [(i << 20, (i + 1) << 20) for i in range(len(started))]
+    assert len(started) >= 5 and all(size < len(data) for _a, _b, size in started[:-1])
+
+
+def test_the_part_is_fsynced_before_it_is_renamed_into_place(
+    tmp_path: Path, model_upstreams: Upstreams, monkeypatch: Any
+) -> None:
+    """Durable and atomic: the bytes are on the disk before the file appears under models/."""
+    fm = load_fetch()
+    up = model_upstreams
+    data = pattern(3 * 1024 * 1024 + 11)
+    stored = up.add_file("m.safetensors", data)
+    plan = json.loads(plan_for(tmp_path, f"{up.files_url}/files/m.safetensors", stored.sha256).read_text())
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    result = fm.Fetcher(plan, {}).fetch(plan["items"][0])
+    assert result["status"] == "downloaded", result
+    part = str(tmp_path / "data/.comfyfleet/downloads/checkpoints/m.safetensors.part")
+    placed = events.index(("replace", part))
+    assert ("fsync", part) in events[:placed]
+    assert (tmp_path / "data/models/checkpoints/m.safetensors").read_bytes() == data
 
 
 @pytest.mark.parametrize("mode", list(WRITE_MODES))

@@ -20,9 +20,9 @@ Guarantees: bytes go to ``<staging_dir>/<folder>/<filename>.part`` (outside mode
 a killed download resumes there with an HTTP Range request, the sha256 is checked
 (the manifest's, else the one the server publishes), and only a complete, verified
 file is renamed into ``models/<folder>/<filename>``. A file already there with the
-right hash is left alone. Bytes are written with O_DIRECT where the filesystem takes
-it (COMFYFLEET_FETCH_NO_DIRECT=1 forces the page cache); the .part is fsynced before
-the rename either way. Output: ``progress:`` lines on stderr and one line
+right hash is left alone. Bytes go through the page cache with their writeback started
+while later bytes arrive (COMFYFLEET_FETCH_DIRECT=1 writes with O_DIRECT instead); the
+.part is fsynced before the rename either way. Output: ``progress:`` lines on stderr and one line
 ``RESULT {json}`` (or ``CHECK {json}`` with --check) on stdout. Exit 1 when an item
 failed.
 """
@@ -47,10 +47,10 @@ if TYPE_CHECKING:
 
 CHUNK = 1024 * 1024
 # Download pipeline: buffers in flight (each CHUNK), the block size O_DIRECT writes
-# align to, and how many page-cache bytes may pile up before a background fdatasync.
+# align to, and how many written bytes go to the disk at a time while more arrive.
 _BUFFERS = 8
 _ALIGN = 4096
-_SYNC_STEP = 64 * 1024 * 1024
+_WRITEBACK_STEP = 8 * 1024 * 1024
 # Ranged downloads: files from PARALLEL_MIN bytes up go over CONNECTIONS connections in
 # SEGMENT-sized Range requests, never more than HOST_CONNECTIONS to one host at a time
 # (plan keys connections_per_file, connections_per_host, parallel_min_bytes, segment_bytes,
@@ -519,29 +519,45 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class _Sink:
-    """Writes the download at increasing offsets, preferring O_DIRECT over the page cache.
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Ask the kernel to start writing bytes [start, end) of fd to the disk now, without waiting.
 
-    Why O_DIRECT: a verified download already spends one core on sha256, and a buffered
-    write adds a copy into the page cache plus dirty-page writeback that the final fsync
-    must wait for; a direct write hands the (page-aligned) buffer to the disk instead.
-    Where the filesystem refuses it (older tmpfs, some FUSE or network filesystems), writes go
-    through the page cache and a helper thread fdatasyncs every _SYNC_STEP bytes so the
-    fsync before rename finds little left to do. Both paths end with the same fsync.
+    ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages in the range (and drops
+    the ones already clean, so a large download does not crowd the page cache); the
+    fsync before the rename then only waits for what is still in flight. A no-op on
+    tmpfs and wherever the call is missing.
+    """
+    if end > start and _FADVISE is not None:
+        try:
+            os.posix_fadvise(fd, start, end - start, _FADVISE)
+        except OSError:
+            pass  # only a hint: the fsync before the rename still writes everything
+
+
+_FADVISE: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
+class _Sink:
+    """Writes the download at increasing offsets: through the page cache, writeback started early.
+
+    Every _WRITEBACK_STEP bytes the written stretch is handed to the disk
+    (:func:`start_writeback`) while the next bytes arrive, so the fsync before the rename
+    finds little left to do. Measured on this project's ext4 virtio disk (256 MiB, 1 MiB
+    writes, fsync at the end): page cache 776-917 MB/s, page cache with early writeback
+    1057-1087 MB/s, O_DIRECT 350-420 MB/s (each direct write into a new file waits for its
+    extent allocation; delayed allocation writes large extents). ``COMFYFLEET_FETCH_DIRECT=1``
+    still selects O_DIRECT (whole aligned blocks; the rest, and everything after a refusal,
+    through the page cache) for disks where it wins. Both paths end with the same fsync.
     """
 
     def __init__(self, fd: int, path: str, offset: int) -> None:
         self.fd = fd
         self.offset = offset
         self.direct = _open_direct(path)
-        self._pending = 0
-        self._sync_wanted = threading.Event()
-        self._sync_error: OSError | None = None
-        self._closing = False
-        self._syncer: threading.Thread | None = None
+        self._flushed = offset  # writeback started for everything before this offset
 
     def write(self, view: memoryview) -> None:
-        """Write all of view at the current offset (whole blocks direct, the rest buffered)."""
+        """Write all of view at the current offset (whole blocks direct if asked, the rest buffered)."""
         n, pos = len(view), 0
         while pos < n:
             at = self.offset + pos
@@ -556,50 +572,23 @@ class _Sink:
                     # Accepted at open, refused at write: use the page cache from now on.
                     os.close(self.direct)
                     self.direct = None
-            wrote = os.pwrite(self.fd, view[pos:], at)
-            pos += wrote
-            self._buffered(wrote)
+            pos += os.pwrite(self.fd, view[pos:], at)
         self.offset += n
-
-    def _buffered(self, n: int) -> None:
-        self._pending += n
-        if self._pending < _SYNC_STEP:
-            return
-        self._pending = 0
-        if self._syncer is None:
-            self._syncer = threading.Thread(target=self._sync_loop, daemon=True)
-            self._syncer.start()
-        self._sync_wanted.set()
-
-    def _sync_loop(self) -> None:
-        while True:
-            self._sync_wanted.wait()
-            self._sync_wanted.clear()
-            if self._closing:
-                return
-            try:
-                os.fdatasync(self.fd)
-            except OSError as exc:
-                self._sync_error = exc
-                return
+        if self.offset - self._flushed >= _WRITEBACK_STEP:
+            start_writeback(self.fd, self._flushed, self.offset)
+            self._flushed = self.offset
 
     def close(self) -> None:
-        """Stop the helper thread and close the O_DIRECT descriptor (not fd: the caller's)."""
-        self._closing = True
-        if self._syncer is not None:
-            self._sync_wanted.set()
-            self._syncer.join()
+        """Close the O_DIRECT descriptor (not fd: the caller's, which it fsyncs)."""
         if self.direct is not None:
             os.close(self.direct)
             self.direct = None
-        if self._sync_error is not None:
-            raise self._sync_error
 
 
 def _open_direct(path: str) -> int | None:
-    """A second descriptor on path with O_DIRECT, or None where that is unavailable."""
+    """A second descriptor on path with O_DIRECT when COMFYFLEET_FETCH_DIRECT=1 asks for it, else None."""
     flag = getattr(os, "O_DIRECT", 0)
-    if not flag or os.environ.get("COMFYFLEET_FETCH_NO_DIRECT"):
+    if not flag or os.environ.get("COMFYFLEET_FETCH_DIRECT") != "1":
         return None
     try:
         return os.open(path, os.O_WRONLY | flag)
@@ -796,8 +785,8 @@ class _RangedJob:
     """One file fetched as fixed-size segments over several connections.
 
     Workers take the lowest segment not yet taken, so the file fills roughly in order; each
-    segment lands in its own page-aligned buffer, is written at its offset (O_DIRECT when
-    the filesystem takes it) and handed to the hashing loop, which hashes segments strictly
+    segment lands in its own page-aligned buffer, is written at its offset (its writeback
+    started at once; O_DIRECT when asked) and handed to the hashing loop, which hashes segments strictly
     in order. Buffers are few (two per connection), so a slow segment holds the others back
     instead of growing memory. ``written`` is what a resumed run may keep.
     """
@@ -1008,6 +997,8 @@ class _RangedJob:
                 if fd == self.fd or exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 fd = self.fd  # accepted at open, refused at write: this segment goes through the page cache
+        if fd == self.fd:
+            start_writeback(fd, at, at + n)
 
 
 class _Ranged:
