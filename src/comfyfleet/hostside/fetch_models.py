@@ -1259,7 +1259,9 @@ class Fetcher:
         with resp:
             if resp.status != 206:
                 raise StaleRange()
-            digest = self._stream(resp, part, stretch_end, total, item, result, url, headers)
+            digest = self._stream_hash(
+                resp, part, stretch_end, total, item, result, url, headers, h=h
+            ).hexdigest()
         result["bytes_reused"] = reused
         return digest
 
@@ -1288,30 +1290,33 @@ class Fetcher:
         headers: dict[str, str],
         upto: int | None = None,
         watch: Any = None,
+        h: Any = None,
     ) -> Any:
         """One connection from have to the end (or to ``upto``); raises _Cut when the body ends early.
 
         Returns the sha256 object over the file so far. ``watch(n)`` is called on the
-        receiving thread with the bytes fetched so far, after each buffer.
+        receiving thread with the bytes fetched so far, after each buffer. ``h``: the sha256
+        of the ``have`` bytes before, when the caller has it (else they are read back and hashed).
         """
         import hashlib
 
         name = item["filename"]
         status = resp.status
         if status == 200:
-            have = 0  # the server sent the whole file: start over
+            have, h = 0, None  # the server sent the whole file: start over
         elif status != 206:
             raise FetchError(f"{name}: server answered {status} for {redact(url)}")
-        h = hashlib.sha256()
-        if have:
-            with open(part, "rb") as f:
-                remaining = have
-                while remaining:
-                    block = f.read(min(CHUNK, remaining))
-                    if not block:
-                        raise StaleRange()
-                    h.update(block)
-                    remaining -= len(block)
+        if h is None:
+            h = hashlib.sha256()
+            if have:
+                with open(part, "rb") as f:
+                    remaining = have
+                    while remaining:
+                        block = f.read(min(CHUNK, remaining))
+                        if not block:
+                            raise StaleRange()
+                        h.update(block)
+                        remaining -= len(block)
         length = resp.headers.get("Content-Length")
         total = (
             _range_total(resp) or (have + int(length) if length and length.isdigit() else None) or expected
