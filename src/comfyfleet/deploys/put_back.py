@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import cast
 
+from comfyui_api.names import is_workflow_name
 from pyinfra import host
 from pyinfra.api import deploy
 
+from comfyfleet.errors import BadInput
 from comfyfleet.facts.serving import served
 from comfyfleet.inventory import HostConfig, host_config
 from comfyfleet.operations import comfyui, docker
@@ -23,6 +25,11 @@ from comfyfleet.operations.serving import keep_serving_files, put_back_serving_f
 def kept_dir(cfg: HostConfig, stamp: str, workflow: str) -> str:
     """Where a ship keeps a workflow's serving files from before its API step."""
     return f"{cfg.layout.state}/endpoint-before/{stamp}/{workflow}"
+
+
+def _check_name(workflow: str) -> None:
+    if not is_workflow_name(workflow):  # it names files and a folder on the host
+        raise BadInput(f"workflow name {workflow!r} is not valid for the API service")
 
 
 def nodes_snapshot(store: dict[str, list[str]]) -> Callable[[], None]:
@@ -72,6 +79,7 @@ def park_new_nodes(before: Mapping[str, list[str]], stamp: str) -> Callable[[], 
 def endpoint_snapshot(workflow: str, stamp: str, store: dict[str, list[str]]) -> Callable[[], None]:
     """A deploy keeping copies of a workflow's serving files (before the API step) and recording
     in ``store`` which exist on each host."""
+    _check_name(workflow)
 
     @deploy("Endpoint before the ship")
     def snapshot() -> None:
@@ -92,6 +100,7 @@ def put_back_endpoint(workflow: str, stamp: str, before: Mapping[str, list[str]]
     """A deploy putting a workflow's endpoint back as :func:`endpoint_snapshot` found it: the previous
     definition served again, or (not served before) the workflow stopped; then the API restarted
     (endpoints are built at its start) when a file changed, and waited for."""
+    _check_name(workflow)
 
     @deploy("Put back the endpoint")
     def put_back() -> None:
