@@ -24,6 +24,7 @@ from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import REAL_COMFYUI_SKIPS, ShipFleet
 from comfyfleet.runner import RunResult, run
+from tiers.helpers import HOSTSIDE
 
 pytestmark = pytest.mark.fleet
 
@@ -143,6 +144,17 @@ def test_rerun_attaches_to_the_running_download_and_resumes_a_killed_one(cold: d
 
     settled = task(cold, "models-start")
     assert settled.hosts[0].ok and not settled.hosts[0].changed, settled.hosts[0]
+
+    # Another comfyfleet version: the host's scripts are rewritten in the command that would start
+    # the job, which first asks the new downloader's --check: every file is in place, no download.
+    staged = Path(host.data_root) / ".comfyfleet" / "bin" / "fetch_models.py"
+    staged.write_text(staged.read_text() + "\n# an older version\n")
+    before = job_files(host)
+    upgraded = task(cold, "models-start")
+    assert upgraded.hosts[0].ok, upgraded.hosts[0]
+    assert staged.read_bytes() == (HOSTSIDE / "fetch_models.py").read_bytes()
+    assert job_files(host) == before and not job_processes(host)
+    assert task(cold, "models-wait").hosts[0].ok
 
 
 def resumed_rows(host: Host) -> list[dict[str, Any]]:
