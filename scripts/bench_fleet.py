@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,26 +125,110 @@ def timed(
     return times
 
 
+def container_cgroup(name: str) -> Path | None:
+    """The file holding a container's CPU usage (cgroup v1 cpuacct.usage in ns, or v2 cpu.stat)."""
+    cid = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True
+    ).stdout.strip()
+    for path in (
+        Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"),
+        Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+    ):
+        if cid and path.exists():
+            return path
+    return None
+
+
+def cgroup_cpu(path: Path | None) -> float:
+    """CPU seconds a container used so far (0 when its cgroup is unknown)."""
+    if path is None:
+        return 0.0
+    text = path.read_text()
+    if path.name == "cpuacct.usage":
+        return int(text) / 1e9
+    return int(text.split("usage_usec", 1)[1].split()[0]) / 1e6
+
+
+def engine_cpu() -> float:
+    """CPU seconds used so far by this machine's dockerd and containerd (docker CLI calls on hosts land here)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            if fields[0].split("(", 1)[1] in ("dockerd", "containerd"):
+                ticks = fields[1].split()
+                total += (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class Call:
+    """One pyinfra connector call of a host: what it ran and the CPU it cost the host and the engine."""
+
+    name: str
+    command: str
+    sudo: bool
+    wall: float
+    host_cpu: float
+    engine_cpu: float
+
+
 @contextmanager
-def counted_round_trips() -> Iterator[Counter[tuple[str, str]]]:
-    """Count pyinfra's SSH connector calls per (host, call) while the block runs (this process only)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    originals = {name: getattr(SSHConnector, name) for name in CONNECTOR_CALLS}
+def counted_round_trips(cgroups: dict[str, Path | None] | None = None) -> Iterator[dict[str, list[Call]]]:
+    """Record pyinfra's SSH connector calls per host while the block runs (this process only).
+
+    With ``cgroups`` (host name -> its container's CPU file) each call carries the CPU seconds the
+    host's container and the machine's Docker engine used during it; ``connect`` is recorded too.
+    """
+    calls: dict[str, list[Call]] = {}
+    cgroups = cgroups or {}
+    names = (*CONNECTOR_CALLS, "connect")
+    originals = {name: getattr(SSHConnector, name) for name in names}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def counting(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
-            counts[(self.host.name, name)] += 1
-            return fn(self, *args, **kwargs)
+        def recording(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
+            cg = cgroups.get(self.host.name)
+            cpu0, eng0, t0 = cgroup_cpu(cg), engine_cpu() if cg else 0.0, time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                wall = time.perf_counter() - t0
+                cmd = args[0] if name == "run_shell_command" and args else kwargs.get("command", "")
+                text = cmd.get_masked_value() if hasattr(cmd, "get_masked_value") else str(cmd or "")
+                if name in ("put_file", "get_file"):
+                    text = str(args[1] if len(args) > 1 else kwargs.get("remote_filename", ""))
+                sudo = bool(kwargs.get("_sudo", self.host.data.get("_sudo")))
+                cpu = cgroup_cpu(cg) - cpu0
+                eng = engine_cpu() - eng0 if cg else 0.0
+                calls.setdefault(self.host.name, []).append(Call(name, text, sudo, wall, cpu, eng))
 
-        return counting
+        return recording
 
     for name, fn in originals.items():
         setattr(SSHConnector, name, wrap(name, fn))
     try:
-        yield counts
+        yield calls
     finally:
         for name, fn in originals.items():
             setattr(SSHConnector, name, fn)
+
+
+def print_calls(calls: list[Call], out: Path | None) -> None:
+    """Every connector call of one no-op host: wall, host CPU, engine CPU, and the command (first 100 chars)."""
+    print(
+        "connector calls of one no-op host (host CPU = its container's cgroup; engine = dockerd+containerd):"
+    )
+    for c in calls:
+        first = " ".join(c.command.split())[:100]
+        print(
+            f"  {c.name:<17} wall {c.wall * 1000:6.0f} ms  host CPU {c.host_cpu * 1000:5.0f} ms  "
+            f"engine CPU {c.engine_cpu * 1000:4.0f} ms  sudo {'y' if c.sudo else 'n'}  {first}"
+        )
+    if out:
+        out.write_text("\n\n".join(f"## {c.name} sudo={c.sudo}\n{c.command}" for c in calls) + "\n")
+        print(f"  (full commands in {out})")
 
 
 def stats(times: list[float]) -> str:
@@ -203,6 +288,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     parser.add_argument(
         "--profile", type=Path, help="py-spy one more widest run; collapsed stacks to this file"
+    )
+    parser.add_argument(
+        "--commands", type=Path, help="write the full commands of one no-op host to this file"
     )
     args = parser.parse_args()
     widths = parse_hosts(args.hosts)
@@ -280,13 +368,16 @@ def main() -> int:
         )
         os.environ.update(HF_TOKEN=up.hf_token, CIVITAI_API_TOKEN=up.civitai_token)
         inv_one = fleet.write_inventory(hosts[:1], work / "inventory-1.py", **group)
-        with counted_round_trips() as counts:
+        cgroups = {h.name: container_cgroup(h.container) for h in hosts[:1] if h.container}
+        with counted_round_trips(cgroups) as calls:
             again = run(str(inv_one), "deploy-all")
         busy = [(h.host, h.status, h.changed, h.reason) for h in again.hosts if h.status != "no change"]
         if busy:
             print(f"targets met: none | missed: the second deploy-all was not a no-op: {busy}")
             return 1
-        per_call = {name: counts[(hosts[0].name, name)] for name in CONNECTOR_CALLS}
+        one_calls = calls.get(hosts[0].name, [])
+        print_calls(one_calls, args.commands)
+        per_call = {name: sum(c.name == name for c in one_calls) for name in CONNECTOR_CALLS}
         trips = sum(per_call.values())
         raw_one = timed(
             [str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data", "task=deploy-all"],
