@@ -523,3 +523,43 @@ def test_cm_cli_installs_land_in_the_base_directory_comfyui_loads(
     # The folder cm-cli made is the one the next check looks at: nothing more to do.
     rc, out, _ = run_plan(tmp_path, plan, "check")
     assert out["CHECK"] == [{"id": "comfyui-kjnodes", "dir": "comfyui-kjnodes", "needs": []}]
+
+
+def test_noop_check_starts_no_runtime_python_and_still_sees_registry_drift(tmp_path: Path) -> None:
+    """A no-op check decides from disk: a registry pack already a git checkout, or installed by cm-cli
+    at the pinned version, does not ask the runtime (a ``docker exec`` on a host) whether cm-cli exists;
+    a cm-cli install at another version still asks, and still reports the drift."""
+    url, _ = make_pack(tmp_path / "up", "GitPack", ["1.0.0"])
+    nodes = tmp_path / "custom_nodes"
+    nodes.mkdir()
+    git("clone", "-q", url, str(nodes / "GitPack"))
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.0.0", cwd=nodes / "GitPack")
+    registry = nodes / "reg-pack"
+    registry.mkdir()
+    (registry / "pyproject.toml").write_text('[project]\nversion = "2.0.0"\n')
+    (registry / ".tracking").write_text("")
+    asked = tmp_path / "runtime-asked"
+    runtime = tmp_path / "runtime-python"
+    runtime.write_text(f"#!/bin/sh\necho asked >> {asked}\nexit 0\n")
+    runtime.chmod(0o755)
+    plan = {
+        "custom_nodes_dir": str(nodes),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        "python": [str(runtime)],
+        "cm_cli": [str(runtime), "-m", "cm_cli"],
+        "use_manager": "auto",
+        "packs": [
+            {"id": "gitpack", "repo": url, "version": "1.0.0", "dir": "GitPack", "registry": True},
+            {"id": "reg-pack", "repo": "", "version": "2.0.0", "dir": "RegPack", "registry": True},
+        ],
+    }
+    rc, out, err = run_plan(tmp_path, plan, "check")
+    assert rc == 0, err
+    assert [r["needs"] for r in out["CHECK"]] == [[], []]
+    assert [r["dir"] for r in out["CHECK"]] == ["GitPack", "reg-pack"]
+    assert not asked.exists()
+    plan["packs"][1]["version"] = "2.1.0"  # drift: cm-cli holds 2.0.0
+    rc, out, err = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"][1]["needs"] == ["registry version 2.0.0 installed, wants 2.1.0"]
+    assert asked.read_text().count("asked") == 1

@@ -194,13 +194,22 @@ class Installer:
             return "git", "not a Comfy Registry pack"
         if is_commit(version):
             return "git", f"pinned to git commit {version[:12]}"
-        if not self.manager_available():
-            return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         if not version:
             return "git", "no registry version pinned"
+        # What is already on disk decides before the runtime is asked (asking starts the
+        # runtime's Python in its container: the costliest step of a no-op check).
         if os.path.isdir(os.path.join(self.nodes_dir, pack["dir"], ".git")):
             # One pack, one folder: a git checkout already there stays the pack's home.
             return "git", f"already a git checkout in {pack['dir']}"
+        by_id = os.path.join(self.nodes_dir, str(pack["id"]))
+        if (
+            _SAFE_DIR.match(str(pack["id"]))
+            and os.path.exists(os.path.join(by_id, ".tracking"))
+            and registry_version(by_id) == version
+        ):
+            return "manager", f"registry version {version} installed by cm-cli"
+        if not self.manager_available():
+            return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         return "manager", f"registry version {version} through cm-cli"
 
     def place(self, pack: dict[str, Any]) -> dict[str, Any]:
