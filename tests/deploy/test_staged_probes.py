@@ -3,6 +3,7 @@ real python3), and one that fails does not hide the others' answers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def test_probes_in_one_interpreter_answer_as_each_alone(tmp_path: Path) -> None:
     ]
     assert together["probes"]["2"] == ['JOB {"ok": true}']
     assert together["probes"]["3"][1] == 'CHECK {"argv": ["status"], "file": "a.py"}'
+
+
+def test_probe_bytecode_cache_never_answers_for_an_older_script(tmp_path: Path) -> None:
+    """The scripts' bytecode is cached beside them; a re-uploaded script (same size, new content) runs
+    its new code, as a host whose scripts were just updated must."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("print('CHECK [1]')\n")
+    b.write_text("print('JOB [0]')\n")
+    probes = (("python3", str(a)), ("python3", str(b)))
+    assert _answer((), probes)["probes"] == {"0": ["CHECK [1]"], "1": ["JOB [0]"]}
+    assert list((tmp_path / "__pycache__").glob("a.*.pyc"))
+    a.write_text("print('CHECK [2]')\n")  # same size: only the mtime tells
+    stat = a.stat()
+    os.utime(a, (stat.st_atime + 5, stat.st_mtime + 5))
+    assert _answer((), probes)["probes"] == {"0": ["CHECK [2]"], "1": ["JOB [0]"]}

@@ -563,3 +563,52 @@ def test_noop_check_starts_no_runtime_python_and_still_sees_registry_drift(tmp_p
     rc, out, err = run_plan(tmp_path, plan, "check")
     assert out["CHECK"][1]["needs"] == ["registry version 2.0.0 installed, wants 2.1.0"]
     assert asked.read_text().count("asked") == 1
+
+
+def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_path: Path) -> None:
+    """verify's plain-socket GET against aiohttp (ComfyUI's server library): a ~2 MB /object_info
+    arrives whole, and an error status fails the check instead of passing as an empty answer."""
+    import asyncio
+
+    from aiohttp import web
+
+    info = {f"Node{i}": {"python_module": "nodes", "description": "x" * 200} for i in range(8000)}
+    info["GoodNode"] = {"python_module": "custom_nodes.GoodPack"}
+
+    async def object_info(_: web.Request) -> web.Response:
+        return web.json_response(info)
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.Response(status=500, text="boom")
+
+    app = web.Application()
+    app.router.add_get("/object_info", object_info)
+    app.router.add_get("/broken", broken)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    plan = {
+        "custom_nodes_dir": str(tmp_path),
+        "state_dir": str(tmp_path),
+        "python": [sys.executable],
+        "object_info_url": f"http://127.0.0.1:{port}/object_info",
+        "core_classes": ["Node7999"],
+        "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}],
+    }
+    try:
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 0, err
+        assert out["VERIFY"]["classes"] == len(info) and out["VERIFY"]["missing_core"] == []
+        plan["object_info_url"] = f"http://127.0.0.1:{port}/broken"
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 1 and "answered 'HTTP/1.0 500" in err
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

@@ -45,24 +45,36 @@ def parse_tagged(lines: list[str]) -> dict[str, Any]:
 
 
 # Runs host-side scripts one after the other in this one python3, each as ``__main__`` with its
-# own argv (argv: INDEX COUNT SCRIPT ARG... per script, COUNT counting SCRIPT and its ARGs); stderr goes to stdout as with ``2>&1``;
-# a script that raises is reported as an ``error:`` line and the next one still runs.
+# own argv (argv: INDEX COUNT SCRIPT ARG... per script, COUNT counting SCRIPT and its ARGs); stderr
+# goes to stdout as with ``2>&1``; a script that raises is reported as an ``error:`` line and the
+# next one still runs. Each script's bytecode is cached beside it (__pycache__, checked against the
+# source's mtime and size as for any import): compiling fetch_models.py and the others from source
+# on every no-op cost about a third of this probe's CPU.
 _PROBE_RUNNER = """
-import runpy, sys, traceback
+import sys, types
+from importlib.machinery import SourceFileLoader
 sys.stderr = sys.stdout
+sys.dont_write_bytecode = False  # the cache is the point (PYTHONDONTWRITEBYTECODE in a login env)
+main = sys.modules["__main__"]
 rest = sys.argv[1:]
 while rest:
     index, count, rest = rest[0], int(rest[1]), rest[2:]
     argv, rest = rest[:count], rest[count:]
     print("@@probe %s@@" % index, flush=True)
     sys.argv = argv
+    module = types.ModuleType("__main__")
+    module.__file__ = argv[0]
+    sys.modules["__main__"] = module
     try:
-        runpy.run_path(argv[0], run_name="__main__")
+        exec(SourceFileLoader("__main__", argv[0]).get_code("__main__"), module.__dict__)
     except SystemExit:
         pass
     except BaseException as exc:
+        import traceback
         traceback.print_exc(file=sys.stdout)
         print("error: %s failed: %r" % (argv[0], exc))
+    finally:
+        sys.modules["__main__"] = main
     sys.stdout.flush()
 """
 

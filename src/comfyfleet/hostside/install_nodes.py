@@ -29,10 +29,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
@@ -468,12 +468,56 @@ def list_packs(nodes_dir: str, installer: Installer) -> list[dict[str, Any]]:
     return rows
 
 
+def http_get(url: str, timeout: float) -> bytes:
+    """The body of a 200 answer to GET ``url`` (another status: :class:`PackError`, not retried).
+
+    ``http://`` (ComfyUI on this host) is one HTTP/1.0 request on a socket: importing urllib
+    costs a no-op check (run on every host of every deploy) more CPU than everything it then does.
+    """
+    if not url.startswith("http://"):
+        import urllib.request  # noqa: PLC0415 - https only: not worth its import on the local path
+
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bytes(resp.read())
+    netloc, _, path = url[len("http://") :].partition("/")
+    host, _, port = netloc.rpartition(":") if netloc.rsplit(":", 1)[-1].isdigit() else (netloc, "", "80")
+    host = host.strip("[]")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(f"GET /{path} HTTP/1.0\r\nHost: {netloc}\r\nAccept: application/json\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split()
+    if len(status) < 2 or status[1] != "200":
+        raise PackError(f"{url} answered {lines[0]!r}")
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = dechunk(body)
+    if headers.get("content-encoding", "identity") != "identity":
+        raise PackError(f"{url} answered with content-encoding {headers['content-encoding']}")
+    return body
+
+
+def dechunk(body: bytes) -> bytes:
+    """A chunked transfer-encoded body, decoded."""
+    out = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out.append(body[:size])
+        body = body[size + 2 :]
+    return b"".join(out)
+
+
 def fetch_json(url: str, attempts: int = 5) -> Any:
     last: Exception | None = None
     for _ in range(attempts):
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                return json.load(resp)
+            return json.loads(http_get(url, timeout=60))
         except (OSError, ValueError) as exc:
             last = exc
             time.sleep(2)
