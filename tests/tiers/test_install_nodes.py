@@ -612,3 +612,56 @@ def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_
         thread.join(5)
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def test_noop_check_reads_refs_without_git_and_still_sees_head_drift(tmp_path: Path) -> None:
+    """A pack at its pinned tag (packed by clone, or loose after a fetch) and an unpinned pack on a
+    branch are checked from .git's files alone; a HEAD moved off the tag is still reported."""
+    import os
+
+    url, commits = make_pack(tmp_path / "up", "TagPack", ["1.0.0", "1.1.0"])
+    url_b, _ = make_pack(tmp_path / "up", "BranchPack", ["0.1.0"])
+    nodes = tmp_path / "custom_nodes"
+    nodes.mkdir()
+    git("clone", "-q", url, str(nodes / "TagPack"))
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.0.0", cwd=nodes / "TagPack")
+    git("clone", "-q", url_b, str(nodes / "BranchPack"))
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True).stdout.strip()
+    calls = tmp_path / "git-calls"
+    shim = tmp_path / "bin" / "git"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real_git} "$@"\n')
+    shim.chmod(0o755)
+    plan = {
+        "custom_nodes_dir": str(nodes),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        "python": [sys.executable],
+        "cm_cli": None,
+        "packs": [
+            {"id": "tagpack", "repo": url, "version": "1.0.0", "dir": "TagPack", "registry": False},
+            {"id": "branchpack", "repo": url_b, "version": None, "dir": "BranchPack", "registry": False},
+        ],
+    }
+    path = write_plan(tmp_path / "plan.json", plan)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
+
+    def check() -> list[list[str]]:
+        proc = subprocess.run(
+            [sys.executable, str(INSTALL_NODES), "--plan", str(path), "check"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK "))
+        return [r["needs"] for r in json.loads(line[6:])]
+
+    assert check() == [[], []]
+    assert not calls.exists()  # packed-refs (clone)
+    git("tag", "-d", "v1.0.0", cwd=nodes / "TagPack")
+    git("tag", "v1.0.0", commits["1.0.0"], cwd=nodes / "TagPack")  # now a loose ref
+    assert check() == [[], []]
+    assert not calls.exists()
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.1.0", cwd=nodes / "TagPack")  # drift
+    assert check()[0] == [f"at {commits['1.1.0'][:12]}, wants {commits['1.0.0'][:12]}"]

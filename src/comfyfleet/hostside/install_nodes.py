@@ -38,6 +38,8 @@ from typing import Any
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_REF_NAME = re.compile(r"^refs/[A-Za-z0-9._/+-]+$")
 _TIMEOUT = 1800
 
 
@@ -74,13 +76,46 @@ def is_commit(version: str | None) -> bool:
 # state of one pack folder
 
 
+def read_ref(path: str, name: str) -> str | None:
+    """What a full ref name holds, read from the checkout's files without starting git.
+
+    A loose ref first, then ``packed-refs`` (an annotated tag there gives its peeled commit).
+    None when the files do not say (not found, a symbolic ref, an unusual layout): ask git.
+    A loose annotated tag holds the tag object, not its commit: callers compare, never trust.
+    """
+    if not _REF_NAME.match(name) or ".." in name:
+        return None
+    gitdir = os.path.join(path, ".git")
+    try:
+        with open(os.path.join(gitdir, name)) as f:
+            value = f.read().strip()
+        return value if _FULL_SHA.match(value) else None
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(gitdir, "packed-refs")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for i, line in enumerate(lines):
+        sha, _, ref = line.partition(" ")
+        if ref == name and _FULL_SHA.match(sha):
+            peeled = lines[i + 1] if i + 1 < len(lines) else ""
+            return peeled[1:] if peeled.startswith("^") and _FULL_SHA.match(peeled[1:]) else sha
+    return None
+
+
 def read_head(path: str) -> str:
-    """HEAD's commit, read from .git/HEAD without starting git when it is detached (the usual case)."""
+    """HEAD's commit, read from .git without starting git when it is detached or on a branch."""
     try:
         with open(os.path.join(path, ".git", "HEAD")) as f:
             head = f.read().strip()
-        if _COMMIT.match(head) and len(head) == 40:
+        if _FULL_SHA.match(head):
             return head
+        if head.startswith("ref: "):
+            sha = read_ref(path, head[5:].strip())
+            if sha:
+                return sha
     except OSError:
         pass
     # --verify: plain rev-parse echoes "HEAD" when HEAD names a branch with no commit.
@@ -272,6 +307,8 @@ class Installer:
             sha = git(path, "rev-parse", "-q", "--verify", f"{version}^{{commit}}", check=False)
             return sha or None
         for ref in (f"refs/tags/v{version}", f"refs/tags/{version}"):
+            if head and read_ref(path, ref) == head:
+                return head  # the files say so: no git process (a no-op check on every deploy)
             sha = git(path, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
             if sha:
                 return sha
