@@ -80,6 +80,7 @@ def workflow() -> dict[str, object]:
 
 CPU: dict[str, list[float]] = {}
 HOSTS_CPU: dict[str, list[float]] = {}  # CPU seconds the test hosts' containers used per run
+ENGINE_CPU: dict[str, list[float]] = {}  # CPU seconds of the machine's Docker engine per run
 
 
 def containers_cpu(prefix: str) -> float | None:
@@ -105,17 +106,19 @@ def timed(
     argv: list[str], env: dict[str, str], runs: int, label: str = "", hosts: str | None = None
 ) -> list[float]:
     """Wall clock of ``runs`` runs of a command that must succeed (its own CPU seconds kept in CPU[label],
-    the CPU seconds of the containers named ``hosts``* in HOSTS_CPU[label])."""
+    the CPU seconds of the containers named ``hosts``* in HOSTS_CPU[label], the engine's in ENGINE_CPU)."""
     times = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         hosts_before = containers_cpu(hosts) if hosts else None
+        engine_before = engine_cpu()
         t0 = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
         elapsed = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         CPU.setdefault(label, []).append(cpu)
+        ENGINE_CPU.setdefault(label, []).append(engine_cpu() - engine_before)
         hosts_after = containers_cpu(hosts) if hosts else None
         if hosts_before is not None and hosts_after is not None:
             HOSTS_CPU.setdefault(label, []).append(hosts_after - hosts_before)
@@ -150,14 +153,15 @@ def cgroup_cpu(path: Path | None) -> float:
 
 
 def engine_cpu() -> float:
-    """CPU seconds used so far by this machine's dockerd and containerd (docker CLI calls on hosts land here)."""
+    """CPU seconds used so far by this machine's Docker engine: dockerd, containerd and the shims with
+    the runc children they reaped (a ``docker exec``/``docker inspect`` on a host costs most here)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)
-            if fields[0].split("(", 1)[1] in ("dockerd", "containerd"):
+            if fields[0].split("(", 1)[1].startswith(("dockerd", "containerd")):
                 ticks = fields[1].split()
-                total += (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")
+                total += sum(int(t) for t in ticks[11:15]) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -229,6 +233,22 @@ def print_calls(calls: list[Call], out: Path | None) -> None:
     if out:
         out.write_text("\n\n".join(f"## {c.name} sudo={c.sudo}\n{c.command}" for c in calls) + "\n")
         print(f"  (full commands in {out})")
+
+
+def width_line(n: int, times: list[float]) -> str:
+    """One width's wall clock with where the CPU went: the CLI, each host's container, the Docker engine."""
+    med = statistics.median
+    cli, engine = med(CPU[str(n)]), med(ENGINE_CPU[str(n)])
+    hosts_cpu = HOSTS_CPU.get(str(n))
+    line = f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(times)}\n    CPU (medians): CLI {cli:.2f} s"
+    busy = cli + engine
+    if hosts_cpu:
+        line += (
+            f", hosts {med(hosts_cpu):.2f} s ({med(hosts_cpu) / n * 1000:.0f} ms per host: sshd + commands)"
+        )
+        busy += med(hosts_cpu)
+    line += f", Docker engine {engine:.2f} s; {busy / med(times):.2f} of {os.cpu_count()} cores busy"
+    return line + f" (load {os.getloadavg()[0]:.1f})"
 
 
 def stats(times: list[float]) -> str:
@@ -395,20 +415,7 @@ def main() -> int:
                 f"{n}",
                 fleet.prefix,
             )
-            hosts_cpu = HOSTS_CPU.get(str(n))
-            busy = (
-                f"; CPU of the {n} host containers (sshd + the no-op's commands): median "
-                f"{statistics.median(hosts_cpu):.2f} s, so CLI + hosts kept "
-                f"{(statistics.median(CPU[str(n)]) + statistics.median(hosts_cpu)) / statistics.median(width_times[n]):.2f}"
-                f" of {os.cpu_count()} cores busy"
-                if hosts_cpu
-                else ""
-            )
-            print(
-                f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
-                f"process: median {statistics.median(CPU[str(n)]):.2f} s{busy} (load {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
+            print(width_line(n, width_times[n]), flush=True)
         if args.profile:
             profile([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, args.profile)
     finally:
