@@ -293,3 +293,63 @@ def test_a_schedule_fires_on_the_fleet_and_records(shipping: dict[str, Any]) -> 
     runs = [h for h in reg.history(name, "prod") if h.trigger == "schedule"]
     assert runs and runs[-1].ok and runs[-1].kind == "run", runs
     assert [s.step for s in runs[-1].steps] == ["health", "generate"]
+
+
+def test_failed_model_download_puts_the_endpoint_back(shipping: dict[str, Any]) -> None:
+    """A model the server answers 404 for: a fresh workflow is taken down, an update of a served
+    one leaves the previous definition serving (the api step had already served the new one)."""
+    host: Host = shipping["host"]
+    workflows: Path = shipping["env"].workflows
+    good = (ROOT / "workflows" / "upscale.json").read_text()
+    # The same graph whose upscale model lives in a repo the HF stand-in does not have (404), and
+    # whose scale_by default (in the API's schema) tells the two definitions apart.
+    bad = (
+        good.replace("Comfy-Org/Real-ESRGAN_repackaged", "rollback14/nowhere")
+        .replace("RealESRGAN_x4plus.safetensors", "rollback14-missing.safetensors")
+        .replace('"lanczos",\n        0.5\n', '"lanczos",\n        0.25\n')
+    )
+    assert bad.count("0.25") == 1
+    key = shipping["env"].api_keys.read_text().strip()
+
+    def listed() -> dict[str, Any]:
+        response = httpx.get(f"{api(host)}/workflows", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def ship(path: Path) -> subprocess.CompletedProcess[str]:
+        return cli(shipping, "ship", str(path), "--to", str(shipping["inventory"]), "--env", "dev")
+
+    fresh, kept = workflows / "rb14_fresh.json", workflows / "rb14_kept.json"
+    try:
+        fresh.write_text(bad)
+        result = ship(fresh)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"ship failed: step 'models' failed on host {host.name}:" in result.stderr
+        assert "rollback14-missing.safetensors" in result.stderr
+        assert (
+            "taken down: /workflows/rb14_fresh is not served until its models are in place" in result.stderr
+        )
+        assert "rb14_fresh" not in listed()
+        assert generate(shipping, "rb14_fresh").status_code == 404
+        assert registry(shipping).find("rb14_fresh", "dev") is None
+        fresh.unlink()
+
+        kept.write_text(good)
+        shipped = ship(kept)
+        assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+        previous = listed()["rb14_kept"]
+        kept.write_text(bad)
+        result = ship(kept)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "rollback14-missing.safetensors" in result.stderr
+        assert "put back: /workflows/rb14_kept serves the previous definition again" in result.stderr
+        assert listed()["rb14_kept"] == previous
+        assert previous["schema"]["properties"]["scale_by"]["default"] == 0.5  # not the new 0.25
+        assert generate_once_reconnected(shipping, "rb14_kept").status_code == 200
+        on_host = host.exec(f"cat {host.data_root}/api/workflows/rb14_kept.json", user="root").stdout
+        assert on_host == good
+    finally:
+        fresh.unlink(missing_ok=True)
+        kept.unlink(missing_ok=True)
+        if registry(shipping).find("rb14_kept", "dev") is not None:  # the next tests see the fleet as before
+            cli(shipping, "deployments", "delete", "rb14_kept", "--env", "dev", "--yes")

@@ -74,6 +74,7 @@ def test_each_example_ships_through_all_steps(
         "models-start",
         "nodes-snapshot",
         "install-nodes",
+        "endpoint-snapshot",
         *HOST_TASKS["api"],
         f"serve-{workflow.stem}",
         "fetch-api-key",

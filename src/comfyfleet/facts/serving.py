@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 SUFFIXES = (".json", ".api.yaml")
 """The file suffixes of one workflow in the API's workflows folder."""
+
+
+def serving_paths(workflow: str) -> list[str]:
+    """Every file that says whether and how the API serves a workflow, relative to ``<data_root>/api``:
+    its live files, its parked files and its stop marker."""
+    return [f"{d}/{workflow}{s}" for d in ("workflows", "stopped") for s in SUFFIXES] + [
+        f"disabled/{workflow}"
+    ]
+
+
+def served(files: Iterable[str], workflow: str) -> bool:
+    """Whether the API serves a workflow, given which of its :func:`serving_paths` exist."""
+    present = set(files)
+    return f"disabled/{workflow}" not in present and any(
+        f"workflows/{workflow}{s}" in present for s in SUFFIXES
+    )
 
 
 class ServingFiles(FactBase):
@@ -16,8 +34,7 @@ class ServingFiles(FactBase):
         return []
 
     def command(self, api_dir: str, workflow: str) -> StringCommand:
-        paths = [f"{d}/{workflow}{s}" for d in ("workflows", "stopped") for s in SUFFIXES]
-        paths.append(f"disabled/{workflow}")
+        paths = serving_paths(workflow)
         return StringCommand(
             "sh",
             "-c",

@@ -3,17 +3,23 @@
 The marker ``<data_root>/api/disabled/<workflow>`` is what stops a workflow: the API service
 (started with ``--disabled-dir``) checks that folder on every request, answers 404 "stopped"
 for a marked workflow and leaves it out of /openapi.json.
+
+A ship keeps copies of a workflow's serving files before its API step (:func:`keep_serving_files`)
+and puts them back when its models fail (:func:`put_back_serving_files`), so a failed ship leaves
+the endpoint as it was; the files a ship brought are moved aside, never deleted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import posixpath
+from collections.abc import Generator, Mapping, MutableMapping
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.facts.files import Sha256File
 
-from comfyfleet.facts.serving import SUFFIXES, LiveStoppedFiles, ServingFiles
+from comfyfleet.facts.serving import SUFFIXES, LiveStoppedFiles, ServingFiles, serving_paths
 
 
 @operation()
@@ -91,5 +97,70 @@ def marker(api_dir: str, workflow: str, stopped: bool) -> Generator[Any, None, N
         ]
     if not commands:
         host.noop(f"stop marker of {workflow} {'present' if stopped else 'absent'}")
+        return
+    yield from commands
+
+
+@operation(is_idempotent=False)
+def keep_serving_files(
+    api_dir: str, workflow: str, kept: str, store: MutableMapping[str, list[str]]
+) -> Generator[Any, None, None]:
+    """Copy a workflow's serving files (live, parked, stop marker) into ``kept`` and record in
+    ``store[host name]`` which of them exist; a host already in ``store`` keeps its first copy
+    (a retried step must not take the half-changed state as the one to put back).
+
+    + api_dir: ``<data_root>/api`` on the host
+    + workflow: workflow name
+    + kept: folder the copies go to (paths relative to ``api_dir`` kept)
+    + store: per host name, the files present before (relative to ``api_dir``)
+    """
+    if host.name in store:
+        host.noop(f"serving files of {workflow} kept by an earlier attempt")
+        return
+    present = list(host.get_fact(ServingFiles, api_dir=api_dir, workflow=workflow))
+    store[host.name] = present
+    if not present:
+        host.noop(f"{workflow} has no serving files yet")
+        return
+    dirs = sorted({posixpath.dirname(rel) for rel in present})
+    yield StringCommand("mkdir", "-p", *(QuoteString(f"{kept}/{d}") for d in dirs))
+    for rel in present:
+        yield StringCommand("cp", "-p", QuoteString(f"{api_dir}/{rel}"), QuoteString(f"{kept}/{rel}"))
+
+
+@operation(is_idempotent=False)
+def put_back_serving_files(
+    api_dir: str, workflow: str, kept: str, before: Mapping[str, list[str]], stop: bool
+) -> Generator[Any, None, None]:
+    """Make a workflow's serving files what :func:`keep_serving_files` found, from its copies; files
+    that were not there move to ``<kept>/shipped/``. ``stop``: also set the stop marker (a workflow
+    that was not served stays unserved even when ``update-binary`` uploads its file again).
+
+    + api_dir: ``<data_root>/api`` on the host
+    + workflow: workflow name
+    + kept: the folder :func:`keep_serving_files` copied into
+    + before: per host name, the files present before
+    + stop: set the stop marker
+    """
+    was = set(before.get(host.name, []))
+    now = set(host.get_fact(ServingFiles, api_dir=api_dir, workflow=workflow))
+    marker_rel = f"disabled/{workflow}"
+    commands: list[StringCommand] = []
+    for rel in serving_paths(workflow):
+        live, copy = f"{api_dir}/{rel}", f"{kept}/{rel}"
+        if rel in was:
+            if rel not in now or host.get_fact(Sha256File, path=live) != host.get_fact(Sha256File, path=copy):
+                commands.append(StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(live))))
+                commands.append(StringCommand("cp", "-p", QuoteString(copy), QuoteString(live)))
+        elif rel == marker_rel and stop:
+            if rel not in now:
+                commands.append(StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(live))))
+                commands.append(StringCommand("touch", QuoteString(live)))
+        elif rel in now:
+            aside = f"{kept}/shipped/{rel}"
+            commands.append(StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(aside))))
+            commands.append(_mv(live, aside))
+    if not commands:
+        host.noop(f"serving files of {workflow} as before the ship")
         return
     yield from commands

@@ -5,6 +5,7 @@
               ``ship --bootstrap``: the provider bootstrap between the two, for a bare host)
     api       tier 1: the API service with the new workflow (restarted only when it changed)
     models    waits for the downloads to end (every file's progress shown); their error fails the ship
+              and puts the endpoint back as it was before the api step (previous definition, or stopped)
     health    /health and /ready on every host, retried while the service starts
     generate  one generation with the workflow's defaults; an output file must arrive
     record    the deployment in the registry
@@ -24,9 +25,10 @@ from typing import Any
 
 from comfyfleet import runner
 from comfyfleet.deploys.api import fetch_key_deploy
-from comfyfleet.deploys.put_back import nodes_snapshot, park_new_nodes
+from comfyfleet.deploys.put_back import endpoint_snapshot, nodes_snapshot, park_new_nodes, put_back_endpoint
 from comfyfleet.deploys.serving import serving_deploy
 from comfyfleet.errors import HostFailure
+from comfyfleet.facts.serving import served
 from comfyfleet.registry import Registry
 from comfyfleet.ship.checks import generate_step, health_step
 from comfyfleet.ship.modal import modal_steps
@@ -120,6 +122,33 @@ def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict
     return compensate
 
 
+def put_back_api(run_task: TaskRun, stamp: str) -> Callable[[ShipContext, list[str]], dict[str, str]]:
+    """The models step's compensation: the endpoint as before the api step (its serving files kept
+    in ``ctx.data["endpoint_before"]`` by :func:`~comfyfleet.deploys.put_back.endpoint_snapshot`)."""
+
+    def compensate(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+        before: dict[str, list[str]] = ctx.data.get("endpoint_before") or {}
+        specs = [(n, d) for n, d in ctx.data.get("specs", []) if n in hosts and n in before]
+        if not specs:
+            return {}
+        result = run_task(specs, put_back_endpoint(ctx.workflow, stamp, before), {})
+        path = f"/workflows/{ctx.workflow}"
+        notes: dict[str, str] = {}
+        for hr in result.hosts:
+            files = before.get(hr.host, [])
+            if not hr.ok:
+                notes[hr.host] = f"putting back {path} failed: {hr.reason or hr.status}"
+            elif served(files, ctx.workflow):
+                notes[hr.host] = f"put back: {path} serves the previous definition again"
+            elif f"disabled/{ctx.workflow}" in files:
+                notes[hr.host] = f"put back: {path} is stopped again, as before the ship"
+            else:
+                notes[hr.host] = f"taken down: {path} is not served until its models are in place"
+        return notes
+
+    return compensate
+
+
 # -- the standard ship ----------------------------------------------------------------
 
 HOST_TASKS = {
@@ -156,6 +185,8 @@ def standard_steps(
         return modal_steps(ctx, registry, analyze=analyze)
     every_task = [t for group in HOST_TASKS.values() for t in group]
     before: dict[str, list[str]] = ctx.data.setdefault("nodes_before", {})
+    endpoint_before: dict[str, list[str]] = ctx.data.setdefault("endpoint_before", {})
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     start, *rest = HOST_TASKS["install"]
     bootstrap = [(BOOTSTRAP_TASK, _workflow_data)] if ctx.data.get("bootstrap") else []
     install = task_step(
@@ -179,6 +210,8 @@ def standard_steps(
         task_step(
             "api",
             [
+                # What the endpoint was, for the models step to put back should the downloads fail.
+                (endpoint_snapshot(ctx.workflow, stamp, endpoint_before), _workflow_data),
                 *((t, _workflow_data) for t in HOST_TASKS["api"]),
                 # A ship serves the workflow even if it had been stopped before.
                 (serving_deploy(ctx.workflow, True), _workflow_data),
@@ -189,7 +222,13 @@ def standard_steps(
             run_task=run_task,
         ),
         # The downloads started by the install step; the API and health never needed them.
-        task_step("models", [(t, _workflow_data) for t in HOST_TASKS["models"]], 3 * 3600, run_task=run_task),
+        # A failed download must not leave the new definition serving without its models.
+        replace(
+            task_step(
+                "models", [(t, _workflow_data) for t in HOST_TASKS["models"]], 3 * 3600, run_task=run_task
+            ),
+            on_failure=put_back_api(run_task, stamp),
+        ),
         health_step(),
         generate_step(),
         record_step(registry),
