@@ -11,7 +11,12 @@ models, converges every host once, then times re-runs that must change nothing
 - ``comfyfleet common INV --deploy-all`` on N hosts vs on one, for every N of ``--hosts``
   (default 1,4,16). Targets (on medians): 4 hosts <= 1.2x one host, 16 hosts <= 1.5x.
 - SSH round trips per host of one no-op deploy-all: pyinfra connector calls
-  (``run_shell_command``, ``put_file``, ``get_file``) counted in this process.
+  (``run_shell_command``, ``put_file``, ``get_file``) counted in this process, each listed with
+  the CPU its host's container (cgroup) and the machine's Docker engine spent on it
+  (``--commands FILE`` writes the full commands).
+- Where the CPU of each width went: the CLI process, the host containers (sshd, sudo, the
+  commands; per host) and the Docker engine. Every test host shares this machine's cores, so
+  host CPU that a real fleet spends on its own machines is what widens the ratio here.
 
 The last line says which targets were met or missed; exit 1 when one was missed.
 
