@@ -123,7 +123,8 @@ def timed(
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         CPU.setdefault(label, []).append(cpu)
-        ENGINE_CPU.setdefault(label, []).append(engine_cpu() - engine_before)
+        # max(0, ...): an engine process that ended meanwhile (a shim) takes its total with it.
+        ENGINE_CPU.setdefault(label, []).append(max(0.0, engine_cpu() - engine_before))
         hosts_after = containers_cpu(hosts) if hosts else None
         if hosts_before is not None and hosts_after is not None:
             HOSTS_CPU.setdefault(label, []).append(hosts_after - hosts_before)
@@ -210,7 +211,7 @@ def counted_round_trips(cgroups: dict[str, Path | None] | None = None) -> Iterat
                     text = str(args[1] if len(args) > 1 else kwargs.get("remote_filename", ""))
                 sudo = bool(kwargs.get("_sudo", self.host.data.get("_sudo")))
                 cpu = cgroup_cpu(cg) - cpu0
-                eng = engine_cpu() - eng0 if cg else 0.0
+                eng = max(0.0, engine_cpu() - eng0) if cg else 0.0
                 calls.setdefault(self.host.name, []).append(Call(name, text, sudo, wall, cpu, eng))
 
         return recording
