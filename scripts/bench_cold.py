@@ -16,6 +16,8 @@ the time left after the download (what bounds the ratio) is visible.
 The floor: the same model plan fetched on a bare host of its own by the same downloader
 (``hostside/fetch_models.py``, same parallelism), nothing else running. Target: cold deploy
 <= 1.1x that download, in every run. The last line says met or missed; exit 1 on a miss.
+Each timed part starts after a ``sync``, so neither pays for writes the part before left behind
+(the removed host's GiBs, its container's files).
 
 Defaults: 4 GiB (an SDXL-sized workflow) at 10 MB/s per connection, so the download takes about
 half a minute even with 16 connections per host: the case the pipeline is for, where the model
@@ -229,9 +231,11 @@ def main() -> int:
             )
             for i in range(args.runs):
                 bare = fleet.add_host(f"dl{i}")
+                os.sync()
                 downloads.append(download_alone(env, bare, parallel=3))
                 fleet.remove_host(bare.name)
                 host = fleet.add_host(f"cold{i}")
+                os.sync()
                 colds.append(cold_deploy(env, host, root, registry))
                 fleet.remove_host(host.name)
                 c = colds[-1]
@@ -244,6 +248,7 @@ def main() -> int:
                 print(timeline(c), flush=True)
                 if args.serial_too:
                     host = fleet.add_host(f"serial{i}")
+                    os.sync()
                     serials.append(cold_deploy(env, host, root, registry, serial=True)["total"])
                     fleet.remove_host(host.name)
                     print(

@@ -23,7 +23,9 @@ import yaml
 from comfyfleet.devkit.cli_process import run_cli
 from comfyfleet.devkit.fleet import Fleet, Host
 from comfyfleet.devkit.ship_fleet import REAL_COMFYUI_SKIPS, ShipFleet
+from comfyfleet.operations import downloads
 from comfyfleet.runner import RunResult, run
+from tiers.helpers import HOSTSIDE
 
 pytestmark = pytest.mark.fleet
 
@@ -144,12 +146,53 @@ def test_rerun_attaches_to_the_running_download_and_resumes_a_killed_one(cold: d
     settled = task(cold, "models-start")
     assert settled.hosts[0].ok and not settled.hosts[0].changed, settled.hosts[0]
 
+    # Another comfyfleet version: the host's scripts are rewritten in the command that would start
+    # the job, which first asks the new downloader's --check: every file is in place, no download.
+    staged = Path(host.data_root) / ".comfyfleet" / "bin" / "fetch_models.py"
+    staged.write_text(staged.read_text() + "\n# an older version\n")
+    before = job_files(host)
+    upgraded = task(cold, "models-start")
+    assert upgraded.hosts[0].ok, upgraded.hosts[0]
+    assert staged.read_bytes() == (HOSTSIDE / "fetch_models.py").read_bytes()
+    assert job_files(host) == before and not job_processes(host)
+    assert task(cold, "models-wait").hosts[0].ok
+
 
 def resumed_rows(host: Host) -> list[dict[str, Any]]:
     for line in (job_dir(host) / "result").read_text().splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     raise AssertionError("no RESULT line from the downloader")
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["one-command", "plan-too-large"])
+def test_models_start_on_a_bare_host_stages_the_scripts_and_starts_the_job(
+    cold: dict[str, Any], start_host: Callable[..., Host], monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    if not inline:  # a plan too large for one shell argument: uploaded on its own, then the start
+        monkeypatch.setattr(downloads, "STAGE_LIMIT", 0)
+    env: ShipFleet = cold["env"]
+    host = start_host(name=f"bare{int(inline)}")
+    try:
+        inventory = env.inventory([host], cold["root"] / f"inventory-{host.name}.py")
+        started = run(
+            str(inventory), "models-start", data={"workflow": str(env.workflows / "lora_txt2img.json")}
+        )
+        assert started.hosts[0].ok and started.hosts[0].changed, started.hosts[0]
+        state = Path(host.data_root) / ".comfyfleet"
+        for name in ("fetch_models.py", "model_job.py"):
+            assert (state / "bin" / name).read_bytes() == (HOSTSIDE / name).read_bytes()
+            assert (state / "bin" / name).stat().st_mode & 0o777 == 0o644
+        plan = json.loads((state / "plans" / "models.json").read_text())
+        assert {f"{i['folder']}/{i['filename']}" for i in plan["items"]} >= {CHECKPOINT}
+        assert (Path(host.data_root) / "models").is_dir() and (Path(host.data_root) / "custom_nodes").is_dir()
+        assert job_files(host)["plan_sha256"]
+        deadline = time.monotonic() + 10
+        while len(running := job_processes(host)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(running) == 2, running  # the detached runner and its downloader
+    finally:
+        env.fleet.remove_host(host.name)
 
 
 def test_ship_bootstrap_to_a_bare_volume_host_downloads_onto_the_mounted_volume(

@@ -133,3 +133,33 @@ def test_killed_job_is_lost_then_a_new_start_resumes(tmp_path: Path, model_upstr
     assert not second["attached"] and second["pid"] != first["pid"]
     done = wait_for(tmp_path, plan_path, "done")
     assert done["result"][0]["bytes_reused"] > 0, done
+
+
+def test_wait_answers_when_the_job_ends_and_check_first_starts_nothing_in_place(
+    tmp_path: Path, model_upstreams: Upstreams
+) -> None:
+    up = model_upstreams
+    up.add_hf("org/gated", "a.safetensors", SIZE)
+    up.throttle["hf:a.safetensors"] = 2_000_000  # bytes/s: about 1.5 s
+    plan_path = plan(tmp_path, up)
+    _, first, _ = start(tmp_path, plan_path, "--check-first")
+    assert first["state"] == "running" and not first["attached"]  # nothing in place: it starts
+
+    t0 = time.monotonic()
+    _, running, _ = job(tmp_path, "wait", "--seconds", "0.3", "--plan", str(plan_path))
+    assert running["state"] == "running" and time.monotonic() - t0 >= 0.3  # answers while it runs
+    _, done, _ = job(tmp_path, "wait", "--seconds", "60", "--plan", str(plan_path))
+    answered = time.time()
+    assert done["state"] == "done" and done["same_plan"] is True, done
+    # The end is seen at once (the host-side wait looks every 50 ms), not after --seconds.
+    assert answered - done["finished"] < 1.0, (answered, done["finished"])
+
+    started = json.loads((tmp_path / "job" / "started.json").read_text())
+    _, again, _ = start(tmp_path, plan_path, "--check-first")
+    assert again["state"] == "in_place"  # the downloader's --check found the file: no job
+    assert json.loads((tmp_path / "job" / "started.json").read_text()) == started
+    (tmp_path / "data/models/checkpoints/a.safetensors").unlink()
+    up.throttle.clear()
+    _, refetch, _ = start(tmp_path, plan_path, "--check-first")
+    assert refetch["state"] == "running" and refetch["pid"] != first["pid"]
+    assert job(tmp_path, "wait", "--seconds", "60", "--plan", str(plan_path))[1]["state"] == "done"

@@ -3,13 +3,15 @@
 On a cold host the model bytes are the long pole, so a ship and ``deploy-all`` start them
 before anything else and gate only what needs them:
 
-    models-start   data volume + folders, scripts and plan, then ``hostside/model_job.py start``:
-                   ``fetch_models.py`` runs detached on the host (new session, pid and status
-                   under ``<data root>/.comfyfleet/model-job``); nothing starts when every file
-                   is in place, and a second start attaches to the running job
+    models-start   data volume, then folders, scripts, plan and ``hostside/model_job.py start``
+                   in one command after one fact round trip: ``fetch_models.py`` runs detached
+                   on the host (new session, pid and status under
+                   ``<data root>/.comfyfleet/model-job``); nothing starts when every file is in
+                   place, and a second start attaches to the running job
     ...            bootstrap, runtime, node installs, the API: they never wait for models
     models-wait    follows the job (every file's bytes, total and rate, each second) until it
-                   ends; fails with the downloader's own error line; records computed hashes
+                   ends, which a host-side wait sees within 50 ms; fails with the downloader's
+                   own error line; records computed hashes
 
 An interrupted pipeline re-run resumes: a job still running is attached to, a finished or
 killed one is started again and ``fetch_models.py`` resumes its ``.part`` files. Tokens go
@@ -17,8 +19,6 @@ through a 0600 file the job reads and deletes (:func:`~comfyfleet.operations.dow
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from pyinfra import host
 
@@ -29,55 +29,56 @@ from comfyfleet.deploys.models import (
     needed_models,
     tokens_needed,
 )
-from comfyfleet.deploys.nodes import stage, staged_facts, tier_deploy
+from comfyfleet.deploys.nodes import stage_plan, staged_facts, tier_deploy
 from comfyfleet.deploys.tasks import task
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.block import BlockVolume
 from comfyfleet.facts.comfyui import MissingDirectories
-from comfyfleet.inventory import HostConfig, host_config
+from comfyfleet.inventory import host_config
 from comfyfleet.manifest import Manifest
-from comfyfleet.operations import block, comfyui
-from comfyfleet.operations.downloads import start_download, wait_download
+from comfyfleet.operations import block
+from comfyfleet.operations.downloads import stage_and_start, start_download, wait_download
 
 SCRIPTS = ["fetch_models.py", "model_job.py"]
-
-
-def prepare_data_root(
-    cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
-) -> dict[str, str]:
-    """What the downloads need on a bare host, in one fact round trip: volume, folders, scripts, plan."""
-    lay = cfg.layout
-    requests: list[prefetch.FactRequest] = [
-        (MissingDirectories, {"paths": tuple(lay.directories)}),
-        staged_facts(cfg, scripts, plans),
-    ]
-    if cfg.block_device:
-        requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
-    prefetch.prefetch(name="Read host state for downloads", requests=requests)
-    if cfg.block_device:
-        # The data root lives on the volume: bytes written before the mount would be hidden by it.
-        block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount)
-    comfyui.directories(name="Data folders", paths=lay.directories)
-    return stage(cfg, scripts, plans, "Host scripts and plans")
 
 
 @tier_deploy("Models, started")
 def start_models(manifests: list[Manifest], staged: dict[str, str] | None = None) -> None:
     """Start downloading every model the manifests name, detached; returns at once.
 
-    ``staged``: a :func:`~comfyfleet.deploys.nodes.stage` (or :func:`prepare_data_root`) call
-    already uploaded :data:`SCRIPTS` and the ``models`` plan.
+    ``staged``: a :func:`~comfyfleet.deploys.nodes.stage` call already uploaded :data:`SCRIPTS`
+    and the ``models`` plan. Without it (``models-start``, the first thing a ship does on a
+    host) one round trip reads the host's state, and one command makes the folders, writes the
+    scripts and plan that changed and starts the job.
     """
     cfg = host_config(host)
     models = needed_models(manifests)
+    token_names = sorted(tokens_needed(models))
     if staged is None:
-        prepare_data_root(cfg, SCRIPTS, {"models": model_plan(cfg, models)})
-    start_download(
-        name="Start model downloads",
-        cfg=cfg,
-        count=len(models),
-        token_names=sorted(tokens_needed(models)),
-    )
+        lay = cfg.layout
+        plans = {"models": model_plan(cfg, models)}
+        files, probes = stage_plan(cfg, SCRIPTS, plans)[1:]
+        requests: list[prefetch.FactRequest] = [
+            (MissingDirectories, {"paths": tuple(lay.directories)}),
+            staged_facts(cfg, SCRIPTS, plans),
+        ]
+        if cfg.block_device:
+            requests.append((BlockVolume, {"device": cfg.block_device, "mount_point": cfg.block_mount}))
+        prefetch.prefetch(name="Read host state for downloads", requests=requests)
+        if cfg.block_device:
+            # The data root lives on the volume: bytes written before the mount would be hidden by it.
+            block.volume(name="Block volume", device=cfg.block_device, mount_point=cfg.block_mount)
+        stage_and_start(
+            name="Start model downloads",
+            cfg=cfg,
+            directories=lay.directories,
+            files=files,
+            probes=probes,
+            count=len(models),
+            token_names=token_names,
+        )
+    else:
+        start_download(name="Start model downloads", cfg=cfg, count=len(models), token_names=token_names)
     missing_url = [m for m in models if not m.url]
     if missing_url:
         report(host).note(

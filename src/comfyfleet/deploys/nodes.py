@@ -208,13 +208,14 @@ def staged_facts(
     cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
 ) -> prefetch.FactRequest:
     """The fact :func:`stage` reads, with the same arguments, for a caller's :func:`prefetch.prefetch`."""
-    files, probes = _stage_plan(cfg, scripts, plans)[1:]
+    files, probes = stage_plan(cfg, scripts, plans)[1:]
     return StagedFiles, {"paths": tuple(sorted(files)), "probes": tuple(tuple(p) for p in probes)}
 
 
-def _stage_plan(
+def stage_plan(
     cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, str], dict[str, bytes], list[tuple[str, ...]]]:
+    """What :func:`stage` uploads: remote paths by name, bytes by remote path, the staging probes."""
     state = cfg.layout.state
     paths: dict[str, str] = {}
     files: dict[str, bytes] = {}
@@ -239,7 +240,7 @@ def stage(cfg: HostConfig, scripts: list[str], plans: dict[str, dict[str, Any]],
 
     Returns remote paths by script name and plan name.
     """
-    paths, files, probes = _stage_plan(cfg, scripts, plans)
+    paths, files, probes = stage_plan(cfg, scripts, plans)
     sync_files(name=name, files=files, probes=probes)
     return paths
 

@@ -4,15 +4,18 @@
 Uploaded next to ``fetch_models.py`` and run with the host's python3 (standard library only).
 One job per job folder (``<data root>/.comfyfleet/model-job``)::
 
-    model_job.py start  --job-dir D --fetch F --plan P [--secrets-file S]
-    model_job.py status --job-dir D
+    model_job.py start  --job-dir D --fetch F --plan P [--secrets-file S] [--check-first]
+    model_job.py status --job-dir D [--plan P]
+    model_job.py wait   --job-dir D [--plan P] [--seconds N]
 
 ``start`` launches ``model_job.py run`` in a new session (setsid: it outlives the SSH
 connection that started it) and returns at once. A second ``start`` while the job runs
 attaches to it instead of starting another download; a job running another plan is named
 and refused. The plan is copied into the job folder, so the running job's plan is fixed.
 Tokens come from ``--secrets-file`` (deleted as soon as it is read) and reach the downloader
-on its standard input, never argv or the environment.
+on its standard input, never argv or the environment. ``--check-first`` (scripts just
+uploaded, so nobody could ask the downloader's ``--check`` before): no job starts when
+every file of the plan is already in place (``state`` ``in_place``).
 
 ``run`` (the detached process, at nice 10) runs the downloader with ``--progress-file``, its standard
 error in ``log`` and standard output in ``result``, and writes ``status.json`` (exit code,
@@ -23,6 +26,10 @@ start and end times) when it ends, whatever the end.
 (``same_plan`` with ``--plan``: whether the job is for that plan),
 the live per-file progress, timestamps, and when finished the downloader's ``RESULT`` rows
 and its error lines.
+
+``wait`` blocks on the running job (its pid and status file, looked at every 50 ms) for at
+most ``--seconds`` and then prints what ``status`` prints: the caller sees the job's end at
+once and its progress every ``--seconds`` without polling from afar.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ STATUS = "status.json"
 PROGRESS = "progress.json"
 STARTED = "started.json"
 NICE = 10
+WAIT_STEP = 0.05
 
 
 def _read_json(path: str) -> Any:
@@ -119,6 +127,9 @@ def start(args: argparse.Namespace) -> int:
                 return 3
             _emit({"state": "running", "attached": True, "pid": pid, "plan_sha256": want})
             return 0
+        if args.check_first and _in_place(args.fetch, args.plan):
+            _emit({"state": "in_place", "plan_sha256": want})
+            return 0
         for name in (STATUS, RESULT, LOG, PROGRESS, STARTED):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(job, name))
@@ -144,6 +155,24 @@ def start(args: argparse.Namespace) -> int:
             f.write(str(proc.pid))
     _emit({"state": "running", "attached": False, "pid": proc.pid, "plan_sha256": want})
     return 0
+
+
+def _in_place(fetch: str, plan: str) -> bool:
+    """Whether the downloader's ``--check`` finds every file of the plan in place."""
+    try:
+        out = subprocess.run(
+            [sys.executable, fetch, "--plan", plan, "--check"], capture_output=True, text=True, timeout=600
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False  # no answer: the job runs and its downloader says what is wrong
+    for line in out.splitlines():
+        if line.startswith("CHECK "):
+            try:
+                rows = json.loads(line[len("CHECK ") :])
+            except ValueError:
+                return False
+            return all(isinstance(r, dict) and r.get("state") == "ok" for r in rows)
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,6 +258,19 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait(args: argparse.Namespace) -> int:
+    """``status`` once the job ends, or after ``--seconds`` while it runs."""
+    job = os.path.abspath(args.job_dir)
+    deadline = time.monotonic() + max(0.0, args.seconds)
+    while (
+        time.monotonic() < deadline
+        and _alive(job) is not None
+        and not os.path.exists(os.path.join(job, STATUS))
+    ):
+        time.sleep(WAIT_STEP)
+    return status(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Detached model downloads of a comfyfleet plan.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -237,15 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fetch", required=True)
     p.add_argument("--plan", required=True)
     p.add_argument("--secrets-file")
+    p.add_argument("--check-first", action="store_true", help="start nothing when every file is in place")
     p = sub.add_parser("run")
     p.add_argument("--job-dir", required=True)
     p.add_argument("--fetch", required=True)
     p = sub.add_parser("status")
     p.add_argument("--job-dir", required=True)
     p.add_argument("--plan", help="say whether the job runs (ran) this plan: same_plan")
+    p = sub.add_parser("wait")
+    p.add_argument("--job-dir", required=True)
+    p.add_argument("--plan", help="as for status")
+    p.add_argument("--seconds", type=float, default=1.0, help="longest wait while the job runs")
     args = parser.parse_args(argv)
     os.umask(0o022)
-    return {"start": start, "run": run, "status": status}[args.cmd](args)
+    return {"start": start, "run": run, "status": status, "wait": wait}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ stdin (or ``--secrets-file``) and deletes; never argv, env or output. Composed b
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
+import posixpath
 import uuid
+import zlib
 from collections.abc import Generator
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
-import gevent
 import yaml
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, Host, QuoteString, State, StringCommand, operation
@@ -25,7 +28,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.server import Home
 
 from comfyfleet.context import host_run, report
-from comfyfleet.facts.hostside import HostsideJson, parse_tagged
+from comfyfleet.facts import prefetch
+from comfyfleet.facts.comfyui import MissingDirectories
+from comfyfleet.facts.hostside import HostsideJson, StagedFiles, parse_tagged
 from comfyfleet.inventory import HostConfig
 from comfyfleet.operations.hostside import MODELS_CHECK, probed_or_fact
 from comfyfleet.safety import normalize_model_name
@@ -174,9 +179,10 @@ def record_hashes(lock_file: Path, rows: list[dict[str, Any]]) -> int:
     return count
 
 
-POLL_SECONDS = 0.5
+PROGRESS_SECONDS = 1.0
+"""How often the host-side wait answers while the job runs (its end is answered at once)."""
 progress_log = logging.getLogger("comfyfleet.progress")
-"""One line per host and poll while models download: every file's MB done/total and MB/s."""
+"""One line per host and second while models download: every file's MB done/total and MB/s."""
 
 
 def job_dir(cfg: HostConfig) -> str:
@@ -191,12 +197,16 @@ def _plan_path(cfg: HostConfig) -> str:
     return f"{cfg.layout.state}/plans/models.json"
 
 
-def job_status_argv(cfg: HostConfig) -> tuple[str, ...]:
-    """The read-only status command of the host's download job (a staging probe too)."""
+def job_status_argv(cfg: HostConfig, wait: float | None = None) -> tuple[str, ...]:
+    """The read-only status command of the host's download job (a staging probe too).
+
+    ``wait``: the host-side wait instead, answering when the job ends or after that many seconds.
+    """
+    command = ("status",) if wait is None else ("wait", "--seconds", f"{wait:g}")
     return (
         "python3",
         _script(cfg, "model_job.py"),
-        "status",
+        *command,
         "--job-dir",
         job_dir(cfg),
         "--plan",
@@ -212,30 +222,123 @@ def start_download(cfg: HostConfig, count: int, token_names: list[str]) -> Gener
     + count: how many files the plan names (for the no-op message)
     + token_names: which tokens the plan's URLs may need (read on the operator's machine)
     """
-    fetch = _script(cfg, "fetch_models.py")
-    problem = _missing_models(fetch, _plan_path(cfg), count)
+    problem = _missing_models(_script(cfg, "fetch_models.py"), _plan_path(cfg), count)
     if problem is not None:
         if problem:
             yield fail(problem)
         return
+    yield from _start_job(cfg, token_names)
+
+
+STAGE_LIMIT = 96 * 1024
+"""Largest inline payload of :func:`stage_and_start` (one shell argument holds at most 128 KiB)."""
+
+# Makes the folders, writes the files it is given (atomically, 0644), then runs model_job.py:
+# the scripts, the plan and the start of the job in one command. Nothing in it is secret.
+_STAGE_AND_START = r"""
+import base64, json, os, sys, zlib
+os.umask(0o022)
+spec = json.loads(sys.argv[1])
+for folder in spec["dirs"]:
+    os.makedirs(folder, exist_ok=True)
+for path, data in spec["files"].items():
+    with open(path + ".tmp", "wb") as f:
+        f.write(zlib.decompress(base64.b64decode(data)))
+    os.chmod(path + ".tmp", 0o644)
+    os.replace(path + ".tmp", path)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def stage_payload(directories: list[str], files: dict[str, bytes]) -> str:
+    """The JSON :data:`_STAGE_AND_START` reads: folders to make, files (compressed) to write."""
+    packed = {p: base64.b64encode(zlib.compress(d, 9)).decode() for p, d in sorted(files.items())}
+    return json.dumps({"dirs": directories, "files": packed}, separators=(",", ":"))
+
+
+@operation()
+def stage_and_start(
+    cfg: HostConfig,
+    directories: list[str],
+    files: dict[str, bytes],
+    probes: list[tuple[str, ...]],
+    count: int,
+    token_names: list[str],
+) -> Generator[Any, None, None]:
+    """Folders, host scripts and plan, and the start of the download job, in one command.
+
+    A bare host's download starts one round trip after the facts (:func:`prefetch.prefetch`
+    of ``MissingDirectories`` and ``StagedFiles`` with these arguments); no change when the
+    folders and files are in place and every model file too. With scripts just written the
+    job itself checks first (``model_job.py start --check-first``).
+
+    + cfg: the host's config (the job folder, where the scripts and the plan go)
+    + directories: folders that must exist (the data layout)
+    + files: remote path -> content (the scripts and the plan, nothing secret)
+    + probes: the staging probes (``StagedFiles``), the models check among them
+    + count: how many files the plan names (for the no-op message)
+    + token_names: which tokens the plan's URLs may need (read on the operator's machine)
+    """
+    probe_list = tuple(tuple(p) for p in probes)
+    missing = prefetch.fact(MissingDirectories, paths=tuple(directories))
+    state = prefetch.fact(StagedFiles, paths=tuple(sorted(files)), probes=probe_list)
+    stale = {p: d for p, d in files.items() if state["hashes"].get(p) != hashlib.sha256(d).hexdigest()}
+    host_run(host).probes = (
+        {}
+        if stale
+        else {argv: parse_tagged(state["probes"].get(str(i), [])) for i, argv in enumerate(probe_list)}
+    )
+    check_first = False
+    if not stale:
+        problem = _missing_models(_script(cfg, "fetch_models.py"), _plan_path(cfg), count)
+        if problem:
+            yield fail(problem)
+            return
+        if problem == "":  # every model file in place: only missing folders, if any
+            if missing:
+                yield StringCommand("mkdir", "-p", *(QuoteString(p) for p in missing))
+            return
+    else:
+        # Nobody could ask the new scripts yet: on a host with a models folder, files may be in place.
+        check_first = cfg.layout.models not in missing
+    folders = sorted({*missing, *(posixpath.dirname(p) for p in stale)})
+    payload = stage_payload(folders, stale) if folders or stale else None
+    if payload is not None and len(payload) > STAGE_LIMIT:  # a very large plan: uploaded on its own
+        yield StringCommand("mkdir", "-p", *(QuoteString(p) for p in folders))
+        for path, data in sorted(stale.items()):
+            yield FileUploadCommand(BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path))
+        if stale:
+            yield StringCommand("chmod", "644", *(QuoteString(p) for p in sorted(stale)))
+        payload = None
+    yield from _start_job(cfg, token_names, payload, check_first)
+
+
+def _start_job(
+    cfg: HostConfig, token_names: list[str], payload: str | None = None, check_first: bool = False
+) -> Generator[Any, None, None]:
+    """Commands starting the job: tokens to their file first; ``payload`` staged in the same command."""
     # A job starts now: a status read before this moment no longer says anything.
     host_run(host).probes.pop(job_status_argv(cfg), None)
     argv: list[Any] = [
-        "python3",
         QuoteString(_script(cfg, "model_job.py")),
         "start",
         "--job-dir",
         QuoteString(job_dir(cfg)),
         "--fetch",
-        QuoteString(fetch),
+        QuoteString(_script(cfg, "fetch_models.py")),
         "--plan",
         QuoteString(_plan_path(cfg)),
     ]
+    if check_first:
+        argv.append("--check-first")
     upload, secrets_file = token_upload(token_names)
     yield from upload
     if secrets_file is not None:
         argv += ["--secrets-file", QuoteString(secrets_file)]
-    yield StringCommand(*argv)
+    if payload is None:
+        yield StringCommand("python3", *argv)
+    else:
+        yield StringCommand("python3", "-c", QuoteString(_STAGE_AND_START), QuoteString(payload), *argv)
 
 
 def progress_text(progress: dict[str, Any]) -> str:
@@ -271,7 +374,7 @@ def wait_download(cfg: HostConfig, count: int, lock_path: str | None) -> Generat
         return
     answer: dict[str, Any] = {"job": job}
     if job["state"] == "running":
-        status_command = script('"$@"', *status)
+        status_command = script('"$@"', *job_status_argv(cfg, wait=PROGRESS_SECONDS))
         check_command = script('"$@"', *check)
 
         # pyinfra hands `state` and `host` to a callback by these parameter names.
@@ -291,7 +394,6 @@ def wait_download(cfg: HostConfig, count: int, lock_path: str | None) -> Generat
                     shown = text
                 if line["state"] != "running":
                     break
-                gevent.sleep(POLL_SECONDS)
             answer["job"] = line
             if not (line["state"] == "done" and line.get("same_plan")):
                 _, out = host.run_shell_command(check_command, _sudo=cfg.sudo)
