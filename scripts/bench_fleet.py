@@ -11,7 +11,12 @@ models, converges every host once, then times re-runs that must change nothing
 - ``comfyfleet common INV --deploy-all`` on N hosts vs on one, for every N of ``--hosts``
   (default 1,4,16). Targets (on medians): 4 hosts <= 1.2x one host, 16 hosts <= 1.5x.
 - SSH round trips per host of one no-op deploy-all: pyinfra connector calls
-  (``run_shell_command``, ``put_file``, ``get_file``) counted in this process.
+  (``run_shell_command``, ``put_file``, ``get_file``) counted in this process, each listed with
+  the CPU its host's container (cgroup) and the machine's Docker engine spent on it
+  (``--commands FILE`` writes the full commands).
+- Where the CPU of each width went: the CLI process, the host containers (sshd, sudo, the
+  commands; per host) and the Docker engine. Every test host shares this machine's cores, so
+  host CPU that a real fleet spends on its own machines is what widens the ratio here.
 
 The last line says which targets were met or missed; exit 1 when one was missed.
 
@@ -37,6 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +85,7 @@ def workflow() -> dict[str, object]:
 
 CPU: dict[str, list[float]] = {}
 HOSTS_CPU: dict[str, list[float]] = {}  # CPU seconds the test hosts' containers used per run
+ENGINE_CPU: dict[str, list[float]] = {}  # CPU seconds of the machine's Docker engine per run
 
 
 def containers_cpu(prefix: str) -> float | None:
@@ -104,17 +111,20 @@ def timed(
     argv: list[str], env: dict[str, str], runs: int, label: str = "", hosts: str | None = None
 ) -> list[float]:
     """Wall clock of ``runs`` runs of a command that must succeed (its own CPU seconds kept in CPU[label],
-    the CPU seconds of the containers named ``hosts``* in HOSTS_CPU[label])."""
+    the CPU seconds of the containers named ``hosts``* in HOSTS_CPU[label], the engine's in ENGINE_CPU)."""
     times = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         hosts_before = containers_cpu(hosts) if hosts else None
+        engine_before = engine_cpu()
         t0 = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
         elapsed = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         CPU.setdefault(label, []).append(cpu)
+        # max(0, ...): an engine process that ended meanwhile (a shim) takes its total with it.
+        ENGINE_CPU.setdefault(label, []).append(max(0.0, engine_cpu() - engine_before))
         hosts_after = containers_cpu(hosts) if hosts else None
         if hosts_before is not None and hosts_after is not None:
             HOSTS_CPU.setdefault(label, []).append(hosts_after - hosts_before)
@@ -124,26 +134,127 @@ def timed(
     return times
 
 
+def container_cgroup(name: str) -> Path | None:
+    """The file holding a container's CPU usage (cgroup v1 cpuacct.usage in ns, or v2 cpu.stat)."""
+    cid = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True
+    ).stdout.strip()
+    for path in (
+        Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"),
+        Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+    ):
+        if cid and path.exists():
+            return path
+    return None
+
+
+def cgroup_cpu(path: Path | None) -> float:
+    """CPU seconds a container used so far (0 when its cgroup is unknown)."""
+    if path is None:
+        return 0.0
+    text = path.read_text()
+    if path.name == "cpuacct.usage":
+        return int(text) / 1e9
+    return int(text.split("usage_usec", 1)[1].split()[0]) / 1e6
+
+
+def engine_cpu() -> float:
+    """CPU seconds used so far by this machine's Docker engine: dockerd, containerd and the shims with
+    the runc children they reaped (a ``docker exec``/``docker inspect`` on a host costs most here)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            if fields[0].split("(", 1)[1].startswith(("dockerd", "containerd")):
+                ticks = fields[1].split()
+                total += sum(int(t) for t in ticks[11:15]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class Call:
+    """One pyinfra connector call of a host: what it ran and the CPU it cost the host and the engine."""
+
+    name: str
+    command: str
+    sudo: bool
+    wall: float
+    host_cpu: float
+    engine_cpu: float
+
+
 @contextmanager
-def counted_round_trips() -> Iterator[Counter[tuple[str, str]]]:
-    """Count pyinfra's SSH connector calls per (host, call) while the block runs (this process only)."""
-    counts: Counter[tuple[str, str]] = Counter()
-    originals = {name: getattr(SSHConnector, name) for name in CONNECTOR_CALLS}
+def counted_round_trips(cgroups: dict[str, Path | None] | None = None) -> Iterator[dict[str, list[Call]]]:
+    """Record pyinfra's SSH connector calls per host while the block runs (this process only).
+
+    With ``cgroups`` (host name -> its container's CPU file) each call carries the CPU seconds the
+    host's container and the machine's Docker engine used during it; ``connect`` is recorded too.
+    """
+    calls: dict[str, list[Call]] = {}
+    cgroups = cgroups or {}
+    names = (*CONNECTOR_CALLS, "connect")
+    originals = {name: getattr(SSHConnector, name) for name in names}
 
     def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def counting(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
-            counts[(self.host.name, name)] += 1
-            return fn(self, *args, **kwargs)
+        def recording(self: SSHConnector, *args: Any, **kwargs: Any) -> Any:
+            cg = cgroups.get(self.host.name)
+            cpu0, eng0, t0 = cgroup_cpu(cg), engine_cpu() if cg else 0.0, time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                wall = time.perf_counter() - t0
+                cmd = args[0] if name == "run_shell_command" and args else kwargs.get("command", "")
+                text = cmd.get_masked_value() if hasattr(cmd, "get_masked_value") else str(cmd or "")
+                if name in ("put_file", "get_file"):
+                    text = str(args[1] if len(args) > 1 else kwargs.get("remote_filename", ""))
+                sudo = bool(kwargs.get("_sudo", self.host.data.get("_sudo")))
+                cpu = cgroup_cpu(cg) - cpu0
+                eng = max(0.0, engine_cpu() - eng0) if cg else 0.0
+                calls.setdefault(self.host.name, []).append(Call(name, text, sudo, wall, cpu, eng))
 
-        return counting
+        return recording
 
     for name, fn in originals.items():
         setattr(SSHConnector, name, wrap(name, fn))
     try:
-        yield counts
+        yield calls
     finally:
         for name, fn in originals.items():
             setattr(SSHConnector, name, fn)
+
+
+def print_calls(calls: list[Call], out: Path | None) -> None:
+    """Every connector call of one no-op host: wall, host CPU, engine CPU, and the command (first 100 chars)."""
+    print(
+        "connector calls of one no-op host (host CPU = its container's cgroup; engine = dockerd+containerd):"
+    )
+    for c in calls:
+        first = " ".join(c.command.split())[:100]
+        print(
+            f"  {c.name:<17} wall {c.wall * 1000:6.0f} ms  host CPU {c.host_cpu * 1000:5.0f} ms  "
+            f"engine CPU {c.engine_cpu * 1000:4.0f} ms  sudo {'y' if c.sudo else 'n'}  {first}"
+        )
+    if out:
+        out.write_text("\n\n".join(f"## {c.name} sudo={c.sudo}\n{c.command}" for c in calls) + "\n")
+        print(f"  (full commands in {out})")
+
+
+def width_line(n: int, times: list[float]) -> str:
+    """One width's wall clock with where the CPU went: the CLI, each host's container, the Docker engine."""
+    med = statistics.median
+    cli, engine = med(CPU[str(n)]), med(ENGINE_CPU[str(n)])
+    hosts_cpu = HOSTS_CPU.get(str(n))
+    line = f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(times)}\n    CPU (medians): CLI {cli:.2f} s"
+    busy = cli + engine
+    if hosts_cpu:
+        line += (
+            f", hosts {med(hosts_cpu):.2f} s ({med(hosts_cpu) / n * 1000:.0f} ms per host: sshd + commands)"
+        )
+        busy += med(hosts_cpu)
+    line += f", Docker engine {engine:.2f} s; {busy / med(times):.2f} of {os.cpu_count()} cores busy"
+    return line + f" (load {os.getloadavg()[0]:.1f})"
 
 
 def stats(times: list[float]) -> str:
@@ -203,6 +314,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per case (default 3)")
     parser.add_argument(
         "--profile", type=Path, help="py-spy one more widest run; collapsed stacks to this file"
+    )
+    parser.add_argument(
+        "--commands", type=Path, help="write the full commands of one no-op host to this file"
     )
     args = parser.parse_args()
     widths = parse_hosts(args.hosts)
@@ -280,13 +394,16 @@ def main() -> int:
         )
         os.environ.update(HF_TOKEN=up.hf_token, CIVITAI_API_TOKEN=up.civitai_token)
         inv_one = fleet.write_inventory(hosts[:1], work / "inventory-1.py", **group)
-        with counted_round_trips() as counts:
+        cgroups = {h.name: container_cgroup(h.container) for h in hosts[:1] if h.container}
+        with counted_round_trips(cgroups) as calls:
             again = run(str(inv_one), "deploy-all")
         busy = [(h.host, h.status, h.changed, h.reason) for h in again.hosts if h.status != "no change"]
         if busy:
             print(f"targets met: none | missed: the second deploy-all was not a no-op: {busy}")
             return 1
-        per_call = {name: counts[(hosts[0].name, name)] for name in CONNECTOR_CALLS}
+        one_calls = calls.get(hosts[0].name, [])
+        print_calls(one_calls, args.commands)
+        per_call = {name: sum(c.name == name for c in one_calls) for name in CONNECTOR_CALLS}
         trips = sum(per_call.values())
         raw_one = timed(
             [str(BIN / "pyinfra"), "-y", str(inv_one), "deploy/common.py", "--data", "task=deploy-all"],
@@ -304,20 +421,7 @@ def main() -> int:
                 f"{n}",
                 fleet.prefix,
             )
-            hosts_cpu = HOSTS_CPU.get(str(n))
-            busy = (
-                f"; CPU of the {n} host containers (sshd + the no-op's commands): median "
-                f"{statistics.median(hosts_cpu):.2f} s, so CLI + hosts kept "
-                f"{(statistics.median(CPU[str(n)]) + statistics.median(hosts_cpu)) / statistics.median(width_times[n]):.2f}"
-                f" of {os.cpu_count()} cores busy"
-                if hosts_cpu
-                else ""
-            )
-            print(
-                f"no-op deploy-all, {n:>2} host(s), comfyfleet CLI: {stats(width_times[n])}; CPU of the CLI "
-                f"process: median {statistics.median(CPU[str(n)]):.2f} s{busy} (load {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
+            print(width_line(n, width_times[n]), flush=True)
         if args.profile:
             profile([str(BIN / "comfyfleet"), "common", str(inv_n), "--deploy-all"], env, args.profile)
     finally:

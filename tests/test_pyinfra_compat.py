@@ -68,3 +68,20 @@ def test_sudo_from_host_data_reaches_every_operation_that_does_not_pass_it() -> 
     assert compat.op_arguments(state, host, first)["_sudo"] is True, "host data `_sudo` as the default"
     assert compat.op_arguments(state, host, second)["_sudo"] is False, "an explicit argument wins"
     compat.disconnect_all(state)
+
+
+def test_argument_types_cached_are_pyinfras_own() -> None:
+    """The cached global-argument types equal what pyinfra computes, in both places that read them."""
+    from typing import get_type_hints
+
+    from pyinfra.api import arguments
+    from pyinfra.api import facts as pyinfra_facts
+
+    compat.cache_argument_types()
+    compat.cache_argument_types()  # idempotent
+    want = list(get_type_hints(arguments.AllArguments).items())
+    assert arguments.all_global_arguments() == want
+    assert pyinfra_facts.all_global_arguments() == want
+    assert getattr(arguments.all_global_arguments, "comfyfleet_cached", False)
+    arguments.all_global_arguments().clear()  # a caller mutating its copy changes nothing
+    assert arguments.all_global_arguments() == want

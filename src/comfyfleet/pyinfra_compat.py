@@ -14,6 +14,8 @@ from collections.abc import Generator
 from typing import Any
 
 from pyinfra.api import Host, State
+from pyinfra.api import arguments as pyinfra_arguments
+from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_host_op, run_ops
@@ -24,6 +26,7 @@ from pyinfra.operations import files
 __all__ = [
     "add_deploy",
     "all_ops_complete",
+    "cache_argument_types",
     "changes_so_far",
     "connect_all",
     "ctx_host",
@@ -37,6 +40,26 @@ __all__ = [
     "run_ops",
     "ssh_client",
 ]
+
+
+def cache_argument_types() -> None:
+    """Read pyinfra's global-argument type hints once per process instead of on every call.
+
+    ``pop_global_arguments`` (every operation and deploy call, per host) and ``get_fact`` call
+    ``all_global_arguments()``, which runs ``typing.get_type_hints`` on a class that never changes:
+    a few ms of CLI CPU per host per run, for nothing.
+    """
+    current = pyinfra_arguments.all_global_arguments
+    if getattr(current, "comfyfleet_cached", False):
+        return
+    hints = list(current())
+
+    def cached() -> list[tuple[str, type]]:
+        return list(hints)
+
+    cached.comfyfleet_cached = True  # type: ignore[attr-defined]
+    pyinfra_arguments.all_global_arguments = cached  # type: ignore[assignment]
+    pyinfra_facts.all_global_arguments = cached  # type: ignore[assignment]
 
 
 def real_host(host: Any) -> Host:

@@ -58,6 +58,7 @@ from comfyfleet.inventory import address_problem, run_data, validate_host_data
 from comfyfleet.pyinfra_compat import (
     add_deploy,
     all_ops_complete,
+    cache_argument_types,
     connect_all,
     ctx_host,
     ctx_state,
@@ -308,6 +309,7 @@ def run(
     opts = options or RunOptions()
     name, fn = resolve_task(task)
     forget_known_hosts()
+    cache_argument_types()
     check_options(opts)
     specs = prepare_hosts(target, data, provider) if isinstance(target, str) else target
 

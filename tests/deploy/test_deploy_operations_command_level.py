@@ -76,6 +76,7 @@ def test_command_level_cases_cover_every_operation() -> None:
         "comfyui.checkout",
         "comfyui.python_env",
         "comfyui.seed_inputs",
+        "comfyui.link",
     }
     assert wanted <= covered, wanted - covered
 

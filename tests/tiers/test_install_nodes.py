@@ -523,3 +523,145 @@ def test_cm_cli_installs_land_in_the_base_directory_comfyui_loads(
     # The folder cm-cli made is the one the next check looks at: nothing more to do.
     rc, out, _ = run_plan(tmp_path, plan, "check")
     assert out["CHECK"] == [{"id": "comfyui-kjnodes", "dir": "comfyui-kjnodes", "needs": []}]
+
+
+def test_noop_check_starts_no_runtime_python_and_still_sees_registry_drift(tmp_path: Path) -> None:
+    """A no-op check decides from disk: a registry pack already a git checkout, or installed by cm-cli
+    at the pinned version, does not ask the runtime (a ``docker exec`` on a host) whether cm-cli exists;
+    a cm-cli install at another version still asks, and still reports the drift."""
+    url, _ = make_pack(tmp_path / "up", "GitPack", ["1.0.0"])
+    nodes = tmp_path / "custom_nodes"
+    nodes.mkdir()
+    git("clone", "-q", url, str(nodes / "GitPack"))
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.0.0", cwd=nodes / "GitPack")
+    registry = nodes / "reg-pack"
+    registry.mkdir()
+    (registry / "pyproject.toml").write_text('[project]\nversion = "2.0.0"\n')
+    (registry / ".tracking").write_text("")
+    asked = tmp_path / "runtime-asked"
+    runtime = tmp_path / "runtime-python"
+    runtime.write_text(f"#!/bin/sh\necho asked >> {asked}\nexit 0\n")
+    runtime.chmod(0o755)
+    plan = {
+        "custom_nodes_dir": str(nodes),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        "python": [str(runtime)],
+        "cm_cli": [str(runtime), "-m", "cm_cli"],
+        "use_manager": "auto",
+        "packs": [
+            {"id": "gitpack", "repo": url, "version": "1.0.0", "dir": "GitPack", "registry": True},
+            {"id": "reg-pack", "repo": "", "version": "2.0.0", "dir": "RegPack", "registry": True},
+        ],
+    }
+    rc, out, err = run_plan(tmp_path, plan, "check")
+    assert rc == 0, err
+    assert [r["needs"] for r in out["CHECK"]] == [[], []]
+    assert [r["dir"] for r in out["CHECK"]] == ["GitPack", "reg-pack"]
+    assert not asked.exists()
+    plan["packs"][1]["version"] = "2.1.0"  # drift: cm-cli holds 2.0.0
+    rc, out, err = run_plan(tmp_path, plan, "check")
+    assert out["CHECK"][1]["needs"] == ["registry version 2.0.0 installed, wants 2.1.0"]
+    assert asked.read_text().count("asked") == 1
+
+
+def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_path: Path) -> None:
+    """verify's plain-socket GET against aiohttp (ComfyUI's server library): a ~2 MB /object_info
+    arrives whole, and an error status fails the check instead of passing as an empty answer."""
+    import asyncio
+
+    from aiohttp import web
+
+    info = {f"Node{i}": {"python_module": "nodes", "description": "x" * 200} for i in range(8000)}
+    info["GoodNode"] = {"python_module": "custom_nodes.GoodPack"}
+
+    async def object_info(_: web.Request) -> web.Response:
+        return web.json_response(info)
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.Response(status=500, text="boom")
+
+    app = web.Application()
+    app.router.add_get("/object_info", object_info)
+    app.router.add_get("/broken", broken)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    plan = {
+        "custom_nodes_dir": str(tmp_path),
+        "state_dir": str(tmp_path),
+        "python": [sys.executable],
+        "object_info_url": f"http://127.0.0.1:{port}/object_info",
+        "core_classes": ["Node7999"],
+        "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}],
+    }
+    try:
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 0, err
+        assert out["VERIFY"]["classes"] == len(info) and out["VERIFY"]["missing_core"] == []
+        plan["object_info_url"] = f"http://127.0.0.1:{port}/broken"
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 1 and "answered 'HTTP/1.0 500" in err
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_noop_check_reads_refs_without_git_and_still_sees_head_drift(tmp_path: Path) -> None:
+    """A pack at its pinned tag (packed by clone, or loose after a fetch) and an unpinned pack on a
+    branch are checked from .git's files alone; a HEAD moved off the tag is still reported."""
+    import os
+
+    url, commits = make_pack(tmp_path / "up", "TagPack", ["1.0.0", "1.1.0"])
+    url_b, _ = make_pack(tmp_path / "up", "BranchPack", ["0.1.0"])
+    nodes = tmp_path / "custom_nodes"
+    nodes.mkdir()
+    git("clone", "-q", url, str(nodes / "TagPack"))
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.0.0", cwd=nodes / "TagPack")
+    git("clone", "-q", url_b, str(nodes / "BranchPack"))
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True).stdout.strip()
+    calls = tmp_path / "git-calls"
+    shim = tmp_path / "bin" / "git"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real_git} "$@"\n')
+    shim.chmod(0o755)
+    plan = {
+        "custom_nodes_dir": str(nodes),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        "python": [sys.executable],
+        "cm_cli": None,
+        "packs": [
+            {"id": "tagpack", "repo": url, "version": "1.0.0", "dir": "TagPack", "registry": False},
+            {"id": "branchpack", "repo": url_b, "version": None, "dir": "BranchPack", "registry": False},
+        ],
+    }
+    path = write_plan(tmp_path / "plan.json", plan)
+    env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
+
+    def check() -> list[list[str]]:
+        proc = subprocess.run(
+            [sys.executable, str(INSTALL_NODES), "--plan", str(path), "check"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("CHECK "))
+        return [r["needs"] for r in json.loads(line[6:])]
+
+    assert check() == [[], []]
+    assert not calls.exists()  # packed-refs (clone)
+    git("tag", "-d", "v1.0.0", cwd=nodes / "TagPack")
+    git("tag", "v1.0.0", commits["1.0.0"], cwd=nodes / "TagPack")  # now a loose ref
+    assert check() == [[], []]
+    assert not calls.exists()
+    git("-c", "advice.detachedHead=false", "checkout", "-q", "v1.1.0", cwd=nodes / "TagPack")  # drift
+    assert check()[0] == [f"at {commits['1.1.0'][:12]}, wants {commits['1.0.0'][:12]}"]

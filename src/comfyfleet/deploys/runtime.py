@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.facts.files import Link
 
 from comfyfleet.deploys.tasks import task
 from comfyfleet.facts import prefetch
@@ -26,6 +26,7 @@ def runtime_facts(cfg: HostConfig, ref: str) -> list[prefetch.FactRequest]:
             {"venv": lay.venv, "requirements": f"{lay.comfyui}/requirements.txt", "image": cfg.runtime_image},
         ),
         (DockerContainer, {"container": lay.comfyui_container}),
+        (Link, {"path": f"{lay.comfyui}/user"}),
         (HttpStatus, {"url": f"{cfg.comfyui_url}/system_stats"}),
     ]
     if not isinstance(cfg.gpu, bool):
@@ -51,7 +52,7 @@ def deploy_runtime(ref: str | None = None, prefetched: bool = False) -> None:
     # ComfyUI keeps its database at <checkout>/user/comfyui.db whatever --base-directory says
     # (settings go to <data root>/user): one user/ folder on the data root holds both, and
     # survives re-clones and container recreation. Without it: "Failed to initialize database".
-    user_link = files.link(
+    user_link = comfyui.link(
         name="ComfyUI user folder on the data root", path=f"{lay.comfyui}/user", target=lay.user
     )
     comfyui.seed_inputs(name="ComfyUI example inputs", source=f"{lay.comfyui}/input", target=lay.input)

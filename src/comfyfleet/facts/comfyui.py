@@ -23,24 +23,29 @@ class MissingDirectories(FactBase[list[str]]):
         return [line for line in output if line]
 
 
+# One git answers for HEAD, the ref and origin's branch of that name (a name it cannot resolve
+# comes back as "<name> missing"): run on every host of every deploy, each git counts.
 _CHECKOUT_SCRIPT = r"""
 [ -d "$1/.git" ] || { echo 'exists='; exit 0; }
 echo 'exists=yes'
 cd "$1" || exit 1
-echo "head=$(git rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null)"
-echo "ref=$(git rev-parse -q --verify "$2^{commit}" 2>/dev/null)"
-echo "branch=$(git rev-parse -q --verify "refs/remotes/origin/$2" >/dev/null 2>&1 && echo yes)"
+printf '%s\n' 'HEAD^{commit}' "$2^{commit}" "refs/remotes/origin/$2" |
+  git cat-file --batch-check='%(objectname)' 2>/dev/null | {
+    read -r head; read -r ref; read -r branch
+    case "$head" in *" "*) head=;; esac
+    case "$ref" in *" "*) ref=;; esac
+    case "$branch" in *" "*|"") branch=;; *) branch=yes;; esac
+    printf 'head=%s\nref=%s\nbranch=%s\n' "$head" "$ref" "$branch"
+  }
 echo "origin=$(git config --get remote.origin.url)"
-echo "dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -n1 | grep -q . && echo yes)"
-echo "describe=$(git describe --tags --always 2>/dev/null)"
 """
 
 
 class GitCheckout(FactBase[dict[str, str]]):
-    """A checkout's HEAD, what ``ref`` resolves to locally, its origin and whether it is dirty.
+    """A checkout's HEAD, what ``ref`` resolves to locally, and its origin.
 
     Keys: exists, head, ref (commit or empty), branch (``yes`` when ref is a remote
-    branch, which may move), origin, dirty, describe.
+    branch, which may move), origin.
     """
 
     @staticmethod

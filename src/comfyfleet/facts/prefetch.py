@@ -51,8 +51,13 @@ class FactBundle(FactBase[dict[int, tuple[int, list[str]]]]):
         current: list[str] | None = None
         index = -1
         for line in output:
-            if line.startswith("@@cf-rc-") and line.endswith("@@"):
-                rc = int(line[len("@@cf-rc-") : -2].split(":")[1])
+            if "@@cf-rc-" in line and line.endswith("@@"):
+                # A command whose output has no final newline (curl -w '%{http_code}') leaves
+                # its last line in front of the status marker.
+                last, _, marker = line.rpartition("@@cf-rc-")
+                if last and current is not None:
+                    current.append(last)
+                rc = int(marker[:-2].split(":")[1])
                 result[index] = (rc, current or [])
                 current = None
             elif line.startswith("@@cf-") and line.endswith("@@"):

@@ -29,15 +29,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_REF_NAME = re.compile(r"^refs/[A-Za-z0-9._/+-]+$")
 _TIMEOUT = 1800
 
 
@@ -74,13 +76,46 @@ def is_commit(version: str | None) -> bool:
 # state of one pack folder
 
 
+def read_ref(path: str, name: str) -> str | None:
+    """What a full ref name holds, read from the checkout's files without starting git.
+
+    A loose ref first, then ``packed-refs`` (an annotated tag there gives its peeled commit).
+    None when the files do not say (not found, a symbolic ref, an unusual layout): ask git.
+    A loose annotated tag holds the tag object, not its commit: callers compare, never trust.
+    """
+    if not _REF_NAME.match(name) or ".." in name:
+        return None
+    gitdir = os.path.join(path, ".git")
+    try:
+        with open(os.path.join(gitdir, name)) as f:
+            value = f.read().strip()
+        return value if _FULL_SHA.match(value) else None
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(gitdir, "packed-refs")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for i, line in enumerate(lines):
+        sha, _, ref = line.partition(" ")
+        if ref == name and _FULL_SHA.match(sha):
+            peeled = lines[i + 1] if i + 1 < len(lines) else ""
+            return peeled[1:] if peeled.startswith("^") and _FULL_SHA.match(peeled[1:]) else sha
+    return None
+
+
 def read_head(path: str) -> str:
-    """HEAD's commit, read from .git/HEAD without starting git when it is detached (the usual case)."""
+    """HEAD's commit, read from .git without starting git when it is detached or on a branch."""
     try:
         with open(os.path.join(path, ".git", "HEAD")) as f:
             head = f.read().strip()
-        if _COMMIT.match(head) and len(head) == 40:
+        if _FULL_SHA.match(head):
             return head
+        if head.startswith("ref: "):
+            sha = read_ref(path, head[5:].strip())
+            if sha:
+                return sha
     except OSError:
         pass
     # --verify: plain rev-parse echoes "HEAD" when HEAD names a branch with no commit.
@@ -194,13 +229,22 @@ class Installer:
             return "git", "not a Comfy Registry pack"
         if is_commit(version):
             return "git", f"pinned to git commit {version[:12]}"
-        if not self.manager_available():
-            return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         if not version:
             return "git", "no registry version pinned"
+        # What is already on disk decides before the runtime is asked (asking starts the
+        # runtime's Python in its container: the costliest step of a no-op check).
         if os.path.isdir(os.path.join(self.nodes_dir, pack["dir"], ".git")):
             # One pack, one folder: a git checkout already there stays the pack's home.
             return "git", f"already a git checkout in {pack['dir']}"
+        by_id = os.path.join(self.nodes_dir, str(pack["id"]))
+        if (
+            _SAFE_DIR.match(str(pack["id"]))
+            and os.path.exists(os.path.join(by_id, ".tracking"))
+            and registry_version(by_id) == version
+        ):
+            return "manager", f"registry version {version} installed by cm-cli"
+        if not self.manager_available():
+            return "git", "cm-cli (ComfyUI-Manager) is not installed in the runtime"
         return "manager", f"registry version {version} through cm-cli"
 
     def place(self, pack: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +307,8 @@ class Installer:
             sha = git(path, "rev-parse", "-q", "--verify", f"{version}^{{commit}}", check=False)
             return sha or None
         for ref in (f"refs/tags/v{version}", f"refs/tags/{version}"):
+            if head and read_ref(path, ref) == head:
+                return head  # the files say so: no git process (a no-op check on every deploy)
             sha = git(path, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
             if sha:
                 return sha
@@ -459,12 +505,56 @@ def list_packs(nodes_dir: str, installer: Installer) -> list[dict[str, Any]]:
     return rows
 
 
+def http_get(url: str, timeout: float) -> bytes:
+    """The body of a 200 answer to GET ``url`` (another status: :class:`PackError`, not retried).
+
+    ``http://`` (ComfyUI on this host) is one HTTP/1.0 request on a socket: importing urllib
+    costs a no-op check (run on every host of every deploy) more CPU than everything it then does.
+    """
+    if not url.startswith("http://"):
+        import urllib.request  # noqa: PLC0415 - https only: not worth its import on the local path
+
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bytes(resp.read())
+    netloc, _, path = url[len("http://") :].partition("/")
+    host, _, port = netloc.rpartition(":") if netloc.rsplit(":", 1)[-1].isdigit() else (netloc, "", "80")
+    host = host.strip("[]")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(f"GET /{path} HTTP/1.0\r\nHost: {netloc}\r\nAccept: application/json\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split()
+    if len(status) < 2 or status[1] != "200":
+        raise PackError(f"{url} answered {lines[0]!r}")
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = dechunk(body)
+    if headers.get("content-encoding", "identity") != "identity":
+        raise PackError(f"{url} answered with content-encoding {headers['content-encoding']}")
+    return body
+
+
+def dechunk(body: bytes) -> bytes:
+    """A chunked transfer-encoded body, decoded."""
+    out = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out.append(body[:size])
+        body = body[size + 2 :]
+    return b"".join(out)
+
+
 def fetch_json(url: str, attempts: int = 5) -> Any:
     last: Exception | None = None
     for _ in range(attempts):
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                return json.load(resp)
+            return json.loads(http_get(url, timeout=60))
         except (OSError, ValueError) as exc:
             last = exc
             time.sleep(2)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.facts.files import Link
+from pyinfra.operations import files
 
 from comfyfleet.facts import prefetch
 from comfyfleet.facts.comfyui import GitCheckout, MissingDirectories, MissingInputFiles, PythonEnv
@@ -206,6 +208,20 @@ def runtime_container(cfg: HostConfig) -> Generator[Any, None, None]:
     else:
         gpu = bool(prefetch.fact(ContainerHost, user=cfg.ssh_user).get("nvidia_smi"))
     yield from inner_commands(docker.container, runtime_spec(cfg, gpu))
+
+
+@operation()
+def link(path: str, target: str) -> Generator[Any, None, None]:
+    """A symlink ``path`` -> ``target`` (pyinfra's ``files.link``), read from the prefetch while it is current.
+
+    + path: the link
+    + target: where it points
+    """
+    info = prefetch.fact(Link, path=path)
+    if info and info.get("link_target") == target:
+        host.noop(f"link {path} already points to {target}")
+        return
+    yield from inner_commands(files.link, path=path, target=target)
 
 
 @operation()
