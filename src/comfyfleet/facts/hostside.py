@@ -50,6 +50,9 @@ def parse_tagged(lines: list[str]) -> dict[str, Any]:
 # next one still runs. Each script's bytecode is cached beside it (__pycache__, checked against the
 # source's mtime and size as for any import): compiling fetch_models.py and the others from source
 # on every no-op cost about a third of this probe's CPU.
+# The scripts use the standard library only: the interpreter runs isolated (-I: no PYTHONPATH, no
+# user site, and the working directory, wherever sudo left it, cannot shadow a stdlib module) and
+# without ``site`` (-S: no site-packages scan nor .pth files, which cost ms on a full Ubuntu image).
 _PROBE_RUNNER = """
 import sys, types
 from importlib.machinery import SourceFileLoader
@@ -102,7 +105,7 @@ class StagedFiles(FactBase[dict[str, Any]]):
             # One interpreter for every host-side script probe (the stdlib modules they share
             # are imported once): about half the host CPU of one python3 each.
             args = [str(x) for i, argv in scripts for x in (i, len(argv) - 1, *argv[1:])]
-            body += f"python3 -c {shlex.quote(_PROBE_RUNNER)} {shlex.join(args)} 2>&1 || true\n"
+            body += f"python3 -I -S -c {shlex.quote(_PROBE_RUNNER)} {shlex.join(args)} 2>&1 || true\n"
         else:
             scripts = []
         batched = {i for i, _ in scripts}

@@ -28,12 +28,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import time
-from typing import Any
+
+# A no-op deploy runs ``check --verify`` on every host: it starts no process and removes nothing,
+# so subprocess, shutil and typing are imported where they are used (tests/tiers/test_probe_startup.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
 
 _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -50,6 +54,8 @@ class PackError(Exception):
 def run(
     argv: list[str], cwd: str | None = None, timeout: float = _TIMEOUT, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    import subprocess  # noqa: PLC0415 - see the imports above
+
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, input=input)
 
 
@@ -318,6 +324,8 @@ class Installer:
     # -- install -------------------------------------------------------------
 
     def install(self, pack: dict[str, Any], update: bool) -> dict[str, Any]:
+        import subprocess  # noqa: PLC0415 - see the imports above
+
         path = os.path.join(self.nodes_dir, pack["dir"])
         out: dict[str, Any] = {"id": pack["id"], "dir": pack["dir"], "repo": pack["repo"], "changed": []}
         try:
@@ -359,6 +367,8 @@ class Installer:
         out["changed"].append(f"cm-cli install {spec}")
 
     def install_git(self, pack: dict[str, Any], path: str, update: bool, out: dict[str, Any]) -> None:
+        import shutil  # noqa: PLC0415 - see the imports above
+
         version = pack.get("version")
         st = pack_state(path)
         if st["exists"] and not st["git"]:
@@ -414,6 +424,8 @@ class Installer:
                 git(path, "submodule", "update", "--init", "--recursive", "--quiet")
 
     def clone(self, repo: str, path: str) -> None:
+        import shutil  # noqa: PLC0415 - see the imports above
+
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.comfyfleet-clone")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -519,7 +531,9 @@ def http_get(url: str, timeout: float) -> bytes:
     netloc, _, path = url[len("http://") :].partition("/")
     host, _, port = netloc.rpartition(":") if netloc.rsplit(":", 1)[-1].isdigit() else (netloc, "", "80")
     host = host.strip("[]")
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+    # A str host is encoded with the idna codec (its import costs more than this whole request).
+    address = host.encode() if host.isascii() else host
+    with socket.create_connection((address, int(port)), timeout=timeout) as sock:
         sock.sendall(f"GET /{path} HTTP/1.0\r\nHost: {netloc}\r\nAccept: application/json\r\n\r\n".encode())
         chunks = []
         while chunk := sock.recv(1 << 16):

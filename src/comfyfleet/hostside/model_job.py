@@ -40,10 +40,14 @@ import fcntl
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
-from typing import Any
+
+# ``status`` runs on every host of every deploy: it starts nothing, so subprocess and typing are
+# imported where they are used (tests/tiers/test_probe_startup.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PID = "pid"
 PLAN = "plan.json"
@@ -101,6 +105,8 @@ def _emit(data: dict[str, Any]) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
+    import subprocess  # noqa: PLC0415 - see the imports above
+
     job = os.path.abspath(args.job_dir)
     os.makedirs(job, mode=0o755, exist_ok=True)
     secrets = b"{}"
@@ -159,6 +165,8 @@ def start(args: argparse.Namespace) -> int:
 
 def _in_place(fetch: str, plan: str) -> bool:
     """Whether the downloader's ``--check`` finds every file of the plan in place."""
+    import subprocess  # noqa: PLC0415 - see the imports above
+
     try:
         out = subprocess.run(
             [sys.executable, fetch, "--plan", plan, "--check"], capture_output=True, text=True, timeout=600
@@ -177,6 +185,8 @@ def _in_place(fetch: str, plan: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """The detached runner: the downloader, then the status file."""
+    import subprocess  # noqa: PLC0415 - see the imports above
+
     job = os.path.abspath(args.job_dir)
     secrets = sys.stdin.buffer.read()
     # The tiers running beside the download (pip installs, container starts) are the critical
