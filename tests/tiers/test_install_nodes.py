@@ -34,6 +34,21 @@ def git(*args: str, cwd: Path | None = None) -> str:
     ).stdout.strip()
 
 
+def recording_script(path: Path, body: str) -> None:
+    """An executable sh script (a stand-in for a runtime or a recording shim around a real tool)."""
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def local_dirs(tmp_path: Path, nodes: Path) -> dict[str, str]:
+    """The plan's folders for a run on this machine."""
+    return {
+        "custom_nodes_dir": str(nodes),
+        "state_dir": str(tmp_path / "state"),
+        "comfyui_dir": str(tmp_path / "ComfyUI"),
+    }
+
+
 def make_pack(root: Path, name: str, versions: list[str], **kwargs: Any) -> tuple[str, dict[str, str]]:
     """A bare repo at root/<name>.git with one tagged commit per version; returns (url, {version: commit})."""
     work = root / "work" / name
@@ -540,12 +555,9 @@ def test_noop_check_starts_no_runtime_python_and_still_sees_registry_drift(tmp_p
     (registry / ".tracking").write_text("")
     asked = tmp_path / "runtime-asked"
     runtime = tmp_path / "runtime-python"
-    runtime.write_text(f"#!/bin/sh\necho asked >> {asked}\nexit 0\n")
-    runtime.chmod(0o755)
+    recording_script(runtime, f"echo asked >> {asked}\nexit 0")
     plan = {
-        "custom_nodes_dir": str(nodes),
-        "state_dir": str(tmp_path / "state"),
-        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        **local_dirs(tmp_path, nodes),
         "python": [str(runtime)],
         "cm_cli": [str(runtime), "-m", "cm_cli"],
         "use_manager": "auto",
@@ -630,12 +642,9 @@ def test_noop_check_reads_refs_without_git_and_still_sees_head_drift(tmp_path: P
     calls = tmp_path / "git-calls"
     shim = tmp_path / "bin" / "git"
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real_git} "$@"\n')
-    shim.chmod(0o755)
+    recording_script(shim, f'echo "$*" >> {calls}\nexec {real_git} "$@"')
     plan = {
-        "custom_nodes_dir": str(nodes),
-        "state_dir": str(tmp_path / "state"),
-        "comfyui_dir": str(tmp_path / "ComfyUI"),
+        **local_dirs(tmp_path, nodes),
         "python": [sys.executable],
         "cm_cli": None,
         "packs": [
