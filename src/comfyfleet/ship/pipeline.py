@@ -193,15 +193,9 @@ class NullReporter:
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """How one step went on one host; ``skipped`` when an earlier step failed."""
+class StepResult(StepRecord):
+    """The registry's step record plus ``skipped``: an earlier step failed, this one did not run."""
 
-    step: str
-    host: str
-    ok: bool
-    attempts: int
-    seconds: float
-    error: str | None = None
     skipped: bool = False
 
     def record(self) -> StepRecord:
