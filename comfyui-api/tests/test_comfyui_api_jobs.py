@@ -192,6 +192,18 @@ def test_sync_timeout_answers_504_and_cancels_the_job(
         assert httpx.get(f"{api.url}/jobs/{job_id}").json()["status"] == "cancelled"
 
 
+def test_a_sync_caller_that_hangs_up_has_its_job_cancelled(
+    slow_comfy: Comfy, tiny_dir: Path, tmp_path: Path
+) -> None:
+    with Api(slow_comfy.url, tiny_dir, tmp_path / "db.sqlite3") as api:
+        with pytest.raises(httpx.ReadTimeout):  # the caller gives up while the job runs
+            httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 9}}, timeout=0.3)
+        rows = wait_for(lambda: httpx.get(api.url + "/executions").json()["executions"])
+        assert [r["status"] for r in rows] == ["cancelled"], rows
+        assert not httpx.get(slow_comfy.url + "/queue").json()["queue_running"]
+        assert "its synchronous caller disconnected" in api.log()
+
+
 def test_keys_required_beyond_loopback(comfy: Comfy, tiny_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "comfyui-api" / "src")}
     r = subprocess.run(

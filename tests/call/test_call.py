@@ -11,7 +11,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -192,22 +195,14 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    deploy(state, keyed_api, "slow")
+def _interrupt(
+    state: Path, url_args: list[str], out: Path, signal_when: Callable[[], bool], *call_args: str
+) -> str:
+    """Run `comfyfleet call` as on a terminal, press Ctrl-C once signal_when() holds; its stderr."""
     env = {k: v for k, v in os.environ.items() if k != "COMFYFLEET_API_KEY"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "comfyfleet.cli.main",
-            "call",
-            "slow",
-            "--async",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        env={**env, "COMFYFLEET_STATE_DIR": str(state)},
+        [sys.executable, "-m", "comfyfleet.cli.main", "call", *call_args, *url_args, "--out", str(out)],
+        env={**env, "COMFYFLEET_STATE_DIR": str(state), "COMFYFLEET_API_KEY": KEY},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -217,7 +212,7 @@ def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path:
     )
     try:
         deadline = time.monotonic() + 60
-        while not httpx.get(keyed_api.comfy_url + "/queue", timeout=5).json()["queue_running"]:
+        while not signal_when():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
@@ -225,11 +220,124 @@ def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path:
     finally:
         stop_process(proc)
     assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert not out.exists()
+    return stderr
+
+
+def _job_cancelled(api: KeyedApi, stderr: str) -> None:
     job_id = re.search(r"cancelled job ([0-9a-f]{32})", stderr)
     assert job_id, stderr
-    job = httpx.get(f"{keyed_api.url}/jobs/{job_id[1]}", headers={"authorization": f"Bearer {KEY}"}).json()
+    job = httpx.get(f"{api.url}/jobs/{job_id[1]}", headers={"authorization": f"Bearer {KEY}"}).json()
     assert job["status"] in ("cancelling", "cancelled"), job
-    assert not (tmp_path / "out").exists()
+
+
+def _running(api: KeyedApi) -> Callable[[], bool]:
+    return lambda: bool(httpx.get(api.comfy_url + "/queue", timeout=5).json()["queue_running"])
+
+
+def test_ctrl_c_cancels_the_async_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    deploy(state, keyed_api, "slow")
+    stderr = _interrupt(state, [], tmp_path / "out", _running(keyed_api), "slow", "--async")
+    _job_cancelled(keyed_api, stderr)
+
+
+class _HeldAnswers:
+    """A real HTTP proxy in front of the API that holds each POST's answer until released:
+    the moment a job is queued on the host but its submitter does not know its id yet."""
+
+    def __init__(self, upstream: str) -> None:
+        self.answered = threading.Event()  # the API has answered a POST (the job exists)
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                r = httpx.request(
+                    self.command, upstream + self.path, content=body, headers=headers, timeout=30
+                )
+                if self.command == "POST":
+                    proxy.answered.set()
+                    proxy.release.wait(30)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(k, v)
+                self.send_header("content-length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_ctrl_c_while_the_submit_is_answered_still_cancels_the_job(
+    keyed_api: KeyedApi, tmp_path: Path
+) -> None:
+    # The job is queued on the host, the answer naming it is on its way: Ctrl-C now must not
+    # leave it running there unnamed.
+    proxy = _HeldAnswers(keyed_api.url)
+    try:
+
+        def answered_then_release() -> bool:
+            if not proxy.answered.is_set():
+                return False
+            threading.Timer(0.5, proxy.release.set).start()  # the answer lands after the Ctrl-C
+            return True
+
+        stderr = _interrupt(
+            tmp_path / "state",
+            ["--host", proxy.url],
+            tmp_path / "out",
+            answered_then_release,
+            "slow",
+            "--async",
+        )
+    finally:
+        proxy.close()
+    assert "cancelling slow once" in stderr, stderr
+    _job_cancelled(keyed_api, stderr)
+
+
+def test_ctrl_c_during_a_sync_call_cancels_the_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
+    # Without --async the caller never learns the job's id: the service cancels a job whose
+    # synchronous caller hung up, rather than let it hold the GPU for nobody.
+    started = time.time()
+    stderr = _interrupt(
+        tmp_path / "state", ["--host", keyed_api.url], tmp_path / "out", _running(keyed_api), "slow"
+    )
+    assert "interrupted" in stderr, stderr
+    auth = {"authorization": f"Bearer {KEY}"}
+
+    def logged() -> list[dict[str, object]]:
+        rows = httpx.get(f"{keyed_api.url}/executions", params={"workflow": "slow"}, headers=auth).json()
+        return [r for r in rows["executions"] if float(r["created_at"]) >= started - 1]
+
+    deadline = time.monotonic() + 30
+    while not logged():
+        assert time.monotonic() < deadline, "the interrupted job never finished on the host"
+        time.sleep(0.1)
+    assert [r["status"] for r in logged()] == ["cancelled"], logged()
+    assert not httpx.get(keyed_api.comfy_url + "/queue", timeout=5).json()["queue_running"]
 
 
 def test_outputs_never_overwrite(tmp_path: Path) -> None:

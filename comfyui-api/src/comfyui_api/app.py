@@ -51,6 +51,12 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+async def _caller_gone(request: Request) -> None:
+    """Return when the caller hangs up (its body is already read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _problem(status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     return _json({"detail": detail, **extra}, status, headers)
 
@@ -206,12 +212,23 @@ def create_app(settings: Settings) -> Starlette:
             return rejected(exc, ep)
         if body.get("async"):
             return _json(job.public(), 202, {"location": f"/jobs/{job.id}"})
+        finished = asyncio.ensure_future(job.done.wait())
+        gone = asyncio.ensure_future(_caller_gone(request))
         try:
-            await asyncio.wait_for(job.done.wait(), settings.sync_timeout_s)
-        except asyncio.TimeoutError:
-            # Nobody is waiting for it any more: stop it rather than let it hold the GPU.
+            await asyncio.wait(
+                {finished, gone}, timeout=settings.sync_timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            finished.cancel()
+            gone.cancel()
+        if not job.done.is_set():
+            # Nobody is waiting for it any more (the caller hung up or its time is up): stop it
+            # rather than let it hold the GPU.
             with contextlib.suppress(ComfyUnavailable):
                 await svc.jobs.cancel(job)
+            if gone.done() and not gone.cancelled():
+                log.info("job %s cancelled: its synchronous caller disconnected", job.id)
+                return _problem(499, "the caller disconnected; the job was cancelled", id=job.id)
             return _problem(
                 504,
                 f"job did not finish within {settings.sync_timeout_s:g}s and was cancelled; "

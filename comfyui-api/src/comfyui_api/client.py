@@ -188,8 +188,9 @@ class ApiClient:
         """POST /workflows/{workflow} and wait for its answer (the service's sync timeout applies).
 
         A job that failed or was cancelled raises :class:`ApiError` (500/409, ``detail`` the job's
-        error, ``body`` the job). 504 means the job is still running on the host: that is an
-        :class:`ApiError` too (``body["id"]`` to poll), not a reason to submit another.
+        error, ``body`` the job). 504: the job ran past the service's sync timeout and the
+        service cancelled it (``body["id"]`` names it); long jobs go through :meth:`submit`. A
+        caller that hangs up (a client timeout, Ctrl-C) has its job cancelled the same way.
         """
         resp = self._request(
             "POST", f"/workflows/{workflow}", json=_envelope(inputs, outputs), timeout=timeout

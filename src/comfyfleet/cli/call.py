@@ -15,8 +15,10 @@ import base64
 import json
 import mimetypes
 import os
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -193,6 +195,8 @@ def _failure(exc: ApiError, service: Service, workflow: str) -> NoReturn:
         )
     if exc.status in (404, 422):
         raise BadInput(f"{where}: {detail}")
+    if exc.status == 504:
+        detail = f"{detail} (--async waits past the service's sync timeout, up to --timeout)"
     err.print(f"call failed: {where}: {exc.status} {detail}", markup=False, soft_wrap=True)
     raise typer.Exit(1)
 
@@ -332,17 +336,21 @@ def _run(
     values = parse_inputs(name, inputs, files, workflows[name].get("schema") or {})
     with JobProgress(f"{name} on {service.host}") as progress:
         if run_async:
-            job_id = client.submit(name, values)
+            # Ctrl-C while the submit is in flight: the job may already be queued on the host and
+            # only its answer names it, so wait for that answer and cancel the job it names.
+            with _ctrl_c_held(f"Ctrl-C: cancelling {name} once {service.host} answers") as pressed:
+                job_id = client.submit(name, values)
+            if pressed.is_set():
+                _cancel(client, job_id, service)
         else:
             try:
-                result = client.run(name, values, timeout=timeout)
-            except ApiError as exc:
-                body = exc.body if isinstance(exc.body, Mapping) else {}
-                if exc.status != 504 or not body.get("id"):
-                    raise
-                job_id = str(body["id"])  # past the service's sync timeout: follow the job instead
-            else:
-                return _finished(result, service, name)
+                return _finished(client.run(name, values, timeout=timeout), service, name)
+            except KeyboardInterrupt:
+                # The id comes only with the answer; the service cancels a job whose caller hung up.
+                err.print(
+                    f"interrupted: {service.host} cancels the job now nobody waits for it", markup=False
+                )
+                raise typer.Exit(130) from None
         try:
             result = client.wait(job_id, timeout, on_progress=progress.update)
         except TimeoutError as exc:
@@ -351,10 +359,35 @@ def _run(
             )
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            client.cancel(job_id)
-            err.print(f"cancelled job {job_id} on {service.host}", markup=False)
-            raise typer.Exit(130) from None
+            _cancel(client, job_id, service)
     return _finished(result, service, name)
+
+
+def _cancel(client: ApiClient, job_id: str, service: Service) -> NoReturn:
+    client.cancel(job_id)
+    err.print(f"cancelled job {job_id} on {service.host}", markup=False)
+    raise typer.Exit(130)
+
+
+@contextmanager
+def _ctrl_c_held(message: str) -> Iterator[threading.Event]:
+    """Hold a first Ctrl-C until the block ends (the event says it came); a second one interrupts."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed  # signal handlers belong to the main thread; elsewhere nothing is held
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+        pressed.set()
+        err.print(message, markup=False)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finished(result: Result, service: Service, name: str) -> Result:

@@ -172,7 +172,7 @@ def check_generation(ctx: ShipContext, host: str) -> None:
             result = api.run(ctx.workflow, timeout=ctx.remaining())
         except ApiError as exc:
             if exc.status == 504:
-                # The job is still running on the host: submitting another would only queue more.
+                # Past the service's sync timeout (it cancelled the job): no retry, the host is too slow.
                 raise HostFailure(_cause(what, exc)) from None
             with _judged(what):
                 raise
