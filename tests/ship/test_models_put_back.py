@@ -1,4 +1,5 @@
-"""A ship whose model downloads fail puts the endpoint back as it was before its api step.
+"""A ship that fails after its api step (downloads, health, first generation) puts the endpoint
+back as it was before that step.
 
 The decision logic with a recording runner (the runner's own result types; the deploys are not
 run here): which note the failure report carries for a workflow served before, never served,
@@ -91,6 +92,38 @@ def test_a_failed_put_back_is_named_beside_the_download_error(
         f"putting back /workflows/{NAME} failed: comfyui-api health: no answer within 60 s"
     )
     assert calls[-1] == "put-back-endpoint"
+
+
+@pytest.mark.parametrize(
+    ("step", "until"),
+    [("health", "a ship passes its health check"), ("generate", "a ship generates with it")],
+)
+@pytest.mark.parametrize("served_before", [True, False], ids=["served-before", "fresh"])
+def test_a_failed_check_puts_the_endpoint_back(
+    api_server: ApiServer, registry: Registry, step: str, until: str, served_before: bool
+) -> None:
+    # The models are in place, but the new definition does not pass its checks on the host:
+    # the fleet keeps serving what it served before, not a workflow nobody could verify.
+    if step == "health":
+        api_server.behaviour.health_status = 500
+    else:
+        api_server.behaviour.generate_status = 500
+    ctx = ship_ctx(WORKFLOW, api_server, registry)
+    ctx.data["endpoint_before"] = {"gpu-1": [f"workflows/{NAME}.json"] if served_before else []}
+    runner = RecordingRunner(fail={})
+    outcome = run_ship(
+        ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry
+    )
+    failure = outcome.result.failure
+    assert failure is not None and failure.step == step, failure
+    note = (
+        f"put back: /workflows/{NAME} serves the previous definition again"
+        if served_before
+        else f"taken down: /workflows/{NAME} is not served until {until}"
+    )
+    assert str(failure).endswith(f"; {note}"), str(failure)
+    assert [c[0] for c in runner.calls][-2:] == ["models-wait", "put-back-endpoint"]
+    assert registry.find(NAME) is None
 
 
 def test_no_snapshot_nothing_put_back(api_server: ApiServer, registry: Registry) -> None:

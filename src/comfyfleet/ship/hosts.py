@@ -122,9 +122,12 @@ def put_back_nodes(run_task: TaskRun) -> Callable[[ShipContext, list[str]], dict
     return compensate
 
 
-def put_back_api(run_task: TaskRun, stamp: str) -> Callable[[ShipContext, list[str]], dict[str, str]]:
-    """The models step's compensation: the endpoint as before the api step (its serving files kept
-    in ``ctx.data["endpoint_before"]`` by :func:`~comfyfleet.deploys.put_back.endpoint_snapshot`)."""
+def put_back_api(
+    run_task: TaskRun, stamp: str, until: str
+) -> Callable[[ShipContext, list[str]], dict[str, str]]:
+    """The compensation of every step after the api step (models, health, generate): the endpoint
+    as before the api step (its serving files kept in ``ctx.data["endpoint_before"]`` by
+    :func:`~comfyfleet.deploys.put_back.endpoint_snapshot`); ``until`` ends the taken-down note."""
 
     def compensate(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
         before: dict[str, list[str]] = ctx.data.get("endpoint_before") or {}
@@ -143,7 +146,7 @@ def put_back_api(run_task: TaskRun, stamp: str) -> Callable[[ShipContext, list[s
             elif f"disabled/{ctx.workflow}" in files:
                 notes[hr.host] = f"put back: {path} is stopped again, as before the ship"
             else:
-                notes[hr.host] = f"taken down: {path} is not served until its models are in place"
+                notes[hr.host] = f"taken down: {path} is not served until {until}"
         return notes
 
     return compensate
@@ -222,14 +225,15 @@ def standard_steps(
             run_task=run_task,
         ),
         # The downloads started by the install step; the API and health never needed them.
-        # A failed download must not leave the new definition serving without its models.
+        # A ship that fails from here on (a download, the health check, the first generation)
+        # must not leave its new definition serving: the endpoint goes back to what it was.
         replace(
             task_step(
                 "models", [(t, _workflow_data) for t in HOST_TASKS["models"]], 3 * 3600, run_task=run_task
             ),
-            on_failure=put_back_api(run_task, stamp),
+            on_failure=put_back_api(run_task, stamp, "its models are in place"),
         ),
-        health_step(),
-        generate_step(),
+        replace(health_step(), on_failure=put_back_api(run_task, stamp, "a ship passes its health check")),
+        replace(generate_step(), on_failure=put_back_api(run_task, stamp, "a ship generates with it")),
         record_step(registry),
     ]
