@@ -14,7 +14,7 @@ import pytest
 from comfyfleet.facts.serving import served, serving_paths
 from comfyfleet.registry import Registry
 from comfyfleet.runner import HostResult
-from comfyfleet.ship import run_ship, standard_steps
+from comfyfleet.ship import prepare_ship, run_ship, standard_steps
 
 from .helpers import ApiServer
 from .test_ship_steps import EXAMPLES, RecordingRunner, ship_ctx
@@ -123,6 +123,42 @@ def test_a_failed_check_puts_the_endpoint_back(
     )
     assert str(failure).endswith(f"; {note}"), str(failure)
     assert [c[0] for c in runner.calls][-2:] == ["models-wait", "put-back-endpoint"]
+    assert registry.find(NAME) is None
+
+
+def test_one_host_failing_puts_the_whole_target_back(api_server: ApiServer, registry: Registry) -> None:
+    # gpu-1 generates, gpu-2 does not: the ship is not recorded, so gpu-1 must not stay on a
+    # definition the registry and the rest of the target do not have.
+    failing = ApiServer()
+    failing.behaviour.generate_status = 500
+    failing.start()
+    try:
+        ctx = prepare_ship(
+            WORKFLOW,
+            "inventory/test.py",
+            "dev",
+            None,
+            registry,
+            resolve=lambda target: [
+                (h, {"api_port": s.port, "api_url": s.url})
+                for h, s in (("gpu-1", api_server), ("gpu-2", failing))
+            ],
+        )
+        ctx.data["endpoint_before"] = {h: [f"workflows/{NAME}.json"] for h in ("gpu-1", "gpu-2")}
+        runner = RecordingRunner(fail={})
+        outcome = run_ship(
+            ctx, standard_steps(ctx, registry, run_task=runner, check_tasks=lambda n: None), registry
+        )
+    finally:
+        failing.stop()
+    failure = outcome.result.failure
+    assert failure is not None and (failure.step, failure.host) == ("generate", "gpu-2"), failure
+    assert api_server.behaviour.calls.get("generate:" + NAME) == 1  # gpu-1 had generated
+    task, hosts, _ = runner.calls[-1]
+    assert (task, sorted(hosts)) == ("put-back-endpoint", ["gpu-1", "gpu-2"])
+    results = {r.host: r for r in outcome.result.results if r.step == "generate"}
+    assert results["gpu-1"].ok and results["gpu-1"].error is None
+    assert str(failure).endswith(f"; put back: /workflows/{NAME} serves the previous definition again")
     assert registry.find(NAME) is None
 
 

@@ -127,11 +127,14 @@ def put_back_api(
 ) -> Callable[[ShipContext, list[str]], dict[str, str]]:
     """The compensation of every step after the api step (models, health, generate): the endpoint
     as before the api step (its serving files kept in ``ctx.data["endpoint_before"]`` by
-    :func:`~comfyfleet.deploys.put_back.endpoint_snapshot`); ``until`` ends the taken-down note."""
+    :func:`~comfyfleet.deploys.put_back.endpoint_snapshot`); ``until`` ends the taken-down note.
 
-    def compensate(ctx: ShipContext, hosts: list[str]) -> dict[str, str]:
+    On every host the api step changed, not only the failed ones: the registry does not record a
+    failed ship, so no host may be left serving a definition the rest of the target does not."""
+
+    def compensate(ctx: ShipContext, failed: list[str]) -> dict[str, str]:
         before: dict[str, list[str]] = ctx.data.get("endpoint_before") or {}
-        specs = [(n, d) for n, d in ctx.data.get("specs", []) if n in hosts and n in before]
+        specs = [(n, d) for n, d in ctx.data.get("specs", []) if n in before]
         if not specs:
             return {}
         result = run_task(specs, put_back_endpoint(ctx.workflow, stamp, before), {})

@@ -4,7 +4,7 @@
 :class:`Backoff` (attempts with exponential delays, used only for errors another attempt can
 cure: network and startup errors, never bad input), hosts are retried one by one, and the
 first host that fails for good stops the run, naming the step, the host and the cause. A
-step's ``on_failure`` puts back what it changed on the hosts it failed on.
+step's ``on_failure`` puts back what the ship changed.
 
 Steps are plain values around injectable callables, so the pipeline's logic is tested with
 any step functions; :mod:`comfyfleet.ship.hosts` and :mod:`comfyfleet.ship.modal` build the
@@ -118,8 +118,9 @@ class Step:
     cannot run subprocesses outside the main thread, so host tasks must not be moved
     to a worker thread the way HTTP checks are."""
     on_failure: Callable[[ShipContext, list[str]], Mapping[str, str]] | None = None
-    """Compensation for the hosts this step failed on (bad input excepted): puts back what
-    the step changed; returns a note per host for the failure report. Runs in this thread."""
+    """Compensation once this step failed (bad input excepted), given the hosts it failed on: puts
+    back what the ship changed (on those hosts, or on all where the target must stay one); returns
+    a note per host it touched for the report. Runs in this thread."""
 
 
 def each_host(fn: Callable[[ShipContext, str], None], parallel: int = 8) -> StepFn:
@@ -375,7 +376,7 @@ def _compensate(
         notes = dict.fromkeys(failed, f"putting back failed: {describe(exc)}")
     for host, note in notes.items():
         rep.note(step.name, host, note)
-        if host in done:
+        if host in done and not done[host].ok:
             r = done[host]
             done[host] = StepResult(r.step, r.host, r.ok, r.attempts, r.seconds, f"{r.error}; {note}")
     own = notes.get(failure.host)
