@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -577,24 +578,33 @@ def test_noop_check_starts_no_runtime_python_and_still_sees_registry_drift(tmp_p
     assert asked.read_text().count("asked") == 1
 
 
-def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_path: Path) -> None:
-    """verify's plain-socket GET against aiohttp (ComfyUI's server library): a ~2 MB /object_info
-    arrives whole, and an error status fails the check instead of passing as an empty answer."""
+@contextmanager
+def comfy_object_info(info: dict[str, Any], per_class: bool) -> Iterator[tuple[str, dict[str, int]]]:
+    """/object_info served by aiohttp (ComfyUI's server library); with ``per_class`` also
+    /object_info/{node_class} answered as ComfyUI v0.8.0's server.py answers it (a stand-in of
+    that route: the class, or {} when it is not loaded). Yields the URL and the requests counted."""
     import asyncio
 
     from aiohttp import web
 
-    info = {f"Node{i}": {"python_module": "nodes", "description": "x" * 200} for i in range(8000)}
-    info["GoodNode"] = {"python_module": "custom_nodes.GoodPack"}
+    counts = {"full": 0, "one": 0}
 
-    async def object_info(_: web.Request) -> web.Response:
+    async def full(_: web.Request) -> web.Response:
+        counts["full"] += 1
         return web.json_response(info)
+
+    async def one(request: web.Request) -> web.Response:
+        counts["one"] += 1
+        name = request.match_info.get("node_class", "")
+        return web.json_response({name: info[name]} if name in info else {})
 
     async def broken(_: web.Request) -> web.Response:
         return web.Response(status=500, text="boom")
 
     app = web.Application()
-    app.router.add_get("/object_info", object_info)
+    app.router.add_get("/object_info", full)
+    if per_class:
+        app.router.add_get("/object_info/{node_class}", one)
     app.router.add_get("/broken", broken)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
@@ -604,26 +614,82 @@ def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_
     port = runner.addresses[0][1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    plan = {
-        "custom_nodes_dir": str(tmp_path),
-        "state_dir": str(tmp_path),
-        "python": [sys.executable],
-        "object_info_url": f"http://127.0.0.1:{port}/object_info",
-        "core_classes": ["Node7999"],
-        "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}],
-    }
     try:
-        rc, out, err = run_plan(tmp_path, plan, "verify")
-        assert rc == 0, err
-        assert out["VERIFY"]["classes"] == len(info) and out["VERIFY"]["missing_core"] == []
-        plan["object_info_url"] = f"http://127.0.0.1:{port}/broken"
-        rc, out, err = run_plan(tmp_path, plan, "verify")
-        assert rc == 1 and "answered 'HTTP/1.0 500" in err
+        yield f"http://127.0.0.1:{port}", counts
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_path: Path) -> None:
+    """verify's plain-socket GET against aiohttp: a ~2 MB /object_info arrives whole (a ComfyUI
+    without the per-class route), and an error status fails the check instead of passing as an
+    empty answer."""
+    info = {f"Node{i}": {"python_module": "nodes", "description": "x" * 200} for i in range(8000)}
+    info["GoodNode"] = {"python_module": "custom_nodes.GoodPack"}
+    with comfy_object_info(info, per_class=False) as (url, counts):
+        plan = {
+            "custom_nodes_dir": str(tmp_path),
+            "state_dir": str(tmp_path),
+            "python": [sys.executable],
+            "object_info_url": f"{url}/object_info",
+            "core_classes": ["Node7999"],
+            "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}],
+        }
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 0, err
+        assert out["VERIFY"]["classes"] == len(info) and out["VERIFY"]["missing_core"] == []
+        assert counts["full"] == 1
+        plan["object_info_url"] = f"{url}/broken"
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 1 and "answered 'HTTP/1.0 500" in err
+
+
+def test_verify_asks_comfyui_for_the_needed_classes_only(tmp_path: Path) -> None:
+    """A serving ComfyUI builds the whole /object_info on its event loop (every node's inputs,
+    every model folder listed): verify asks /object_info/{class} for the classes the plan needs,
+    names quoted as one path segment, and judges them as it judges the whole listing."""
+    info = {f"Node{i}": {"python_module": "nodes"} for i in range(2000)}
+    info |= {
+        "Image Save": {"python_module": "custom_nodes.was-node-suite"},
+        "CheckpointLoader|pysssss": {"python_module": "custom_nodes.ComfyUI-Custom-Scripts"},
+        "Seed (rgthree)": {"python_module": "custom_nodes.rgthree-comfy"},
+        "ÜberNode": {"python_module": "custom_nodes.umlaut"},
+    }
+    packs = [
+        {"id": "was", "dir": "was-node-suite", "provides": ["Image Save"]},
+        {"id": "pys", "dir": "ComfyUI-Custom-Scripts", "provides": ["CheckpointLoader|pysssss"]},
+        {"id": "rg", "dir": "rgthree-comfy", "provides": ["Seed (rgthree)", "Lost Node (rgthree)"]},
+        {"id": "um", "dir": "umlaut", "provides": ["ÜberNode"]},
+    ]
+    with comfy_object_info(info, per_class=True) as (url, counts):
+        plan = {
+            "custom_nodes_dir": str(tmp_path),
+            "state_dir": str(tmp_path),
+            "python": [sys.executable],
+            "object_info_url": f"{url}/object_info",
+            "core_classes": ["Node3", "KSamplerGone"],
+            "packs": packs,
+        }
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert rc == 1 and "pack rg (rgthree-comfy) failed to load" in err, err
+        verdict = out["VERIFY"]
+        assert counts == {"full": 0, "one": 7}
+        assert {p["id"]: p["missing"] for p in verdict["packs"]} == {
+            "was": [],
+            "pys": [],
+            "rg": ["Lost Node (rgthree)"],
+            "um": [],
+        }
+        assert verdict["missing_core"] == ["KSamplerGone"]
+        # The same judgement from the whole listing (a name with "/" cannot be one path segment).
+        plan["packs"][0]["provides"].append("Odd/Name")
+        rc, out, err = run_plan(tmp_path, plan, "verify")
+        assert counts["full"] == 1 and rc == 1, err
+        assert {p["id"]: p["missing"] for p in out["VERIFY"]["packs"]}["rg"] == ["Lost Node (rgthree)"]
+        assert out["VERIFY"]["missing_core"] == ["KSamplerGone"] and out["VERIFY"]["classes"] == len(info)
 
 
 def test_noop_check_reads_refs_without_git_and_still_sees_head_drift(tmp_path: Path) -> None:

@@ -51,6 +51,10 @@ class PackError(Exception):
     """A pack could not be installed; the message says why and what to do."""
 
 
+class Unanswered(PackError):
+    """ComfyUI did not answer (not: answered with an error)."""
+
+
 def run(
     argv: list[str], cwd: str | None = None, timeout: float = _TIMEOUT, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -572,7 +576,7 @@ def fetch_json(url: str, attempts: int = 5) -> Any:
         except (OSError, ValueError) as exc:
             last = exc
             time.sleep(2)
-    raise PackError(f"{url} did not answer: {last}")
+    raise Unanswered(f"{url} did not answer: {last}")
 
 
 def import_errors(log: str) -> dict[str, str]:
@@ -599,11 +603,49 @@ def import_errors(log: str) -> dict[str, str]:
     return errors
 
 
+PER_CLASS_LIMIT = 64
+"""Up to this many classes are asked of ``/object_info/{class}`` one by one (see :func:`object_info`)."""
+
+
+def _url_quoted(name: str) -> str:
+    """``name`` as one URL path segment (urllib.parse costs the no-op check more than it saves)."""
+    return "".join(
+        ch if (ch.isascii() and ch.isalnum()) or ch in "-._~" else "".join(f"%{b:02X}" for b in ch.encode())
+        for ch in name
+    )
+
+
+def object_info(url: str, wanted: list[str]) -> dict[str, Any]:
+    """What ComfyUI's ``/object_info`` says of the ``wanted`` classes (every class when empty).
+
+    For the whole listing ComfyUI runs every node's INPUT_TYPES, model folder listings included,
+    on its event loop (a serving host's progress messages wait) and sends megabytes to parse;
+    ``/object_info/{class}`` answers one class (``{}`` when it is not loaded). The whole listing
+    still serves a listing, many classes, a name no path segment can carry, or a ComfyUI without
+    the per-class route.
+    """
+    if not wanted or len(wanted) > PER_CLASS_LIMIT or any("/" in c for c in wanted):
+        return dict(fetch_json(url))
+    info: dict[str, Any] = {}
+    try:
+        for name in dict.fromkeys(wanted):
+            got = fetch_json(f"{url}/{_url_quoted(name)}")
+            if not isinstance(got, dict):
+                raise PackError(f"{url}/{name} answered {type(got).__name__}")
+            info.update(got)
+    except Unanswered:
+        raise
+    except PackError:  # an older ComfyUI, or a name its router does not take: the whole listing
+        return dict(fetch_json(url))
+    return info
+
+
 def verify(plan: dict[str, Any]) -> dict[str, Any]:
-    info = fetch_json(plan["object_info_url"])
+    wanted = [c for p in plan.get("packs", []) for c in p.get("provides", [])]
+    core = list(plan.get("core_classes", []))
+    info = object_info(plan["object_info_url"], [*wanted, *core] if wanted or core else [])
     modules = {str(v.get("python_module", "")) for v in info.values() if isinstance(v, dict)}
     # The log is read only when it can explain something (a missing class, or a listing).
-    wanted = [c for p in plan.get("packs", []) for c in p.get("provides", [])]
     log = ""
     if plan.get("log_command") and (not wanted or any(c not in info for c in wanted)):
         proc = run(plan["log_command"], timeout=120)
@@ -624,7 +666,7 @@ def verify(plan: dict[str, Any]) -> dict[str, Any]:
                 failures.get(pack["dir"]) or "classes absent from /object_info and no import error in the log"
             )
         packs.append(row)
-    missing_core = sorted(c for c in plan.get("core_classes", []) if c not in info)
+    missing_core = sorted(c for c in core if c not in info)
     return {"packs": packs, "missing_core": missing_core, "import_failures": failures, "classes": len(info)}
 
 
