@@ -73,6 +73,7 @@ gateway_max_queue      ``64``                                      gateway host:
 gateway_queue_timeout  ``120``                                     gateway host: seconds a request may wait
 gateway_retry_after    ``5``                                       gateway host: Retry-After of a 503
 gateway_job_timeout    ``900``                                     gateway host: seconds a generation may take
+gateway_plain_http     ``false``                                   gateway host: keys may cross plain HTTP to hosts
 =====================  ==========================================  =============================================
 """
 
@@ -202,6 +203,7 @@ class HostConfig(BaseModel):
     gateway_queue_timeout: int = Field(default=120, ge=1, le=86400)
     gateway_retry_after: int = Field(default=5, ge=1, le=3600)
     gateway_job_timeout: int = Field(default=900, ge=1, le=86400)
+    gateway_plain_http: bool = False
 
     @field_validator("ssh_user")
     @classmethod

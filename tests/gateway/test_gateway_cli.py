@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyfleet.deploys.gateway import backend_for, gateway_settings
+from comfyfleet.deploys.gateway import backend_for, gateway_settings, plain_http_problem
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway import inventory_with_gateway
 
@@ -63,3 +63,27 @@ def test_a_backend_address_that_is_not_an_ip_or_host_name_is_refused(address: st
     """Host data reaches haproxy.cfg: an address carrying config text never gets there."""
     with pytest.raises(BadInput, match="gateway address"):
         backend_for("gpu1", {"gateway_address": address})
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7", "gpu1.example.com", "2001:db8::7"])
+def test_keys_never_cross_an_unvouched_network_in_plain_http(tmp_path: Path, address: str) -> None:
+    """HAProxy passes every request's API key on to the hosts over plain HTTP: a public address or a
+    host name is refused before any host is contacted, unless the operator vouches for the network."""
+    gpu = {**HOST, "gateway_address": address}
+    inv = write(tmp_path, f"gpu = [('g1', {gpu!r})]\ngateway = [('gw', {HOST!r})]\n")
+    code, out = invoke("gateway", "deploy", str(inv))
+    assert code == 2, out
+    assert f"host g1: the gateway would send API keys to {address}:3000 in plain HTTP" in out
+    assert len(out.strip().splitlines()) == 1 and "Traceback" not in out
+    vouched = {**HOST, "gateway_plain_http": True}
+    inv = write(tmp_path, f"gpu = [('g1', {gpu!r})]\ngateway = [('gw', {vouched!r})]\n")
+    code, out = invoke("gateway", "deploy", str(inv))
+    # Now the gateway host is contacted (and is not there: port 1), the address is not the problem.
+    assert code == 1 and "plain HTTP" not in out, out
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "10.1.2.3", "172.20.0.5", "192.168.1.9", "100.101.1.2", "fd7a::1"]
+)
+def test_loopback_and_private_networks_need_no_vouching(address: str) -> None:
+    assert plain_http_problem([backend_for("g1", {"gateway_address": address})], allowed=False) is None

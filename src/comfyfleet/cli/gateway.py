@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 
 from comfyfleet.cli.hosts import DryRun, InventoryData, parse_data, quiet_ssh_library, show
-from comfyfleet.deploys.gateway import deploy_gateway_task
+from comfyfleet.deploys.gateway import deploy_gateway_task, plain_http_problem
 from comfyfleet.errors import BadInput
 from comfyfleet.gateway import gateway_targets, set_servers
 from comfyfleet.gateway_config import server_name
+from comfyfleet.inventory import validate_host_data
 from comfyfleet.runner import RunOptions, parallel_ssh, run
 
 app = typer.Typer(help="The fleet's front door: HAProxy in front of the GPU hosts.", no_args_is_help=True)
@@ -31,6 +32,10 @@ def deploy(
     Example: comfyfleet gateway deploy inventory/lambda.py
     """
     gateways, backends = gateway_targets(inventory)
+    for name, host_data in gateways:
+        problem = plain_http_problem(backends, validate_host_data(name, host_data).gateway_plain_http)
+        if problem:
+            raise BadInput(f"{inventory}: {problem}")
     data = {**parse_data(inventory_data), "gateway_backends": [b.__dict__ for b in backends]}
     parallel_ssh()
     quiet_ssh_library()

@@ -15,6 +15,12 @@ gateway_max_queue        64          requests waiting for a GPU before new ones 
 gateway_queue_timeout    120         seconds a request may wait for a GPU (then 503)
 gateway_retry_after      5           Retry-After seconds on those 503s
 gateway_job_timeout      900         seconds a synchronous generation may take
+gateway_plain_http       false       the gateway reaches its GPU hosts over plain HTTP and
+                                     every request carries an API key: without this, each
+                                     host's address must be a loopback or private-network IP
+                                     (10/8, 172.16/12, 192.168/16, 100.64/10 as WireGuard and
+                                     Tailscale use, fc00::/7); set it when a host name or public
+                                     address still crosses only a network you trust
 
 On each GPU host: ``api_port`` (3000), ``gateway_address`` (how the gateway reaches it;
 default its ``ssh_hostname`` or name), ``gpu_slots`` (generations it runs at once, 1).
@@ -30,6 +36,7 @@ runs on or waits for it, lets the batch update (the task waits for health), then
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +91,38 @@ def gateway_settings(name: str, data: Any) -> GatewaySettings:
     )
 
 
+_PRIVATE = tuple(
+    ipaddress.ip_network(n)
+    # RFC 1918, the shared space WireGuard/Tailscale overlays use, IPv6 unique-local. Not
+    # ``is_private``: that also holds for documentation ranges, which stand for public addresses.
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def plain_http_problem(backends: list[Backend], allowed: bool) -> str | None:
+    """Why the gateway must not send API keys to these hosts in plain HTTP, or None.
+
+    HAProxy talks plain HTTP to the hosts and passes each request's key on: a key must not
+    cross a network nobody vouched for (``ship`` and ``call`` hold the same rule for their
+    own requests), so a host name or a public address needs ``gateway_plain_http``.
+    """
+    if allowed:
+        return None
+    for b in backends:
+        try:
+            ip = ipaddress.ip_address(b.address.strip("[]"))
+        except ValueError:
+            ip = None
+        if ip is not None and (ip.is_loopback or any(ip in n for n in _PRIVATE)):
+            continue
+        return (
+            f"host {b.name}: the gateway would send API keys to {b.address}:{b.port} in plain HTTP; set "
+            "its gateway_address to its private-network IP (the provider's VPC, WireGuard, Tailscale), "
+            "or gateway_plain_http: true on the gateway host if that network is one you trust"
+        )
+    return None
+
+
 def read_pem(path: str, where: str) -> bytes:
     pem = Path(path).read_bytes()
     if b"BEGIN CERTIFICATE" not in pem or b"PRIVATE KEY" not in pem:
@@ -123,6 +162,9 @@ def deploy_gateway(backends: list[Backend] | None = None) -> None:
             f"gateway host {host.name}: no GPU hosts given (run `comfyfleet gateway deploy INVENTORY`)"
         )
     settings = gateway_settings(host.name, cfg.model_dump())
+    problem = plain_http_problem(backends, cfg.gateway_plain_http)
+    if problem:
+        raise BadInput(problem)
     apt.packages(name="HAProxy and socat", packages=["haproxy", "socat"], update=True, cache_time=3600)
     cert = cfg.gateway_cert_file
     if cert:
