@@ -194,3 +194,21 @@ def test_resumed_part_on_a_fast_link_reports_only_its_own_bytes_as_reused(
     assert rows[0]["sha256"] == stored.sha256 and rows[0]["bytes_reused"] == 12345
     assert ranges_asked(up, "big.safetensors") == [f"bytes=12345-{MIB - 1}", f"bytes={MIB}-"]
     assert up.stats.bytes_sent["files:big.safetensors"] == 12 * MIB - 12345
+
+
+def test_the_request_target_is_never_empty() -> None:
+    """A URL without a path asks for "/" on every request (a ranged segment asked for "" before)."""
+    import importlib.util
+    import urllib.parse
+
+    spec = importlib.util.spec_from_file_location("fetch_models_under_test", FETCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    target = module.request_target
+    assert target(urllib.parse.urlsplit("http://cdn.example")) == "/"
+    assert target(urllib.parse.urlsplit("http://cdn.example?sig=1")) == "/?sig=1"
+    assert (
+        target(urllib.parse.urlsplit("https://cdn.example/a/b.safetensors?x=1&y=2"))
+        == "/a/b.safetensors?x=1&y=2"
+    )

@@ -378,6 +378,11 @@ class Resolver:
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+def request_target(parts: Any) -> str:
+    """The request line's target of a split URL: its path ("/" when it has none) and query."""
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def _request(method: str, url: str, headers: dict[str, str], timeout: float = 60) -> Any:
     """One request on a new connection (never following redirects); the response owns the connection.
 
@@ -391,7 +396,7 @@ def _request(method: str, url: str, headers: dict[str, str], timeout: float = 60
     try:
         conn.request(
             method,
-            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            request_target(parts),
             headers={
                 **headers,
                 "User-Agent": USER_AGENT,
@@ -816,7 +821,7 @@ class _RangedJob:
 
         self.url = url
         parts = urllib.parse.urlsplit(url)
-        self.target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.target = request_target(parts)
         self.headers = {**headers, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         self.fd, self.total, self.segment = fd, total, segment
         self.before = set(done)
