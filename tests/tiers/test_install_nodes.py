@@ -623,6 +623,18 @@ def comfy_object_info(info: dict[str, Any], per_class: bool) -> Iterator[tuple[s
         loop.close()
 
 
+def verify_plan(tmp_path: Path, url: str, core: list[str], packs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A verify plan against the ComfyUI at ``url``."""
+    return {
+        "custom_nodes_dir": str(tmp_path),
+        "state_dir": str(tmp_path),
+        "python": [sys.executable],
+        "object_info_url": f"{url}/object_info",
+        "core_classes": core,
+        "packs": packs,
+    }
+
+
 def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_path: Path) -> None:
     """verify's plain-socket GET against aiohttp: a ~2 MB /object_info arrives whole (a ComfyUI
     without the per-class route), and an error status fails the check instead of passing as an
@@ -630,14 +642,9 @@ def test_verify_reads_a_large_object_info_from_aiohttp_as_comfyui_serves_it(tmp_
     info = {f"Node{i}": {"python_module": "nodes", "description": "x" * 200} for i in range(8000)}
     info["GoodNode"] = {"python_module": "custom_nodes.GoodPack"}
     with comfy_object_info(info, per_class=False) as (url, counts):
-        plan = {
-            "custom_nodes_dir": str(tmp_path),
-            "state_dir": str(tmp_path),
-            "python": [sys.executable],
-            "object_info_url": f"{url}/object_info",
-            "core_classes": ["Node7999"],
-            "packs": [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}],
-        }
+        plan = verify_plan(
+            tmp_path, url, ["Node7999"], [{"id": "good", "dir": "GoodPack", "provides": ["GoodNode"]}]
+        )
         rc, out, err = run_plan(tmp_path, plan, "verify")
         assert rc == 0, err
         assert out["VERIFY"]["classes"] == len(info) and out["VERIFY"]["missing_core"] == []
@@ -665,14 +672,7 @@ def test_verify_asks_comfyui_for_the_needed_classes_only(tmp_path: Path) -> None
         {"id": "um", "dir": "umlaut", "provides": ["ÜberNode"]},
     ]
     with comfy_object_info(info, per_class=True) as (url, counts):
-        plan = {
-            "custom_nodes_dir": str(tmp_path),
-            "state_dir": str(tmp_path),
-            "python": [sys.executable],
-            "object_info_url": f"{url}/object_info",
-            "core_classes": ["Node3", "KSamplerGone"],
-            "packs": packs,
-        }
+        plan = verify_plan(tmp_path, url, ["Node3", "KSamplerGone"], packs)
         rc, out, err = run_plan(tmp_path, plan, "verify")
         assert rc == 1 and "pack rg (rgthree-comfy) failed to load" in err, err
         verdict = out["VERIFY"]
