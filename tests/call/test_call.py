@@ -318,26 +318,46 @@ def test_ctrl_c_while_the_submit_is_answered_still_cancels_the_job(
     _job_cancelled(keyed_api, stderr)
 
 
+def _slow_executions(api: KeyedApi) -> dict[str, str]:
+    """The API's execution log of the slow workflow: job id -> status (the API serves every test here)."""
+    auth = {"authorization": f"Bearer {KEY}"}
+    rows = httpx.get(f"{api.url}/executions", params={"workflow": "slow", "limit": 500}, headers=auth).json()
+    return {str(r["id"]): str(r["status"]) for r in rows["executions"]}
+
+
+def _one_new_execution(api: KeyedApi, earlier: dict[str, str]) -> str:
+    """The status of the one job logged since ``earlier`` (it is logged once it ends)."""
+    deadline = time.monotonic() + 30
+    while not (new := {k: v for k, v in _slow_executions(api).items() if k not in earlier}):
+        assert time.monotonic() < deadline, "the job never finished on the host"
+        time.sleep(0.1)
+    assert len(new) == 1, new
+    return next(iter(new.values()))
+
+
 def test_ctrl_c_during_a_sync_call_cancels_the_job_on_the_host(keyed_api: KeyedApi, tmp_path: Path) -> None:
     # Without --async the caller never learns the job's id: the service cancels a job whose
     # synchronous caller hung up, rather than let it hold the GPU for nobody.
-    started = time.time()
+    earlier = _slow_executions(keyed_api)
     stderr = _interrupt(
         tmp_path / "state", ["--host", keyed_api.url], tmp_path / "out", _running(keyed_api), "slow"
     )
     assert "interrupted" in stderr, stderr
-    auth = {"authorization": f"Bearer {KEY}"}
-
-    def logged() -> list[dict[str, object]]:
-        rows = httpx.get(f"{keyed_api.url}/executions", params={"workflow": "slow"}, headers=auth).json()
-        return [r for r in rows["executions"] if float(r["created_at"]) >= started - 1]
-
-    deadline = time.monotonic() + 30
-    while not logged():
-        assert time.monotonic() < deadline, "the interrupted job never finished on the host"
-        time.sleep(0.1)
-    assert [r["status"] for r in logged()] == ["cancelled"], logged()
+    assert _one_new_execution(keyed_api, earlier) == "cancelled"
     assert not httpx.get(keyed_api.comfy_url + "/queue", timeout=5).json()["queue_running"]
+
+
+def test_a_sync_call_past_its_timeout_fails_and_the_job_is_cancelled(
+    keyed_api: KeyedApi, tmp_path: Path
+) -> None:
+    earlier = _slow_executions(keyed_api)
+    r = cli(
+        tmp_path / "state", "slow", "--host", keyed_api.url, "--timeout", "1", env={"COMFYFLEET_API_KEY": KEY}
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no answer within --timeout 1s, so the service cancelled the job" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert _one_new_execution(keyed_api, earlier) == "cancelled"
 
 
 def test_outputs_never_overwrite(tmp_path: Path) -> None:

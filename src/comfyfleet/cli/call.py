@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from comfyui_api.client import ApiClient, ApiError, ApiUnavailable, Output, Result
 from rich.console import Console
@@ -351,6 +352,16 @@ def _run(
                     f"interrupted: {service.host} cancels the job now nobody waits for it", markup=False
                 )
                 raise typer.Exit(130) from None
+            except ApiUnavailable as exc:
+                if not isinstance(exc.__cause__, httpx.ReadTimeout):
+                    raise
+                err.print(
+                    f"call failed: {name} on {service.host}: no answer within --timeout {timeout:g}s, so "
+                    "the service cancelled the job; --async --timeout N follows a long job with progress",
+                    markup=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
         try:
             result = client.wait(job_id, timeout, on_progress=progress.update)
         except TimeoutError as exc:
