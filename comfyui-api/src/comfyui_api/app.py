@@ -216,7 +216,7 @@ def create_app(settings: Settings) -> Starlette:
         gone = asyncio.ensure_future(_caller_gone(request))
         try:
             await asyncio.wait(
-                {finished, gone}, timeout=settings.sync_timeout_s, return_when="FIRST_COMPLETED"
+                {finished, gone}, timeout=settings.sync_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             finished.cancel()

@@ -643,7 +643,7 @@ def object_info(url: str, wanted: list[str]) -> dict[str, Any]:
 def verify(plan: dict[str, Any]) -> dict[str, Any]:
     wanted = [c for p in plan.get("packs", []) for c in p.get("provides", [])]
     core = list(plan.get("core_classes", []))
-    info = object_info(plan["object_info_url"], [*wanted, *core] if wanted or core else [])
+    info = object_info(plan["object_info_url"], [*wanted, *core])
     modules = {str(v.get("python_module", "")) for v in info.values() if isinstance(v, dict)}
     # The log is read only when it can explain something (a missing class, or a listing).
     log = ""

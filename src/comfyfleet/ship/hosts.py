@@ -132,7 +132,7 @@ def put_back_api(
     On every host the api step changed, not only the failed ones: the registry does not record a
     failed ship, so no host may be left serving a definition the rest of the target does not."""
 
-    def compensate(ctx: ShipContext, failed: list[str]) -> dict[str, str]:
+    def compensate(ctx: ShipContext, _failed: list[str]) -> dict[str, str]:
         before: dict[str, list[str]] = ctx.data.get("endpoint_before") or {}
         specs = [(n, d) for n, d in ctx.data.get("specs", []) if n in before]
         if not specs:
