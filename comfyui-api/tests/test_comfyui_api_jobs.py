@@ -198,7 +198,14 @@ def test_a_sync_caller_that_hangs_up_has_its_job_cancelled(
     with Api(slow_comfy.url, tiny_dir, tmp_path / "db.sqlite3") as api:
         with pytest.raises(httpx.ReadTimeout):  # the caller gives up while the job runs
             httpx.post(api.url + "/workflows/tiny", json={"input": {"color": 9}}, timeout=0.3)
-        rows = wait_for(lambda: httpx.get(api.url + "/executions").json()["executions"])
+        # Logged "queued" when submitted, its final status once ComfyUI confirmed the interrupt.
+        rows = wait_for(
+            lambda: (
+                (r := httpx.get(api.url + "/executions").json()["executions"])
+                and r[0]["status"] in ("completed", "failed", "cancelled")
+                and r
+            )
+        )
         assert [r["status"] for r in rows] == ["cancelled"], rows
         assert not httpx.get(slow_comfy.url + "/queue").json()["queue_running"]
         assert "its synchronous caller disconnected" in api.log()

@@ -326,10 +326,13 @@ def _slow_executions(api: KeyedApi) -> dict[str, str]:
 
 
 def _one_new_execution(api: KeyedApi, earlier: dict[str, str]) -> str:
-    """The status of the one job logged since ``earlier`` (it is logged once it ends)."""
+    """The final status of the one job logged since ``earlier`` (logged "queued" when submitted)."""
     deadline = time.monotonic() + 30
-    while not (new := {k: v for k, v in _slow_executions(api).items() if k not in earlier}):
-        assert time.monotonic() < deadline, "the job never finished on the host"
+    while True:
+        new = {k: v for k, v in _slow_executions(api).items() if k not in earlier}
+        if new and all(v in ("completed", "failed", "cancelled") for v in new.values()):
+            break
+        assert time.monotonic() < deadline, f"the job never finished on the host: {new}"
         time.sleep(0.1)
     assert len(new) == 1, new
     return next(iter(new.values()))
